@@ -1,0 +1,118 @@
+"""Build IR straight from a transformers config dict (LFM2 / LFM2-MoE), without torch.
+
+Used for presets (config-only imports of models too large to instantiate, e.g. the 8B MoE in float32) and as
+the independent cross-check of the torch lifter: both must print the same IR for the same config.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..ir.errors import LfmcError
+from ..ir.graph import Graph
+from .build import GraphBuilder
+
+ARCHITECTURES = ("Lfm2ForCausalLM", "Lfm2MoeForCausalLM")
+# transformers' defaults for the fields the IR needs (Lfm2Config / Lfm2MoeConfig, 5.24).
+DEFAULTS: dict[str, Any] = {
+    "norm_eps": 1e-5, "conv_L_cache": 3, "conv_bias": False, "tie_word_embeddings": True, "rope_theta": 1e6,
+    "block_multiple_of": 256, "block_ffn_dim_multiplier": 1.0, "block_auto_adjust_ff_dim": True,
+    "num_dense_layers": 2, "use_expert_bias": True, "routed_scaling_factor": 1.0, "norm_topk_prob": True,
+}
+
+
+def _get(cfg: dict[str, Any], key: str) -> Any:
+    if key in cfg and cfg[key] is not None:
+        return cfg[key]
+    if key == "rope_theta" and isinstance(cfg.get("rope_parameters"), dict):
+        return cfg["rope_parameters"].get("rope_theta", DEFAULTS["rope_theta"])
+    if key in DEFAULTS:
+        return DEFAULTS[key]
+    raise LfmcError(f"config is missing the field {key!r}")
+
+
+def dense_ff_width(cfg: dict[str, Any]) -> int:
+    """The SwiGLU width transformers' Lfm2MLP uses (block_auto_adjust_ff_dim: 2/3, multiplier, round up)."""
+    ff = int(_get(cfg, "intermediate_size"))
+    if _get(cfg, "block_auto_adjust_ff_dim"):
+        ff = int(2 * ff / 3)
+        mult = cfg.get("block_ffn_dim_multiplier", DEFAULTS["block_ffn_dim_multiplier"])
+        if mult is not None:
+            ff = int(mult * ff)
+            m = int(_get(cfg, "block_multiple_of"))
+            ff = m * ((ff + m - 1) // m)
+    return ff
+
+
+def layer_types(cfg: dict[str, Any]) -> list[str]:
+    n = int(_get(cfg, "num_hidden_layers"))
+    lt = cfg.get("layer_types")
+    if lt is None:
+        raise LfmcError("config has no layer_types: say which layers are 'conv' and which 'full_attention' "
+                        "(transformers would silently make every layer attention)")
+    if len(lt) != n or any(t not in ("conv", "full_attention") for t in lt):
+        raise LfmcError(f"layer_types must list {n} entries of 'conv' / 'full_attention', got {lt}")
+    return list(lt)
+
+
+def architecture(cfg: dict[str, Any]) -> str:
+    arch = cfg.get("architecture") or (cfg.get("architectures") or [None])[0]
+    if arch is None:
+        arch = {"lfm2": "Lfm2ForCausalLM", "lfm2_moe": "Lfm2MoeForCausalLM"}.get(cfg.get("model_type", ""))
+    if arch not in ARCHITECTURES:
+        raise LfmcError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
+    return arch
+
+
+def graph_from_config(cfg: dict[str, Any], name: str = "model") -> Graph:
+    """The IR of an LFM2 / LFM2-MoE model with this transformers config."""
+    arch = architecture(cfg)
+    moe = arch == "Lfm2MoeForCausalLM"
+    V, D = int(_get(cfg, "vocab_size")), int(_get(cfg, "hidden_size"))
+    H, KV = int(_get(cfg, "num_attention_heads")), int(_get(cfg, "num_key_value_heads"))
+    hd = int(cfg.get("head_dim") or D // H)
+    eps, L = float(_get(cfg, "norm_eps")), int(_get(cfg, "conv_L_cache"))
+    bias = bool(_get(cfg, "conv_bias"))
+    b = GraphBuilder(name)
+    emb = ("model.embed_tokens.weight", (V, D))
+    h = b.embedding(b.tokens, emb)
+    for i, kind in enumerate(layer_types(cfg)):
+        p = f"model.layers.{i}."
+        x = b.rmsnorm(h, (p + "operator_norm.weight", (D,)), eps)
+        if kind == "conv":
+            c = p + "conv."
+            params = {"in_proj": (c + "in_proj.weight", (3 * D, D)), "conv": (c + "conv.weight", (D, 1, L)),
+                      "out_proj": (c + "out_proj.weight", (D, D))}
+            if bias:
+                params |= {"in_proj_bias": (c + "in_proj.bias", (3 * D,)), "conv_bias": (c + "conv.bias", (D,)),
+                           "out_proj_bias": (c + "out_proj.bias", (D,))}
+            y = b.short_conv(x, params, L)
+        else:
+            a = p + "self_attn."
+            y = b.attention(x, {"q_proj": (a + "q_proj.weight", (H * hd, D)),
+                                "k_proj": (a + "k_proj.weight", (KV * hd, D)),
+                                "v_proj": (a + "v_proj.weight", (KV * hd, D)),
+                                "out_proj": (a + "out_proj.weight", (D, H * hd)),
+                                "q_norm": (a + "q_layernorm.weight", (hd,)),
+                                "k_norm": (a + "k_layernorm.weight", (hd,))},
+                            H, KV, hd, float(_get(cfg, "rope_theta")), eps)
+        h = b.add(y, h)
+        x = b.rmsnorm(h, (p + "ffn_norm.weight", (D,)), eps)
+        f = p + "feed_forward."
+        if moe and i >= int(_get(cfg, "num_dense_layers")):
+            E, F = int(_get(cfg, "num_experts")), int(_get(cfg, "moe_intermediate_size"))
+            params = {"router": (f + "gate.weight", (E, D)), "gate_up": (f + "experts.gate_up_proj", (E, 2 * F, D)),
+                      "down": (f + "experts.down_proj", (E, D, F))}
+            if _get(cfg, "use_expert_bias"):
+                params["expert_bias"] = (f + "expert_bias", (E,))
+            y = b.moe(x, params, num_experts=E, top_k=int(_get(cfg, "num_experts_per_tok")), scoring="sigmoid",
+                      use_expert_bias=bool(_get(cfg, "use_expert_bias")),
+                      norm_topk_prob=bool(_get(cfg, "norm_topk_prob")),
+                      routed_scaling_factor=float(_get(cfg, "routed_scaling_factor")))
+        else:
+            F = int(_get(cfg, "intermediate_size")) if moe else dense_ff_width(cfg)
+            y = b.gated_mlp(x, {"w1": (f + "w1.weight", (F, D)), "w3": (f + "w3.weight", (F, D)),
+                                "w2": (f + "w2.weight", (D, F))})
+        h = b.add(h, y)
+    h = b.rmsnorm(h, ("model.embedding_norm.weight", (D,)), eps)
+    head = emb if _get(cfg, "tie_word_embeddings") else ("lm_head.weight", (V, D))
+    return b.finish(b.lm_head(h, head))

@@ -1,0 +1,253 @@
+"""Model presets: published LFM2 shapes (from transformers configs) and tiny ones for tests and the demo.
+
+``assumed`` lists the fields that are not published and were chosen by lfmc; ``published_parameters`` is the
+published parameter count where one is known.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ..ir.errors import LfmcError
+
+_PUBLISHED: dict[str, dict[str, Any]] = {
+ "lfm2-350m": {
+  "architecture": "Lfm2ForCausalLM",
+  "config": {
+   "vocab_size": 65536,
+   "num_key_value_heads": 8,
+   "max_position_embeddings": 128000,
+   "norm_eps": 1e-05,
+   "conv_L_cache": 3,
+   "conv_bias": False,
+   "block_multiple_of": 256,
+   "block_ffn_dim_multiplier": 1.0,
+   "block_auto_adjust_ff_dim": True,
+   "tie_word_embeddings": True,
+   "rope_theta": 1000000.0,
+   "pad_token_id": 0,
+   "bos_token_id": 1,
+   "eos_token_id": 7,
+   "hidden_size": 1024,
+   "intermediate_size": 6656,
+   "num_attention_heads": 16,
+   "num_hidden_layers": 16,
+   "layer_types": [
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "full_attention",
+    "conv",
+    "full_attention",
+    "conv",
+    "full_attention",
+    "conv"
+   ]
+  },
+  "published_parameters": 354483968,
+  "assumed": []
+ },
+ "lfm2-700m": {
+  "architecture": "Lfm2ForCausalLM",
+  "config": {
+   "vocab_size": 65536,
+   "num_key_value_heads": 8,
+   "max_position_embeddings": 128000,
+   "norm_eps": 1e-05,
+   "conv_L_cache": 3,
+   "conv_bias": False,
+   "block_multiple_of": 256,
+   "block_ffn_dim_multiplier": 1.0,
+   "block_auto_adjust_ff_dim": True,
+   "tie_word_embeddings": True,
+   "rope_theta": 1000000.0,
+   "pad_token_id": 0,
+   "bos_token_id": 1,
+   "eos_token_id": 7,
+   "hidden_size": 1536,
+   "intermediate_size": 10240,
+   "num_attention_heads": 24,
+   "num_hidden_layers": 16,
+   "layer_types": [
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "full_attention",
+    "conv",
+    "full_attention",
+    "conv",
+    "full_attention",
+    "conv"
+   ]
+  },
+  "published_parameters": 742489344,
+  "assumed": []
+ },
+ "lfm2-1.2b": {
+  "architecture": "Lfm2ForCausalLM",
+  "config": {
+   "vocab_size": 65536,
+   "num_key_value_heads": 8,
+   "max_position_embeddings": 128000,
+   "norm_eps": 1e-05,
+   "conv_L_cache": 3,
+   "conv_bias": False,
+   "block_multiple_of": 256,
+   "block_ffn_dim_multiplier": 1.0,
+   "block_auto_adjust_ff_dim": True,
+   "tie_word_embeddings": True,
+   "rope_theta": 1000000.0,
+   "pad_token_id": 0,
+   "bos_token_id": 1,
+   "eos_token_id": 7,
+   "hidden_size": 2048,
+   "intermediate_size": 12288,
+   "num_attention_heads": 32,
+   "num_hidden_layers": 16,
+   "layer_types": [
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "full_attention",
+    "conv",
+    "full_attention",
+    "conv",
+    "full_attention",
+    "conv"
+   ]
+  },
+  "published_parameters": 1170340608,
+  "assumed": []
+ },
+ "lfm2-8b-a1b": {
+  "architecture": "Lfm2MoeForCausalLM",
+  "config": {
+   "vocab_size": 65536,
+   "hidden_size": 2048,
+   "num_attention_heads": 32,
+   "num_key_value_heads": 8,
+   "num_hidden_layers": 24,
+   "layer_types": [
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv",
+    "full_attention",
+    "conv",
+    "conv"
+   ],
+   "intermediate_size": 7168,
+   "moe_intermediate_size": 1792,
+   "num_experts": 32,
+   "num_experts_per_tok": 4,
+   "num_dense_layers": 2,
+   "use_expert_bias": True,
+   "norm_topk_prob": True,
+   "routed_scaling_factor": 1.0,
+   "conv_L_cache": 3,
+   "norm_eps": 1e-05,
+   "tie_word_embeddings": True,
+   "max_position_embeddings": 128000
+  },
+  "published_parameters": 8339929856,
+  "assumed": []
+ }
+}
+
+def _lt(n: int, attn: list[int]) -> list[str]:
+    return ["full_attention" if i in attn else "conv" for i in range(n)]
+
+
+_BASE = dict(_PUBLISHED["lfm2-1.2b"]["config"])
+_ASSUMED_AND_DERIVED: dict[str, dict[str, Any]] = {
+    "lfm2-2.6b": {
+        "architecture": "Lfm2ForCausalLM",
+        # 30 layers (22 conv + 8 attention), hidden 2048 and the FFN width 10752 (= 2/3 of 16128) are derived from
+        # the published 2,569,272,320 parameters; which layers are attention is not published here.
+        "config": _BASE | {"num_hidden_layers": 30, "intermediate_size": 16128,
+                           "layer_types": _lt(30, [2, 6, 10, 14, 18, 21, 24, 27])},
+        "published_parameters": 2569272320,
+        "assumed": ["layer_types (attention at 2, 6, 10, 14, 18, 21, 24, 27)", "num_attention_heads 32",
+                    "num_key_value_heads 8"],
+    },
+    "lfm2-24b-a2b": {
+        "architecture": "Lfm2MoeForCausalLM",
+        "config": dict(_PUBLISHED["lfm2-8b-a1b"]["config"]) | {
+            "num_hidden_layers": 40, "num_experts": 64, "moe_intermediate_size": 1536,
+            "layer_types": _lt(40, [2, 6, 10, 14, 18, 22, 26, 30, 34, 38])},
+        "published_parameters": None,
+        "assumed": ["hidden_size 2048", "num_attention_heads 32", "num_key_value_heads 8",
+                    "layer_types (10 attention layers at 2, 6, ..., 38)", "intermediate_size 7168",
+                    "num_dense_layers 2"],
+    },
+    # Tiny models: byte-level vocabulary (256), fast enough for every test.
+    "lfm2-tiny": {
+        "architecture": "Lfm2ForCausalLM",
+        "config": {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 6,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "layer_types": _lt(6, [2, 4]),
+                   "max_position_embeddings": 2048, "norm_eps": 1e-5, "conv_L_cache": 3, "conv_bias": False,
+                   "block_multiple_of": 32, "block_ffn_dim_multiplier": 1.0, "block_auto_adjust_ff_dim": True,
+                   "tie_word_embeddings": True, "rope_theta": 1000000.0, "pad_token_id": 0, "bos_token_id": 1,
+                   "eos_token_id": 2},
+        "published_parameters": None, "assumed": ["everything: a test model"],
+    },
+    "lfm2-moe-tiny": {
+        "architecture": "Lfm2MoeForCausalLM",
+        "config": {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 160, "moe_intermediate_size": 32,
+                   "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+                   "layer_types": _lt(4, [1, 3]), "num_experts": 8, "num_experts_per_tok": 2,
+                   "num_dense_layers": 1, "use_expert_bias": True, "norm_topk_prob": True,
+                   "routed_scaling_factor": 1.0, "max_position_embeddings": 2048, "norm_eps": 1e-5,
+                   "conv_L_cache": 3, "conv_bias": False, "tie_word_embeddings": True, "rope_theta": 1000000.0,
+                   "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
+        "published_parameters": None, "assumed": ["everything: a test model"],
+    },
+}
+PRESETS: dict[str, dict[str, Any]] = _PUBLISHED | _ASSUMED_AND_DERIVED
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A deep copy of preset ``name``: {architecture, config, published_parameters, assumed}."""
+    if name not in PRESETS:
+        raise LfmcError(f"unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")
+    p = copy.deepcopy(PRESETS[name])
+    p["config"]["architecture"] = p["architecture"]
+    return p

@@ -1,0 +1,187 @@
+"""The reference interpreter: executes IR with numpy, float32, one sequence at a time.
+
+It is the oracle for every later stage. ``run(tokens, state)`` processes T new tokens of one sequence given its
+state (an empty state for prefill, then T=1 per decode step, or any chunking in between) and updates the state
+in place: conv state keeps the last L_cache-1 gated inputs, attention appends to its KV cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import LfmcError
+from .graph import Gate, Graph, Node
+from .verify import verify
+from .weights import check_weights
+
+F32 = np.float32
+
+
+@dataclass
+class SequenceState:
+    """Per-sequence state: the number of tokens seen and each stateful node's tensors."""
+
+    pos: int = 0
+    tensors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for d in self.tensors.values() for a in d.values())
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (F32(1) + np.exp(-x))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return F32(1) / (F32(1) + np.exp(-x))
+
+
+def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+_ACTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": lambda x: x, "silu": _silu,
+                                                       "sigmoid": _sigmoid, "softmax": _softmax}
+
+
+def _rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    var = np.mean(x * x, axis=-1, keepdims=True)
+    return w * (x / np.sqrt(var + F32(eps)))
+
+
+def _rope(x: np.ndarray, pos: np.ndarray, theta: float) -> np.ndarray:
+    """NeoX (rotate-half) rotary embedding of x [T, H, hd] at absolute positions pos [T]."""
+    hd = x.shape[-1]
+    inv_freq = F32(1.0) / (F32(theta) ** (np.arange(0, hd, 2, dtype=F32) / F32(hd)))
+    freqs = pos.astype(F32)[:, None] * inv_freq[None, :]
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]
+    half = hd // 2
+    rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rot * sin
+
+
+class Interpreter:
+    """Runs a verified graph with its weights."""
+
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray]):
+        verify(graph)
+        check_weights(graph, weights)
+        self.graph = graph
+        self.w = {k: np.asarray(v, dtype=F32) for k, v in weights.items()}
+        self._impl: dict[str, Callable[[Node, list[np.ndarray], SequenceState], np.ndarray]] = {
+            "embedding": self._embedding, "rmsnorm": self._rmsnorm, "add": lambda n, a, s: a[0] + a[1],
+            "linear": self._linear_op, "lm_head": self._linear_op, "short_conv": self._short_conv,
+            "attention": self._attention, "gated_mlp": self._gated_mlp, "moe": self._moe,
+        }
+
+    def new_state(self) -> SequenceState:
+        return SequenceState()
+
+    def run(self, tokens: np.ndarray | list[int], state: SequenceState | None = None) -> np.ndarray:
+        """Logits [T, vocab] for ``tokens``, continuing ``state`` (updated in place; fresh if None)."""
+        state = state if state is not None else self.new_state()
+        toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if toks.size == 0:
+            raise LfmcError("run() needs at least one token")
+        env: dict[str, np.ndarray] = {self.graph.inputs[0][0]: toks}
+        for n in self.graph.nodes:
+            env[n.name] = self._impl[n.op](n, [env[i] for i in n.inputs], state)
+        state.pos += len(toks)
+        return env[self.graph.outputs[0]]
+
+    # --- helpers
+    def _p(self, n: Node, role: str) -> np.ndarray:
+        return self.w[n.params[role].name]
+
+    def _proj(self, n: Node, role: str, x: np.ndarray) -> np.ndarray:
+        y = x @ self._p(n, role).T
+        if role + "_bias" in n.params:
+            y = y + self._p(n, role + "_bias")
+        return y
+
+    def _gate(self, n: Node, gate: str, projected: dict[str, np.ndarray]) -> np.ndarray:
+        g: Gate = n.liv.featurizer[gate]
+        y = projected[g.proj]
+        w = y.shape[-1] // g.chunks
+        return _ACTS[g.act](y[..., g.chunk * w:(g.chunk + 1) * w])
+
+    # --- ops
+    def _embedding(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        w = self._p(n, "weight")
+        if a[0].min() < 0 or a[0].max() >= w.shape[0]:
+            raise LfmcError(f"token id out of range [0, {w.shape[0]}) at %{n.name}")
+        return w[a[0]]
+
+    def _rmsnorm(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        return _rmsnorm(a[0], self._p(n, "weight"), n.attrs["eps"])
+
+    def _linear_op(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        return self._proj(n, "weight", a[0])
+
+    def _short_conv(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        x = a[0]
+        T, D = x.shape
+        L = n.attrs["L_cache"]
+        proj = {"in_proj": self._proj(n, "in_proj", x)}
+        bx = self._gate(n, "B", proj) * self._gate(n, "x", proj)               # [T, D]
+        st = s.tensors.setdefault(n.name, {"conv": np.zeros((D, L - 1), F32)})
+        hist = np.concatenate([st["conv"].T, bx], axis=0)                        # [L-1+T, D]
+        k = self._p(n, "conv")[:, 0, :]                                          # [D, L]
+        conv = np.zeros((T, D), F32)
+        for j in range(L):
+            conv += hist[j:j + T] * k[:, j]
+        if "conv_bias" in n.params:
+            conv += self._p(n, "conv_bias")
+        st["conv"] = np.ascontiguousarray(hist[hist.shape[0] - (L - 1):].T) if L > 1 else st["conv"]
+        return self._proj(n, "out_proj", self._gate(n, "C", proj) * conv)
+
+    def _attention(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        x = a[0]
+        T = x.shape[0]
+        h, kv, hd, eps = n.attrs["heads"], n.attrs["kv_heads"], n.attrs["head_dim"], n.attrs["eps"]
+        pos = np.arange(s.pos, s.pos + T)
+        q = _rmsnorm(self._proj(n, "q_proj", x).reshape(T, h, hd), self._p(n, "q_norm"), eps)
+        k = _rmsnorm(self._proj(n, "k_proj", x).reshape(T, kv, hd), self._p(n, "k_norm"), eps)
+        v = self._proj(n, "v_proj", x).reshape(T, kv, hd)
+        q, k = _rope(q, pos, n.attrs["rope_theta"]), _rope(k, pos, n.attrs["rope_theta"])
+        st = s.tensors.setdefault(n.name, {"k": np.zeros((0, kv, hd), F32), "v": np.zeros((0, kv, hd), F32)})
+        st["k"] = np.concatenate([st["k"], k.astype(F32)], axis=0)
+        st["v"] = np.concatenate([st["v"], v.astype(F32)], axis=0)
+        K, V = st["k"], st["v"]                                                  # [ctx, kv, hd]
+        grp = h // kv
+        qg = q.reshape(T, kv, grp, hd)
+        scores = np.einsum("tkgd,ckd->kgtc", qg, K) * F32(hd ** -0.5)            # [kv, grp, T, ctx]
+        ctx = K.shape[0]
+        mask = np.arange(ctx)[None, :] > (pos[:, None])                          # causal over absolute positions
+        scores = np.where(mask, -np.inf, scores)
+        p = _softmax(scores, axis=-1)
+        o = np.einsum("kgtc,ckd->tkgd", p, V).reshape(T, h * hd)
+        return self._proj(n, "out_proj", o.astype(F32))
+
+    def _gated_mlp(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        proj = {"w1": self._proj(n, "w1", a[0]), "w3": self._proj(n, "w3", a[0])}
+        return self._proj(n, "w2", self._gate(n, "gate", proj) * self._gate(n, "up", proj))
+
+    def _moe(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        x = a[0]
+        k = n.attrs["top_k"]
+        scores = self._gate(n, "router", {"router": self._proj(n, "router", x)})  # [T, E]
+        choose = scores + self._p(n, "expert_bias") if n.attrs["use_expert_bias"] else scores
+        sel = np.argsort(-choose, axis=-1, kind="stable")[:, :k]                   # [T, k]
+        wts = np.take_along_axis(scores, sel, axis=-1)
+        if n.attrs["norm_topk_prob"]:
+            wts = wts / (wts.sum(axis=-1, keepdims=True) + F32(n.attrs["topk_norm_eps"]))
+        wts = wts * F32(n.attrs["routed_scaling_factor"])
+        gu, dn = self._p(n, "gate_up"), self._p(n, "down")
+        out = np.zeros_like(x)
+        for t in range(x.shape[0]):
+            for j in range(k):
+                e = sel[t, j]
+                proj = {"gate_up": gu[e] @ x[t]}
+                hmid = self._gate(n, "gate", proj) * self._gate(n, "up", proj)
+                out[t] += wts[t, j] * (dn[e] @ hmid)
+        return out

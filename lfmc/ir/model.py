@@ -1,0 +1,91 @@
+"""Saved models: a directory ``NAME.lfm/`` holding ``model.lfmir`` (IR text), ``weights.safetensors``
+(absent for config-only imports) and ``provenance.json`` (source, preset, seed, reference config)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import LfmcError, ModelLoadError
+from .graph import Graph
+from .text import parse_graph, print_graph
+from .verify import verify
+from .weights import check_weights, load_weights, save_weights
+
+IR_FILE, WEIGHTS_FILE, PROVENANCE_FILE = "model.lfmir", "weights.safetensors", "provenance.json"
+
+
+@dataclass
+class Model:
+    """An IR graph, its weights (None when imported config-only) and where it came from."""
+
+    graph: Graph
+    weights: dict[str, np.ndarray] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> "Model":
+        verify(self.graph)
+        if self.weights is not None:
+            check_weights(self.graph, self.weights)
+        return self
+
+
+def save_model(m: Model, path: str | os.PathLike) -> Path:
+    """Write ``m`` to ``path`` atomically: a temporary directory beside it, then a rename."""
+    dst = Path(path)
+    m.check()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        (tmp / IR_FILE).write_text(print_graph(m.graph))
+        if m.weights is not None:
+            save_weights(tmp / WEIGHTS_FILE, m.weights)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(m.provenance, indent=1, sort_keys=True) + "\n")
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dst.rename(old)
+            tmp.rename(dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def load_model(path: str | os.PathLike, weights: bool = True) -> Model:
+    """Read a saved model; every problem is a :class:`LfmcError` naming the file."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelLoadError(f"{p}: not a saved lfmc model directory (expected {IR_FILE} inside NAME.lfm/)")
+    ir = p / IR_FILE
+    if not ir.is_file():
+        raise ModelLoadError(f"{p}: missing {IR_FILE}")
+    try:
+        text = ir.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{ir}: unreadable ({e})") from None
+    g = parse_graph(text, source=str(ir))
+    try:
+        verify(g)
+    except LfmcError as e:
+        raise type(e)(f"{ir}: {e}") from None
+    prov: dict[str, Any] = {}
+    if (p / PROVENANCE_FILE).is_file():
+        try:
+            prov = json.loads((p / PROVENANCE_FILE).read_text())
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{p / PROVENANCE_FILE}: not valid JSON ({e})") from None
+    w = None
+    if weights and (p / WEIGHTS_FILE).exists():
+        w = load_weights(p / WEIGHTS_FILE)
+        check_weights(g, w, source=str(p / WEIGHTS_FILE))
+    return Model(g, w, prov)

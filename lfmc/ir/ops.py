@@ -1,0 +1,191 @@
+"""Op schemas: for every IR op, what it takes, what it declares and what it produces.
+
+The verifier, the text parser and the interpreter all go through this one table, so an op is defined in one
+place. ``infer`` returns the output type and the declared state from the inputs, attributes and parameters;
+it raises ``ValueError`` with a plain message when they do not fit together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .graph import Gate, Node
+from .types import TensorType, f32
+
+Infer = Callable[[Node, list[TensorType]], tuple[TensorType, dict[str, TensorType]]]
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    name: str
+    arity: int
+    attrs: dict[str, type | tuple[type, ...]]          # required attributes and their Python types
+    params: tuple[str, ...]                              # required parameter roles
+    infer: Infer
+    optional_params: tuple[str, ...] = ()
+    liv_class: str | None = None                         # token-mixing class for LIV ops
+    gates: tuple[str, ...] = ()                          # featurizer gate names an LIV op must declare
+    doc: str = ""
+    optional_attrs: dict[str, type | tuple[type, ...]] = field(default_factory=dict)
+    buffer_roles: tuple[str, ...] = ()                   # non-trained tensors (transformers buffers)
+
+
+def _want(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _shape(node: Node, role: str) -> tuple:
+    return node.params[role].type.shape
+
+
+def _hidden(t: TensorType) -> int:
+    _want(t.dtype == "f32" and len(t.shape) == 2 and t.shape[0] == "T" and isinstance(t.shape[1], int),
+          f"expected an activation f32[T, D], got {t}")
+    return int(t.shape[1])
+
+
+def _linear(node: Node, role: str, out: int | None, inp: int) -> int:
+    s = _shape(node, role)
+    _want(len(s) == 2 and s[1] == inp and (out is None or s[0] == out),
+          f"param {role} has shape {list(s)}, expected [{out if out is not None else 'N'}, {inp}]")
+    bias = role + "_bias"
+    if bias in node.params:
+        _want(_shape(node, bias) == (s[0],), f"param {bias} has shape {list(_shape(node, bias))}, expected [{s[0]}]")
+    return int(s[0])
+
+
+def _embedding(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    t = ins[0]
+    _want(t.dtype in ("i64", "i32") and t.shape == ("T",), f"embedding takes token ids i64[T], got {t}")
+    s = _shape(node, "weight")
+    _want(len(s) == 2, f"embedding weight must be 2-d, got {list(s)}")
+    return f32("T", s[1]), {}
+
+
+def _rmsnorm(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    _want(_shape(node, "weight") == (d,), f"rmsnorm weight {list(_shape(node, 'weight'))} does not match width {d}")
+    _want(node.attrs["eps"] > 0, "eps must be positive")
+    return ins[0], {}
+
+
+def _add(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    _hidden(ins[0])
+    _want(ins[0] == ins[1], f"add of different types {ins[0]} and {ins[1]}")
+    return ins[0], {}
+
+
+def _linear_op(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    return f32("T", _linear(node, "weight", None, _hidden(ins[0]))), {}
+
+
+def _short_conv(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    L = node.attrs["L_cache"]
+    _want(L >= 1, f"L_cache must be >= 1, got {L}")
+    _linear(node, "in_proj", 3 * d, d)
+    _linear(node, "out_proj", d, d)
+    _want(_shape(node, "conv") == (d, 1, L), f"param conv has shape {list(_shape(node, 'conv'))}, expected [{d}, 1, {L}]")
+    if "conv_bias" in node.params:
+        _want(_shape(node, "conv_bias") == (d,), "conv_bias must be [D]")
+    return ins[0], {"conv": f32(d, L - 1)}
+
+
+def _attention(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    h, kv, hd = node.attrs["heads"], node.attrs["kv_heads"], node.attrs["head_dim"]
+    _want(h > 0 and kv > 0 and h % kv == 0, f"heads {h} must be a multiple of kv_heads {kv}")
+    _want(hd % 2 == 0, f"head_dim {hd} must be even for rotary embeddings")
+    _linear(node, "q_proj", h * hd, d)
+    _linear(node, "k_proj", kv * hd, d)
+    _linear(node, "v_proj", kv * hd, d)
+    _linear(node, "out_proj", d, h * hd)
+    for r in ("q_norm", "k_norm"):
+        _want(_shape(node, r) == (hd,), f"param {r} has shape {list(_shape(node, r))}, expected [{hd}]")
+    return ins[0], {"k": f32("ctx", kv, hd), "v": f32("ctx", kv, hd)}
+
+
+def _gated_mlp(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    f = _linear(node, "w1", None, d)
+    _linear(node, "w3", f, d)
+    _linear(node, "w2", d, f)
+    return ins[0], {}
+
+
+def _moe(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    e, k = node.attrs["num_experts"], node.attrs["top_k"]
+    _want(0 < k <= e, f"top_k {k} must be in 1..num_experts ({e})")
+    _want(node.attrs["scoring"] in ("sigmoid", "softmax"), f"scoring must be sigmoid or softmax, not {node.attrs['scoring']!r}")
+    _linear(node, "router", e, d)
+    if node.attrs["use_expert_bias"]:
+        _want("expert_bias" in node.params, "use_expert_bias is true but there is no expert_bias param")
+        _want(_shape(node, "expert_bias") == (e,), f"expert_bias must be [{e}]")
+    else:
+        _want("expert_bias" not in node.params, "expert_bias param given but use_expert_bias is false")
+    gu, dn = _shape(node, "gate_up"), _shape(node, "down")
+    _want(len(gu) == 3 and gu[0] == e and gu[2] == d and gu[1] % 2 == 0,
+          f"param gate_up has shape {list(gu)}, expected [{e}, 2F, {d}]")
+    _want(dn == (e, d, gu[1] // 2), f"param down has shape {list(dn)}, expected [{e}, {d}, {gu[1] // 2}]")
+    return ins[0], {}
+
+
+def _lm_head(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    return f32("T", _linear(node, "weight", None, _hidden(ins[0]))), {}
+
+
+NUM = (int, float)
+SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
+    OpSchema("embedding", 1, {}, ("weight",), _embedding, doc="token ids -> rows of the embedding table"),
+    OpSchema("rmsnorm", 1, {"eps": NUM}, ("weight",), _rmsnorm, doc="weight * x / sqrt(mean(x^2) + eps)"),
+    OpSchema("add", 2, {}, (), _add, doc="residual add"),
+    OpSchema("linear", 1, {}, ("weight",), _linear_op, optional_params=("weight_bias",), doc="dense x @ W^T"),
+    OpSchema("lm_head", 1, {}, ("weight",), _lm_head, doc="logits = x @ W^T (often tied to the embedding)"),
+    OpSchema("short_conv", 1, {"L_cache": int}, ("in_proj", "conv", "out_proj"), _short_conv,
+             optional_params=("in_proj_bias", "conv_bias", "out_proj_bias"), liv_class="scaled_toeplitz",
+             gates=("B", "C", "x"),
+             doc="out_proj(C * causal_depthwise_conv(B * x)); B, C, x from in_proj; state: last L_cache-1 of B*x"),
+    OpSchema("attention", 1, {"heads": int, "kv_heads": int, "head_dim": int, "rope_theta": NUM, "eps": NUM},
+             ("q_proj", "k_proj", "v_proj", "out_proj", "q_norm", "k_norm"), _attention, liv_class="low_rank",
+             gates=("q", "k", "v"),
+             doc="causal GQA softmax attention with per-head RMSNorm on q, k and NeoX RoPE; state: KV cache"),
+    OpSchema("gated_mlp", 1, {}, ("w1", "w3", "w2"), _gated_mlp, liv_class="diagonal", gates=("gate", "up"),
+             doc="w2(silu(w1 x) * w3 x)"),
+    OpSchema("moe", 1, {"num_experts": int, "top_k": int, "scoring": str, "use_expert_bias": bool,
+                        "norm_topk_prob": bool, "routed_scaling_factor": NUM, "topk_norm_eps": NUM},
+             ("router", "gate_up", "down"), _moe, optional_params=("expert_bias",), liv_class="diagonal",
+             gates=("router", "gate", "up"), buffer_roles=("expert_bias",),
+             doc="top-k routed SwiGLU experts; router picks on score + expert_bias, weighs by the unbiased score"),
+]}
+
+# The featurizer each LIV op implements; the verifier checks a node's declared featurizer against it, and the
+# frontends fill it in from what they found in the traced graph.
+CANONICAL_FEATURIZERS: dict[str, dict[str, Gate]] = {
+    "short_conv": {"B": Gate("in_proj", 0, 3), "C": Gate("in_proj", 1, 3), "x": Gate("in_proj", 2, 3)},
+    "attention": {"q": Gate("q_proj", act="rmsnorm_rope"), "k": Gate("k_proj", act="rmsnorm_rope"),
+                  "v": Gate("v_proj")},
+    "gated_mlp": {"gate": Gate("w1", act="silu"), "up": Gate("w3")},
+    "moe": {"router": Gate("router", act="sigmoid"), "gate": Gate("gate_up", 0, 2, "silu"),
+            "up": Gate("gate_up", 1, 2)},
+}
+LIV_MIXING = {"short_conv": "dense", "attention": "dense", "gated_mlp": "dense", "moe": "dense"}
+
+
+def schema(op: str) -> OpSchema:
+    try:
+        return SCHEMAS[op]
+    except KeyError:
+        raise KeyError(f"unknown op {op!r} (known: {', '.join(sorted(SCHEMAS))})") from None
+
+
+def attr_value(v: Any) -> Any:
+    """Normalize an attribute value (numpy scalars, tuples) to the plain types the printer knows."""
+    import numpy as np
+
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, tuple):
+        return [attr_value(x) for x in v]
+    return v
