@@ -1,0 +1,110 @@
+"""Frontends: presets and transformers configs (no torch), torch models and HF checkpoint directories
+(torch.export + pattern lifting). Produces :class:`lfmc.ir.Model`; never imports passes, targets or runtime."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..ir.errors import LfmcError
+from ..ir.model import Model
+from ..ir.weights import random_weights
+from .config import architecture, graph_from_config
+from .presets import PRESETS, preset
+
+_DROP = {"id2label", "label2id", "_name_or_path", "transformers_version", "architectures", "return_dict",
+         "output_hidden_states", "output_attentions", "dtype", "torch_dtype", "chunk_size_feed_forward",
+         "is_encoder_decoder", "problem_type", "full_attn_idxs"}
+
+
+def import_preset(name: str, weights: bool = False, seed: int = 0, std: float | None = None) -> Model:
+    """A preset as IR; config-only unless ``weights`` (seeded random, N(0, std))."""
+    p = preset(name)
+    cfg = p["config"]
+    g = graph_from_config(cfg, name)
+    std = float(std if std is not None else cfg.get("initializer_range", 0.02))
+    prov: dict[str, Any] = {"source": "preset", "preset": name, "architecture": p["architecture"], "config": cfg,
+                            "assumed": p["assumed"], "published_parameters": p["published_parameters"]}
+    w = None
+    if weights:
+        w = random_weights(g, seed=seed, std=std)
+        prov |= {"seed": seed, "init_std": std}
+    return Model(g, w, prov)
+
+
+def clean_config(conf) -> dict[str, Any]:
+    """A transformers config as a plain dict lfmc can store and rebuild from."""
+    d = {k: v for k, v in conf.to_dict().items() if k not in _DROP}
+    d["architecture"] = architecture({"architectures": getattr(conf, "architectures", None),
+                                      "model_type": getattr(conf, "model_type", "")})
+    return d
+
+
+def import_torch_model(model, name: str = "model") -> Model:
+    """Trace and lift a transformers Lfm2ForCausalLM / Lfm2MoeForCausalLM object."""
+    from .torch_lift import lift
+
+    cfg = clean_config(model.config)
+    cfg["architecture"] = type(model).__name__
+    architecture(cfg)
+    g, w = lift(model, name)
+    return Model(g, w, {"source": "torch", "architecture": cfg["architecture"], "config": cfg})
+
+
+def import_hf_dir(path: str | os.PathLike, name: str | None = None) -> Model:
+    """A local HF checkpoint directory (config.json + safetensors): load with transformers, trace, lift.
+    Without weight files the import is config-only (built from config.json, no torch)."""
+    p = Path(path)
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise LfmcError(f"{p}: not an HF checkpoint directory (no config.json)")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise LfmcError(f"{cfg_file}: not valid JSON ({e})") from None
+    arch = architecture(raw)
+    name = name or p.name
+    has_weights = any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
+    tok = p / "tokenizer.json"
+    if not has_weights:
+        conf = _hf_conf(raw)
+        cfg = clean_config(conf) | {"architecture": arch}
+        m = Model(graph_from_config(cfg, name), None, {"source": "hf", "path": str(p.resolve()),
+                                                       "architecture": arch, "config": cfg})
+    else:
+        import torch
+        import transformers
+
+        try:
+            model = getattr(transformers, arch).from_pretrained(str(p), dtype=torch.float32, local_files_only=True)
+        except Exception as e:
+            raise LfmcError(f"{p}: transformers could not load the checkpoint ({type(e).__name__}: {e})") from None
+        m = import_torch_model(model, name)
+        m.provenance |= {"source": "hf", "path": str(p.resolve())}
+    if tok.is_file():
+        m.tokenizer = tok.read_text()
+    return m
+
+
+def _hf_conf(raw: dict[str, Any]):
+    from .reference import hf_config
+
+    return hf_config(raw | {"architecture": architecture(raw)})
+
+
+def import_source(source: str, weights: bool = False, seed: int = 0, std: float | None = None) -> Model:
+    """Whatever ``lfmc import`` accepts: a preset name or an HF checkpoint directory."""
+    if source in PRESETS:
+        return import_preset(source, weights, seed, std)
+    p = Path(source)
+    if p.is_dir():
+        return import_hf_dir(p)
+    if p.suffix == ".onnx":
+        raise LfmcError(f"{source}: ONNX import is not implemented yet (tracked in the ONNX frontend issue)")
+    raise LfmcError(f"{source!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an HF checkpoint "
+                    "directory")
+
+
+__all__ = ["PRESETS", "graph_from_config", "import_hf_dir", "import_preset", "import_source",
+           "import_torch_model", "preset"]

@@ -18,7 +18,8 @@ from .text import parse_graph, print_graph
 from .verify import verify
 from .weights import check_weights, load_weights, save_weights
 
-IR_FILE, WEIGHTS_FILE, PROVENANCE_FILE = "model.lfmir", "weights.safetensors", "provenance.json"
+IR_FILE, WEIGHTS_FILE, PROVENANCE_FILE, TOKENIZER_FILE = ("model.lfmir", "weights.safetensors", "provenance.json",
+                                                         "tokenizer.json")
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Model:
     graph: Graph
     weights: dict[str, np.ndarray] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str | None = None          # tokenizer.json text, when the source had one
 
     def check(self) -> "Model":
         verify(self.graph)
@@ -46,6 +48,8 @@ def save_model(m: Model, path: str | os.PathLike) -> Path:
         (tmp / IR_FILE).write_text(print_graph(m.graph))
         if m.weights is not None:
             save_weights(tmp / WEIGHTS_FILE, m.weights)
+        if m.tokenizer is not None:
+            (tmp / TOKENIZER_FILE).write_text(m.tokenizer)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(m.provenance, indent=1, sort_keys=True) + "\n")
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old")
@@ -88,4 +92,5 @@ def load_model(path: str | os.PathLike, weights: bool = True) -> Model:
     if weights and (p / WEIGHTS_FILE).exists():
         w = load_weights(p / WEIGHTS_FILE)
         check_weights(g, w, source=str(p / WEIGHTS_FILE))
-    return Model(g, w, prov)
+    tok = (p / TOKENIZER_FILE).read_text() if (p / TOKENIZER_FILE).is_file() else None
+    return Model(g, w, prov, tok)
