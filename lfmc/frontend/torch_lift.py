@@ -144,7 +144,7 @@ class _Group:
     def expect_ops(self, want: dict[str, int]) -> None:
         got = self.structural()
         if got != Counter(want):
-            diff = {k: (got.get(k, 0), v) for k, v in (Counter(want) | got).items() if got.get(k, 0) != want.get(k, 0)}
+            diff = {k: (got.get(k, 0), want.get(k, 0)) for k in set(want) | set(got) if got.get(k, 0) != want.get(k, 0)}
             self.fail("aten ops do not match the pattern ("
                       + ", ".join(f"{k}: found {a}, expected {b}" for k, (a, b) in sorted(diff.items())) + ")")
 
