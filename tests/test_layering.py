@@ -1,0 +1,53 @@
+"""The layering rules of ARCHITECTURE.md, checked on the import statements of every module."""
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+PKG = pathlib.Path(__file__).resolve().parents[1] / "lfmc"
+FORBIDDEN = {
+    "ir": {"frontend", "passes", "targets", "runtime", "cli", "check", "compile"},
+    "frontend": {"passes", "targets", "runtime"},
+    "passes": {"targets", "runtime", "frontend"},
+    "targets": {"passes", "runtime", "frontend"},
+    "runtime": {"frontend", "passes", "targets", "ir", "compile", "check"},
+}
+
+
+def _lfmc_imports(path: pathlib.Path) -> set[str]:
+    mod = path.relative_to(PKG.parent).with_suffix("").parts
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(mod[: len(mod) - node.level])
+                parts = base + (node.module.split(".") if node.module else [])
+            else:
+                parts = (node.module or "").split(".")
+            if parts and parts[0] == "lfmc" and len(parts) > 1:
+                out.add(parts[1])
+            elif parts == ["lfmc"]:
+                out |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                p = a.name.split(".")
+                if p[0] == "lfmc" and len(p) > 1:
+                    out.add(p[1])
+    return out
+
+
+def test_layers_import_only_what_they_may():
+    bad = []
+    for layer, forbidden in FORBIDDEN.items():
+        for f in (PKG / layer).rglob("*.py"):
+            hit = _lfmc_imports(f) & forbidden
+            if hit:
+                bad.append(f"{f.relative_to(PKG)} imports {sorted(hit)}")
+    assert not bad, bad
+
+
+def test_ir_imports_without_torch():
+    code = "import sys, lfmc.ir, lfmc.ir.summary; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
