@@ -1,0 +1,463 @@
+"""Kernel definitions shared by every target family: one TensorIR function per fused op group.
+
+Each ``make_*`` takes the op's static shape parameters and a :class:`Knobs` (what a target family chooses:
+vector lanes, register tiles, whether loops run in parallel) and returns a PrimFunc. How an operator is computed
+lives here, once; targets differ in the knobs, the codegen and the packaging.
+
+Conventions: activations are row-major ``[rows, cols]`` float32; ``rows`` is symbolic (the tokens of a prefill
+chunk, or the sequences of a decode batch). Matmul weights are packed ``[N / lanes, K, lanes]`` so that each
+output block streams one contiguous panel. Per-row ``slots`` / ``pos`` (int32) say which sequence a row belongs to
+and its absolute position: attention and the KV cache work the same way for prefill and for batched decode.
+Caches are ``[S, C, KV, hd]`` (S sequence slots, C max context), conv state ``[S, D, L-1]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, te
+from tvm.script import tirx as T
+
+NEG = -3.0e38
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Target-chosen schedule parameters."""
+
+    lanes: int = 8            # f32 vector width (8: AVX2 / NEON x2, 16: AVX-512)
+    rows: int = 4             # matmul register tile rows (the rows of a call are padded to a multiple)
+    cols: int = 3             # matmul register tile: vectors of `lanes` outputs per row
+    parallel: bool = True
+
+
+def pick_lanes(n: int, lanes: int) -> int:
+    """The widest vector width <= lanes that divides n (packed layouts need N % lanes == 0)."""
+    for l in (lanes, 16, 8, 4, 2, 1):
+        if l <= lanes and n % l == 0:
+            return l
+    return 1
+
+
+def _pick_cols(nvec: int, want: int) -> int:
+    for c in range(min(want, nvec), 0, -1):
+        if nvec % c == 0:
+            return c
+    return 1
+
+
+def _named(f: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
+    return f.with_attr("global_symbol", name)
+
+
+def pack_lanes_of(N: int, knobs: Knobs) -> int:
+    return pick_lanes(N, knobs.lanes)
+
+
+# ------------------------------------------------------------------------------------------------ matmul
+def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False) -> tvm.tirx.PrimFunc:
+    """Y[nb*R, N] = X[nb*R, K] @ W^T (+ bias), W packed [N/l, K, l]. Args: X, W, (bias), Y, nb."""
+    R = knobs.rows
+    l = pick_lanes(N, knobs.lanes)
+    J = _pick_cols(N // l, knobs.cols)
+    nb = te.var("nb", "int32")
+    X = te.placeholder((nb * R, K), name="X")
+    W = te.placeholder((N // l, K, l), name="W")
+    k = te.reduce_axis((0, K), name="k")
+    Y = te.compute((nb * R, N), lambda i, j: te.sum(X[i, k] * W[j // l, k, j % l], axis=k), name="Y")
+    args = [X, W]
+    if bias:
+        Bv = te.placeholder((N,), name="bias")
+        Z = te.compute((nb * R, N), lambda i, j: Y[i, j] + Bv[j], name="Z")
+        args += [Bv, Z]
+    else:
+        args += [Y]
+    f = te.create_prim_func(args + [nb])
+    sch = s_tir.Schedule(f)
+    b = sch.get_sblock("Y")
+    i, j, kk = sch.get_loops(b)
+    jo, jj, ji = sch.split(j, [None, J, l])
+    io, ii = sch.split(i, [None, R])
+    sch.reorder(io, jo, kk, ii, jj, ji)
+    outer = sch.fuse(io, jo)
+    if knobs.parallel:
+        sch.parallel(outer)
+    c = sch.cache_write(b, 0, "local")
+    sch.reverse_compute_at(c, outer)
+    if bias:
+        sch.reverse_compute_inline(sch.get_sblock("Z"))
+    sch.unroll(ii)
+    sch.unroll(jj)
+    if l > 1:
+        sch.vectorize(ji)
+    init = sch.decompose_reduction(b, kk)
+    if l > 1:
+        sch.vectorize(sch.get_loops(c)[-1])
+        sch.vectorize(sch.get_loops(init)[-1])
+    return _named(sch.mod["main"], name)
+
+
+def make_moe_gate_up(name: str, E: int, F2: int, D: int, topk: int, knobs: Knobs) -> tvm.tirx.PrimFunc:
+    """H[n*k, F2] = X[n] @ GU[idx[n, j]]^T for each chosen expert j. GU packed [E, F2/l, D, l].
+    Args: X[n, D], GU, idx[n, k], H[n*k, F2]."""
+    l = pick_lanes(F2, knobs.lanes)
+    J = _pick_cols(F2 // l, knobs.cols * 2)
+    n = te.var("n", "int32")
+    X = te.placeholder((n, D), name="X")
+    GU = te.placeholder((E, F2 // l, D, l), name="GU")
+    idx = te.placeholder((n, topk), name="idx", dtype="int32")
+    d = te.reduce_axis((0, D), name="d")
+    H = te.compute((n * topk, F2), lambda r, f: te.sum(
+        X[r // topk, d] * GU[idx[r // topk, r % topk], f // l, d, f % l], axis=d), name="H")
+    sch = s_tir.Schedule(te.create_prim_func([X, GU, idx, H]))
+    b = sch.get_sblock("H")
+    r, f, dd = sch.get_loops(b)
+    fo, fj, fi = sch.split(f, [None, J, l])
+    sch.reorder(r, fo, dd, fj, fi)
+    outer = sch.fuse(r, fo)
+    if knobs.parallel:
+        sch.parallel(outer)
+    c = sch.cache_write(b, 0, "local")
+    sch.reverse_compute_at(c, outer)
+    sch.unroll(fj)
+    if l > 1:
+        sch.vectorize(fi)
+    init = sch.decompose_reduction(b, dd)
+    if l > 1:
+        sch.vectorize(sch.get_loops(c)[-1])
+        sch.vectorize(sch.get_loops(init)[-1])
+    return _named(sch.mod["main"], name)
+
+
+def make_moe_down(name: str, E: int, D: int, F: int, topk: int, knobs: Knobs) -> tvm.tirx.PrimFunc:
+    """Y[n, D] = sum_j w[n, j] * (A[n*k + j] @ Dn[idx[n, j]]^T). Dn packed [E, D/l, F, l].
+    Args: A[n*k, F], Dn, idx[n, k], w[n, k], Y[n, D]."""
+    l = pick_lanes(D, knobs.lanes)
+    J = _pick_cols(D // l, knobs.cols * 2)
+    n = te.var("n", "int32")
+    A = te.placeholder((n * topk, F), name="A")
+    Dn = te.placeholder((E, D // l, F, l), name="Dn")
+    idx = te.placeholder((n, topk), name="idx", dtype="int32")
+    w = te.placeholder((n, topk), name="w")
+    j = te.reduce_axis((0, topk), name="j")
+    f = te.reduce_axis((0, F), name="f")
+    Y = te.compute((n, D), lambda i, o: te.sum(
+        w[i, j] * A[i * topk + j, f] * Dn[idx[i, j], o // l, f, o % l], axis=[j, f]), name="Y")
+    sch = s_tir.Schedule(te.create_prim_func([A, Dn, idx, w, Y]))
+    b = sch.get_sblock("Y")
+    i, o, jj, ff = sch.get_loops(b)
+    oo, oj, oi = sch.split(o, [None, J, l])
+    sch.reorder(i, oo, jj, ff, oj, oi)
+    outer = sch.fuse(i, oo)
+    if knobs.parallel:
+        sch.parallel(outer)
+    c = sch.cache_write(b, 0, "local")
+    sch.reverse_compute_at(c, outer)
+    sch.unroll(oj)
+    if l > 1:
+        sch.vectorize(oi)
+    init = sch.decompose_reduction(b, jj)
+    if l > 1:
+        sch.vectorize(sch.get_loops(c)[-1])
+        sch.vectorize(sch.get_loops(init)[-1])
+    return _named(sch.mod["main"], name)
+
+
+# ------------------------------------------------------------------------------------- row-wise kernels
+def make_embedding(name: str, V: int, D: int, l: int) -> tvm.tirx.PrimFunc:
+    """Out[n, D] = table[tokens[n]], the table packed [V/l, D, l] (shared with a tied LM head)."""
+
+    @T.prim_func
+    def f(tok: T.handle, w: T.handle, out: T.handle):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        Tok = T.match_buffer(tok, (n,), "int32")
+        Wt = T.match_buffer(w, (V // l, D, l), "float32")
+        O = T.match_buffer(out, (n, D), "float32")
+        for i in T.serial(n):
+            for d in T.serial(D):
+                O[i, d] = Wt[Tok[i] // l, d, Tok[i] % l]
+
+    return _named(f, name)
+
+
+def make_rmsnorm(name: str, D: int, eps: float, parallel: bool) -> tvm.tirx.PrimFunc:
+    """Y[n, D] = w * X * rsqrt(mean(X^2) + eps). Args: X, w, Y."""
+
+    @T.prim_func
+    def f(x: T.handle, w: T.handle, y: T.handle):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        X = T.match_buffer(x, (n, D), "float32")
+        Wt = T.match_buffer(w, (D,), "float32")
+        Y = T.match_buffer(y, (n, D), "float32")
+        for i in T.parallel(n) if parallel else T.serial(n):
+            ss = T.decl_buffer((1,), "float32", scope="local")
+            ss[0] = T.float32(0)
+            for d in T.serial(D):
+                ss[0] = ss[0] + X[i, d] * X[i, d]
+            ss[0] = T.float32(1) / T.sqrt(ss[0] / T.float32(D) + T.float32(eps))
+            for d in T.serial(D):
+                Y[i, d] = Wt[d] * (X[i, d] * ss[0])
+
+    return _named(f, name)
+
+
+def make_add(name: str, D: int) -> tvm.tirx.PrimFunc:
+    """A[n, D] += B[n, D] (in place: the residual stream). Args: A, B."""
+
+    @T.prim_func
+    def f(a: T.handle, b: T.handle):
+        n = T.int32()
+        A = T.match_buffer(a, (n, D), "float32")
+        B = T.match_buffer(b, (n, D), "float32")
+        for i, d in T.grid(n, D):
+            A[i, d] = A[i, d] + B[i, d]
+
+    return _named(f, name)
+
+
+def make_silu_mul(name: str, F: int, gate_chunk: int) -> tvm.tirx.PrimFunc:
+    """A[n, F] = silu(G[:, gate]) * G[:, up], G = [n, 2F] with the gate in chunk ``gate_chunk``. Args: G, A."""
+    go, uo = gate_chunk * F, (1 - gate_chunk) * F
+
+    @T.prim_func
+    def f(g: T.handle, a: T.handle):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        G = T.match_buffer(g, (n, 2 * F), "float32")
+        A = T.match_buffer(a, (n, F), "float32")
+        for i, d in T.grid(n, F):
+            A[i, d] = G[i, go + d] / (T.float32(1) + T.exp(-G[i, go + d])) * G[i, uo + d]
+
+    return _named(f, name)
+
+
+def make_take_last(name: str, D: int) -> tvm.tirx.PrimFunc:
+    """Out[0, :] = X[n - 1, :] (prefill computes logits for its last token only). Args: X, Out[r, D]."""
+
+    @T.prim_func
+    def f(x: T.handle, out: T.handle):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        r = T.int32()
+        X = T.match_buffer(x, (n, D), "float32")
+        O = T.match_buffer(out, (r, D), "float32")
+        for d in T.serial(D):
+            O[0, d] = X[n - 1, d]
+
+    return _named(f, name)
+
+
+# ------------------------------------------------------------------------------------ short convolution
+def make_conv_prefill(name: str, D: int, L: int, ib: int, ic: int, ix: int, bias: bool) -> tvm.tirx.PrimFunc:
+    """Gated causal depthwise conv over one sequence's chunk, continuing and updating its conv state.
+
+    P[n, 3D] holds the in_proj chunks (B at ``ib``, C at ``ic``, x at ``ix``); Y[t] = C[t] * sum_j w[j] *
+    hist[t + j] with hist = [state(slot); B*x]; afterwards the state holds the last L-1 entries of hist.
+    Args: P, state[S, D, L-1], w[D, L], (bias[D]), Y[n, D], slot."""
+    Lm, Lc, last = L - 1, max(L - 1, 1), max(L - 2, 0)
+
+    @T.prim_func
+    def f(p: T.handle, st: T.handle, w: T.handle, cb: T.handle, y: T.handle, slot: T.int32):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        S = T.int32()
+        P = T.match_buffer(p, (n, 3 * D), "float32")
+        St = T.match_buffer(st, (S, D, Lc), "float32")
+        Wt = T.match_buffer(w, (D, L), "float32")
+        Cb = T.match_buffer(cb, (D,), "float32")
+        Y = T.match_buffer(y, (n, D), "float32")
+        for d in T.parallel(D):
+            acc = T.decl_buffer((1,), "float32", scope="local")
+            for t in T.serial(n):
+                acc[0] = Cb[d]
+                for j in T.serial(L):
+                    # hist index t + j: the state for t + j < L-1, else B*x of row t + j - (L-1)
+                    acc[0] = acc[0] + Wt[d, j] * T.if_then_else(
+                        t + j < Lm, St[slot, d, T.min(t + j, last)],
+                        P[T.max(t + j - Lm, 0), ib * D + d] * P[T.max(t + j - Lm, 0), ix * D + d])
+                Y[t, d] = P[t, ic * D + d] * acc[0]
+            # new state: hist[n .. n + L-2]; ascending j reads only entries not yet overwritten
+            for j in T.serial(Lm):
+                St[slot, d, j] = T.if_then_else(
+                    n + j < Lm, St[slot, d, T.min(n + j, last)],
+                    P[T.max(n + j - Lm, 0), ib * D + d] * P[T.max(n + j - Lm, 0), ix * D + d])
+
+    del bias  # the bias operand is always passed (zeros when the model has none): one kernel shape
+    return _named(f, name)
+
+
+def make_conv_decode(name: str, D: int, L: int, ib: int, ic: int, ix: int) -> tvm.tirx.PrimFunc:
+    """One token for each of n sequences: Y[b] = C * (w . [state(slots[b]); B*x]), the state shifted in place.
+    Args: P[n, 3D], state[S, D, L-1], w[D, L], bias[D], Y[n, D], slots[n]."""
+    Lm, Lc, last = L - 1, max(L - 1, 1), max(L - 2, 0)
+
+    @T.prim_func
+    def f(p: T.handle, st: T.handle, w: T.handle, cb: T.handle, y: T.handle, slots: T.handle):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        S = T.int32()
+        P = T.match_buffer(p, (n, 3 * D), "float32")
+        St = T.match_buffer(st, (S, D, Lc), "float32")
+        Wt = T.match_buffer(w, (D, L), "float32")
+        Cb = T.match_buffer(cb, (D,), "float32")
+        Y = T.match_buffer(y, (n, D), "float32")
+        Sl = T.match_buffer(slots, (n,), "int32")
+        for b in T.serial(n):
+            for d in T.serial(D):
+                bx = T.decl_buffer((2,), "float32", scope="local")
+                bx[0] = P[b, ib * D + d] * P[b, ix * D + d]
+                bx[1] = Cb[d] + Wt[d, L - 1] * bx[0]
+                for j in T.serial(Lm):
+                    bx[1] = bx[1] + Wt[d, j] * St[Sl[b], d, j]
+                for j in T.serial(last):
+                    St[Sl[b], d, j] = St[Sl[b], d, j + 1]
+                St[Sl[b], d, last] = T.if_then_else(Lm > 0, bx[0], St[Sl[b], d, last])
+                Y[b, d] = P[b, ic * D + d] * bx[1]
+
+    return _named(f, name)
+
+
+# ------------------------------------------------------------------------------------------- attention
+def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float) -> tvm.tirx.PrimFunc:
+    """Per row: RMSNorm each q and k head (weights qn, kn), NeoX RoPE at pos[row], q to Q, k and v into the
+    KV cache of slots[row] at pos[row]. Args: QKV[n, (H+2KV)hd], qn, kn, Kc, Vc, Q[n, H*hd], slots, pos."""
+    half = hd // 2
+
+    @T.prim_func
+    def f(qkv: T.handle, qn: T.handle, kn: T.handle, kc: T.handle, vc: T.handle, q: T.handle,
+          slots: T.handle, pos: T.handle):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        S = T.int32()
+        C = T.int32()
+        X = T.match_buffer(qkv, (n, (H + 2 * KV) * hd), "float32")
+        Qn = T.match_buffer(qn, (hd,), "float32")
+        Kn = T.match_buffer(kn, (hd,), "float32")
+        Kc = T.match_buffer(kc, (S, C, KV, hd), "float32")
+        Vc = T.match_buffer(vc, (S, C, KV, hd), "float32")
+        Q = T.match_buffer(q, (n, H * hd), "float32")
+        Sl = T.match_buffer(slots, (n,), "int32")
+        Ps = T.match_buffer(pos, (n,), "int32")
+        for t in T.serial(n):
+            for h in T.serial(H + KV):
+                v = T.decl_buffer((hd,), "float32", scope="local")
+                ss = T.decl_buffer((1,), "float32", scope="local")
+                ss[0] = T.float32(0)
+                for d in T.serial(hd):
+                    ss[0] = ss[0] + X[t, h * hd + d] * X[t, h * hd + d]
+                ss[0] = T.float32(1) / T.sqrt(ss[0] / T.float32(hd) + T.float32(eps))
+                for d in T.serial(hd):
+                    v[d] = X[t, h * hd + d] * ss[0] * T.if_then_else(h < H, Qn[d], Kn[d])
+                for d in T.serial(hd):
+                    ang = T.Cast("float32", Ps[t]) * (T.float32(1) / T.pow(
+                        T.float32(theta), T.Cast("float32", (d % half) * 2) / T.float32(hd)))
+                    rot = T.if_then_else(d < half, -v[T.min(d + half, hd - 1)], v[T.max(d - half, 0)])
+                    val = v[d] * T.cos(ang) + rot * T.sin(ang)
+                    if h < H:
+                        Q[t, h * hd + d] = val
+                    else:
+                        Kc[Sl[t], Ps[t], h - H, d] = val
+            for g in T.serial(KV):
+                for d in T.serial(hd):
+                    Vc[Sl[t], Ps[t], g, d] = X[t, (H + KV) * hd + g * hd + d]
+
+    return _named(f, name)
+
+
+def make_attention(name: str, H: int, KV: int, hd: int, parallel: bool) -> tvm.tirx.PrimFunc:
+    """Causal GQA attention of each row over its sequence's cache up to and including pos[row], with an
+    online softmax (no score buffer). Args: Q[n, H*hd], Kc, Vc, O[n, H*hd], slots, pos."""
+    G = H // KV
+    scale = float(hd) ** -0.5
+
+    @T.prim_func
+    def f(q: T.handle, kc: T.handle, vc: T.handle, o: T.handle, slots: T.handle, pos: T.handle):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        S = T.int32()
+        C = T.int32()
+        Q = T.match_buffer(q, (n, H * hd), "float32")
+        Kc = T.match_buffer(kc, (S, C, KV, hd), "float32")
+        Vc = T.match_buffer(vc, (S, C, KV, hd), "float32")
+        O = T.match_buffer(o, (n, H * hd), "float32")
+        Sl = T.match_buffer(slots, (n,), "int32")
+        Ps = T.match_buffer(pos, (n,), "int32")
+        for th in T.parallel(n * H) if parallel else T.serial(n * H):
+            acc = T.decl_buffer((hd,), "float32", scope="local")
+            st = T.decl_buffer((4,), "float32", scope="local")    # max, sum, score, new max
+            st[0] = T.float32(NEG)
+            st[1] = T.float32(0)
+            for d in T.serial(hd):
+                acc[d] = T.float32(0)
+            for c in T.serial(Ps[th // H] + 1):
+                st[2] = T.float32(0)
+                for d in T.serial(hd):
+                    st[2] = st[2] + Q[th // H, (th % H) * hd + d] * Kc[Sl[th // H], c, (th % H) // G, d]
+                st[2] = st[2] * T.float32(scale)
+                st[3] = T.max(st[0], st[2])
+                st[1] = st[1] * T.exp(st[0] - st[3]) + T.exp(st[2] - st[3])
+                for d in T.serial(hd):
+                    acc[d] = acc[d] * T.exp(st[0] - st[3]) + T.exp(st[2] - st[3]) * Vc[
+                        Sl[th // H], c, (th % H) // G, d]
+                st[0] = st[3]
+            for d in T.serial(hd):
+                O[th // H, (th % H) * hd + d] = acc[d] / st[1]
+
+    return _named(f, name)
+
+
+# ---------------------------------------------------------------------------------------------- MoE
+def make_moe_route(name: str, E: int, topk: int, scoring: str, use_bias: bool, norm: bool, norm_eps: float,
+                   scale: float) -> tvm.tirx.PrimFunc:
+    """Router: scores = sigmoid|softmax(logits); choose top-k of scores (+ expert_bias); weights are the
+    unbiased scores of the chosen, normalized over them (+eps) when ``norm``, times ``scale``.
+    Args: logits[n, E], bias[E], idx[n, k] int32, w[n, k]."""
+    sig = scoring == "sigmoid"
+
+    @T.prim_func
+    def f(lg: T.handle, bias: T.handle, idx: T.handle, w: T.handle):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        Lg = T.match_buffer(lg, (n, E), "float32")
+        Bs = T.match_buffer(bias, (E,), "float32")
+        Ix = T.match_buffer(idx, (n, topk), "int32")
+        Wt = T.match_buffer(w, (n, topk), "float32")
+        for t in T.serial(n):
+            sc = T.decl_buffer((E,), "float32", scope="local")
+            taken = T.decl_buffer((E,), "int32", scope="local")
+            tmp = T.decl_buffer((3,), "float32", scope="local")     # max logit, softmax sum, best
+            best = T.decl_buffer((1,), "int32", scope="local")
+            tmp[0] = T.float32(NEG)
+            for e in T.serial(E):
+                tmp[0] = T.max(tmp[0], Lg[t, e])
+            tmp[1] = T.float32(0)
+            for e in T.serial(E):
+                tmp[1] = tmp[1] + T.exp(Lg[t, e] - tmp[0])
+            for e in T.serial(E):
+                taken[e] = 0
+                if sig:
+                    sc[e] = T.float32(1) / (T.float32(1) + T.exp(-Lg[t, e]))
+                else:
+                    sc[e] = T.exp(Lg[t, e] - tmp[0]) / tmp[1]
+            for j in T.serial(topk):
+                tmp[2] = T.float32(NEG)
+                best[0] = 0
+                for e in T.serial(E):
+                    if taken[e] == 0 and sc[e] + T.if_then_else(use_bias, Bs[e], T.float32(0)) > tmp[2]:
+                        tmp[2] = sc[e] + T.if_then_else(use_bias, Bs[e], T.float32(0))
+                        best[0] = e
+                taken[best[0]] = 1
+                Ix[t, j] = best[0]
+                Wt[t, j] = sc[best[0]]
+            tmp[1] = T.float32(0)
+            for j in T.serial(topk):
+                tmp[1] = tmp[1] + Wt[t, j]
+            for j in T.serial(topk):
+                if norm:
+                    Wt[t, j] = Wt[t, j] / (tmp[1] + T.float32(norm_eps)) * T.float32(scale)
+                else:
+                    Wt[t, j] = Wt[t, j] * T.float32(scale)
+
+    return _named(f, name)

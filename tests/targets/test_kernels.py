@@ -1,0 +1,160 @@
+"""Each shared kernel, compiled for the host, against a numpy reference on several shapes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from lfmc.targets import kernels as K  # noqa: E402
+from lfmc.targets.host import host_target  # noqa: E402
+
+RNG = np.random.default_rng(0)
+KN = K.Knobs(lanes=8, rows=4, cols=3)
+
+
+def build(f):
+    mod = tvm.IRModule({f.attrs["global_symbol"]: f})
+    return tvm.compile(mod, target=host_target())[f.attrs["global_symbol"]]
+
+
+def r(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def pack(w, l):
+    N, Kd = w.shape
+    return np.ascontiguousarray(w.reshape(N // l, l, Kd).transpose(0, 2, 1))
+
+
+def call(f, *arrays):
+    ts = [tvm.runtime.tensor(a) if isinstance(a, np.ndarray) else a for a in arrays]
+    f(*ts)
+    return [t.numpy() if hasattr(t, "numpy") else t for t in ts]
+
+
+@pytest.mark.parametrize("N,Kd,rows,bias", [(48, 32, 4, False), (96, 40, 8, True), (24, 16, 1, False)])
+@pytest.mark.parametrize("knobs", [K.Knobs(8, 4, 3), K.Knobs(8, 1, 8)])
+def test_matmul(N, Kd, rows, bias, knobs):
+    f = build(K.make_matmul("mm", N, Kd, knobs, bias))
+    rows = -(-rows // knobs.rows) * knobs.rows
+    x, w, b = r(rows, Kd), r(N, Kd), r(N)
+    l = K.pick_lanes(N, knobs.lanes)
+    args = [x, pack(w, l)] + ([b] if bias else []) + [np.zeros((rows, N), np.float32), rows // knobs.rows]
+    y = call(f, *args)[-2]
+    np.testing.assert_allclose(y, x @ w.T + (b if bias else 0), rtol=1e-5, atol=1e-5)
+
+
+def test_rmsnorm_add_silu_take_last():
+    x, w = r(5, 32), r(32)
+    y = call(build(K.make_rmsnorm("n", 32, 1e-5, True)), x, w, np.zeros_like(x))[2]
+    np.testing.assert_allclose(y, w * x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5), rtol=1e-5, atol=1e-6)
+    a, b = r(3, 16), r(3, 16)
+    np.testing.assert_allclose(call(build(K.make_add("a", 16)), a.copy(), b)[0], a + b, rtol=1e-6)
+    g = r(4, 2 * 8)
+    for gate in (0, 1):
+        out = call(build(K.make_silu_mul(f"s{gate}", 8, gate)), g, np.zeros((4, 8), np.float32))[1]
+        gv, up = (g[:, :8], g[:, 8:]) if gate == 0 else (g[:, 8:], g[:, :8])
+        np.testing.assert_allclose(out, gv / (1 + np.exp(-gv)) * up, rtol=1e-5, atol=1e-6)
+    last = call(build(K.make_take_last("t", 16)), a, np.zeros((4, 16), np.float32))[1]
+    np.testing.assert_array_equal(last[0], a[-1])
+
+
+def test_embedding():
+    V, D, l = 64, 16, 8
+    table = r(V, D)
+    tok = np.array([0, 63, 9, 9], np.int32)
+    out = call(build(K.make_embedding("e", V, D, l)), tok, pack(table, l), np.zeros((4, D), np.float32))[2]
+    np.testing.assert_array_equal(out, table[tok])
+
+
+def _conv_ref(P, state, w, cb, D, L, ib, ic, ix):
+    bx = P[:, ib * D:(ib + 1) * D] * P[:, ix * D:(ix + 1) * D]
+    hist = np.concatenate([state.T, bx], 0)
+    T_ = len(P)
+    y = np.stack([(hist[t:t + L] * w.T).sum(0) for t in range(T_)]) + cb
+    return P[:, ic * D:(ic + 1) * D] * y, hist[len(hist) - (L - 1):].T
+
+
+@pytest.mark.parametrize("L,T_", [(3, 5), (3, 1), (4, 2), (2, 6)])
+def test_conv_prefill_and_decode(L, T_):
+    D, S = 16, 3
+    ib, ic, ix = 2, 0, 1
+    P, st, w, cb = r(T_, 3 * D), r(S, D, L - 1), r(D, L), r(D)
+    out = call(build(K.make_conv_prefill("cp", D, L, ib, ic, ix, True)), P, st.copy(), w, cb,
+               np.zeros((T_, D), np.float32), 2)
+    y_ref, s_ref = _conv_ref(P, st[2], w, cb, D, L, ib, ic, ix)
+    np.testing.assert_allclose(out[4], y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1][2], s_ref, rtol=1e-6)
+    np.testing.assert_array_equal(out[1][[0, 1]], st[[0, 1]])
+    # decode: one token for each of two sequences
+    slots = np.array([2, 0], np.int32)
+    Pd = r(2, 3 * D)
+    outd = call(build(K.make_conv_decode("cd", D, L, ib, ic, ix)), Pd, st.copy(), w, cb,
+                np.zeros((2, D), np.float32), slots)
+    for b, s in enumerate(slots):
+        y_ref, s_ref = _conv_ref(Pd[b:b + 1], st[s], w, cb, D, L, ib, ic, ix)
+        np.testing.assert_allclose(outd[4][b], y_ref[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(outd[1][s], s_ref, rtol=1e-6)
+
+
+def _rope_ref(x, pos, theta):
+    hd = x.shape[-1]
+    inv = 1.0 / theta ** (np.arange(0, hd, 2) / hd)
+    ang = pos[:, None] * inv[None]
+    ang = np.concatenate([ang, ang], -1)[:, None]
+    rot = np.concatenate([-x[..., hd // 2:], x[..., :hd // 2]], -1)
+    return x * np.cos(ang) + rot * np.sin(ang)
+
+
+def test_qk_rope_and_attention():
+    H, KV, hd, S, C = 4, 2, 8, 3, 16
+    eps, theta = 1e-5, 1e4
+    n = 5
+    X, qn, kn = r(n, (H + 2 * KV) * hd), r(hd), r(hd)
+    Kc, Vc = r(S, C, KV, hd), r(S, C, KV, hd)
+    slots = np.full(n, 1, np.int32)
+    pos = np.arange(3, 3 + n, dtype=np.int32)           # a chunk continuing a sequence at position 3
+    out = call(build(K.make_qk_rope("qk", H, KV, hd, eps, theta)), X, qn, kn, Kc.copy(), Vc.copy(),
+               np.zeros((n, H * hd), np.float32), slots, pos)
+    norm = lambda v, w: w * v / np.sqrt((v * v).mean(-1, keepdims=True) + eps)  # noqa: E731
+    q = _rope_ref(norm(X[:, :H * hd].reshape(n, H, hd), qn), pos.astype(np.float64), theta)
+    k = _rope_ref(norm(X[:, H * hd:(H + KV) * hd].reshape(n, KV, hd), kn), pos.astype(np.float64), theta)
+    np.testing.assert_allclose(out[5].reshape(n, H, hd), q, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out[3][1, 3:3 + n], k, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(out[4][1, 3:3 + n], X[:, (H + KV) * hd:].reshape(n, KV, hd))
+    np.testing.assert_array_equal(out[3][0], Kc[0])
+    Kc2, Vc2, Q = out[3], out[4], out[5]
+    o = call(build(K.make_attention("at", H, KV, hd, True)), Q, Kc2, Vc2, np.zeros((n, H * hd), np.float32),
+             slots, pos)[3]
+    for t in range(n):
+        for h in range(H):
+            kk, vv = Kc2[1, :pos[t] + 1, h // (H // KV)], Vc2[1, :pos[t] + 1, h // (H // KV)]
+            s = kk @ Q[t, h * hd:(h + 1) * hd] / np.sqrt(hd)
+            p = np.exp(s - s.max())
+            np.testing.assert_allclose(o[t, h * hd:(h + 1) * hd], p @ vv / p.sum(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("scoring,use_bias,norm,scale", [("sigmoid", True, True, 1.0), ("softmax", False, False, 2.5)])
+def test_moe(scoring, use_bias, norm, scale):
+    E, k, D, F, n = 6, 2, 16, 8, 3
+    lg, bias = r(n, E), r(E)
+    idx, w = call(build(K.make_moe_route("rt", E, k, scoring, use_bias, norm, 1e-6, scale)), lg, bias,
+                  np.zeros((n, k), np.int32), np.zeros((n, k), np.float32))[2:]
+    sc = 1 / (1 + np.exp(-lg)) if scoring == "sigmoid" else np.exp(lg) / np.exp(lg).sum(-1, keepdims=True)
+    sel = np.argsort(-(sc + (bias if use_bias else 0)), -1)[:, :k]
+    ws = np.take_along_axis(sc, sel, -1)
+    ws = (ws / (ws.sum(-1, keepdims=True) + 1e-6) if norm else ws) * scale
+    np.testing.assert_array_equal(idx, sel)
+    np.testing.assert_allclose(w, ws, rtol=1e-5)
+    x, gu, dn = r(n, D), r(E, 2 * F, D), r(E, D, F)
+    l = 8
+    h = call(build(K.make_moe_gate_up("gu", E, 2 * F, D, k, KN)), x,
+             np.stack([pack(gu[e], l) for e in range(E)]), idx, np.zeros((n * k, 2 * F), np.float32))[3]
+    ref_h = np.stack([gu[idx[t, j]] @ x[t] for t in range(n) for j in range(k)])
+    np.testing.assert_allclose(h, ref_h, rtol=1e-5, atol=1e-5)
+    a = r(n * k, F)
+    y = call(build(K.make_moe_down("dn", E, D, F, k, KN)), a, np.stack([pack(dn[e], l) for e in range(E)]),
+             idx, w, np.zeros((n, D), np.float32))[4]
+    ref_y = np.stack([sum(w[t, j] * dn[idx[t, j]] @ a[t * k + j] for j in range(k)) for t in range(n)])
+    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
