@@ -40,3 +40,17 @@ def host_knobs(entry: str) -> Knobs:
     if entry == "decode":
         return Knobs(lanes=lanes, rows=1, cols=8)
     return Knobs(lanes=lanes, rows=4, cols=3)
+
+
+def build_host(kernels: dict, out_dir, progress=None) -> list[str]:
+    """Compile every kernel for this CPU into one shared library ``kernels.so``; returns the file names."""
+    import tvm
+
+    funcs = {}
+    for i, (name, spec) in enumerate(sorted(kernels.items())):
+        funcs[name] = spec.build(name)
+        if progress:
+            progress(i + 1, len(kernels), name)
+    lib = tvm.compile(tvm.IRModule(funcs), target=host_target())
+    lib.export_library(str(out_dir / "kernels.so"))
+    return ["kernels.so"]

@@ -1,0 +1,75 @@
+"""The compile flow: a model (saved, preset or checkpoint) -> lowering -> target build -> artifact directory.
+
+Sits above the layers (frontend, passes, targets) so that none of them reaches into another.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from .ir.errors import LfmcError
+from .ir.model import Model, load_model
+from .ir.text import print_graph
+
+TARGETS = ("host",)
+DEFAULT_MAX_CONTEXT = 4096
+DEFAULT_PREFILL_CHUNK = 256
+
+
+def load_source(source: str, seed: int = 0, init_std: float | None = None) -> Model:
+    """A saved model (NAME.lfm) or anything `lfmc import` accepts; presets get seeded random weights."""
+    p = Path(source)
+    if p.is_dir() and (p / "model.lfmir").exists():
+        return load_model(p)
+    from .frontend import import_source
+
+    return import_source(source, weights=True, seed=seed, std=init_std)
+
+
+def compile_model(model: Model, out: str | os.PathLike, target: str = "host", max_batch: int = 8,
+                  max_context: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+                  progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Compile ``model`` for ``target`` into the artifact directory ``out``."""
+    from .ir.verify import verify
+    from .targets.artifact import write_artifact
+    from .targets.lower import lower
+
+    if target not in TARGETS:
+        raise LfmcError(f"unknown target {target!r} (available: {', '.join(TARGETS)})")
+    if model.weights is None:
+        raise LfmcError("the model has no weights (config-only import): import it with --random-weights or "
+                        "from a checkpoint before compiling")
+    if max_batch < 1 or prefill_chunk < 1:
+        raise LfmcError("--max-batch and --prefill-chunk must be at least 1")
+    verify(model.graph)
+    from .targets.host import build_host, cpu_features, host_knobs
+
+    knobs = {e: host_knobs(e) for e in ("prefill", "decode")}
+    low = lower(model.graph, model.weights, knobs)
+    cfg = model.provenance.get("config") or {}
+    mpe = int(cfg.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT)
+    max_context = int(max_context or min(DEFAULT_MAX_CONTEXT, mpe))
+    if max_context < 1:
+        raise LfmcError("--max-context must be at least 1")
+    text = print_graph(model.graph)
+    import tvm
+
+    eos = cfg.get("eos_token_id")
+    manifest: dict[str, Any] = {
+        "target": {"name": target, "driver": "cpu", "kind": "llvm", "features": cpu_features()},
+        "tvm_version": tvm.__version__,
+        "model": {"name": model.graph.name, "vocab_size": low.plan["vocab_size"],
+                  "parameters": model.graph.num_parameters(), "eos_token_id": eos,
+                  "bos_token_id": cfg.get("bos_token_id"), "architecture": model.provenance.get("architecture"),
+                  "config": cfg, "source": {k: v for k, v in model.provenance.items() if k != "config"}},
+        "ir_hash": hashlib.sha256(text.encode()).hexdigest(),
+        "limits": {"max_batch": int(max_batch), "max_context": max_context, "prefill_chunk": int(prefill_chunk),
+                   "max_position_embeddings": mpe},
+        "tokenizer": ({"kind": "json"} if model.tokenizer is not None
+                      else {"kind": "bytes"} if low.plan["vocab_size"] == 256 else {"kind": "none"}),
+        "plan": low.plan,
+    }
+    return write_artifact(out, manifest, low.params, lambda d: build_host(low.kernels, d, progress),
+                          model.tokenizer)

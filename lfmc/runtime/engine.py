@@ -1,0 +1,296 @@
+"""The Engine: loads a compiled artifact and runs its kernel plan through a device driver.
+
+Sequences live in slots (``max_batch`` of them) that own their conv state and a KV cache of ``max_context``
+positions. ``prefill`` runs one sequence's prompt in chunks; ``decode`` advances several sequences by one token
+in one batched call; ``generate`` / ``stream`` sample on top. Nothing is allocated per decode step: buffers are
+sized once at load and every kernel argument of a decode batch size is built once and reused.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .artifact import check_device, load_manifest
+from .drivers import get_driver
+from .errors import EngineError, RuntimeLoadError
+from .sampling import sample
+from .tokenizer import load_tokenizer
+
+
+@dataclass
+class _Seq:
+    slot: int
+    length: int = 0
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]
+    text: str | None
+    prompt_tokens: int
+    prefill_s: float
+    decode_s: float
+    stop_reason: str
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return (len(self.tokens) - 1) / self.decode_s if self.decode_s > 0 and len(self.tokens) > 1 else 0.0
+
+
+class Engine:
+    """A loaded artifact. ``Engine(path)`` imports neither torch, transformers nor lfmc's compiler."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", max_batch: int | None = None,
+                 max_context: int | None = None, prefill_chunk: int | None = None, num_threads: int | None = None,
+                 verify: bool = True):
+        self.root = Path(path)
+        m = load_manifest(self.root, verify_hashes=verify)
+        check_device(m, device)
+        self.manifest, self.plan = m, m["plan"]
+        lim = m["limits"]
+        self.max_batch = int(max_batch or lim["max_batch"])
+        self.max_context = int(max_context or lim["max_context"])
+        self.prefill_chunk = int(prefill_chunk or lim["prefill_chunk"])
+        if min(self.max_batch, self.max_context, self.prefill_chunk) < 1:
+            raise EngineError("max_batch, max_context and prefill_chunk must be at least 1")
+        self.vocab_size = int(self.plan["vocab_size"])
+        self.eos_token_id = m["model"].get("eos_token_id")
+        self.tokenizer = load_tokenizer(self.root, m.get("tokenizer", {}))
+        self.driver = get_driver(device, num_threads=num_threads) if device == "cpu" else get_driver(device)
+        self._load_params()
+        self._allocate()
+        lib = self.driver.load_library(self.root / m["kernel_library"])
+        names = {L["kernel"] for e in self.plan["entries"].values() for L in e}
+        self._funcs = {k: self.driver.function(lib, k) for k in sorted(names)}
+        self._lib = lib
+        self._calls: dict[tuple, list] = {}
+        self._views: dict[tuple, Any] = {}
+        self._seqs: dict[int, _Seq] = {}
+        self._next_id = 0
+
+    # ------------------------------------------------------------------------------------------- loading
+    def _load_params(self) -> None:
+        from safetensors.numpy import load_file
+
+        p = self.root / "params.safetensors"
+        try:
+            raw = load_file(str(p))
+        except Exception as e:
+            raise RuntimeLoadError(f"{p}: unreadable ({type(e).__name__}: {e})") from None
+        self.params = {}
+        for name, spec in self.plan["params"].items():
+            if name not in raw:
+                raise RuntimeLoadError(f"{p}: parameter {name!r} is missing")
+            a = raw[name]
+            if list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
+                raise RuntimeLoadError(f"{p}: parameter {name!r} is {a.dtype}{list(a.shape)}, the plan wants "
+                                       f"{spec['dtype']}{spec['shape']}")
+            self.params[name] = self.driver.upload(a)
+
+    def _rows(self, spec: str | int, n: int, entry: str) -> int:
+        if isinstance(spec, int):
+            return spec
+        R = self.plan["row_tile"][entry]
+        return {"n": n, "np": -(-n // R) * R, "nk": n * self.plan["topk"]}[spec]
+
+    def _allocate(self) -> None:
+        self._max_rows = max(self.prefill_chunk, self.max_batch)
+        big = max(self._rows(s, self._max_rows, e) for e in self.plan["entries"] for s in ("np",))
+        self.slabs = {}
+        for name, s in self.plan["slabs"].items():
+            elems = max((r if isinstance(r, int) else {"n": self._max_rows, "np": big,
+                                                       "nk": self._max_rows * self.plan["topk"]}[r]) * c
+                        for r, c in s["uses"])
+            self.slabs[name] = self.driver.alloc((elems,), s["dtype"])
+        dims = {"S": self.max_batch, "C": self.max_context}
+        self.state = {k: self.driver.alloc(tuple(dims.get(d, d) for d in s["shape"]), s["dtype"])
+                      for k, s in self.plan["state"].items()}
+        self.inputs = {k: self.driver.alloc((big,), "int32") for k in ("tokens", "slots", "pos")}
+
+    def memory_bytes(self) -> dict[str, int]:
+        nb = lambda d: sum(int(a.nbytes) for a in d.values())  # noqa: E731
+        return {"params": nb(self.params), "state": nb(self.state), "activations": nb(self.slabs) + nb(self.inputs)}
+
+    # ------------------------------------------------------------------------------------------ executor
+    def _view(self, buf_key: tuple, buf: Any, shape: tuple[int, ...]) -> Any:
+        key = buf_key + shape
+        v = self._views.get(key)
+        if v is None:
+            v = self._views[key] = self.driver.device_view(buf, shape)
+        return v
+
+    def _arg(self, a: list, n: int, entry: str, slot: int) -> Any:
+        kind = a[0]
+        if kind == "slab":
+            return self._view(("slab", a[1]), self.slabs[a[1]], (self._rows(a[2], n, entry), a[3]))
+        if kind == "param":
+            return self._view(("param", a[1]), self.params[a[1]], tuple(self.params[a[1]].shape))
+        if kind == "state":
+            return self._view(("state", a[1]), self.state[a[1]], tuple(self.state[a[1]].shape))
+        if kind == "input":
+            return self._view(("input", a[1]), self.inputs[a[1]], (self._rows(a[2], n, entry),))
+        if kind == "scalar":
+            if a[1] == "nb":
+                return self._rows("np", n, entry) // self.plan["row_tile"][entry]
+            if a[1] == "slot":
+                return slot
+        if kind == "const":
+            return a[1]
+        raise RuntimeLoadError(f"plan argument {a!r} is not understood by this runtime")
+
+    def _run(self, entry: str, n: int, slot: int = 0) -> None:
+        key = (entry, n, slot)
+        calls = self._calls.get(key)
+        if calls is None:
+            calls = [(self._funcs[L["kernel"]], [self._arg(a, n, entry, slot) for a in L["args"]])
+                     for L in self.plan["entries"][entry]]
+            self._calls[key] = calls
+        for f, args in calls:
+            f(*args)
+        self.driver.sync()
+
+    def _logits(self, entry: str, n: int) -> np.ndarray:
+        _, name, rows, cols = self.plan["logits"][entry]
+        return self.driver.read(self.slabs[name], (self._rows(rows, n, entry), cols))
+
+    # ----------------------------------------------------------------------------------------- sequences
+    def new_sequence(self) -> int:
+        """A new, empty sequence; raises when all ``max_batch`` slots are taken."""
+        used = {s.slot for s in self._seqs.values()}
+        free = [i for i in range(self.max_batch) if i not in used]
+        if not free:
+            raise EngineError(f"all {self.max_batch} sequence slots are in use: release one or load the engine "
+                              "with a larger max_batch")
+        sid = self._next_id
+        self._next_id += 1
+        self._seqs[sid] = _Seq(free[0])
+        self._clear_slot(free[0])
+        return sid
+
+    def _clear_slot(self, slot: int) -> None:
+        for name, spec in self.plan["state"].items():
+            if spec["kind"] == "conv":
+                self.driver.fill(self.state[name], slot, 0.0)
+
+    def _seq(self, seq: int) -> _Seq:
+        try:
+            return self._seqs[seq]
+        except KeyError:
+            raise EngineError(f"unknown sequence {seq!r}") from None
+
+    def reset(self, seq: int) -> None:
+        """Forget what ``seq`` has seen (its conv state and KV cache), keeping its slot."""
+        s = self._seq(seq)
+        s.length = 0
+        self._clear_slot(s.slot)
+
+    def release(self, seq: int) -> None:
+        self._seq(seq)
+        del self._seqs[seq]
+
+    def length(self, seq: int) -> int:
+        return self._seq(seq).length
+
+    def _check_tokens(self, tokens: Sequence[int]) -> np.ndarray:
+        t = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if t.size and (t.min() < 0 or t.max() >= self.vocab_size):
+            raise EngineError(f"token ids must lie in [0, {self.vocab_size})")
+        return t.astype(np.int32)
+
+    def prefill(self, seq: int, tokens: Sequence[int]) -> np.ndarray:
+        """Feed ``tokens`` to ``seq`` (in chunks); returns the logits [vocab] after the last one."""
+        s = self._seq(seq)
+        t = self._check_tokens(tokens)
+        if t.size == 0:
+            raise EngineError("prefill needs at least one token")
+        if s.length + t.size > self.max_context:
+            raise EngineError(f"sequence {seq} would hold {s.length + t.size} tokens, more than the max context "
+                              f"{self.max_context}")
+        for i in range(0, t.size, self.prefill_chunk):
+            c = t[i:i + self.prefill_chunk]
+            n = c.size
+            self.driver.write(self.inputs["tokens"], c)
+            self.driver.write(self.inputs["slots"], np.full(n, s.slot, np.int32))
+            self.driver.write(self.inputs["pos"], np.arange(s.length, s.length + n, dtype=np.int32))
+            self._run("prefill", n, s.slot)
+            s.length += n
+        return self._logits("prefill", 0)[0]
+
+    def decode(self, seqs: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        """One token for each sequence in one batched call; returns logits [len(seqs), vocab]."""
+        if len(seqs) != len(tokens) or not seqs:
+            raise EngineError("decode needs one token per sequence, and at least one sequence")
+        if len(set(seqs)) != len(seqs):
+            raise EngineError("a sequence appears twice in one decode batch")
+        if len(seqs) > self.max_batch:
+            raise EngineError(f"decode batch {len(seqs)} exceeds max_batch {self.max_batch}")
+        ss = [self._seq(q) for q in seqs]
+        for q, s in zip(seqs, ss):
+            if s.length >= self.max_context:
+                raise EngineError(f"sequence {q} reached the max context {self.max_context}")
+        n = len(ss)
+        self.driver.write(self.inputs["tokens"], self._check_tokens(tokens))
+        self.driver.write(self.inputs["slots"], np.array([s.slot for s in ss], np.int32))
+        self.driver.write(self.inputs["pos"], np.array([s.length for s in ss], np.int32))
+        self._run("decode", n)
+        for s in ss:
+            s.length += 1
+        return self._logits("decode", n)[:n]
+
+    # --------------------------------------------------------------------------------------- generation
+    def encode(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise EngineError("this artifact has no tokenizer: pass token ids")
+            return self.tokenizer.encode(prompt)
+        return [int(t) for t in prompt]
+
+    def decode_text(self, ids: Sequence[int]) -> str | None:
+        return self.tokenizer.decode(list(ids)) if self.tokenizer is not None else None
+
+    def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
+               top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+               stop: Sequence[int] | None = None) -> Iterator[int]:
+        """Yield new tokens as they are sampled. ``stop``: token ids that end generation (default: EOS;
+        pass ``[]`` to never stop early)."""
+        ids = self.encode(prompt)
+        if not ids:
+            raise EngineError("the prompt is empty")
+        if len(ids) + max_new_tokens > self.max_context:
+            raise EngineError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the max "
+                              f"context {self.max_context}")
+        stops = set(stop) if stop is not None else ({self.eos_token_id} if self.eos_token_id is not None else set())
+        rng = np.random.default_rng(seed)
+        seq = self.new_sequence()
+        try:
+            logits = self.prefill(seq, ids)
+            for i in range(max_new_tokens):
+                tok = sample(logits, temperature, top_k, top_p, rng)
+                yield tok
+                if tok in stops or i == max_new_tokens - 1:
+                    return
+                logits = self.decode([seq], [tok])[0]
+        finally:
+            self.release(seq)
+
+    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                 stop: Sequence[int] | None = None) -> GenerationResult:
+        """Generate up to ``max_new_tokens``; returns tokens, text (with a tokenizer) and timings."""
+        ids = self.encode(prompt)
+        out: list[int] = []
+        t0 = time.perf_counter()
+        t1 = None
+        stops = set(stop) if stop is not None else ({self.eos_token_id} if self.eos_token_id is not None else set())
+        for tok in self.stream(ids, max_new_tokens, temperature, top_k, top_p, seed, stop):
+            if t1 is None:
+                t1 = time.perf_counter()
+            out.append(tok)
+        t2 = time.perf_counter()
+        reason = "stop" if out and out[-1] in stops else "length"
+        return GenerationResult(out, self.decode_text(out), len(ids), (t1 or t2) - t0, t2 - (t1 or t2), reason)

@@ -1,0 +1,66 @@
+"""Writing compiled artifacts: a directory with manifest.json, the kernels, params.safetensors, tokenizer.
+
+Written into a temporary directory beside the destination and renamed into place, so an interrupted compile
+never leaves a half artifact that loads. The runtime reads this format (``lfmc/runtime/artifact.py``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+MANIFEST, PARAMS, TOKENIZER = "manifest.json", "params.safetensors", "tokenizer.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_artifact(dest: str | os.PathLike, manifest: dict[str, Any], params: dict[str, np.ndarray],
+                   write_kernels: Callable[[Path], list[str]], tokenizer: str | None = None) -> Path:
+    """Create ``dest`` atomically. ``write_kernels(dir)`` writes the kernel files and returns their names."""
+    from safetensors.numpy import save_file
+
+    import lfmc
+
+    dst = Path(dest)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        kernel_files = write_kernels(tmp)
+        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(tmp / PARAMS))
+        files = [*kernel_files, PARAMS]
+        if tokenizer is not None:
+            (tmp / TOKENIZER).write_text(tokenizer)
+            files.append(TOKENIZER)
+        m = dict(manifest)
+        m["schema_version"] = SCHEMA_VERSION
+        m["lfmc_version"] = lfmc.__version__
+        m["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        m["files"] = {f: sha256_file(tmp / f) for f in files}
+        m["kernel_library"] = kernel_files[0]
+        (tmp / MANIFEST).write_text(json.dumps(m, indent=1, sort_keys=True) + "\n")
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dst.rename(old)
+            tmp.rename(dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
