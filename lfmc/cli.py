@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
 from .ir.errors import LfmcError
+from .runtime.errors import EngineError, RuntimeLoadError
 
 
 def _load(path: str):
@@ -76,6 +78,83 @@ def cmd_check(a: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
+def cmd_compile(a: argparse.Namespace) -> int:
+    from .compile import compile_model, load_source
+
+    m = load_source(a.model, seed=a.seed, init_std=a.init_std)
+    out = Path(a.output or f"{m.graph.name}.{a.target}")
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    tty = sys.stdout.isatty()
+
+    def progress(i: int, n: int, name: str) -> None:
+        if a.quiet or not (tty or i == n):
+            return
+        if i == n or time.perf_counter() - last[0] > 0.2:
+            last[0] = time.perf_counter()
+            eta = (time.perf_counter() - t0) / i * (n - i)
+            print(f"\r  kernel {i}/{n} {name[:48]:<48} ETA {eta:4.0f} s", end="\n" if i == n else "", flush=True)
+
+    if not a.quiet:
+        print(f"compiling {m.graph.name} ({m.graph.num_parameters():,} parameters) for {a.target}", flush=True)
+    compile_model(m, out, a.target, max_batch=a.max_batch, max_context=a.max_context,
+                  prefill_chunk=a.prefill_chunk, progress=progress)
+    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .runtime import Engine
+
+    if (a.prompt is None) == (a.tokens is None):
+        raise LfmcError("give exactly one of --prompt TEXT or --tokens IDS")
+    eng = Engine(a.artifact)
+    prompt = a.prompt if a.prompt is not None else [int(t) for t in a.tokens.replace(",", " ").split()]
+    stop = [] if a.ignore_eos else None
+    if a.json:
+        r = eng.generate(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop)
+        print(json.dumps({"tokens": r.tokens, "text": r.text, "prompt_tokens": r.prompt_tokens,
+                          "stop_reason": r.stop_reason, "prefill_s": r.prefill_s, "decode_s": r.decode_s,
+                          "decode_tokens_per_s": r.decode_tokens_per_s}))
+        return 0
+    n, t0 = 0, time.perf_counter()
+    for tok in eng.stream(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop):
+        piece = eng.decode_text([tok])
+        print(piece if piece is not None else f"{tok} ", end="", flush=True)
+        n += 1
+    dt = time.perf_counter() - t0
+    print(f"\n[{n} tokens in {dt:.2f} s, {n / dt:.1f} tokens/s]", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import bench_engine, run_torch_baseline
+    from .runtime import Engine
+
+    lens = tuple(int(x) for x in a.prefill.split(","))
+    eng = Engine(a.artifact, max_context=max(max(lens) + 1, a.decode_steps + 17))
+    res: dict = {"artifact": str(a.artifact), "model": eng.manifest["model"]["name"],
+                 "lfmc": bench_engine(eng, lens, a.decode_steps, a.reps)}
+    if a.baseline == "torch":
+        res["torch"] = run_torch_baseline(eng.manifest, prefill_lens=lens, decode_steps=a.decode_steps,
+                                          reps=a.reps)
+    if a.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    L, Tb = res["lfmc"], res.get("torch")
+    rows = [(f"prefill {k} tokens/s", L["prefill"][k], Tb and Tb["prefill"].get(k)) for k in L["prefill"]]
+    rows.append(("decode tokens/s", L["decode"]["1"], Tb and Tb["decode"]["1"]))
+    rows.append(("peak RSS MiB", L["memory"]["peak_rss"] / 2**20, Tb and Tb["memory"]["peak_rss"] / 2**20))
+    print(f"{'':<24}{'lfmc':>10}" + (f"{'torch':>10}{'ratio':>8}" if Tb else ""))
+    for name, x, y in rows:
+        print(f"{name:<24}{x:>10.1f}" + (f"{y:>10.1f}{x / y:>8.2f}" if y else ""))
+    m = L["memory"]
+    print(f"lfmc buffers: params {m['params'] / 2**20:.1f} MiB, state {m['state'] / 2**20:.1f} MiB, "
+          f"activations {m['activations'] / 2**20:.1f} MiB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lfmc", description="Compile Liquid Foundation Models for the device they "
                                  "run on.")
@@ -105,6 +184,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_check)
 
+    p = sub.add_parser("compile", help="compile a model for a target into an artifact directory")
+    p.add_argument("model", help="a saved model (NAME.lfm), a preset (seeded random weights) or an HF checkpoint dir")
+    p.add_argument("--target", default="host", help="target (default: host, this machine's CPU)")
+    p.add_argument("-o", "--output", help="artifact directory (default: NAME.TARGET)")
+    p.add_argument("--max-batch", type=int, default=8, help="sequences per decode call (default 8)")
+    p.add_argument("--max-context", type=int, default=None,
+                   help="default KV-cache length per sequence (default: min(4096, max_position_embeddings))")
+    p.add_argument("--prefill-chunk", type=int, default=256, help="tokens per prefill call (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="presets: seed of the random weights")
+    p.add_argument("--init-std", type=float, default=None, help="presets: std of the random weights")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("run", help="generate with a compiled artifact")
+    p.add_argument("artifact")
+    p.add_argument("--prompt", help="prompt text (needs a tokenizer in the artifact)")
+    p.add_argument("--tokens", help="prompt token ids, comma or space separated")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("bench", help="prefill / decode tokens per second and peak memory of an artifact")
+    p.add_argument("artifact")
+    p.add_argument("--prefill", default="128,512", help="prefill lengths (default 128,512)")
+    p.add_argument("--decode-steps", type=int, default=64)
+    p.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported")
+    p.add_argument("--baseline", choices=["torch"], help="also run PyTorch eager on the same weights")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench)
+
     p = sub.add_parser("presets", help="list the built-in model presets")
     p.set_defaults(fn=cmd_presets)
     return ap
@@ -124,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
-    except LfmcError as e:
+    except (LfmcError, RuntimeLoadError, EngineError) as e:
         print(f"lfmc: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

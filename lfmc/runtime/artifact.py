@@ -45,12 +45,13 @@ def load_manifest(path: str | Path, verify_hashes: bool = True) -> dict[str, Any
     if m.get("lfmc_version") != runtime_version():
         raise RuntimeLoadError(f"{mf}: compiled by lfmc {m.get('lfmc_version')}, this is lfmc "
                                f"{runtime_version()}: recompile the model")
-    for key in ("files", "plan", "target", "kernel_library", "limits", "model"):
+    for key in ("files", "plan", "target", "kernels", "limits", "model"):
         if key not in m:
             raise RuntimeLoadError(f"{mf}: manifest has no {key!r}")
     files = m["files"]
-    if m["kernel_library"] not in files:
-        raise RuntimeLoadError(f"{mf}: the kernel library {m['kernel_library']!r} is not among the hashed files")
+    for kname, lib in m["kernels"].items():
+        if lib not in files:
+            raise RuntimeLoadError(f"{mf}: the library {lib!r} of kernel {kname!r} is not among the hashed files")
     for name, digest in files.items():
         p = (root / name).resolve()
         if root.resolve() not in p.parents:

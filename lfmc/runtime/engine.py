@@ -17,6 +17,7 @@ import numpy as np
 from .artifact import check_device, load_manifest
 from .drivers import get_driver
 from .errors import EngineError, RuntimeLoadError
+from .params import read_params
 from .sampling import sample
 from .tokenizer import load_tokenizer
 
@@ -64,10 +65,12 @@ class Engine:
         self.driver = get_driver(device, num_threads=num_threads) if device == "cpu" else get_driver(device)
         self._load_params()
         self._allocate()
-        lib = self.driver.load_library(self.root / m["kernel_library"])
         names = {L["kernel"] for e in self.plan["entries"].values() for L in e}
-        self._funcs = {k: self.driver.function(lib, k) for k in sorted(names)}
-        self._lib = lib
+        missing = sorted(names - set(m["kernels"]))
+        if missing:
+            raise RuntimeLoadError(f"{self.root}: the plan uses kernels without a library: {missing[:5]}")
+        self._libs = {f: self.driver.load_library(self.root / f) for f in sorted({m["kernels"][k] for k in names})}
+        self._funcs = {k: self.driver.function(self._libs[m["kernels"][k]], k) for k in sorted(names)}
         self._calls: dict[tuple, list] = {}
         self._views: dict[tuple, Any] = {}
         self._seqs: dict[int, _Seq] = {}
@@ -75,22 +78,8 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------- loading
     def _load_params(self) -> None:
-        from safetensors.numpy import load_file
-
-        p = self.root / "params.safetensors"
-        try:
-            raw = load_file(str(p))
-        except Exception as e:
-            raise RuntimeLoadError(f"{p}: unreadable ({type(e).__name__}: {e})") from None
-        self.params = {}
-        for name, spec in self.plan["params"].items():
-            if name not in raw:
-                raise RuntimeLoadError(f"{p}: parameter {name!r} is missing")
-            a = raw[name]
-            if list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
-                raise RuntimeLoadError(f"{p}: parameter {name!r} is {a.dtype}{list(a.shape)}, the plan wants "
-                                       f"{spec['dtype']}{spec['shape']}")
-            self.params[name] = self.driver.upload(a)
+        self.params = read_params(self.root / "params.safetensors", self.plan["params"], self.driver.alloc_host)
+        self.params = {k: self.driver.to_device(v) for k, v in self.params.items()}
 
     def _rows(self, spec: str | int, n: int, entry: str) -> int:
         if isinstance(spec, int):
@@ -153,6 +142,29 @@ class Engine:
         for f, args in calls:
             f(*args)
         self.driver.sync()
+
+    def profile(self, entry: str, n: int, reps: int = 3) -> dict[str, float]:
+        """Seconds per kernel (summed over its launches, median of ``reps``) for one ``entry`` call of ``n`` rows,
+        on scratch slot 0 state. For finding where time goes; it overwrites slot 0's state."""
+        if not 1 <= n <= (self.prefill_chunk if entry == "prefill" else self.max_batch):
+            raise EngineError(f"profile rows {n} out of range for {entry}")
+        self.driver.write(self.inputs["tokens"], np.zeros(n, np.int32))
+        self.driver.write(self.inputs["slots"], np.zeros(n, np.int32))
+        self.driver.write(self.inputs["pos"], np.arange(n, dtype=np.int32))
+        self._run(entry, n)
+        calls = self._calls[(entry, n, 0)]
+        names = [L["kernel"] for L in self.plan["entries"][entry]]
+        times: dict[str, list[float]] = {}
+        for _ in range(reps):
+            acc: dict[str, float] = {}
+            for name, (f, args) in zip(names, calls):
+                t = time.perf_counter()
+                f(*args)
+                self.driver.sync()
+                acc[name] = acc.get(name, 0.0) + time.perf_counter() - t
+            for k, v in acc.items():
+                times.setdefault(k, []).append(v)
+        return dict(sorted(((k, float(np.median(v))) for k, v in times.items()), key=lambda kv: -kv[1]))
 
     def _logits(self, entry: str, n: int) -> np.ndarray:
         _, name, rows, cols = self.plan["logits"][entry]

@@ -29,8 +29,9 @@ def sha256_file(path: Path) -> str:
 
 
 def write_artifact(dest: str | os.PathLike, manifest: dict[str, Any], params: dict[str, np.ndarray],
-                   write_kernels: Callable[[Path], list[str]], tokenizer: str | None = None) -> Path:
-    """Create ``dest`` atomically. ``write_kernels(dir)`` writes the kernel files and returns their names."""
+                   write_kernels: Callable[[Path], dict[str, str]], tokenizer: str | None = None) -> Path:
+    """Create ``dest`` atomically. ``write_kernels(dir)`` writes the kernel libraries and returns
+    kernel name -> file (relative to the artifact)."""
     from safetensors.numpy import save_file
 
     import lfmc
@@ -41,7 +42,7 @@ def write_artifact(dest: str | os.PathLike, manifest: dict[str, Any], params: di
     try:
         kernel_files = write_kernels(tmp)
         save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(tmp / PARAMS))
-        files = [*kernel_files, PARAMS]
+        files = [*sorted(set(kernel_files.values())), PARAMS]
         if tokenizer is not None:
             (tmp / TOKENIZER).write_text(tokenizer)
             files.append(TOKENIZER)
@@ -50,7 +51,7 @@ def write_artifact(dest: str | os.PathLike, manifest: dict[str, Any], params: di
         m["lfmc_version"] = lfmc.__version__
         m["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         m["files"] = {f: sha256_file(tmp / f) for f in files}
-        m["kernel_library"] = kernel_files[0]
+        m["kernels"] = kernel_files
         (tmp / MANIFEST).write_text(json.dumps(m, indent=1, sort_keys=True) + "\n")
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old")

@@ -78,12 +78,13 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False) -> 
     i, j, kk = sch.get_loops(b)
     jo, jj, ji = sch.split(j, [None, J, l])
     io, ii = sch.split(i, [None, R])
-    sch.reorder(io, jo, kk, ii, jj, ji)
-    outer = sch.fuse(io, jo)
+    # column blocks outermost: each thread keeps one weight panel hot in L2 while it walks every row block
+    # (rows outermost re-streams the whole weight from memory once per row block)
+    sch.reorder(jo, io, kk, ii, jj, ji)
     if knobs.parallel:
-        sch.parallel(outer)
+        sch.parallel(jo)
     c = sch.cache_write(b, 0, "local")
-    sch.reverse_compute_at(c, outer)
+    sch.reverse_compute_at(c, io)
     if bias:
         sch.reverse_compute_inline(sch.get_sblock("Z"))
     sch.unroll(ii)
@@ -227,8 +228,9 @@ def make_silu_mul(name: str, F: int, gate_chunk: int) -> tvm.tirx.PrimFunc:
         n = T.int32()
         G = T.match_buffer(g, (n, 2 * F), "float32")
         A = T.match_buffer(a, (n, F), "float32")
-        for i, d in T.grid(n, F):
-            A[i, d] = G[i, go + d] / (T.float32(1) + T.exp(-G[i, go + d])) * G[i, uo + d]
+        for i in T.parallel(n):
+            for d in T.serial(F):
+                A[i, d] = G[i, go + d] / (T.float32(1) + T.exp(-G[i, go + d])) * G[i, uo + d]
 
     return _named(f, name)
 
@@ -366,11 +368,14 @@ def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float) 
     return _named(f, name)
 
 
-def make_attention(name: str, H: int, KV: int, hd: int, parallel: bool) -> tvm.tirx.PrimFunc:
+def make_attention(name: str, H: int, KV: int, hd: int, parallel: bool, lanes: int = 8) -> tvm.tirx.PrimFunc:
     """Causal GQA attention of each row over its sequence's cache up to and including pos[row], with an
-    online softmax (no score buffer). Args: Q[n, H*hd], Kc, Vc, O[n, H*hd], slots, pos."""
+    online softmax (no score buffer); dot products and the value update run on ``lanes``-wide vectors.
+    Args: Q[n, H*hd], Kc, Vc, O[n, H*hd], slots, pos."""
     G = H // KV
     scale = float(hd) ** -0.5
+    VL = pick_lanes(hd, lanes)
+    NC = hd // VL
 
     @T.prim_func
     def f(q: T.handle, kc: T.handle, vc: T.handle, o: T.handle, slots: T.handle, pos: T.handle):
@@ -386,21 +391,32 @@ def make_attention(name: str, H: int, KV: int, hd: int, parallel: bool) -> tvm.t
         Ps = T.match_buffer(pos, (n,), "int32")
         for th in T.parallel(n * H) if parallel else T.serial(n * H):
             acc = T.decl_buffer((hd,), "float32", scope="local")
-            st = T.decl_buffer((4,), "float32", scope="local")    # max, sum, score, new max
+            part = T.decl_buffer((VL,), "float32", scope="local")
+            st = T.decl_buffer((6,), "float32", scope="local")    # max, sum, score, new max, rescale, p
             st[0] = T.float32(NEG)
             st[1] = T.float32(0)
-            for d in T.serial(hd):
-                acc[d] = T.float32(0)
+            for dc in T.serial(NC):
+                for dl in T.vectorized(VL):
+                    acc[dc * VL + dl] = T.float32(0)
             for c in T.serial(Ps[th // H] + 1):
+                for dl in T.vectorized(VL):
+                    part[dl] = T.float32(0)
+                for dc in T.serial(NC):
+                    for dl in T.vectorized(VL):
+                        part[dl] = part[dl] + Q[th // H, (th % H) * hd + dc * VL + dl] * Kc[
+                            Sl[th // H], c, (th % H) // G, dc * VL + dl]
                 st[2] = T.float32(0)
-                for d in T.serial(hd):
-                    st[2] = st[2] + Q[th // H, (th % H) * hd + d] * Kc[Sl[th // H], c, (th % H) // G, d]
+                for dl in T.serial(VL):
+                    st[2] = st[2] + part[dl]
                 st[2] = st[2] * T.float32(scale)
                 st[3] = T.max(st[0], st[2])
-                st[1] = st[1] * T.exp(st[0] - st[3]) + T.exp(st[2] - st[3])
-                for d in T.serial(hd):
-                    acc[d] = acc[d] * T.exp(st[0] - st[3]) + T.exp(st[2] - st[3]) * Vc[
-                        Sl[th // H], c, (th % H) // G, d]
+                st[4] = T.exp(st[0] - st[3])
+                st[5] = T.exp(st[2] - st[3])
+                st[1] = st[1] * st[4] + st[5]
+                for dc in T.serial(NC):
+                    for dl in T.vectorized(VL):
+                        acc[dc * VL + dl] = acc[dc * VL + dl] * st[4] + st[5] * Vc[
+                            Sl[th // H], c, (th % H) // G, dc * VL + dl]
                 st[0] = st[3]
             for d in T.serial(hd):
                 O[th // H, (th % H) * hd + d] = acc[d] / st[1]

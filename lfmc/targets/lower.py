@@ -212,7 +212,8 @@ class _Lowering:
                                            "node": n.name}
         kq = self.kernel(("qk_rope", H, KV, hd, repr(n.attrs["eps"]), repr(n.attrs["rope_theta"])), K.make_qk_rope,
                          H, KV, hd, n.attrs["eps"], n.attrs["rope_theta"])
-        ka = self.kernel(("attn", H, KV, hd), K.make_attention, H, KV, hd, self.knobs["prefill"].parallel)
+        kn = self.knobs["prefill"]
+        ka = self.kernel(("attn", H, KV, hd, kn.lanes), K.make_attention, H, KV, hd, kn.parallel, kn.lanes)
         rows = [["input", "slots", "n"], ["input", "pos", "n"]]
         self.both(kq, [self.slab("t_p", "n", Nq), self.param("w." + n.params["q_norm"].name, lambda: self.w(n, "q_norm")),
                        self.param("w." + n.params["k_norm"].name, lambda: self.w(n, "k_norm")),

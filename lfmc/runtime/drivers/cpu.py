@@ -19,13 +19,7 @@ class CpuDriver:
         n = num_threads or int(os.environ.get("TVM_NUM_THREADS", 0)) or len(os.sched_getaffinity(0))
         os.environ["TVM_NUM_THREADS"] = str(n)
         self.num_threads = n
-        try:
-            import tvm.runtime  # noqa: F401
-        except ImportError as e:
-            raise RuntimeLoadError(f"the cpu driver needs TVM's runtime (pip install apache-tvm): {e}") from None
-        import tvm
-
-        self._tvm = tvm
+        self._tvm = _import_tvm_without_torch()
 
     def load_library(self, path: Path) -> Any:
         try:
@@ -46,6 +40,13 @@ class CpuDriver:
         raw = np.zeros(nbytes + 64, np.uint8)
         off = (-raw.ctypes.data) % 64
         return raw[off:off + nbytes].view(dt).reshape(shape)
+
+    def alloc_host(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """Host staging memory for loading; on the CPU it is the device memory itself."""
+        return self.alloc(shape, dtype)
+
+    def to_device(self, host: np.ndarray) -> np.ndarray:
+        return host
 
     def upload(self, a: np.ndarray) -> np.ndarray:
         buf = self.alloc(a.shape, str(a.dtype))
@@ -70,3 +71,22 @@ class CpuDriver:
 
     def sync(self) -> None:
         pass
+
+
+def _import_tvm_without_torch():
+    """Import TVM. tvm_ffi imports torch eagerly when it is installed (a workaround for a Windows symbol clash);
+    a device runtime must not pay for torch, so hide it for the duration of the import unless it is loaded."""
+    import sys
+
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
+    try:
+        import tvm
+        import tvm.runtime  # noqa: F401
+    except ImportError as e:
+        raise RuntimeLoadError(f"the cpu driver needs TVM's runtime (pip install apache-tvm): {e}") from None
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return tvm

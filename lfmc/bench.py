@@ -1,0 +1,123 @@
+"""``lfmc bench``: prefill and decode throughput and peak memory of a compiled artifact, optionally against
+PyTorch eager on the same weights, measured in the same run (the baseline in a child process, so that each
+side's peak RSS is its own)."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _median_time(fn, reps: int) -> float:
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def bench_engine(engine, prefill_lens=(128, 512), decode_steps: int = 64, reps: int = 3,
+                 seed: int = 0) -> dict[str, Any]:
+    """Tokens/s of prefill (each length) and of single-sequence decode, medians over ``reps``."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {"prefill": {}, "decode": {}}
+    for T in prefill_lens:
+        if T + 1 > engine.max_context:
+            continue
+        toks = rng.integers(0, engine.vocab_size, T).tolist()
+
+        def run():
+            s = engine.new_sequence()
+            engine.prefill(s, toks)
+            engine.release(s)
+
+        run()                                                     # warm-up (builds the argument lists)
+        out["prefill"][str(T)] = T / _median_time(run, reps)
+    steps = min(decode_steps, engine.max_context - 17)
+    s = engine.new_sequence()
+
+    def dec():
+        engine.reset(s)
+        logits = engine.prefill(s, rng.integers(0, engine.vocab_size, 16).tolist())
+        t = time.perf_counter()
+        tok = int(np.argmax(logits))
+        for _ in range(steps):
+            tok = int(np.argmax(engine.decode([s], [tok])[0]))
+        return time.perf_counter() - t
+
+    dec()
+    out["decode"]["1"] = steps / statistics.median(dec() for _ in range(reps))
+    engine.release(s)
+    out["memory"] = engine.memory_bytes() | {"peak_rss": peak_rss_bytes()}
+    return out
+
+
+def bench_torch(source: dict[str, Any], config: dict[str, Any], prefill_lens=(128, 512), decode_steps: int = 64,
+                reps: int = 3, seed: int = 0, threads: int | None = None) -> dict[str, Any]:
+    """The same measurements for transformers' model in PyTorch eager, float32, same weights."""
+    import torch
+
+    from .frontend import import_preset
+    from .frontend.reference import build_hf_model
+
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    if source.get("source") == "preset":
+        m = import_preset(source["preset"], weights=True, seed=source.get("seed", 0), std=source.get("init_std"))
+        model = build_hf_model(config, m.weights)
+        del m
+    elif source.get("source") == "hf":
+        import transformers
+
+        model = getattr(transformers, config["architecture"]).from_pretrained(source["path"], dtype=torch.float32)
+        model.eval()
+    else:
+        raise SystemExit(f"lfmc: error: cannot rebuild the baseline from source {source.get('source')!r}")
+    rng = np.random.default_rng(seed)
+    vocab = int(config["vocab_size"])
+    out: dict[str, Any] = {"prefill": {}, "decode": {}}
+    with torch.inference_mode():
+        for T in prefill_lens:
+            ids = torch.tensor([rng.integers(0, vocab, T).tolist()])
+            model(ids, use_cache=True)
+            out["prefill"][str(T)] = T / _median_time(lambda: model(ids, use_cache=True), reps)
+
+        def dec():
+            o = model(torch.tensor([rng.integers(0, vocab, 16).tolist()]), use_cache=True)
+            cache, tok = o.cache, o.logits[0, -1].argmax().view(1, 1)
+            t = time.perf_counter()
+            for _ in range(decode_steps):
+                o = model(tok, cache=cache, use_cache=True)
+                cache, tok = o.cache, o.logits[0, -1].argmax().view(1, 1)
+            return time.perf_counter() - t
+
+        dec()
+        out["decode"]["1"] = decode_steps / statistics.median(dec() for _ in range(reps))
+    out["memory"] = {"peak_rss": peak_rss_bytes(),
+                     "params": sum(p.numel() * p.element_size() for p in model.parameters())}
+    return out
+
+
+def run_torch_baseline(manifest: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """bench_torch in a child process (its own peak RSS); returns its JSON."""
+    args = json.dumps({"source": manifest["model"]["source"], "config": manifest["model"]["config"], **kw})
+    r = subprocess.run([sys.executable, "-m", "lfmc.bench", args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"the PyTorch baseline failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    a = json.loads(sys.argv[1])
+    print(json.dumps(bench_torch(a.pop("source"), a.pop("config"), **a)))
