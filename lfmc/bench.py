@@ -16,6 +16,15 @@ import numpy as np
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a
+    child started by a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -109,15 +118,32 @@ def bench_torch(source: dict[str, Any], config: dict[str, Any], prefill_lens=(12
     return out
 
 
-def run_torch_baseline(manifest: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    """bench_torch in a child process (its own peak RSS); returns its JSON."""
-    args = json.dumps({"source": manifest["model"]["source"], "config": manifest["model"]["config"], **kw})
-    r = subprocess.run([sys.executable, "-m", "lfmc.bench", args], capture_output=True, text=True)
+def run_child(kind: str, **kw: Any) -> dict[str, Any]:
+    """Run one side of a benchmark in a child process (so that its peak RSS is its own); returns its JSON.
+    kind ``lfmc``: kw has ``artifact``; kind ``torch``: kw has ``source`` and ``config``."""
+    r = subprocess.run([sys.executable, "-m", "lfmc.bench", json.dumps({"kind": kind, **kw})],
+                       capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"the PyTorch baseline failed:\n{r.stderr[-2000:]}")
+        raise RuntimeError(f"the {kind} benchmark failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def run_torch_baseline(manifest: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    """bench_torch for the model an artifact was compiled from, in a child process."""
+    return run_child("torch", source=manifest["model"]["source"], config=manifest["model"]["config"], **kw)
+
+
+def _main(a: dict[str, Any]) -> dict[str, Any]:
+    kind = a.pop("kind")
+    if kind == "torch":
+        return bench_torch(a.pop("source"), a.pop("config"), **a)
+    from .runtime import Engine
+
+    lens = tuple(a.get("prefill_lens", (128, 512)))
+    steps = int(a.get("decode_steps", 64))
+    eng = Engine(a.pop("artifact"), max_context=max(max(lens) + 1, steps + 17), max_batch=1)
+    return bench_engine(eng, lens, steps, int(a.get("reps", 3)))
+
+
 if __name__ == "__main__":
-    a = json.loads(sys.argv[1])
-    print(json.dumps(bench_torch(a.pop("source"), a.pop("config"), **a)))
+    print(json.dumps(_main(json.loads(sys.argv[1]))))

@@ -99,7 +99,8 @@ def cmd_compile(a: argparse.Namespace) -> int:
     if not a.quiet:
         print(f"compiling {m.graph.name} ({m.graph.num_parameters():,} parameters) for {a.target}", flush=True)
     compile_model(m, out, a.target, max_batch=a.max_batch, max_context=a.max_context,
-                  prefill_chunk=a.prefill_chunk, progress=progress)
+                  prefill_chunk=a.prefill_chunk, progress=progress, passes=a.passes, dump_ir=a.dump_ir,
+                  log=None if a.quiet else print)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -194,8 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-chunk", type=int, default=256, help="tokens per prefill call (default 256)")
     p.add_argument("--seed", type=int, default=0, help="presets: seed of the random weights")
     p.add_argument("--init-std", type=float, default=None, help="presets: std of the random weights")
+    p.add_argument("--passes", default=None,
+                   help="comma-separated pass list replacing the default pipeline ('' for none; see `lfmc passes`)")
+    p.add_argument("--dump-ir", default=None, metavar="DIR", help="write the IR after every phase into DIR")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("passes", help="list the passes and the default pipeline")
+    p.set_defaults(fn=cmd_passes)
 
     p = sub.add_parser("run", help="generate with a compiled artifact")
     p.add_argument("artifact")
@@ -222,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the built-in model presets")
     p.set_defaults(fn=cmd_presets)
     return ap
+
+
+def cmd_passes(a: argparse.Namespace) -> int:
+    from .passes import default_passes, describe
+
+    default = default_passes()
+    for phase, name, doc in describe():
+        print(f"{phase:<13} {name:<14} {'(default) ' if name in default else ''}{doc.splitlines()[0] if doc else ''}")
+    print(f"default pipeline: {','.join(default)}")
+    return 0
 
 
 def cmd_presets(a: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .ir.errors import LfmcError
 from .ir.model import Model, load_model
@@ -30,11 +30,15 @@ def load_source(source: str, seed: int = 0, init_std: float | None = None) -> Mo
 
 def compile_model(model: Model, out: str | os.PathLike, target: str = "host", max_batch: int = 8,
                   max_context: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-                  progress: Callable[[int, int, str], None] | None = None) -> Path:
-    """Compile ``model`` for ``target`` into the artifact directory ``out``."""
+                  progress: Callable[[int, int, str], None] | None = None, passes: Sequence[str] | str | None = None,
+                  dump_ir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """Compile ``model`` for ``target`` into the artifact directory ``out``: the pass pipeline (``passes``:
+    None = default, a list or a comma-separated string), lowering, code generation, packaging.
+    ``dump_ir`` writes the IR after every phase; ``log`` receives a summary (kernels per layer)."""
     from .ir.verify import verify
+    from .passes import run_pipeline
     from .targets.artifact import write_artifact
-    from .targets.lower import lower
+    from .targets.lower import kernels_per_layer, lower
 
     if target not in TARGETS:
         raise LfmcError(f"unknown target {target!r} (available: {', '.join(TARGETS)})")
@@ -47,7 +51,12 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     from .targets.host import build_host, cpu_features, host_knobs
 
     knobs = {e: host_knobs(e) for e in ("prefill", "decode")}
+    before = kernels_per_layer(lower(model.graph, None, knobs).plan, model.graph)
+    model = run_pipeline(model, passes, dump_dir=dump_ir)
     low = lower(model.graph, model.weights, knobs)
+    after = kernels_per_layer(low.plan, model.graph)
+    if log:
+        log(format_kernel_counts(before, after))
     cfg = model.provenance.get("config") or {}
     mpe = int(cfg.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT)
     max_context = int(max_context or min(DEFAULT_MAX_CONTEXT, mpe))
@@ -73,3 +82,14 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     }
     return write_artifact(out, manifest, low.params, lambda d: build_host(low.kernels, d, progress),
                           model.tokenizer)
+
+
+def format_kernel_counts(before: dict[str, int], after: dict[str, int]) -> str:
+    """'kernels per decode step: layers 0, 1, 3: 10 -> 5; ...' grouped by (before, after)."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for k in before:
+        groups.setdefault((before[k], after.get(k, 0)), []).append(k.replace("layer ", ""))
+    parts = [f"{'layers ' + ', '.join(v) if v[0] != 'other' else 'outside layers'}: {b} -> {a}"
+             for (b, a), v in groups.items()]
+    return (f"kernels per decode step: {sum(before.values())} -> {sum(after.values())} after fusion ("
+            + "; ".join(parts) + ")")

@@ -58,7 +58,7 @@ class Param:
 
 @dataclass
 class Node:
-    """One operator: ``%name : type = op(inputs) attrs{..} liv{..} state{..} params{..}``."""
+    """One operator: ``%name : type = op(inputs) attrs{..} liv{..} state{..} fused{..} params{..}``."""
 
     name: str
     op: str
@@ -68,6 +68,9 @@ class Node:
     params: dict[str, Param] = field(default_factory=dict)
     liv: LIV | None = None
     state: dict[str, TensorType] = field(default_factory=dict)
+    # Kernel-boundary decisions made by fusion passes; they never change what the node computes (the
+    # interpreter ignores them), only how targets group it into kernels. See lfmc/ir/fusion.py.
+    fused: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -65,6 +65,8 @@ def format_node(n: Node) -> str:
                                      "featurizer": {k: g.to_attr() for k, g in n.liv.featurizer.items()}})
     if n.state:
         s += " state " + format_value(n.state)
+    if n.fused:
+        s += " fused " + format_value(n.fused)
     if n.params:
         s += " params {" + ", ".join(f"{_key(r)} = @{n.params[r].name} : {n.params[r].type}"
                                      for r in sorted(n.params)) + "}"
@@ -269,7 +271,7 @@ class _Parser:
         self.next()
         n = Node(name, op, inputs, ty)
         seen = set()
-        while self.peek().kind == "ident" and self.peek().text in ("attrs", "liv", "state", "params"):
+        while self.peek().kind == "ident" and self.peek().text in ("attrs", "liv", "state", "fused", "params"):
             sec = self.next()
             if sec.text in seen:
                 raise self.err(f"section {sec.text!r} given twice", sec)
@@ -284,6 +286,8 @@ class _Parser:
                 n.state = st
             elif sec.text == "liv":
                 n.liv = self.liv(sec, name)
+            elif sec.text == "fused":
+                n.fused = self.dict_value()
             else:
                 self.expect("{")
                 while self.peek().text != "}":

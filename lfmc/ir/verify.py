@@ -5,6 +5,7 @@ Run after every transformation (frontends, passes) in tests; every problem names
 from __future__ import annotations
 
 from .errors import VerifyError
+from .fusion import check_fusion
 from .graph import LIV_CLASSES, MIXINGS, Gate, Graph, Node, Param
 from .ops import CANONICAL_FEATURIZERS, SCHEMAS
 from .types import TensorType
@@ -109,4 +110,5 @@ def verify(g: Graph) -> Graph:
     for o in g.outputs:
         if o not in types:
             raise VerifyError(f"return of undefined value %{o}")
+    check_fusion(g)
     return g

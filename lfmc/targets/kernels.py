@@ -55,24 +55,64 @@ def pack_lanes_of(N: int, knobs: Knobs) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ matmul
-def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False) -> tvm.tirx.PrimFunc:
-    """Y[nb*R, N] = X[nb*R, K] @ W^T (+ bias), W packed [N/l, K, l]. Args: X, W, (bias), Y, nb."""
+def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
+                accumulate: bool = False, swiglu: bool = False) -> tvm.tirx.PrimFunc:
+    """Y[nb*R, N] = X[nb*R, K] @ W^T with optional fused prologue and epilogues:
+
+    - ``rms_eps``: X is the raw input of an RMSNorm whose weight is folded into W; the row scale
+      1/sqrt(mean(X^2) + eps) is computed in the kernel (per row tile) and applied to the products.
+    - ``bias``: + bias[N].  ``accumulate``: the output buffer holds the residual stream and is updated in place.
+    - ``swiglu``: W packed [N/l, 2, K, l] (the gate and up panels of each output block side by side,
+      :func:`lfmc.targets.lower.pack_swiglu`); the output is silu(gate) * up, N wide.
+    Otherwise W is packed [N/l, K, l]. Args: X, W, (bias), (Res), Out, nb — with ``accumulate`` the caller
+    passes the residual buffer as both Res and Out."""
     R = knobs.rows
     l = pick_lanes(N, knobs.lanes)
-    J = _pick_cols(N // l, knobs.cols)
-    nb = te.var("nb", "int32")
-    X = te.placeholder((nb * R, K), name="X")
-    W = te.placeholder((N // l, K, l), name="W")
+    J = _pick_cols(N // l, max(1, knobs.cols // 2) if swiglu else knobs.cols)
+    rows = te.var("nb", "int32")
+    nb = rows
+    X0 = te.placeholder((nb * R, K), name="X")
+    X = X0
+    if rms_eps is not None:
+        # row scale first (a [rows, K] workspace, like the norm kernel it replaces, minus a launch)
+        k2 = te.reduce_axis((0, K), name="k2")
+        S = te.compute((nb * R,), lambda i: te.sum(X0[i, k2] * X0[i, k2], axis=k2), name="S")
+        X = te.compute((nb * R, K), lambda i, kk: X0[i, kk] / te.sqrt(S[i] / float(K) + float(rms_eps)), name="Xs")
     k = te.reduce_axis((0, K), name="k")
-    Y = te.compute((nb * R, N), lambda i, j: te.sum(X[i, k] * W[j // l, k, j % l], axis=k), name="Y")
-    args = [X, W]
-    if bias:
-        Bv = te.placeholder((N,), name="bias")
-        Z = te.compute((nb * R, N), lambda i, j: Y[i, j] + Bv[j], name="Z")
-        args += [Bv, Z]
+    if swiglu:
+        # gate and up in one block with a pair-valued sum, so one pass over X feeds both
+        W = te.placeholder((N // l, 2, K, l), name="W")
+        pair_sum = te.comm_reducer(lambda x, y: (x[0] + y[0], x[1] + y[1]),
+                                   lambda t0, t1: (tvm.tirx.const(0, t0), tvm.tirx.const(0, t1)), name="pair_sum")
+        Yg, Yu = te.compute((nb * R, N), lambda i, j: pair_sum(
+            (X[i, k] * W[j // l, 0, k, j % l], X[i, k] * W[j // l, 1, k, j % l]), axis=k), name="Y")
     else:
-        args += [Y]
-    f = te.create_prim_func(args + [nb])
+        W = te.placeholder((N // l, K, l), name="W")
+        Y = te.compute((nb * R, N), lambda i, j: te.sum(X[i, k] * W[j // l, k, j % l], axis=k), name="Y")
+    args = [X0, W]
+    Bv = te.placeholder((N,), name="bias") if bias else None
+    Res = te.placeholder((nb * R, N), name="Out") if accumulate else None
+    if Bv is not None:
+        args.append(Bv)
+
+    if swiglu:
+        Z = te.compute((nb * R, N), lambda i, j: te.sigmoid(Yg[i, j]) * Yg[i, j] * Yu[i, j], name="Z")
+    else:
+        def out(i, j):
+            v = Y[i, j]
+            if Bv is not None:
+                v = v + Bv[j]
+            if Res is not None:
+                v = v + Res[i, j]
+            return v
+        Z = te.compute((nb * R, N), out, name="Z")
+    if Res is not None:
+        args.append(Res)
+    f = te.create_prim_func(args + [Z, nb])
+    if Res is not None:
+        # Res and Z are the same buffer (the residual stream, updated in place): each element is read and then
+        # written by the same thread, so only the no-alias promise has to go.
+        f = f.with_attr("tir.noalias", False)
     sch = s_tir.Schedule(f)
     b = sch.get_sblock("Y")
     i, j, kk = sch.get_loops(b)
@@ -83,17 +123,28 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False) -> 
     sch.reorder(jo, io, kk, ii, jj, ji)
     if knobs.parallel:
         sch.parallel(jo)
-    c = sch.cache_write(b, 0, "local")
-    sch.reverse_compute_at(c, io)
-    if bias:
-        sch.reverse_compute_inline(sch.get_sblock("Z"))
+    sch.set_scope(b, 0, "local")
+    if swiglu:
+        sch.set_scope(b, 1, "local")
+    bz = sch.get_sblock("Z")
+    sch.reverse_compute_at(bz, io)
+    if rms_eps is not None:
+        sch.compute_at(sch.get_sblock("S"), sch.get_loops(sch.get_sblock("Xs"))[0])
+        xl = sch.get_loops(sch.get_sblock("Xs"))
+        if knobs.parallel:
+            sch.parallel(xl[0])
+        if l > 1 and K % l == 0:
+            xo, xi = sch.split(xl[-1], [None, l])
+            sch.vectorize(xi)
     sch.unroll(ii)
     sch.unroll(jj)
     if l > 1:
         sch.vectorize(ji)
     init = sch.decompose_reduction(b, kk)
+    zl = sch.get_loops(bz)
+    zo, zi = sch.split(zl[-1], [None, l])
     if l > 1:
-        sch.vectorize(sch.get_loops(c)[-1])
+        sch.vectorize(zi)
         sch.vectorize(sch.get_loops(init)[-1])
     return _named(sch.mod["main"], name)
 

@@ -158,3 +158,32 @@ def test_moe(scoring, use_bias, norm, scale):
              idx, w, np.zeros((n, D), np.float32))[4]
     ref_y = np.stack([sum(w[t, j] * dn[idx[t, j]] @ a[t * k + j] for j in range(k)) for t in range(n)])
     np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rms,acc,bias,swiglu", [(True, False, False, False), (False, True, True, False),
+                                                  (True, True, False, False), (True, False, False, True),
+                                                  (False, False, False, True)])
+@pytest.mark.parametrize("knobs", [K.Knobs(8, 4, 3), K.Knobs(8, 1, 8)])
+def test_matmul_fused(rms, acc, bias, swiglu, knobs):
+    from lfmc.targets.lower import pack_linear, pack_swiglu
+
+    N, Kd, eps = 48, 40, 1e-5
+    f = build(K.make_matmul("mmf", N, Kd, knobs, bias, eps if rms else None, acc, swiglu))
+    rows = -(-5 // knobs.rows) * knobs.rows
+    x, nw, b, res = r(rows, Kd), r(Kd), r(N), r(rows, N)
+    w = r(2 * N if swiglu else N, Kd)
+    xin = w_eff = None
+    xin = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) if rms else x
+    w_eff = w * nw[None, :] if rms else w
+    packed = pack_swiglu(w_eff, 8) if swiglu else pack_linear(w_eff, 8)
+    y = xin @ (w * nw[None, :] if rms else w).T
+    if swiglu:
+        want = y[:, :N] / (1 + np.exp(-y[:, :N])) * y[:, N:]
+    else:
+        want = y + (b if bias else 0) + (res if acc else 0)
+    out = res.copy()
+    args = [x, packed] + ([b] if bias else [])
+    ot = tvm.runtime.tensor(out)
+    args += ([ot] if acc else []) + [ot, rows // knobs.rows]
+    call(f, *args)
+    np.testing.assert_allclose(ot.numpy(), want, rtol=1e-4, atol=1e-4)

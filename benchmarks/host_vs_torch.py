@@ -1,0 +1,90 @@
+"""Host (CPU) artifact vs PyTorch eager on the same random weights: prefill and decode tokens/s, peak RSS.
+
+    .venv/bin/python benchmarks/host_vs_torch.py --preset lfm2-350m --rounds 3
+
+Compiles the preset (float32, seeded random weights) once, then alternates lfmc and PyTorch runs, each in its own
+process, for --rounds rounds; reports medians and ratios and writes JSON (default benchmarks/results/).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lfmc.bench import run_child  # noqa: E402
+from lfmc.compile import compile_model, load_source  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="lfm2-350m")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="repetitions inside each run (median)")
+    ap.add_argument("--prefill", default="128,512")
+    ap.add_argument("--decode-steps", type=int, default=64)
+    ap.add_argument("--build", default="build/bench", help="where the artifact is compiled")
+    ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/host-PRESET.json)")
+    a = ap.parse_args()
+    lens = [int(x) for x in a.prefill.split(",")]
+    art = Path(a.build) / f"{a.preset}.host"
+    t = time.perf_counter()
+    m = load_source(a.preset, seed=a.seed)
+    compile_model(m, art, max_batch=1)
+    weights_bytes = sum(int(v.nbytes) for v in m.weights.values())
+    del m
+    compile_s = time.perf_counter() - t
+    print(f"compiled {a.preset} in {compile_s:.1f} s -> {art}", flush=True)
+    manifest = json.loads((art / "manifest.json").read_text())
+    kw = {"prefill_lens": lens, "decode_steps": a.decode_steps, "reps": a.reps}
+    runs: dict[str, list] = {"lfmc": [], "torch": []}
+    for r in range(a.rounds):
+        runs["lfmc"].append(run_child("lfmc", artifact=str(art), **kw))
+        runs["torch"].append(run_child("torch", source=manifest["model"]["source"],
+                                       config=manifest["model"]["config"], **kw))
+        print(f"round {r + 1}/{a.rounds}: lfmc decode {runs['lfmc'][-1]['decode']['1']:.1f} tok/s, "
+              f"torch decode {runs['torch'][-1]['decode']['1']:.1f} tok/s", flush=True)
+
+    def med(side: str, *path: str) -> float:
+        vals = []
+        for run in runs[side]:
+            v = run
+            for p in path:
+                v = v[p]
+            vals.append(v)
+        return statistics.median(vals)
+
+    rows = [(f"prefill {T} tok/s", ("prefill", str(T))) for T in lens] + [("decode tok/s", ("decode", "1")),
+                                                                          ("peak RSS MiB", ("memory", "peak_rss"))]
+    table = {}
+    print(f"\n{a.preset} float32, {os.cpu_count()} threads, medians of {a.rounds} alternating rounds")
+    print(f"{'':<20}{'lfmc':>10}{'torch':>10}{'lfmc/torch':>12}")
+    for name, path in rows:
+        x, y = med("lfmc", *path), med("torch", *path)
+        if "RSS" in name:
+            x, y = x / 2**20, y / 2**20
+        table[name] = {"lfmc": x, "torch": y, "ratio": x / y}
+        print(f"{name:<20}{x:>10.1f}{y:>10.1f}{x / y:>12.2f}")
+    state = runs["lfmc"][0]["memory"]["state"]
+    budget = (weights_bytes + state) * 1.25
+    print(f"lfmc peak RSS {med('lfmc', 'memory', 'peak_rss') / 2**20:.0f} MiB vs weights + caches + 25% = "
+          f"{budget / 2**20:.0f} MiB")
+    out = Path(a.out or Path(__file__).parent / "results" / f"host-{a.preset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"preset": a.preset, "seed": a.seed, "machine": platform.processor() or platform.machine(),
+                               "cpus": os.cpu_count(), "features": manifest["target"]["features"],
+                               "compile_s": compile_s, "weights_bytes": weights_bytes, "table": table,
+                               "runs": runs, "command": " ".join(sys.argv)}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

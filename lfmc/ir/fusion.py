@@ -1,0 +1,54 @@
+"""Fusion annotations (``Node.fused``): which kernel computes a node, decided by passes, checked here.
+
+They never change a node's value, so the interpreter ignores them and every fused graph is checked against the
+unfused one. Keys:
+
+- ``into = "%p"`` on an ``add``: computed in the epilogue of operand ``%p``'s output projection, accumulating
+  into the other operand (the residual stream) in place.
+- ``into = "%c"`` on an ``rmsnorm``: folded into the first projection(s) of its only consumer ``%c``: the norm
+  weight is multiplied into the projection weights and the row scale 1/rms(x) is computed in that kernel.
+- ``swiglu = true`` on a ``gated_mlp``: the gate and up projections and silu(gate) ⊙ up are one kernel.
+"""
+from __future__ import annotations
+
+from .errors import VerifyError
+from .graph import Graph
+
+# ops whose output projection can accumulate into the residual, and that can take a folded input norm
+RESIDUAL_PRODUCERS = ("short_conv", "attention", "gated_mlp", "linear")
+NORM_CONSUMERS = ("short_conv", "attention", "gated_mlp")
+KEYS = {"add": {"into"}, "rmsnorm": {"into"}, "gated_mlp": {"swiglu"}}
+
+
+def check_fusion(g: Graph) -> None:
+    """Raise :class:`VerifyError` for a fusion annotation that a target could not honour."""
+    producer = {n.name: n for n in g.nodes}
+    users: dict[str, list[str]] = {}
+    for n in g.nodes:
+        for i in n.inputs:
+            users.setdefault(i, []).append(n.name)
+    for o in g.outputs:
+        users.setdefault(o, []).append("<return>")
+    for n in g.nodes:
+        if not n.fused:
+            continue
+        where = f"node %{n.name} ({n.op})"
+        bad = set(n.fused) - KEYS.get(n.op, set())
+        if bad:
+            raise VerifyError(f"{where}: unknown fusion annotation(s) {sorted(bad)}")
+        if n.op == "add":
+            into = n.fused["into"]
+            p = producer.get(into)
+            if into not in n.inputs or p is None or p.op not in RESIDUAL_PRODUCERS:
+                raise VerifyError(f"{where}: fused into %{into}, which is not an operand produced by one of "
+                                  f"{', '.join(RESIDUAL_PRODUCERS)}")
+            if users.get(into) != [n.name]:
+                raise VerifyError(f"{where}: %{into} is also used elsewhere, so it cannot be accumulated away")
+        elif n.op == "rmsnorm":
+            into = n.fused["into"]
+            c = producer.get(into)
+            if c is None or c.op not in NORM_CONSUMERS or users.get(n.name) != [into]:
+                raise VerifyError(f"{where}: fused into %{into}, which must be its only user and one of "
+                                  f"{', '.join(NORM_CONSUMERS)}")
+        elif n.op == "gated_mlp" and not isinstance(n.fused["swiglu"], bool):
+            raise VerifyError(f"{where}: swiglu must be true or false")

@@ -1,0 +1,33 @@
+"""fuse: residual adds into the epilogue of the output projection that feeds them."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ..ir.fusion import RESIDUAL_PRODUCERS
+from ..ir.model import Model
+from .base import register
+
+
+@register("fuse-residual", "fuse")
+def fuse_residual(model: Model, options: dict[str, Any]) -> Model:
+    """Mark ``add(y, h)`` where ``y`` comes from an operator with an output projection (short_conv, attention,
+    gated_mlp, linear; not yet moe, whose expert sum is its own kernel) and is used only by this add: the projection accumulates into ``h`` in place,
+    saving a kernel and a pass over the activations."""
+    g = copy.deepcopy(model.graph)
+    by_name = {n.name: n for n in g.nodes}
+    uses: dict[str, int] = {}
+    for n in g.nodes:
+        for i in n.inputs:
+            uses[i] = uses.get(i, 0) + 1
+    for o in g.outputs:
+        uses[o] = uses.get(o, 0) + 1
+    for n in g.nodes:
+        if n.op != "add" or n.fused:
+            continue
+        for cand in n.inputs:
+            p = by_name.get(cand)
+            if p is not None and p.op in RESIDUAL_PRODUCERS and uses.get(cand) == 1:
+                n.fused = {"into": cand}
+                break
+    return model.__class__(g, model.weights, model.provenance, model.tokenizer)

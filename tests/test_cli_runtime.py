@@ -1,0 +1,56 @@
+"""CLI compile / run / bench on the tiny preset."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lfmc.cli import main
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    assert main(["compile", "lfm2-moe-tiny", "--init-std", "0.25", "-o", str(d / "a"), "--max-batch", "2",
+                 "-q"]) == 0
+    return d / "a"
+
+
+def test_run_tokens_and_prompt(art, capsys):
+    capsys.readouterr()
+    assert main(["run", str(art), "--tokens", "1,2,3", "--max-new-tokens", "5", "--ignore-eos", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert len(r["tokens"]) == 5 and r["prompt_tokens"] == 3 and r["stop_reason"] == "length"
+    assert main(["run", str(art), "--prompt", "hi", "--max-new-tokens", "3", "--ignore-eos", "--json"]) == 0
+    r2 = json.loads(capsys.readouterr().out)
+    assert r2["prompt_tokens"] == 2 and isinstance(r2["text"], str)
+    # sampling is seeded
+    outs = []
+    for _ in range(2):
+        main(["run", str(art), "--tokens", "9", "--max-new-tokens", "6", "--temperature", "1.0", "--top-k", "20",
+              "--seed", "4", "--ignore-eos", "--json"])
+        outs.append(json.loads(capsys.readouterr().out)["tokens"])
+    assert outs[0] == outs[1]
+
+
+def test_run_errors(art, capsys):
+    assert main(["run", str(art), "--tokens", "1", "--prompt", "x"]) == 2
+    assert main(["run", str(art), "--tokens", "999"]) == 2
+    assert "token ids must lie in" in capsys.readouterr().err
+
+
+def test_bench_with_torch_baseline(art, capsys):
+    capsys.readouterr()
+    assert main(["bench", str(art), "--prefill", "16", "--decode-steps", "4", "--reps", "1", "--baseline", "torch",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    for side in ("lfmc", "torch"):
+        assert r[side]["prefill"]["16"] > 0 and r[side]["decode"]["1"] > 0 and r[side]["memory"]["peak_rss"] > 0
+
+
+def test_compile_refuses_config_only(tmp_path, capsys):
+    main(["import", "lfm2-tiny", "-o", str(tmp_path / "c.lfm")])
+    assert main(["compile", str(tmp_path / "c.lfm"), "-o", str(tmp_path / "x"), "-q"]) == 2
+    assert "no weights" in capsys.readouterr().err
+    assert main(["compile", "lfm2-tiny", "--target", "vax", "-o", str(tmp_path / "y"), "-q"]) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
