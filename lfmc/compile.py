@@ -31,10 +31,12 @@ def load_source(source: str, seed: int = 0, init_std: float | None = None) -> Mo
 def compile_model(model: Model, out: str | os.PathLike, target: str = "host", max_batch: int = 8,
                   max_context: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                   progress: Callable[[int, int, str], None] | None = None, passes: Sequence[str] | str | None = None,
-                  dump_ir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> Path:
+                  dump_ir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
+                  quant: str | None = None) -> Path:
     """Compile ``model`` for ``target`` into the artifact directory ``out``: the pass pipeline (``passes``:
     None = default, a list or a comma-separated string), lowering, code generation, packaging.
-    ``dump_ir`` writes the IR after every phase; ``log`` receives a summary (kernels per layer)."""
+    ``dump_ir`` writes the IR after every phase; ``log`` receives a summary (kernels per layer); ``quant``:
+    weight quantization (q8, q4g32, q4g64a, ...; None = float32)."""
     from .ir.verify import verify
     from .passes import run_pipeline
     from .targets.artifact import write_artifact
@@ -52,7 +54,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
 
     knobs = {e: host_knobs(e) for e in ("prefill", "decode")}
     before = kernels_per_layer(lower(model.graph, None, knobs).plan, model.graph)
-    model = run_pipeline(model, passes, dump_dir=dump_ir)
+    model = run_pipeline(model, passes, {"quant": quant}, dump_dir=dump_ir)
     low = lower(model.graph, model.weights, knobs)
     after = kernels_per_layer(low.plan, model.graph)
     if log:
@@ -74,6 +76,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                   "bos_token_id": cfg.get("bos_token_id"), "architecture": model.provenance.get("architecture"),
                   "config": cfg, "source": {k: v for k, v in model.provenance.items() if k != "config"}},
         "ir_hash": hashlib.sha256(text.encode()).hexdigest(),
+        "quant": quant or "f32",
         "limits": {"max_batch": int(max_batch), "max_context": max_context, "prefill_chunk": int(prefill_chunk),
                    "max_position_embeddings": mpe},
         "tokenizer": ({"kind": "json"} if model.tokenizer is not None

@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import LfmcError
 from .graph import Gate, Graph, Node
+from .quant import dequantize
 from .verify import verify
 from .weights import check_weights
 
@@ -72,6 +73,12 @@ class Interpreter:
         check_weights(graph, weights)
         self.graph = graph
         self.w = {k: np.asarray(v, dtype=F32) for k, v in weights.items()}
+        for n in graph.nodes:                      # quantized weights run as what they stand for
+            for role, p in n.params.items():
+                if role + "_scale" in n.params:
+                    z = n.params.get(role + "_zero")
+                    self.w[p.name] = dequantize(weights[p.name], weights[n.params[role + "_scale"].name],
+                                                weights[z.name] if z else None, p.type.dtype)
         self._impl: dict[str, Callable[[Node, list[np.ndarray], SequenceState], np.ndarray]] = {
             "embedding": self._embedding, "rmsnorm": self._rmsnorm, "add": lambda n, a, s: a[0] + a[1],
             "linear": self._linear_op, "lm_head": self._linear_op, "short_conv": self._short_conv,

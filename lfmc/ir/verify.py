@@ -41,9 +41,12 @@ def _check_node(n: Node, types: dict[str, TensorType], params: dict[str, Param])
     missing = [r for r in sch.params if r not in n.params]
     if missing:
         raise VerifyError(f"{where}: missing parameter(s) {missing}")
-    unknown = set(n.params) - set(sch.params) - set(sch.optional_params)
+    roles = set(sch.params) | set(sch.optional_params)
+    unknown = {r for r in n.params if r not in roles and not (r.endswith(("_scale", "_zero"))
+                                                               and r.rsplit("_", 1)[0] in roles)}
     if unknown:
         raise VerifyError(f"{where}: unknown parameter role(s) {sorted(unknown)}")
+    _check_quant(n, where)
     for role, p in n.params.items():
         if p.type.symbolic:
             raise VerifyError(f"{where}: parameter {role} (@{p.name}) has a symbolic shape {p.type}")
@@ -112,3 +115,29 @@ def verify(g: Graph) -> Graph:
             raise VerifyError(f"return of undefined value %{o}")
     check_fusion(g)
     return g
+
+
+def _check_quant(n: Node, where: str) -> None:
+    """Quantized weights (lfmc/ir/quant.py): integer codes with a scale of shape [..., N, G], G dividing K."""
+    from .quant import QUANT_DTYPES
+
+    for role, p in n.params.items():
+        if role.endswith(("_scale", "_zero")) and role.rsplit("_", 1)[0] in n.params:
+            base = n.params[role.rsplit("_", 1)[0]]
+            if base.type.dtype not in QUANT_DTYPES:
+                raise VerifyError(f"{where}: {role} given but {role.rsplit('_', 1)[0]} is not quantized "
+                                  f"({base.type.dtype})")
+            continue
+        scale = n.params.get(role + "_scale")
+        if p.type.dtype in QUANT_DTYPES or p.type.dtype == "i4":
+            if scale is None:
+                raise VerifyError(f"{where}: {role} holds {p.type.dtype} codes but has no {role}_scale")
+            ws, ss = p.type.shape, scale.type.shape
+            if len(ss) != len(ws) or ss[:-1] != ws[:-1] or ws[-1] % ss[-1]:
+                raise VerifyError(f"{where}: {role}_scale {list(ss)} does not fit {role} {list(ws)}")
+            z = n.params.get(role + "_zero")
+            if z is not None and (p.type.dtype != "u4" or z.type.shape != ss):
+                raise VerifyError(f"{where}: {role}_zero needs u4 codes and the scale's shape")
+        elif p.type.dtype != "f32":
+            raise VerifyError(f"{where}: parameter {role} has dtype {p.type.dtype}; weights are f32 or "
+                              f"quantized codes ({', '.join(QUANT_DTYPES)})")

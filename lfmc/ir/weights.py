@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import WeightsError
 from .graph import Graph
+from .quant import storage_dtype
 from .types import DTYPES
 
 # Parameter roles that scale activations (norm weights): initialized around 1, not 0.
@@ -73,7 +74,7 @@ def check_weights(g: Graph, weights: dict[str, np.ndarray], source: str = "weigh
         if tuple(w.shape) != want_shape:
             raise WeightsError(f"{source}: parameter {name!r} has shape {list(w.shape)}, the IR declares "
                                f"{p.type} ({list(want_shape)})")
-        if np.dtype(w.dtype).name != DTYPES[p.type.dtype]:
+        if np.dtype(w.dtype).name != storage_dtype(p.type.dtype):
             raise WeightsError(f"{source}: parameter {name!r} has dtype {w.dtype}, the IR declares {p.type.dtype}")
     extra = sorted(set(weights) - set(params))
     if extra:

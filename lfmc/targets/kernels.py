@@ -56,50 +56,88 @@ def pack_lanes_of(N: int, knobs: Knobs) -> int:
 
 # ------------------------------------------------------------------------------------------------ matmul
 def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
-                accumulate: bool = False, swiglu: bool = False) -> tvm.tirx.PrimFunc:
+                accumulate: bool = False, swiglu: bool = False, quant: tuple | None = None) -> tvm.tirx.PrimFunc:
     """Y[nb*R, N] = X[nb*R, K] @ W^T with optional fused prologue and epilogues:
 
-    - ``rms_eps``: X is the raw input of an RMSNorm whose weight is folded into W; the row scale
-      1/sqrt(mean(X^2) + eps) is computed in the kernel (per row tile) and applied to the products.
+    - ``rms_eps``: X is the raw input of an RMSNorm (weight NW[K]): X * NW / sqrt(mean(X^2) + eps) is formed in
+      the kernel, so the normalized activations never take a launch of their own.
     - ``bias``: + bias[N].  ``accumulate``: the output buffer holds the residual stream and is updated in place.
-    - ``swiglu``: W packed [N/l, 2, K, l] (the gate and up panels of each output block side by side,
-      :func:`lfmc.targets.lower.pack_swiglu`); the output is silu(gate) * up, N wide.
-    Otherwise W is packed [N/l, K, l]. Args: X, W, (bias), (Res), Out, nb — with ``accumulate`` the caller
-    passes the residual buffer as both Res and Out."""
+    - ``swiglu``: two weights (gate, up) side by side per output block; the output is silu(gate) * up, N wide.
+    - ``quant``: weight-only quantized W, dequantized in the inner loop: ``("q8",)`` int8 codes with a scale
+      per output channel (applied after the sum); ``("q4", g, asym)`` 4-bit codes packed two per byte along K,
+      scale (and zero when ``asym``, else 8) per group of g inputs.
+
+    W layouts (l = vector lanes): f32 / q8 ``[N/l, (2,) K, l]``, q4 ``[N/l, (2,) K/2, l]`` uint8; scales
+    ``[(2,) N]`` (q8) or ``[(2,) N, K/g]`` (q4). Args: X, W, (scale), (zero), (NW), (bias), (Res), Out, nb — with
+    ``accumulate`` the caller passes the residual buffer as both Res and Out."""
     R = knobs.rows
     l = pick_lanes(N, knobs.lanes)
     J = _pick_cols(N // l, max(1, knobs.cols // 2) if swiglu else knobs.cols)
-    rows = te.var("nb", "int32")
-    nb = rows
+    qkind = quant[0] if quant else None
+    nb = te.var("nb", "int32")
     X0 = te.placeholder((nb * R, K), name="X")
+    H = (2,) if swiglu else ()
+    if qkind == "q4":
+        g, asym = int(quant[1]), bool(quant[2])
+        if K % g or K % 2:
+            raise ValueError(f"q4 group {g} must divide K={K} (and K be even)")
+        W = te.placeholder((N // l, *H, K // 2, l), name="W", dtype="uint8")
+        Sc = te.placeholder((*H, N, K // g), name="scale")
+        Zp = te.placeholder((*H, N, K // g), name="zero") if asym else None
+    elif qkind == "q8":
+        W = te.placeholder((N // l, *H, K, l), name="W", dtype="int8")
+        Sc = te.placeholder((*H, N), name="scale")
+        Zp = None
+    else:
+        W = te.placeholder((N // l, *H, K, l), name="W")
+        Sc = Zp = None
+
+    def wv(h, j, k):
+        """The weight (h: gate/up half, or None) at output j, input k, dequantized as far as the inner loop needs."""
+        hh = () if h is None else (h,)
+        if qkind == "q4":
+            code = (W[(j // l, *hh, k // 2, j % l)] >> (4 * (k % 2)).astype("uint8")) & tvm.tirx.const(15, "uint8")
+            zero = Zp[(*hh, j, k // g)] if Zp is not None else tvm.tirx.const(8.0, "float32")
+            return (code.astype("float32") - zero) * Sc[(*hh, j, k // g)]
+        v = W[(j // l, *hh, k, j % l)]
+        return v.astype("float32") if qkind == "q8" else v
+
+    def post(h, j, v):
+        """Per-channel scale of q8, applied once after the sum."""
+        if qkind != "q8":
+            return v
+        return v * (Sc[j] if h is None else Sc[h, j])
+
     X = X0
+    NW = None
     if rms_eps is not None:
-        # row scale first (a [rows, K] workspace, like the norm kernel it replaces, minus a launch)
+        NW = te.placeholder((K,), name="norm_weight")
         k2 = te.reduce_axis((0, K), name="k2")
         S = te.compute((nb * R,), lambda i: te.sum(X0[i, k2] * X0[i, k2], axis=k2), name="S")
-        X = te.compute((nb * R, K), lambda i, kk: X0[i, kk] / te.sqrt(S[i] / float(K) + float(rms_eps)), name="Xs")
+        X = te.compute((nb * R, K), lambda i, kk: X0[i, kk] * NW[kk] / te.sqrt(S[i] / float(K) + float(rms_eps)),
+                       name="Xs")
     k = te.reduce_axis((0, K), name="k")
     if swiglu:
         # gate and up in one block with a pair-valued sum, so one pass over X feeds both
-        W = te.placeholder((N // l, 2, K, l), name="W")
         pair_sum = te.comm_reducer(lambda x, y: (x[0] + y[0], x[1] + y[1]),
                                    lambda t0, t1: (tvm.tirx.const(0, t0), tvm.tirx.const(0, t1)), name="pair_sum")
-        Yg, Yu = te.compute((nb * R, N), lambda i, j: pair_sum(
-            (X[i, k] * W[j // l, 0, k, j % l], X[i, k] * W[j // l, 1, k, j % l]), axis=k), name="Y")
+        Yg, Yu = te.compute((nb * R, N), lambda i, j: pair_sum((X[i, k] * wv(0, j, k), X[i, k] * wv(1, j, k)),
+                                                                axis=k), name="Y")
     else:
-        W = te.placeholder((N // l, K, l), name="W")
-        Y = te.compute((nb * R, N), lambda i, j: te.sum(X[i, k] * W[j // l, k, j % l], axis=k), name="Y")
-    args = [X0, W]
+        Y = te.compute((nb * R, N), lambda i, j: te.sum(X[i, k] * wv(None, j, k), axis=k), name="Y")
+    args = [X0, W] + [t for t in (Sc, Zp, NW) if t is not None]
     Bv = te.placeholder((N,), name="bias") if bias else None
-    Res = te.placeholder((nb * R, N), name="Out") if accumulate else None
+    Res = te.placeholder((nb * R, N), name="Res") if accumulate else None
     if Bv is not None:
         args.append(Bv)
-
     if swiglu:
-        Z = te.compute((nb * R, N), lambda i, j: te.sigmoid(Yg[i, j]) * Yg[i, j] * Yu[i, j], name="Z")
+        def out_sw(i, j):
+            gv, uv = post(0, j, Yg[i, j]), post(1, j, Yu[i, j])
+            return te.sigmoid(gv) * gv * uv
+        Z = te.compute((nb * R, N), out_sw, name="Z")
     else:
         def out(i, j):
-            v = Y[i, j]
+            v = post(None, j, Y[i, j])
             if Bv is not None:
                 v = v + Bv[j]
             if Res is not None:
@@ -120,7 +158,13 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
     io, ii = sch.split(i, [None, R])
     # column blocks outermost: each thread keeps one weight panel hot in L2 while it walks every row block
     # (rows outermost re-streams the whole weight from memory once per row block)
-    sch.reorder(jo, io, kk, ii, jj, ji)
+    if qkind == "q4":
+        k2o, k2i = sch.split(kk, [None, 2])            # the two nibbles of a byte: constant shifts once unrolled
+        sch.reorder(jo, io, k2o, k2i, ii, jj, ji)
+        sch.unroll(k2i)
+        kk = k2o
+    else:
+        sch.reorder(jo, io, kk, ii, jj, ji)
     if knobs.parallel:
         sch.parallel(jo)
     sch.set_scope(b, 0, "local")
@@ -216,21 +260,36 @@ def make_moe_down(name: str, E: int, D: int, F: int, topk: int, knobs: Knobs) ->
 
 
 # ------------------------------------------------------------------------------------- row-wise kernels
-def make_embedding(name: str, V: int, D: int, l: int) -> tvm.tirx.PrimFunc:
-    """Out[n, D] = table[tokens[n]], the table packed [V/l, D, l] (shared with a tied LM head)."""
+def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None) -> tvm.tirx.PrimFunc:
+    """Out[n, D] = table[tokens[n]], the table packed like the LM head's weight [V/l, D, l] (shared when tied),
+    dequantized per row when ``quant`` (see :func:`make_matmul`). Args: tokens, W, (scale), (zero), Out."""
+    n = te.var("n", "int32")
+    tok = te.placeholder((n,), name="tok", dtype="int32")
+    qkind = quant[0] if quant else None
+    if qkind == "q4":
+        g, asym = int(quant[1]), bool(quant[2])
+        W = te.placeholder((V // l, D // 2, l), name="W", dtype="uint8")
+        Sc = te.placeholder((V, D // g), name="scale")
+        Zp = te.placeholder((V, D // g), name="zero") if asym else None
 
-    @T.prim_func
-    def f(tok: T.handle, w: T.handle, out: T.handle):
-        T.func_attr({"tir.noalias": True})
-        n = T.int32()
-        Tok = T.match_buffer(tok, (n,), "int32")
-        Wt = T.match_buffer(w, (V // l, D, l), "float32")
-        O = T.match_buffer(out, (n, D), "float32")
-        for i in T.serial(n):
-            for d in T.serial(D):
-                O[i, d] = Wt[Tok[i] // l, d, Tok[i] % l]
+        def val(i, d):
+            t = tok[i]
+            code = (W[t // l, d // 2, t % l] >> (4 * (d % 2)).astype("uint8")) & tvm.tirx.const(15, "uint8")
+            zero = Zp[t, d // g] if Zp is not None else tvm.tirx.const(8.0, "float32")
+            return (code.astype("float32") - zero) * Sc[t, d // g]
+    elif qkind == "q8":
+        W = te.placeholder((V // l, D, l), name="W", dtype="int8")
+        Sc, Zp = te.placeholder((V,), name="scale"), None
 
-    return _named(f, name)
+        def val(i, d):
+            return W[tok[i] // l, d, tok[i] % l].astype("float32") * Sc[tok[i]]
+    else:
+        W, Sc, Zp = te.placeholder((V // l, D, l), name="W"), None, None
+
+        def val(i, d):
+            return W[tok[i] // l, d, tok[i] % l]
+    O = te.compute((n, D), val, name="O")
+    return _named(te.create_prim_func([tok, W] + [t for t in (Sc, Zp) if t is not None] + [O]), name)
 
 
 def make_rmsnorm(name: str, D: int, eps: float, parallel: bool) -> tvm.tirx.PrimFunc:

@@ -47,19 +47,51 @@ class Lowered:
     params: dict[str, np.ndarray]
 
 
-def pack_swiglu(w: np.ndarray, lanes: int) -> np.ndarray:
-    """[gate; up] = [2F, K] -> [F/l, 2, K, l]: the gate and up panels of each output block side by side."""
-    F2, Kd = w.shape
-    F = F2 // 2
-    l = K.pick_lanes(F, lanes)
-    return np.ascontiguousarray(w.reshape(2, F // l, l, Kd).transpose(1, 0, 3, 2))
-
-
 def pack_linear(w: np.ndarray, lanes: int) -> np.ndarray:
-    """[N, K] -> [N/l, K, l]: each block of l output rows becomes one contiguous panel."""
+    """[N, K] -> [N/l, K, l]: each block of l output rows becomes one contiguous panel (any dtype)."""
     N, Kd = w.shape
     l = K.pick_lanes(N, lanes)
     return np.ascontiguousarray(w.reshape(N // l, l, Kd).transpose(0, 2, 1))
+
+
+def pack_weight(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None, quant: tuple | None, lanes: int,
+                swiglu: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A weight [M, K] (float, or integer codes with scale/zero [M, G]) in the layout :func:`make_matmul` reads,
+    plus its extra operands (scale, zero). With ``swiglu`` the M = 2N rows are [gate; up]."""
+    if quant and quant[0] == "q4":
+        w = (w[:, 0::2] | (w[:, 1::2] << 4)).astype(np.uint8)          # two 4-bit codes per byte along K
+    M, Kp = w.shape
+    if swiglu:
+        N = M // 2
+        l = K.pick_lanes(N, lanes)
+        packed = np.ascontiguousarray(w.reshape(2, N // l, l, Kp).transpose(1, 0, 3, 2))
+    else:
+        packed = pack_linear(w, lanes)
+    extra = []
+    if quant:
+        G = scale.shape[-1]
+        lead = (2, M // 2) if swiglu else (M,)
+        extra.append(np.ascontiguousarray(scale.reshape(*lead) if quant[0] == "q8" else scale.reshape(*lead, G),
+                                          dtype=np.float32))
+        if zero is not None:
+            extra.append(np.ascontiguousarray(zero.reshape(*lead, G), dtype=np.float32))
+    return packed, extra
+
+
+def quant_spec(n: Node, role: str) -> tuple | None:
+    """The kernel's quantization spec for weight ``role`` of ``n`` (see lfmc/ir/quant.py), or None."""
+    p = n.params[role]
+    if role + "_scale" not in n.params:
+        return None
+    G = n.params[role + "_scale"].type.shape[-1]
+    Kd = p.type.shape[-1]
+    if p.type.dtype == "i8":
+        if G != 1:
+            raise LfmcError(f"%{n.name}: int8 weights with groups are not supported by this target (per channel only)")
+        return ("q8",)
+    if p.type.dtype == "u4":
+        return ("q4", Kd // G, role + "_zero" in n.params)
+    raise LfmcError(f"%{n.name}: no kernel for {p.type.dtype} weights")
 
 
 @dataclass
@@ -82,7 +114,8 @@ class _Lowering:
 
     def param(self, name: str, make: Callable[[], np.ndarray]) -> list:
         if name not in self.params and self.weights is not None:
-            self.params[name] = np.ascontiguousarray(make(), dtype=np.float32)
+            a = np.ascontiguousarray(make())
+            self.params[name] = a.astype(np.float32) if a.dtype.kind == "f" else a   # codes keep their dtype
         return ["param", name]
 
     def w(self, n: Node, role: str) -> np.ndarray:
@@ -104,32 +137,41 @@ class _Lowering:
             self.launch(e, kernel, args)
 
     # --- shared pieces
-    def matmul(self, x: tuple[str, int], w_name: str, w: Callable[[], np.ndarray], N: int, Kd: int,
-               out: tuple[str, int], bias: tuple[str, Callable[[], np.ndarray]] | None = None,
-               entries: tuple[str, ...] = ENTRIES, rows: str | int = "np", norm: tuple[Node, Node] | None = None,
-               accumulate: bool = False, swiglu: bool = False) -> None:
-        """One projection launch per entry. ``norm`` = (rmsnorm node, its weight's role owner) folds an RMSNorm
-        into the weights and the kernel; ``accumulate`` adds into ``out`` in place; ``swiglu``: ``w()`` returns
-        [gate; up] stacked and the output is silu(gate) * up, N = its width."""
+    def matmul(self, x: tuple[str, int], srcs: list[tuple[Node, str]], N: int, Kd: int, out: tuple[str, int],
+               bias: tuple[Node, str] | None = None, entries: tuple[str, ...] = ENTRIES, rows: str | int = "np",
+               norm: Node | None = None, accumulate: bool = False, swiglu: bool = False) -> None:
+        """One projection launch per entry. ``srcs``: the (node, role) weights stacked along the output (q, k, v;
+        or gate, up with ``swiglu``). ``norm``: an RMSNorm applied to the input inside the kernel;
+        ``accumulate``: add into ``out`` in place; ``swiglu``: output silu(gate) * up, N = its width."""
         lanes = self.knobs["decode"].lanes
-        eps = None
-        make = w
-        if norm is not None:
-            nw = norm[0].params["weight"]
-            eps = norm[0].attrs["eps"]
-            w_name = f"{w_name}*{nw.name}"
-            make = lambda: w() * self.weights[nw.name][None, :]  # noqa: E731
-        pack = (lambda: pack_swiglu(make(), lanes)) if swiglu else (lambda: pack_linear(make(), lanes))
-        p = self.param(w_name, pack)
-        b = [self.param(bias[0], bias[1])] if bias else []
+        specs = {quant_spec(n, r) for n, r in srcs}
+        if len(specs) != 1:
+            raise LfmcError(f"%{srcs[0][0].name}: projections fused into one kernel must share one quantization")
+        quant = specs.pop()
+        name = "w." + "+".join(n.params[r].name for n, r in srcs) + ("/swiglu" if swiglu else "")
+
+        def cat(suffix: str) -> np.ndarray | None:
+            parts = [self.weights[n.params[r + suffix].name] for n, r in srcs if r + suffix in n.params]
+            return np.concatenate(parts) if parts else None
+
+        packed = None
+        if self.weights is not None and name not in self.params:
+            packed = pack_weight(cat(""), cat("_scale"), cat("_zero"), quant, lanes, swiglu)
+        p = self.param(name, lambda: packed[0])
+        extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i])
+                 for i in range(1 + (quant is not None and quant[0] == "q4" and quant[2]) if quant else 0)]
+        nw = [self.param("w." + norm.params["weight"].name, lambda: self.w(norm, "weight"))] if norm else []
+        b = [self.param("w." + bias[0].params[bias[1]].name, lambda: self.w(*bias))] if bias else []
+        eps = norm.attrs["eps"] if norm else None
         for e in entries:
             kn = self.knobs[e]
             key = ("mm", N, Kd, "b" if bias else "", "n" if norm else "", "a" if accumulate else "",
-                   "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ())
-            kname = self.kernel(key, K.make_matmul, N, Kd, kn, bias is not None, eps, accumulate, swiglu)
+                   "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
+            kname = self.kernel(key, K.make_matmul, N, Kd, kn, bias is not None, eps, accumulate, swiglu, quant)
             nb = ["const", rows // kn.rows] if isinstance(rows, int) else ["scalar", "nb"]
             o = self.slab(out[0], rows, N)
-            self.launch(e, kname, [self.slab(x[0], rows, Kd), p] + b + ([o] if accumulate else []) + [o, nb])
+            self.launch(e, kname, [self.slab(x[0], rows, Kd), p] + extra + nw + b + ([o] if accumulate else [])
+                        + [o, nb])
 
     # --- ops
     def lower(self) -> None:
@@ -196,10 +238,20 @@ class _Lowering:
     def op_embedding(self, n: Node, ins, out: str, D: int) -> None:
         V = n.params["weight"].type.shape[0]
         lanes = self.knobs["decode"].lanes
+        # the same packed table (and name) as a tied LM head's weight, so it is stored once
+        quant = quant_spec(n, "weight")
         name = "w." + n.params["weight"].name
-        p = self.param(name, lambda: pack_linear(self.w(n, "weight"), lanes))
-        k = self.kernel(("embed", V, D), K.make_embedding, V, D, K.pick_lanes(V, lanes))
-        self.both(k, [["input", "tokens", "n"], p, self.slab(out, "n", D)])
+        packed = None
+        if self.weights is not None and name not in self.params:
+            sc = n.params.get("weight_scale")
+            z = n.params.get("weight_zero")
+            packed = pack_weight(self.w(n, "weight"), self.weights[sc.name] if sc else None,
+                                 self.weights[z.name] if z else None, quant, lanes, False)
+        p = self.param(name, lambda: packed[0])
+        extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i])
+                 for i in range(1 + (quant is not None and quant[0] == "q4" and quant[2]) if quant else 0)]
+        k = self.kernel(("embed", V, D) + (quant or ()), K.make_embedding, V, D, K.pick_lanes(V, lanes), quant)
+        self.both(k, [["input", "tokens", "n"], p] + extra + [self.slab(out, "n", D)])
 
     def op_rmsnorm(self, n: Node, ins, out: str, D: int) -> None:
         eps = n.attrs["eps"]
@@ -216,31 +268,24 @@ class _Lowering:
 
     def op_linear(self, n: Node, ins, out: str, N: int, norm: Node | None = None, accumulate: bool = False) -> None:
         Kd = n.params["weight"].type.shape[1]
-        bias = None
-        if "weight_bias" in n.params:
-            bias = ("w." + n.params["weight_bias"].name, lambda: self.w(n, "weight_bias"))
-        self.matmul((ins[0], Kd), "w." + n.params["weight"].name, lambda: self.w(n, "weight"), N, Kd,
-                    (out, N), bias, accumulate=accumulate)
+        bias = (n, "weight_bias") if "weight_bias" in n.params else None
+        self.matmul((ins[0], Kd), [(n, "weight")], N, Kd, (out, N), bias, accumulate=accumulate)
 
     def op_lm_head(self, n: Node, ins, out: str, V: int) -> None:
         D = n.params["weight"].type.shape[1]
         R = self.knobs["prefill"].rows
         k = self.kernel(("take_last", D), K.make_take_last, D)
         self.launch("prefill", k, [self.slab(ins[0], "n", D), self.slab("last", R, D)])
-        name = "w." + n.params["weight"].name
-        self.matmul(("last", D), name, lambda: self.w(n, "weight"), V, D, (out, V), entries=("prefill",), rows=R)
-        self.matmul((ins[0], D), name, lambda: self.w(n, "weight"), V, D, (out, V), entries=("decode",))
+        self.matmul(("last", D), [(n, "weight")], V, D, (out, V), entries=("prefill",), rows=R)
+        self.matmul((ins[0], D), [(n, "weight")], V, D, (out, V), entries=("decode",))
 
     def op_short_conv(self, n: Node, ins, out: str, D: int, norm: Node | None = None,
                       accumulate: bool = False) -> None:
         L = n.attrs["L_cache"]
         f = n.liv.featurizer
         ib, ic, ix = f["B"].chunk, f["C"].chunk, f["x"].chunk
-        pre = n.params["in_proj"].name
-        bias = lambda role: ((f"w.{n.params[role].name}", lambda: self.w(n, role))  # noqa: E731
-                             if role in n.params else None)
-        self.matmul((ins[0], D), "w." + pre, lambda: self.w(n, "in_proj"), 3 * D, D, ("t_p", 3 * D),
-                    bias("in_proj_bias"), norm=(norm, n) if norm else None)
+        bias = lambda role: (n, role) if role in n.params else None  # noqa: E731
+        self.matmul((ins[0], D), [(n, "in_proj")], 3 * D, D, ("t_p", 3 * D), bias("in_proj_bias"), norm=norm)
         st = f"conv.{n.name}"
         self.state[st] = {"shape": ["S", D, max(L - 1, 1)], "dtype": "float32", "kind": "conv", "node": n.name}
         cw = self.param("w." + n.params["conv"].name, lambda: self.w(n, "conv")[:, 0, :])
@@ -251,16 +296,13 @@ class _Lowering:
         base = [self.slab("t_p", "n", 3 * D), ["state", st], cw, cb, self.slab("t_y", "n", D)]
         self.launch("prefill", kp, base + [["scalar", "slot"]])
         self.launch("decode", kd, base + [["input", "slots", "n"]])
-        self.matmul(("t_y", D), "w." + n.params["out_proj"].name, lambda: self.w(n, "out_proj"), D, D, (out, D),
-                    bias("out_proj_bias"), accumulate=accumulate)
+        self.matmul(("t_y", D), [(n, "out_proj")], D, D, (out, D), bias("out_proj_bias"), accumulate=accumulate)
 
     def op_attention(self, n: Node, ins, out: str, D: int, norm: Node | None = None,
                      accumulate: bool = False) -> None:
         H, KV, hd = n.attrs["heads"], n.attrs["kv_heads"], n.attrs["head_dim"]
         Nq = (H + 2 * KV) * hd
-        qkv = lambda: np.concatenate([self.w(n, "q_proj"), self.w(n, "k_proj"), self.w(n, "v_proj")])  # noqa: E731
-        self.matmul((ins[0], D), f"w.{n.params['q_proj'].name}+kv", qkv, Nq, D, ("t_p", Nq),
-                    norm=(norm, n) if norm else None)
+        self.matmul((ins[0], D), [(n, "q_proj"), (n, "k_proj"), (n, "v_proj")], Nq, D, ("t_p", Nq), norm=norm)
         for s in ("k", "v"):
             self.state[f"{s}.{n.name}"] = {"shape": ["S", "C", KV, hd], "dtype": "float32", "kind": "kv",
                                            "node": n.name}
@@ -274,25 +316,21 @@ class _Lowering:
                        ["state", f"k.{n.name}"], ["state", f"v.{n.name}"], self.slab("t_q", "n", H * hd)] + rows)
         self.both(ka, [self.slab("t_q", "n", H * hd), ["state", f"k.{n.name}"], ["state", f"v.{n.name}"],
                        self.slab("t_a", "n", H * hd)] + rows)
-        self.matmul(("t_a", H * hd), "w." + n.params["out_proj"].name, lambda: self.w(n, "out_proj"), D, H * hd,
-                    (out, D), accumulate=accumulate)
+        self.matmul(("t_a", H * hd), [(n, "out_proj")], D, H * hd, (out, D), accumulate=accumulate)
 
     def op_gated_mlp(self, n: Node, ins, out: str, D: int, norm: Node | None = None,
                      accumulate: bool = False) -> None:
         f = n.liv.featurizer
         F = n.params["w1"].type.shape[0]
         gate, up = f["gate"].proj, f["up"].proj
-        w13 = lambda: np.concatenate([self.w(n, gate), self.w(n, up)])  # noqa: E731
-        nrm = (norm, n) if norm else None
+        w13 = [(n, gate), (n, up)]
         if n.fused.get("swiglu"):
-            self.matmul((ins[0], D), f"w.{n.params[gate].name}+up/swiglu", w13, F, D, ("t_a", F), norm=nrm,
-                        swiglu=True)
+            self.matmul((ins[0], D), w13, F, D, ("t_a", F), norm=norm, swiglu=True)
         else:
-            self.matmul((ins[0], D), f"w.{n.params[gate].name}+up", w13, 2 * F, D, ("t_p", 2 * F), norm=nrm)
+            self.matmul((ins[0], D), w13, 2 * F, D, ("t_p", 2 * F), norm=norm)
             k = self.kernel(("silu_mul", F, 0), K.make_silu_mul, F, 0)
             self.both(k, [self.slab("t_p", "n", 2 * F), self.slab("t_a", "n", F)])
-        self.matmul(("t_a", F), "w." + n.params["w2"].name, lambda: self.w(n, "w2"), D, F, (out, D),
-                    accumulate=accumulate)
+        self.matmul(("t_a", F), [(n, "w2")], D, F, (out, D), accumulate=accumulate)
 
     def op_moe(self, n: Node, ins, out: str, D: int) -> None:
         a = n.attrs
@@ -300,7 +338,9 @@ class _Lowering:
         gu_shape = n.params["gate_up"].type.shape
         F2, F = gu_shape[1], gu_shape[1] // 2
         gi = n.liv.featurizer["gate"].chunk
-        self.matmul((ins[0], D), "w." + n.params["router"].name, lambda: self.w(n, "router"), E, D, ("t_r", E))
+        if any(r.endswith("_scale") for r in n.params):
+            raise LfmcError(f"%{n.name}: quantized MoE experts are not supported by this target yet")
+        self.matmul((ins[0], D), [(n, "router")], E, D, ("t_r", E))
         bias = (self.param("w." + n.params["expert_bias"].name, lambda: self.w(n, "expert_bias"))
                 if a["use_expert_bias"] else self.param(f"zeros.{E}", lambda: np.zeros(E, np.float32)))
         kr = self.kernel(("route", E, k, a["scoring"], int(a["use_expert_bias"]), int(a["norm_topk_prob"]),

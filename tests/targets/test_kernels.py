@@ -163,27 +163,51 @@ def test_moe(scoring, use_bias, norm, scale):
 @pytest.mark.parametrize("rms,acc,bias,swiglu", [(True, False, False, False), (False, True, True, False),
                                                   (True, True, False, False), (True, False, False, True),
                                                   (False, False, False, True)])
+@pytest.mark.parametrize("quant", [None, ("q8",), ("q4", 8, False), ("q4", 16, True)])
 @pytest.mark.parametrize("knobs", [K.Knobs(8, 4, 3), K.Knobs(8, 1, 8)])
-def test_matmul_fused(rms, acc, bias, swiglu, knobs):
-    from lfmc.targets.lower import pack_linear, pack_swiglu
+def test_matmul_fused(rms, acc, bias, swiglu, quant, knobs):
+    from lfmc.ir.quant import dequantize, quantize
+    from lfmc.targets.lower import pack_weight
 
-    N, Kd, eps = 48, 40, 1e-5
-    f = build(K.make_matmul("mmf", N, Kd, knobs, bias, eps if rms else None, acc, swiglu))
+    N, Kd, eps = 48, 64, 1e-5
+    f = build(K.make_matmul("mmf", N, Kd, knobs, bias, eps if rms else None, acc, swiglu, quant))
     rows = -(-5 // knobs.rows) * knobs.rows
     x, nw, b, res = r(rows, Kd), r(Kd), r(N), r(rows, N)
     w = r(2 * N if swiglu else N, Kd)
-    xin = w_eff = None
-    xin = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) if rms else x
-    w_eff = w * nw[None, :] if rms else w
-    packed = pack_swiglu(w_eff, 8) if swiglu else pack_linear(w_eff, 8)
-    y = xin @ (w * nw[None, :] if rms else w).T
+    qargs = []
+    if quant:
+        bits, group, asym = (8, None, False) if quant[0] == "q8" else (4, quant[1], quant[2])
+        codes, scale, zero = quantize(w, bits, group, asym)
+        w = dequantize(codes, scale, zero, "i8" if bits == 8 else "u4")     # what the kernel must compute
+        packed, qargs = pack_weight(codes, scale, zero, quant, 8, swiglu)
+    else:
+        packed, _ = pack_weight(w, None, None, None, 8, swiglu)
+    xin = x * nw / np.sqrt((x * x).mean(-1, keepdims=True) + eps) if rms else x
+    y = xin @ w.T
     if swiglu:
         want = y[:, :N] / (1 + np.exp(-y[:, :N])) * y[:, N:]
     else:
         want = y + (b if bias else 0) + (res if acc else 0)
-    out = res.copy()
-    args = [x, packed] + ([b] if bias else [])
-    ot = tvm.runtime.tensor(out)
-    args += ([ot] if acc else []) + [ot, rows // knobs.rows]
-    call(f, *args)
+    ot = tvm.runtime.tensor(res.copy())
+    args = [x, packed] + qargs + ([nw] if rms else []) + ([b] if bias else []) + ([ot] if acc else [])
+    call(f, *(args + [ot, rows // knobs.rows]))
     np.testing.assert_allclose(ot.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("quant", [None, ("q8",), ("q4", 8, False), ("q4", 16, True)])
+def test_embedding_quantized(quant):
+    from lfmc.ir.quant import dequantize, quantize
+    from lfmc.targets.lower import pack_weight
+
+    V, D = 64, 32
+    table = r(V, D)
+    tok = np.array([0, 63, 9, 9, 17], np.int32)
+    if quant:
+        bits, group, asym = (8, None, False) if quant[0] == "q8" else (4, quant[1], quant[2])
+        codes, scale, zero = quantize(table, bits, group, asym)
+        table = dequantize(codes, scale, zero, "i8" if bits == 8 else "u4")
+        packed, qargs = pack_weight(codes, scale, zero, quant, 8, False)
+    else:
+        packed, qargs = pack_weight(table, None, None, None, 8, False)
+    out = call(build(K.make_embedding("eq", V, D, 8, quant)), tok, packed, *qargs, np.zeros((5, D), np.float32))[-1]
+    np.testing.assert_allclose(out, table[tok], rtol=1e-6, atol=1e-6)

@@ -1,0 +1,63 @@
+"""Weight-only quantization in the IR: how a quantized weight is stored and what it means.
+
+A weight role ``R`` of a node is quantized when the node also has ``R_scale`` (and, for asymmetric int4,
+``R_zero``) parameters. ``R`` then holds integer codes; its value is, with ``g = K / G`` (group size) for
+``R_scale`` of shape ``[..., N, G]``:
+
+- ``i8`` codes: ``W = q * scale`` (``G = 1``: per output channel),
+- ``u4`` codes 0..15 without a zero: ``W = (q - 8) * scale`` (symmetric),
+- ``u4`` codes with ``R_zero`` [..., N, G]: ``W = (q - zero) * scale`` (asymmetric).
+
+In a weights file ``u4`` codes are stored one per byte (uint8); targets pack them as they like.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+QUANT_DTYPES = ("i8", "u4")
+STORAGE = {"i4": "int8", "u4": "uint8"}          # numpy storage of sub-byte IR dtypes
+
+
+def storage_dtype(ir_dtype: str) -> str:
+    from .types import DTYPES
+
+    return STORAGE.get(ir_dtype, DTYPES[ir_dtype])
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, ir_dtype: str) -> np.ndarray:
+    """The float32 weight a quantized one stands for."""
+    G = scale.shape[-1]
+    K = q.shape[-1]
+    qf = q.astype(np.float32)
+    if ir_dtype == "u4":
+        qf = qf - (np.float32(8) if zero is None else np.repeat(zero, K // G, axis=-1))
+    return qf * np.repeat(scale, K // G, axis=-1)
+
+
+def quantize(w: np.ndarray, bits: int, group: int | None, asym: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(codes, scale, zero or None) of float weight ``w`` [..., N, K]; round to nearest.
+
+    bits 8: symmetric per channel (``group`` None) or per group; bits 4: groups of ``group`` along K."""
+    K = w.shape[-1]
+    g = group or K
+    if K % g:
+        raise ValueError(f"group size {g} does not divide the input width {K}")
+    wg = w.reshape(*w.shape[:-1], K // g, g).astype(np.float32)
+    if bits == 8:
+        amax = np.abs(wg).max(-1)
+        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        q = np.clip(np.rint(wg / scale[..., None]), -127, 127).astype(np.int8)
+        return q.reshape(w.shape), scale, None
+    if bits != 4:
+        raise ValueError(f"unsupported bit width {bits}")
+    if asym:
+        lo, hi = wg.min(-1), wg.max(-1)
+        scale = np.where(hi > lo, (hi - lo) / 15.0, 1.0).astype(np.float32)
+        zero = np.clip(np.rint(-lo / scale), 0, 15).astype(np.float32)
+        q = np.clip(np.rint(wg / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8)
+        return q.reshape(w.shape), scale, zero
+    amax = np.abs(wg).max(-1)
+    scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
+    q = (np.clip(np.rint(wg / scale[..., None]), -8, 7) + 8).astype(np.uint8)
+    return q.reshape(w.shape), scale, None

@@ -1,0 +1,74 @@
+"""quantize: weight-only int8 / int4 quantization of dense projections (see lfmc/ir/quant.py)."""
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import numpy as np
+
+from ..ir.errors import LfmcError
+from ..ir.graph import Param
+from ..ir.model import Model
+from ..ir.quant import quantize
+from ..ir.types import TensorType
+from .base import register
+
+# the weight roles quantized per op (MoE experts are not yet: their kernels read float32)
+ROLES = {"short_conv": ("in_proj", "out_proj"), "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
+         "gated_mlp": ("w1", "w3", "w2"), "linear": ("weight",), "lm_head": ("weight",), "embedding": ("weight",)}
+SCHEMES = "q8 (int8 per channel), q4gG (int4, symmetric, groups of G along the input), q4gGa (asymmetric)"
+
+
+def parse_scheme(scheme: str) -> tuple[int, int | None, bool]:
+    """'q8' -> (8, None, False); 'q4g32' -> (4, 32, False); 'q4g64a' -> (4, 64, True)."""
+    if scheme == "q8":
+        return 8, None, False
+    m = re.fullmatch(r"q4g(\d+)(a?)", scheme or "")
+    if not m or int(m.group(1)) < 2 or int(m.group(1)) % 2:
+        raise LfmcError(f"unknown quantization {scheme!r} (known: {SCHEMES})")
+    return 4, int(m.group(1)), bool(m.group(2))
+
+
+@register("quantize", "quantize")
+def quantize_weights(model: Model, options: dict[str, Any]) -> Model:
+    """Replace the dense projection weights (and the embedding / LM head) by integer codes and scales, as
+    ``options["quant"]`` says (q8, q4g32, q4g64a, ...): the interpreter runs them dequantized, targets fuse the
+    dequantization into their GEMV / GEMM kernels. A weight whose input width the group does not divide stays
+    float32 (listed in the graph's ``quant_skipped`` attribute)."""
+    scheme = options.get("quant")
+    if not scheme or scheme == "f32":
+        return model
+    if model.weights is None:
+        raise LfmcError("quantization needs weights (the model was imported config-only)")
+    bits, group, asym = parse_scheme(scheme)
+    g = copy.deepcopy(model.graph)
+    w = dict(model.weights)
+    done: dict[str, tuple[Param, Param, Param | None]] = {}
+    skipped: list[str] = []
+    for n in g.nodes:
+        for role in ROLES.get(n.op, ()):
+            p = n.params[role]
+            if p.type.dtype != "f32":
+                continue
+            if p.name not in done:
+                K = p.type.shape[-1]
+                if group is not None and K % group:
+                    skipped.append(p.name)
+                    continue
+                codes, scale, zero = quantize(w[p.name], bits, group, asym)
+                qp = Param(p.name, TensorType("i8" if bits == 8 else "u4", p.type.shape))
+                sp = Param(p.name + ".scale", TensorType("f32", tuple(scale.shape)))
+                zp = Param(p.name + ".zero", TensorType("f32", tuple(zero.shape))) if zero is not None else None
+                w[p.name], w[sp.name] = codes, scale
+                if zp is not None:
+                    w[zp.name] = zero
+                done[p.name] = (qp, sp, zp)
+            qp, sp, zp = done[p.name]
+            n.params[role], n.params[role + "_scale"] = qp, sp
+            if zp is not None:
+                n.params[role + "_zero"] = zp
+    g.attrs = {**g.attrs, "quant": scheme}
+    if skipped:
+        g.attrs["quant_skipped"] = sorted(set(skipped))
+    return Model(g, {k: np.ascontiguousarray(v) for k, v in w.items()}, model.provenance, model.tokenizer)
