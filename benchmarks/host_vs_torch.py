@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lfmc.bench import run_child  # noqa: E402
@@ -26,6 +28,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="lfm2-350m")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quant", default=None, help="lfmc weight quantization (q8, q4g32, ...); PyTorch stays float32")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3, help="repetitions inside each run (median)")
     ap.add_argument("--prefill", default="128,512")
@@ -34,11 +37,13 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/host-PRESET.json)")
     a = ap.parse_args()
     lens = [int(x) for x in a.prefill.split(",")]
-    art = Path(a.build) / f"{a.preset}.host"
+    tag = f"{a.preset}-{a.quant}" if a.quant else a.preset
+    art = Path(a.build) / f"{tag}.host"
     t = time.perf_counter()
     m = load_source(a.preset, seed=a.seed)
-    compile_model(m, art, max_batch=1)
-    weights_bytes = sum(int(v.nbytes) for v in m.weights.values())
+    compile_model(m, art, max_batch=1, quant=a.quant)
+    weights_bytes = sum(int(np.prod(s["shape"])) * np.dtype(s["dtype"]).itemsize
+                        for s in json.loads((art / "manifest.json").read_text())["plan"]["params"].values())
     del m
     compile_s = time.perf_counter() - t
     print(f"compiled {a.preset} in {compile_s:.1f} s -> {art}", flush=True)
@@ -64,7 +69,8 @@ def main() -> int:
     rows = [(f"prefill {T} tok/s", ("prefill", str(T))) for T in lens] + [("decode tok/s", ("decode", "1")),
                                                                           ("peak RSS MiB", ("memory", "peak_rss"))]
     table = {}
-    print(f"\n{a.preset} float32, {os.cpu_count()} threads, medians of {a.rounds} alternating rounds")
+    print(f"\n{a.preset} lfmc {a.quant or 'float32'} vs torch float32, {os.cpu_count()} threads, medians of "
+          f"{a.rounds} alternating rounds")
     print(f"{'':<20}{'lfmc':>10}{'torch':>10}{'lfmc/torch':>12}")
     for name, path in rows:
         x, y = med("lfmc", *path), med("torch", *path)
@@ -76,9 +82,9 @@ def main() -> int:
     budget = (weights_bytes + state) * 1.25
     print(f"lfmc peak RSS {med('lfmc', 'memory', 'peak_rss') / 2**20:.0f} MiB vs weights + caches + 25% = "
           f"{budget / 2**20:.0f} MiB")
-    out = Path(a.out or Path(__file__).parent / "results" / f"host-{a.preset}.json")
+    out = Path(a.out or Path(__file__).parent / "results" / f"host-{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"preset": a.preset, "seed": a.seed, "machine": platform.processor() or platform.machine(),
+    out.write_text(json.dumps({"preset": a.preset, "quant": a.quant or "f32", "seed": a.seed, "machine": platform.processor() or platform.machine(),
                                "cpus": os.cpu_count(), "features": manifest["target"]["features"],
                                "compile_s": compile_s, "weights_bytes": weights_bytes, "table": table,
                                "runs": runs, "command": " ".join(sys.argv)}, indent=1))

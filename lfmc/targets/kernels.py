@@ -116,14 +116,38 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
         S = te.compute((nb * R,), lambda i: te.sum(X0[i, k2] * X0[i, k2], axis=k2), name="S")
         X = te.compute((nb * R, K), lambda i, kk: X0[i, kk] * NW[kk] / te.sqrt(S[i] / float(K) + float(rms_eps)),
                        name="Xs")
-    k = te.reduce_axis((0, K), name="k")
-    if swiglu:
+    pair_sum = te.comm_reducer(lambda x, y: (x[0] + y[0], x[1] + y[1]),
+                               lambda t0, t1: (tvm.tirx.const(0, t0), tvm.tirx.const(0, t1)), name="pair_sum")
+    if qkind == "q4":
+        # two levels: raw code dot products per group (P), then scale and zero once per group:
+        # sum_k x (c - z) s = sum_groups s (sum_group x c - z sum_group x)
+        G = K // g
+        kg = te.reduce_axis((0, g), name="kg")
+        XS = te.compute((nb * R, G), lambda i, q: te.sum(X[i, q * g + kg], axis=kg), name="XS")
+        kp = te.reduce_axis((0, g), name="kp")
+        code = lambda h, j, kk: ((W[(j // l, *h, kk // 2, j % l)] >> (4 * (kk % 2)).astype("uint8"))  # noqa: E731
+                                 & tvm.tirx.const(15, "uint8")).astype("float32")
+        zero = lambda h, j, q: Zp[(*h, j, q)] if Zp is not None else tvm.tirx.const(8.0, "float32")  # noqa: E731
+        q_ = te.reduce_axis((0, G), name="q")
+        if swiglu:
+            Pg, Pu = te.compute((nb * R, N, G), lambda i, j, q: pair_sum(
+                (X[i, q * g + kp] * code((0,), j, q * g + kp), X[i, q * g + kp] * code((1,), j, q * g + kp)),
+                axis=kp), name="P")
+            Yg, Yu = te.compute((nb * R, N), lambda i, j: pair_sum(
+                (Sc[0, j, q_] * (Pg[i, j, q_] - zero((0,), j, q_) * XS[i, q_]),
+                 Sc[1, j, q_] * (Pu[i, j, q_] - zero((1,), j, q_) * XS[i, q_])), axis=q_), name="Y")
+        else:
+            P = te.compute((nb * R, N, G), lambda i, j, q: te.sum(X[i, q * g + kp] * code((), j, q * g + kp),
+                                                                 axis=kp), name="P")
+            Y = te.compute((nb * R, N), lambda i, j: te.sum(
+                Sc[j, q_] * (P[i, j, q_] - zero((), j, q_) * XS[i, q_]), axis=q_), name="Y")
+    elif swiglu:
+        k = te.reduce_axis((0, K), name="k")
         # gate and up in one block with a pair-valued sum, so one pass over X feeds both
-        pair_sum = te.comm_reducer(lambda x, y: (x[0] + y[0], x[1] + y[1]),
-                                   lambda t0, t1: (tvm.tirx.const(0, t0), tvm.tirx.const(0, t1)), name="pair_sum")
         Yg, Yu = te.compute((nb * R, N), lambda i, j: pair_sum((X[i, k] * wv(0, j, k), X[i, k] * wv(1, j, k)),
                                                                 axis=k), name="Y")
     else:
+        k = te.reduce_axis((0, K), name="k")
         Y = te.compute((nb * R, N), lambda i, j: te.sum(X[i, k] * wv(None, j, k), axis=k), name="Y")
     args = [X0, W] + [t for t in (Sc, Zp, NW) if t is not None]
     Bv = te.placeholder((N,), name="bias") if bias else None
@@ -158,13 +182,7 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
     io, ii = sch.split(i, [None, R])
     # column blocks outermost: each thread keeps one weight panel hot in L2 while it walks every row block
     # (rows outermost re-streams the whole weight from memory once per row block)
-    if qkind == "q4":
-        k2o, k2i = sch.split(kk, [None, 2])            # the two nibbles of a byte: constant shifts once unrolled
-        sch.reorder(jo, io, k2o, k2i, ii, jj, ji)
-        sch.unroll(k2i)
-        kk = k2o
-    else:
-        sch.reorder(jo, io, kk, ii, jj, ji)
+    sch.reorder(jo, io, kk, ii, jj, ji)
     if knobs.parallel:
         sch.parallel(jo)
     sch.set_scope(b, 0, "local")
@@ -180,6 +198,29 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
         if l > 1 and K % l == 0:
             xo, xi = sch.split(xl[-1], [None, l])
             sch.vectorize(xi)
+    if qkind == "q4":
+        # the per-group code dot products live next to the group loop, in registers
+        bp = sch.get_sblock("P")
+        sch.compute_at(bp, kk)
+        sch.set_scope(bp, 0, "local")
+        if swiglu:
+            sch.set_scope(bp, 1, "local")
+        allp = sch.get_loops(bp)
+        at = next(i for i, x in enumerate(allp) if sch.get_sref(x).same_as(sch.get_sref(kk)))
+        pl = allp[at + 1:]                             # [rows of the tile (absent when 1)], its columns, group inputs
+        pko, pki = sch.split(pl[-1], [None, 2])        # the two nibbles of a byte: constant shifts once unrolled
+        pjo, pji = sch.split(pl[-2], [None, l])
+        sch.reorder(pko, pki, *pl[:-2], pjo, pji)
+        sch.unroll(pki)
+        for x in pl[:-2]:
+            sch.unroll(x)
+        sch.unroll(pjo)
+        if l > 1:
+            sch.vectorize(pji)
+        sch.decompose_reduction(bp, pko)
+        xs = sch.get_loops(sch.get_sblock("XS"))
+        if knobs.parallel:
+            sch.parallel(xs[0])
     sch.unroll(ii)
     sch.unroll(jj)
     if l > 1:
