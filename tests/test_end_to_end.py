@@ -30,7 +30,7 @@ def test_checkpoint_dir_to_text(tmp_path, tiny_models, capsys):
     assert main(["run", str(art), "--prompt", "liquid models run on the edge", "--max-new-tokens", "6",
                  "--ignore-eos", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["prompt_tokens"] == 5 and len(r["tokens"]) == 6
+    assert r["prompt_tokens"] == 6 and len(r["tokens"]) == 6
     assert r["text"] and all(w in r["text"].split() or w.startswith("w") for w in r["text"].split())
     man = json.loads((art / "manifest.json").read_text())
     assert man["model"]["source"]["source"] == "hf" and man["tokenizer"] == {"kind": "json"}
