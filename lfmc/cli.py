@@ -119,11 +119,18 @@ def cmd_run(a: argparse.Namespace) -> int:
                           "stop_reason": r.stop_reason, "prefill_s": r.prefill_s, "decode_s": r.decode_s,
                           "decode_tokens_per_s": r.decode_tokens_per_s}))
         return 0
-    n, t0 = 0, time.perf_counter()
+    n, t0, toks, shown = 0, time.perf_counter(), [], ""
     for tok in eng.stream(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop):
-        piece = eng.decode_text([tok])
-        print(piece if piece is not None else f"{tok} ", end="", flush=True)
+        toks.append(tok)
         n += 1
+        text = eng.decode_text(toks)
+        if text is None:
+            print(f"{tok} ", end="", flush=True)
+            continue
+        # decode everything so far and print what is new: multi-byte characters appear once complete
+        piece, shown = text[len(shown):], text
+        print("".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in piece), end="",
+              flush=True)
     dt = time.perf_counter() - t0
     print(f"\n[{n} tokens in {dt:.2f} s, {n / dt:.1f} tokens/s]", file=sys.stderr)
     return 0

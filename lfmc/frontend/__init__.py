@@ -45,7 +45,7 @@ def import_torch_model(model, name: str = "model") -> Model:
     """Trace and lift a transformers Lfm2ForCausalLM / Lfm2MoeForCausalLM object."""
     from .torch_lift import lift
 
-    cfg = clean_config(model.config)
+    cfg = dict(model.lfmc_config) if hasattr(model, "lfmc_config") else clean_config(model.config)
     cfg["architecture"] = type(model).__name__
     architecture(cfg)
     g, w = lift(model, name)

@@ -11,7 +11,9 @@ from ..ir.errors import LfmcError
 from ..ir.graph import Graph
 from .build import GraphBuilder
 
-ARCHITECTURES = ("Lfm2ForCausalLM", "Lfm2MoeForCausalLM")
+ARCHITECTURES = ("Lfm2ForCausalLM", "Lfm2MoeForCausalLM", "LfmHybridForCausalLM")
+KINDS = {"Lfm2ForCausalLM": ("conv", "full_attention"), "Lfm2MoeForCausalLM": ("conv", "full_attention"),
+         "LfmHybridForCausalLM": ("conv", "full_attention", "recurrence")}
 # transformers' defaults for the fields the IR needs (Lfm2Config / Lfm2MoeConfig, 5.24).
 DEFAULTS: dict[str, Any] = {
     "norm_eps": 1e-5, "conv_L_cache": 3, "conv_bias": False, "tie_word_embeddings": True, "rope_theta": 1e6,
@@ -49,8 +51,9 @@ def layer_types(cfg: dict[str, Any]) -> list[str]:
     if lt is None:
         raise LfmcError("config has no layer_types: say which layers are 'conv' and which 'full_attention' "
                         "(transformers would silently make every layer attention)")
-    if len(lt) != n or any(t not in ("conv", "full_attention") for t in lt):
-        raise LfmcError(f"layer_types must list {n} entries of 'conv' / 'full_attention', got {lt}")
+    kinds = KINDS.get(cfg.get("architecture") or "", ("conv", "full_attention"))
+    if len(lt) != n or any(t not in kinds for t in lt):
+        raise LfmcError(f"layer_types must list {n} entries of {' / '.join(repr(k) for k in kinds)}, got {lt}")
     return list(lt)
 
 
@@ -66,7 +69,8 @@ def architecture(cfg: dict[str, Any]) -> str:
 def graph_from_config(cfg: dict[str, Any], name: str = "model") -> Graph:
     """The IR of an LFM2 / LFM2-MoE model with this transformers config."""
     arch = architecture(cfg)
-    moe = arch == "Lfm2MoeForCausalLM"
+    cfg = {**cfg, "architecture": arch}
+    moe = arch in ("Lfm2MoeForCausalLM", "LfmHybridForCausalLM")
     V, D = int(_get(cfg, "vocab_size")), int(_get(cfg, "hidden_size"))
     H, KV = int(_get(cfg, "num_attention_heads")), int(_get(cfg, "num_key_value_heads"))
     hd = int(cfg.get("head_dim") or D // H)
@@ -86,6 +90,10 @@ def graph_from_config(cfg: dict[str, Any], name: str = "model") -> Graph:
                 params |= {"in_proj_bias": (c + "in_proj.bias", (3 * D,)), "conv_bias": (c + "conv.bias", (D,)),
                            "out_proj_bias": (c + "out_proj.bias", (D,))}
             y = b.short_conv(x, params, L)
+        elif kind == "recurrence":
+            r = p + "recurrence."
+            y = b.node("linear_recurrence", [x], {"in_proj": (r + "in_proj.weight", (4 * D, D)),
+                                                  "out_proj": (r + "out_proj.weight", (D, D))})
         else:
             a = p + "self_attn."
             y = b.attention(x, {"q_proj": (a + "q_proj.weight", (H * hd, D)),

@@ -241,6 +241,24 @@ _ASSUMED_AND_DERIVED: dict[str, dict[str, Any]] = {
         "published_parameters": None, "assumed": ["everything: a test model"],
     },
 }
+HYBRID_TINY = {
+    "architecture": "LfmHybridForCausalLM", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 160,
+    "moe_intermediate_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "layer_types": ["conv", "recurrence", "full_attention", "recurrence", "conv", "full_attention"],
+    "num_hidden_layers": 6, "num_experts": 8, "num_experts_per_tok": 2, "num_dense_layers": 2,
+    "use_expert_bias": True, "norm_topk_prob": True, "routed_scaling_factor": 1.0, "max_position_embeddings": 2048,
+    "norm_eps": 1e-5, "conv_L_cache": 3, "conv_bias": False, "tie_word_embeddings": True, "rope_theta": 1000000.0,
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+}
+
+
+def _hybrid() -> dict[str, Any]:
+    cfg = {k: v for k, v in HYBRID_TINY.items() if k != "architecture"}
+    return {"architecture": HYBRID_TINY["architecture"], "config": cfg, "published_parameters": None,
+            "assumed": ["everything: a test model from lfmc's zoo (conv, recurrence, attention, MoE layers)"]}
+
+
+_ASSUMED_AND_DERIVED["lfm2-hybrid-tiny"] = _hybrid()
 PRESETS: dict[str, dict[str, Any]] = _PUBLISHED | _ASSUMED_AND_DERIVED
 
 

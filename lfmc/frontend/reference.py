@@ -30,19 +30,26 @@ def build_hf_model(cfg: dict[str, Any], weights: dict[str, np.ndarray] | None = 
     import transformers
 
     arch = architecture(cfg)
-    conf = hf_config(cfg)
-    with torch.device("cpu"):
-        model = getattr(transformers, arch)(conf).eval()
+    if arch == "LfmHybridForCausalLM":
+        from .zoo import LfmHybridForCausalLM
+
+        model = LfmHybridForCausalLM(cfg).eval()
+        conf = model.config
+    else:
+        conf = hf_config(cfg)
+        with torch.device("cpu"):
+            model = getattr(transformers, arch)(conf).eval()
     if arch == "Lfm2MoeForCausalLM":
         model.set_experts_implementation("batched_mm")
     if weights is not None:
         sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
         missing, unexpected = model.load_state_dict(sd, strict=False)
-        tied = set(getattr(model, "_tied_weights_keys", None) or {}) if conf.tie_word_embeddings else set()
+        tied = (set(getattr(model, "_tied_weights_keys", None) or {}) | {"lm_head.weight"}
+                if conf.tie_word_embeddings else set())
         missing = [m for m in missing if m not in tied]
         if missing or unexpected:
             raise LfmcError(f"weights do not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        if conf.tie_word_embeddings:
+        if conf.tie_word_embeddings and hasattr(model, "tie_weights"):
             model.tie_weights()
     return model
 
@@ -52,6 +59,14 @@ def reference_logits(model, prompt: list[int], decode_tokens: list[int]) -> list
     import torch
 
     outs = []
+    if getattr(model, "no_cache", False):                # zoo references recompute the whole prefix
+        seq = list(prompt)
+        with torch.no_grad():
+            outs.append(model(torch.tensor([seq])).logits[0].float().numpy())
+            for t in decode_tokens:
+                seq.append(t)
+                outs.append(model(torch.tensor([seq])).logits[0, -1:].float().numpy())
+        return outs
     with torch.no_grad():
         out = model(torch.tensor([prompt]), use_cache=True)
         outs.append(out.logits[0].float().numpy())

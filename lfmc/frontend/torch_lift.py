@@ -380,6 +380,44 @@ def _lift_moe(g: _Group, b: GraphBuilder, x: str) -> str:
         "norm_topk_prob": bool(norm), "routed_scaling_factor": scale, "topk_norm_eps": eps}, feat)
 
 
+def _lift_recurrence(g: _Group, b: GraphBuilder, x: str) -> str:
+    """A diagonal linear recurrence: in_proj chunked in 4; sigmoid on one chunk (the decay a), the product of
+    two (b * x), the last (c) gating the scanned state; then out_proj. The scan itself is the unrolled loop."""
+    tr = g.tr
+    s = g.structural()
+    chunk = g.one("chunk")
+    lin = g.of("linear")
+    if chunk.args[1] != 4 or len(lin) != 2 or s.get("sigmoid") != 1:
+        g.fail("expected in_proj chunked in 4, one sigmoid and an output projection")
+    if set(s) - {"linear", "chunk", "sigmoid", "mul", "add", "stack", "zeros_like", "select", "cat"}:
+        g.fail("aten ops beyond a gated linear recurrence")
+    idx = {n: n.args[1] for n in g.of("getitem") if n.args[0] is chunk}
+    sig = g.one("sigmoid")
+    ai = idx.get(tr.canon(sig.args[0]))
+    pre = [m for m in g.of("mul") if all(tr.canon(a) in idx for a in m.args if hasattr(a, "op"))
+           and len([a for a in m.args if hasattr(a, "op")]) == 2]
+    if ai is None or len(pre) != 1:
+        g.fail("expected sigmoid(a) and one product b * x of in_proj chunks")
+    bi, xi = (idx[tr.canon(a)] for a in pre[0].args)
+    rest = sorted(set(range(4)) - {ai, bi, xi})
+    if len(rest) != 1:
+        g.fail("the four in_proj chunks are not a, b, c, x")
+    inp = [n for n in lin if tr.canon(n.args[0]) not in g.set]
+    if len(inp) != 1:
+        g.fail("cannot tell the input projection from the output projection")
+    out = next(n for n in lin if n is not inp[0])
+    wi, bi_ = g.linear(inp[0])
+    wo, bo = g.linear(out)
+    params = {"in_proj": g.p(wi), "out_proj": g.p(wo)}
+    if bi_:
+        params["in_proj_bias"] = g.p(bi_)
+    if bo:
+        params["out_proj_bias"] = g.p(bo)
+    feat = {"a": Gate("in_proj", ai, 4, "sigmoid"), "b": Gate("in_proj", bi, 4), "c": Gate("in_proj", rest[0], 4),
+            "x": Gate("in_proj", xi, 4)}
+    return b.node("linear_recurrence", [x], params, None, feat)
+
+
 def _lift_linear(g: _Group, b: GraphBuilder, x: str, is_output: bool) -> str:
     g.expect_ops({"linear": 1})
     w, bias = g.linear(g.one("linear"))
@@ -414,6 +452,8 @@ def _lift_group(g: _Group, b: GraphBuilder, x: str, is_output: bool) -> str:
         return _lift_short_conv(g, b, x)
     if "scaled_dot_product_attention" in ops or "softmax" in ops:
         return _lift_attention(g, b, x)
+    if "sigmoid" in ops and "chunk" in ops and g.ops.get("linear") == 2:
+        return _lift_recurrence(g, b, x)
     if "silu" in ops and g.ops.get("linear") == 3:
         return _lift_gated_mlp(g, b, x)
     if "rsqrt" in ops and "linear" not in ops:

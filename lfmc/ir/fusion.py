@@ -15,8 +15,8 @@ from .errors import VerifyError
 from .graph import Graph
 
 # ops whose output projection can accumulate into the residual, and that can take a folded input norm
-RESIDUAL_PRODUCERS = ("short_conv", "attention", "gated_mlp", "linear")
-NORM_CONSUMERS = ("short_conv", "attention", "gated_mlp")
+RESIDUAL_PRODUCERS = ("short_conv", "attention", "gated_mlp", "linear", "linear_recurrence")
+NORM_CONSUMERS = ("short_conv", "attention", "gated_mlp", "linear_recurrence")
 KEYS = {"add": {"into"}, "rmsnorm": {"into"}, "gated_mlp": {"swiglu"}}
 
 

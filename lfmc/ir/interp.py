@@ -83,6 +83,7 @@ class Interpreter:
             "embedding": self._embedding, "rmsnorm": self._rmsnorm, "add": lambda n, a, s: a[0] + a[1],
             "linear": self._linear_op, "lm_head": self._linear_op, "short_conv": self._short_conv,
             "attention": self._attention, "gated_mlp": self._gated_mlp, "moe": self._moe,
+            "linear_recurrence": self._recurrence,
         }
 
     def new_state(self) -> SequenceState:
@@ -168,6 +169,18 @@ class Interpreter:
         p = _softmax(scores, axis=-1)
         o = np.einsum("kgtc,ckd->tkgd", p, V).reshape(T, h * hd)
         return self._proj(n, "out_proj", o.astype(F32))
+
+    def _recurrence(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        proj = {"in_proj": self._proj(n, "in_proj", a[0])}
+        ga, gb, gc, gx = (self._gate(n, k, proj) for k in ("a", "b", "c", "x"))
+        st = s.tensors.setdefault(n.name, {"h": np.zeros(a[0].shape[1], F32)})
+        h = st["h"]
+        ys = np.empty_like(a[0])
+        for t in range(a[0].shape[0]):                 # the scan, step by step (the oracle, not the fast path)
+            h = ga[t] * h + gb[t] * gx[t]
+            ys[t] = gc[t] * h
+        st["h"] = h
+        return self._proj(n, "out_proj", ys)
 
     def _gated_mlp(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
         proj = {"w1": self._proj(n, "w1", a[0]), "w3": self._proj(n, "w3", a[0])}

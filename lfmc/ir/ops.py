@@ -132,6 +132,13 @@ def _moe(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
     return ins[0], {}
 
 
+def _linear_recurrence(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    _linear(node, "in_proj", 4 * d, d)
+    _linear(node, "out_proj", d, d)
+    return ins[0], {"h": f32(d)}
+
+
 def _lm_head(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
     return f32("T", _linear(node, "weight", None, _hidden(ins[0]))), {}
 
@@ -151,6 +158,10 @@ SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
              ("q_proj", "k_proj", "v_proj", "out_proj", "q_norm", "k_norm"), _attention, liv_class="low_rank",
              gates=("q", "k", "v"),
              doc="causal GQA softmax attention with per-head RMSNorm on q, k and NeoX RoPE; state: KV cache"),
+    OpSchema("linear_recurrence", 1, {}, ("in_proj", "out_proj"), _linear_recurrence,
+             optional_params=("in_proj_bias", "out_proj_bias"), liv_class="semi_separable", gates=("a", "b", "c", "x"),
+             doc="h_t = a_t * h_{t-1} + b_t * x_t, y_t = out_proj(c_t * h_t); a = sigmoid(.), b, c, x from in_proj; "
+                 "state: h"),
     OpSchema("gated_mlp", 1, {}, ("w1", "w3", "w2"), _gated_mlp, liv_class="diagonal", gates=("gate", "up"),
              doc="w2(silu(w1 x) * w3 x)"),
     OpSchema("moe", 1, {"num_experts": int, "top_k": int, "scoring": str, "use_expert_bias": bool,
@@ -167,10 +178,13 @@ CANONICAL_FEATURIZERS: dict[str, dict[str, Gate]] = {
     "attention": {"q": Gate("q_proj", act="rmsnorm_rope"), "k": Gate("k_proj", act="rmsnorm_rope"),
                   "v": Gate("v_proj")},
     "gated_mlp": {"gate": Gate("w1", act="silu"), "up": Gate("w3")},
+    "linear_recurrence": {"a": Gate("in_proj", 0, 4, "sigmoid"), "b": Gate("in_proj", 1, 4),
+                          "c": Gate("in_proj", 2, 4), "x": Gate("in_proj", 3, 4)},
     "moe": {"router": Gate("router", act="sigmoid"), "gate": Gate("gate_up", 0, 2, "silu"),
             "up": Gate("gate_up", 1, 2)},
 }
-LIV_MIXING = {"short_conv": "dense", "attention": "dense", "gated_mlp": "dense", "moe": "dense"}
+LIV_MIXING = {"short_conv": "dense", "attention": "dense", "gated_mlp": "dense", "moe": "dense",
+              "linear_recurrence": "dense"}
 
 
 def schema(op: str) -> OpSchema:

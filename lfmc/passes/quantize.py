@@ -16,7 +16,7 @@ from .base import register
 
 # the weight roles quantized per op (MoE experts are not yet: their kernels read float32)
 ROLES = {"short_conv": ("in_proj", "out_proj"), "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
-         "gated_mlp": ("w1", "w3", "w2"), "linear": ("weight",), "lm_head": ("weight",), "embedding": ("weight",)}
+         "gated_mlp": ("w1", "w3", "w2"), "linear_recurrence": ("in_proj", "out_proj"), "linear": ("weight",), "lm_head": ("weight",), "embedding": ("weight",)}
 SCHEMES = "q8 (int8 per channel), q4gG (int4, symmetric, groups of G along the input), q4gGa (asymmetric)"
 
 

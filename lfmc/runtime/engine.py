@@ -186,7 +186,7 @@ class Engine:
 
     def _clear_slot(self, slot: int) -> None:
         for name, spec in self.plan["state"].items():
-            if spec["kind"] == "conv":
+            if spec["kind"] in ("conv", "recurrent"):
                 self.driver.fill(self.state[name], slot, 0.0)
 
     def _seq(self, seq: int) -> _Seq:

@@ -472,6 +472,52 @@ def make_conv_decode(name: str, D: int, L: int, ib: int, ic: int, ix: int) -> tv
     return _named(f, name)
 
 
+# --------------------------------------------------------------------------------------- linear recurrence
+def make_recurrence_prefill(name: str, D: int, ia: int, ib: int, ic: int, ix: int) -> tvm.tirx.PrimFunc:
+    """The scan of one sequence's chunk: h_t = sigmoid(a_t) h_{t-1} + b_t x_t, Y_t = c_t h_t, from and back
+    into the state of ``slot``. P[n, 4D] holds the in_proj chunks (a at ``ia``, ...). Channels run in parallel,
+    each a sequential pass over the chunk (the state never leaves a register).
+    Args: P, state[S, D], Y[n, D], slot."""
+
+    @T.prim_func
+    def f(p: T.handle, st: T.handle, y: T.handle, slot: T.int32):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        S = T.int32()
+        P = T.match_buffer(p, (n, 4 * D), "float32")
+        St = T.match_buffer(st, (S, D), "float32")
+        Y = T.match_buffer(y, (n, D), "float32")
+        for d in T.parallel(D):
+            h = T.decl_buffer((1,), "float32", scope="local")
+            h[0] = St[slot, d]
+            for t in T.serial(n):
+                h[0] = h[0] / (T.float32(1) + T.exp(-P[t, ia * D + d])) + P[t, ib * D + d] * P[t, ix * D + d]
+                Y[t, d] = P[t, ic * D + d] * h[0]
+            St[slot, d] = h[0]
+
+    return _named(f, name)
+
+
+def make_recurrence_decode(name: str, D: int, ia: int, ib: int, ic: int, ix: int) -> tvm.tirx.PrimFunc:
+    """One step for each of n sequences, the state of slots[b] updated in place. Args: P, state, Y, slots."""
+
+    @T.prim_func
+    def f(p: T.handle, st: T.handle, y: T.handle, slots: T.handle):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        S = T.int32()
+        P = T.match_buffer(p, (n, 4 * D), "float32")
+        St = T.match_buffer(st, (S, D), "float32")
+        Y = T.match_buffer(y, (n, D), "float32")
+        Sl = T.match_buffer(slots, (n,), "int32")
+        for b, d in T.grid(n, D):
+            St[Sl[b], d] = St[Sl[b], d] / (T.float32(1) + T.exp(-P[b, ia * D + d])) + P[b, ib * D + d] * P[
+                b, ix * D + d]
+            Y[b, d] = P[b, ic * D + d] * St[Sl[b], d]
+
+    return _named(f, name)
+
+
 # ------------------------------------------------------------------------------------------- attention
 def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float) -> tvm.tirx.PrimFunc:
     """Per row: RMSNorm each q and k head (weights qn, kn), NeoX RoPE at pos[row], q to Q, k and v into the

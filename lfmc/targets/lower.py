@@ -222,7 +222,7 @@ class _Lowering:
                     out = ins[1]
                 else:
                     out = new_slab()
-                if n.op in ("short_conv", "attention", "gated_mlp"):
+                if n.op in ("short_conv", "attention", "gated_mlp", "linear_recurrence"):
                     getattr(self, "op_" + n.op)(n, ins, out, n.type.shape[1], norm=norm_of.get(n.name))
                 else:
                     getattr(self, "op_" + n.op)(n, ins, out, n.type.shape[1])
@@ -294,6 +294,21 @@ class _Lowering:
         kp = self.kernel(("conv_prefill", D, L, ib, ic, ix), K.make_conv_prefill, D, L, ib, ic, ix, True)
         kd = self.kernel(("conv_decode", D, L, ib, ic, ix), K.make_conv_decode, D, L, ib, ic, ix)
         base = [self.slab("t_p", "n", 3 * D), ["state", st], cw, cb, self.slab("t_y", "n", D)]
+        self.launch("prefill", kp, base + [["scalar", "slot"]])
+        self.launch("decode", kd, base + [["input", "slots", "n"]])
+        self.matmul(("t_y", D), [(n, "out_proj")], D, D, (out, D), bias("out_proj_bias"), accumulate=accumulate)
+
+    def op_linear_recurrence(self, n: Node, ins, out: str, D: int, norm: Node | None = None,
+                             accumulate: bool = False) -> None:
+        f = n.liv.featurizer
+        ia, ib, ic, ix = (f[k].chunk for k in ("a", "b", "c", "x"))
+        bias = lambda role: (n, role) if role in n.params else None  # noqa: E731
+        self.matmul((ins[0], D), [(n, "in_proj")], 4 * D, D, ("t_p", 4 * D), bias("in_proj_bias"), norm=norm)
+        st = f"h.{n.name}"
+        self.state[st] = {"shape": ["S", D], "dtype": "float32", "kind": "recurrent", "node": n.name}
+        kp = self.kernel(("rec_prefill", D, ia, ib, ic, ix), K.make_recurrence_prefill, D, ia, ib, ic, ix)
+        kd = self.kernel(("rec_decode", D, ia, ib, ic, ix), K.make_recurrence_decode, D, ia, ib, ic, ix)
+        base = [self.slab("t_p", "n", 4 * D), ["state", st], self.slab("t_y", "n", D)]
         self.launch("prefill", kp, base + [["scalar", "slot"]])
         self.launch("decode", kd, base + [["input", "slots", "n"]])
         self.matmul(("t_y", D), [(n, "out_proj")], D, D, (out, D), bias("out_proj_bias"), accumulate=accumulate)
