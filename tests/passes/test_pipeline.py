@@ -90,3 +90,19 @@ def test_dce_and_dump(tmp_path, tiny_models):
                                                                "02-fuse.lfmir"]
     assert "%dead" in (tmp_path / "00-input.lfmir").read_text()
     assert "%dead" not in (tmp_path / "01-canonicalize.lfmir").read_text()
+
+
+def test_kernel_counts_hybrid_recurrence_layers():
+    from lfmc.frontend import import_preset
+
+    m = import_preset("lfm2-hybrid-tiny", weights=True, std=0.1)
+    before = kernels_per_layer(lower(m.graph, None, KNOBS).plan, m.graph)
+    fused = run_pipeline(m)
+    after = kernels_per_layer(lower(fused.graph, None, KNOBS).plan, fused.graph)
+    kinds = m.provenance["config"]["layer_types"]
+    dense = m.provenance["config"]["num_dense_layers"]
+    for i, kind in enumerate(kinds):
+        # the MoE FFN (norm, router, route, gate/up, silu*mul, down, add) keeps its norm and add for now
+        ffn = (5, 2) if i < dense else (7, 7)
+        op = {"conv": (5, 3), "recurrence": (5, 3), "full_attention": (6, 4)}[kind]
+        assert (before[f"layer {i}"], after[f"layer {i}"]) == (op[0] + ffn[0], op[1] + ffn[1]), (i, kind)
