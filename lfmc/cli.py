@@ -100,7 +100,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
         print(f"compiling {m.graph.name} ({m.graph.num_parameters():,} parameters) for {a.target}", flush=True)
     compile_model(m, out, a.target, max_batch=a.max_batch, max_context=a.max_context,
                   prefill_chunk=a.prefill_chunk, progress=progress, passes=a.passes, dump_ir=a.dump_ir,
-                  log=None if a.quiet else print, quant=a.quant)
+                  log=None if a.quiet else print, quant=a.quant, dtype=a.dtype)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dump-ir", default=None, metavar="DIR", help="write the IR after every phase into DIR")
     p.add_argument("--quant", default=None, help="weight quantization: q8, q4g32, q4g64, q4g128 (add 'a' for "
                    "asymmetric, e.g. q4g32a); default float32")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"],
+                   help="storage of the weights that are not quantized (activations stay float32)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_compile)
 

@@ -32,11 +32,12 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                   max_context: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                   progress: Callable[[int, int, str], None] | None = None, passes: Sequence[str] | str | None = None,
                   dump_ir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
-                  quant: str | None = None) -> Path:
+                  quant: str | None = None, dtype: str = "f32") -> Path:
     """Compile ``model`` for ``target`` into the artifact directory ``out``: the pass pipeline (``passes``:
     None = default, a list or a comma-separated string), lowering, code generation, packaging.
     ``dump_ir`` writes the IR after every phase; ``log`` receives a summary (kernels per layer); ``quant``:
-    weight quantization (q8, q4g32, q4g64a, ...; None = float32)."""
+    weight quantization (q8, q4g32, q4g64a, ...; None = float32); ``dtype``: f32, f16 or bf16 weights
+    (activations stay float32)."""
     from .ir.verify import verify
     from .passes import run_pipeline
     from .targets.artifact import write_artifact
@@ -54,7 +55,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
 
     knobs = {e: host_knobs(e) for e in ("prefill", "decode")}
     before = kernels_per_layer(lower(model.graph, None, knobs).plan, model.graph)
-    model = run_pipeline(model, passes, {"quant": quant}, dump_dir=dump_ir)
+    model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype}, dump_dir=dump_ir)
     low = lower(model.graph, model.weights, knobs)
     after = kernels_per_layer(low.plan, model.graph)
     if log:
@@ -77,6 +78,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                   "config": cfg, "source": {k: v for k, v in model.provenance.items() if k != "config"}},
         "ir_hash": hashlib.sha256(text.encode()).hexdigest(),
         "quant": quant or "f32",
+        "weight_dtype": dtype,
         "limits": {"max_batch": int(max_batch), "max_context": max_context, "prefill_chunk": int(prefill_chunk),
                    "max_position_embeddings": mpe},
         "tokenizer": ({"kind": "json"} if model.tokenizer is not None

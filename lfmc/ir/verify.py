@@ -138,6 +138,6 @@ def _check_quant(n: Node, where: str) -> None:
             z = n.params.get(role + "_zero")
             if z is not None and (p.type.dtype != "u4" or z.type.shape != ss):
                 raise VerifyError(f"{where}: {role}_zero needs u4 codes and the scale's shape")
-        elif p.type.dtype != "f32":
-            raise VerifyError(f"{where}: parameter {role} has dtype {p.type.dtype}; weights are f32 or "
+        elif p.type.dtype not in ("f32", "f16", "bf16"):
+            raise VerifyError(f"{where}: parameter {role} has dtype {p.type.dtype}; weights are f32, f16, bf16 or "
                               f"quantized codes ({', '.join(QUANT_DTYPES)})")

@@ -16,7 +16,7 @@ DEFAULT: dict[str, list[str]] = {
     "canonicalize": ["dce"],
     "fuse": ["fuse-norm", "fuse-swiglu", "fuse-residual"],
     "prune": [],
-    "quantize": ["quantize"],        # a no-op unless options["quant"] names a scheme
+    "quantize": ["quantize", "cast-weights"],   # no-ops unless options name a scheme / a 16-bit dtype
     "plan": [],
 }
 

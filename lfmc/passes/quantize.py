@@ -72,3 +72,30 @@ def quantize_weights(model: Model, options: dict[str, Any]) -> Model:
     if skipped:
         g.attrs["quant_skipped"] = sorted(set(skipped))
     return Model(g, {k: np.ascontiguousarray(v) for k, v in w.items()}, model.provenance, model.tokenizer)
+
+
+@register("cast-weights", "quantize")
+def cast_weights(model: Model, options: dict[str, Any]) -> Model:
+    """Store the same weights as ``quantize`` in 16 bits when ``options["dtype"]`` is f16 or bf16 (weights
+    only: activations and accumulation stay float32). Weights already quantized are left alone."""
+    dtype = options.get("dtype") or "f32"
+    if dtype == "f32":
+        return model
+    if dtype not in ("f16", "bf16"):
+        raise LfmcError(f"unknown weight dtype {dtype!r} (known: f32, f16, bf16)")
+    if model.weights is None:
+        raise LfmcError("casting weights needs weights (the model was imported config-only)")
+    import ml_dtypes
+
+    npdt = np.float16 if dtype == "f16" else ml_dtypes.bfloat16
+    g = copy.deepcopy(model.graph)
+    w = dict(model.weights)
+    for n in g.nodes:
+        for role in ROLES.get(n.op, ()):
+            p = n.params[role]
+            if p.type.dtype == "f32":
+                if w[p.name].dtype == np.float32:
+                    w[p.name] = w[p.name].astype(npdt)
+                n.params[role] = Param(p.name, TensorType(dtype, p.type.shape))
+    g.attrs = {**g.attrs, "weight_dtype": dtype}
+    return Model(g, w, model.provenance, model.tokenizer)

@@ -15,8 +15,8 @@ import numpy as np
 
 from .errors import RuntimeLoadError
 
-_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "uint16", "I32": "int32", "I64": "int64", "I8": "int8",
-           "U8": "uint8", "F64": "float64"}
+_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "uint16", "U16": "uint16", "I32": "int32", "I64": "int64",
+           "I8": "int8", "U8": "uint8", "F64": "float64"}
 
 
 def read_params(path: Path, expected: dict[str, dict[str, Any]],

@@ -55,6 +55,18 @@ def pack_lanes_of(N: int, knobs: Knobs) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ matmul
+_WDTYPE = {None: "float32", "f16": "float16", "bf16": "uint16"}
+
+
+def _widen(v, qkind: str | None):
+    """A stored weight element as float32: int8 codes and f16 convert, bf16 bits (uint16) shift into place."""
+    if qkind == "bf16":
+        return tvm.tirx.reinterpret("float32", v.astype("uint32") << tvm.tirx.const(16, "uint32"))
+    if qkind in ("q8", "f16"):
+        return v.astype("float32")
+    return v
+
+
 def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
                 accumulate: bool = False, swiglu: bool = False, quant: tuple | None = None) -> tvm.tirx.PrimFunc:
     """Y[nb*R, N] = X[nb*R, K] @ W^T with optional fused prologue and epilogues:
@@ -63,7 +75,8 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
       the kernel, so the normalized activations never take a launch of their own.
     - ``bias``: + bias[N].  ``accumulate``: the output buffer holds the residual stream and is updated in place.
     - ``swiglu``: two weights (gate, up) side by side per output block; the output is silu(gate) * up, N wide.
-    - ``quant``: weight-only quantized W, dequantized in the inner loop: ``("q8",)`` int8 codes with a scale
+    - ``quant``: ``("f16",)`` / ``("bf16",)``: 16-bit weights widened in the inner loop (bf16 passed as uint16
+      bits); or weight-only quantized W, dequantized in the inner loop: ``("q8",)`` int8 codes with a scale
       per output channel (applied after the sum); ``("q4", g, asym)`` 4-bit codes packed two per byte along K,
       scale (and zero when ``asym``, else 8) per group of g inputs.
 
@@ -89,7 +102,7 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
         Sc = te.placeholder((*H, N), name="scale")
         Zp = None
     else:
-        W = te.placeholder((N // l, *H, K, l), name="W")
+        W = te.placeholder((N // l, *H, K, l), name="W", dtype=_WDTYPE[qkind])
         Sc = Zp = None
 
     def wv(h, j, k):
@@ -99,8 +112,7 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
             code = (W[(j // l, *hh, k // 2, j % l)] >> (4 * (k % 2)).astype("uint8")) & tvm.tirx.const(15, "uint8")
             zero = Zp[(*hh, j, k // g)] if Zp is not None else tvm.tirx.const(8.0, "float32")
             return (code.astype("float32") - zero) * Sc[(*hh, j, k // g)]
-        v = W[(j // l, *hh, k, j % l)]
-        return v.astype("float32") if qkind == "q8" else v
+        return _widen(W[(j // l, *hh, k, j % l)], qkind)
 
     def post(h, j, v):
         """Per-channel scale of q8, applied once after the sum."""
@@ -325,10 +337,10 @@ def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None
         def val(i, d):
             return W[tok[i] // l, d, tok[i] % l].astype("float32") * Sc[tok[i]]
     else:
-        W, Sc, Zp = te.placeholder((V // l, D, l), name="W"), None, None
+        W, Sc, Zp = te.placeholder((V // l, D, l), name="W", dtype=_WDTYPE[qkind]), None, None
 
         def val(i, d):
-            return W[tok[i] // l, d, tok[i] % l]
+            return _widen(W[tok[i] // l, d, tok[i] % l], qkind)
     O = te.compute((n, D), val, name="O")
     return _named(te.create_prim_func([tok, W] + [t for t in (Sc, Zp) if t is not None] + [O]), name)
 

@@ -60,6 +60,8 @@ def pack_weight(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None
     plus its extra operands (scale, zero). With ``swiglu`` the M = 2N rows are [gate; up]."""
     if quant and quant[0] == "q4":
         w = (w[:, 0::2] | (w[:, 1::2] << 4)).astype(np.uint8)          # two 4-bit codes per byte along K
+    if quant and quant[0] == "bf16":
+        w = np.ascontiguousarray(w).view(np.uint16)                     # bf16 bits; the kernels widen them
     M, Kp = w.shape
     if swiglu:
         N = M // 2
@@ -68,7 +70,7 @@ def pack_weight(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None
     else:
         packed = pack_linear(w, lanes)
     extra = []
-    if quant:
+    if quant and quant[0] in ("q8", "q4"):
         G = scale.shape[-1]
         lead = (2, M // 2) if swiglu else (M,)
         extra.append(np.ascontiguousarray(scale.reshape(*lead) if quant[0] == "q8" else scale.reshape(*lead, G),
@@ -78,9 +80,18 @@ def pack_weight(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None
     return packed, extra
 
 
+def n_extra(quant: tuple | None) -> int:
+    """Operands a weight brings besides itself: a scale (q8, q4) and a zero (asymmetric q4)."""
+    if not quant or quant[0] not in ("q8", "q4"):
+        return 0
+    return 2 if quant[0] == "q4" and quant[2] else 1
+
+
 def quant_spec(n: Node, role: str) -> tuple | None:
     """The kernel's quantization spec for weight ``role`` of ``n`` (see lfmc/ir/quant.py), or None."""
     p = n.params[role]
+    if p.type.dtype in ("f16", "bf16"):
+        return (p.type.dtype,)
     if role + "_scale" not in n.params:
         return None
     G = n.params[role + "_scale"].type.shape[-1]
@@ -115,7 +126,7 @@ class _Lowering:
     def param(self, name: str, make: Callable[[], np.ndarray]) -> list:
         if name not in self.params and self.weights is not None:
             a = np.ascontiguousarray(make())
-            self.params[name] = a.astype(np.float32) if a.dtype.kind == "f" else a   # codes keep their dtype
+            self.params[name] = a.astype(np.float32) if a.dtype == np.float64 else a   # f16 / codes stay
         return ["param", name]
 
     def w(self, n: Node, role: str) -> np.ndarray:
@@ -158,8 +169,7 @@ class _Lowering:
         if self.weights is not None and name not in self.params:
             packed = pack_weight(cat(""), cat("_scale"), cat("_zero"), quant, lanes, swiglu)
         p = self.param(name, lambda: packed[0])
-        extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i])
-                 for i in range(1 + (quant is not None and quant[0] == "q4" and quant[2]) if quant else 0)]
+        extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))]
         nw = [self.param("w." + norm.params["weight"].name, lambda: self.w(norm, "weight"))] if norm else []
         b = [self.param("w." + bias[0].params[bias[1]].name, lambda: self.w(*bias))] if bias else []
         eps = norm.attrs["eps"] if norm else None
@@ -248,8 +258,7 @@ class _Lowering:
             packed = pack_weight(self.w(n, "weight"), self.weights[sc.name] if sc else None,
                                  self.weights[z.name] if z else None, quant, lanes, False)
         p = self.param(name, lambda: packed[0])
-        extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i])
-                 for i in range(1 + (quant is not None and quant[0] == "q4" and quant[2]) if quant else 0)]
+        extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))]
         k = self.kernel(("embed", V, D) + (quant or ()), K.make_embedding, V, D, K.pick_lanes(V, lanes), quant)
         self.both(k, [["input", "tokens", "n"], p] + extra + [self.slab(out, "n", D)])
 

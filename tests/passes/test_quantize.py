@@ -108,3 +108,26 @@ def test_compiled_quantized_equals_interpreter(scheme, name, tiny_models, tmp_pa
     assert man["quant"] == scheme
     dtypes = {v["dtype"] for v in man["plan"]["params"].values()}
     assert ("int8" if scheme == "q8" else "uint8") in dtypes
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_16bit_weights(dtype, tiny_models, tmp_path):
+    m = tiny_models["dense-b"]
+    q = run_pipeline(m, ["cast-weights"], {"dtype": dtype})
+    verify(q.graph)
+    text = print_graph(q.graph)
+    assert f"{dtype}[" in text and print_graph(parse_graph(text)) == text
+    toks = np.random.default_rng(2).integers(0, 256, 16)
+    ref, it = Interpreter(m.graph, m.weights).run(toks), Interpreter(q.graph, q.weights)
+    rel = np.sqrt(((it.run(toks) - ref) ** 2).mean()) / ref.std()
+    assert rel < (0.01 if dtype == "f16" else 0.05), rel
+    art = compile_model(m, tmp_path / dtype, max_batch=2, max_context=64, prefill_chunk=16, dtype=dtype)
+    eng = Engine(art)
+    st, seq = it.new_state(), eng.new_sequence()
+    want, got = it.run(toks, st)[-1], eng.prefill(seq, toks.tolist())
+    for _ in range(4):
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+        tok = int(np.argmax(want))
+        want, got = it.run([tok], st)[-1], eng.decode([seq], [tok])[0]
+    with pytest.raises(LfmcError, match="unknown weight dtype"):
+        run_pipeline(m, ["cast-weights"], {"dtype": "f8"})
