@@ -29,6 +29,7 @@ def main() -> int:
     ap.add_argument("--preset", default="lfm2-350m")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quant", default=None, help="lfmc weight quantization (q8, q4g32, ...); PyTorch stays float32")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"], help="lfmc weight storage")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3, help="repetitions inside each run (median)")
     ap.add_argument("--prefill", default="128,512")
@@ -37,11 +38,11 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/host-PRESET.json)")
     a = ap.parse_args()
     lens = [int(x) for x in a.prefill.split(",")]
-    tag = f"{a.preset}-{a.quant}" if a.quant else a.preset
+    tag = a.preset + (f"-{a.quant}" if a.quant else "") + (f"-{a.dtype}" if a.dtype != "f32" else "")
     art = Path(a.build) / f"{tag}.host"
     t = time.perf_counter()
     m = load_source(a.preset, seed=a.seed)
-    compile_model(m, art, max_batch=1, quant=a.quant)
+    compile_model(m, art, max_batch=1, quant=a.quant, dtype=a.dtype)
     weights_bytes = sum(int(np.prod(s["shape"])) * np.dtype(s["dtype"]).itemsize
                         for s in json.loads((art / "manifest.json").read_text())["plan"]["params"].values())
     del m
@@ -69,7 +70,7 @@ def main() -> int:
     rows = [(f"prefill {T} tok/s", ("prefill", str(T))) for T in lens] + [("decode tok/s", ("decode", "1")),
                                                                           ("peak RSS MiB", ("memory", "peak_rss"))]
     table = {}
-    print(f"\n{a.preset} lfmc {a.quant or 'float32'} vs torch float32, {os.cpu_count()} threads, medians of "
+    print(f"\n{a.preset} lfmc {a.quant or a.dtype} vs torch float32, {os.cpu_count()} threads, medians of "
           f"{a.rounds} alternating rounds")
     print(f"{'':<20}{'lfmc':>10}{'torch':>10}{'lfmc/torch':>12}")
     for name, path in rows:
@@ -84,7 +85,7 @@ def main() -> int:
           f"{budget / 2**20:.0f} MiB")
     out = Path(a.out or Path(__file__).parent / "results" / f"host-{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"preset": a.preset, "quant": a.quant or "f32", "seed": a.seed, "machine": platform.processor() or platform.machine(),
+    out.write_text(json.dumps({"preset": a.preset, "quant": a.quant or "f32", "dtype": a.dtype, "seed": a.seed, "machine": platform.processor() or platform.machine(),
                                "cpus": os.cpu_count(), "features": manifest["target"]["features"],
                                "compile_s": compile_s, "weights_bytes": weights_bytes, "table": table,
                                "runs": runs, "command": " ".join(sys.argv)}, indent=1))

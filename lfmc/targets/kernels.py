@@ -50,10 +50,6 @@ def _named(f: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
     return f.with_attr("global_symbol", name)
 
 
-def pack_lanes_of(N: int, knobs: Knobs) -> int:
-    return pick_lanes(N, knobs.lanes)
-
-
 # ------------------------------------------------------------------------------------------------ matmul
 _WDTYPE = {None: "float32", "f16": "float16", "bf16": "uint16"}
 
@@ -415,12 +411,13 @@ def make_take_last(name: str, D: int) -> tvm.tirx.PrimFunc:
 
 
 # ------------------------------------------------------------------------------------ short convolution
-def make_conv_prefill(name: str, D: int, L: int, ib: int, ic: int, ix: int, bias: bool) -> tvm.tirx.PrimFunc:
+def make_conv_prefill(name: str, D: int, L: int, ib: int, ic: int, ix: int) -> tvm.tirx.PrimFunc:
     """Gated causal depthwise conv over one sequence's chunk, continuing and updating its conv state.
 
     P[n, 3D] holds the in_proj chunks (B at ``ib``, C at ``ic``, x at ``ix``); Y[t] = C[t] * sum_j w[j] *
     hist[t + j] with hist = [state(slot); B*x]; afterwards the state holds the last L-1 entries of hist.
-    Args: P, state[S, D, L-1], w[D, L], (bias[D]), Y[n, D], slot."""
+    The bias operand is always passed (zeros when the model has none). Args: P, state[S, D, L-1], w[D, L],
+    bias[D], Y[n, D], slot."""
     Lm, Lc, last = L - 1, max(L - 1, 1), max(L - 2, 0)
 
     @T.prim_func
@@ -449,7 +446,6 @@ def make_conv_prefill(name: str, D: int, L: int, ib: int, ic: int, ix: int, bias
                     n + j < Lm, St[slot, d, T.min(n + j, last)],
                     P[T.max(n + j - Lm, 0), ib * D + d] * P[T.max(n + j - Lm, 0), ix * D + d])
 
-    del bias  # the bias operand is always passed (zeros when the model has none): one kernel shape
     return _named(f, name)
 
 

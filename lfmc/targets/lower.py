@@ -300,7 +300,7 @@ class _Lowering:
         cw = self.param("w." + n.params["conv"].name, lambda: self.w(n, "conv")[:, 0, :])
         cb = (self.param("w." + n.params["conv_bias"].name, lambda: self.w(n, "conv_bias"))
               if "conv_bias" in n.params else self.param(f"zeros.{D}", lambda: np.zeros(D, np.float32)))
-        kp = self.kernel(("conv_prefill", D, L, ib, ic, ix), K.make_conv_prefill, D, L, ib, ic, ix, True)
+        kp = self.kernel(("conv_prefill", D, L, ib, ic, ix), K.make_conv_prefill, D, L, ib, ic, ix)
         kd = self.kernel(("conv_decode", D, L, ib, ic, ix), K.make_conv_decode, D, L, ib, ic, ix)
         base = [self.slab("t_p", "n", 3 * D), ["state", st], cw, cb, self.slab("t_y", "n", D)]
         self.launch("prefill", kp, base + [["scalar", "slot"]])

@@ -81,7 +81,7 @@ def test_conv_prefill_and_decode(L, T_):
     D, S = 16, 3
     ib, ic, ix = 2, 0, 1
     P, st, w, cb = r(T_, 3 * D), r(S, D, L - 1), r(D, L), r(D)
-    out = call(build(K.make_conv_prefill("cp", D, L, ib, ic, ix, True)), P, st.copy(), w, cb,
+    out = call(build(K.make_conv_prefill("cp", D, L, ib, ic, ix)), P, st.copy(), w, cb,
                np.zeros((T_, D), np.float32), 2)
     y_ref, s_ref = _conv_ref(P, st[2], w, cb, D, L, ib, ic, ix)
     np.testing.assert_allclose(out[4], y_ref, rtol=1e-5, atol=1e-5)
