@@ -14,9 +14,11 @@ from ..ir.quant import quantize
 from ..ir.types import TensorType
 from .base import register
 
-# the weight roles quantized per op (MoE experts are not yet: their kernels read float32)
-ROLES = {"short_conv": ("in_proj", "out_proj"), "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
-         "gated_mlp": ("w1", "w3", "w2"), "linear_recurrence": ("in_proj", "out_proj"), "linear": ("weight",), "lm_head": ("weight",), "embedding": ("weight",)}
+# the weight roles quantized per op (the MoE router stays float32: it is small and decides the routing)
+ROLES = {"moe": ("gate_up", "down"), "short_conv": ("in_proj", "out_proj"),
+         "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
+         "gated_mlp": ("w1", "w3", "w2"), "linear_recurrence": ("in_proj", "out_proj"), "linear": ("weight",),
+         "lm_head": ("weight",), "embedding": ("weight",)}
 SCHEMES = "q8 (int8 per channel), q4gG (int4, symmetric, groups of G along the input), q4gGa (asymmetric)"
 
 
@@ -32,7 +34,7 @@ def parse_scheme(scheme: str) -> tuple[int, int | None, bool]:
 
 @register("quantize", "quantize")
 def quantize_weights(model: Model, options: dict[str, Any]) -> Model:
-    """Replace the dense projection weights (and the embedding / LM head) by integer codes and scales, as
+    """Replace the projection weights (dense, MoE experts, the embedding / LM head) by integer codes and scales, as
     ``options["quant"]`` says (q8, q4g32, q4g64a, ...): the interpreter runs them dequantized, targets fuse the
     dequantization into their GEMV / GEMM kernels. A weight whose input width the group does not divide stays
     float32 (listed in the graph's ``quant_skipped`` attribute)."""

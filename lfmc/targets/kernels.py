@@ -242,19 +242,51 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
     return _named(sch.mod["main"], name)
 
 
-def make_moe_gate_up(name: str, E: int, F2: int, D: int, topk: int, knobs: Knobs) -> tvm.tirx.PrimFunc:
-    """H[n*k, F2] = X[n] @ GU[idx[n, j]]^T for each chosen expert j. GU packed [E, F2/l, D, l].
-    Args: X[n, D], GU, idx[n, k], H[n*k, F2]."""
+def _expert_weight(E: int, N: int, K: int, l: int, quant: tuple | None, name: str):
+    """Placeholders of stacked expert weights [E, N, K] in the matmul layout, and a function giving the float
+    weight of expert e at output j, input k (dequantized per element: experts see few rows per call)."""
+    qkind = quant[0] if quant else None
+    extra = []
+    if qkind == "q4":
+        g, asym = int(quant[1]), bool(quant[2])
+        W = te.placeholder((E, N // l, K // 2, l), name=name, dtype="uint8")
+        Sc = te.placeholder((E, N, K // g), name=name + "_scale")
+        Zp = te.placeholder((E, N, K // g), name=name + "_zero") if asym else None
+        extra = [Sc] + ([Zp] if Zp is not None else [])
+
+        def wv(e, j, k):
+            code = (W[e, j // l, k // 2, j % l] >> (4 * (k % 2)).astype("uint8")) & tvm.tirx.const(15, "uint8")
+            zero = Zp[e, j, k // g] if Zp is not None else tvm.tirx.const(8.0, "float32")
+            return (code.astype("float32") - zero) * Sc[e, j, k // g]
+    elif qkind == "q8":
+        W = te.placeholder((E, N // l, K, l), name=name, dtype="int8")
+        Sc = te.placeholder((E, N), name=name + "_scale")
+        extra = [Sc]
+
+        def wv(e, j, k):
+            return W[e, j // l, k, j % l].astype("float32") * Sc[e, j]
+    else:
+        W = te.placeholder((E, N // l, K, l), name=name, dtype=_WDTYPE[qkind])
+
+        def wv(e, j, k):
+            return _widen(W[e, j // l, k, j % l], qkind)
+    return [W] + extra, wv
+
+
+def make_moe_gate_up(name: str, E: int, F2: int, D: int, topk: int, knobs: Knobs,
+                     quant: tuple | None = None) -> tvm.tirx.PrimFunc:
+    """H[n*k, F2] = X[n] @ GU[idx[n, j]]^T for each chosen expert j. GU packed [E, F2/l, D, l] (quantized or
+    16-bit as in :func:`make_matmul`). Args: X[n, D], GU, (scale), (zero), idx[n, k], H[n*k, F2]."""
     l = pick_lanes(F2, knobs.lanes)
     J = _pick_cols(F2 // l, knobs.cols * 2)
     n = te.var("n", "int32")
     X = te.placeholder((n, D), name="X")
-    GU = te.placeholder((E, F2 // l, D, l), name="GU")
+    wargs, wv = _expert_weight(E, F2, D, l, quant, "GU")
     idx = te.placeholder((n, topk), name="idx", dtype="int32")
     d = te.reduce_axis((0, D), name="d")
     H = te.compute((n * topk, F2), lambda r, f: te.sum(
-        X[r // topk, d] * GU[idx[r // topk, r % topk], f // l, d, f % l], axis=d), name="H")
-    sch = s_tir.Schedule(te.create_prim_func([X, GU, idx, H]))
+        X[r // topk, d] * wv(idx[r // topk, r % topk], f, d), axis=d), name="H")
+    sch = s_tir.Schedule(te.create_prim_func([X] + wargs + [idx, H]))
     b = sch.get_sblock("H")
     r, f, dd = sch.get_loops(b)
     fo, fj, fi = sch.split(f, [None, J, l])
@@ -274,21 +306,22 @@ def make_moe_gate_up(name: str, E: int, F2: int, D: int, topk: int, knobs: Knobs
     return _named(sch.mod["main"], name)
 
 
-def make_moe_down(name: str, E: int, D: int, F: int, topk: int, knobs: Knobs) -> tvm.tirx.PrimFunc:
-    """Y[n, D] = sum_j w[n, j] * (A[n*k + j] @ Dn[idx[n, j]]^T). Dn packed [E, D/l, F, l].
-    Args: A[n*k, F], Dn, idx[n, k], w[n, k], Y[n, D]."""
+def make_moe_down(name: str, E: int, D: int, F: int, topk: int, knobs: Knobs,
+                  quant: tuple | None = None) -> tvm.tirx.PrimFunc:
+    """Y[n, D] = sum_j w[n, j] * (A[n*k + j] @ Dn[idx[n, j]]^T). Dn packed [E, D/l, F, l] (quantized or 16-bit
+    as in :func:`make_matmul`). Args: A[n*k, F], Dn, (scale), (zero), idx[n, k], w[n, k], Y[n, D]."""
     l = pick_lanes(D, knobs.lanes)
     J = _pick_cols(D // l, knobs.cols * 2)
     n = te.var("n", "int32")
     A = te.placeholder((n * topk, F), name="A")
-    Dn = te.placeholder((E, D // l, F, l), name="Dn")
+    wargs, wv = _expert_weight(E, D, F, l, quant, "Dn")
     idx = te.placeholder((n, topk), name="idx", dtype="int32")
     w = te.placeholder((n, topk), name="w")
     j = te.reduce_axis((0, topk), name="j")
     f = te.reduce_axis((0, F), name="f")
     Y = te.compute((n, D), lambda i, o: te.sum(
-        w[i, j] * A[i * topk + j, f] * Dn[idx[i, j], o // l, f, o % l], axis=[j, f]), name="Y")
-    sch = s_tir.Schedule(te.create_prim_func([A, Dn, idx, w, Y]))
+        w[i, j] * A[i * topk + j, f] * wv(idx[i, j], o, f), axis=[j, f]), name="Y")
+    sch = s_tir.Schedule(te.create_prim_func([A] + wargs + [idx, w, Y]))
     b = sch.get_sblock("Y")
     i, o, jj, ff = sch.get_loops(b)
     oo, oj, oi = sch.split(o, [None, J, l])

@@ -362,8 +362,6 @@ class _Lowering:
         gu_shape = n.params["gate_up"].type.shape
         F2, F = gu_shape[1], gu_shape[1] // 2
         gi = n.liv.featurizer["gate"].chunk
-        if any(r.endswith("_scale") for r in n.params):
-            raise LfmcError(f"%{n.name}: quantized MoE experts are not supported by this target yet")
         self.matmul((ins[0], D), [(n, "router")], E, D, ("t_r", E))
         bias = (self.param("w." + n.params["expert_bias"].name, lambda: self.w(n, "expert_bias"))
                 if a["use_expert_bias"] else self.param(f"zeros.{E}", lambda: np.zeros(E, np.float32)))
@@ -373,18 +371,33 @@ class _Lowering:
                          a["routed_scaling_factor"])
         idx, wts = self.slab("t_idx", "n", k, "int32"), self.slab("t_w", "n", k)
         self.both(kr, [self.slab("t_r", "n", E), bias, idx, wts])
-        lanes = self.knobs["decode"].lanes
         kn = self.knobs["prefill"]
-        gu = self.param("w." + n.params["gate_up"].name,
-                        lambda: np.stack([pack_linear(m, lanes) for m in self.w(n, "gate_up")]))
-        dn = self.param("w." + n.params["down"].name,
-                        lambda: np.stack([pack_linear(m, lanes) for m in self.w(n, "down")]))
-        kg = self.kernel(("moe_gu", E, F2, D, k, kn.lanes, kn.cols), K.make_moe_gate_up, E, F2, D, k, kn)
+        gu, qg = self.experts(n, "gate_up")
+        dn, qd = self.experts(n, "down")
+        kg = self.kernel(("moe_gu", E, F2, D, k, kn.lanes, kn.cols) + (qg or ()), K.make_moe_gate_up, E, F2, D, k,
+                         kn, qg)
         ks = self.kernel(("silu_mul", F, gi), K.make_silu_mul, F, gi)
-        kd = self.kernel(("moe_down", E, D, F, k, kn.lanes, kn.cols), K.make_moe_down, E, D, F, k, kn)
-        self.both(kg, [self.slab(ins[0], "n", D), gu, idx, self.slab("t_g", "nk", F2)])
+        kd = self.kernel(("moe_down", E, D, F, k, kn.lanes, kn.cols) + (qd or ()), K.make_moe_down, E, D, F, k,
+                         kn, qd)
+        self.both(kg, [self.slab(ins[0], "n", D)] + gu + [idx, self.slab("t_g", "nk", F2)])
         self.both(ks, [self.slab("t_g", "nk", F2), self.slab("t_a", "nk", F)])
-        self.both(kd, [self.slab("t_a", "nk", F), dn, idx, wts, self.slab(out, "n", D)])
+        self.both(kd, [self.slab("t_a", "nk", F)] + dn + [idx, wts, self.slab(out, "n", D)])
+
+    def experts(self, n: Node, role: str) -> tuple[list, tuple | None]:
+        """Plan arguments (weight, scale, zero) of stacked expert weights, packed per expert, and their spec."""
+        quant = quant_spec(n, role)
+        lanes = self.knobs["decode"].lanes
+        name = "w." + n.params[role].name
+        packed = None
+        if self.weights is not None and name not in self.params:
+            sc, z = n.params.get(role + "_scale"), n.params.get(role + "_zero")
+            w = self.w(n, role)
+            per = [pack_weight(w[e], self.weights[sc.name][e] if sc else None,
+                               self.weights[z.name][e] if z else None, quant, lanes, False) for e in range(len(w))]
+            packed = (np.stack([p[0] for p in per]), [np.stack([p[1][i] for p in per]) for i in range(len(per[0][1]))])
+        args = [self.param(name, lambda: packed[0])]
+        args += [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))]
+        return args, quant
 
 
 def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, K.Knobs]) -> Lowered:
