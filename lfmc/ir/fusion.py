@@ -15,7 +15,7 @@ from .errors import VerifyError
 from .graph import Graph
 
 # ops whose output projection can accumulate into the residual, and that can take a folded input norm
-RESIDUAL_PRODUCERS = ("short_conv", "attention", "gated_mlp", "linear", "linear_recurrence")
+RESIDUAL_PRODUCERS = ("short_conv", "attention", "gated_mlp", "linear", "linear_recurrence", "moe")
 NORM_CONSUMERS = ("short_conv", "attention", "gated_mlp", "linear_recurrence")
 KEYS = {"add": {"into"}, "rmsnorm": {"into"}, "gated_mlp": {"swiglu"}}
 

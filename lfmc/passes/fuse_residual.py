@@ -12,8 +12,8 @@ from .base import register
 @register("fuse-residual", "fuse")
 def fuse_residual(model: Model, options: dict[str, Any]) -> Model:
     """Mark ``add(y, h)`` where ``y`` comes from an operator with an output projection (short_conv, attention,
-    gated_mlp, linear; not yet moe, whose expert sum is its own kernel) and is used only by this add: the projection accumulates into ``h`` in place,
-    saving a kernel and a pass over the activations."""
+    gated_mlp, linear_recurrence, linear, or the MoE expert sum) and is used only by this add: the projection
+    accumulates into ``h`` in place, saving a kernel and a pass over the activations."""
     g = copy.deepcopy(model.graph)
     by_name = {n.name: n for n in g.nodes}
     uses: dict[str, int] = {}

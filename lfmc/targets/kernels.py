@@ -307,9 +307,10 @@ def make_moe_gate_up(name: str, E: int, F2: int, D: int, topk: int, knobs: Knobs
 
 
 def make_moe_down(name: str, E: int, D: int, F: int, topk: int, knobs: Knobs,
-                  quant: tuple | None = None) -> tvm.tirx.PrimFunc:
-    """Y[n, D] = sum_j w[n, j] * (A[n*k + j] @ Dn[idx[n, j]]^T). Dn packed [E, D/l, F, l] (quantized or 16-bit
-    as in :func:`make_matmul`). Args: A[n*k, F], Dn, (scale), (zero), idx[n, k], w[n, k], Y[n, D]."""
+                  quant: tuple | None = None, accumulate: bool = False) -> tvm.tirx.PrimFunc:
+    """Y[n, D] = sum_j w[n, j] * (A[n*k + j] @ Dn[idx[n, j]]^T) (+ Y when ``accumulate``: the residual stream,
+    updated in place). Dn packed [E, D/l, F, l] (quantized or 16-bit as in :func:`make_matmul`).
+    Args: A[n*k, F], Dn, (scale), (zero), idx[n, k], w[n, k], (Res), Y[n, D] — Res and Y the same buffer."""
     l = pick_lanes(D, knobs.lanes)
     J = _pick_cols(D // l, knobs.cols * 2)
     n = te.var("n", "int32")
@@ -321,7 +322,13 @@ def make_moe_down(name: str, E: int, D: int, F: int, topk: int, knobs: Knobs,
     f = te.reduce_axis((0, F), name="f")
     Y = te.compute((n, D), lambda i, o: te.sum(
         w[i, j] * A[i * topk + j, f] * wv(idx[i, j], o, f), axis=[j, f]), name="Y")
-    sch = s_tir.Schedule(te.create_prim_func([A] + wargs + [idx, w, Y]))
+    if accumulate:
+        Res = te.placeholder((n, D), name="Res")
+        Z = te.compute((n, D), lambda i, o: Y[i, o] + Res[i, o], name="Z")
+        func = te.create_prim_func([A] + wargs + [idx, w, Res, Z]).with_attr("tir.noalias", False)
+    else:
+        func = te.create_prim_func([A] + wargs + [idx, w, Y])
+    sch = s_tir.Schedule(func)
     b = sch.get_sblock("Y")
     i, o, jj, ff = sch.get_loops(b)
     oo, oj, oi = sch.split(o, [None, J, l])
@@ -331,6 +338,8 @@ def make_moe_down(name: str, E: int, D: int, F: int, topk: int, knobs: Knobs,
         sch.parallel(outer)
     c = sch.cache_write(b, 0, "local")
     sch.reverse_compute_at(c, outer)
+    if accumulate:
+        sch.reverse_compute_inline(sch.get_sblock("Z"))
     sch.unroll(oj)
     if l > 1:
         sch.vectorize(oi)

@@ -232,7 +232,7 @@ class _Lowering:
                     out = ins[1]
                 else:
                     out = new_slab()
-                if n.op in ("short_conv", "attention", "gated_mlp", "linear_recurrence"):
+                if n.op in ("short_conv", "attention", "gated_mlp", "linear_recurrence", "moe"):
                     getattr(self, "op_" + n.op)(n, ins, out, n.type.shape[1], norm=norm_of.get(n.name))
                 else:
                     getattr(self, "op_" + n.op)(n, ins, out, n.type.shape[1])
@@ -356,7 +356,7 @@ class _Lowering:
             self.both(k, [self.slab("t_p", "n", 2 * F), self.slab("t_a", "n", F)])
         self.matmul(("t_a", F), [(n, "w2")], D, F, (out, D), accumulate=accumulate)
 
-    def op_moe(self, n: Node, ins, out: str, D: int) -> None:
+    def op_moe(self, n: Node, ins, out: str, D: int, norm: Node | None = None, accumulate: bool = False) -> None:
         a = n.attrs
         E, k = a["num_experts"], a["top_k"]
         gu_shape = n.params["gate_up"].type.shape
@@ -377,11 +377,12 @@ class _Lowering:
         kg = self.kernel(("moe_gu", E, F2, D, k, kn.lanes, kn.cols) + (qg or ()), K.make_moe_gate_up, E, F2, D, k,
                          kn, qg)
         ks = self.kernel(("silu_mul", F, gi), K.make_silu_mul, F, gi)
-        kd = self.kernel(("moe_down", E, D, F, k, kn.lanes, kn.cols) + (qd or ()), K.make_moe_down, E, D, F, k,
-                         kn, qd)
+        kd = self.kernel(("moe_down", E, D, F, k, kn.lanes, kn.cols, "a" if accumulate else "") + (qd or ()),
+                         K.make_moe_down, E, D, F, k, kn, qd, accumulate)
         self.both(kg, [self.slab(ins[0], "n", D)] + gu + [idx, self.slab("t_g", "nk", F2)])
         self.both(ks, [self.slab("t_g", "nk", F2), self.slab("t_a", "nk", F)])
-        self.both(kd, [self.slab("t_a", "nk", F)] + dn + [idx, wts, self.slab(out, "n", D)])
+        o = self.slab(out, "n", D)
+        self.both(kd, [self.slab("t_a", "nk", F)] + dn + [idx, wts] + ([o] if accumulate else []) + [o])
 
     def experts(self, n: Node, role: str) -> tuple[list, tuple | None]:
         """Plan arguments (weight, scale, zero) of stacked expert weights, packed per expert, and their spec."""
