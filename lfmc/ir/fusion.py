@@ -23,12 +23,7 @@ KEYS = {"add": {"into"}, "rmsnorm": {"into"}, "gated_mlp": {"swiglu"}}
 def check_fusion(g: Graph) -> None:
     """Raise :class:`VerifyError` for a fusion annotation that a target could not honour."""
     producer = {n.name: n for n in g.nodes}
-    users: dict[str, list[str]] = {}
-    for n in g.nodes:
-        for i in n.inputs:
-            users.setdefault(i, []).append(n.name)
-    for o in g.outputs:
-        users.setdefault(o, []).append("<return>")
+    users = g.users()
     for n in g.nodes:
         if not n.fused:
             continue

@@ -99,6 +99,16 @@ class Graph:
                if n.op in SCHEMAS and r in SCHEMAS[n.op].buffer_roles}
         return sum(p.type.numel() for p in self.params().values() if buffers or p.name not in buf)
 
+    def users(self) -> dict[str, list[str]]:
+        """Value name -> names of the nodes that read it, in order ("<return>" for a graph output)."""
+        out: dict[str, list[str]] = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                out.setdefault(i, []).append(n.name)
+        for o in self.outputs:
+            out.setdefault(o, []).append("<return>")
+        return out
+
     def node(self, name: str) -> Node:
         for n in self.nodes:
             if n.name == name:

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,19 +38,15 @@ class Model:
         return self
 
 
-def save_model(m: Model, path: str | os.PathLike) -> Path:
-    """Write ``m`` to ``path`` atomically: a temporary directory beside it, then a rename."""
+def write_dir_atomically(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Create directory ``path`` with ``fill(tmp)`` writing its files into a temporary directory beside it,
+    then rename it into place (replacing an old one), so that an interrupted write never leaves a half
+    directory behind. Shared by saved models and compiled artifacts."""
     dst = Path(path)
-    m.check()
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        (tmp / IR_FILE).write_text(print_graph(m.graph))
-        if m.weights is not None:
-            save_weights(tmp / WEIGHTS_FILE, m.weights)
-        if m.tokenizer is not None:
-            (tmp / TOKENIZER_FILE).write_text(m.tokenizer)
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(m.provenance, indent=1, sort_keys=True) + "\n")
+        fill(tmp)
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -63,6 +59,21 @@ def save_model(m: Model, path: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
+
+
+def save_model(m: Model, path: str | os.PathLike) -> Path:
+    """Write ``m`` to ``path`` atomically."""
+    m.check()
+
+    def fill(tmp: Path) -> None:
+        (tmp / IR_FILE).write_text(print_graph(m.graph))
+        if m.weights is not None:
+            save_weights(tmp / WEIGHTS_FILE, m.weights)
+        if m.tokenizer is not None:
+            (tmp / TOKENIZER_FILE).write_text(m.tokenizer)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(m.provenance, indent=1, sort_keys=True) + "\n")
+
+    return write_dir_atomically(path, fill)
 
 
 def load_model(path: str | os.PathLike, weights: bool = True) -> Model:

@@ -16,12 +16,7 @@ def fuse_norm(model: Model, options: dict[str, Any]) -> Model:
     inside the projection kernel, so the normalized activations are never written to memory."""
     g = copy.deepcopy(model.graph)
     by_name = {n.name: n for n in g.nodes}
-    users: dict[str, list[str]] = {}
-    for n in g.nodes:
-        for i in n.inputs:
-            users.setdefault(i, []).append(n.name)
-    for o in g.outputs:
-        users.setdefault(o, []).append("<return>")
+    users = g.users()
     for n in g.nodes:
         u = users.get(n.name, [])
         if n.op == "rmsnorm" and len(u) == 1 and u[0] in by_name and by_name[u[0]].op in NORM_CONSUMERS:

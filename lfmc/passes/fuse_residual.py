@@ -16,18 +16,13 @@ def fuse_residual(model: Model, options: dict[str, Any]) -> Model:
     accumulates into ``h`` in place, saving a kernel and a pass over the activations."""
     g = copy.deepcopy(model.graph)
     by_name = {n.name: n for n in g.nodes}
-    uses: dict[str, int] = {}
-    for n in g.nodes:
-        for i in n.inputs:
-            uses[i] = uses.get(i, 0) + 1
-    for o in g.outputs:
-        uses[o] = uses.get(o, 0) + 1
+    users = g.users()
     for n in g.nodes:
         if n.op != "add" or n.fused:
             continue
         for cand in n.inputs:
             p = by_name.get(cand)
-            if p is not None and p.op in RESIDUAL_PRODUCERS and uses.get(cand) == 1:
+            if p is not None and p.op in RESIDUAL_PRODUCERS and len(users.get(cand, [])) == 1:
                 n.fused = {"into": cand}
                 break
     return model.__class__(g, model.weights, model.provenance, model.tokenizer)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from ..ir.model import write_dir_atomically
 
 SCHEMA_VERSION = 1
 MANIFEST, PARAMS, TOKENIZER = "manifest.json", "params.safetensors", "tokenizer.json"
@@ -36,10 +36,7 @@ def write_artifact(dest: str | os.PathLike, manifest: dict[str, Any], params: di
 
     import lfmc
 
-    dst = Path(dest)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    def fill(tmp: Path) -> None:
         kernel_files = write_kernels(tmp)
         save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(tmp / PARAMS))
         files = [*sorted(set(kernel_files.values())), PARAMS]
@@ -53,15 +50,5 @@ def write_artifact(dest: str | os.PathLike, manifest: dict[str, Any], params: di
         m["files"] = {f: sha256_file(tmp / f) for f in files}
         m["kernels"] = kernel_files
         (tmp / MANIFEST).write_text(json.dumps(m, indent=1, sort_keys=True) + "\n")
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            dst.rename(old)
-            tmp.rename(dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
+
+    return write_dir_atomically(dest, fill)

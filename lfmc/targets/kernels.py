@@ -102,12 +102,9 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
         Sc = Zp = None
 
     def wv(h, j, k):
-        """The weight (h: gate/up half, or None) at output j, input k, dequantized as far as the inner loop needs."""
+        """The weight (h: gate/up half, or None) at output j, input k, widened to float32 (int4 takes the
+        per-group path below instead)."""
         hh = () if h is None else (h,)
-        if qkind == "q4":
-            code = (W[(j // l, *hh, k // 2, j % l)] >> (4 * (k % 2)).astype("uint8")) & tvm.tirx.const(15, "uint8")
-            zero = Zp[(*hh, j, k // g)] if Zp is not None else tvm.tirx.const(8.0, "float32")
-            return (code.astype("float32") - zero) * Sc[(*hh, j, k // g)]
         return _widen(W[(j // l, *hh, k, j % l)], qkind)
 
     def post(h, j, v):
