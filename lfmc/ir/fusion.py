@@ -8,6 +8,7 @@ unfused one. Keys:
 - ``into = "%c"`` on an ``rmsnorm``: folded into the first projection(s) of its only consumer ``%c``: the norm
   weight is multiplied into the projection weights and the row scale 1/rms(x) is computed in that kernel.
 - ``swiglu = true`` on a ``gated_mlp``: the gate and up projections and silu(gate) ⊙ up are one kernel.
+- ``rope = true`` on an ``attention``: QK-norm, RoPE and the KV-cache write happen inside the attention kernel.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .graph import Graph
 # ops whose output projection can accumulate into the residual, and that can take a folded input norm
 RESIDUAL_PRODUCERS = ("short_conv", "attention", "gated_mlp", "linear", "linear_recurrence", "moe")
 NORM_CONSUMERS = ("short_conv", "attention", "gated_mlp", "linear_recurrence")
-KEYS = {"add": {"into"}, "rmsnorm": {"into"}, "gated_mlp": {"swiglu"}}
+KEYS = {"add": {"into"}, "rmsnorm": {"into"}, "gated_mlp": {"swiglu"}, "attention": {"rope"}}
 
 
 def check_fusion(g: Graph) -> None:
@@ -47,3 +48,5 @@ def check_fusion(g: Graph) -> None:
                                   f"{', '.join(NORM_CONSUMERS)}")
         elif n.op == "gated_mlp" and not isinstance(n.fused["swiglu"], bool):
             raise VerifyError(f"{where}: swiglu must be true or false")
+        elif n.op == "attention" and not isinstance(n.fused["rope"], bool):
+            raise VerifyError(f"{where}: rope must be true or false")

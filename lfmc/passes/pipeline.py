@@ -9,12 +9,12 @@ from ..ir.errors import LfmcError
 from ..ir.model import Model
 from ..ir.text import print_graph
 from ..ir.verify import verify
-from . import dce, fuse_norm, fuse_residual, fuse_swiglu, quantize  # noqa: F401  (registers the passes)
+from . import dce, fuse_norm, fuse_residual, fuse_rope, fuse_swiglu, quantize  # noqa: F401  (registers the passes)
 from .base import PHASES, REGISTRY
 
 DEFAULT: dict[str, list[str]] = {
     "canonicalize": ["dce"],
-    "fuse": ["fuse-norm", "fuse-swiglu", "fuse-residual"],
+    "fuse": ["fuse-norm", "fuse-swiglu", "fuse-rope", "fuse-residual"],
     "prune": [],
     "quantize": ["quantize", "cast-weights"],   # no-ops unless options name a scheme / a 16-bit dtype
     "plan": [],

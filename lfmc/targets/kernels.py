@@ -566,10 +566,32 @@ def make_recurrence_decode(name: str, D: int, ia: int, ib: int, ic: int, ix: int
 
 
 # ------------------------------------------------------------------------------------------- attention
+def _norm_rope_macro(hd: int, eps: float, theta: float):
+    """TIR macro: ``v = rope(rmsnorm(X[t, col:col+hd]) * W, Ps[t])`` into the local buffer ``v`` (NeoX
+    rotate-half, angle pos / theta^(2i/hd)); ``u`` and ``ss`` are local scratch."""
+    half = hd // 2
+
+    @T.macro
+    def norm_rope(X, t, col, W, p, v, u, ss):
+        ss[0] = T.float32(0)
+        for d in T.serial(hd):
+            ss[0] = ss[0] + X[t, col + d] * X[t, col + d]
+        ss[0] = T.float32(1) / T.sqrt(ss[0] / T.float32(hd) + T.float32(eps))
+        for d in T.serial(hd):
+            u[d] = X[t, col + d] * ss[0] * W[d]
+        for d in T.serial(hd):
+            ang = T.Cast("float32", p) * (T.float32(1) / T.pow(
+                T.float32(theta), T.Cast("float32", (d % half) * 2) / T.float32(hd)))
+            rot = T.if_then_else(d < half, -u[T.min(d + half, hd - 1)], u[T.max(d - half, 0)])
+            v[d] = u[d] * T.cos(ang) + rot * T.sin(ang)
+
+    return norm_rope
+
+
 def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float) -> tvm.tirx.PrimFunc:
     """Per row: RMSNorm each q and k head (weights qn, kn), NeoX RoPE at pos[row], q to Q, k and v into the
     KV cache of slots[row] at pos[row]. Args: QKV[n, (H+2KV)hd], qn, kn, Kc, Vc, Q[n, H*hd], slots, pos."""
-    half = hd // 2
+    norm_rope = _norm_rope_macro(hd, eps, theta)
 
     @T.prim_func
     def f(qkv: T.handle, qn: T.handle, kn: T.handle, kc: T.handle, vc: T.handle, q: T.handle,
@@ -587,39 +609,69 @@ def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float) 
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")
         for t in T.serial(n):
-            for h in T.serial(H + KV):
+            for h in T.serial(H):
                 v = T.decl_buffer((hd,), "float32", scope="local")
+                u = T.decl_buffer((hd,), "float32", scope="local")
                 ss = T.decl_buffer((1,), "float32", scope="local")
-                ss[0] = T.float32(0)
+                norm_rope(X, t, h * hd, Qn, Ps[t], v, u, ss)
                 for d in T.serial(hd):
-                    ss[0] = ss[0] + X[t, h * hd + d] * X[t, h * hd + d]
-                ss[0] = T.float32(1) / T.sqrt(ss[0] / T.float32(hd) + T.float32(eps))
-                for d in T.serial(hd):
-                    v[d] = X[t, h * hd + d] * ss[0] * T.if_then_else(h < H, Qn[d], Kn[d])
-                for d in T.serial(hd):
-                    ang = T.Cast("float32", Ps[t]) * (T.float32(1) / T.pow(
-                        T.float32(theta), T.Cast("float32", (d % half) * 2) / T.float32(hd)))
-                    rot = T.if_then_else(d < half, -v[T.min(d + half, hd - 1)], v[T.max(d - half, 0)])
-                    val = v[d] * T.cos(ang) + rot * T.sin(ang)
-                    if h < H:
-                        Q[t, h * hd + d] = val
-                    else:
-                        Kc[Sl[t], Ps[t], h - H, d] = val
+                    Q[t, h * hd + d] = v[d]
             for g in T.serial(KV):
+                v = T.decl_buffer((hd,), "float32", scope="local")
+                u = T.decl_buffer((hd,), "float32", scope="local")
+                ss = T.decl_buffer((1,), "float32", scope="local")
+                norm_rope(X, t, (H + g) * hd, Kn, Ps[t], v, u, ss)
                 for d in T.serial(hd):
-                    Vc[Sl[t], Ps[t], g, d] = X[t, (H + KV) * hd + g * hd + d]
+                    Kc[Sl[t], Ps[t], g, d] = v[d]
+                    Vc[Sl[t], Ps[t], g, d] = X[t, (H + KV + g) * hd + d]
 
     return _named(f, name)
+
+
+def _online_softmax_macro(H: int, KV: int, hd: int, VL: int):
+    """TIR macro: causal GQA attention of query ``q`` (local, hd) of head ``h`` over cache slot ``s`` positions
+    0..p, with an online softmax (no score buffer), written to O[t, h*hd:]."""
+    G = H // KV
+    NC = hd // VL
+    scale = float(hd) ** -0.5
+
+    @T.macro
+    def attend(qv, Kc, Vc, s, p, h, O, t, acc, part, st):
+        st[0] = T.float32(NEG)
+        st[1] = T.float32(0)
+        for dc in T.serial(NC):
+            for dl in T.vectorized(VL):
+                acc[dc * VL + dl] = T.float32(0)
+        for c in T.serial(p + 1):
+            for dl in T.vectorized(VL):
+                part[dl] = T.float32(0)
+            for dc in T.serial(NC):
+                for dl in T.vectorized(VL):
+                    part[dl] = part[dl] + qv[dc * VL + dl] * Kc[s, c, h // G, dc * VL + dl]
+            st[2] = T.float32(0)
+            for dl in T.serial(VL):
+                st[2] = st[2] + part[dl]
+            st[2] = st[2] * T.float32(scale)
+            st[3] = T.max(st[0], st[2])
+            st[4] = T.exp(st[0] - st[3])
+            st[5] = T.exp(st[2] - st[3])
+            st[1] = st[1] * st[4] + st[5]
+            for dc in T.serial(NC):
+                for dl in T.vectorized(VL):
+                    acc[dc * VL + dl] = acc[dc * VL + dl] * st[4] + st[5] * Vc[s, c, h // G, dc * VL + dl]
+            st[0] = st[3]
+        for d in T.serial(hd):
+            O[t, h * hd + d] = acc[d] / st[1]
+
+    return attend
 
 
 def make_attention(name: str, H: int, KV: int, hd: int, parallel: bool, lanes: int = 8) -> tvm.tirx.PrimFunc:
     """Causal GQA attention of each row over its sequence's cache up to and including pos[row], with an
     online softmax (no score buffer); dot products and the value update run on ``lanes``-wide vectors.
     Args: Q[n, H*hd], Kc, Vc, O[n, H*hd], slots, pos."""
-    G = H // KV
-    scale = float(hd) ** -0.5
     VL = pick_lanes(hd, lanes)
-    NC = hd // VL
+    attend = _online_softmax_macro(H, KV, hd, VL)
 
     @T.prim_func
     def f(q: T.handle, kc: T.handle, vc: T.handle, o: T.handle, slots: T.handle, pos: T.handle):
@@ -634,36 +686,59 @@ def make_attention(name: str, H: int, KV: int, hd: int, parallel: bool, lanes: i
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")
         for th in T.parallel(n * H) if parallel else T.serial(n * H):
+            qv = T.decl_buffer((hd,), "float32", scope="local")
             acc = T.decl_buffer((hd,), "float32", scope="local")
             part = T.decl_buffer((VL,), "float32", scope="local")
             st = T.decl_buffer((6,), "float32", scope="local")    # max, sum, score, new max, rescale, p
-            st[0] = T.float32(NEG)
-            st[1] = T.float32(0)
-            for dc in T.serial(NC):
-                for dl in T.vectorized(VL):
-                    acc[dc * VL + dl] = T.float32(0)
-            for c in T.serial(Ps[th // H] + 1):
-                for dl in T.vectorized(VL):
-                    part[dl] = T.float32(0)
-                for dc in T.serial(NC):
-                    for dl in T.vectorized(VL):
-                        part[dl] = part[dl] + Q[th // H, (th % H) * hd + dc * VL + dl] * Kc[
-                            Sl[th // H], c, (th % H) // G, dc * VL + dl]
-                st[2] = T.float32(0)
-                for dl in T.serial(VL):
-                    st[2] = st[2] + part[dl]
-                st[2] = st[2] * T.float32(scale)
-                st[3] = T.max(st[0], st[2])
-                st[4] = T.exp(st[0] - st[3])
-                st[5] = T.exp(st[2] - st[3])
-                st[1] = st[1] * st[4] + st[5]
-                for dc in T.serial(NC):
-                    for dl in T.vectorized(VL):
-                        acc[dc * VL + dl] = acc[dc * VL + dl] * st[4] + st[5] * Vc[
-                            Sl[th // H], c, (th % H) // G, dc * VL + dl]
-                st[0] = st[3]
             for d in T.serial(hd):
-                O[th // H, (th % H) * hd + d] = acc[d] / st[1]
+                qv[d] = Q[th // H, (th % H) * hd + d]
+            attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
+
+    return _named(f, name)
+
+
+def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: float, parallel: bool,
+                        lanes: int = 8) -> tvm.tirx.PrimFunc:
+    """QK-norm + RoPE + cache write + attention in one kernel, straight from the QKV projection's output.
+    First every row's k (normed, rotated) and v go into the cache (parallel over rows × KV heads), then every
+    (row, head) normalizes and rotates its q in registers and attends: the rotated q never touches memory.
+    Args: QKV[n, (H+2KV)hd], qn, kn, Kc, Vc, O[n, H*hd], slots, pos."""
+    VL = pick_lanes(hd, lanes)
+    attend = _online_softmax_macro(H, KV, hd, VL)
+    norm_rope = _norm_rope_macro(hd, eps, theta)
+
+    @T.prim_func
+    def f(qkv: T.handle, qn: T.handle, kn: T.handle, kc: T.handle, vc: T.handle, o: T.handle,
+          slots: T.handle, pos: T.handle):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        S = T.int32()
+        C = T.int32()
+        X = T.match_buffer(qkv, (n, (H + 2 * KV) * hd), "float32")
+        Qn = T.match_buffer(qn, (hd,), "float32")
+        Kn = T.match_buffer(kn, (hd,), "float32")
+        Kc = T.match_buffer(kc, (S, C, KV, hd), "float32")
+        Vc = T.match_buffer(vc, (S, C, KV, hd), "float32")
+        O = T.match_buffer(o, (n, H * hd), "float32")
+        Sl = T.match_buffer(slots, (n,), "int32")
+        Ps = T.match_buffer(pos, (n,), "int32")
+        for tg in T.parallel(n * KV) if parallel else T.serial(n * KV):
+            v = T.decl_buffer((hd,), "float32", scope="local")
+            u = T.decl_buffer((hd,), "float32", scope="local")
+            ss = T.decl_buffer((1,), "float32", scope="local")
+            norm_rope(X, tg // KV, (H + tg % KV) * hd, Kn, Ps[tg // KV], v, u, ss)
+            for d in T.serial(hd):
+                Kc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = v[d]
+                Vc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = X[tg // KV, (H + KV + tg % KV) * hd + d]
+        for th in T.parallel(n * H) if parallel else T.serial(n * H):
+            qv = T.decl_buffer((hd,), "float32", scope="local")
+            u = T.decl_buffer((hd,), "float32", scope="local")
+            ss = T.decl_buffer((1,), "float32", scope="local")
+            acc = T.decl_buffer((hd,), "float32", scope="local")
+            part = T.decl_buffer((VL,), "float32", scope="local")
+            st = T.decl_buffer((6,), "float32", scope="local")
+            norm_rope(X, th // H, (th % H) * hd, Qn, Ps[th // H], qv, u, ss)
+            attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
 
     return _named(f, name)
 

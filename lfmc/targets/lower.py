@@ -330,16 +330,21 @@ class _Lowering:
         for s in ("k", "v"):
             self.state[f"{s}.{n.name}"] = {"shape": ["S", "C", KV, hd], "dtype": "float32", "kind": "kv",
                                            "node": n.name}
-        kq = self.kernel(("qk_rope", H, KV, hd, repr(n.attrs["eps"]), repr(n.attrs["rope_theta"])), K.make_qk_rope,
-                         H, KV, hd, n.attrs["eps"], n.attrs["rope_theta"])
         kn = self.knobs["prefill"]
-        ka = self.kernel(("attn", H, KV, hd, kn.lanes), K.make_attention, H, KV, hd, kn.parallel, kn.lanes)
+        eps, theta = n.attrs["eps"], n.attrs["rope_theta"]
         rows = [["input", "slots", "n"], ["input", "pos", "n"]]
-        self.both(kq, [self.slab("t_p", "n", Nq), self.param("w." + n.params["q_norm"].name, lambda: self.w(n, "q_norm")),
-                       self.param("w." + n.params["k_norm"].name, lambda: self.w(n, "k_norm")),
-                       ["state", f"k.{n.name}"], ["state", f"v.{n.name}"], self.slab("t_q", "n", H * hd)] + rows)
-        self.both(ka, [self.slab("t_q", "n", H * hd), ["state", f"k.{n.name}"], ["state", f"v.{n.name}"],
-                       self.slab("t_a", "n", H * hd)] + rows)
+        norms = [self.param("w." + n.params["q_norm"].name, lambda: self.w(n, "q_norm")),
+                 self.param("w." + n.params["k_norm"].name, lambda: self.w(n, "k_norm"))]
+        cache = [["state", f"k.{n.name}"], ["state", f"v.{n.name}"]]
+        if n.fused.get("rope"):
+            ka = self.kernel(("rope_attn", H, KV, hd, repr(eps), repr(theta), kn.lanes), K.make_rope_attention,
+                             H, KV, hd, eps, theta, kn.parallel, kn.lanes)
+            self.both(ka, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_a", "n", H * hd)] + rows)
+        else:
+            kq = self.kernel(("qk_rope", H, KV, hd, repr(eps), repr(theta)), K.make_qk_rope, H, KV, hd, eps, theta)
+            ka = self.kernel(("attn", H, KV, hd, kn.lanes), K.make_attention, H, KV, hd, kn.parallel, kn.lanes)
+            self.both(kq, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_q", "n", H * hd)] + rows)
+            self.both(ka, [self.slab("t_q", "n", H * hd)] + cache + [self.slab("t_a", "n", H * hd)] + rows)
         self.matmul(("t_a", H * hd), [(n, "out_proj")], D, H * hd, (out, D), accumulate=accumulate)
 
     def op_gated_mlp(self, n: Node, ins, out: str, D: int, norm: Node | None = None,

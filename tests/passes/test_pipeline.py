@@ -40,6 +40,8 @@ def test_fusion_before_after_ir(tiny_models):
     assert 'fused {into = "5"}' in lines["%4"]
     assert "fused {swiglu = true}" in lines["%5"]
     assert 'fused {into = "5"}' in lines["%6"]
+    attn = next(ln for ln in lines.values() if " = attention(" in ln)
+    assert "rope = true" in attn                             # QK-norm + RoPE inside the attention kernel
     assert "fused" not in lines["%37"]                       # the final norm feeds the (tied) LM head: kept
 
 
@@ -51,8 +53,8 @@ def test_kernel_counts_per_layer(tiny_models):
     kinds = {f"layer {i}": t for i, t in enumerate(ALL_CONFIGS["dense-a"]["layer_types"])}
     for layer, kind in kinds.items():
         # conv: norm, in_proj, conv, out_proj, add | norm, w13, silu*mul, w2, add  ->  in_proj, conv, out_proj | w13, w2
-        # attention: norm, qkv, qk-norm+rope, attention, out_proj, add | ffn as above  ->  qkv, rope, attn, out | w13, w2
-        assert (before[layer], after[layer]) == ((10, 5) if kind == "conv" else (11, 6)), layer
+        # attention: norm, qkv, qk-norm+rope, attention, out_proj, add | ffn as above  ->  qkv, attn, out | w13, w2
+        assert (before[layer], after[layer]) == ((10, 5) if kind == "conv" else (11, 5)), layer
 
 
 def test_bad_fusion_annotations_are_refused(tiny_models):
@@ -62,6 +64,8 @@ def test_bad_fusion_annotations_are_refused(tiny_models):
         verify(parse_graph(text.replace('fused {into = "2"}', 'fused {into = "7"}', 1)))
     with pytest.raises(VerifyError, match="unknown fusion annotation"):
         verify(parse_graph(text.replace("fused {swiglu = true}", "fused {turbo = true}", 1)))
+    with pytest.raises(VerifyError, match="rope must be true or false"):
+        verify(parse_graph(text.replace("rope = true", "rope = 3", 1)))
 
 
 def test_pass_lists():
@@ -104,5 +108,5 @@ def test_kernel_counts_hybrid_recurrence_layers():
     for i, kind in enumerate(kinds):
         # the MoE FFN (norm, router, route, gate/up, silu*mul, down, add) keeps its norm; the add joins the down
         ffn = (5, 2) if i < dense else (7, 6)
-        op = {"conv": (5, 3), "recurrence": (5, 3), "full_attention": (6, 4)}[kind]
+        op = {"conv": (5, 3), "recurrence": (5, 3), "full_attention": (6, 3)}[kind]
         assert (before[f"layer {i}"], after[f"layer {i}"]) == (op[0] + ffn[0], op[1] + ffn[1]), (i, kind)

@@ -133,6 +133,13 @@ def test_qk_rope_and_attention():
             s = kk @ Q[t, h * hd:(h + 1) * hd] / np.sqrt(hd)
             p = np.exp(s - s.max())
             np.testing.assert_allclose(o[t, h * hd:(h + 1) * hd], p @ vv / p.sum(), rtol=1e-4, atol=1e-5)
+    # fused: norm + rope + cache write + attention from the QKV rows in one kernel, serial and parallel
+    for par in (True, False):
+        fo = call(build(K.make_rope_attention("ra", H, KV, hd, eps, theta, par)), X, qn, kn, Kc.copy(), Vc.copy(),
+                  np.zeros((n, H * hd), np.float32), slots, pos)
+        np.testing.assert_allclose(fo[3], Kc2, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(fo[4], Vc2)
+        np.testing.assert_allclose(fo[5], o, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("scoring,use_bias,norm,scale", [("sigmoid", True, True, 1.0), ("softmax", False, False, 2.5)])
