@@ -81,8 +81,12 @@ def cmd_check(a: argparse.Namespace) -> int:
 def cmd_compile(a: argparse.Namespace) -> int:
     from .compile import compile_model, load_source
 
+    from .targets.profiles import get_profile
+
+    prof = get_profile(a.target, a.profiles)
+    quant = prof.quant if a.quant is None else (None if a.quant in ("none", "f32") else a.quant)
     m = load_source(a.model, seed=a.seed, init_std=a.init_std)
-    out = Path(a.output or f"{m.graph.name}.{a.target}")
+    out = Path(a.output or f"{m.graph.name}.{a.target.replace(':', '-')}")
     t0 = time.perf_counter()
     last = [0.0]
 
@@ -97,10 +101,11 @@ def cmd_compile(a: argparse.Namespace) -> int:
             print(f"\r  kernel {i}/{n} {name[:48]:<48} ETA {eta:4.0f} s", end="\n" if i == n else "", flush=True)
 
     if not a.quiet:
-        print(f"compiling {m.graph.name} ({m.graph.num_parameters():,} parameters) for {a.target}", flush=True)
+        print(f"compiling {m.graph.name} ({m.graph.num_parameters():,} parameters) for {a.target} "
+              f"({prof.family}, weights {quant or a.dtype})", flush=True)
     compile_model(m, out, a.target, max_batch=a.max_batch, max_context=a.max_context,
                   prefill_chunk=a.prefill_chunk, progress=progress, passes=a.passes, dump_ir=a.dump_ir,
-                  log=None if a.quiet else print, quant=a.quant, dtype=a.dtype)
+                  log=None if a.quiet else print, quant=quant, dtype=a.dtype, profiles=a.profiles)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -110,7 +115,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     if (a.prompt is None) == (a.tokens is None):
         raise LfmcError("give exactly one of --prompt TEXT or --tokens IDS")
-    eng = Engine(a.artifact)
+    eng = Engine(a.artifact, device=a.device)
     prompt = a.prompt if a.prompt is not None else [int(t) for t in a.tokens.replace(",", " ").split()]
     stop = [] if a.ignore_eos else None
     if a.json:
@@ -141,7 +146,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .runtime import Engine
 
     lens = tuple(int(x) for x in a.prefill.split(","))
-    eng = Engine(a.artifact, max_context=max(max(lens) + 1, a.decode_steps + 17))
+    eng = Engine(a.artifact, device=a.device, max_context=max(max(lens) + 1, a.decode_steps + 17))
     res: dict = {"artifact": str(a.artifact), "model": eng.manifest["model"]["name"],
                  "lfmc": bench_engine(eng, lens, a.decode_steps, a.reps)}
     if a.baseline == "torch":
@@ -194,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile a model for a target into an artifact directory")
     p.add_argument("model", help="a saved model (NAME.lfm), a preset (seeded random weights) or an HF checkpoint dir")
-    p.add_argument("--target", default="host", help="target (default: host, this machine's CPU)")
+    p.add_argument("--target", default="host", help="target profile (default: host, this machine's CPU; "
+                   "`lfmc targets` lists them)")
+    p.add_argument("--profiles", default=None, metavar="FILE", help="a TOML file of extra target profiles")
     p.add_argument("-o", "--output", help="artifact directory (default: NAME.TARGET)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences per decode call (default 8)")
     p.add_argument("--max-context", type=int, default=None,
@@ -206,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated pass list replacing the default pipeline ('' for none; see `lfmc passes`)")
     p.add_argument("--dump-ir", default=None, metavar="DIR", help="write the IR after every phase into DIR")
     p.add_argument("--quant", default=None, help="weight quantization: q8, q4g32, q4g64, q4g128 (add 'a' for "
-                   "asymmetric, e.g. q4g32a); default float32")
+                   "asymmetric, e.g. q4g32a), or none; default: the target profile's (float32 for host)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"],
                    help="storage of the weights that are not quantized (activations stay float32)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -226,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default=None, choices=["cpu", "opencl", "cuda"],
+                   help="runtime driver (default: the one the artifact was compiled for)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("bench", help="prefill / decode tokens per second and peak memory of an artifact")
@@ -235,7 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported")
     p.add_argument("--baseline", choices=["torch"], help="also run PyTorch eager on the same weights")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default=None, choices=["cpu", "opencl", "cuda"],
+                   help="runtime driver (default: the one the artifact was compiled for)")
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("targets", help="list the target profiles and their numbers")
+    p.add_argument("--profiles", default=None, metavar="FILE", help="a TOML file of extra target profiles")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_targets)
 
     p = sub.add_parser("presets", help="list the built-in model presets")
     p.set_defaults(fn=cmd_presets)
@@ -249,6 +265,22 @@ def cmd_passes(a: argparse.Namespace) -> int:
     for phase, name, doc in describe():
         print(f"{phase:<13} {name:<14} {'(default) ' if name in default else ''}{doc.splitlines()[0] if doc else ''}")
     print(f"default pipeline: {','.join(default)}")
+    return 0
+
+
+def cmd_targets(a: argparse.Namespace) -> int:
+    from .targets.profiles import all_profiles
+
+    profs = all_profiles(a.profiles)
+    if a.json:
+        print(json.dumps({k: p.as_dict() for k, p in profs.items()}, indent=1))
+        return 0
+    print(f"{'target':<22}{'family':<8}{'driver':<8}{'memory':>8}{'GB/s':>7}{'f32 TF':>8}{'f16 TF':>8}{'local KB':>9}"
+          f"{'SIMD':>6}{'budget':>8}  {'TVM tag':<20}runs here")
+    for k, p in profs.items():
+        print(f"{k:<22}{p.family:<8}{p.driver:<8}{p.memory_gb:>6.0f}GB{p.bandwidth_gbs:>7.0f}{p.fp32_tflops:>8.1f}"
+              f"{p.fp16_tflops:>8.1f}{p.local_mem_kb:>9.0f}{p.simd_width:>6}{p.weight_budget_gb:>6.0f}GB  "
+              f"{(p.tag or 'lfmc'):<20}{'yes (this CPU)' if k == 'host' else p.as_dict()['runs_here']}")
     return 0
 
 

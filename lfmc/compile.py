@@ -32,7 +32,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                   max_context: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                   progress: Callable[[int, int, str], None] | None = None, passes: Sequence[str] | str | None = None,
                   dump_ir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
-                  quant: str | None = None, dtype: str = "f32") -> Path:
+                  quant: str | None = None, dtype: str = "f32", profiles: str | os.PathLike | None = None) -> Path:
     """Compile ``model`` for ``target`` into the artifact directory ``out``: the pass pipeline (``passes``:
     None = default, a list or a comma-separated string), lowering, code generation, packaging.
     ``dump_ir`` writes the IR after every phase; ``log`` receives a summary (kernels per layer); ``quant``:
@@ -43,8 +43,10 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     from .targets.artifact import write_artifact
     from .targets.lower import kernels_per_layer, lower
 
-    if target not in TARGETS:
-        raise LfmcError(f"unknown target {target!r} (available: {', '.join(TARGETS)})")
+    from .targets.profiles import get_profile, guard_toolchain
+
+    prof = get_profile(target, profiles)
+    guard_toolchain(prof)
     if model.weights is None:
         raise LfmcError("the model has no weights (config-only import): import it with --random-weights or "
                         "from a checkpoint before compiling")
@@ -53,7 +55,34 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     verify(model.graph)
     from .targets.host import build_host, cpu_features, host_knobs
 
-    knobs = {e: host_knobs(e) for e in ("prefill", "decode")}
+    if prof.family == "cpu" and prof.name == "host":
+        knobs = {e: host_knobs(e) for e in ("prefill", "decode")}
+        tinfo: dict[str, Any] = {"name": "host", "driver": "cpu", "kind": "llvm", "features": cpu_features()}
+
+        def build(d: Path) -> dict[str, str]:
+            return build_host(low.kernels, d, progress)
+    elif prof.family in ("opencl", "cuda", "metal", "rocm"):
+        from .targets.gpu import build_gpu, gpu_knobs
+
+        knobs = gpu_knobs(prof)
+        tinfo = {"name": prof.name, "driver": prof.driver, "kind": prof.family, "profile": prof.as_dict()}
+
+        def build(d: Path) -> dict[str, str]:
+            return build_gpu(low.kernels, prof, d, progress)
+    elif prof.family == "cpu":
+        from .targets.arm import arm_features, arm_knobs, build_arm
+
+        if "aarch64" not in str(prof.tvm.get("mtriple", "")) and "arm64" not in str(prof.tvm.get("mtriple", "")):
+            raise LfmcError(f"target {prof.name}: only the host and arm64 CPUs are supported "
+                            f"(mtriple {prof.tvm.get('mtriple')!r})")
+        knobs = {e: arm_knobs(e) for e in ("prefill", "decode")}
+        tinfo = {"name": prof.name, "driver": "cpu", "kind": "llvm", "features": arm_features(prof),
+                 "profile": prof.as_dict()}
+
+        def build(d: Path) -> dict[str, str]:
+            return build_arm(low.kernels, prof, d, progress)
+    else:
+        raise LfmcError(f"target {prof.name}: no build for the {prof.family} family")
     before = kernels_per_layer(lower(model.graph, None, knobs).plan, model.graph)
     model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype}, dump_dir=dump_ir)
     low = lower(model.graph, model.weights, knobs)
@@ -70,7 +99,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
 
     eos = cfg.get("eos_token_id")
     manifest: dict[str, Any] = {
-        "target": {"name": target, "driver": "cpu", "kind": "llvm", "features": cpu_features()},
+        "target": tinfo,
         "tvm_version": tvm.__version__,
         "model": {"name": model.graph.name, "vocab_size": low.plan["vocab_size"],
                   "parameters": model.graph.num_parameters(), "eos_token_id": eos,
@@ -85,8 +114,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                       else {"kind": "bytes"} if low.plan["vocab_size"] == 256 else {"kind": "none"}),
         "plan": low.plan,
     }
-    return write_artifact(out, manifest, low.params, lambda d: build_host(low.kernels, d, progress),
-                          model.tokenizer)
+    return write_artifact(out, manifest, low.params, build, model.tokenizer)
 
 
 def format_kernel_counts(before: dict[str, int], after: dict[str, int]) -> str:

@@ -46,11 +46,15 @@ class GenerationResult:
 class Engine:
     """A loaded artifact. ``Engine(path)`` imports neither torch, transformers nor lfmc's compiler."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", max_batch: int | None = None,
+    def __init__(self, path: str | Path, device: str | None = None, max_batch: int | None = None,
                  max_context: int | None = None, prefill_chunk: int | None = None, num_threads: int | None = None,
-                 verify: bool = True):
+                 verify: bool = True, use_graphs: bool = True):
+        """``device``: the driver (``cpu``, ``opencl``, ``cuda``); default: the one the artifact was built for.
+        ``use_graphs``: capture decode steps as device graphs where the driver can (CUDA)."""
         self.root = Path(path)
+        self.use_graphs = use_graphs
         m = load_manifest(self.root, verify_hashes=verify)
+        device = device or m["target"].get("driver", "cpu")
         check_device(m, device)
         self.manifest, self.plan = m, m["plan"]
         lim = m["limits"]
@@ -139,8 +143,12 @@ class Engine:
             calls = [(self._funcs[L["kernel"]], [self._arg(a, n, entry, slot) for a in L["args"]])
                      for L in self.plan["entries"][entry]]
             self._calls[key] = calls
-        for f, args in calls:
-            f(*args)
+        run_graph = getattr(self.driver, "run_graph", None)
+        if run_graph is not None and entry == "decode" and self.use_graphs:
+            run_graph(key, lambda: [f(*args) for f, args in calls])   # one launch per decode step (CUDA graphs)
+        else:
+            for f, args in calls:
+                f(*args)
         self.driver.sync()
 
     def profile(self, entry: str, n: int, reps: int = 3) -> dict[str, float]:

@@ -29,6 +29,20 @@ class Knobs:
     rows: int = 4             # matmul register tile rows (the rows of a call are padded to a multiple)
     cols: int = 3             # matmul register tile: vectors of `lanes` outputs per row
     parallel: bool = True
+    gpu: bool = False         # GPU family: TE kernels left unscheduled for dlight, parallel loops become threads
+    threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
+
+
+def _grid(n, kn: Knobs):
+    """The outer loop of a loop kernel: CPU threads over the iterations, or GPU blocks of ``kn.threads``."""
+    if kn.gpu:
+        return T.thread_binding((n + kn.threads - 1) // kn.threads, thread="blockIdx.x")
+    return T.parallel(n) if kn.parallel else T.serial(n)
+
+
+def _lane(kn: Knobs):
+    """The inner loop of a loop kernel: GPU threads of a block (a unit loop on the CPU)."""
+    return T.thread_binding(kn.threads, thread="threadIdx.x") if kn.gpu else T.serial(1)
 
 
 def pick_lanes(n: int, lanes: int) -> int:
@@ -48,6 +62,12 @@ def _pick_cols(nvec: int, want: int) -> int:
 
 def _named(f: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
     return f.with_attr("global_symbol", name)
+
+
+def _gpu_dlight(f: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
+    """A TE kernel for a GPU family: left unscheduled, marked for TVM's dlight rules at build time (they need
+    the concrete target)."""
+    return _named(f, name).with_attr("lfmc.schedule", "dlight")
 
 
 # ------------------------------------------------------------------------------------------------ matmul
@@ -180,6 +200,8 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
         # Res and Z are the same buffer (the residual stream, updated in place): each element is read and then
         # written by the same thread, so only the no-alias promise has to go.
         f = f.with_attr("tir.noalias", False)
+    if knobs.gpu:
+        return _gpu_dlight(f, name)
     sch = s_tir.Schedule(f)
     b = sch.get_sblock("Y")
     i, j, kk = sch.get_loops(b)
@@ -283,6 +305,8 @@ def make_moe_gate_up(name: str, E: int, F2: int, D: int, topk: int, knobs: Knobs
     d = te.reduce_axis((0, D), name="d")
     H = te.compute((n * topk, F2), lambda r, f: te.sum(
         X[r // topk, d] * wv(idx[r // topk, r % topk], f, d), axis=d), name="H")
+    if knobs.gpu:
+        return _gpu_dlight(te.create_prim_func([X] + wargs + [idx, H]), name)
     sch = s_tir.Schedule(te.create_prim_func([X] + wargs + [idx, H]))
     b = sch.get_sblock("H")
     r, f, dd = sch.get_loops(b)
@@ -325,6 +349,8 @@ def make_moe_down(name: str, E: int, D: int, F: int, topk: int, knobs: Knobs,
         func = te.create_prim_func([A] + wargs + [idx, w, Res, Z]).with_attr("tir.noalias", False)
     else:
         func = te.create_prim_func([A] + wargs + [idx, w, Y])
+    if knobs.gpu:
+        return _gpu_dlight(func, name)
     sch = s_tir.Schedule(func)
     b = sch.get_sblock("Y")
     i, o, jj, ff = sch.get_loops(b)
@@ -348,7 +374,8 @@ def make_moe_down(name: str, E: int, D: int, F: int, topk: int, knobs: Knobs,
 
 
 # ------------------------------------------------------------------------------------- row-wise kernels
-def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None) -> tvm.tirx.PrimFunc:
+def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None,
+                   gpu: bool = False) -> tvm.tirx.PrimFunc:
     """Out[n, D] = table[tokens[n]], the table packed like the LM head's weight [V/l, D, l] (shared when tied),
     dequantized per row when ``quant`` (see :func:`make_matmul`). Args: tokens, W, (scale), (zero), Out."""
     n = te.var("n", "int32")
@@ -377,11 +404,14 @@ def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None
         def val(i, d):
             return _widen(W[tok[i] // l, d, tok[i] % l], qkind)
     O = te.compute((n, D), val, name="O")
-    return _named(te.create_prim_func([tok, W] + [t for t in (Sc, Zp) if t is not None] + [O]), name)
+    f = te.create_prim_func([tok, W] + [t for t in (Sc, Zp) if t is not None] + [O])
+    return _gpu_dlight(f, name) if gpu else _named(f, name)
 
 
-def make_rmsnorm(name: str, D: int, eps: float, parallel: bool) -> tvm.tirx.PrimFunc:
+def make_rmsnorm(name: str, D: int, eps: float, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """Y[n, D] = w * X * rsqrt(mean(X^2) + eps). Args: X, w, Y."""
+
+    kn_tb = kn.threads if kn.gpu else 1
 
     @T.prim_func
     def f(x: T.handle, w: T.handle, y: T.handle):
@@ -390,35 +420,45 @@ def make_rmsnorm(name: str, D: int, eps: float, parallel: bool) -> tvm.tirx.Prim
         X = T.match_buffer(x, (n, D), "float32")
         Wt = T.match_buffer(w, (D,), "float32")
         Y = T.match_buffer(y, (n, D), "float32")
-        for i in T.parallel(n) if parallel else T.serial(n):
-            ss = T.decl_buffer((1,), "float32", scope="local")
-            ss[0] = T.float32(0)
-            for d in T.serial(D):
-                ss[0] = ss[0] + X[i, d] * X[i, d]
-            ss[0] = T.float32(1) / T.sqrt(ss[0] / T.float32(D) + T.float32(eps))
-            for d in T.serial(D):
-                Y[i, d] = Wt[d] * (X[i, d] * ss[0])
+        for bi in _grid(n, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < n:
+                    i = bi * kn_tb + ti
+                    ss = T.decl_buffer((1,), "float32", scope="local")
+                    ss[0] = T.float32(0)
+                    for d in T.serial(D):
+                        ss[0] = ss[0] + X[i, d] * X[i, d]
+                    ss[0] = T.float32(1) / T.sqrt(ss[0] / T.float32(D) + T.float32(eps))
+                    for d in T.serial(D):
+                        Y[i, d] = Wt[d] * (X[i, d] * ss[0])
 
     return _named(f, name)
 
 
-def make_add(name: str, D: int) -> tvm.tirx.PrimFunc:
+def make_add(name: str, D: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """A[n, D] += B[n, D] (in place: the residual stream). Args: A, B."""
+
+    kn_tb = kn.threads if kn.gpu else 1
 
     @T.prim_func
     def f(a: T.handle, b: T.handle):
         n = T.int32()
         A = T.match_buffer(a, (n, D), "float32")
         B = T.match_buffer(b, (n, D), "float32")
-        for i, d in T.grid(n, D):
-            A[i, d] = A[i, d] + B[i, d]
+        for bi in _grid(n * D, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < n * D:
+                    i = bi * kn_tb + ti
+                    A[i // D, i % D] = A[i // D, i % D] + B[i // D, i % D]
 
     return _named(f, name)
 
 
-def make_silu_mul(name: str, F: int, gate_chunk: int) -> tvm.tirx.PrimFunc:
+def make_silu_mul(name: str, F: int, gate_chunk: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """A[n, F] = silu(G[:, gate]) * G[:, up], G = [n, 2F] with the gate in chunk ``gate_chunk``. Args: G, A."""
     go, uo = gate_chunk * F, (1 - gate_chunk) * F
+
+    kn_tb = kn.threads if kn.gpu else 1
 
     @T.prim_func
     def f(g: T.handle, a: T.handle):
@@ -426,15 +466,20 @@ def make_silu_mul(name: str, F: int, gate_chunk: int) -> tvm.tirx.PrimFunc:
         n = T.int32()
         G = T.match_buffer(g, (n, 2 * F), "float32")
         A = T.match_buffer(a, (n, F), "float32")
-        for i in T.parallel(n):
-            for d in T.serial(F):
-                A[i, d] = G[i, go + d] / (T.float32(1) + T.exp(-G[i, go + d])) * G[i, uo + d]
+        for bi in _grid(n * F, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < n * F:
+                    i = bi * kn_tb + ti
+                    A[i // F, i % F] = G[i // F, go + i % F] / (T.float32(1) + T.exp(-G[i // F, go + i % F])) * G[
+                        i // F, uo + i % F]
 
     return _named(f, name)
 
 
-def make_take_last(name: str, D: int) -> tvm.tirx.PrimFunc:
+def make_take_last(name: str, D: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """Out[0, :] = X[n - 1, :] (prefill computes logits for its last token only). Args: X, Out[r, D]."""
+
+    kn_tb = kn.threads if kn.gpu else 1
 
     @T.prim_func
     def f(x: T.handle, out: T.handle):
@@ -443,14 +488,18 @@ def make_take_last(name: str, D: int) -> tvm.tirx.PrimFunc:
         r = T.int32()
         X = T.match_buffer(x, (n, D), "float32")
         O = T.match_buffer(out, (r, D), "float32")
-        for d in T.serial(D):
-            O[0, d] = X[n - 1, d]
+        for bi in _grid(D, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < D:
+                    d = bi * kn_tb + ti
+                    O[0, d] = X[n - 1, d]
 
     return _named(f, name)
 
 
 # ------------------------------------------------------------------------------------ short convolution
-def make_conv_prefill(name: str, D: int, L: int, ib: int, ic: int, ix: int) -> tvm.tirx.PrimFunc:
+def make_conv_prefill(name: str, D: int, L: int, ib: int, ic: int, ix: int,
+                      kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """Gated causal depthwise conv over one sequence's chunk, continuing and updating its conv state.
 
     P[n, 3D] holds the in_proj chunks (B at ``ib``, C at ``ic``, x at ``ix``); Y[t] = C[t] * sum_j w[j] *
@@ -458,6 +507,8 @@ def make_conv_prefill(name: str, D: int, L: int, ib: int, ic: int, ix: int) -> t
     The bias operand is always passed (zeros when the model has none). Args: P, state[S, D, L-1], w[D, L],
     bias[D], Y[n, D], slot."""
     Lm, Lc, last = L - 1, max(L - 1, 1), max(L - 2, 0)
+
+    kn_tb = kn.threads if kn.gpu else 1
 
     @T.prim_func
     def f(p: T.handle, st: T.handle, w: T.handle, cb: T.handle, y: T.handle, slot: T.int32):
@@ -469,29 +520,35 @@ def make_conv_prefill(name: str, D: int, L: int, ib: int, ic: int, ix: int) -> t
         Wt = T.match_buffer(w, (D, L), "float32")
         Cb = T.match_buffer(cb, (D,), "float32")
         Y = T.match_buffer(y, (n, D), "float32")
-        for d in T.parallel(D):
-            acc = T.decl_buffer((1,), "float32", scope="local")
-            for t in T.serial(n):
-                acc[0] = Cb[d]
-                for j in T.serial(L):
-                    # hist index t + j: the state for t + j < L-1, else B*x of row t + j - (L-1)
-                    acc[0] = acc[0] + Wt[d, j] * T.if_then_else(
-                        t + j < Lm, St[slot, d, T.min(t + j, last)],
-                        P[T.max(t + j - Lm, 0), ib * D + d] * P[T.max(t + j - Lm, 0), ix * D + d])
-                Y[t, d] = P[t, ic * D + d] * acc[0]
-            # new state: hist[n .. n + L-2]; ascending j reads only entries not yet overwritten
-            for j in T.serial(Lm):
-                St[slot, d, j] = T.if_then_else(
-                    n + j < Lm, St[slot, d, T.min(n + j, last)],
-                    P[T.max(n + j - Lm, 0), ib * D + d] * P[T.max(n + j - Lm, 0), ix * D + d])
+        for bi in _grid(D, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < D:
+                    d = bi * kn_tb + ti
+                    acc = T.decl_buffer((1,), "float32", scope="local")
+                    for t in T.serial(n):
+                        acc[0] = Cb[d]
+                        for j in T.serial(L):
+                            # hist index t + j: the state for t + j < L-1, else B*x of row t + j - (L-1)
+                            acc[0] = acc[0] + Wt[d, j] * T.if_then_else(
+                                t + j < Lm, St[slot, d, T.min(t + j, last)],
+                                P[T.max(t + j - Lm, 0), ib * D + d] * P[T.max(t + j - Lm, 0), ix * D + d])
+                        Y[t, d] = P[t, ic * D + d] * acc[0]
+                    # new state: hist[n .. n + L-2]; ascending j reads only entries not yet overwritten
+                    for j in T.serial(Lm):
+                        St[slot, d, j] = T.if_then_else(
+                            n + j < Lm, St[slot, d, T.min(n + j, last)],
+                            P[T.max(n + j - Lm, 0), ib * D + d] * P[T.max(n + j - Lm, 0), ix * D + d])
 
     return _named(f, name)
 
 
-def make_conv_decode(name: str, D: int, L: int, ib: int, ic: int, ix: int) -> tvm.tirx.PrimFunc:
+def make_conv_decode(name: str, D: int, L: int, ib: int, ic: int, ix: int,
+                     kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """One token for each of n sequences: Y[b] = C * (w . [state(slots[b]); B*x]), the state shifted in place.
     Args: P[n, 3D], state[S, D, L-1], w[D, L], bias[D], Y[n, D], slots[n]."""
     Lm, Lc, last = L - 1, max(L - 1, 1), max(L - 2, 0)
+
+    kn_tb = kn.threads if kn.gpu else 1
 
     @T.prim_func
     def f(p: T.handle, st: T.handle, w: T.handle, cb: T.handle, y: T.handle, slots: T.handle):
@@ -504,27 +561,32 @@ def make_conv_decode(name: str, D: int, L: int, ib: int, ic: int, ix: int) -> tv
         Cb = T.match_buffer(cb, (D,), "float32")
         Y = T.match_buffer(y, (n, D), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
-        for b in T.serial(n):
-            for d in T.serial(D):
-                bx = T.decl_buffer((2,), "float32", scope="local")
-                bx[0] = P[b, ib * D + d] * P[b, ix * D + d]
-                bx[1] = Cb[d] + Wt[d, L - 1] * bx[0]
-                for j in T.serial(Lm):
-                    bx[1] = bx[1] + Wt[d, j] * St[Sl[b], d, j]
-                for j in T.serial(last):
-                    St[Sl[b], d, j] = St[Sl[b], d, j + 1]
-                St[Sl[b], d, last] = T.if_then_else(Lm > 0, bx[0], St[Sl[b], d, last])
-                Y[b, d] = P[b, ic * D + d] * bx[1]
+        for bi in _grid(n * D, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < n * D:
+                    bd = bi * kn_tb + ti
+                    bx = T.decl_buffer((2,), "float32", scope="local")
+                    bx[0] = P[bd // D, ib * D + bd % D] * P[bd // D, ix * D + bd % D]
+                    bx[1] = Cb[bd % D] + Wt[bd % D, L - 1] * bx[0]
+                    for j in T.serial(Lm):
+                        bx[1] = bx[1] + Wt[bd % D, j] * St[Sl[bd // D], bd % D, j]
+                    for j in T.serial(last):
+                        St[Sl[bd // D], bd % D, j] = St[Sl[bd // D], bd % D, j + 1]
+                    St[Sl[bd // D], bd % D, last] = T.if_then_else(Lm > 0, bx[0], St[Sl[bd // D], bd % D, last])
+                    Y[bd // D, bd % D] = P[bd // D, ic * D + bd % D] * bx[1]
 
     return _named(f, name)
 
 
 # --------------------------------------------------------------------------------------- linear recurrence
-def make_recurrence_prefill(name: str, D: int, ia: int, ib: int, ic: int, ix: int) -> tvm.tirx.PrimFunc:
+def make_recurrence_prefill(name: str, D: int, ia: int, ib: int, ic: int, ix: int,
+                            kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """The scan of one sequence's chunk: h_t = sigmoid(a_t) h_{t-1} + b_t x_t, Y_t = c_t h_t, from and back
     into the state of ``slot``. P[n, 4D] holds the in_proj chunks (a at ``ia``, ...). Channels run in parallel,
     each a sequential pass over the chunk (the state never leaves a register).
     Args: P, state[S, D], Y[n, D], slot."""
+
+    kn_tb = kn.threads if kn.gpu else 1
 
     @T.prim_func
     def f(p: T.handle, st: T.handle, y: T.handle, slot: T.int32):
@@ -534,19 +596,25 @@ def make_recurrence_prefill(name: str, D: int, ia: int, ib: int, ic: int, ix: in
         P = T.match_buffer(p, (n, 4 * D), "float32")
         St = T.match_buffer(st, (S, D), "float32")
         Y = T.match_buffer(y, (n, D), "float32")
-        for d in T.parallel(D):
-            h = T.decl_buffer((1,), "float32", scope="local")
-            h[0] = St[slot, d]
-            for t in T.serial(n):
-                h[0] = h[0] / (T.float32(1) + T.exp(-P[t, ia * D + d])) + P[t, ib * D + d] * P[t, ix * D + d]
-                Y[t, d] = P[t, ic * D + d] * h[0]
-            St[slot, d] = h[0]
+        for bi in _grid(D, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < D:
+                    d = bi * kn_tb + ti
+                    h = T.decl_buffer((1,), "float32", scope="local")
+                    h[0] = St[slot, d]
+                    for t in T.serial(n):
+                        h[0] = h[0] / (T.float32(1) + T.exp(-P[t, ia * D + d])) + P[t, ib * D + d] * P[t, ix * D + d]
+                        Y[t, d] = P[t, ic * D + d] * h[0]
+                    St[slot, d] = h[0]
 
     return _named(f, name)
 
 
-def make_recurrence_decode(name: str, D: int, ia: int, ib: int, ic: int, ix: int) -> tvm.tirx.PrimFunc:
+def make_recurrence_decode(name: str, D: int, ia: int, ib: int, ic: int, ix: int,
+                           kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """One step for each of n sequences, the state of slots[b] updated in place. Args: P, state, Y, slots."""
+
+    kn_tb = kn.threads if kn.gpu else 1
 
     @T.prim_func
     def f(p: T.handle, st: T.handle, y: T.handle, slots: T.handle):
@@ -557,10 +625,13 @@ def make_recurrence_decode(name: str, D: int, ia: int, ib: int, ic: int, ix: int
         St = T.match_buffer(st, (S, D), "float32")
         Y = T.match_buffer(y, (n, D), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
-        for b, d in T.grid(n, D):
-            St[Sl[b], d] = St[Sl[b], d] / (T.float32(1) + T.exp(-P[b, ia * D + d])) + P[b, ib * D + d] * P[
-                b, ix * D + d]
-            Y[b, d] = P[b, ic * D + d] * St[Sl[b], d]
+        for bi in _grid(n * D, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < n * D:
+                    bd = bi * kn_tb + ti
+                    St[Sl[bd // D], bd % D] = St[Sl[bd // D], bd % D] / (T.float32(1) + T.exp(
+                        -P[bd // D, ia * D + bd % D])) + P[bd // D, ib * D + bd % D] * P[bd // D, ix * D + bd % D]
+                    Y[bd // D, bd % D] = P[bd // D, ic * D + bd % D] * St[Sl[bd // D], bd % D]
 
     return _named(f, name)
 
@@ -588,13 +659,16 @@ def _norm_rope_macro(hd: int, eps: float, theta: float):
     return norm_rope
 
 
-def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float) -> tvm.tirx.PrimFunc:
+def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
+                 kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """Per row: RMSNorm each q and k head (weights qn, kn), NeoX RoPE at pos[row], q to Q, k and v into the
     KV cache of slots[row] at pos[row]. Args: QKV[n, (H+2KV)hd], qn, kn, Kc, Vc, Q[n, H*hd], slots, pos."""
     norm_rope = _norm_rope_macro(hd, eps, theta)
 
+    kn_tb = kn.threads if kn.gpu else 1
+
     @T.prim_func
-    def f(qkv: T.handle, qn: T.handle, kn: T.handle, kc: T.handle, vc: T.handle, q: T.handle,
+    def f(qkv: T.handle, qn: T.handle, knw: T.handle, kc: T.handle, vc: T.handle, q: T.handle,
           slots: T.handle, pos: T.handle):
         T.func_attr({"tir.noalias": True})
         n = T.int32()
@@ -602,28 +676,29 @@ def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float) 
         C = T.int32()
         X = T.match_buffer(qkv, (n, (H + 2 * KV) * hd), "float32")
         Qn = T.match_buffer(qn, (hd,), "float32")
-        Kn = T.match_buffer(kn, (hd,), "float32")
+        Kn = T.match_buffer(knw, (hd,), "float32")
         Kc = T.match_buffer(kc, (S, C, KV, hd), "float32")
         Vc = T.match_buffer(vc, (S, C, KV, hd), "float32")
         Q = T.match_buffer(q, (n, H * hd), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")
-        for t in T.serial(n):
-            for h in T.serial(H):
-                v = T.decl_buffer((hd,), "float32", scope="local")
-                u = T.decl_buffer((hd,), "float32", scope="local")
-                ss = T.decl_buffer((1,), "float32", scope="local")
-                norm_rope(X, t, h * hd, Qn, Ps[t], v, u, ss)
-                for d in T.serial(hd):
-                    Q[t, h * hd + d] = v[d]
-            for g in T.serial(KV):
-                v = T.decl_buffer((hd,), "float32", scope="local")
-                u = T.decl_buffer((hd,), "float32", scope="local")
-                ss = T.decl_buffer((1,), "float32", scope="local")
-                norm_rope(X, t, (H + g) * hd, Kn, Ps[t], v, u, ss)
-                for d in T.serial(hd):
-                    Kc[Sl[t], Ps[t], g, d] = v[d]
-                    Vc[Sl[t], Ps[t], g, d] = X[t, (H + KV + g) * hd + d]
+        for bi in _grid(n * (H + KV), kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < n * (H + KV):
+                    th = bi * kn_tb + ti
+                    v = T.decl_buffer((hd,), "float32", scope="local")
+                    u = T.decl_buffer((hd,), "float32", scope="local")
+                    ss = T.decl_buffer((1,), "float32", scope="local")
+                    if th % (H + KV) < H:
+                        norm_rope(X, th // (H + KV), (th % (H + KV)) * hd, Qn, Ps[th // (H + KV)], v, u, ss)
+                        for d in T.serial(hd):
+                            Q[th // (H + KV), (th % (H + KV)) * hd + d] = v[d]
+                    else:
+                        norm_rope(X, th // (H + KV), (th % (H + KV)) * hd, Kn, Ps[th // (H + KV)], v, u, ss)
+                        for d in T.serial(hd):
+                            Kc[Sl[th // (H + KV)], Ps[th // (H + KV)], th % (H + KV) - H, d] = v[d]
+                            Vc[Sl[th // (H + KV)], Ps[th // (H + KV)], th % (H + KV) - H, d] = X[
+                                th // (H + KV), (KV + th % (H + KV)) * hd + d]
 
     return _named(f, name)
 
@@ -666,12 +741,14 @@ def _online_softmax_macro(H: int, KV: int, hd: int, VL: int):
     return attend
 
 
-def make_attention(name: str, H: int, KV: int, hd: int, parallel: bool, lanes: int = 8) -> tvm.tirx.PrimFunc:
+def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """Causal GQA attention of each row over its sequence's cache up to and including pos[row], with an
     online softmax (no score buffer); dot products and the value update run on ``lanes``-wide vectors.
     Args: Q[n, H*hd], Kc, Vc, O[n, H*hd], slots, pos."""
-    VL = pick_lanes(hd, lanes)
+    VL = pick_lanes(hd, 1 if kn.gpu else kn.lanes)
     attend = _online_softmax_macro(H, KV, hd, VL)
+
+    kn_tb = kn.threads if kn.gpu else 1
 
     @T.prim_func
     def f(q: T.handle, kc: T.handle, vc: T.handle, o: T.handle, slots: T.handle, pos: T.handle):
@@ -685,30 +762,35 @@ def make_attention(name: str, H: int, KV: int, hd: int, parallel: bool, lanes: i
         O = T.match_buffer(o, (n, H * hd), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")
-        for th in T.parallel(n * H) if parallel else T.serial(n * H):
-            qv = T.decl_buffer((hd,), "float32", scope="local")
-            acc = T.decl_buffer((hd,), "float32", scope="local")
-            part = T.decl_buffer((VL,), "float32", scope="local")
-            st = T.decl_buffer((6,), "float32", scope="local")    # max, sum, score, new max, rescale, p
-            for d in T.serial(hd):
-                qv[d] = Q[th // H, (th % H) * hd + d]
-            attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
+        for bi in _grid(n * H, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < n * H:
+                    th = bi * kn_tb + ti
+                    qv = T.decl_buffer((hd,), "float32", scope="local")
+                    acc = T.decl_buffer((hd,), "float32", scope="local")
+                    part = T.decl_buffer((VL,), "float32", scope="local")
+                    st = T.decl_buffer((6,), "float32", scope="local")    # max, sum, score, new max, rescale, p
+                    for d in T.serial(hd):
+                        qv[d] = Q[th // H, (th % H) * hd + d]
+                    attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
 
     return _named(f, name)
 
 
-def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: float, parallel: bool,
-                        lanes: int = 8) -> tvm.tirx.PrimFunc:
+def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
+                        kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """QK-norm + RoPE + cache write + attention in one kernel, straight from the QKV projection's output.
     First every row's k (normed, rotated) and v go into the cache (parallel over rows × KV heads), then every
     (row, head) normalizes and rotates its q in registers and attends: the rotated q never touches memory.
     Args: QKV[n, (H+2KV)hd], qn, kn, Kc, Vc, O[n, H*hd], slots, pos."""
-    VL = pick_lanes(hd, lanes)
+    VL = pick_lanes(hd, 1 if kn.gpu else kn.lanes)
     attend = _online_softmax_macro(H, KV, hd, VL)
     norm_rope = _norm_rope_macro(hd, eps, theta)
 
+    kn_tb = kn.threads if kn.gpu else 1
+
     @T.prim_func
-    def f(qkv: T.handle, qn: T.handle, kn: T.handle, kc: T.handle, vc: T.handle, o: T.handle,
+    def f(qkv: T.handle, qn: T.handle, knw: T.handle, kc: T.handle, vc: T.handle, o: T.handle,
           slots: T.handle, pos: T.handle):
         T.func_attr({"tir.noalias": True})
         n = T.int32()
@@ -716,40 +798,48 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
         C = T.int32()
         X = T.match_buffer(qkv, (n, (H + 2 * KV) * hd), "float32")
         Qn = T.match_buffer(qn, (hd,), "float32")
-        Kn = T.match_buffer(kn, (hd,), "float32")
+        Kn = T.match_buffer(knw, (hd,), "float32")
         Kc = T.match_buffer(kc, (S, C, KV, hd), "float32")
         Vc = T.match_buffer(vc, (S, C, KV, hd), "float32")
         O = T.match_buffer(o, (n, H * hd), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")
-        for tg in T.parallel(n * KV) if parallel else T.serial(n * KV):
-            v = T.decl_buffer((hd,), "float32", scope="local")
-            u = T.decl_buffer((hd,), "float32", scope="local")
-            ss = T.decl_buffer((1,), "float32", scope="local")
-            norm_rope(X, tg // KV, (H + tg % KV) * hd, Kn, Ps[tg // KV], v, u, ss)
-            for d in T.serial(hd):
-                Kc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = v[d]
-                Vc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = X[tg // KV, (H + KV + tg % KV) * hd + d]
-        for th in T.parallel(n * H) if parallel else T.serial(n * H):
-            qv = T.decl_buffer((hd,), "float32", scope="local")
-            u = T.decl_buffer((hd,), "float32", scope="local")
-            ss = T.decl_buffer((1,), "float32", scope="local")
-            acc = T.decl_buffer((hd,), "float32", scope="local")
-            part = T.decl_buffer((VL,), "float32", scope="local")
-            st = T.decl_buffer((6,), "float32", scope="local")
-            norm_rope(X, th // H, (th % H) * hd, Qn, Ps[th // H], qv, u, ss)
-            attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
+        for bi in _grid(n * KV, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < n * KV:
+                    tg = bi * kn_tb + ti
+                    v = T.decl_buffer((hd,), "float32", scope="local")
+                    u = T.decl_buffer((hd,), "float32", scope="local")
+                    ss = T.decl_buffer((1,), "float32", scope="local")
+                    norm_rope(X, tg // KV, (H + tg % KV) * hd, Kn, Ps[tg // KV], v, u, ss)
+                    for d in T.serial(hd):
+                        Kc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = v[d]
+                        Vc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = X[tg // KV, (H + KV + tg % KV) * hd + d]
+        for bi in _grid(n * H, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < n * H:
+                    th = bi * kn_tb + ti
+                    qv = T.decl_buffer((hd,), "float32", scope="local")
+                    u = T.decl_buffer((hd,), "float32", scope="local")
+                    ss = T.decl_buffer((1,), "float32", scope="local")
+                    acc = T.decl_buffer((hd,), "float32", scope="local")
+                    part = T.decl_buffer((VL,), "float32", scope="local")
+                    st = T.decl_buffer((6,), "float32", scope="local")
+                    norm_rope(X, th // H, (th % H) * hd, Qn, Ps[th // H], qv, u, ss)
+                    attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
 
     return _named(f, name)
 
 
 # ---------------------------------------------------------------------------------------------- MoE
 def make_moe_route(name: str, E: int, topk: int, scoring: str, use_bias: bool, norm: bool, norm_eps: float,
-                   scale: float) -> tvm.tirx.PrimFunc:
+                   scale: float, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """Router: scores = sigmoid|softmax(logits); choose top-k of scores (+ expert_bias); weights are the
     unbiased scores of the chosen, normalized over them (+eps) when ``norm``, times ``scale``.
     Args: logits[n, E], bias[E], idx[n, k] int32, w[n, k]."""
     sig = scoring == "sigmoid"
+
+    kn_tb = kn.threads if kn.gpu else 1
 
     @T.prim_func
     def f(lg: T.handle, bias: T.handle, idx: T.handle, w: T.handle):
@@ -759,40 +849,43 @@ def make_moe_route(name: str, E: int, topk: int, scoring: str, use_bias: bool, n
         Bs = T.match_buffer(bias, (E,), "float32")
         Ix = T.match_buffer(idx, (n, topk), "int32")
         Wt = T.match_buffer(w, (n, topk), "float32")
-        for t in T.serial(n):
-            sc = T.decl_buffer((E,), "float32", scope="local")
-            taken = T.decl_buffer((E,), "int32", scope="local")
-            tmp = T.decl_buffer((3,), "float32", scope="local")     # max logit, softmax sum, best
-            best = T.decl_buffer((1,), "int32", scope="local")
-            tmp[0] = T.float32(NEG)
-            for e in T.serial(E):
-                tmp[0] = T.max(tmp[0], Lg[t, e])
-            tmp[1] = T.float32(0)
-            for e in T.serial(E):
-                tmp[1] = tmp[1] + T.exp(Lg[t, e] - tmp[0])
-            for e in T.serial(E):
-                taken[e] = 0
-                if sig:
-                    sc[e] = T.float32(1) / (T.float32(1) + T.exp(-Lg[t, e]))
-                else:
-                    sc[e] = T.exp(Lg[t, e] - tmp[0]) / tmp[1]
-            for j in T.serial(topk):
-                tmp[2] = T.float32(NEG)
-                best[0] = 0
-                for e in T.serial(E):
-                    if taken[e] == 0 and sc[e] + T.if_then_else(use_bias, Bs[e], T.float32(0)) > tmp[2]:
-                        tmp[2] = sc[e] + T.if_then_else(use_bias, Bs[e], T.float32(0))
-                        best[0] = e
-                taken[best[0]] = 1
-                Ix[t, j] = best[0]
-                Wt[t, j] = sc[best[0]]
-            tmp[1] = T.float32(0)
-            for j in T.serial(topk):
-                tmp[1] = tmp[1] + Wt[t, j]
-            for j in T.serial(topk):
-                if norm:
-                    Wt[t, j] = Wt[t, j] / (tmp[1] + T.float32(norm_eps)) * T.float32(scale)
-                else:
-                    Wt[t, j] = Wt[t, j] * T.float32(scale)
+        for bi in _grid(n, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < n:
+                    t = bi * kn_tb + ti
+                    sc = T.decl_buffer((E,), "float32", scope="local")
+                    taken = T.decl_buffer((E,), "int32", scope="local")
+                    tmp = T.decl_buffer((3,), "float32", scope="local")     # max logit, softmax sum, best
+                    best = T.decl_buffer((1,), "int32", scope="local")
+                    tmp[0] = T.float32(NEG)
+                    for e in T.serial(E):
+                        tmp[0] = T.max(tmp[0], Lg[t, e])
+                    tmp[1] = T.float32(0)
+                    for e in T.serial(E):
+                        tmp[1] = tmp[1] + T.exp(Lg[t, e] - tmp[0])
+                    for e in T.serial(E):
+                        taken[e] = 0
+                        if sig:
+                            sc[e] = T.float32(1) / (T.float32(1) + T.exp(-Lg[t, e]))
+                        else:
+                            sc[e] = T.exp(Lg[t, e] - tmp[0]) / tmp[1]
+                    for j in T.serial(topk):
+                        tmp[2] = T.float32(NEG)
+                        best[0] = 0
+                        for e in T.serial(E):
+                            if taken[e] == 0 and sc[e] + T.if_then_else(use_bias, Bs[e], T.float32(0)) > tmp[2]:
+                                tmp[2] = sc[e] + T.if_then_else(use_bias, Bs[e], T.float32(0))
+                                best[0] = e
+                        taken[best[0]] = 1
+                        Ix[t, j] = best[0]
+                        Wt[t, j] = sc[best[0]]
+                    tmp[1] = T.float32(0)
+                    for j in T.serial(topk):
+                        tmp[1] = tmp[1] + Wt[t, j]
+                    for j in T.serial(topk):
+                        if norm:
+                            Wt[t, j] = Wt[t, j] / (tmp[1] + T.float32(norm_eps)) * T.float32(scale)
+                        else:
+                            Wt[t, j] = Wt[t, j] * T.float32(scale)
 
     return _named(f, name)

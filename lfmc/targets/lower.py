@@ -117,6 +117,11 @@ class _Lowering:
     entries: dict[str, list] = field(default_factory=lambda: {e: [] for e in ENTRIES})
     node_name: str = ""
 
+    @property
+    def loop(self) -> K.Knobs:
+        """Knobs of the loop kernels (conv, scan, attention, router, elementwise): the family's, from prefill."""
+        return self.knobs["prefill"]
+
     # --- registries
     def kernel(self, key: tuple, maker: Callable[..., Any], *args) -> str:
         name = "k_" + "_".join(str(k).replace(".", "p").replace("-", "m") for k in key)
@@ -259,17 +264,18 @@ class _Lowering:
                                  self.weights[z.name] if z else None, quant, lanes, False)
         p = self.param(name, lambda: packed[0])
         extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))]
-        k = self.kernel(("embed", V, D) + (quant or ()), K.make_embedding, V, D, K.pick_lanes(V, lanes), quant)
+        k = self.kernel(("embed", V, D) + (quant or ()), K.make_embedding, V, D, K.pick_lanes(V, lanes), quant,
+                        self.loop.gpu)
         self.both(k, [["input", "tokens", "n"], p] + extra + [self.slab(out, "n", D)])
 
     def op_rmsnorm(self, n: Node, ins, out: str, D: int) -> None:
         eps = n.attrs["eps"]
-        k = self.kernel(("rmsnorm", D, repr(eps)), K.make_rmsnorm, D, eps, self.knobs["prefill"].parallel)
+        k = self.kernel(("rmsnorm", D, repr(eps)), K.make_rmsnorm, D, eps, self.loop)
         p = self.param("w." + n.params["weight"].name, lambda: self.w(n, "weight"))
         self.both(k, [self.slab(ins[0], "n", D), p, self.slab(out, "n", D)])
 
     def op_add(self, n: Node, ins, out: str, D: int) -> None:
-        k = self.kernel(("add", D), K.make_add, D)
+        k = self.kernel(("add", D), K.make_add, D, self.loop)
         a, b = (ins[0], ins[1]) if out == ins[0] else (ins[1], ins[0])
         if out not in (a,):
             raise LfmcError(f"internal: add %{n.name} has no operand to update in place")
@@ -283,7 +289,7 @@ class _Lowering:
     def op_lm_head(self, n: Node, ins, out: str, V: int) -> None:
         D = n.params["weight"].type.shape[1]
         R = self.knobs["prefill"].rows
-        k = self.kernel(("take_last", D), K.make_take_last, D)
+        k = self.kernel(("take_last", D), K.make_take_last, D, self.loop)
         self.launch("prefill", k, [self.slab(ins[0], "n", D), self.slab("last", R, D)])
         self.matmul(("last", D), [(n, "weight")], V, D, (out, V), entries=("prefill",), rows=R)
         self.matmul((ins[0], D), [(n, "weight")], V, D, (out, V), entries=("decode",))
@@ -300,8 +306,8 @@ class _Lowering:
         cw = self.param("w." + n.params["conv"].name, lambda: self.w(n, "conv")[:, 0, :])
         cb = (self.param("w." + n.params["conv_bias"].name, lambda: self.w(n, "conv_bias"))
               if "conv_bias" in n.params else self.param(f"zeros.{D}", lambda: np.zeros(D, np.float32)))
-        kp = self.kernel(("conv_prefill", D, L, ib, ic, ix), K.make_conv_prefill, D, L, ib, ic, ix)
-        kd = self.kernel(("conv_decode", D, L, ib, ic, ix), K.make_conv_decode, D, L, ib, ic, ix)
+        kp = self.kernel(("conv_prefill", D, L, ib, ic, ix), K.make_conv_prefill, D, L, ib, ic, ix, self.loop)
+        kd = self.kernel(("conv_decode", D, L, ib, ic, ix), K.make_conv_decode, D, L, ib, ic, ix, self.loop)
         base = [self.slab("t_p", "n", 3 * D), ["state", st], cw, cb, self.slab("t_y", "n", D)]
         self.launch("prefill", kp, base + [["scalar", "slot"]])
         self.launch("decode", kd, base + [["input", "slots", "n"]])
@@ -315,8 +321,10 @@ class _Lowering:
         self.matmul((ins[0], D), [(n, "in_proj")], 4 * D, D, ("t_p", 4 * D), bias("in_proj_bias"), norm=norm)
         st = f"h.{n.name}"
         self.state[st] = {"shape": ["S", D], "dtype": "float32", "kind": "recurrent", "node": n.name}
-        kp = self.kernel(("rec_prefill", D, ia, ib, ic, ix), K.make_recurrence_prefill, D, ia, ib, ic, ix)
-        kd = self.kernel(("rec_decode", D, ia, ib, ic, ix), K.make_recurrence_decode, D, ia, ib, ic, ix)
+        kp = self.kernel(("rec_prefill", D, ia, ib, ic, ix), K.make_recurrence_prefill, D, ia, ib, ic, ix,
+                         self.loop)
+        kd = self.kernel(("rec_decode", D, ia, ib, ic, ix), K.make_recurrence_decode, D, ia, ib, ic, ix,
+                         self.loop)
         base = [self.slab("t_p", "n", 4 * D), ["state", st], self.slab("t_y", "n", D)]
         self.launch("prefill", kp, base + [["scalar", "slot"]])
         self.launch("decode", kd, base + [["input", "slots", "n"]])
@@ -338,11 +346,12 @@ class _Lowering:
         cache = [["state", f"k.{n.name}"], ["state", f"v.{n.name}"]]
         if n.fused.get("rope"):
             ka = self.kernel(("rope_attn", H, KV, hd, repr(eps), repr(theta), kn.lanes), K.make_rope_attention,
-                             H, KV, hd, eps, theta, kn.parallel, kn.lanes)
+                             H, KV, hd, eps, theta, self.loop)
             self.both(ka, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_a", "n", H * hd)] + rows)
         else:
-            kq = self.kernel(("qk_rope", H, KV, hd, repr(eps), repr(theta)), K.make_qk_rope, H, KV, hd, eps, theta)
-            ka = self.kernel(("attn", H, KV, hd, kn.lanes), K.make_attention, H, KV, hd, kn.parallel, kn.lanes)
+            kq = self.kernel(("qk_rope", H, KV, hd, repr(eps), repr(theta)), K.make_qk_rope, H, KV, hd, eps, theta,
+                             self.loop)
+            ka = self.kernel(("attn", H, KV, hd, kn.lanes), K.make_attention, H, KV, hd, self.loop)
             self.both(kq, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_q", "n", H * hd)] + rows)
             self.both(ka, [self.slab("t_q", "n", H * hd)] + cache + [self.slab("t_a", "n", H * hd)] + rows)
         self.matmul(("t_a", H * hd), [(n, "out_proj")], D, H * hd, (out, D), accumulate=accumulate)
@@ -357,7 +366,7 @@ class _Lowering:
             self.matmul((ins[0], D), w13, F, D, ("t_a", F), norm=norm, swiglu=True)
         else:
             self.matmul((ins[0], D), w13, 2 * F, D, ("t_p", 2 * F), norm=norm)
-            k = self.kernel(("silu_mul", F, 0), K.make_silu_mul, F, 0)
+            k = self.kernel(("silu_mul", F, 0), K.make_silu_mul, F, 0, self.loop)
             self.both(k, [self.slab("t_p", "n", 2 * F), self.slab("t_a", "n", F)])
         self.matmul(("t_a", F), [(n, "w2")], D, F, (out, D), accumulate=accumulate)
 
@@ -373,7 +382,7 @@ class _Lowering:
         kr = self.kernel(("route", E, k, a["scoring"], int(a["use_expert_bias"]), int(a["norm_topk_prob"]),
                           repr(a["topk_norm_eps"]), repr(a["routed_scaling_factor"])), K.make_moe_route,
                          E, k, a["scoring"], a["use_expert_bias"], a["norm_topk_prob"], a["topk_norm_eps"],
-                         a["routed_scaling_factor"])
+                         a["routed_scaling_factor"], self.loop)
         idx, wts = self.slab("t_idx", "n", k, "int32"), self.slab("t_w", "n", k)
         self.both(kr, [self.slab("t_r", "n", E), bias, idx, wts])
         kn = self.knobs["prefill"]
@@ -381,7 +390,7 @@ class _Lowering:
         dn, qd = self.experts(n, "down")
         kg = self.kernel(("moe_gu", E, F2, D, k, kn.lanes, kn.cols) + (qg or ()), K.make_moe_gate_up, E, F2, D, k,
                          kn, qg)
-        ks = self.kernel(("silu_mul", F, gi), K.make_silu_mul, F, gi)
+        ks = self.kernel(("silu_mul", F, gi), K.make_silu_mul, F, gi, self.loop)
         kd = self.kernel(("moe_down", E, D, F, k, kn.lanes, kn.cols, "a" if accumulate else "") + (qd or ()),
                          K.make_moe_down, E, D, F, k, kn, qd, accumulate)
         self.both(kg, [self.slab(ins[0], "n", D)] + gu + [idx, self.slab("t_g", "nk", F2)])

@@ -148,7 +148,9 @@ def test_bad_artifacts(tmp_path, artifacts):
     m["target"] |= {"name": "adreno", "driver": "opencl"}
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(RuntimeLoadError, match="compiled for target 'adreno'"):
-        Engine(d)
+        Engine(d, device="cpu")
+    with pytest.raises(RuntimeLoadError, match="not a device kernel library|needs pyopencl|no OpenCL"):
+        Engine(d)                                   # its own driver (opencl) finds no device library
     d = fresh("escape")
     m = json.loads((d / "manifest.json").read_text())
     m["files"]["../evil.so"] = "0" * 64

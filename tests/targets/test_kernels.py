@@ -47,7 +47,7 @@ def test_matmul(N, Kd, rows, bias, knobs):
 
 def test_rmsnorm_add_silu_take_last():
     x, w = r(5, 32), r(32)
-    y = call(build(K.make_rmsnorm("n", 32, 1e-5, True)), x, w, np.zeros_like(x))[2]
+    y = call(build(K.make_rmsnorm("n", 32, 1e-5)), x, w, np.zeros_like(x))[2]
     np.testing.assert_allclose(y, w * x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5), rtol=1e-5, atol=1e-6)
     a, b = r(3, 16), r(3, 16)
     np.testing.assert_allclose(call(build(K.make_add("a", 16)), a.copy(), b)[0], a + b, rtol=1e-6)
@@ -125,7 +125,7 @@ def test_qk_rope_and_attention():
     np.testing.assert_array_equal(out[4][1, 3:3 + n], X[:, (H + KV) * hd:].reshape(n, KV, hd))
     np.testing.assert_array_equal(out[3][0], Kc[0])
     Kc2, Vc2, Q = out[3], out[4], out[5]
-    o = call(build(K.make_attention("at", H, KV, hd, True)), Q, Kc2, Vc2, np.zeros((n, H * hd), np.float32),
+    o = call(build(K.make_attention("at", H, KV, hd)), Q, Kc2, Vc2, np.zeros((n, H * hd), np.float32),
              slots, pos)[3]
     for t in range(n):
         for h in range(H):
@@ -135,7 +135,7 @@ def test_qk_rope_and_attention():
             np.testing.assert_allclose(o[t, h * hd:(h + 1) * hd], p @ vv / p.sum(), rtol=1e-4, atol=1e-5)
     # fused: norm + rope + cache write + attention from the QKV rows in one kernel, serial and parallel
     for par in (True, False):
-        fo = call(build(K.make_rope_attention("ra", H, KV, hd, eps, theta, par)), X, qn, kn, Kc.copy(), Vc.copy(),
+        fo = call(build(K.make_rope_attention("ra", H, KV, hd, eps, theta, K.Knobs(parallel=par))), X, qn, kn, Kc.copy(), Vc.copy(),
                   np.zeros((n, H * hd), np.float32), slots, pos)
         np.testing.assert_allclose(fo[3], Kc2, rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(fo[4], Vc2)

@@ -5,12 +5,21 @@ from typing import Any
 
 from ..errors import RuntimeLoadError
 
-DRIVERS = ("cpu",)
+DRIVERS = ("cpu", "opencl", "cuda")
 
 
 def get_driver(name: str, **kw: Any):
+    """The driver for device API ``name``: ``cpu`` (TVM runtime), ``opencl`` (pyopencl), ``cuda`` (CuPy)."""
     if name == "cpu":
         from .cpu import CpuDriver
 
         return CpuDriver(**kw)
+    if name == "opencl":
+        from .opencl import OpenCLDriver
+
+        return OpenCLDriver(**kw)
+    if name == "cuda":
+        from .cuda import CudaDriver
+
+        return CudaDriver(**kw)
     raise RuntimeLoadError(f"unknown device driver {name!r} (available: {', '.join(DRIVERS)})")

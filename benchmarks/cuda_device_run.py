@@ -1,0 +1,135 @@
+"""The CUDA check on a lent GPU machine (PyTorch + CuPy + nvcc there, no TVM), as one prepared script.
+
+Here (this machine, with TVM):
+
+    .venv/bin/python benchmarks/cuda_device_run.py prepare --out build/cuda-carry
+
+compiles lfm2-tiny, lfm2-moe-tiny, lfm2-hybrid-tiny, lfm2-350m and lfm2-1.2b for ``nvidia-h200`` *without* their
+parameters (kernels, plan and manifest only: a few MiB, within the 64 MiB that travels to the device), then on
+the device (``run`` tool, carrying build/cuda-carry):
+
+    python benchmarks/cuda_device_run.py run --carry build/cuda-carry --out $OUT
+
+regenerates every model's seeded random weights with lfmc's numpy generator, packs them with lfmc's lowering
+(numpy only), loads each artifact with the ``cuda`` driver and
+
+- tiny models: greedy tokens for 32 steps against the PyTorch reference on the GPU (transformers' model, or
+  lfmc's zoo module for the hybrid) - must be equal;
+- 350M and 1.2B: decode tokens/s (CUDA graphs on and off) and prefill-512 tokens/s against PyTorch eager bf16
+  and f32 on the same GPU, written to $OUT/cuda.json.
+
+Never run on a machine without a GPU: the ``run`` step fails with the cuda driver's message.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODELS = {"lfm2-tiny": 0.25, "lfm2-moe-tiny": 0.25, "lfm2-hybrid-tiny": 0.25, "lfm2-350m": None, "lfm2-1.2b": None}
+TARGET = "nvidia-h200"
+
+
+def prepare(out: Path) -> None:
+    from lfmc.compile import compile_model, load_source
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, std in MODELS.items():
+        m = load_source(name, seed=0, init_std=std)
+        art = compile_model(m, out / name, target=TARGET, max_batch=4, max_context=1024, prefill_chunk=512)
+        (art / "params.safetensors").unlink()        # regenerated on the device from the seed
+        print(f"prepared {name}: {sum(f.stat().st_size for f in art.rglob('*') if f.is_file()) / 2**20:.1f} MiB",
+              flush=True)
+
+
+def regenerate_params(art: Path) -> None:
+    """Rebuild params.safetensors from the manifest's provenance (preset, seed, std, quantization)."""
+    from safetensors.numpy import save_file
+
+    from lfmc.frontend import import_preset
+    from lfmc.passes import run_pipeline
+    from lfmc.targets.gpu_knobs import GPU_KNOBS
+    from lfmc.targets.lower import lower
+
+    man = json.loads((art / "manifest.json").read_text())
+    src = man["model"]["source"]
+    m = import_preset(src["preset"], weights=True, seed=src.get("seed", 0), std=src.get("init_std"))
+    m = run_pipeline(m, None, {"quant": None if man["quant"] == "f32" else man["quant"],
+                               "dtype": man["weight_dtype"]})
+    low = lower(m.graph, m.weights, GPU_KNOBS)
+    save_file(low.params, str(art / "params.safetensors"))
+
+
+def _torch_greedy(cfg, weights, prompt, n, dev):
+    import torch
+
+    from lfmc.frontend.reference import build_hf_model
+
+    model = build_hf_model(cfg, weights).to(dev)
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq], device=dev)).logits[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+def run(carry: Path, out: Path) -> int:
+    import numpy as np
+
+    from lfmc.runtime import Engine
+
+    res: dict = {"models": {}}
+    ok = True
+    for name in MODELS:
+        art = carry / name
+        t = time.perf_counter()
+        regenerate_params(art)
+        eng = Engine(art, device="cuda", verify=False)
+        r: dict = {"load_s": time.perf_counter() - t}
+        man = eng.manifest
+        if "tiny" in name:
+            from lfmc.frontend import import_preset
+
+            src = man["model"]["source"]
+            m = import_preset(src["preset"], weights=True, seed=src.get("seed", 0), std=src.get("init_std"))
+            prompt = np.random.default_rng(3).integers(0, eng.vocab_size, 21).tolist()
+            got = eng.generate(prompt, max_new_tokens=32, stop=[]).tokens
+            want = _torch_greedy(man["model"]["config"], m.weights, prompt, 32, "cuda")
+            r["tokens_equal"] = got == want
+            ok &= got == want
+        else:
+            from lfmc.bench import bench_engine
+
+            r["lfmc"] = bench_engine(eng, (512,), 64, 5)
+            eng.use_graphs = False
+            eng._calls.clear()
+            r["lfmc_no_graphs"] = bench_engine(eng, (), 64, 5)["decode"]
+        res["models"][name] = r
+        print(name, json.dumps(r), flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cuda.json").write_text(json.dumps(res, indent=1))
+    return 0 if ok else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--out", default="build/cuda-carry")
+    p = sub.add_parser("run")
+    p.add_argument("--carry", default="build/cuda-carry")
+    p.add_argument("--out", default="build/cuda-out")
+    a = ap.parse_args()
+    if a.cmd == "prepare":
+        prepare(Path(a.out))
+        return 0
+    return run(Path(a.carry), Path(a.out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

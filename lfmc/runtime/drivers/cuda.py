@@ -1,0 +1,142 @@
+"""The `cuda` driver: CuPy on an NVIDIA GPU, no TVM at run time.
+
+A CUDA artifact's kernel library is ``kernels/device.json``: the CUDA C source TVM generated (plus, when nvcc was
+present at compile time, a PTX for the profile's architecture) and the launch table (see :mod:`.launch`). The
+source is compiled once by NVRTC through ``cupy.RawModule`` (or the PTX loaded). Decode steps can be captured
+into a CUDA graph per batch size (``Engine(..., device="cuda")`` does so), so that a step is one launch from
+Python.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import RuntimeLoadError
+from .launch import LaunchSpec
+
+_SCALAR = {"int32": np.int32, "int64": np.int64, "uint32": np.uint32}
+
+
+class CuView:
+    """The first prod(shape) elements of a device array, seen with ``shape`` (a kernel argument)."""
+
+    __slots__ = ("ptr", "shape")
+
+    def __init__(self, ptr: Any, shape: tuple[int, ...]):
+        self.ptr, self.shape = ptr, tuple(shape)
+
+
+class _Kernel:
+    def __init__(self, drv: "CudaDriver", spec: LaunchSpec, module: Any):
+        self.drv, self.spec = drv, spec
+        try:
+            self.funcs = [module.get_function(fn) for fn, *_ in spec.launches]
+        except Exception as e:                     # noqa: BLE001
+            raise RuntimeLoadError(f"kernel {spec.name}: device function missing from the module ({e})") from None
+        self.temps: dict[str, Any] = {}
+
+    def _temp(self, name: str, env: dict[str, int]) -> Any:
+        dtype, elems = self.spec.temps[name]
+        n = max(1, elems(env))
+        t = self.temps.get(name)
+        if t is None or t.size < n:
+            t = self.temps[name] = self.drv.cp.zeros((n,), dtype)
+        return t
+
+    def __call__(self, *args: Any) -> None:
+        env = self.spec.env(args, lambda a: a.shape)
+        for f, (_, largs, grid, block) in zip(self.funcs, self.spec.launches):
+            kargs = []
+            for a in largs:
+                if a[0] == "buffer":
+                    kargs.append(args[a[1]].ptr)
+                elif a[0] == "temp":
+                    kargs.append(self._temp(a[1], env))
+                else:
+                    kargs.append(_SCALAR.get(a[2], np.int32)(a[1](env)))
+            g = tuple(x(env) for x in grid)
+            if min(g) <= 0:
+                continue
+            with self.drv.stream:
+                f(g, tuple(x(env) for x in block), tuple(kargs))
+
+
+class CudaDriver:
+    name = "cuda"
+
+    def __init__(self, device: int = 0):
+        try:
+            import cupy as cp
+        except ImportError as e:
+            raise RuntimeLoadError(f"the cuda driver needs CuPy (pip install cupy-cuda12x): {e}") from None
+        self.cp = cp
+        try:
+            cp.cuda.Device(device).use()
+        except Exception as e:                     # noqa: BLE001
+            raise RuntimeLoadError(f"no CUDA device {device} ({e})") from None
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.graphs: dict[Any, Any] = {}
+
+    def load_library(self, path: Path) -> Any:
+        try:
+            lib = json.loads(Path(path).read_text())
+            source, table = lib["source"], lib["table"]
+        except (OSError, ValueError, KeyError) as e:
+            raise RuntimeLoadError(f"{path}: not a device kernel library ({type(e).__name__}: {e})") from None
+        if lib.get("api") != "cuda":
+            raise RuntimeLoadError(f"{path}: kernels for {lib.get('api')!r}, not CUDA")
+        try:
+            module = self.cp.RawModule(code=source, options=("--std=c++17",))
+            module.compile()
+        except Exception as e:                     # noqa: BLE001
+            raise RuntimeLoadError(f"{path}: NVRTC rejected the kernels: {str(e)[:2000]}") from None
+        return {"module": module, "table": table, "path": path}
+
+    def function(self, lib: Any, name: str) -> Any:
+        if name not in lib["table"]:
+            raise RuntimeLoadError(f"kernel {name!r} is missing from {lib['path']}")
+        return _Kernel(self, LaunchSpec(name, lib["table"][name]), lib["module"])
+
+    def alloc(self, shape: tuple[int, ...], dtype: str) -> Any:
+        return self.cp.zeros(shape, dtype)
+
+    def alloc_host(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def to_device(self, host: np.ndarray) -> Any:
+        return self.cp.asarray(host)
+
+    def device_view(self, buf: Any, shape: tuple[int, ...]) -> CuView:
+        return CuView(buf, shape)
+
+    def write(self, buf: Any, data: np.ndarray) -> None:
+        data = np.ascontiguousarray(data, dtype=buf.dtype).reshape(-1)
+        buf.reshape(-1)[: data.size].set(data, stream=self.stream)
+
+    def read(self, buf: Any, shape: tuple[int, ...]) -> np.ndarray:
+        n = int(np.prod(shape, dtype=np.int64))
+        self.stream.synchronize()
+        return buf.reshape(-1)[:n].get().reshape(shape)
+
+    def fill(self, buf: Any, index: int, value: float = 0.0) -> None:
+        with self.stream:
+            buf[index] = value
+
+    def sync(self) -> None:
+        self.stream.synchronize()
+
+    def run_graph(self, key: Any, body: Callable[[], None]) -> None:
+        """Run ``body`` (a fixed sequence of launches) as a CUDA graph, captured on first use for ``key``."""
+        g = self.graphs.get(key)
+        if g is None:
+            body()                                      # warm-up: module loads, temporaries allocated
+            self.stream.begin_capture()
+            try:
+                body()
+            finally:
+                g = self.stream.end_capture()
+            self.graphs[key] = g
+        g.launch(stream=self.stream)

@@ -1,0 +1,74 @@
+"""Launch tables of GPU kernels (written by lfmc's GPU build), evaluated without TVM.
+
+A table entry says, for one plan kernel, which device functions to launch in order, with which arguments (a
+kernel parameter by index, a temporary buffer, or an integer expression) and what grid / block sizes, the sizes
+being expressions of the symbolic shapes (``n``, ``S``, ...) and scalar parameters. Expressions use only
+integers, names, ``+ - * // %`` and ``min``/``max``; they are checked once and compiled to Python code.
+"""
+from __future__ import annotations
+
+import ast
+from typing import Any, Callable
+
+from ..errors import RuntimeLoadError
+
+_OK = (ast.Expression, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod, ast.Name, ast.Load,
+       ast.Constant, ast.Call, ast.UnaryOp, ast.USub)
+
+
+def compile_expr(text: str, names: set[str]) -> Callable[[dict[str, int]], int]:
+    """A checked integer expression as a function of an environment of names."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        raise RuntimeLoadError(f"launch table: bad expression {text!r}") from None
+    for node in ast.walk(tree):
+        if not isinstance(node, _OK):
+            raise RuntimeLoadError(f"launch table: {type(node).__name__} not allowed in {text!r}")
+        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in ("min", "max")):
+            raise RuntimeLoadError(f"launch table: only min/max calls are allowed in {text!r}")
+        if isinstance(node, ast.Name) and node.id not in names and node.id not in ("min", "max"):
+            raise RuntimeLoadError(f"launch table: unknown name {node.id!r} in {text!r}")
+        if isinstance(node, ast.Constant) and not isinstance(node.value, int):
+            raise RuntimeLoadError(f"launch table: non-integer constant in {text!r}")
+    code = compile(tree, "<launch>", "eval")
+    return lambda env: int(eval(code, {"__builtins__": {}, "min": min, "max": max}, env))  # noqa: S307
+
+
+class LaunchSpec:
+    """One plan kernel's device launches, with its expressions compiled."""
+
+    def __init__(self, name: str, spec: dict[str, Any]):
+        try:
+            self.name = name
+            self.nparams = int(spec["params"])
+            self.shape_vars = {k: (int(i), int(d)) for k, (i, d) in spec["shape_vars"].items()}
+            self.scalars = {k: int(i) for k, i in spec["scalars"].items()}
+            names = set(self.shape_vars) | set(self.scalars)
+            self.temps = {k: (v["dtype"], compile_expr(v["elems"], names)) for k, v in spec.get("temps", {}).items()}
+            self.launches = []
+            for L in spec["launches"]:
+                args = []
+                for a in L["args"]:
+                    if a[0] == "buffer":
+                        args.append(("buffer", int(a[1])))
+                    elif a[0] == "temp":
+                        if a[1] not in self.temps:
+                            raise RuntimeLoadError(f"launch table of {name}: unknown temporary {a[1]!r}")
+                        args.append(("temp", a[1]))
+                    elif a[0] == "int":
+                        args.append(("int", compile_expr(a[1], names), a[2] if len(a) > 2 else "int32"))
+                    else:
+                        raise RuntimeLoadError(f"launch table of {name}: unknown argument kind {a[0]!r}")
+                self.launches.append((L["function"], args, [compile_expr(g, names) for g in L["grid"]],
+                                      [compile_expr(b, names) for b in L["block"]]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise RuntimeLoadError(f"launch table of {name} is malformed ({type(e).__name__}: {e})") from None
+
+    def env(self, args: tuple, shape_of: Callable[[Any], tuple[int, ...]]) -> dict[str, int]:
+        """Values of the symbolic names for one call, from the arguments' shapes and scalars."""
+        if len(args) != self.nparams:
+            raise RuntimeLoadError(f"kernel {self.name} takes {self.nparams} arguments, got {len(args)}")
+        env = {k: shape_of(args[i])[d] for k, (i, d) in self.shape_vars.items()}
+        env.update({k: int(args[i]) for k, i in self.scalars.items()})
+        return env

@@ -1,0 +1,166 @@
+"""The `opencl` driver: pyopencl on any OpenCL device (PoCL on a CPU here; Adreno, Mali, Intel, AMD GPUs).
+
+A GPU artifact's kernel library is ``kernels/device.json``: the OpenCL source TVM generated for every kernel and
+the launch table lfmc read off TVM's host code (see :mod:`.launch`). The driver builds the program once, and a
+plan kernel call enqueues its device functions with work sizes from the table. No TVM at run time.
+
+Pick a device with ``LFMC_OPENCL_DEVICE`` (a substring of the platform or device name) when there are several.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RuntimeLoadError
+from .launch import LaunchSpec
+
+
+class ClArray:
+    """A device buffer with the shape and dtype it was allocated with."""
+
+    __slots__ = ("buf", "shape", "dtype", "nbytes")
+
+    def __init__(self, buf: Any, shape: tuple[int, ...], dtype: np.dtype):
+        self.buf, self.shape, self.dtype = buf, tuple(shape), np.dtype(dtype)
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+class ClView:
+    """The first prod(shape) elements of a :class:`ClArray`, seen with ``shape`` (a kernel argument)."""
+
+    __slots__ = ("buf", "shape")
+
+    def __init__(self, buf: Any, shape: tuple[int, ...]):
+        self.buf, self.shape = buf, tuple(shape)
+
+
+_SCALAR = {"int32": np.int32, "int64": np.int64, "uint32": np.uint32}
+
+
+class _Kernel:
+    """A callable plan kernel: enqueues the device functions of one launch-table entry."""
+
+    def __init__(self, drv: "OpenCLDriver", spec: LaunchSpec, program: Any):
+        self.drv, self.spec = drv, spec
+        try:
+            self.funcs = [getattr(program, fn) for fn, *_ in spec.launches]
+        except AttributeError as e:
+            raise RuntimeLoadError(f"kernel {spec.name}: device function missing from the program ({e})") from None
+        self.temps: dict[str, ClArray] = {}
+
+    def _temp(self, name: str, env: dict[str, int]) -> Any:
+        dtype, elems = self.spec.temps[name]
+        n = max(1, elems(env))
+        t = self.temps.get(name)
+        if t is None or t.nbytes < n * np.dtype(dtype).itemsize:
+            t = self.temps[name] = self.drv.alloc((n,), dtype)
+        return t.buf
+
+    def __call__(self, *args: Any) -> None:
+        cl = self.drv.cl
+        env = self.spec.env(args, lambda a: a.shape)
+        for f, (_, largs, grid, block) in zip(self.funcs, self.spec.launches):
+            for i, a in enumerate(largs):
+                if a[0] == "buffer":
+                    f.set_arg(i, args[a[1]].buf)
+                elif a[0] == "temp":
+                    f.set_arg(i, self._temp(a[1], env))
+                else:
+                    f.set_arg(i, _SCALAR.get(a[2], np.int32)(a[1](env)))
+            b = [x(env) for x in block]
+            g = [x(env) * y for x, y in zip(grid, b)]
+            if min(g) <= 0:
+                continue                                # an empty launch (no rows)
+            cl.enqueue_nd_range_kernel(self.drv.queue, f, g, b)
+
+
+class OpenCLDriver:
+    name = "opencl"
+
+    def __init__(self, device: str | None = None):
+        try:
+            import pyopencl as cl
+        except ImportError as e:
+            raise RuntimeLoadError(f"the opencl driver needs pyopencl (pip install 'lfmc[opencl]'): {e}") from None
+        self.cl = cl
+        want = (device or os.environ.get("LFMC_OPENCL_DEVICE") or "").lower()
+        try:
+            devs = [d for p in cl.get_platforms() for d in p.get_devices()]
+        except cl.Error as e:
+            raise RuntimeLoadError(f"no OpenCL platform ({e}); on Debian: apt install pocl-opencl-icd") from None
+        devs = [d for d in devs if want in (d.name + " " + d.platform.name).lower()]
+        if not devs:
+            raise RuntimeLoadError("no OpenCL device" + (f" matching {want!r}" if want else "")
+                                   + " (on Debian, PoCL runs OpenCL on the CPU: apt install pocl-opencl-icd)")
+        self.device = devs[0]
+        self.ctx = cl.Context([self.device])
+        self.queue = cl.CommandQueue(self.ctx)
+        self.mf = cl.mem_flags
+
+    # ----------------------------------------------------------------------------------------- kernels
+    def load_library(self, path: Path) -> Any:
+        try:
+            lib = json.loads(Path(path).read_text())
+            source, table = lib["source"], lib["table"]
+        except (OSError, ValueError, KeyError) as e:
+            raise RuntimeLoadError(f"{path}: not a device kernel library ({type(e).__name__}: {e})") from None
+        if lib.get("api") != "opencl":
+            raise RuntimeLoadError(f"{path}: kernels for {lib.get('api')!r}, not OpenCL")
+        try:
+            program = self.cl.Program(self.ctx, source).build()
+        except self.cl.Error as e:
+            raise RuntimeLoadError(f"{path}: the OpenCL compiler of {self.device.name} rejected the kernels: "
+                                   f"{str(e)[:2000]}") from None
+        return {"program": program, "table": table, "path": path}
+
+    def function(self, lib: Any, name: str) -> Any:
+        if name not in lib["table"]:
+            raise RuntimeLoadError(f"kernel {name!r} is missing from {lib['path']}")
+        return _Kernel(self, LaunchSpec(name, lib["table"][name]), lib["program"])
+
+    # ------------------------------------------------------------------------------------------ memory
+    def alloc(self, shape: tuple[int, ...], dtype: str) -> ClArray:
+        """A zeroed device buffer."""
+        a = ClArray(None, shape, np.dtype(dtype))
+        a.buf = self.cl.Buffer(self.ctx, self.mf.READ_WRITE, max(a.nbytes, 4))
+        self.cl.enqueue_fill_buffer(self.queue, a.buf, np.uint8(0), 0, max(a.nbytes, 4))
+        return a
+
+    def alloc_host(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        return np.empty(shape, dtype)
+
+    def to_device(self, host: np.ndarray) -> ClArray:
+        return self.upload(host)
+
+    def upload(self, a: np.ndarray) -> ClArray:
+        d = self.alloc(a.shape, str(a.dtype))
+        if a.size:
+            self.cl.enqueue_copy(self.queue, d.buf, np.ascontiguousarray(a))
+        return d
+
+    def device_view(self, buf: ClArray, shape: tuple[int, ...]) -> ClView:
+        return ClView(buf.buf, shape)
+
+    def write(self, buf: ClArray, data: np.ndarray) -> None:
+        data = np.ascontiguousarray(data, dtype=buf.dtype)
+        if data.size:
+            self.cl.enqueue_copy(self.queue, buf.buf, data)
+
+    def read(self, buf: ClArray, shape: tuple[int, ...]) -> np.ndarray:
+        out = np.empty(shape, buf.dtype)
+        if out.size:
+            self.cl.enqueue_copy(self.queue, out, buf.buf)
+        return out
+
+    def fill(self, buf: ClArray, index: int, value: float = 0.0) -> None:
+        """Set ``buf[index]`` (one slot of a state tensor) to ``value``."""
+        per = int(np.prod(buf.shape[1:], dtype=np.int64)) * buf.dtype.itemsize
+        if per:
+            self.cl.enqueue_fill_buffer(self.queue, buf.buf, buf.dtype.type(value), index * per, per)
+
+    def sync(self) -> None:
+        self.queue.finish()

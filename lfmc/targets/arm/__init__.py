@@ -1,0 +1,93 @@
+"""arm64 CPUs (Snapdragon, Apple silicon, iPhone): the shared kernels with NEON-sized schedules, cross-compiled
+here by TVM's LLVM backend and packaged the way each platform loads them.
+
+- Linux / Android-class aarch64 (``*-linux-*`` triples): one ``.so`` per kernel, linked by Debian's
+  ``aarch64-linux-gnu-g++`` (per kernel for the same reason as the host build: LLVM keeps each matmul's register
+  tile in registers only when it compiles the kernel alone);
+- macOS (``arm64-apple-macos``): one ``.dylib`` per kernel, linked by ``ld64.lld-22`` without an SDK
+  (``-undefined dynamic_lookup``: TVM's runtime symbols come from the process that loads it);
+- iOS (``arm64-apple-ios``): apps cannot load libraries at run time, so one object with every kernel in a static
+  library ``kernels/lfmc_kernels.a`` for the app to link.
+
+They run through the ``cpu`` driver on a device with TVM's runtime; here they are checked as objects of the
+right ISA (their numerics are the host build's: the same TensorIR with other vector widths).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ...ir.errors import LfmcError
+from ..kernels import Knobs
+
+
+def arm_knobs(entry: str) -> Knobs:
+    """NEON: 4 f32 lanes per register, 32 registers: GEMV tiles of 8 vectors, GEMM tiles of 4 rows x 4 vectors."""
+    return Knobs(lanes=4, rows=1, cols=8) if entry == "decode" else Knobs(lanes=4, rows=4, cols=4)
+
+
+def _tool(*names: str) -> str:
+    for n in names:
+        p = shutil.which(n)
+        if p:
+            return p
+    raise LfmcError(f"cross-linking for arm64 needs {' or '.join(names)} (Debian: apt install "
+                    f"{'g++-aarch64-linux-gnu' if 'g++' in names[0] else 'lld-22'})")
+
+
+def _link(objs: list[Path], out: Path, triple: str) -> None:
+    if "apple" in triple:
+        plat = "ios" if "ios" in triple else "macos"
+        ver = "14.0" if plat == "ios" else "11.0"
+        cmd = [_tool("ld64.lld-22", "ld64.lld"), "-dylib", "-arch", "arm64", "-platform_version", plat, ver, ver,
+               "-undefined", "dynamic_lookup", "-o", str(out), *map(str, objs)]
+    else:
+        cmd = [_tool("aarch64-linux-gnu-g++"), "-shared", "-fPIC", "-o", str(out), *map(str, objs)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise LfmcError(f"linking {out.name} failed: {r.stderr.strip()[:1000]}")
+
+
+def build_arm(kernels: dict, profile, out_dir, progress=None) -> dict[str, str]:
+    """Cross-compile every kernel for ``profile`` (an arm64 CPU profile) into ``out_dir/kernels``."""
+    import tvm
+
+    target = tvm.target.Target(profile.tvm)
+    triple = str(profile.tvm.get("mtriple", ""))
+    d = Path(out_dir) / "kernels"
+    d.mkdir(exist_ok=True)
+    files: dict[str, str] = {}
+    names = sorted(kernels)
+    if profile.packaging == "static":
+        mod = tvm.IRModule({n: kernels[n].build(n) for n in names})
+        lib = tvm.compile(mod, target=target)
+        with tempfile.TemporaryDirectory() as tmp:
+            obj = Path(tmp) / "lfmc_kernels.o"
+            lib.mod.write_to_file(str(obj))
+            r = subprocess.run([_tool("llvm-ar", "ar"), "rcs", str(d / "lfmc_kernels.a"), str(obj)],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise LfmcError(f"archiving the kernels failed: {r.stderr.strip()[:500]}")
+        if progress:
+            progress(len(names), len(names), "static library")
+        return {n: "kernels/lfmc_kernels.a" for n in names}
+    ext = "dylib" if "apple" in triple else "so"
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, n in enumerate(names, 1):
+            lib = tvm.compile(tvm.IRModule({n: kernels[n].build(n)}), target=target)
+            obj = Path(tmp) / f"{n}.o"
+            lib.mod.write_to_file(str(obj))
+            _link([obj], d / f"{n}.{ext}", triple)
+            files[n] = f"kernels/{n}.{ext}"
+            if progress:
+                progress(i, len(names), n)
+    return files
+
+
+def arm_features(profile) -> dict[str, Any]:
+    t = profile.tvm
+    return {"arch": "arm64" if "apple" in str(t.get("mtriple", "")) else "aarch64", "mcpu": t.get("mcpu"),
+            "mtriple": t.get("mtriple"), "mattr": t.get("mattr", []), "avx2": False, "avx512": False, "fma": False}

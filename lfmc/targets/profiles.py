@@ -1,0 +1,239 @@
+"""Target profiles: what lfmc knows about a device (API, TVM target, numbers for planning and cost models).
+
+``lfmc targets`` lists them. A profile names a *family* (cpu, opencl, cuda, metal, rocm), the runtime driver
+that executes its artifacts, the TVM target (a JSON dict; a TVM tag is reused where one exists and lfmc defines
+the rest), and the device's numbers. Phones and Macs have a GPU and a CPU: ``NAME`` is the GPU profile and
+``NAME:cpu`` the CPU one. Users add their own in a TOML file (``--profiles FILE`` or ``LFMC_PROFILES``)::
+
+    [my-board]
+    family = "opencl"
+    device = "mali"            # TVM's OpenCL device key
+    memory_gb = 8
+    bandwidth_gbs = 51
+    fp32_tflops = 1.2
+    local_mem_kb = 32
+    simd_width = 16
+    weight_budget_gb = 3
+
+Figures are public specifications (rounded); ``weight_budget_gb`` is what lfmc plans weights against (the rest
+of memory goes to the OS, caches and activations). They feed planning and cost models, never correctness.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..ir.errors import LfmcError
+
+FAMILIES = ("cpu", "opencl", "cuda", "metal", "rocm")
+DRIVER = {"cpu": "cpu", "opencl": "opencl", "cuda": "cuda", "metal": "metal", "rocm": "hip"}
+RUNNABLE_HERE = {"cpu": "host CPUs only (other ISAs are cross-compiled)", "opencl": "yes (PoCL)",
+                 "cuda": "on a lent GPU", "metal": "no (source checked; a Mac runs it)",
+                 "rocm": "no (hsaco checked; an AMD GPU runs it)"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    family: str
+    description: str = ""
+    tvm: dict[str, Any] = field(default_factory=dict)   # TVM target JSON (device part; host below)
+    host: dict[str, Any] | None = None                   # host / CPU target for GPU families
+    tag: str | None = None                               # the TVM tag it was taken from, if any
+    memory_gb: float = 0.0
+    bandwidth_gbs: float = 0.0
+    fp32_tflops: float = 0.0
+    fp16_tflops: float = 0.0
+    local_mem_kb: float = 0.0                            # threadgroup / local / shared memory per block
+    simd_width: int = 1                                  # warp / wavefront / SIMD-group / vector lanes (f32)
+    max_threads: int = 256                               # threads per block (threadgroup / work-group) allowed
+    weight_budget_gb: float = 0.0
+    packaging: str = "so"                                # so | dylib | static | source | hsaco
+    cpu: str | None = None                               # the companion CPU profile name
+    quant: str | None = None                             # default weight quantization on this device
+
+    @property
+    def driver(self) -> str:
+        return DRIVER[self.family]
+
+    def target(self):
+        """The TVM Target (device with its host)."""
+        import tvm
+
+        if self.tag:                                   # TVM's own description of the device, reused
+            t = tvm.target.Target(self.tag)
+            if self.host is not None and self.family != "cpu" and t.host is None:
+                t = t.with_host(tvm.target.Target(self.host))
+            return t
+        spec = dict(self.tvm)
+        if self.host is not None and self.family != "cpu":
+            spec["host"] = self.host
+        return tvm.target.Target(spec)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["driver"] = self.driver
+        d["runs_here"] = RUNNABLE_HERE[self.family]
+        return d
+
+
+_ARM_LINUX = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm", "+fullfp16"]}
+_ARM_ANDROID = {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon", "+dotprod", "+i8mm",
+                                                                               "+fullfp16"]}
+
+
+def _apple_host(mcpu: str, ios: bool = False) -> dict[str, Any]:
+    return {"kind": "llvm", "mtriple": "arm64-apple-ios" if ios else "arm64-apple-macos", "mcpu": mcpu}
+
+
+def _presets() -> dict[str, Profile]:
+    P = Profile
+    metal = lambda threads, smem: {"kind": "metal", "max_threads_per_block": 1024, "max_num_threads": threads,  # noqa: E731
+                                   "thread_warp_size": 32, "max_shared_memory_per_block": smem,
+                                   "max_function_args": 31}
+    adreno = {"kind": "opencl", "device": "adreno", "max_num_threads": 256, "thread_warp_size": 1,
+              "max_shared_memory_per_block": 32768}
+    ps = [
+        P("host", "cpu", "this machine's CPU (LLVM, features detected at compile time)", {"kind": "llvm"},
+          simd_width=8, max_threads=1),
+        P("apple-m2", "metal", "Apple M2 GPU (Metal), 8-10 cores; unified memory", metal(256, 32768),
+          _apple_host("apple-m2"), "apple/m2-gpu", 16, 100, 3.6, 3.6, 32, 32, 1024, 10, "dylib", "apple-m2:cpu"),
+        P("apple-m4", "metal", "Apple M4 GPU (Metal), 10 cores; unified memory (no TVM tag: defined by lfmc)",
+          metal(256, 32768), _apple_host("apple-m4"), None, 16, 120, 4.3, 4.3, 32, 32, 1024, 10, "dylib",
+          "apple-m4:cpu"),
+        P("iphone", "metal", "iPhone 15 Pro class (A17 Pro GPU, Metal); a static library for the app",
+          metal(256, 32768), _apple_host("apple-a17", ios=True), None, 8, 51, 2.1, 2.1, 32, 32, 1024, 3, "static",
+          "iphone:cpu", "q4g32"),
+        P("snapdragon-8gen3", "opencl", "Snapdragon 8 Gen 3 (Adreno 750, OpenCL)", adreno, _ARM_ANDROID,
+          "qcom/adreno-opencl", 12, 77, 2.8, 5.6, 32, 64, 256, 4, "source", "snapdragon-8gen3:cpu", "q4g32"),
+        P("snapdragon-8elite", "opencl", "Snapdragon 8 Elite (Adreno 830, OpenCL; no TVM tag: defined by lfmc)",
+          adreno, _ARM_ANDROID, None, 16, 85, 3.4, 6.8, 32, 64, 256, 6, "source", "snapdragon-8elite:cpu",
+          "q4g32"),
+        P("amd-mi300x", "rocm", "AMD Instinct MI300X (CDNA3, gfx942), 192 GB HBM3",
+          {"kind": "rocm", "mcpu": "gfx942", "mtriple": "amdgcn-amd-amdhsa-hcc", "max_num_threads": 256,
+           "thread_warp_size": 64, "max_shared_memory_per_block": 65536},
+          {"kind": "llvm"}, None, 192, 5300, 163, 1307, 64, 64, 256, 160, "hsaco"),
+        P("amd-rdna3", "rocm", "AMD Radeon RX 7900 XTX (RDNA3, gfx1100), 24 GB",
+          {"kind": "rocm", "mcpu": "gfx1100", "mtriple": "amdgcn-amd-amdhsa-hcc", "max_num_threads": 256,
+           "thread_warp_size": 32, "max_shared_memory_per_block": 65536},
+          {"kind": "llvm"}, None, 24, 960, 61, 123, 64, 32, 256, 20, "hsaco"),
+        P("nvidia-h100", "cuda", "NVIDIA H100 SXM (sm_90a), 80 GB HBM3",
+          {"kind": "cuda", "arch": "sm_90a", "max_num_threads": 1024, "thread_warp_size": 32,
+           "max_shared_memory_per_block": 49152, "max_threads_per_block": 1024}, {"kind": "llvm"},
+          "nvidia/nvidia-h100", 80, 3350, 67, 990, 48, 32, 256, 70, "source"),
+        P("nvidia-h200", "cuda", "NVIDIA H200 (sm_90a), 141 GB HBM3e (no TVM tag: defined by lfmc)",
+          {"kind": "cuda", "arch": "sm_90a", "max_num_threads": 1024, "thread_warp_size": 32,
+           "max_shared_memory_per_block": 49152, "max_threads_per_block": 1024}, {"kind": "llvm"},
+          None, 141, 4800, 67, 990, 48, 32, 256, 120, "source"),
+    ]
+    out = {p.name: p for p in ps}
+    cpus = [
+        P("apple-m2:cpu", "cpu", "Apple M2 CPU (arm64, NEON, dotprod, i8mm)", _apple_host("apple-m2"),
+          memory_gb=16, bandwidth_gbs=100, fp32_tflops=0.4, simd_width=4, max_threads=8, weight_budget_gb=10,
+          packaging="dylib"),
+        P("apple-m4:cpu", "cpu", "Apple M4 CPU (arm64, NEON, dotprod, i8mm, SME)", _apple_host("apple-m4"),
+          memory_gb=16, bandwidth_gbs=120, fp32_tflops=0.5, simd_width=4, max_threads=10, weight_budget_gb=10,
+          packaging="dylib"),
+        P("iphone:cpu", "cpu", "A17 Pro CPU (arm64)", _apple_host("apple-a17", ios=True), memory_gb=8,
+          bandwidth_gbs=51, fp32_tflops=0.2, simd_width=4, max_threads=6, weight_budget_gb=3, packaging="static",
+          quant="q4g32"),
+        P("snapdragon-8gen3:cpu", "cpu", "Snapdragon 8 Gen 3 CPU (Cortex-X4/A720, arm64 dotprod/i8mm)",
+          _ARM_LINUX, memory_gb=12, bandwidth_gbs=77, fp32_tflops=0.2, simd_width=4, max_threads=8,
+          weight_budget_gb=4, quant="q4g32"),
+        P("snapdragon-8elite:cpu", "cpu", "Snapdragon 8 Elite CPU (Oryon, arm64 dotprod/i8mm)", _ARM_LINUX,
+          memory_gb=16, bandwidth_gbs=85, fp32_tflops=0.3, simd_width=4, max_threads=8, weight_budget_gb=6,
+          quant="q4g32"),
+    ]
+    out.update({p.name: p for p in cpus})
+    return out
+
+
+def _host_profile(p: Profile) -> Profile:
+    """The host profile with this machine's memory and cores filled in (bandwidth and compute: measure them)."""
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        mem = 0.0
+    return replace(p, memory_gb=round(mem, 1), weight_budget_gb=round(mem * 0.6, 1),
+                   max_threads=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+PRESETS: dict[str, Profile] = _presets()
+PRESETS["host"] = _host_profile(PRESETS["host"])
+_NUMBERS = ("memory_gb", "bandwidth_gbs", "fp32_tflops", "fp16_tflops", "local_mem_kb", "simd_width", "max_threads",
+            "weight_budget_gb")
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Profile]:
+    """User profiles from a TOML file: one table per profile (see the module doc)."""
+    import tomllib
+
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise LfmcError(f"{p}: cannot read target profiles ({e})") from None
+    out = {}
+    for name, t in data.items():
+        if not isinstance(t, dict):
+            raise LfmcError(f"{p}: [{name}] must be a table")
+        base = PRESETS.get(t.get("base", ""), None)
+        fam = t.get("family", base.family if base else None)
+        if fam not in FAMILIES:
+            raise LfmcError(f"{p}: [{name}] family must be one of {', '.join(FAMILIES)}, not {fam!r}")
+        unknown = set(t) - set(_NUMBERS) - {"family", "description", "device", "arch", "mcpu", "mtriple", "base",
+                                           "quant", "packaging", "host_mtriple"}
+        if unknown:
+            raise LfmcError(f"{p}: [{name}] has unknown keys {sorted(unknown)}")
+        tvm_t = dict(base.tvm) if base else {"kind": {"cuda": "cuda", "opencl": "opencl", "metal": "metal",
+                                                         "rocm": "rocm", "cpu": "llvm"}[fam]}
+        for k in ("device", "arch", "mcpu", "mtriple"):
+            if k in t:
+                tvm_t[k] = t[k]
+        host = dict(base.host) if base and base.host else ({"kind": "llvm"} if fam != "cpu" else None)
+        if "host_mtriple" in t:
+            host = {"kind": "llvm", "mtriple": t["host_mtriple"]}
+        nums = {}
+        for k in _NUMBERS:
+            if k in t:
+                v = t[k]
+                if not isinstance(v, (int, float)) or v < 0:
+                    raise LfmcError(f"{p}: [{name}] {k} must be a non-negative number")
+                nums[k] = int(v) if k in ("simd_width", "max_threads") else float(v)
+        prof = replace(base, name=name, tag=None) if base else Profile(name, fam)
+        out[name] = replace(prof, family=fam, tvm=tvm_t, host=host, description=t.get("description", prof.description),
+                            quant=t.get("quant", prof.quant), packaging=t.get("packaging", prof.packaging), **nums)
+    return out
+
+
+def all_profiles(extra: str | os.PathLike | None = None) -> dict[str, Profile]:
+    """Presets plus user profiles (``extra`` or the ``LFMC_PROFILES`` file)."""
+    out = dict(PRESETS)
+    path = extra or os.environ.get("LFMC_PROFILES")
+    if path:
+        out.update(load_toml(path))
+    return out
+
+
+def get_profile(name: str, extra: str | os.PathLike | None = None) -> Profile:
+    profs = all_profiles(extra)
+    if name not in profs:
+        raise LfmcError(f"unknown target {name!r} (known: {', '.join(profs)}; add your own with --profiles FILE)")
+    return profs[name]
+
+
+def guard_toolchain(p: Profile) -> None:
+    """Refuse targets this TVM build cannot generate code for, instead of silently emitting another ISA
+    (a hexagon tag quietly produces x86 in the package index's TVM)."""
+    import tvm
+
+    kind = p.tvm.get("kind", "llvm")
+    if kind in ("hexagon", "vulkan"):
+        raise LfmcError(f"target {p.name}: TVM's {kind} code generator is not in this TVM build (the package "
+                        "index's wheel has neither Hexagon nor Vulkan); choose an OpenCL or CPU profile")
+    if kind in ("metal", "cuda", "rocm", "opencl"):
+        f = tvm.get_global_func(f"target.build.{kind}", allow_missing=True)
+        if f is None:
+            raise LfmcError(f"target {p.name}: this TVM build has no {kind} code generator")

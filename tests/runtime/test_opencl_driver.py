@@ -1,0 +1,106 @@
+"""Whole models on the `opencl` driver over PoCL with the Adreno profile's schedules (dlight for the TE kernels,
+lfmc's thread-grid rule for the loop kernels): greedy tokens equal transformers / the PyTorch reference for 32
+tokens, logits per decode step equal the interpreter, on dense, MoE, hybrid and quantized models."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyopencl")
+
+from lfmc.check import RTOL  # noqa: E402
+from lfmc.compile import compile_model  # noqa: E402
+from lfmc.frontend import import_preset  # noqa: E402
+from lfmc.frontend.reference import build_hf_model  # noqa: E402
+from lfmc.ir import Interpreter  # noqa: E402
+from lfmc.runtime import Engine, RuntimeLoadError  # noqa: E402
+
+
+def _has_device() -> bool:
+    try:
+        import pyopencl as cl
+
+        return any(p.get_devices() for p in cl.get_platforms())
+    except Exception:                               # noqa: BLE001
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _has_device(), reason="no OpenCL device (apt install pocl-opencl-icd)")
+TARGET = "snapdragon-8gen3"
+
+
+def _ref_greedy(model, prompt, n):
+    import torch
+
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models):
+    hy = import_preset("lfm2-hybrid-tiny", weights=True, seed=2, std=0.25)
+    return {"dense-a": tiny_models["dense-a"], "moe-b": tiny_models["moe-b"], "hybrid": hy}
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, models):
+    root = tmp_path_factory.mktemp("ocl")
+    return {k: compile_model(m, root / k, target=TARGET, max_batch=2, max_context=96, prefill_chunk=16)
+            for k, m in models.items()}
+
+
+@pytest.mark.parametrize("name", ["dense-a", "moe-b", "hybrid"])
+def test_greedy_tokens_equal_reference(name, models, artifacts):
+    m = models[name]
+    eng = Engine(artifacts[name])
+    assert eng.driver.name == "opencl"
+    ref = build_hf_model(m.provenance["config"], m.weights)
+    prompt = np.random.default_rng(3).integers(0, m.provenance["config"]["vocab_size"], 21).tolist()
+    assert eng.generate(prompt, max_new_tokens=32, stop=[]).tokens == _ref_greedy(ref, prompt, 32)
+
+
+@pytest.mark.parametrize("name", ["dense-a", "moe-b"])
+def test_decode_after_prefill_matches_interpreter(name, models, artifacts):
+    m = models[name]
+    it, eng = Interpreter(m.graph, m.weights), Engine(artifacts[name])
+    for plen in (1, 19):
+        prompt = np.random.default_rng(plen).integers(0, m.provenance["config"]["vocab_size"], plen)
+        st, seq = it.new_state(), eng.new_sequence()
+        ref, got = it.run(prompt, st)[-1], eng.prefill(seq, prompt.tolist())
+        for step in range(6):
+            assert np.abs(got - ref).max() <= RTOL * max(1.0, np.abs(ref).max()), (name, plen, step)
+            tok = int(np.argmax(ref))
+            ref, got = it.run([tok], st)[-1], eng.decode([seq], [tok])[0]
+        eng.release(seq)
+
+
+def test_batched_decode_and_quantized(tmp_path, models):
+    m = models["dense-a"]
+    art = compile_model(m, tmp_path / "q", target=TARGET, max_batch=2, max_context=64, prefill_chunk=16,
+                        quant="q4g32")
+    host = compile_model(m, tmp_path / "h", max_batch=2, max_context=64, prefill_chunk=16, quant="q4g32")
+    g, h = Engine(art), Engine(host)
+    a, b = g.new_sequence(), g.new_sequence()
+    ha, hb = h.new_sequence(), h.new_sequence()
+    la, lb = g.prefill(a, [1, 2, 3]), g.prefill(b, [9, 8, 7, 6, 5])
+    np.testing.assert_allclose(la, h.prefill(ha, [1, 2, 3]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lb, h.prefill(hb, [9, 8, 7, 6, 5]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(g.decode([a, b], [4, 4]), h.decode([ha, hb], [4, 4]), rtol=1e-4, atol=1e-4)
+
+
+def test_artifact_is_device_code_with_launch_table(artifacts):
+    root = artifacts["dense-a"]
+    man = json.loads((root / "manifest.json").read_text())
+    assert man["target"]["driver"] == "opencl" and man["target"]["profile"]["name"] == TARGET
+    lib = json.loads((root / "kernels" / "device.json").read_text())
+    assert lib["api"] == "opencl" and "__kernel void" in lib["source"]
+    assert set(lib["table"]) == set(man["kernels"])
+    for spec in lib["table"].values():
+        assert spec["launches"] and all(len(L["grid"]) == 3 and len(L["block"]) == 3 for L in spec["launches"])
+    with pytest.raises(RuntimeLoadError, match="not for the 'cpu' driver"):
+        Engine(root, device="cpu")

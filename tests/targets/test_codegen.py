@@ -1,0 +1,167 @@
+"""Every target profile compiles the tiny model, and what it emits is code for that target: Metal source with
+`kernel void` and threadgroups within the profile, OpenCL `__kernel`s, CUDA that nvcc accepts for the profile's
+architecture, AMDGPU code objects for the right gfx, AArch64 ELF / arm64 Mach-O objects. Unknown or missing
+toolchains fail with a message that says what is missing."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+from lfmc.compile import compile_model
+from lfmc.frontend import import_preset
+from lfmc.ir import LfmcError
+from lfmc.runtime.drivers.launch import LaunchSpec
+from lfmc.targets.profiles import PRESETS, Profile, get_profile, guard_toolchain, load_toml
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return import_preset("lfm2-tiny", weights=True)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny):
+    root = tmp_path_factory.mktemp("codegen")
+    cache = {}
+
+    def get(target):
+        if target not in cache:
+            cache[target] = compile_model(tiny, root / target.replace(":", "-"), target=target, max_batch=2,
+                                          max_context=64, prefill_chunk=16)
+        return cache[target]
+    return get
+
+
+def _launch_sizes(lib, n_values=(1, 16)):
+    """(grid, block) of every launch for a few row counts (n), with the other shape names at small values."""
+    out = []
+    for name, spec in lib["table"].items():
+        ls = LaunchSpec(name, spec)
+        for n in n_values:
+            env = {k: n for k in ls.shape_vars} | {k: 1 for k in ls.scalars} | {"S": 2, "C": 64}
+            for _, _, grid, block in ls.launches:
+                out.append(([g(env) for g in grid], [b(env) for b in block]))
+    return out
+
+
+@pytest.mark.parametrize("target", ["apple-m2", "apple-m4", "iphone"])
+def test_metal_source(target, built):
+    art = built(target)
+    src = (art / "kernels" / "device.metal").read_text()
+    lib = json.loads((art / "kernels" / "device.json").read_text())
+    assert lib["api"] == "metal" and "kernel void" in src and "#include <metal_stdlib>" in src
+    assert "__kernel" not in src and "__global__" not in src
+    prof = PRESETS[target]
+    for grid, block in _launch_sizes(lib):
+        threads = block[0] * block[1] * block[2]
+        assert 1 <= threads <= min(prof.max_threads, 1024), (target, block)
+
+
+@pytest.mark.parametrize("target", ["snapdragon-8gen3", "snapdragon-8elite"])
+def test_opencl_source(target, built):
+    lib = json.loads((built(target) / "kernels" / "device.json").read_text())
+    assert lib["api"] == "opencl" and "__kernel void" in lib["source"]
+    for _, block in _launch_sizes(lib):
+        assert block[0] * block[1] * block[2] <= PRESETS[target].max_threads
+
+
+@pytest.mark.parametrize("target", ["nvidia-h100", "nvidia-h200"])
+def test_cuda_source_compiles_with_nvcc(target, built, tmp_path):
+    lib = json.loads((built(target) / "kernels" / "device.json").read_text())
+    assert lib["api"] == "cuda" and '__global__' in lib["source"]
+    nvcc = shutil.which("nvcc") or shutil.which("/usr/local/cuda/bin/nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    cu = tmp_path / "k.cu"
+    cu.write_text(lib["source"])
+    r = subprocess.run([nvcc, "-ptx", "-arch=sm_90a", "-o", str(tmp_path / "k.ptx"), str(cu)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert ".target sm_90a" in (tmp_path / "k.ptx").read_text()
+
+
+@pytest.mark.parametrize("target,gfx", [("amd-mi300x", "gfx942"), ("amd-rdna3", "gfx1100")])
+def test_rocm_code_object(target, gfx, built):
+    if not shutil.which("ld.lld-22") and not shutil.which("ld.lld"):
+        pytest.skip("lld-22 not installed")
+    art = built(target)
+    hsaco = (art / "kernels" / "device.hsaco").read_bytes()
+    assert hsaco[:4] == b"\x7fELF"
+    assert struct.unpack_from("<H", hsaco, 18)[0] == 224            # EM_AMDGPU
+    assert gfx.encode() in hsaco
+    lib = json.loads((art / "kernels" / "device.json").read_text())
+    assert f'.amdgcn_target "amdgcn-amd-amdhsa-hcc-{gfx}"' in lib["source"]
+
+
+@pytest.mark.parametrize("target", ["snapdragon-8gen3:cpu", "snapdragon-8elite:cpu"])
+def test_aarch64_linux_libraries(target, built):
+    if not shutil.which("aarch64-linux-gnu-g++"):
+        pytest.skip("g++-aarch64-linux-gnu not installed")
+    art = built(target)
+    libs = sorted((art / "kernels").glob("*.so"))
+    assert libs
+    for so in libs:
+        b = so.read_bytes()
+        assert b[:4] == b"\x7fELF" and struct.unpack_from("<H", b, 18)[0] == 183     # EM_AARCH64
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["target"]["features"]["arch"] == "aarch64"
+    from lfmc.runtime import Engine, RuntimeLoadError
+
+    with pytest.raises(RuntimeLoadError, match="compiled for aarch64 CPUs"):
+        Engine(art)                                                  # refused on this x86 machine
+
+
+@pytest.mark.parametrize("target", ["apple-m2:cpu", "apple-m4:cpu"])
+def test_macos_dylibs(target, built):
+    if not shutil.which("ld64.lld-22") and not shutil.which("ld64.lld"):
+        pytest.skip("lld-22 not installed")
+    libs = sorted((built(target) / "kernels").glob("*.dylib"))
+    assert libs
+    for d in libs:
+        magic, cputype, _, filetype = struct.unpack_from("<IiiI", d.read_bytes(), 0)
+        assert magic == 0xFEEDFACF and cputype == 0x0100000C and filetype == 6      # MH_DYLIB, arm64
+
+
+def test_ios_static_library(built):
+    a = (built("iphone:cpu") / "kernels" / "lfmc_kernels.a").read_bytes()
+    assert a.startswith(b"!<arch>\n")
+    i = a.index(b"\xcf\xfa\xed\xfe")                                  # a Mach-O 64 object inside
+    magic, cputype = struct.unpack_from("<Ii", a, i)
+    assert cputype == 0x0100000C
+
+
+def test_profiles_and_user_toml(tmp_path, tiny):
+    need = {"apple-m2", "apple-m4", "iphone", "snapdragon-8gen3", "snapdragon-8elite", "amd-mi300x", "amd-rdna3",
+            "nvidia-h100", "nvidia-h200", "host"}
+    assert need <= set(PRESETS)
+    for p in PRESETS.values():
+        guard_toolchain(p)
+        assert p.target() is not None
+    assert PRESETS["apple-m2"].tag == "apple/m2-gpu" and PRESETS["apple-m4"].tag is None
+    f = tmp_path / "boards.toml"
+    f.write_text('[mali-board]\nfamily = "opencl"\ndevice = "mali"\nmemory_gb = 8\nbandwidth_gbs = 51\n'
+                 'weight_budget_gb = 3\n[bad]\nfamily = "tpu"\n')
+    with pytest.raises(LfmcError, match=r"\[bad\] family must be one of"):
+        load_toml(f)
+    f.write_text('[mali-board]\nfamily = "opencl"\ndevice = "mali"\nmemory_gb = 8\nbandwidth_gbs = 51\n'
+                 'weight_budget_gb = 3\n')
+    p = get_profile("mali-board", f)
+    assert p.family == "opencl" and p.tvm["device"] == "mali" and p.memory_gb == 8
+    art = compile_model(tiny, tmp_path / "mali", target="mali-board", profiles=f, max_batch=1, max_context=32)
+    assert json.loads((art / "manifest.json").read_text())["target"]["name"] == "mali-board"
+    f.write_text('[x]\nfamily = "opencl"\nspeed = 3\n')
+    with pytest.raises(LfmcError, match="unknown keys"):
+        load_toml(f)
+    with pytest.raises(LfmcError, match="unknown target 'nope'"):
+        get_profile("nope")
+
+
+def test_missing_toolchains_are_named():
+    with pytest.raises(LfmcError, match="hexagon code generator is not in this TVM build"):
+        guard_toolchain(Profile("dsp", "cpu", tvm={"kind": "hexagon"}))
+    with pytest.raises(LfmcError, match="vulkan"):
+        guard_toolchain(Profile("vk", "opencl", tvm={"kind": "vulkan"}))
