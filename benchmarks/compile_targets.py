@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/compile_targets.py --presets lfm2-tiny,lfm2-350m [--targets all]
 
-Each compile runs in this process one after another (the device-code cache is turned off so that every figure
-is a cold compile). Artifacts go to build/targets/ and are deleted after measuring unless --keep.
+Each compile runs in this process one after another, with the profile's default weight quantization (as
+`lfmc compile --target T` does); the device-code cache is turned off so that every figure is a cold compile. Artifacts go to build/targets/ and are deleted after measuring unless --keep.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def main() -> int:
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
             try:
-                compile_model(m, out, target=t, max_batch=1, max_context=2048)
+                compile_model(m, out, target=t, max_batch=1, max_context=2048, quant=PRESETS[t].quant)
                 dt = time.perf_counter() - t0
                 man = json.loads((out / "manifest.json").read_text())
                 files = sorted(man["files"])

@@ -13,8 +13,8 @@ the device (``run`` tool, carrying build/cuda-carry):
 regenerates every model's seeded random weights with lfmc's numpy generator, packs them with lfmc's lowering
 (numpy only), loads each artifact with the ``cuda`` driver and
 
-- tiny models: greedy tokens for 32 steps against the PyTorch reference on the GPU (transformers' model, or
-  lfmc's zoo module for the hybrid) - must be equal;
+- tiny models: greedy tokens for 32 steps against lfmc's interpreter (checked against transformers here) -
+  must be equal;
 - 350M and 1.2B: decode tokens/s (CUDA graphs on and off) and prefill-512 tokens/s against PyTorch eager bf16
   and f32 on the same GPU, written to $OUT/cuda.json.
 
@@ -47,40 +47,50 @@ def prepare(out: Path) -> None:
               flush=True)
 
 
-def regenerate_params(art: Path) -> None:
-    """Rebuild params.safetensors from the manifest's provenance (preset, seed, std, quantization)."""
-    from safetensors.numpy import save_file
+def _reference_greedy(m, prompt, n):
+    """Greedy tokens of lfmc's numpy interpreter (itself checked against transformers on this machine's CI):
+    the device machine may have no transformers."""
+    import numpy as np
 
-    from lfmc.frontend import import_preset
-    from lfmc.passes import run_pipeline
-    from lfmc.targets.gpu_knobs import GPU_KNOBS
-    from lfmc.targets.lower import lower
+    from lfmc.ir import Interpreter
 
-    man = json.loads((art / "manifest.json").read_text())
-    src = man["model"]["source"]
-    m = import_preset(src["preset"], weights=True, seed=src.get("seed", 0), std=src.get("init_std"))
-    m = run_pipeline(m, None, {"quant": None if man["quant"] == "f32" else man["quant"],
-                               "dtype": man["weight_dtype"]})
-    low = lower(m.graph, m.weights, GPU_KNOBS)
-    save_file(low.params, str(art / "params.safetensors"))
+    it = Interpreter(m.graph, m.weights)
+    st = it.new_state()
+    logits = it.run(np.array(prompt), st)[-1]
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(logits)))
+        logits = it.run([out[-1]], st)[-1]
+    return out
 
 
-def _torch_greedy(cfg, weights, prompt, n, dev):
-    import torch
+def _torch_decode_tps(cfg, weights, dtype, steps=64):
+    """PyTorch eager decode tokens/s on the GPU (transformers' model), or None without transformers."""
+    try:
+        import torch
 
-    from lfmc.frontend.reference import build_hf_model
-
-    model = build_hf_model(cfg, weights).to(dev)
-    seq = list(prompt)
+        from lfmc.frontend.reference import build_hf_model
+    except ImportError:
+        return None
+    model = build_hf_model(cfg, weights).to("cuda", getattr(torch, dtype))
+    ids = torch.tensor([[1] * 16], device="cuda")
     with torch.no_grad():
-        for _ in range(n):
-            seq.append(int(model(torch.tensor([seq], device=dev)).logits[0, -1].argmax()))
-    return seq[len(prompt):]
+        out = model(ids, use_cache=True)
+        pkv, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        for i in range(steps + 8):
+            if i == 8:
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+            out = model(tok, past_key_values=pkv, use_cache=True)
+            pkv, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - t)
 
 
 def run(carry: Path, out: Path) -> int:
     import numpy as np
 
+    from lfmc.compile import regenerate_params
     from lfmc.runtime import Engine
 
     res: dict = {"models": {}}
@@ -88,7 +98,7 @@ def run(carry: Path, out: Path) -> int:
     for name in MODELS:
         art = carry / name
         t = time.perf_counter()
-        regenerate_params(art)
+        regenerate_params(art)                       # lfmc.compile: numpy only
         eng = Engine(art, device="cuda", verify=False)
         r: dict = {"load_s": time.perf_counter() - t}
         man = eng.manifest
@@ -99,7 +109,7 @@ def run(carry: Path, out: Path) -> int:
             m = import_preset(src["preset"], weights=True, seed=src.get("seed", 0), std=src.get("init_std"))
             prompt = np.random.default_rng(3).integers(0, eng.vocab_size, 21).tolist()
             got = eng.generate(prompt, max_new_tokens=32, stop=[]).tokens
-            want = _torch_greedy(man["model"]["config"], m.weights, prompt, 32, "cuda")
+            want = _reference_greedy(m, prompt, 32)
             r["tokens_equal"] = got == want
             ok &= got == want
         else:
@@ -109,6 +119,12 @@ def run(carry: Path, out: Path) -> int:
             eng.use_graphs = False
             eng._calls.clear()
             r["lfmc_no_graphs"] = bench_engine(eng, (), 64, 5)["decode"]
+            from lfmc.frontend import import_preset
+
+            src = man["model"]["source"]
+            m = import_preset(src["preset"], weights=True, seed=src.get("seed", 0), std=src.get("init_std"))
+            for dt in ("float32", "bfloat16"):
+                r[f"torch_{dt}_decode"] = _torch_decode_tps(man["model"]["config"], m.weights, dt)
         res["models"][name] = r
         print(name, json.dumps(r), flush=True)
     out.mkdir(parents=True, exist_ok=True)

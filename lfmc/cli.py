@@ -105,7 +105,8 @@ def cmd_compile(a: argparse.Namespace) -> int:
               f"({prof.family}, weights {quant or a.dtype})", flush=True)
     compile_model(m, out, a.target, max_batch=a.max_batch, max_context=a.max_context,
                   prefill_chunk=a.prefill_chunk, progress=progress, passes=a.passes, dump_ir=a.dump_ir,
-                  log=None if a.quiet else print, quant=quant, dtype=a.dtype, profiles=a.profiles)
+                  log=None if a.quiet else print, quant=quant, dtype=a.dtype, profiles=a.profiles,
+                  kv_dtype=a.kv_dtype)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -216,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "asymmetric, e.g. q4g32a), or none; default: the target profile's (float32 for host)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"],
                    help="storage of the weights that are not quantized (activations stay float32)")
+    p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"],
+                   help="storage of the KV cache (attention computes in float32 either way)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_compile)
 

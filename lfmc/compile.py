@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from .ir.errors import LfmcError
 from .ir.model import Model, load_model
 from .ir.text import print_graph
@@ -32,14 +34,15 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                   max_context: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                   progress: Callable[[int, int, str], None] | None = None, passes: Sequence[str] | str | None = None,
                   dump_ir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
-                  quant: str | None = None, dtype: str = "f32", profiles: str | os.PathLike | None = None) -> Path:
+                  quant: str | None = None, dtype: str = "f32", profiles: str | os.PathLike | None = None,
+                  kv_dtype: str = "f32") -> Path:
     """Compile ``model`` for ``target`` into the artifact directory ``out``: the pass pipeline (``passes``:
     None = default, a list or a comma-separated string), lowering, code generation, packaging.
     ``dump_ir`` writes the IR after every phase; ``log`` receives a summary (kernels per layer); ``quant``:
     weight quantization (q8, q4g32, q4g64a, ...; None = float32); ``dtype``: f32, f16 or bf16 weights
     (activations stay float32)."""
     from .ir.verify import verify
-    from .passes import run_pipeline
+    from .passes import resolve, run_pipeline
     from .targets.artifact import write_artifact
     from .targets.lower import kernels_per_layer, lower
 
@@ -84,7 +87,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     else:
         raise LfmcError(f"target {prof.name}: no build for the {prof.family} family")
     before = kernels_per_layer(lower(model.graph, None, knobs).plan, model.graph)
-    model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype}, dump_dir=dump_ir)
+    model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype}, dump_dir=dump_ir)
     low = lower(model.graph, model.weights, knobs)
     after = kernels_per_layer(low.plan, model.graph)
     if log:
@@ -107,7 +110,9 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                   "config": cfg, "source": {k: v for k, v in model.provenance.items() if k != "config"}},
         "ir_hash": hashlib.sha256(text.encode()).hexdigest(),
         "quant": quant or "f32",
+        "passes": resolve(passes),
         "weight_dtype": dtype,
+        "kv_dtype": kv_dtype,
         "limits": {"max_batch": int(max_batch), "max_context": max_context, "prefill_chunk": int(prefill_chunk),
                    "max_position_embeddings": mpe},
         "tokenizer": ({"kind": "json"} if model.tokenizer is not None
@@ -126,3 +131,33 @@ def format_kernel_counts(before: dict[str, int], after: dict[str, int]) -> str:
              for (b, a), v in groups.items()]
     return (f"kernels per decode step: {sum(before.values())} -> {sum(after.values())} after fusion ("
             + "; ".join(parts) + ")")
+
+
+def regenerate_params(artifact: str | os.PathLike) -> Path:
+    """Rebuild ``params.safetensors`` of an artifact compiled from a preset (seeded random weights) from its
+    manifest alone: same preset, seed, std, passes, quantization and target knobs. Needs neither TVM nor torch,
+    so a large model's artifact can travel without its weights (to a lent GPU) and get them back there."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from .frontend import import_preset
+    from .passes import run_pipeline
+    from .targets.knobs import gpu_knobs
+    from .targets.lower import lower
+
+    root = Path(artifact)
+    man = json.loads((root / "manifest.json").read_text())
+    src = man["model"]["source"]
+    if src.get("source") != "preset":
+        raise LfmcError(f"{root}: parameters can be regenerated only for presets, not for {src.get('source')!r}")
+    fam = man["target"].get("kind")
+    if fam not in ("opencl", "cuda", "metal", "rocm"):
+        raise LfmcError(f"{root}: regenerating parameters is supported for GPU targets (this one is {fam!r})")
+    m = import_preset(src["preset"], weights=True, seed=src.get("seed", 0), std=src.get("init_std"))
+    m = run_pipeline(m, man.get("passes"), {"quant": None if man["quant"] == "f32" else man["quant"],
+                                            "dtype": man["weight_dtype"], "kv_dtype": man.get("kv_dtype", "f32")})
+    low = lower(m.graph, m.weights, gpu_knobs(man["target"]["profile"]["max_threads"]))
+    out = root / "params.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in low.params.items()}, str(out))
+    return out

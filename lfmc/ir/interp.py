@@ -157,8 +157,9 @@ class Interpreter:
         v = self._proj(n, "v_proj", x).reshape(T, kv, hd)
         q, k = _rope(q, pos, n.attrs["rope_theta"]), _rope(k, pos, n.attrs["rope_theta"])
         st = s.tensors.setdefault(n.name, {"k": np.zeros((0, kv, hd), F32), "v": np.zeros((0, kv, hd), F32)})
-        st["k"] = np.concatenate([st["k"], k.astype(F32)], axis=0)
-        st["v"] = np.concatenate([st["v"], v.astype(F32)], axis=0)
+        kvd = np.float16 if n.attrs.get("kv_dtype") == "f16" else F32     # the cache's storage rounding
+        st["k"] = np.concatenate([st["k"], k.astype(kvd).astype(F32)], axis=0)
+        st["v"] = np.concatenate([st["v"], v.astype(kvd).astype(F32)], axis=0)
         K, V = st["k"], st["v"]                                                  # [ctx, kv, hd]
         grp = h // kv
         qg = q.reshape(T, kv, grp, hd)

@@ -103,7 +103,9 @@ def _attention(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
     _linear(node, "out_proj", d, h * hd)
     for r in ("q_norm", "k_norm"):
         _want(_shape(node, r) == (hd,), f"param {r} has shape {list(_shape(node, r))}, expected [{hd}]")
-    return ins[0], {"k": f32("ctx", kv, hd), "v": f32("ctx", kv, hd)}
+    kvd = node.attrs.get("kv_dtype", "f32")
+    _want(kvd in ("f32", "f16"), f"kv_dtype must be f32 or f16, not {kvd!r}")
+    return ins[0], {"k": TensorType(kvd, ("ctx", kv, hd)), "v": TensorType(kvd, ("ctx", kv, hd))}
 
 
 def _gated_mlp(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
@@ -157,7 +159,8 @@ SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
     OpSchema("attention", 1, {"heads": int, "kv_heads": int, "head_dim": int, "rope_theta": NUM, "eps": NUM},
              ("q_proj", "k_proj", "v_proj", "out_proj", "q_norm", "k_norm"), _attention, liv_class="low_rank",
              gates=("q", "k", "v"),
-             doc="causal GQA softmax attention with per-head RMSNorm on q, k and NeoX RoPE; state: KV cache"),
+             doc="causal GQA softmax attention with per-head RMSNorm on q, k and NeoX RoPE; state: KV cache "
+                 "(kv_dtype f32 or f16)", optional_attrs={"kv_dtype": str}),
     OpSchema("linear_recurrence", 1, {}, ("in_proj", "out_proj"), _linear_recurrence,
              optional_params=("in_proj_bias", "out_proj_bias"), liv_class="semi_separable", gates=("a", "b", "c", "x"),
              doc="h_t = a_t * h_{t-1} + b_t * x_t, y_t = out_proj(c_t * h_t); a = sigmoid(.), b, c, x from in_proj; "

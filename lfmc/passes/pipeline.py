@@ -16,7 +16,7 @@ DEFAULT: dict[str, list[str]] = {
     "canonicalize": ["dce"],
     "fuse": ["fuse-norm", "fuse-swiglu", "fuse-rope", "fuse-residual"],
     "prune": [],
-    "quantize": ["quantize", "cast-weights"],   # no-ops unless options name a scheme / a 16-bit dtype
+    "quantize": ["quantize", "cast-weights", "cast-kv"],   # no-ops unless options name a scheme / 16-bit dtypes
     "plan": [],
 }
 

@@ -76,6 +76,23 @@ def quantize_weights(model: Model, options: dict[str, Any]) -> Model:
     return Model(g, {k: np.ascontiguousarray(v) for k, v in w.items()}, model.provenance, model.tokenizer)
 
 
+@register("cast-kv", "quantize")
+def cast_kv(model: Model, options: dict[str, Any]) -> Model:
+    """Store the KV cache in float16 when ``options["kv_dtype"]`` is f16: the state that grows with context
+    takes half the memory and bandwidth; attention still computes in float32."""
+    kvd = options.get("kv_dtype") or "f32"
+    if kvd not in ("f32", "f16"):
+        raise LfmcError(f"unknown KV-cache dtype {kvd!r} (known: f32, f16)")
+    if kvd == "f32":
+        return model
+    g = copy.deepcopy(model.graph)
+    for n in g.nodes:
+        if n.op == "attention":
+            n.attrs = {**n.attrs, "kv_dtype": kvd}
+            n.state = {k: TensorType(kvd, t.shape) for k, t in n.state.items()}
+    return Model(g, model.weights, model.provenance, model.tokenizer)
+
+
 @register("cast-weights", "quantize")
 def cast_weights(model: Model, options: dict[str, Any]) -> Model:
     """Store the same weights as ``quantize`` in 16 bits when ``options["dtype"]`` is f16 or bf16 (weights

@@ -12,25 +12,13 @@ Caches are ``[S, C, KV, hd]`` (S sequence slots, C max context), conv state ``[S
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import tvm
 from tvm import s_tir, te
 from tvm.script import tirx as T
 
+from .knobs import Knobs, pick_lanes  # noqa: F401  (re-exported: the makers' knobs)
+
 NEG = -3.0e38
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """Target-chosen schedule parameters."""
-
-    lanes: int = 8            # f32 vector width (8: AVX2 / NEON x2, 16: AVX-512)
-    rows: int = 4             # matmul register tile rows (the rows of a call are padded to a multiple)
-    cols: int = 3             # matmul register tile: vectors of `lanes` outputs per row
-    parallel: bool = True
-    gpu: bool = False         # GPU family: TE kernels left unscheduled for dlight, parallel loops become threads
-    threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
 
 
 def _grid(n, kn: Knobs):
@@ -43,14 +31,6 @@ def _grid(n, kn: Knobs):
 def _lane(kn: Knobs):
     """The inner loop of a loop kernel: GPU threads of a block (a unit loop on the CPU)."""
     return T.thread_binding(kn.threads, thread="threadIdx.x") if kn.gpu else T.serial(1)
-
-
-def pick_lanes(n: int, lanes: int) -> int:
-    """The widest vector width <= lanes that divides n (packed layouts need N % lanes == 0)."""
-    for l in (lanes, 16, 8, 4, 2, 1):
-        if l <= lanes and n % l == 0:
-            return l
-    return 1
 
 
 def _pick_cols(nvec: int, want: int) -> int:
@@ -660,7 +640,7 @@ def _norm_rope_macro(hd: int, eps: float, theta: float):
 
 
 def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
-                 kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
+                 kn: Knobs = Knobs(), kv: str = "float32") -> tvm.tirx.PrimFunc:
     """Per row: RMSNorm each q and k head (weights qn, kn), NeoX RoPE at pos[row], q to Q, k and v into the
     KV cache of slots[row] at pos[row]. Args: QKV[n, (H+2KV)hd], qn, kn, Kc, Vc, Q[n, H*hd], slots, pos."""
     norm_rope = _norm_rope_macro(hd, eps, theta)
@@ -677,8 +657,8 @@ def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
         X = T.match_buffer(qkv, (n, (H + 2 * KV) * hd), "float32")
         Qn = T.match_buffer(qn, (hd,), "float32")
         Kn = T.match_buffer(knw, (hd,), "float32")
-        Kc = T.match_buffer(kc, (S, C, KV, hd), "float32")
-        Vc = T.match_buffer(vc, (S, C, KV, hd), "float32")
+        Kc = T.match_buffer(kc, (S, C, KV, hd), kv)
+        Vc = T.match_buffer(vc, (S, C, KV, hd), kv)
         Q = T.match_buffer(q, (n, H * hd), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")
@@ -696,9 +676,9 @@ def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
                     else:
                         norm_rope(X, th // (H + KV), (th % (H + KV)) * hd, Kn, Ps[th // (H + KV)], v, u, ss)
                         for d in T.serial(hd):
-                            Kc[Sl[th // (H + KV)], Ps[th // (H + KV)], th % (H + KV) - H, d] = v[d]
-                            Vc[Sl[th // (H + KV)], Ps[th // (H + KV)], th % (H + KV) - H, d] = X[
-                                th // (H + KV), (KV + th % (H + KV)) * hd + d]
+                            Kc[Sl[th // (H + KV)], Ps[th // (H + KV)], th % (H + KV) - H, d] = T.Cast(kv, v[d])
+                            Vc[Sl[th // (H + KV)], Ps[th // (H + KV)], th % (H + KV) - H, d] = T.Cast(
+                                kv, X[th // (H + KV), (KV + th % (H + KV)) * hd + d])
 
     return _named(f, name)
 
@@ -722,7 +702,8 @@ def _online_softmax_macro(H: int, KV: int, hd: int, VL: int):
                 part[dl] = T.float32(0)
             for dc in T.serial(NC):
                 for dl in T.vectorized(VL):
-                    part[dl] = part[dl] + qv[dc * VL + dl] * Kc[s, c, h // G, dc * VL + dl]
+                    part[dl] = part[dl] + qv[dc * VL + dl] * T.Cast("float32",
+                                                                    Kc[s, c, h // G, dc * VL + dl])
             st[2] = T.float32(0)
             for dl in T.serial(VL):
                 st[2] = st[2] + part[dl]
@@ -733,7 +714,8 @@ def _online_softmax_macro(H: int, KV: int, hd: int, VL: int):
             st[1] = st[1] * st[4] + st[5]
             for dc in T.serial(NC):
                 for dl in T.vectorized(VL):
-                    acc[dc * VL + dl] = acc[dc * VL + dl] * st[4] + st[5] * Vc[s, c, h // G, dc * VL + dl]
+                    acc[dc * VL + dl] = acc[dc * VL + dl] * st[4] + st[5] * T.Cast(
+                        "float32", Vc[s, c, h // G, dc * VL + dl])
             st[0] = st[3]
         for d in T.serial(hd):
             O[t, h * hd + d] = acc[d] / st[1]
@@ -741,7 +723,8 @@ def _online_softmax_macro(H: int, KV: int, hd: int, VL: int):
     return attend
 
 
-def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
+def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(),
+                   kv: str = "float32") -> tvm.tirx.PrimFunc:
     """Causal GQA attention of each row over its sequence's cache up to and including pos[row], with an
     online softmax (no score buffer); dot products and the value update run on ``lanes``-wide vectors.
     Args: Q[n, H*hd], Kc, Vc, O[n, H*hd], slots, pos."""
@@ -757,8 +740,8 @@ def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs()) -> 
         S = T.int32()
         C = T.int32()
         Q = T.match_buffer(q, (n, H * hd), "float32")
-        Kc = T.match_buffer(kc, (S, C, KV, hd), "float32")
-        Vc = T.match_buffer(vc, (S, C, KV, hd), "float32")
+        Kc = T.match_buffer(kc, (S, C, KV, hd), kv)
+        Vc = T.match_buffer(vc, (S, C, KV, hd), kv)
         O = T.match_buffer(o, (n, H * hd), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")
@@ -778,7 +761,7 @@ def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs()) -> 
 
 
 def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
-                        kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
+                        kn: Knobs = Knobs(), kv: str = "float32") -> tvm.tirx.PrimFunc:
     """QK-norm + RoPE + cache write + attention in one kernel, straight from the QKV projection's output.
     First every row's k (normed, rotated) and v go into the cache (parallel over rows × KV heads), then every
     (row, head) normalizes and rotates its q in registers and attends: the rotated q never touches memory.
@@ -799,8 +782,8 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
         X = T.match_buffer(qkv, (n, (H + 2 * KV) * hd), "float32")
         Qn = T.match_buffer(qn, (hd,), "float32")
         Kn = T.match_buffer(knw, (hd,), "float32")
-        Kc = T.match_buffer(kc, (S, C, KV, hd), "float32")
-        Vc = T.match_buffer(vc, (S, C, KV, hd), "float32")
+        Kc = T.match_buffer(kc, (S, C, KV, hd), kv)
+        Vc = T.match_buffer(vc, (S, C, KV, hd), kv)
         O = T.match_buffer(o, (n, H * hd), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")
@@ -813,8 +796,9 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
                     ss = T.decl_buffer((1,), "float32", scope="local")
                     norm_rope(X, tg // KV, (H + tg % KV) * hd, Kn, Ps[tg // KV], v, u, ss)
                     for d in T.serial(hd):
-                        Kc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = v[d]
-                        Vc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = X[tg // KV, (H + KV + tg % KV) * hd + d]
+                        Kc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = T.Cast(kv, v[d])
+                        Vc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = T.Cast(
+                            kv, X[tg // KV, (H + KV + tg % KV) * hd + d])
         for bi in _grid(n * H, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < n * H:

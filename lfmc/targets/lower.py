@@ -23,7 +23,24 @@ import numpy as np
 
 from ..ir.errors import LfmcError
 from ..ir.graph import Graph, Node
-from . import kernels as K
+from . import knobs as KN
+
+
+class _Makers:
+    """The kernel makers of :mod:`.kernels`, imported on first call: lowering itself (plan, packed parameters)
+    needs no TVM."""
+
+    def __getattr__(self, name: str):
+        def maker(*args, **kw):
+            from . import kernels
+
+            return getattr(kernels, name)(*args, **kw)
+
+        maker.__name__ = name
+        return maker
+
+
+K = _Makers()
 
 PLAN_VERSION = 1
 ENTRIES = ("prefill", "decode")
@@ -50,7 +67,7 @@ class Lowered:
 def pack_linear(w: np.ndarray, lanes: int) -> np.ndarray:
     """[N, K] -> [N/l, K, l]: each block of l output rows becomes one contiguous panel (any dtype)."""
     N, Kd = w.shape
-    l = K.pick_lanes(N, lanes)
+    l = KN.pick_lanes(N, lanes)
     return np.ascontiguousarray(w.reshape(N // l, l, Kd).transpose(0, 2, 1))
 
 
@@ -65,7 +82,7 @@ def pack_weight(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None
     M, Kp = w.shape
     if swiglu:
         N = M // 2
-        l = K.pick_lanes(N, lanes)
+        l = KN.pick_lanes(N, lanes)
         packed = np.ascontiguousarray(w.reshape(2, N // l, l, Kp).transpose(1, 0, 3, 2))
     else:
         packed = pack_linear(w, lanes)
@@ -109,7 +126,7 @@ def quant_spec(n: Node, role: str) -> tuple | None:
 class _Lowering:
     graph: Graph
     weights: dict[str, np.ndarray]
-    knobs: dict[str, K.Knobs]
+    knobs: dict[str, KN.Knobs]
     kernels: dict[str, KernelSpec] = field(default_factory=dict)
     params: dict[str, np.ndarray] = field(default_factory=dict)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -118,7 +135,7 @@ class _Lowering:
     node_name: str = ""
 
     @property
-    def loop(self) -> K.Knobs:
+    def loop(self) -> KN.Knobs:
         """Knobs of the loop kernels (conv, scan, attention, router, elementwise): the family's, from prefill."""
         return self.knobs["prefill"]
 
@@ -264,7 +281,7 @@ class _Lowering:
                                  self.weights[z.name] if z else None, quant, lanes, False)
         p = self.param(name, lambda: packed[0])
         extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))]
-        k = self.kernel(("embed", V, D) + (quant or ()), K.make_embedding, V, D, K.pick_lanes(V, lanes), quant,
+        k = self.kernel(("embed", V, D) + (quant or ()), K.make_embedding, V, D, KN.pick_lanes(V, lanes), quant,
                         self.loop.gpu)
         self.both(k, [["input", "tokens", "n"], p] + extra + [self.slab(out, "n", D)])
 
@@ -335,8 +352,9 @@ class _Lowering:
         H, KV, hd = n.attrs["heads"], n.attrs["kv_heads"], n.attrs["head_dim"]
         Nq = (H + 2 * KV) * hd
         self.matmul((ins[0], D), [(n, "q_proj"), (n, "k_proj"), (n, "v_proj")], Nq, D, ("t_p", Nq), norm=norm)
+        kvd = {"f32": "float32", "f16": "float16"}[n.attrs.get("kv_dtype", "f32")]
         for s in ("k", "v"):
-            self.state[f"{s}.{n.name}"] = {"shape": ["S", "C", KV, hd], "dtype": "float32", "kind": "kv",
+            self.state[f"{s}.{n.name}"] = {"shape": ["S", "C", KV, hd], "dtype": kvd, "kind": "kv",
                                            "node": n.name}
         kn = self.knobs["prefill"]
         eps, theta = n.attrs["eps"], n.attrs["rope_theta"]
@@ -345,13 +363,13 @@ class _Lowering:
                  self.param("w." + n.params["k_norm"].name, lambda: self.w(n, "k_norm"))]
         cache = [["state", f"k.{n.name}"], ["state", f"v.{n.name}"]]
         if n.fused.get("rope"):
-            ka = self.kernel(("rope_attn", H, KV, hd, repr(eps), repr(theta), kn.lanes), K.make_rope_attention,
-                             H, KV, hd, eps, theta, self.loop)
+            ka = self.kernel(("rope_attn", H, KV, hd, repr(eps), repr(theta), kn.lanes, kvd), K.make_rope_attention,
+                             H, KV, hd, eps, theta, self.loop, kvd)
             self.both(ka, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_a", "n", H * hd)] + rows)
         else:
-            kq = self.kernel(("qk_rope", H, KV, hd, repr(eps), repr(theta)), K.make_qk_rope, H, KV, hd, eps, theta,
-                             self.loop)
-            ka = self.kernel(("attn", H, KV, hd, kn.lanes), K.make_attention, H, KV, hd, self.loop)
+            kq = self.kernel(("qk_rope", H, KV, hd, repr(eps), repr(theta), kvd), K.make_qk_rope, H, KV, hd, eps,
+                             theta, self.loop, kvd)
+            ka = self.kernel(("attn", H, KV, hd, kn.lanes, kvd), K.make_attention, H, KV, hd, self.loop, kvd)
             self.both(kq, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_q", "n", H * hd)] + rows)
             self.both(ka, [self.slab("t_q", "n", H * hd)] + cache + [self.slab("t_a", "n", H * hd)] + rows)
         self.matmul(("t_a", H * hd), [(n, "out_proj")], D, H * hd, (out, D), accumulate=accumulate)
@@ -415,7 +433,7 @@ class _Lowering:
         return args, quant
 
 
-def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, K.Knobs]) -> Lowered:
+def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, KN.Knobs]) -> Lowered:
     """Kernels, plan and packed parameters for ``graph``; ``knobs`` per entry point (the target's schedules).
     Without ``weights`` only the plan is built (no packing): enough to count kernels."""
     lw = _Lowering(graph, weights, knobs)

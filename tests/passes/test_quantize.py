@@ -131,3 +131,33 @@ def test_16bit_weights(dtype, tiny_models, tmp_path):
         want, got = it.run([tok], st)[-1], eng.decode([seq], [tok])[0]
     with pytest.raises(LfmcError, match="unknown weight dtype"):
         run_pipeline(m, ["cast-weights"], {"dtype": "f8"})
+
+
+@pytest.mark.parametrize("name", ["dense-a", "moe-b"])
+def test_16bit_kv_cache(name, tiny_models, tmp_path):
+    """cast-kv: the IR declares f16 KV state, the interpreter rounds what it caches, the compiled kernels store
+    half and read it back in float32; the cache takes half the bytes."""
+    m = tiny_models[name]
+    q = run_pipeline(m, ["cast-kv"], {"kv_dtype": "f16"})
+    verify(q.graph)
+    text = print_graph(q.graph)
+    assert 'kv_dtype = "f16"' in text and "k = f16[ctx" in text and print_graph(parse_graph(text)) == text
+    with pytest.raises(VerifyError, match="declared state"):
+        verify(parse_graph(text.replace("k = f16[ctx", "k = f32[ctx", 1)))
+    it = Interpreter(q.graph, q.weights)
+    toks = np.random.default_rng(5).integers(0, 256, 19)
+    ref = Interpreter(m.graph, m.weights).run(toks)
+    assert np.sqrt(((it.run(toks) - ref) ** 2).mean()) / ref.std() < 0.01
+    arts = {kv: compile_model(m, tmp_path / kv, max_batch=2, max_context=64, prefill_chunk=8, kv_dtype=kv)
+            for kv in ("f32", "f16")}
+    eng = Engine(arts["f16"])
+    assert {s["dtype"] for k, s in eng.plan["state"].items() if s["kind"] == "kv"} == {"float16"}
+    assert eng.memory_bytes()["state"] < Engine(arts["f32"]).memory_bytes()["state"]
+    st, seq = it.new_state(), eng.new_sequence()
+    want, got = it.run(toks, st)[-1], eng.prefill(seq, toks.tolist())
+    for _ in range(6):
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+        tok = int(np.argmax(want))
+        want, got = it.run([tok], st)[-1], eng.decode([seq], [tok])[0]
+    with pytest.raises(LfmcError, match="unknown KV-cache dtype"):
+        run_pipeline(m, ["cast-kv"], {"kv_dtype": "f8"})

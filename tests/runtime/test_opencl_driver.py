@@ -79,11 +79,18 @@ def test_decode_after_prefill_matches_interpreter(name, models, artifacts):
         eng.release(seq)
 
 
-def test_batched_decode_and_quantized(tmp_path, models):
+@pytest.mark.parametrize("opts", [{"quant": "q4g32"}, {"quant": "q8", "kv_dtype": "f16"}, {"dtype": "f16"}])
+def test_batched_decode_quantized_16bit(tmp_path, models, opts):
     m = models["dense-a"]
-    art = compile_model(m, tmp_path / "q", target=TARGET, max_batch=2, max_context=64, prefill_chunk=16,
-                        quant="q4g32")
-    host = compile_model(m, tmp_path / "h", max_batch=2, max_context=64, prefill_chunk=16, quant="q4g32")
+    art = compile_model(m, tmp_path / "q", target=TARGET, max_batch=2, max_context=64, prefill_chunk=16, **opts)
+    host = compile_model(m, tmp_path / "h", max_batch=2, max_context=64, prefill_chunk=16, **opts)
+    if "f16" in opts.values():
+        import pyopencl as cl
+
+        if not any("cl_khr_fp16" in d.extensions for p in cl.get_platforms() for d in p.get_devices()):
+            with pytest.raises(RuntimeLoadError, match="lacks cl_khr_fp16"):     # PoCL on this CPU: said plainly
+                Engine(art)
+            return
     g, h = Engine(art), Engine(host)
     a, b = g.new_sequence(), g.new_sequence()
     ha, hb = h.new_sequence(), h.new_sequence()

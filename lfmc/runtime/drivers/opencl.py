@@ -99,6 +99,7 @@ class OpenCLDriver:
         self.device = devs[0]
         self.ctx = cl.Context([self.device])
         self.queue = cl.CommandQueue(self.ctx)
+        self.has_fp16 = "cl_khr_fp16" in self.device.extensions
         self.mf = cl.mem_flags
 
     # ----------------------------------------------------------------------------------------- kernels
@@ -110,6 +111,10 @@ class OpenCLDriver:
             raise RuntimeLoadError(f"{path}: not a device kernel library ({type(e).__name__}: {e})") from None
         if lib.get("api") != "opencl":
             raise RuntimeLoadError(f"{path}: kernels for {lib.get('api')!r}, not OpenCL")
+        if "cl_khr_fp16" in source and not self.has_fp16:
+            raise RuntimeLoadError(f"{path}: the kernels use half precision (16-bit weights or KV cache) and "
+                                   f"{self.device.name} lacks cl_khr_fp16: compile with --dtype f32 / --kv-dtype f32 "
+                                   "(int8 / int4 weights work)")
         try:
             program = self.cl.Program(self.ctx, source).build()
         except self.cl.Error as e:

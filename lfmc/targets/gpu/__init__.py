@@ -149,14 +149,14 @@ def _launches(host: tirx.PrimFunc, orig: tirx.PrimFunc) -> dict[str, Any]:
                 raise LfmcError(f"internal: unresolved buffer argument {a} of {kname}")
             else:
                 args.append(["int", expr_to_str(a, lets, names), str(getattr(a, "ty", "int32"))])
-        grid, block = ["1", "1", "1"], ["1", "1", "1"]
-        for tag, e in zip(lp, ext):
-            axis = "xyz".index(tag[-1])
-            (grid if tag.startswith("blockIdx") else block)[axis] = expr_to_str(e, lets, names)
         dyn = [t for t in lp if not (t.startswith("blockIdx") or t.startswith("threadIdx"))]
         if dyn:
             raise LfmcError(f"internal: {kname} needs launch parameters {dyn} (dynamic shared memory) that lfmc's "
                             "drivers do not pass")
+        grid, block = ["1", "1", "1"], ["1", "1", "1"]
+        for tag, e in zip(lp, ext):
+            axis = "xyz".index(tag[-1])
+            (grid if tag.startswith("blockIdx") else block)[axis] = expr_to_str(e, lets, names)
         out.append({"function": kname, "args": args, "grid": grid, "block": block})
     tdecl = {}
     for b in temps:
@@ -295,12 +295,10 @@ def cached_build_device(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Targ
 
 
 def gpu_knobs(profile) -> dict[str, Any]:
-    """Knobs of a GPU family: row tiles of 1 (the runtime pads nothing), plain [N, K] weight layout (lanes 1),
-    lfmc's loop kernels ``max_threads`` wide."""
-    from ..kernels import Knobs
+    """The GPU families' knobs for ``profile`` (see :func:`lfmc.targets.knobs.gpu_knobs`)."""
+    from ..knobs import gpu_knobs as knobs
 
-    k = Knobs(lanes=1, rows=1, cols=1, parallel=True, gpu=True, threads=min(64, profile.max_threads))
-    return {"prefill": k, "decode": k}
+    return knobs(profile.max_threads)
 
 
 def build_gpu(kernels: dict, profile, out_dir, progress=None, log=None) -> dict[str, str]:

@@ -1,0 +1,32 @@
+"""Schedule knobs: what a target family chooses for the shared kernels. No TVM here, so that plans and packed
+parameters can be rebuilt on a machine without it (a lent GPU regenerating weights from a seed)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Target-chosen schedule parameters."""
+
+    lanes: int = 8            # f32 vector width (8: AVX2 / NEON x2, 16: AVX-512)
+    rows: int = 4             # matmul register tile rows (the rows of a call are padded to a multiple)
+    cols: int = 3             # matmul register tile: vectors of `lanes` outputs per row
+    parallel: bool = True
+    gpu: bool = False         # GPU family: TE kernels left unscheduled for dlight, parallel loops become threads
+    threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
+
+
+def pick_lanes(n: int, lanes: int) -> int:
+    """The widest vector width <= lanes that divides n (packed layouts need N % lanes == 0)."""
+    for l in (lanes, 16, 8, 4, 2, 1):
+        if l <= lanes and n % l == 0:
+            return l
+    return 1
+
+
+def gpu_knobs(max_threads: int = 256) -> dict[str, Knobs]:
+    """Knobs of every GPU family: row tiles of 1 (the runtime pads nothing), plain [N, K] weight layout (lanes 1),
+    lfmc's loop kernels 64 threads wide (or the device's limit if lower)."""
+    k = Knobs(lanes=1, rows=1, cols=1, parallel=True, gpu=True, threads=min(64, max_threads))
+    return {"prefill": k, "decode": k}
