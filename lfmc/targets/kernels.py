@@ -590,6 +590,68 @@ def make_recurrence_prefill(name: str, D: int, ia: int, ib: int, ic: int, ix: in
     return _named(f, name)
 
 
+def make_recurrence_scan(name: str, D: int, ia: int, ib: int, ic: int, ix: int, chunk: int = 32,
+                         kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
+    """The same prefill scan, parallel in time as well as over channels (for devices whose thread count
+    channels alone cannot fill, and long prompts): the chunk of n tokens is cut into pieces of ``chunk``;
+
+    1. every (piece, channel) scans its piece from a zero state: the piece's end state e and the product of its
+       gates g (in parallel);
+    2. every channel walks the pieces in order, carrying h_in(p+1) = e(p) + g(p) h_in(p) from the slot's state
+       (n / chunk steps, not n) and leaves the last one in the state;
+    3. every (piece, channel) rescans its piece from h_in(p), writing Y (in parallel).
+
+    Temporaries (ends, products, carries: 3 n/chunk D floats) are global buffers: on a GPU the three phases are
+    three kernels. Args: P, state[S, D], Y[n, D], slot (as :func:`make_recurrence_prefill`)."""
+    kn_tb = kn.threads if kn.gpu else 1
+    Q = chunk
+
+    @T.prim_func
+    def f(p: T.handle, st: T.handle, y: T.handle, slot: T.int32):
+        T.func_attr({"tir.noalias": True})
+        n = T.int32()
+        S = T.int32()
+        P = T.match_buffer(p, (n, 4 * D), "float32")
+        St = T.match_buffer(st, (S, D), "float32")
+        Y = T.match_buffer(y, (n, D), "float32")
+        E = T.alloc_buffer(((n + Q - 1) // Q * D * 3,), "float32")     # per (piece, channel): end, product, h_in
+        for bi in _grid((n + Q - 1) // Q * D, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < (n + Q - 1) // Q * D:
+                    i = bi * kn_tb + ti
+                    acc = T.decl_buffer((2,), "float32", scope="local")
+                    acc[0] = T.float32(0)
+                    acc[1] = T.float32(1)
+                    for t in T.serial(T.min(Q, n - i // D * Q)):
+                        acc[0] = acc[0] / (T.float32(1) + T.exp(-P[i // D * Q + t, ia * D + i % D])) + P[
+                            i // D * Q + t, ib * D + i % D] * P[i // D * Q + t, ix * D + i % D]
+                        acc[1] = acc[1] / (T.float32(1) + T.exp(-P[i // D * Q + t, ia * D + i % D]))
+                    E[i * 3] = acc[0]
+                    E[i * 3 + 1] = acc[1]
+        for bi in _grid(D, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < D:
+                    d = bi * kn_tb + ti
+                    h = T.decl_buffer((1,), "float32", scope="local")
+                    h[0] = St[slot, d]
+                    for c in T.serial((n + Q - 1) // Q):
+                        E[(c * D + d) * 3 + 2] = h[0]
+                        h[0] = E[(c * D + d) * 3] + E[(c * D + d) * 3 + 1] * h[0]
+                    St[slot, d] = h[0]
+        for bi in _grid((n + Q - 1) // Q * D, kn):
+            for ti in _lane(kn):
+                if bi * kn_tb + ti < (n + Q - 1) // Q * D:
+                    i = bi * kn_tb + ti
+                    h = T.decl_buffer((1,), "float32", scope="local")
+                    h[0] = E[i * 3 + 2]
+                    for t in T.serial(T.min(Q, n - i // D * Q)):
+                        h[0] = h[0] / (T.float32(1) + T.exp(-P[i // D * Q + t, ia * D + i % D])) + P[
+                            i // D * Q + t, ib * D + i % D] * P[i // D * Q + t, ix * D + i % D]
+                        Y[i // D * Q + t, i % D] = P[i // D * Q + t, ic * D + i % D] * h[0]
+
+    return _named(f, name)
+
+
 def make_recurrence_decode(name: str, D: int, ia: int, ib: int, ic: int, ix: int,
                            kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """One step for each of n sequences, the state of slots[b] updated in place. Args: P, state, Y, slots."""

@@ -338,8 +338,12 @@ class _Lowering:
         self.matmul((ins[0], D), [(n, "in_proj")], 4 * D, D, ("t_p", 4 * D), bias("in_proj_bias"), norm=norm)
         st = f"h.{n.name}"
         self.state[st] = {"shape": ["S", D], "dtype": "float32", "kind": "recurrent", "node": n.name}
-        kp = self.kernel(("rec_prefill", D, ia, ib, ic, ix), K.make_recurrence_prefill, D, ia, ib, ic, ix,
-                         self.loop)
+        if self.loop.gpu:       # parallel in time too: channels alone leave most of a GPU idle
+            kp = self.kernel(("rec_scan", D, ia, ib, ic, ix, 32), K.make_recurrence_scan, D, ia, ib, ic, ix, 32,
+                             self.loop)
+        else:                   # channels already fill the CPU's cores; one pass over the chunk per channel
+            kp = self.kernel(("rec_prefill", D, ia, ib, ic, ix), K.make_recurrence_prefill, D, ia, ib, ic, ix,
+                             self.loop)
         kd = self.kernel(("rec_decode", D, ia, ib, ic, ix), K.make_recurrence_decode, D, ia, ib, ic, ix,
                          self.loop)
         base = [self.slab("t_p", "n", 4 * D), ["state", st], self.slab("t_y", "n", D)]

@@ -111,3 +111,20 @@ def test_artifact_is_device_code_with_launch_table(artifacts):
         assert spec["launches"] and all(len(L["grid"]) == 3 and len(L["block"]) == 3 for L in spec["launches"])
     with pytest.raises(RuntimeLoadError, match="not for the 'cpu' driver"):
         Engine(root, device="cpu")
+
+
+def test_chunked_scan_over_many_pieces(tmp_path, models):
+    """GPU families run the recurrence prefill as a parallel-in-time scan (pieces of 32 tokens, carries, rescan;
+    global temporaries between its three device kernels): a 75-token prefill equals the interpreter."""
+    m = models["hybrid"]
+    art = compile_model(m, tmp_path / "h", target=TARGET, max_batch=1, max_context=128, prefill_chunk=80)
+    lib = json.loads((art / "kernels" / "device.json").read_text())
+    scans = [v for k, v in lib["table"].items() if k.startswith("k_rec_scan")]
+    assert scans and all(len(s["launches"]) == 3 and s["temps"] for s in scans)
+    eng, it = Engine(art), Interpreter(m.graph, m.weights)
+    toks = np.random.default_rng(9).integers(0, 256, 75)
+    st, seq = it.new_state(), eng.new_sequence()
+    ref, got = it.run(toks, st)[-1], eng.prefill(seq, toks.tolist())
+    assert np.abs(got - ref).max() <= RTOL * max(1.0, np.abs(ref).max())
+    ref, got = it.run([5], st)[-1], eng.decode([seq], [5])[0]
+    assert np.abs(got - ref).max() <= RTOL * max(1.0, np.abs(ref).max())

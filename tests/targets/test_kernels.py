@@ -218,3 +218,17 @@ def test_embedding_quantized(quant):
         packed, qargs = pack_weight(table, None, None, None, 8, False)
     out = call(build(K.make_embedding("eq", V, D, 8, quant)), tok, packed, *qargs, np.zeros((5, D), np.float32))[-1]
     np.testing.assert_allclose(out, table[tok], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,chunk", [(1, 4), (7, 4), (37, 8), (64, 16)])
+def test_recurrence_chunked_scan_equals_sequential(n, chunk):
+    """The parallel-in-time scan (pieces, carries, rescan) equals the sequential scan, state included."""
+    D, S = 12, 3
+    P, st = r(n, 4 * D), r(S, D)
+    args = (1, 2, 3, 0)
+    seq = call(build(K.make_recurrence_prefill("rs", D, *args)), P, st.copy(), np.zeros((n, D), np.float32), 2)
+    par = call(build(K.make_recurrence_scan("rc", D, *args, chunk=chunk)), P, st.copy(),
+               np.zeros((n, D), np.float32), 2)
+    np.testing.assert_allclose(par[2], seq[2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(par[1], seq[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(par[1][[0, 1]], st[[0, 1]])
