@@ -18,7 +18,9 @@ regenerates every model's seeded random weights with lfmc's numpy generator, pac
 - 350M and 1.2B: decode tokens/s (CUDA graphs on and off) and prefill-512 tokens/s against PyTorch eager bf16
   and f32 on the same GPU, written to $OUT/cuda.json.
 
-Never run on a machine without a GPU: the ``run`` step fails with the cuda driver's message.
+A dry run of the whole flow on this machine (OpenCL over PoCL instead of CUDA):
+``prepare --target snapdragon-8gen3 --models lfm2-tiny,lfm2-moe-tiny,lfm2-hybrid-tiny --out build/dry`` then
+``run --carry build/dry --device opencl --models lfm2-tiny,lfm2-moe-tiny,lfm2-hybrid-tiny``.
 """
 from __future__ import annotations
 
@@ -35,13 +37,13 @@ MODELS = {"lfm2-tiny": 0.25, "lfm2-moe-tiny": 0.25, "lfm2-hybrid-tiny": 0.25, "l
 TARGET = "nvidia-h200"
 
 
-def prepare(out: Path) -> None:
+def prepare(out: Path, target: str = TARGET, models: list[str] | None = None) -> None:
     from lfmc.compile import compile_model, load_source
 
     out.mkdir(parents=True, exist_ok=True)
-    for name, std in MODELS.items():
-        m = load_source(name, seed=0, init_std=std)
-        art = compile_model(m, out / name, target=TARGET, max_batch=4, max_context=1024, prefill_chunk=512)
+    for name in models or list(MODELS):
+        m = load_source(name, seed=0, init_std=MODELS[name])
+        art = compile_model(m, out / name, target=target, max_batch=4, max_context=1024, prefill_chunk=512)
         (art / "params.safetensors").unlink()        # regenerated on the device from the seed
         print(f"prepared {name}: {sum(f.stat().st_size for f in art.rglob('*') if f.is_file()) / 2**20:.1f} MiB",
               flush=True)
@@ -87,7 +89,7 @@ def _torch_decode_tps(cfg, weights, dtype, steps=64):
     return steps / (time.perf_counter() - t)
 
 
-def run(carry: Path, out: Path) -> int:
+def run(carry: Path, out: Path, device: str = "cuda", models: list[str] | None = None) -> int:
     import numpy as np
 
     from lfmc.compile import regenerate_params
@@ -95,12 +97,16 @@ def run(carry: Path, out: Path) -> int:
 
     res: dict = {"models": {}}
     ok = True
-    for name in MODELS:
+    for name in models or list(MODELS):
         art = carry / name
         t = time.perf_counter()
         regenerate_params(art)                       # lfmc.compile: numpy only
-        eng = Engine(art, device="cuda", verify=False)
-        r: dict = {"load_s": time.perf_counter() - t}
+        eng = Engine(art, device=device, verify=False)
+        want_hash = json.loads((art / "manifest.json").read_text())["files"]["params.safetensors"]
+        import hashlib
+
+        r_hash = hashlib.sha256((art / "params.safetensors").read_bytes()).hexdigest() == want_hash
+        r: dict = {"load_s": time.perf_counter() - t, "params_identical": r_hash}
         man = eng.manifest
         if "tiny" in name:
             from lfmc.frontend import import_preset
@@ -137,14 +143,18 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("--out", default="build/cuda-carry")
+    p.add_argument("--target", default=TARGET, help="snapdragon-8gen3 + run --device opencl: a dry run here")
+    p.add_argument("--models", default=None, help="comma-separated subset of " + ",".join(MODELS))
     p = sub.add_parser("run")
     p.add_argument("--carry", default="build/cuda-carry")
     p.add_argument("--out", default="build/cuda-out")
+    p.add_argument("--device", default="cuda", help="driver (opencl: a dry run of this script on PoCL)")
+    p.add_argument("--models", default=None, help="comma-separated subset of " + ",".join(MODELS))
     a = ap.parse_args()
     if a.cmd == "prepare":
-        prepare(Path(a.out))
+        prepare(Path(a.out), a.target, a.models.split(",") if a.models else None)
         return 0
-    return run(Path(a.carry), Path(a.out))
+    return run(Path(a.carry), Path(a.out), a.device, a.models.split(",") if a.models else None)
 
 
 if __name__ == "__main__":

@@ -139,8 +139,6 @@ def regenerate_params(artifact: str | os.PathLike) -> Path:
     so a large model's artifact can travel without its weights (to a lent GPU) and get them back there."""
     import json
 
-    from safetensors.numpy import save_file
-
     from .frontend import import_preset
     from .passes import run_pipeline
     from .targets.knobs import gpu_knobs
@@ -159,5 +157,34 @@ def regenerate_params(artifact: str | os.PathLike) -> Path:
                                             "dtype": man["weight_dtype"], "kv_dtype": man.get("kv_dtype", "f32")})
     low = lower(m.graph, m.weights, gpu_knobs(man["target"]["profile"]["max_threads"]))
     out = root / "params.safetensors"
-    save_file({k: np.ascontiguousarray(v) for k, v in low.params.items()}, str(out))
+    tensors = {k: np.ascontiguousarray(v) for k, v in low.params.items()}
+    try:
+        from safetensors.numpy import save_file
+    except ImportError:                                # a bare device machine: the format is simple enough
+        _write_safetensors(out, tensors)
+    else:
+        save_file(tensors, str(out))
     return out
+
+
+_ST_DTYPE = {"float32": "F32", "float16": "F16", "uint16": "U16", "int8": "I8", "uint8": "U8", "int32": "I32"}
+
+
+def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """A safetensors file (8-byte header length, JSON header, raw data) without the safetensors package. The
+    bytes may differ from the package's (header order, padding); the runtime's reader takes either."""
+    import json
+
+    header: dict[str, Any] = {}
+    off = 0
+    for k in sorted(tensors):
+        a = tensors[k]
+        header[k] = {"dtype": _ST_DTYPE[str(a.dtype)], "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
+        off += a.nbytes
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for k in sorted(tensors):
+            f.write(tensors[k].tobytes())
