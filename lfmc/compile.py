@@ -87,7 +87,9 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     else:
         raise LfmcError(f"target {prof.name}: no build for the {prof.family} family")
     before = kernels_per_layer(lower(model.graph, None, knobs).plan, model.graph)
-    model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype}, dump_dir=dump_ir)
+    family = "gpu" if prof.family in ("opencl", "cuda", "metal", "rocm") else "cpu"
+    model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype}, dump_dir=dump_ir,
+                         family=family)
     low = lower(model.graph, model.weights, knobs)
     after = kernels_per_layer(low.plan, model.graph)
     if log:
@@ -110,7 +112,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                   "config": cfg, "source": {k: v for k, v in model.provenance.items() if k != "config"}},
         "ir_hash": hashlib.sha256(text.encode()).hexdigest(),
         "quant": quant or "f32",
-        "passes": resolve(passes),
+        "passes": resolve(passes, family),
         "weight_dtype": dtype,
         "kv_dtype": kv_dtype,
         "limits": {"max_batch": int(max_batch), "max_context": max_context, "prefill_chunk": int(prefill_chunk),

@@ -21,14 +21,22 @@ DEFAULT: dict[str, list[str]] = {
 }
 
 
-def default_passes() -> list[str]:
-    return [p for ph in PHASES for p in DEFAULT[ph]]
+# GPU families keep the input RMSNorm a kernel of its own: a norm folded into a projection gives it a second
+# reduction, which TVM's dlight GEMV rules do not take (it would fall to a three-kernel fallback schedule).
+WITHOUT_ON = {"gpu": {"fuse-norm"}}
 
 
-def resolve(names: Sequence[str] | str | None) -> list[str]:
-    """Pass names from a list or a comma-separated string; ``None`` = the default pipeline, ``""`` = none."""
+def default_passes(family: str = "cpu") -> list[str]:
+    """The default pipeline, in phase order, for a target family (``cpu`` or ``gpu``)."""
+    drop = WITHOUT_ON.get(family, set())
+    return [p for ph in PHASES for p in DEFAULT[ph] if p not in drop]
+
+
+def resolve(names: Sequence[str] | str | None, family: str = "cpu") -> list[str]:
+    """Pass names from a list or a comma-separated string; ``None`` = the family's default pipeline,
+    ``""`` = none."""
     if names is None:
-        return default_passes()
+        return default_passes(family)
     if isinstance(names, str):
         names = [x.strip() for x in names.split(",") if x.strip()]
     unknown = [n for n in names if n not in REGISTRY]
@@ -38,10 +46,11 @@ def resolve(names: Sequence[str] | str | None) -> list[str]:
 
 
 def run_pipeline(model: Model, passes: Sequence[str] | str | None = None, options: dict[str, Any] | None = None,
-                 dump_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> Model:
+                 dump_dir: str | Path | None = None, log: Callable[[str], None] | None = None,
+                 family: str = "cpu") -> Model:
     """Run ``passes`` (default pipeline when None) phase by phase. With ``dump_dir``, writes
     ``NN-PHASE.lfmir`` after every phase (``00-input.lfmir`` first)."""
-    names = resolve(passes)
+    names = resolve(passes, family)
     options = options or {}
     dump = Path(dump_dir) if dump_dir else None
     if dump:

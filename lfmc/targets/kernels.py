@@ -102,9 +102,14 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
         Sc = Zp = None
 
     def wv(h, j, k):
-        """The weight (h: gate/up half, or None) at output j, input k, widened to float32 (int4 takes the
-        per-group path below instead)."""
+        """The weight (h: gate/up half, or None) at output j, input k, widened to float32. int4 is dequantized
+        per element here only for GPU families (one reduction dlight's GEMV rules take); CPUs take the
+        per-group path below."""
         hh = () if h is None else (h,)
+        if qkind == "q4":
+            code = (W[(j // l, *hh, k // 2, j % l)] >> (4 * (k % 2)).astype("uint8")) & tvm.tirx.const(15, "uint8")
+            zero = Zp[(*hh, j, k // g)] if Zp is not None else tvm.tirx.const(8.0, "float32")
+            return (code.astype("float32") - zero) * Sc[(*hh, j, k // g)]
         return _widen(W[(j // l, *hh, k, j % l)], qkind)
 
     def post(h, j, v):
@@ -123,7 +128,7 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
                        name="Xs")
     pair_sum = te.comm_reducer(lambda x, y: (x[0] + y[0], x[1] + y[1]),
                                lambda t0, t1: (tvm.tirx.const(0, t0), tvm.tirx.const(0, t1)), name="pair_sum")
-    if qkind == "q4":
+    if qkind == "q4" and not knobs.gpu:
         # two levels: raw code dot products per group (P), then scale and zero once per group:
         # sum_k x (c - z) s = sum_groups s (sum_group x c - z sum_group x)
         G = K // g

@@ -204,3 +204,16 @@ def test_fallback_safetensors_writer_reads_back(tmp_path):
                                                     for k, v in t.items()}, lambda s, d: np.empty(s, d))
     for k, v in t.items():
         np.testing.assert_array_equal(got[k], v)
+
+
+@pytest.mark.parametrize("target", ["nvidia-h200", "snapdragon-8gen3", "apple-m2", "amd-rdna3"])
+def test_gpu_matmuls_are_single_gemv_kernels(target, built):
+    """GPU pipelines keep the input norm a kernel of its own, so every projection (float, q8, q4 dequantized per
+    element) is one reduction that dlight schedules as one kernel with no global temporaries."""
+    art = built(target)
+    man = json.loads((art / "manifest.json").read_text())
+    assert "fuse-norm" not in man["passes"] and "fuse-rope" in man["passes"]
+    lib = json.loads((art / "kernels" / "device.json").read_text())
+    mms = {k: v for k, v in lib["table"].items() if k.startswith("k_mm")}
+    assert mms and all(len(v["launches"]) == 1 and not v["temps"] for v in mms.values()), \
+        {k: len(v["launches"]) for k, v in mms.items()}
