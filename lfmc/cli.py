@@ -268,6 +268,7 @@ def cmd_passes(a: argparse.Namespace) -> int:
     for phase, name, doc in describe():
         print(f"{phase:<13} {name:<14} {'(default) ' if name in default else ''}{doc.splitlines()[0] if doc else ''}")
     print(f"default pipeline: {','.join(default)}")
+    print(f"default pipeline on GPU targets: {','.join(default_passes('gpu'))}")
     return 0
 
 
