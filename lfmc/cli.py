@@ -251,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runtime driver (default: the one the artifact was compiled for)")
     p.set_defaults(fn=cmd_bench)
 
+    p = sub.add_parser("verify", help="check an artifact (hashes, plan, parameters, kernel libraries as data) "
+                       "without loading any of its code")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_verify)
+
     p = sub.add_parser("targets", help="list the target profiles and their numbers")
     p.add_argument("--profiles", default=None, metavar="FILE", help="a TOML file of extra target profiles")
     p.add_argument("--json", action="store_true")
@@ -269,6 +275,19 @@ def cmd_passes(a: argparse.Namespace) -> int:
         print(f"{phase:<13} {name:<14} {'(default) ' if name in default else ''}{doc.splitlines()[0] if doc else ''}")
     print(f"default pipeline: {','.join(default)}")
     print(f"default pipeline on GPU targets: {','.join(default_passes('gpu'))}")
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .runtime.verify import verify_artifact
+
+    r = verify_artifact(a.artifact)
+    if a.json:
+        print(json.dumps(r, indent=1))
+    else:
+        print(f"{r['artifact']}: ok - model {r['model']} for {r['target']} ({r['driver']} driver); {r['files']} files "
+              f"hashed, {r['parameters']} parameters, {r['kernels']} kernels in {r['libraries']} libraries "
+              f"({', '.join(r['library_kinds'])}); no library was loaded")
     return 0
 
 

@@ -1,0 +1,98 @@
+"""``lfmc verify ART``: check an artifact completely without loading or running any of its code.
+
+What it checks: the manifest (schema, version, every file's sha256, no file outside the artifact), the
+parameters' safetensors header against the plan (names, dtypes, shapes, data ranges; no tensor data is read),
+the plan (every launch names a kernel with a library, every argument refers to a declared slab, parameter,
+state or input), and the kernel libraries as data: CPU libraries must be object files for the manifest's
+architecture (ELF / Mach-O headers), GPU libraries must parse, name the right API and carry a well-formed launch
+table for every kernel the plan launches, with as many parameters as the plan passes. A compiled library is
+code: this is what can be known about an artifact before trusting it.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from .artifact import load_manifest
+from .drivers.launch import LaunchSpec
+from .errors import RuntimeLoadError
+from .params import param_header
+
+_ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
+_ARGS = {"slab", "param", "state", "input", "scalar", "const"}
+
+
+def _check_object(path: Path, arch: str | None) -> str:
+    """The kind of a CPU kernel library, checked against the manifest's architecture."""
+    b = path.read_bytes()[:64]
+    if b[:4] == b"\x7fELF":
+        machine = struct.unpack_from("<H", b, 18)[0]
+        want = _ELF_MACHINE.get(arch or "")
+        if want is not None and machine != want:
+            raise RuntimeLoadError(f"{path.name}: ELF for machine {machine}, the manifest says {arch}")
+        return "elf"
+    if b[:4] == b"\xcf\xfa\xed\xfe":
+        if arch not in ("arm64", None):
+            raise RuntimeLoadError(f"{path.name}: a Mach-O library, the manifest says {arch}")
+        return "mach-o"
+    if b[:8] == b"!<arch>\n":
+        return "archive"
+    raise RuntimeLoadError(f"{path.name}: not an object file or library (no ELF / Mach-O / ar header)")
+
+
+def verify_artifact(path: str | Path) -> dict[str, Any]:
+    """Check ``path`` as described in the module doc; returns a summary, raises RuntimeLoadError naming the
+    first problem found."""
+    root = Path(path)
+    m = load_manifest(root, verify_hashes=True)
+    plan = m["plan"]
+    # parameters: the header only
+    header = param_header(root / "params.safetensors", plan["params"])
+    # the plan
+    kernels = m["kernels"]
+    nargs: dict[str, int] = {}
+    for entry, launches in plan["entries"].items():
+        for i, L in enumerate(launches):
+            where = f"plan entry {entry!r} launch {i} ({L.get('kernel')})"
+            if L.get("kernel") not in kernels:
+                raise RuntimeLoadError(f"{where}: no library for this kernel")
+            for a in L.get("args", []):
+                if not isinstance(a, list) or not a or a[0] not in _ARGS:
+                    raise RuntimeLoadError(f"{where}: argument {a!r} is not understood")
+                pool = {"slab": plan["slabs"], "param": plan["params"], "state": plan["state"]}.get(a[0])
+                if pool is not None and a[1] not in pool:
+                    raise RuntimeLoadError(f"{where}: {a[0]} {a[1]!r} is not declared in the plan")
+                if a[0] == "input" and a[1] not in ("tokens", "slots", "pos"):
+                    raise RuntimeLoadError(f"{where}: unknown input {a[1]!r}")
+            n = len(L.get("args", []))
+            if nargs.setdefault(L["kernel"], n) != n:
+                raise RuntimeLoadError(f"{where}: launched with {n} arguments here, {nargs[L['kernel']]} elsewhere")
+    # kernel libraries, as data
+    t = m["target"]
+    libs: dict[str, str] = {}
+    for lib in sorted({kernels[k] for k in nargs}):
+        p = root / lib
+        if lib.endswith(".json"):
+            try:
+                d = json.loads(p.read_text())
+                table, api = d["table"], d["api"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise RuntimeLoadError(f"{lib}: not a device kernel library ({type(e).__name__}: {e})") from None
+            if api != t.get("kind"):
+                raise RuntimeLoadError(f"{lib}: kernels for {api!r}, the manifest's target is {t.get('kind')!r}")
+            for k, n in nargs.items():
+                if kernels[k] != lib:
+                    continue
+                if k not in table:
+                    raise RuntimeLoadError(f"{lib}: no launch table for kernel {k!r}")
+                spec = LaunchSpec(k, table[k])
+                if spec.nparams != n:
+                    raise RuntimeLoadError(f"{lib}: kernel {k!r} takes {spec.nparams} arguments, the plan passes {n}")
+            libs[lib] = f"{api} source + launch table"
+        else:
+            libs[lib] = _check_object(p, t.get("features", {}).get("arch"))
+    return {"artifact": str(root), "target": t.get("name"), "driver": t.get("driver"), "files": len(m["files"]),
+            "parameters": len(header), "kernels": len(nargs), "libraries": len(libs),
+            "library_kinds": sorted(set(libs.values())), "model": m["model"].get("name")}
