@@ -108,6 +108,14 @@ def cmd_compile(a: argparse.Namespace) -> int:
                   log=None if a.quiet else print, quant=quant, dtype=a.dtype, profiles=a.profiles,
                   kv_dtype=a.kv_dtype)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
+    if not a.quiet:
+        man = json.loads((out / "manifest.json").read_text())
+        groups: dict[str, list[int]] = {}
+        for f in sorted(man["files"]):
+            d = f.rsplit("/", 1)[0] + "/*" + Path(f).suffix if "/" in f else f
+            groups.setdefault(d, []).append((out / f).stat().st_size)
+        print("  " + ", ".join(f"{k} ({len(v)} file{'s' if len(v) > 1 else ''}, {sum(v) / 2**20:.1f} MiB)"
+                               if len(v) > 1 else f"{k} ({sum(v) / 2**20:.1f} MiB)" for k, v in groups.items()))
     return 0
 
 
