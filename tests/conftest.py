@@ -10,6 +10,18 @@ from tests.configs import ALL_CONFIGS, INIT_STD
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_device_cache(tmp_path_factory):
+    """GPU builds in tests use a cache of their own (cold at the start of every run), never the user's."""
+    old = os.environ.get("LFMC_CACHE")
+    os.environ["LFMC_CACHE"] = str(tmp_path_factory.mktemp("device-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LFMC_CACHE", None)
+    else:
+        os.environ["LFMC_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_models():
     """name -> lfmc Model (config-built graph, seeded random weights, provenance with the config)."""

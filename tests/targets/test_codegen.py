@@ -217,3 +217,15 @@ def test_gpu_matmuls_are_single_gemv_kernels(target, built):
     mms = {k: v for k, v in lib["table"].items() if k.startswith("k_mm")}
     assert mms and all(len(v["launches"]) == 1 and not v["temps"] for v in mms.values()), \
         {k: len(v["launches"]) for k, v in mms.items()}
+
+
+def test_device_cache_hit_equals_cold_build(tmp_path, tiny, monkeypatch):
+    """A second compile takes the device module from the cache (by content hash) and writes the same kernels."""
+    import os
+
+    monkeypatch.setenv("LFMC_CACHE", str(tmp_path / "cache"))
+    a = compile_model(tiny, tmp_path / "a", target="apple-m2", max_batch=1, max_context=32)
+    assert len(os.listdir(tmp_path / "cache")) == 1
+    b = compile_model(tiny, tmp_path / "b", target="apple-m2", max_batch=1, max_context=32)
+    assert (a / "kernels" / "device.json").read_bytes() == (b / "kernels" / "device.json").read_bytes()
+    assert len(os.listdir(tmp_path / "cache")) == 1

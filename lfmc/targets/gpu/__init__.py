@@ -25,6 +25,8 @@ from ...ir.errors import LfmcError
 
 __all__ = ["schedule", "build_device", "expr_to_str"]
 
+TABLE_FORMAT = 1          # bump when the launch-table extraction changes: cached device modules are keyed by it
+
 
 def schedule(f: tirx.PrimFunc, target: tvm.target.Target, threads: int) -> tirx.PrimFunc:
     """The GPU schedule of one shared kernel for ``target`` (see the module doc)."""
@@ -268,7 +270,10 @@ def cached_build_device(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Targ
 
     d = cache_dir()
     h = hashlib.sha256()
-    h.update(f"{tvm.__version__}|{json.dumps(target.export(), sort_keys=True, default=str)}|{threads}".encode())
+    from ... import __version__
+
+    h.update(f"{tvm.__version__}|lfmc {__version__}|table {TABLE_FORMAT}|"
+             f"{json.dumps(target.export(), sort_keys=True, default=str)}|{threads}".encode())
     for name in sorted(funcs):
         h.update(name.encode() + b"\0" + funcs[name].script().encode() + b"\0")
     key = h.hexdigest()
