@@ -10,13 +10,12 @@ code: this is what can be known about an artifact before trusting it.
 """
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 from typing import Any
 
 from .artifact import load_manifest
-from .drivers.launch import LaunchSpec
+from .drivers.launch import LaunchSpec, read_device_library
 from .errors import RuntimeLoadError
 from .params import param_header
 
@@ -75,11 +74,8 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
     for lib in sorted({kernels[k] for k in nargs}):
         p = root / lib
         if lib.endswith(".json"):
-            try:
-                d = json.loads(p.read_text())
-                table, api = d["table"], d["api"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise RuntimeLoadError(f"{lib}: not a device kernel library ({type(e).__name__}: {e})") from None
+            d = read_device_library(p)
+            table, api = d["table"], d["api"]
             if api != t.get("kind"):
                 raise RuntimeLoadError(f"{lib}: kernels for {api!r}, the manifest's target is {t.get('kind')!r}")
             for k, n in nargs.items():

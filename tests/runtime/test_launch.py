@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lfmc.runtime import RuntimeLoadError
-from lfmc.runtime.drivers.launch import LaunchSpec, compile_expr
+from lfmc.runtime.drivers.launch import LaunchSpec, TempPool, compile_expr
 
 
 def test_expressions():
@@ -34,6 +34,13 @@ def test_spec_binds_shapes_and_scalars():
     assert env == {"n": 5, "slot": 4}
     fn, args, grid, block = spec.launches[0]
     assert fn == "k_kernel" and [g(env) for g in grid] == [3, 4, 1] and spec.temps["T"][1](env) == 40
+    made = []
+    pool = TempPool(spec, lambda n, dt: made.append((n, dt)) or len(made))
+    vals = spec.arguments(args, (A((5, 3)), "B", 4), env, pool, lambda a: a + "!")
+    assert vals == ["B!", 1, 5] and made == [(40, "float32")]
+    pool.get("T", {"n": 2, "slot": 0})                      # smaller: the buffer is kept
+    pool.get("T", {"n": 6, "slot": 0})                      # larger: grown
+    assert made == [(40, "float32"), (48, "float32")]
     with pytest.raises(RuntimeLoadError, match="takes 3 arguments"):
         spec.env((A((5, 3)),), lambda a: a.shape)
     with pytest.raises(RuntimeLoadError, match="launch table of bad is malformed"):

@@ -8,16 +8,13 @@ Python.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import RuntimeLoadError
-from .launch import LaunchSpec
-
-_SCALAR = {"int32": np.int32, "int64": np.int64, "uint32": np.uint32}
+from .launch import LaunchSpec, TempPool, read_device_library
 
 
 class CuView:
@@ -36,27 +33,12 @@ class _Kernel:
             self.funcs = [module.get_function(fn) for fn, *_ in spec.launches]
         except Exception as e:                     # noqa: BLE001
             raise RuntimeLoadError(f"kernel {spec.name}: device function missing from the module ({e})") from None
-        self.temps: dict[str, Any] = {}
-
-    def _temp(self, name: str, env: dict[str, int]) -> Any:
-        dtype, elems = self.spec.temps[name]
-        n = max(1, elems(env))
-        t = self.temps.get(name)
-        if t is None or t.size < n:
-            t = self.temps[name] = self.drv.cp.zeros((n,), dtype)
-        return t
+        self.temps = TempPool(spec, lambda n, dtype: drv.cp.zeros((n,), dtype))
 
     def __call__(self, *args: Any) -> None:
         env = self.spec.env(args, lambda a: a.shape)
         for f, (_, largs, grid, block) in zip(self.funcs, self.spec.launches):
-            kargs = []
-            for a in largs:
-                if a[0] == "buffer":
-                    kargs.append(args[a[1]].ptr)
-                elif a[0] == "temp":
-                    kargs.append(self._temp(a[1], env))
-                else:
-                    kargs.append(_SCALAR.get(a[2], np.int32)(a[1](env)))
+            kargs = self.spec.arguments(largs, args, env, self.temps, lambda a: a.ptr)
             g = tuple(x(env) for x in grid)
             if min(g) <= 0:
                 continue
@@ -81,13 +63,8 @@ class CudaDriver:
         self.graphs: dict[Any, Any] = {}
 
     def load_library(self, path: Path) -> Any:
-        try:
-            lib = json.loads(Path(path).read_text())
-            source, table = lib["source"], lib["table"]
-        except (OSError, ValueError, KeyError) as e:
-            raise RuntimeLoadError(f"{path}: not a device kernel library ({type(e).__name__}: {e})") from None
-        if lib.get("api") != "cuda":
-            raise RuntimeLoadError(f"{path}: kernels for {lib.get('api')!r}, not CUDA")
+        lib = read_device_library(path, "cuda")
+        source, table = lib["source"], lib["table"]
         try:
             module = self.cp.RawModule(code=source, options=("--std=c++17",))
             module.compile()

@@ -8,9 +8,29 @@ integers, names, ``+ - * // %`` and ``min``/``max``; they are checked once and c
 from __future__ import annotations
 
 import ast
+import json
+from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from ..errors import RuntimeLoadError
+
+SCALAR = {"int32": np.int32, "int64": np.int64, "uint32": np.uint32}
+
+
+def read_device_library(path: Path, api: str | None = None) -> dict[str, Any]:
+    """A GPU kernel library (``kernels/device.json``: api, source, launch table), checked to be for ``api``
+    when given. Shared by the drivers and ``lfmc verify``."""
+    try:
+        lib = json.loads(Path(path).read_text())
+        lib["source"], lib["table"], lib["api"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RuntimeLoadError(f"{path}: not a device kernel library ({type(e).__name__}: {e})") from None
+    if api is not None and lib["api"] != api:
+        raise RuntimeLoadError(f"{path}: kernels for {lib['api']!r}, not {api}")
+    return lib
+
 
 _OK = (ast.Expression, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod, ast.Name, ast.Load,
        ast.Constant, ast.Call, ast.UnaryOp, ast.USub)
@@ -65,6 +85,20 @@ class LaunchSpec:
         except (KeyError, TypeError, ValueError) as e:
             raise RuntimeLoadError(f"launch table of {name} is malformed ({type(e).__name__}: {e})") from None
 
+    def arguments(self, largs: list, args: tuple, env: dict[str, int], temps: "TempPool",
+                  buffer: Callable[[Any], Any]) -> list:
+        """The values of one device launch's arguments: ``buffer(view)`` of a plan argument, a temporary from
+        ``temps``, or an integer of the width the kernel declares."""
+        out = []
+        for a in largs:
+            if a[0] == "buffer":
+                out.append(buffer(args[a[1]]))
+            elif a[0] == "temp":
+                out.append(temps.get(a[1], env))
+            else:
+                out.append(SCALAR.get(a[2], np.int32)(a[1](env)))
+        return out
+
     def env(self, args: tuple, shape_of: Callable[[Any], tuple[int, ...]]) -> dict[str, int]:
         """Values of the symbolic names for one call, from the arguments' shapes and scalars."""
         if len(args) != self.nparams:
@@ -72,3 +106,20 @@ class LaunchSpec:
         env = {k: shape_of(args[i])[d] for k, (i, d) in self.shape_vars.items()}
         env.update({k: int(args[i]) for k, i in self.scalars.items()})
         return env
+
+
+class TempPool:
+    """One kernel's global temporaries (buffers between its device kernels), kept between calls and grown when
+    a call needs more. ``alloc(elements, dtype)`` makes a device buffer."""
+
+    def __init__(self, spec: LaunchSpec, alloc: Callable[[int, str], Any]):
+        self.spec, self.alloc = spec, alloc
+        self.bufs: dict[str, tuple[int, Any]] = {}
+
+    def get(self, name: str, env: dict[str, int]) -> Any:
+        dtype, elems = self.spec.temps[name]
+        n = max(1, elems(env))
+        have = self.bufs.get(name)
+        if have is None or have[0] < n:
+            have = self.bufs[name] = (n, self.alloc(n, dtype))
+        return have[1]

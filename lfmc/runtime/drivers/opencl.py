@@ -8,7 +8,6 @@ Pick a device with ``LFMC_OPENCL_DEVICE`` (a substring of the platform or device
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RuntimeLoadError
-from .launch import LaunchSpec
+from .launch import LaunchSpec, TempPool, read_device_library
 
 
 class ClArray:
@@ -38,9 +37,6 @@ class ClView:
         self.buf, self.shape = buf, tuple(shape)
 
 
-_SCALAR = {"int32": np.int32, "int64": np.int64, "uint32": np.uint32}
-
-
 class _Kernel:
     """A callable plan kernel: enqueues the device functions of one launch-table entry."""
 
@@ -50,27 +46,14 @@ class _Kernel:
             self.funcs = [getattr(program, fn) for fn, *_ in spec.launches]
         except AttributeError as e:
             raise RuntimeLoadError(f"kernel {spec.name}: device function missing from the program ({e})") from None
-        self.temps: dict[str, ClArray] = {}
-
-    def _temp(self, name: str, env: dict[str, int]) -> Any:
-        dtype, elems = self.spec.temps[name]
-        n = max(1, elems(env))
-        t = self.temps.get(name)
-        if t is None or t.nbytes < n * np.dtype(dtype).itemsize:
-            t = self.temps[name] = self.drv.alloc((n,), dtype)
-        return t.buf
+        self.temps = TempPool(spec, lambda n, dtype: drv.alloc((n,), dtype).buf)
 
     def __call__(self, *args: Any) -> None:
         cl = self.drv.cl
         env = self.spec.env(args, lambda a: a.shape)
         for f, (_, largs, grid, block) in zip(self.funcs, self.spec.launches):
-            for i, a in enumerate(largs):
-                if a[0] == "buffer":
-                    f.set_arg(i, args[a[1]].buf)
-                elif a[0] == "temp":
-                    f.set_arg(i, self._temp(a[1], env))
-                else:
-                    f.set_arg(i, _SCALAR.get(a[2], np.int32)(a[1](env)))
+            for i, v in enumerate(self.spec.arguments(largs, args, env, self.temps, lambda a: a.buf)):
+                f.set_arg(i, v)
             b = [x(env) for x in block]
             g = [x(env) * y for x, y in zip(grid, b)]
             if min(g) <= 0:
@@ -104,13 +87,8 @@ class OpenCLDriver:
 
     # ----------------------------------------------------------------------------------------- kernels
     def load_library(self, path: Path) -> Any:
-        try:
-            lib = json.loads(Path(path).read_text())
-            source, table = lib["source"], lib["table"]
-        except (OSError, ValueError, KeyError) as e:
-            raise RuntimeLoadError(f"{path}: not a device kernel library ({type(e).__name__}: {e})") from None
-        if lib.get("api") != "opencl":
-            raise RuntimeLoadError(f"{path}: kernels for {lib.get('api')!r}, not OpenCL")
+        lib = read_device_library(path, "opencl")
+        source, table = lib["source"], lib["table"]
         if "cl_khr_fp16" in source and not self.has_fp16:
             raise RuntimeLoadError(f"{path}: the kernels use half precision (16-bit weights or KV cache) and "
                                    f"{self.device.name} lacks cl_khr_fp16: compile with --dtype f32 / --kv-dtype f32 "
