@@ -53,9 +53,10 @@ def _check(path: Path, header: dict, base: int, size: int, name: str,
     return shape, dt, start, end
 
 
-def param_header(path: Path, expected: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The safetensors header, every tensor in ``expected`` checked (name, dtype, shape, data range) without
-    reading any tensor data."""
+def _walk(path: Path, expected: dict[str, dict[str, Any]],
+          each: Callable[[Any, str, tuple[int, ...], str, int], None]) -> dict[str, Any]:
+    """Open ``path``, check every tensor of ``expected`` against the header and call
+    ``each(file, name, shape, dtype, data offset)`` for it; returns the header."""
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -64,26 +65,29 @@ def param_header(path: Path, expected: dict[str, dict[str, Any]]) -> dict[str, A
         size = path.stat().st_size
         header, base = _header(f, path, size)
         for name, spec in expected.items():
-            _check(path, header, base, size, name, spec)
+            shape, dt, start, _ = _check(path, header, base, size, name, spec)
+            each(f, name, shape, dt, base + start)
+    return header
+
+
+def param_header(path: Path, expected: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The safetensors header, every tensor in ``expected`` checked (name, dtype, shape, data range) without
+    reading any tensor data."""
+    header = _walk(path, expected, lambda *_: None)
     return {k: v for k, v in header.items() if k != "__metadata__"}
 
 
 def read_params(path: Path, expected: dict[str, dict[str, Any]],
                 alloc: Callable[[tuple[int, ...], str], np.ndarray]) -> dict[str, np.ndarray]:
     """name -> host buffer (from ``alloc``) for every tensor in ``expected`` ({name: {shape, dtype}})."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise RuntimeLoadError(f"{path}: cannot open ({e})") from None
-    with f:
-        size = path.stat().st_size
-        header, base = _header(f, path, size)
-        out: dict[str, np.ndarray] = {}
-        for name, spec in expected.items():
-            shape, dt, start, end = _check(path, header, base, size, name, spec)
-            buf = alloc(shape, dt)
-            f.seek(base + start)
-            if f.readinto(memoryview(buf.reshape(-1)).cast("B")) != buf.nbytes:
-                raise RuntimeLoadError(f"{path}: parameter {name!r}: file truncated")
-            out[name] = buf
-        return out
+    out: dict[str, np.ndarray] = {}
+
+    def read(f, name: str, shape: tuple[int, ...], dt: str, offset: int) -> None:
+        buf = alloc(shape, dt)
+        f.seek(offset)
+        if f.readinto(memoryview(buf.reshape(-1)).cast("B")) != buf.nbytes:
+            raise RuntimeLoadError(f"{path}: parameter {name!r}: file truncated")
+        out[name] = buf
+
+    _walk(path, expected, read)
+    return out
