@@ -706,11 +706,26 @@ def _norm_rope_macro(hd: int, eps: float, theta: float):
     return norm_rope
 
 
+def _cache_kv_macro(H: int, KV: int, hd: int, kv: str, norm_rope):
+    """TIR macro: KV head g of row t into the cache of its slot at its position: k normed and rotated
+    (``norm_rope``), v as projected, both stored as ``kv``. Shared by the fused and unfused attention."""
+
+    @T.macro
+    def cache_kv(X, t, g, Kn, Ps, Sl, Kc, Vc, v, u, ss):
+        norm_rope(X, t, (H + g) * hd, Kn, Ps[t], v, u, ss)
+        for d in T.serial(hd):
+            Kc[Sl[t], Ps[t], g, d] = T.Cast(kv, v[d])
+            Vc[Sl[t], Ps[t], g, d] = T.Cast(kv, X[t, (H + KV + g) * hd + d])
+
+    return cache_kv
+
+
 def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
                  kn: Knobs = Knobs(), kv: str = "float32") -> tvm.tirx.PrimFunc:
     """Per row: RMSNorm each q and k head (weights qn, kn), NeoX RoPE at pos[row], q to Q, k and v into the
     KV cache of slots[row] at pos[row]. Args: QKV[n, (H+2KV)hd], qn, kn, Kc, Vc, Q[n, H*hd], slots, pos."""
     norm_rope = _norm_rope_macro(hd, eps, theta)
+    cache_kv = _cache_kv_macro(H, KV, hd, kv, norm_rope)
 
     kn_tb = kn.threads if kn.gpu else 1
 
@@ -741,11 +756,7 @@ def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
                         for d in T.serial(hd):
                             Q[th // (H + KV), (th % (H + KV)) * hd + d] = v[d]
                     else:
-                        norm_rope(X, th // (H + KV), (th % (H + KV)) * hd, Kn, Ps[th // (H + KV)], v, u, ss)
-                        for d in T.serial(hd):
-                            Kc[Sl[th // (H + KV)], Ps[th // (H + KV)], th % (H + KV) - H, d] = T.Cast(kv, v[d])
-                            Vc[Sl[th // (H + KV)], Ps[th // (H + KV)], th % (H + KV) - H, d] = T.Cast(
-                                kv, X[th // (H + KV), (KV + th % (H + KV)) * hd + d])
+                        cache_kv(X, th // (H + KV), th % (H + KV) - H, Kn, Ps, Sl, Kc, Vc, v, u, ss)
 
     return _named(f, name)
 
@@ -836,6 +847,7 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
     VL = pick_lanes(hd, 1 if kn.gpu else kn.lanes)
     attend = _online_softmax_macro(H, KV, hd, VL)
     norm_rope = _norm_rope_macro(hd, eps, theta)
+    cache_kv = _cache_kv_macro(H, KV, hd, kv, norm_rope)
 
     kn_tb = kn.threads if kn.gpu else 1
 
@@ -861,11 +873,7 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
                     v = T.decl_buffer((hd,), "float32", scope="local")
                     u = T.decl_buffer((hd,), "float32", scope="local")
                     ss = T.decl_buffer((1,), "float32", scope="local")
-                    norm_rope(X, tg // KV, (H + tg % KV) * hd, Kn, Ps[tg // KV], v, u, ss)
-                    for d in T.serial(hd):
-                        Kc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = T.Cast(kv, v[d])
-                        Vc[Sl[tg // KV], Ps[tg // KV], tg % KV, d] = T.Cast(
-                            kv, X[tg // KV, (H + KV + tg % KV) * hd + d])
+                    cache_kv(X, tg // KV, tg % KV, Kn, Ps, Sl, Kc, Vc, v, u, ss)
         for bi in _grid(n * H, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < n * H:
