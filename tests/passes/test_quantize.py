@@ -12,6 +12,8 @@ from lfmc.passes import run_pipeline
 from lfmc.passes.quantize import parse_scheme
 from lfmc.runtime import Engine
 
+from tests.helpers import assert_follows_interpreter
+
 SCHEMES = ["q8", "q4g32", "q4g16a"]
 
 
@@ -94,13 +96,7 @@ def test_compiled_quantized_equals_interpreter(scheme, name, tiny_models, tmp_pa
     q = run_pipeline(m, ["quantize"], {"quant": scheme})
     it = Interpreter(q.graph, q.weights)
     eng = Engine(art)
-    prompt = np.random.default_rng(7).integers(0, 256, 21)
-    st, seq = it.new_state(), eng.new_sequence()
-    ref, got = it.run(prompt, st)[-1], eng.prefill(seq, prompt.tolist())
-    for _ in range(8):
-        assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
-        tok = int(np.argmax(ref))
-        ref, got = it.run([tok], st)[-1], eng.decode([seq], [tok])[0]
+    assert_follows_interpreter(it, eng, np.random.default_rng(7).integers(0, 256, 21), 8, rtol=1e-4)
     # the artifact stores the codes, not floats
     import json
 
@@ -122,13 +118,7 @@ def test_16bit_weights(dtype, tiny_models, tmp_path):
     rel = np.sqrt(((it.run(toks) - ref) ** 2).mean()) / ref.std()
     assert rel < (0.01 if dtype == "f16" else 0.05), rel
     art = compile_model(m, tmp_path / dtype, max_batch=2, max_context=64, prefill_chunk=16, dtype=dtype)
-    eng = Engine(art)
-    st, seq = it.new_state(), eng.new_sequence()
-    want, got = it.run(toks, st)[-1], eng.prefill(seq, toks.tolist())
-    for _ in range(4):
-        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
-        tok = int(np.argmax(want))
-        want, got = it.run([tok], st)[-1], eng.decode([seq], [tok])[0]
+    assert_follows_interpreter(it, Engine(art), toks, 4, rtol=1e-4)
     with pytest.raises(LfmcError, match="unknown weight dtype"):
         run_pipeline(m, ["cast-weights"], {"dtype": "f8"})
 
@@ -153,11 +143,6 @@ def test_16bit_kv_cache(name, tiny_models, tmp_path):
     eng = Engine(arts["f16"])
     assert {s["dtype"] for k, s in eng.plan["state"].items() if s["kind"] == "kv"} == {"float16"}
     assert eng.memory_bytes()["state"] < Engine(arts["f32"]).memory_bytes()["state"]
-    st, seq = it.new_state(), eng.new_sequence()
-    want, got = it.run(toks, st)[-1], eng.prefill(seq, toks.tolist())
-    for _ in range(6):
-        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
-        tok = int(np.argmax(want))
-        want, got = it.run([tok], st)[-1], eng.decode([seq], [tok])[0]
+    assert_follows_interpreter(it, eng, toks, 6, rtol=1e-4)
     with pytest.raises(LfmcError, match="unknown KV-cache dtype"):
         run_pipeline(m, ["cast-kv"], {"kv_dtype": "f8"})

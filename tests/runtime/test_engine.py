@@ -10,11 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from lfmc.check import RTOL
 from lfmc.compile import compile_model
 from lfmc.frontend.reference import build_hf_model
 from lfmc.ir import Interpreter
 from lfmc.runtime import Engine, EngineError, RuntimeLoadError
+
+from tests.helpers import assert_follows_interpreter
 
 GEN_MODELS = ["dense-a", "dense-b", "dense-c", "moe-a", "moe-b"]
 
@@ -58,14 +59,7 @@ def test_logits_each_step_match_interpreter(name, tiny_models, artifacts):
     eng = Engine(artifacts[name])
     for plen in (1, 7, 40):
         prompt = np.random.default_rng(100 + plen).integers(0, m.provenance["config"]["vocab_size"], plen)
-        st, seq = it.new_state(), eng.new_sequence()
-        ref, got = it.run(prompt, st)[-1], eng.prefill(seq, prompt.tolist())
-        for step in range(12):
-            lim = RTOL * max(1.0, np.abs(ref).max())
-            assert np.abs(got - ref).max() <= lim, f"{name} prefill {plen} step {step}"
-            tok = int(np.argmax(ref))
-            ref, got = it.run([tok], st)[-1], eng.decode([seq], [tok])[0]
-        eng.release(seq)
+        assert_follows_interpreter(it, eng, prompt, 12, where=(name, "prefill", plen))
 
 
 def test_interleaved_sequences_equal_each_alone(tiny_models, artifacts):

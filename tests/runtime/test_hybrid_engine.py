@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from lfmc.compile import compile_model
 from lfmc.frontend import import_preset
 from lfmc.frontend.reference import build_hf_model
 from lfmc.runtime import Engine
+
+from tests.helpers import torch_greedy
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +25,7 @@ def test_greedy_equals_pytorch_reference(hybrid):
     ref = build_hf_model(m.provenance["config"], m.weights)
     eng = Engine(art)
     prompt = np.random.default_rng(5).integers(0, 256, 19).tolist()
-    seq = list(prompt)
-    with torch.no_grad():
-        for _ in range(32):
-            seq.append(int(ref(torch.tensor([seq])).logits[0, -1].argmax()))
-    assert eng.generate(prompt, max_new_tokens=32, stop=[]).tokens == seq[len(prompt):]
+    assert eng.generate(prompt, max_new_tokens=32, stop=[]).tokens == torch_greedy(ref, prompt, 32)
 
 
 def test_long_prefill_equals_step_by_step(hybrid):

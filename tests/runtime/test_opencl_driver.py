@@ -16,6 +16,7 @@ from lfmc.frontend import import_preset  # noqa: E402
 from lfmc.frontend.reference import build_hf_model  # noqa: E402
 from lfmc.ir import Interpreter  # noqa: E402
 from lfmc.runtime import Engine, RuntimeLoadError  # noqa: E402
+from tests.helpers import assert_follows_interpreter, torch_greedy  # noqa: E402
 
 
 def _has_device() -> bool:
@@ -29,16 +30,6 @@ def _has_device() -> bool:
 
 pytestmark = pytest.mark.skipif(not _has_device(), reason="no OpenCL device (apt install pocl-opencl-icd)")
 TARGET = "snapdragon-8gen3"
-
-
-def _ref_greedy(model, prompt, n):
-    import torch
-
-    seq = list(prompt)
-    with torch.no_grad():
-        for _ in range(n):
-            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
-    return seq[len(prompt):]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +52,7 @@ def test_greedy_tokens_equal_reference(name, models, artifacts):
     assert eng.driver.name == "opencl"
     ref = build_hf_model(m.provenance["config"], m.weights)
     prompt = np.random.default_rng(3).integers(0, m.provenance["config"]["vocab_size"], 21).tolist()
-    assert eng.generate(prompt, max_new_tokens=32, stop=[]).tokens == _ref_greedy(ref, prompt, 32)
+    assert eng.generate(prompt, max_new_tokens=32, stop=[]).tokens == torch_greedy(ref, prompt, 32)
 
 
 @pytest.mark.parametrize("name", ["dense-a", "moe-b"])
@@ -70,13 +61,7 @@ def test_decode_after_prefill_matches_interpreter(name, models, artifacts):
     it, eng = Interpreter(m.graph, m.weights), Engine(artifacts[name])
     for plen in (1, 19):
         prompt = np.random.default_rng(plen).integers(0, m.provenance["config"]["vocab_size"], plen)
-        st, seq = it.new_state(), eng.new_sequence()
-        ref, got = it.run(prompt, st)[-1], eng.prefill(seq, prompt.tolist())
-        for step in range(6):
-            assert np.abs(got - ref).max() <= RTOL * max(1.0, np.abs(ref).max()), (name, plen, step)
-            tok = int(np.argmax(ref))
-            ref, got = it.run([tok], st)[-1], eng.decode([seq], [tok])[0]
-        eng.release(seq)
+        assert_follows_interpreter(it, eng, prompt, 6, where=(name, plen))
 
 
 @pytest.mark.parametrize("opts", [{"quant": "q4g32"}, {"quant": "q8", "kv_dtype": "f16"}, {"dtype": "f16"}])
