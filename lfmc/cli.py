@@ -106,7 +106,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
     compile_model(m, out, a.target, max_batch=a.max_batch, max_context=a.max_context,
                   prefill_chunk=a.prefill_chunk, progress=progress, passes=a.passes, dump_ir=a.dump_ir,
                   log=None if a.quiet else print, quant=quant, dtype=a.dtype, profiles=a.profiles,
-                  kv_dtype=a.kv_dtype)
+                  kv_dtype=a.kv_dtype, tuned=a.tuned)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     if not a.quiet:
         man = json.loads((out / "manifest.json").read_text())
@@ -117,6 +117,68 @@ def cmd_compile(a: argparse.Namespace) -> int:
         print("  " + ", ".join(f"{k} ({len(v)} file{'s' if len(v) > 1 else ''}, {sum(v) / 2**20:.1f} MiB)"
                                if len(v) > 1 else f"{k} ({sum(v) / 2**20:.1f} MiB)" for k, v in groups.items()))
     return 0
+
+
+def _us(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1e6:,.1f}"
+
+
+def cmd_tune(a: argparse.Namespace) -> int:
+    from .compile import load_source, lower_for_target
+    from .targets.profiles import get_profile
+    from .targets.tune import make_measurer, tune_model
+
+    prof = get_profile(a.target, a.profiles)
+    quant = prof.quant if a.quant is None else (None if a.quant in ("none", "f32") else a.quant)
+    bad = [e for e in a.entries.split(",") if e not in ("decode", "prefill")]
+    if bad:
+        raise LfmcError(f"--entries: unknown entry {bad[0]!r} (decode, prefill)")
+    measurer = make_measurer(prof, a.rpc, a.key, a.estimate)        # an unreachable device fails before loading
+    m = load_source(a.model, seed=a.seed)
+    prof, low = lower_for_target(m, a.target, a.passes, quant, a.dtype, a.kv_dtype, a.profiles)
+    tty = sys.stdout.isatty() and not a.json
+    last = [0.0]
+
+    def progress(ev: dict) -> None:
+        if a.quiet or a.json:
+            return
+        if ev["phase"] == "baseline":
+            msg = f"  timing lfmc's default schedules: {ev['i'] + 1}/{ev['n']} {ev['task'][:60]}"
+        elif ev["phase"] == "search":
+            gain = (f" ({ev['default_s'] / ev['best_s']:.2f}x default)" if ev["best_s"] and ev["default_s"]
+                    else "")
+            eta = f"ETA {ev['eta_s'] / 60:4.1f} min" if ev["eta_s"] is not None else "ETA   ?"
+            msg = (f"  [{ev['tasks_done']}/{ev['tasks']} tasks] {ev['task'][:52]:<52} {ev['entry']:<7} "
+                   f"{ev['trials']:>3}/{ev['allot']:<3} trials  best {_us(ev['best_s'])} us{gain}  {eta}")
+        else:
+            if tty:
+                print()
+            return
+        if tty:
+            print("\r" + msg[:160].ljust(160), end="", flush=True)
+        elif time.perf_counter() - last[0] > 30 or ev["phase"] == "baseline":
+            last[0] = time.perf_counter()
+            print(msg, flush=True)
+
+    if not (a.quiet or a.json):
+        print(f"tuning {m.graph.name} for {prof.name} ({quant or a.dtype} weights): up to {a.trials} trials"
+              + (f", {a.time_budget:g} min" if a.time_budget else "") + f"; database {a.db}", flush=True)
+    r = tune_model(low, prof, a.db, measurer, trials=a.trials,
+                   time_budget_s=a.time_budget * 60 if a.time_budget else None,
+                   entries=tuple(a.entries.split(",")), max_tasks=a.max_tasks,
+                   prefill_chunk=a.prefill_chunk, seed=a.seed, progress=progress)
+    if a.json:
+        print(json.dumps({"db": str(r.db), "device": r.device, "measured": r.measured, "trials": r.trials,
+                          "seconds": r.seconds, "stopped": r.stopped, "tasks": r.tasks}, indent=1))
+        return 0 if r.stopped != "interrupted" else 130
+    print(f"{'task':<58}{'entry':<9}{'share':>6}{'trials':>7}{'default us':>12}{'best us':>10}{'gain':>7}")
+    for t in r.tasks:
+        print(f"{t['name'][:57]:<58}{t['entry']:<9}{t['share'] * 100:>5.0f}%{t['trials']:>7}{_us(t['default_s']):>12}"
+              f"{_us(t['best_s']):>10}{(t['speedup'] or 0):>6.2f}x")
+    label = "measured on" if r.measured else "NOT measured: ranked by"
+    print(f"{r.trials} trials in {r.seconds / 60:.1f} min, {label} {r.device}; database {r.db}"
+          + ("" if r.stopped == "done" else f" (stopped: {r.stopped}; run the same command to resume)"))
+    return 0 if r.stopped != "interrupted" else 130
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -227,8 +289,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage of the weights that are not quantized (activations stay float32)")
     p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"],
                    help="storage of the KV cache (attention computes in float32 either way)")
+    p.add_argument("--tuned", default=None, metavar="DB",
+                   help="apply a tuning database from `lfmc tune` (its root or one device's folder)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("tune", help="tune the model's kernels for one device into a tuning database")
+    p.add_argument("model", help="a saved model, a preset or an HF checkpoint dir (as for compile)")
+    p.add_argument("--target", default="host", help="target profile (default: host, this machine's CPU)")
+    p.add_argument("--profiles", default=None, metavar="FILE", help="a TOML file of extra target profiles")
+    p.add_argument("--db", default="lfmc-tuning", metavar="DIR",
+                   help="tuning database root (default ./lfmc-tuning); records go to DIR/PROFILE/DEVICE-ID")
+    p.add_argument("--trials", type=int, default=64,
+                   help="candidates to measure in total, split among the kernels by their share of time")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MIN",
+                   help="stop starting new search rounds after MIN minutes (what was measured is kept)")
+    p.add_argument("--rpc", default=None, metavar="HOST:PORT",
+                   help="measure on remote devices: a TVM RPC tracker (with --key) or one RPC server")
+    p.add_argument("--key", default=None, help="the tracker key of the devices (with --rpc)")
+    p.add_argument("--estimate", action="store_true",
+                   help="no device: rank candidates with the profile's roofline model (NOT measured)")
+    p.add_argument("--entries", default="decode,prefill",
+                   help="which entry points' kernels to tune (default decode,prefill)")
+    p.add_argument("--max-tasks", type=int, default=None, help="tune only the N kernels with the largest share")
+    p.add_argument("--prefill-chunk", type=int, default=256,
+                   help="the prefill chunk the artifact will use (prefill kernels are tuned at that shape)")
+    p.add_argument("--seed", type=int, default=0, help="presets: weight seed; also the search's seed")
+    p.add_argument("--passes", default=None, help="as for compile")
+    p.add_argument("--quant", default=None, help="as for compile (tune what you will compile)")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"])
+    p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"])
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(fn=cmd_tune)
 
     p = sub.add_parser("passes", help="list the passes and the default pipeline")
     p.set_defaults(fn=cmd_passes)

@@ -30,17 +30,50 @@ def load_source(source: str, seed: int = 0, init_std: float | None = None) -> Mo
     return import_source(source, weights=True, seed=seed, std=init_std)
 
 
+def target_knobs(prof) -> tuple[dict, str]:
+    """The schedule knobs per entry point of a target profile, and its pass family ("cpu" or "gpu")."""
+    if prof.family in ("opencl", "cuda", "metal", "rocm"):
+        from .targets.knobs import gpu_knobs
+
+        return gpu_knobs(prof.max_threads), "gpu"
+    if prof.family == "cpu" and prof.name == "host":
+        from .targets.host import host_knobs
+
+        return {e: host_knobs(e) for e in ("prefill", "decode")}, "cpu"
+    if prof.family == "cpu":
+        from .targets.arm import arm_knobs
+
+        return {e: arm_knobs(e) for e in ("prefill", "decode")}, "cpu"
+    raise LfmcError(f"target {prof.name}: no build for the {prof.family} family")
+
+
+def lower_for_target(model: Model, target: str = "host", passes: Sequence[str] | str | None = None,
+                     quant: str | None = None, dtype: str = "f32", kv_dtype: str = "f32",
+                     profiles: str | os.PathLike | None = None):
+    """The profile and the lowered model (kernels and plan, no packed weights) that ``compile_model`` would
+    build: what ``lfmc tune`` tunes."""
+    from .passes import run_pipeline
+    from .targets.lower import lower
+    from .targets.profiles import get_profile
+
+    prof = get_profile(target, profiles)
+    knobs, family = target_knobs(prof)
+    model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype}, family=family)
+    return prof, lower(model.graph, None, knobs)
+
+
 def compile_model(model: Model, out: str | os.PathLike, target: str = "host", max_batch: int = 8,
                   max_context: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                   progress: Callable[[int, int, str], None] | None = None, passes: Sequence[str] | str | None = None,
                   dump_ir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
                   quant: str | None = None, dtype: str = "f32", profiles: str | os.PathLike | None = None,
-                  kv_dtype: str = "f32") -> Path:
+                  kv_dtype: str = "f32", tuned: str | os.PathLike | None = None) -> Path:
     """Compile ``model`` for ``target`` into the artifact directory ``out``: the pass pipeline (``passes``:
     None = default, a list or a comma-separated string), lowering, code generation, packaging.
     ``dump_ir`` writes the IR after every phase; ``log`` receives a summary (kernels per layer); ``quant``:
     weight quantization (q8, q4g32, q4g64a, ...; None = float32); ``dtype``: f32, f16 or bf16 weights
-    (activations stay float32)."""
+    (activations stay float32); ``tuned``: a tuning database (``lfmc tune``) whose records replace the default
+    schedules where they are faster."""
     from .ir.verify import verify
     from .passes import resolve, run_pipeline
     from .targets.artifact import write_artifact
@@ -56,44 +89,48 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     if max_batch < 1 or prefill_chunk < 1:
         raise LfmcError("--max-batch and --prefill-chunk must be at least 1")
     verify(model.graph)
-    from .targets.host import build_host, cpu_features, host_knobs
+    knobs, family = target_knobs(prof)
+    if family == "gpu":
+        from .targets.gpu import build_gpu
 
-    if prof.family == "cpu" and prof.name == "host":
-        knobs = {e: host_knobs(e) for e in ("prefill", "decode")}
-        tinfo: dict[str, Any] = {"name": "host", "driver": "cpu", "kind": "llvm", "features": cpu_features()}
-
-        def build(d: Path) -> dict[str, str]:
-            return build_host(low.kernels, d, progress)
-    elif prof.family in ("opencl", "cuda", "metal", "rocm"):
-        from .targets.gpu import build_gpu, gpu_knobs
-
-        knobs = gpu_knobs(prof)
-        tinfo = {"name": prof.name, "driver": prof.driver, "kind": prof.family, "profile": prof.as_dict()}
+        tinfo: dict[str, Any] = {"name": prof.name, "driver": prof.driver, "kind": prof.family,
+                                 "profile": prof.as_dict()}
 
         def build(d: Path) -> dict[str, str]:
             return build_gpu(low.kernels, prof, d, progress)
-    elif prof.family == "cpu":
-        from .targets.arm import arm_features, arm_knobs, build_arm
+    elif prof.name == "host":
+        from .targets.host import build_host, cpu_features
+
+        tinfo = {"name": "host", "driver": "cpu", "kind": "llvm", "features": cpu_features()}
+
+        def build(d: Path) -> dict[str, str]:
+            return build_host(low.kernels, d, progress)
+    else:
+        from .targets.arm import arm_features, build_arm
 
         if "aarch64" not in str(prof.tvm.get("mtriple", "")) and "arm64" not in str(prof.tvm.get("mtriple", "")):
             raise LfmcError(f"target {prof.name}: only the host and arm64 CPUs are supported "
                             f"(mtriple {prof.tvm.get('mtriple')!r})")
-        knobs = {e: arm_knobs(e) for e in ("prefill", "decode")}
         tinfo = {"name": prof.name, "driver": "cpu", "kind": "llvm", "features": arm_features(prof),
                  "profile": prof.as_dict()}
 
         def build(d: Path) -> dict[str, str]:
             return build_arm(low.kernels, prof, d, progress)
-    else:
-        raise LfmcError(f"target {prof.name}: no build for the {prof.family} family")
     before = kernels_per_layer(lower(model.graph, None, knobs).plan, model.graph)
-    family = "gpu" if prof.family in ("opencl", "cuda", "metal", "rocm") else "cpu"
     model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype}, dump_dir=dump_ir,
                          family=family)
     low = lower(model.graph, model.weights, knobs)
     after = kernels_per_layer(low.plan, model.graph)
     if log:
         log(format_kernel_counts(before, after))
+    tuning = None
+    if tuned is not None:
+        tuning = apply_tuning(low, prof, tuned, prefill_chunk)
+        if log:
+            log(f"tuned kernels: {tuning['tuned']} of {tuning['tasks']} from {tuning['db']} "
+                f"({'measured on ' + tuning['device'] if tuning['measured'] else 'ranked by a model, NOT measured'}"
+                f"; {tuning['default_fastest']} kept lfmc's default schedule (fastest), "
+                f"{tuning['no_record']} without a record)")
     cfg = model.provenance.get("config") or {}
     mpe = int(cfg.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT)
     max_context = int(max_context or min(DEFAULT_MAX_CONTEXT, mpe))
@@ -121,7 +158,24 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                       else {"kind": "bytes"} if low.plan["vocab_size"] == 256 else {"kind": "none"}),
         "plan": low.plan,
     }
+    if tuning is not None:
+        manifest["tuning"] = tuning
     return write_artifact(out, manifest, low.params, build, model.tokenizer)
+
+
+def apply_tuning(low, prof, tuned: str | os.PathLike, prefill_chunk: int) -> dict[str, Any]:
+    """Apply the tuning database ``tuned`` (a ``--db`` root or one device's folder) to ``low``."""
+    from .targets.tune import TuningDB, apply_tuned
+    from .targets.tune.db import host_identity
+
+    if prof.family != "cpu":
+        raise LfmcError(f"--tuned: tuning records exist for CPU profiles only, not {prof.family}")
+    db = TuningDB.resolve(tuned, prof.name, host_identity() if prof.name == "host" else None)
+    counts = apply_tuned(low, db, prefill_chunk)
+    dev = db.meta["device"]
+    counts.update(db=str(db.path), measured=bool(db.meta["target"].get("measured", True)),
+                  device=dev.get("cpu") or dev.get("key") or dev.get("server") or dev.get("kind", "?"))
+    return counts
 
 
 def format_kernel_counts(before: dict[str, int], after: dict[str, int]) -> str:

@@ -68,6 +68,14 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
             n = len(L.get("args", []))
             if nargs.setdefault(L["kernel"], n) != n:
                 raise RuntimeLoadError(f"{where}: launched with {n} arguments here, {nargs[L['kernel']]} elsewhere")
+    # tuned variants: a kernel with a library, replacing a launched kernel minus its row-block argument
+    for base, by_nb in plan.get("variants", {}).items():
+        if base not in nargs or not isinstance(by_nb, dict):
+            raise RuntimeLoadError(f"plan variants: {base!r} is not a launched kernel")
+        for nb, k in by_nb.items():
+            if not str(nb).isdigit() or k not in kernels:
+                raise RuntimeLoadError(f"plan variants of {base}: {nb!r} -> {k!r} has no library or no row count")
+            nargs[k] = nargs[base] - 1
     # kernel libraries, as data
     t = m["target"]
     libs: dict[str, str] = {}

@@ -64,7 +64,8 @@ def _widen(v, qkind: str | None):
 
 
 def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
-                accumulate: bool = False, swiglu: bool = False, quant: tuple | None = None) -> tvm.tirx.PrimFunc:
+                accumulate: bool = False, swiglu: bool = False, quant: tuple | None = None,
+                nb_static: int | None = None, schedule: bool = True) -> tvm.tirx.PrimFunc:
     """Y[nb*R, N] = X[nb*R, K] @ W^T with optional fused prologue and epilogues:
 
     - ``rms_eps``: X is the raw input of an RMSNorm (weight NW[K]): X * NW / sqrt(mean(X^2) + eps) is formed in
@@ -78,12 +79,16 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
 
     W layouts (l = vector lanes): f32 / q8 ``[N/l, (2,) K, l]``, q4 ``[N/l, (2,) K/2, l]`` uint8; scales
     ``[(2,) N]`` (q8) or ``[(2,) N, K/g]`` (q4). Args: X, W, (scale), (zero), (NW), (bias), (Res), Out, nb — with
-    ``accumulate`` the caller passes the residual buffer as both Res and Out."""
+    ``accumulate`` the caller passes the residual buffer as both Res and Out.
+
+    ``nb_static``: the row-block count fixed at this value (no ``nb`` argument): the shape a tuned variant is
+    specialized to. ``schedule=False``: the unscheduled TensorIR (a workload for meta_schedule); see
+    :func:`schedule_matmul` for the default schedule."""
     R = knobs.rows
     l = pick_lanes(N, knobs.lanes)
     J = _pick_cols(N // l, max(1, knobs.cols // 2) if swiglu else knobs.cols)
     qkind = quant[0] if quant else None
-    nb = te.var("nb", "int32")
+    nb = te.var("nb", "int32") if nb_static is None else int(nb_static)
     X0 = te.placeholder((nb * R, K), name="X")
     H = (2,) if swiglu else ()
     if qkind == "q4":
@@ -180,14 +185,28 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
         Z = te.compute((nb * R, N), out, name="Z")
     if Res is not None:
         args.append(Res)
-    f = te.create_prim_func(args + [Z, nb])
+    f = te.create_prim_func(args + [Z] + ([nb] if nb_static is None else []))
     if Res is not None:
         # Res and Z are the same buffer (the residual stream, updated in place): each element is read and then
         # written by the same thread, so only the no-alias promise has to go.
         f = f.with_attr("tir.noalias", False)
     if knobs.gpu:
         return _gpu_dlight(f, name)
+    if not schedule:
+        return _named(f, name)
     sch = s_tir.Schedule(f)
+    schedule_matmul(sch, N, K, knobs, rms_eps is not None, swiglu, quant)
+    return _named(sch.mod["main"], name)
+
+
+def schedule_matmul(sch: s_tir.Schedule, N: int, K: int, knobs: Knobs, norm: bool = False, swiglu: bool = False,
+                    quant: tuple | None = None) -> None:
+    """lfmc's default CPU schedule of :func:`make_matmul`'s TensorIR, applied to ``sch`` (traced, so tuning can
+    record it as the baseline every candidate has to beat)."""
+    R = knobs.rows
+    l = pick_lanes(N, knobs.lanes)
+    J = _pick_cols(N // l, max(1, knobs.cols // 2) if swiglu else knobs.cols)
+    qkind = quant[0] if quant else None
     b = sch.get_sblock("Y")
     i, j, kk = sch.get_loops(b)
     jo, jj, ji = sch.split(j, [None, J, l])
@@ -202,7 +221,7 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
         sch.set_scope(b, 1, "local")
     bz = sch.get_sblock("Z")
     sch.reverse_compute_at(bz, io)
-    if rms_eps is not None:
+    if norm:
         sch.compute_at(sch.get_sblock("S"), sch.get_loops(sch.get_sblock("Xs"))[0])
         xl = sch.get_loops(sch.get_sblock("Xs"))
         if knobs.parallel:
@@ -243,7 +262,6 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
     if l > 1:
         sch.vectorize(zi)
         sch.vectorize(sch.get_loops(init)[-1])
-    return _named(sch.mod["main"], name)
 
 
 def _expert_weight(E: int, N: int, K: int, l: int, quant: tuple | None, name: str):
