@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from .ir.errors import LfmcError
 from .runtime.errors import EngineError, RuntimeLoadError
 
@@ -78,6 +80,96 @@ def cmd_check(a: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
+def _bytes(text: str) -> float:
+    """'3GB', '512MiB', '2.5e9' -> bytes."""
+    t = text.strip().upper().replace(" ", "")
+    for suf, mul in (("GIB", 2**30), ("MIB", 2**20), ("GB", 1e9), ("MB", 1e6), ("G", 1e9), ("M", 1e6), ("B", 1)):
+        if t.endswith(suf):
+            return float(t[: -len(suf)]) * mul
+    return float(t)
+
+
+def _prune_options(a: argparse.Namespace, prof) -> dict | None:
+    """The prune-experts options the compile flags ask for, or None."""
+    if sum(x is not None and x is not False for x in (a.experts_keep, a.max_weight_bytes, a.fit or None)) > 1:
+        raise LfmcError("give one of --experts-keep, --max-weight-bytes, --fit")
+    opts: dict = {"select": a.select, "merge": a.merge_experts, "seed": a.seed}
+    if a.calibration:
+        from .passes.calibrate import load_calibration
+
+        opts["calibration"] = load_calibration(a.calibration)
+    if a.experts_keep is not None:
+        opts["experts_keep"] = a.experts_keep
+    elif a.max_weight_bytes is not None:
+        try:
+            opts["max_weight_bytes"] = _bytes(a.max_weight_bytes)
+        except ValueError:
+            raise LfmcError(f"--max-weight-bytes {a.max_weight_bytes!r}: expected bytes like 3GB, 512MiB, 2.5e9") \
+                from None
+    elif a.fit:
+        if prof.weight_budget_gb <= 0:
+            raise LfmcError(f"--fit: profile {prof.name} has no weight budget")
+        opts["max_weight_bytes"] = prof.weight_budget_gb * 1e9
+    else:
+        return None
+    return opts
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from .compile import load_source
+    from .passes.calibrate import calibrate, text_tokens
+
+    from .targets.tune.db import write_json_atomically
+
+    try:
+        text = Path(a.data).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise LfmcError(f"--data {a.data}: {e.strerror}") from None
+    m = load_source(a.model, seed=a.seed)
+    toks = text_tokens(m, text)[: a.max_tokens]
+    t0 = time.perf_counter()
+
+    def progress(i: int, n: int) -> None:
+        if not a.quiet:
+            eta = (time.perf_counter() - t0) / i * (n - i)
+            print(f"\r  {i}/{n} tokens  ETA {eta:4.0f} s", end="\n" if i == n else "", flush=True)
+
+    r = calibrate(m, toks, a.seq_len, progress)
+    out = Path(a.output or f"{m.graph.name}.calibration.json")
+    write_json_atomically(out, r)
+    print(f"wrote {out}: {r['tokens']} tokens, {len(r['layers'])} MoE layers")
+    for name, st in r["layers"].items():
+        f = np.asarray(st["frequency"])
+        k = f.sum()
+        print(f"  %{name}: top-{int(round(k))} routing; busiest expert {f.max() / k:.1%} of picks, idlest "
+              f"{f.min() / k:.1%} (uniform {1 / len(f):.1%})")
+    return 0
+
+
+def _plan_only(a: argparse.Namespace, prof, quant: str | None, prune: dict | None) -> int:
+    from .compile import plan_weights
+
+    r = plan_weights(_load(a.model), prof, quant, a.dtype, prune)
+    if a.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
+    print(f"{r['model']} on {r['target']} ({r['quant']} weights): {gb(r['weight_bytes'])} of weights, budget "
+          f"{gb(r['budget_bytes'])}: {'fits' if r['fits'] else 'does NOT fit'}")
+    p = r.get("pruned")
+    if p:
+        ks = sorted(set(p["experts"].values()))
+        per = f"{ks[0]}" if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+        print(f"with expert pruning: {per} of {max(r['experts'].values())} experts per MoE layer "
+              f"({r['moe_layers']} layers, top-{r['top_k']} routing) -> {gb(p['weight_bytes'])}: "
+              f"{'fits' if p['fits'] else 'does NOT fit'}")
+        if not r["fits"] and prune is None:
+            print(f"compile with --fit (or --experts-keep {ks[0]}) to prune to this")
+    elif not r["fits"]:
+        print("no MoE layers to prune: quantize harder or pick a smaller model")
+    return 0
+
+
 def cmd_compile(a: argparse.Namespace) -> int:
     from .compile import compile_model, load_source
 
@@ -85,6 +177,9 @@ def cmd_compile(a: argparse.Namespace) -> int:
 
     prof = get_profile(a.target, a.profiles)
     quant = prof.quant if a.quant is None else (None if a.quant in ("none", "f32") else a.quant)
+    prune = _prune_options(a, prof)
+    if a.plan_only:
+        return _plan_only(a, prof, quant, prune)
     m = load_source(a.model, seed=a.seed, init_std=a.init_std)
     out = Path(a.output or f"{m.graph.name}.{a.target.replace(':', '-')}")
     t0 = time.perf_counter()
@@ -106,7 +201,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
     compile_model(m, out, a.target, max_batch=a.max_batch, max_context=a.max_context,
                   prefill_chunk=a.prefill_chunk, progress=progress, passes=a.passes, dump_ir=a.dump_ir,
                   log=None if a.quiet else print, quant=quant, dtype=a.dtype, profiles=a.profiles,
-                  kv_dtype=a.kv_dtype, tuned=a.tuned)
+                  kv_dtype=a.kv_dtype, tuned=a.tuned, prune=prune)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     if not a.quiet:
         man = json.loads((out / "manifest.json").read_text())
@@ -133,7 +228,10 @@ def cmd_tune(a: argparse.Namespace) -> int:
     bad = [e for e in a.entries.split(",") if e not in ("decode", "prefill")]
     if bad:
         raise LfmcError(f"--entries: unknown entry {bad[0]!r} (decode, prefill)")
-    measurer = make_measurer(prof, a.rpc, a.key, a.estimate)        # an unreachable device fails before loading
+    from .runtime.drivers import get_driver
+
+    # an unreachable device fails before the model loads
+    measurer = make_measurer(prof, a.rpc, a.key, a.estimate, get_driver=get_driver)
     m = load_source(a.model, seed=a.seed)
     prof, low = lower_for_target(m, a.target, a.passes, quant, a.dtype, a.kv_dtype, a.profiles)
     tty = sys.stdout.isatty() and not a.json
@@ -174,7 +272,8 @@ def cmd_tune(a: argparse.Namespace) -> int:
     print(f"{'task':<58}{'entry':<9}{'share':>6}{'trials':>7}{'default us':>12}{'best us':>10}{'gain':>7}")
     for t in r.tasks:
         print(f"{t['name'][:57]:<58}{t['entry']:<9}{t['share'] * 100:>5.0f}%{t['trials']:>7}{_us(t['default_s']):>12}"
-              f"{_us(t['best_s']):>10}{(t['speedup'] or 0):>6.2f}x")
+              f"{_us(t['best_s']):>10}{(t['speedup'] or 0):>6.2f}x"
+              + ("  (no candidate near the default: search stopped)" if t.get("gave_up") else ""))
     label = "measured on" if r.measured else "NOT measured: ranked by"
     print(f"{r.trials} trials in {r.seconds / 60:.1f} min, {label} {r.device}; database {r.db}"
           + ("" if r.stopped == "done" else f" (stopped: {r.stopped}; run the same command to resume)"))
@@ -289,6 +388,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="storage of the weights that are not quantized (activations stay float32)")
     p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"],
                    help="storage of the KV cache (attention computes in float32 either way)")
+    p.add_argument("--experts-keep", type=int, default=None, metavar="K",
+                   help="MoE: keep K experts per layer (prune-experts pass)")
+    p.add_argument("--max-weight-bytes", default=None, metavar="B",
+                   help="MoE: prune experts until all weights fit B bytes (e.g. 3GB)")
+    p.add_argument("--fit", action="store_true", help="MoE: prune experts to the target profile's weight budget")
+    p.add_argument("--select", default=None, choices=["router", "random", "mass", "frequency", "output_norm"],
+                   help="which experts to keep (default: mass with --calibration, else router, a weight-only "
+                        "proxy)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="routing statistics from `lfmc calibrate` (selection and per-layer counts use them)")
+    p.add_argument("--merge-experts", action="store_true",
+                   help="fold each pruned expert into its most similar kept one instead of dropping it")
+    p.add_argument("--plan-only", action="store_true",
+                   help="only report the weight bytes against the target's budget and, for MoE models, how many "
+                        "experts per layer fit (needs no weights)")
+    p.add_argument("--json", action="store_true", help="with --plan-only: print the plan as JSON")
     p.add_argument("--tuned", default=None, metavar="DB",
                    help="apply a tuning database from `lfmc tune` (its root or one device's folder)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -322,6 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(fn=cmd_tune)
+
+    p = sub.add_parser("calibrate", help="record how an MoE model routes a text (for expert pruning)")
+    p.add_argument("model", help="a saved model with weights, a preset (seeded random weights) or an HF dir")
+    p.add_argument("--data", required=True, metavar="FILE", help="calibration text (UTF-8)")
+    p.add_argument("-o", "--output", default=None, help="statistics JSON (default NAME.calibration.json)")
+    p.add_argument("--max-tokens", type=int, default=8192, help="use at most this many tokens (default 8192)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (state reset between)")
+    p.add_argument("--seed", type=int, default=0, help="presets: weight seed")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(fn=cmd_calibrate)
 
     p = sub.add_parser("passes", help="list the passes and the default pipeline")
     p.set_defaults(fn=cmd_passes)

@@ -67,13 +67,15 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                   progress: Callable[[int, int, str], None] | None = None, passes: Sequence[str] | str | None = None,
                   dump_ir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
                   quant: str | None = None, dtype: str = "f32", profiles: str | os.PathLike | None = None,
-                  kv_dtype: str = "f32", tuned: str | os.PathLike | None = None) -> Path:
+                  kv_dtype: str = "f32", tuned: str | os.PathLike | None = None,
+                  prune: dict[str, Any] | None = None) -> Path:
     """Compile ``model`` for ``target`` into the artifact directory ``out``: the pass pipeline (``passes``:
     None = default, a list or a comma-separated string), lowering, code generation, packaging.
     ``dump_ir`` writes the IR after every phase; ``log`` receives a summary (kernels per layer); ``quant``:
     weight quantization (q8, q4g32, q4g64a, ...; None = float32); ``dtype``: f32, f16 or bf16 weights
     (activations stay float32); ``tuned``: a tuning database (``lfmc tune``) whose records replace the default
-    schedules where they are faster."""
+    schedules where they are faster; ``prune``: options of the prune-experts pass (experts_keep,
+    max_weight_bytes, calibration, select, merge). Weights larger than the profile's budget are refused."""
     from .ir.verify import verify
     from .passes import resolve, run_pipeline
     from .targets.artifact import write_artifact
@@ -117,9 +119,10 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
         def build(d: Path) -> dict[str, str]:
             return build_arm(low.kernels, prof, d, progress)
     before = kernels_per_layer(lower(model.graph, None, knobs).plan, model.graph)
-    model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype}, dump_dir=dump_ir,
-                         family=family)
+    options = {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype, **(prune or {})}
+    model = run_pipeline(model, passes, options, dump_dir=dump_ir, family=family)
     low = lower(model.graph, model.weights, knobs)
+    check_fits(prof, sum(int(a.nbytes) for a in low.params.values()), model.graph)
     after = kernels_per_layer(low.plan, model.graph)
     if log:
         log(format_kernel_counts(before, after))
@@ -160,7 +163,53 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     }
     if tuning is not None:
         manifest["tuning"] = tuning
+    if prune:
+        manifest["prune"] = {k: v for k, v in prune.items() if k != "calibration"}
+        manifest["prune"]["layers"] = {n.name: n.attrs["pruned"] for n in model.graph.nodes if "pruned" in n.attrs}
     return write_artifact(out, manifest, low.params, build, model.tokenizer)
+
+
+def check_fits(prof, nbytes: int, graph=None) -> None:
+    """Refuse weights larger than the profile's weight budget, saying by how much and what would help."""
+    budget = float(prof.weight_budget_gb) * 1e9
+    if budget > 0 and nbytes > budget:
+        moe = graph is not None and any(n.op == "moe" for n in graph.nodes)
+        raise LfmcError(f"the weights take {nbytes / 1e9:.2f} GB, over {prof.name}'s weight budget of "
+                        f"{budget / 1e9:.2f} GB by {(nbytes - budget) / 1e9:.2f} GB: quantize (--quant q4g32)"
+                        + (", or prune experts (--fit, --experts-keep K; --plan-only shows what fits)" if moe
+                           else ", or pick a smaller model"))
+
+
+def plan_weights(model: Model, prof, quant: str | None, dtype: str = "f32",
+                 prune: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``lfmc compile --plan-only``: the weight bytes of ``model`` (weights not needed) on ``prof`` as stored
+    there, whether they fit its budget, and for MoE models how many experts per layer fit."""
+    from .passes.prune_experts import plan_counts, prune_experts, weight_bytes
+
+    budget = float(prof.weight_budget_gb) * 1e9
+    full = sum(weight_bytes(model.graph, quant, dtype).values())
+    moes = [n for n in model.graph.nodes if n.op == "moe"]
+    out: dict[str, Any] = {"model": model.graph.name, "target": prof.name, "quant": quant or dtype,
+                           "weight_bytes": full, "budget_bytes": budget, "fits": budget <= 0 or full <= budget,
+                           "moe_layers": len(moes)}
+    if moes:
+        out["experts"] = {n.name: n.attrs["num_experts"] for n in moes}
+        out["top_k"] = max(n.attrs["top_k"] for n in moes)
+        want = dict(prune or {})
+        if not want.get("experts_keep") and budget > 0:
+            want.setdefault("max_weight_bytes", budget)
+        if want.get("experts_keep") or want.get("max_weight_bytes"):
+            if want.get("max_weight_bytes"):
+                counts = plan_counts(model.graph, float(want["max_weight_bytes"]), quant, dtype,
+                                     want.get("calibration"))
+            else:
+                counts = {n.name: int(want["experts_keep"]) for n in moes}
+            pruned = prune_experts.run(Model(model.graph, None, model.provenance), {**want, "quant": quant,
+                                                                                  "dtype": dtype})
+            out["pruned"] = {"experts": counts,
+                             "weight_bytes": sum(weight_bytes(pruned.graph, quant, dtype).values())}
+            out["pruned"]["fits"] = budget <= 0 or out["pruned"]["weight_bytes"] <= budget
+    return out
 
 
 def apply_tuning(low, prof, tuned: str | os.PathLike, prefill_chunk: int) -> dict[str, Any]:
@@ -168,13 +217,12 @@ def apply_tuning(low, prof, tuned: str | os.PathLike, prefill_chunk: int) -> dic
     from .targets.tune import TuningDB, apply_tuned
     from .targets.tune.db import host_identity
 
-    if prof.family != "cpu":
-        raise LfmcError(f"--tuned: tuning records exist for CPU profiles only, not {prof.family}")
     db = TuningDB.resolve(tuned, prof.name, host_identity() if prof.name == "host" else None)
     counts = apply_tuned(low, db, prefill_chunk)
     dev = db.meta["device"]
     counts.update(db=str(db.path), measured=bool(db.meta["target"].get("measured", True)),
-                  device=dev.get("cpu") or dev.get("key") or dev.get("server") or dev.get("kind", "?"))
+                  device=(dev.get("cpu") or dev.get("device") or dev.get("key") or dev.get("server")
+                          or dev.get("kind", "?")))
     return counts
 
 
@@ -209,8 +257,13 @@ def regenerate_params(artifact: str | os.PathLike) -> Path:
     if fam not in ("opencl", "cuda", "metal", "rocm"):
         raise LfmcError(f"{root}: regenerating parameters is supported for GPU targets (this one is {fam!r})")
     m = import_preset(src["preset"], weights=True, seed=src.get("seed", 0), std=src.get("init_std"))
+    prune = {k: v for k, v in man.get("prune", {}).items() if k != "layers"}
+    if prune.get("select") in ("mass", "frequency", "output_norm"):
+        raise LfmcError(f"{root}: experts were chosen from calibration statistics the manifest does not keep; "
+                        "regenerate from the model instead")
     m = run_pipeline(m, man.get("passes"), {"quant": None if man["quant"] == "f32" else man["quant"],
-                                            "dtype": man["weight_dtype"], "kv_dtype": man.get("kv_dtype", "f32")})
+                                            "dtype": man["weight_dtype"], "kv_dtype": man.get("kv_dtype", "f32"),
+                                            **prune})
     low = lower(m.graph, m.weights, gpu_knobs(man["target"]["profile"]["max_threads"]))
     out = root / "params.safetensors"
     tensors = {k: np.ascontiguousarray(v) for k, v in low.params.items()}

@@ -32,3 +32,13 @@ def torch_greedy(model, prompt: Sequence[int], n: int) -> list[int]:
         for _ in range(n):
             seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
     return seq[len(prompt):]
+
+
+def has_opencl() -> bool:
+    """Whether pyopencl sees an OpenCL device (PoCL on this machine kind)."""
+    try:
+        import pyopencl as cl
+
+        return any(p.get_devices() for p in cl.get_platforms())
+    except Exception:                               # noqa: BLE001
+        return False

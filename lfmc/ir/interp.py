@@ -68,7 +68,11 @@ def _rope(x: np.ndarray, pos: np.ndarray, theta: float) -> np.ndarray:
 class Interpreter:
     """Runs a verified graph with its weights."""
 
-    def __init__(self, graph: Graph, weights: dict[str, np.ndarray]):
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray],
+                 observe_moe: Callable[[Node, np.ndarray, np.ndarray, np.ndarray], None] | None = None):
+        """``observe_moe(node, chosen [T, k], weights [T, k], output norms [T, k])``, when given, sees every MoE
+        layer's routing (calibration)."""
+        self.observe_moe = observe_moe
         verify(graph)
         check_weights(graph, weights)
         self.graph = graph
@@ -199,10 +203,15 @@ class Interpreter:
         wts = wts * F32(n.attrs["routed_scaling_factor"])
         gu, dn = self._p(n, "gate_up"), self._p(n, "down")
         out = np.zeros_like(x)
+        norms = np.zeros(sel.shape, F32)
         for t in range(x.shape[0]):
             for j in range(k):
                 e = sel[t, j]
                 proj = {"gate_up": gu[e] @ x[t]}
                 hmid = self._gate(n, "gate", proj) * self._gate(n, "up", proj)
-                out[t] += wts[t, j] * (dn[e] @ hmid)
+                y = wts[t, j] * (dn[e] @ hmid)
+                norms[t, j] = np.linalg.norm(y)
+                out[t] += y
+        if self.observe_moe is not None:
+            self.observe_moe(n, sel, wts, norms)
         return out

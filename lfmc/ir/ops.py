@@ -170,7 +170,7 @@ SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
     OpSchema("moe", 1, {"num_experts": int, "top_k": int, "scoring": str, "use_expert_bias": bool,
                         "norm_topk_prob": bool, "routed_scaling_factor": NUM, "topk_norm_eps": NUM},
              ("router", "gate_up", "down"), _moe, optional_params=("expert_bias",), liv_class="diagonal",
-             gates=("router", "gate", "up"), buffer_roles=("expert_bias",),
+             gates=("router", "gate", "up"), buffer_roles=("expert_bias",), optional_attrs={"pruned": dict},
              doc="top-k routed SwiGLU experts; router picks on score + expert_bias, weighs by the unbiased score"),
 ]}
 

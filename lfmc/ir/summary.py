@@ -57,6 +57,12 @@ def format_summary(s: dict[str, Any]) -> str:
                      f"{_human(r['state_bytes_per_sequence']) if r['state_bytes_per_sequence'] else '-':>10}  "
                      f"{_human(r['state_bytes_per_token']) if r['state_bytes_per_token'] else '-':>11}")
     lines.append("-" * len(head))
+    pruned = [(r["value"], r["attrs"]["pruned"]) for r in s["nodes"] if "pruned" in (r.get("attrs") or {})]
+    for name, p in pruned:
+        lines.append(f"%{name}: kept {len(p['kept'])} of {p['of']} experts {p['kept']} by {p['select']}"
+                     f"{' (dropped ones merged in)' if p.get('merged') else ''}: {p['why']}")
+    if pruned:
+        lines.append("-" * len(head))
     lines.append(f"parameters {s['parameters']:,}" + (f" (+{s['buffers']:,} buffer values)" if s["buffers"] else "")
                  + f"; weights {_human(s['weight_bytes'])}")
     lines.append(f"state per sequence: {_human(s['state_bytes_per_sequence'])} constant (conv / recurrent) "

@@ -9,13 +9,13 @@ from ..ir.errors import LfmcError
 from ..ir.model import Model
 from ..ir.text import print_graph
 from ..ir.verify import verify
-from . import dce, fuse_norm, fuse_residual, fuse_rope, fuse_swiglu, quantize  # noqa: F401  (registers the passes)
+from . import dce, fuse_norm, fuse_residual, fuse_rope, fuse_swiglu, prune_experts, quantize  # noqa: F401  (registers)
 from .base import PHASES, REGISTRY
 
 DEFAULT: dict[str, list[str]] = {
     "canonicalize": ["dce"],
     "fuse": ["fuse-norm", "fuse-swiglu", "fuse-rope", "fuse-residual"],
-    "prune": [],
+    "prune": ["prune-experts"],                          # a no-op unless options ask for pruning
     "quantize": ["quantize", "cast-weights", "cast-kv"],   # no-ops unless options name a scheme / 16-bit dtypes
     "plan": [],
 }

@@ -16,19 +16,10 @@ from lfmc.frontend import import_preset  # noqa: E402
 from lfmc.frontend.reference import build_hf_model  # noqa: E402
 from lfmc.ir import Interpreter  # noqa: E402
 from lfmc.runtime import Engine, RuntimeLoadError  # noqa: E402
-from tests.helpers import assert_follows_interpreter, torch_greedy  # noqa: E402
+from tests.helpers import assert_follows_interpreter, has_opencl, torch_greedy  # noqa: E402
 
 
-def _has_device() -> bool:
-    try:
-        import pyopencl as cl
-
-        return any(p.get_devices() for p in cl.get_platforms())
-    except Exception:                               # noqa: BLE001
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _has_device(), reason="no OpenCL device (apt install pocl-opencl-icd)")
+pytestmark = pytest.mark.skipif(not has_opencl(), reason="no OpenCL device (apt install pocl-opencl-icd)")
 TARGET = "snapdragon-8gen3"
 
 

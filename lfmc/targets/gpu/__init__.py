@@ -28,16 +28,28 @@ __all__ = ["schedule", "build_device", "expr_to_str"]
 TABLE_FORMAT = 1          # bump when the launch-table extraction changes: cached device modules are keyed by it
 
 
+def dlight_schedule(f: tirx.PrimFunc, target: tvm.target.Target):
+    """dlight's schedule of a TE kernel for ``target``, as a traced ``Schedule`` (the first rule that applies,
+    as ``ApplyDefaultSchedule`` does; tuning stores its trace as the baseline record), or None."""
+    from tvm.s_tir import dlight as dl
+
+    f = f.without_attr("lfmc.schedule") if f.attrs is not None and "lfmc.schedule" in f.attrs else f
+    with target:
+        for rule in (dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Matmul(), dl.gpu.Reduction(),
+                     dl.gpu.GeneralReduction(), dl.gpu.Fallback()):
+            sch = rule.apply(f, target, False)
+            if sch is not None:
+                return sch[0] if isinstance(sch, list) else sch
+    return None
+
+
 def schedule(f: tirx.PrimFunc, target: tvm.target.Target, threads: int) -> tirx.PrimFunc:
     """The GPU schedule of one shared kernel for ``target`` (see the module doc)."""
     if f.attrs is not None and f.attrs.get("lfmc.schedule") == "dlight":
-        from tvm.s_tir import dlight as dl
-
-        mod = tvm.IRModule({"main": f.without_attr("lfmc.schedule")})
-        with target:
-            mod = dl.ApplyDefaultSchedule(dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Matmul(),
-                                          dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
-        return mod["main"]
+        sch = dlight_schedule(f, target)
+        if sch is None:
+            raise LfmcError("no dlight rule applies")
+        return sch.mod["main"]
     return f                                   # lfmc's loop kernels bind their own threads (kernels._grid)
 
 

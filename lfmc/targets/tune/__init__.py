@@ -20,12 +20,13 @@ from typing import Any, Callable, Sequence
 from ...ir.errors import LfmcError
 from ..lower import KernelSpec, Lowered
 from .db import TuningDB, TuningDBError  # noqa: F401  (re-exported)
-from .measure import (Measurer, TuneDeviceError, light_tensor_intrin, local_measurer, measure,  # noqa: F401
-                      model_measurer, rpc_measurer)
+from .measure import (Measurer, TuneDeviceError, driver_measurer, light_tensor_intrin,  # noqa: F401
+                      local_measurer, measure, model_measurer, rpc_measurer)
 from .tasks import Task, describe, estimate_share, extract_tasks
 
 ROUND = 8                       # candidates measured per search round (and the smallest allotment of a task)
 MIN_GAIN = 0.01                 # a tuned record must beat the default schedule by 1% to be used
+GIVE_UP_ROUNDS = 2              # rounds after which a task whose candidates stay 2x slower than default stops
 
 
 @dataclass
@@ -82,21 +83,43 @@ def _quiet_meta_schedule(log_file: Path) -> None:
 
 
 def _allot(tasks: list[Task], share: dict[str, float], total: int) -> dict[str, int]:
-    """Trials per task, in proportion to its share of time, at least one round each (or 1 trial when tiny)."""
+    """Split ``total`` trials among the tasks: up to one round each, the rest in proportion to each task's
+    share of time (largest remainders first), so that the allotments add up to ``total`` exactly."""
+    n = len(tasks)
+    floor = min(ROUND, total // n)
+    out = {t.name: floor for t in tasks}
+    if floor == 0:                                  # fewer trials than tasks: the largest shares get one
+        for t in sorted(tasks, key=lambda t: -share[t.name])[:total]:
+            out[t.name] = 1
+        return out
+    rest = total - floor * n
     s = sum(share.values()) or 1.0
-    floor = min(ROUND, max(1, total // max(1, len(tasks))))
-    return {t.name: max(floor, int(round(total * share[t.name] / s))) for t in tasks}
+    exact = {t.name: rest * share[t.name] / s for t in tasks}
+    for k, v in exact.items():
+        out[k] += int(v)
+    left = total - sum(out.values())
+    for k in sorted(exact, key=lambda k: -(exact[k] - int(exact[k])))[:left]:
+        out[k] += 1
+    return out
 
 
-def make_measurer(prof, rpc: str | None = None, key: str | None = None, estimate: bool = False) -> Measurer:
-    """How candidates for ``prof`` will be timed (see :mod:`.measure`); unreachable devices fail here, fast."""
-    if prof.family != "cpu":
-        raise LfmcError(f"tuning {prof.family} kernels is not supported yet: GPU families use TVM's dlight "
-                        "schedules (tune a CPU profile: host, or NAME:cpu over --rpc / --estimate)")
+def make_measurer(prof, rpc: str | None = None, key: str | None = None, estimate: bool = False,
+                  get_driver: Callable[[str], Any] | None = None) -> Measurer:
+    """How candidates for ``prof`` will be timed (see :mod:`.measure`); unreachable devices fail here, fast.
+    ``get_driver``: the runtime's driver factory, for GPU families (lfmc.runtime.drivers.get_driver)."""
     if estimate and rpc:
         raise LfmcError("--estimate ranks candidates without a device: drop --rpc, or drop --estimate to measure")
     if key and not rpc:
         raise LfmcError("--key names devices at an RPC tracker: give the tracker with --rpc HOST:PORT")
+    if prof.family != "cpu":
+        if estimate or rpc:
+            raise LfmcError(f"{prof.name}: GPU kernels are measured through lfmc's {prof.driver} driver on the "
+                            "device itself (no --rpc, no --estimate for GPU families yet)")
+        from ..knobs import gpu_knobs
+
+        if get_driver is None:
+            raise LfmcError(f"{prof.name}: timing GPU candidates needs lfmc's runtime drivers (get_driver)")
+        return driver_measurer(prof, gpu_knobs(prof.max_threads)["decode"].threads, get_driver)
     if estimate:
         return model_measurer(prof)
     if rpc:
@@ -137,7 +160,7 @@ def tune_model(low: Lowered, prof, db_root: str | Path, measurer: Measurer, *, t
     todo = [t for t in tasks if info(t)["default_s"] is None]
     for i, t in enumerate(todo):
         emit({"phase": "baseline", "i": i, "n": len(todo), "task": t.name})
-        sch = t.default_schedule()
+        sch = t.default_schedule(target)
         measurer.task = (t.flops, t.bytes)
         secs, err = measure(measurer, [sch.mod], target)[0]
         if secs is None:
@@ -148,64 +171,101 @@ def tune_model(low: Lowered, prof, db_root: str | Path, measurer: Measurer, *, t
                                                             ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])))
         info(t).update(default_s=secs, best_s=min(secs, info(t)["best_s"] or math.inf))
         db.save()
-    share = {t.name: info(t)["default_s"] * sum(t.launches.values()) for t in tasks}
-    allot = _allot(tasks, share, trials)
+    # a task's share of its entry's time (a decode step, a prefill chunk): prefill chunks take hundreds of times
+    # a decode step, so shares are compared within an entry and the trials split evenly between the entries
+    share = {t.name: info(t)["default_s"] * t.launches.get(t.entry, 1) for t in tasks}
+    for e in {t.entry for t in tasks}:
+        tot = sum(share[t.name] for t in tasks if t.entry == e) or 1.0
+        for t in tasks:
+            if t.entry == e:
+                share[t.name] /= tot
+    entries_here = sorted({t.entry for t in tasks}, key=lambda e: e != "decode")
+    allot: dict[str, int] = {}
+    for i, e in enumerate(entries_here):
+        mine = [t for t in tasks if t.entry == e]
+        budget = trials // len(entries_here) + (1 if i < trials % len(entries_here) else 0)
+        allot.update(_allot(mine, share, budget) if budget else {t.name: 0 for t in mine})
     # decode first (largest share first), then prefill
     order = sorted(tasks, key=lambda t: (t.entry != "decode", -share[t.name]))
     remaining = lambda: sum(max(0, allot[t.name] - info(t)["trials"]) for t in tasks)  # noqa: E731
     done_trials = 0
     cost_models: dict[str, Any] = {}
     try:
-        for t in order:
+        while True:
+            # the next round goes to the task furthest behind its allotment: decode tasks before prefill ones,
+            # so a time budget that runs out leaves every decode kernel with its share of the search
+            for t in tasks:
+                if info(t)["trials"] >= allot[t.name] and not info(t)["done"]:
+                    info(t)["done"] = True
+                    db.save()
+            open_ = [t for t in order if info(t)["trials"] < allot[t.name] and not info(t).get("gave_up")]
+            if not open_:
+                break
+            phase = [t for t in open_ if t.entry == open_[0].entry]
+            t = min(phase, key=lambda x: (info(x)["trials"] / allot[x.name], order.index(x)))
             rec = info(t)
-            while True:                 # a later run with more --trials extends a finished task
-                left = allot[t.name] - rec["trials"]
-                if left <= 0:
-                    if not rec["done"]:
-                        rec["done"] = True
-                        db.save()
-                    break
-                if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
-                    report.stopped = "time budget"
-                    raise StopIteration
-                n = min(ROUND, left)
-                elapsed = time.perf_counter() - t_start
-                eta = elapsed / done_trials * remaining() if done_trials else None
-                emit({"phase": "search", "task": t.name, "entry": t.entry, "trials": rec["trials"],
-                      "allot": allot[t.name], "best_s": rec["best_s"], "default_s": rec["default_s"],
-                      "tasks_done": sum(1 for x in tasks if info(x)["trials"] >= allot[x.name]), "tasks": len(tasks),
-                      "eta_s": eta})
-                measurer.task = (t.flops, t.bytes)
-                cm = cost_models.setdefault(t.name, ms.cost_model.XGBModel(num_tuning_cores=measurer.parallel)
-                                            if _has_xgboost() else "random")
-                ctx = ms.TuneContext(mod=_module(t), target=target, space_generator="post-order-apply",
-                                     search_strategy=ms.search_strategy.EvolutionarySearch(
-                                         population_size=256, init_min_unmeasured=32, genetic_num_iters=2),
-                                     task_name=t.name, rand_state=seed + rec["trials"], num_threads=2,
-                                     logger=logging.getLogger("tvm.s_tir.meta_schedule")).clone()
-                with tempfile.TemporaryDirectory(prefix="lfmc-tune-") as wd:
-                    ms.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=wd, max_trials_global=n,
-                                  num_trials_per_iter=n, builder=measurer.builder, runner=measurer.runner,
-                                  database=db.ms, cost_model=cm, task_scheduler="round-robin")
-                rec["trials"] += n
-                done_trials += n
-                report.trials += n
-                best = db.best(_module(t))
-                if best is not None:
-                    rec["best_s"] = best[1]
-                rec["done"] = rec["trials"] >= allot[t.name]
-                db.save()
-    except StopIteration:
-        pass
+            if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
+                report.stopped = "time budget"
+                break
+            n = min(ROUND, allot[t.name] - rec["trials"])
+            elapsed = time.perf_counter() - t_start
+            eta = elapsed / done_trials * remaining() if done_trials else None
+            emit({"phase": "search", "task": t.name, "entry": t.entry, "trials": rec["trials"],
+                  "allot": allot[t.name], "best_s": rec["best_s"], "default_s": rec["default_s"],
+                  "tasks_done": sum(1 for x in tasks if info(x)["trials"] >= allot[x.name]), "tasks": len(tasks),
+                  "eta_s": eta})
+            measurer.task = (t.flops, t.bytes)
+            cm = cost_models.setdefault(t.name, ms.cost_model.XGBModel(num_tuning_cores=measurer.parallel)
+                                        if _has_xgboost() else "random")
+            # GPU families (OpenCL, CUDA) share meta_schedule's GPU rules (thread binding, shared memory)
+            space = (ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda", mutator_probs="cuda")
+                     if t.gpu else "post-order-apply")
+            ctx = ms.TuneContext(mod=_module(t), target=target, space_generator=space,
+                                 search_strategy=ms.search_strategy.EvolutionarySearch(
+                                     population_size=256, init_min_unmeasured=32, genetic_num_iters=2),
+                                 task_name=t.name, rand_state=seed + rec["trials"], num_threads=2,
+                                 logger=logging.getLogger("tvm.s_tir.meta_schedule")).clone()
+            with tempfile.TemporaryDirectory(prefix="lfmc-tune-") as wd:
+                ms.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=wd, max_trials_global=n,
+                              num_trials_per_iter=n, builder=measurer.builder,
+                              runner=measurer.runner_with_timeout(rec["default_s"]),
+                              database=db.ms, cost_model=cm, task_scheduler="round-robin")
+            rec["trials"] += n
+            done_trials += n
+            report.trials += n
+            best = db.best(_module(t))
+            if best is not None:
+                rec["best_s"] = best[1]
+            rec["done"] = rec["trials"] >= allot[t.name]
+            rec["rounds"] = rec.get("rounds", 0) + 1
+            near = db.near_default(_module(t), rec["default_s"])
+            if rec["rounds"] >= GIVE_UP_ROUNDS and not near:
+                # the search's space does not reach the default schedule (e.g. the SwiGLU kernels' paired
+                # reduction, which meta_schedule cannot tile): its trials go to the other tasks
+                rec["gave_up"] = True
+                rec["done"] = True
+                spare = allot[t.name] - rec["trials"]
+                allot[t.name] = rec["trials"]
+                peers = [x for x in tasks if x.entry == t.entry and not info(x).get("gave_up")
+                         and info(x)["trials"] < allot[x.name]]
+                for i, x in enumerate(peers):
+                    allot[x.name] += spare // len(peers) + (1 if i < spare % len(peers) else 0)
+            db.save()
     except KeyboardInterrupt:
         report.stopped = "interrupted"
+        db.save()
+    except Exception as e:
+        if "KeyboardInterrupt" not in f"{type(e).__name__}: {e}":
+            raise
+        report.stopped = "interrupted"                 # a Ctrl-C that TVM's FFI wrapped on its way out
         db.save()
     report.seconds = time.perf_counter() - t_start
     for t in tasks:
         r = info(t)
         report.tasks.append({"name": t.name, "key": keys[t.name], "entry": t.entry, "trials": r["trials"],
+                             "gave_up": bool(r.get("gave_up")),
                              "default_s": r["default_s"], "best_s": r["best_s"], "done": r["done"],
-                             "share": share[t.name] / (sum(share.values()) or 1.0),
+                             "share": share[t.name],
                              "speedup": (r["default_s"] / r["best_s"]) if r["best_s"] else None})
     emit({"phase": "end", "report": report})
     return report

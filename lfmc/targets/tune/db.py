@@ -222,3 +222,18 @@ class TuningDB:
             return None
         secs = sorted(float(s) for s in recs[0].run_secs)
         return recs[0], secs[len(secs) // 2]
+
+    def near_default(self, workload, default_s: float, factor: float = 2.0) -> bool:
+        """Whether some searched candidate of ``workload`` ran within ``factor`` of the default schedule's time
+        (the default's own record excluded)."""
+        db = self.ms
+        if not db.has_workload(workload):
+            return False
+        for rec in db.get_top_k(db.commit_workload(workload), 64):
+            if not rec.run_secs:
+                continue
+            secs = sorted(float(s) for s in rec.run_secs)
+            med = secs[len(secs) // 2]
+            if med != default_s and med <= factor * default_s:
+                return True
+        return False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import socket
 import tempfile
@@ -42,6 +43,18 @@ class Measurer:
     device_type: str = "cpu"
     parallel: int = 1
     task: tuple[float, float] = (0.0, 0.0)    # (flops, bytes) of the task being tuned: the model mode reads it
+    runner_for: Any = None                    # timeout (s) -> a runner killing slower candidates sooner
+
+    def runner_with_timeout(self, seconds: float):
+        """The runner to use for a task whose default schedule takes ``seconds``: a candidate far slower than
+        the default is not worth waiting for (meta_schedule's fixed timeout spent minutes on such ones)."""
+        if self.runner_for is None:
+            return self.runner
+        limit = min(RUN_TIMEOUT_S, max(10, 2 ** math.ceil(math.log2(max(1.0, seconds * 9 * 30 + 5)))))
+        cache = self.__dict__.setdefault("_runners", {})
+        if limit not in cache:
+            cache[limit] = self.runner_for(limit)
+        return cache[limit]
 
 
 def light_tensor_intrin() -> None:
@@ -97,10 +110,12 @@ def local_measurer(profile) -> Measurer:
     if profile.name != "host":
         raise TuneDeviceError(f"profile {profile.name!r} is not this machine: measure it over --rpc, or rank "
                               f"candidates with --estimate (not measured)")
+    def runner(timeout: float):
+        return ms.runner.LocalRunner(timeout_sec=timeout, evaluator_config=_evaluator())
+
     return Measurer("this CPU", ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, max_workers=_build_workers(),
                                                         f_build=build_candidate),
-                    ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=_evaluator()),
-                    host_identity())
+                    runner(RUN_TIMEOUT_S), host_identity(), runner_for=runner)
 
 
 def parse_address(addr: str) -> tuple[str, int]:
@@ -188,6 +203,30 @@ def rpc_measurer(addr: str, key: str | None, profile, session_timeout: int = 60)
     return Measurer(label, builder, runner, ident, parallel=n)
 
 
+_FINISHED: list = []
+
+
+def _finished(result):
+    """A meta_schedule runner future that is already done (the in-process runners below time synchronously)."""
+    if not _FINISHED:
+        from tvm.ir.utils import derived_object
+        from tvm.s_tir import meta_schedule as ms
+
+        class _Done(ms.runner.PyRunnerFuture):
+            def __init__(self, res):
+                super().__init__()
+                self.res = res
+
+            def done(self):
+                return True
+
+            def result(self):
+                return self.res
+
+        _FINISHED.append(derived_object(_Done))
+    return _FINISHED[0](result)
+
+
 # ------------------------------------------------------------------------------------ analytical model
 def loop_features(func) -> dict[str, float]:
     """What a scheduled PrimFunc's loops do with the machine: parallel extent (threads), vector lanes of the
@@ -251,17 +290,6 @@ def model_measurer(profile) -> Measurer:
                 out.append(ms.builder.BuilderResult(path, None))
             return out
 
-    class _Done(ms.runner.PyRunnerFuture):
-        def __init__(self, res):
-            super().__init__()
-            self.res = res
-
-        def done(self):
-            return True
-
-        def result(self):
-            return self.res
-
     @derived_object
     class _Run(ms.runner.PyRunner):
         def run(self, runner_inputs):
@@ -271,7 +299,7 @@ def model_measurer(profile) -> Measurer:
                     d = json.load(f)
                 flops, nbytes = m.task
                 secs = model_seconds(d["features"], flops, nbytes, profile)
-                futs.append(derived_object(_Done)(ms.runner.RunnerResult([secs], None)))
+                futs.append(_finished(ms.runner.RunnerResult([secs], None)))
             return futs
 
     ident = {"kind": "model", "profile": profile.name, "bandwidth_gbs": profile.bandwidth_gbs,
@@ -279,6 +307,108 @@ def model_measurer(profile) -> Measurer:
     m = Measurer(f"the {profile.name} profile's roofline model", _Build(), _Run(), ident,
                  measured=False)
     return m
+
+
+# ------------------------------------------------------------------------------ GPUs through lfmc's drivers
+def driver_identity(drv) -> dict[str, Any]:
+    """The device an lfmc runtime driver runs on, as tuning records it."""
+    if drv.name == "opencl":
+        d = drv.device
+        return {"kind": "opencl", "device": d.name.strip(), "platform": d.platform.name.strip(),
+                "version": d.version.strip(), "compute_units": int(d.max_compute_units)}
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        return {"kind": "cuda", "device": props["name"].decode() if isinstance(props["name"], bytes)
+                else str(props["name"]), "cc": f"{props['major']}.{props['minor']}"}
+    except Exception:  # noqa: BLE001
+        return {"kind": drv.name}
+
+
+def _host_array(info: list, rng) -> Any:
+    import numpy as np
+
+    _, dtype, shape = info
+    if dtype.startswith("float"):
+        return (rng.standard_normal(shape) * 0.1).astype(dtype)
+    if dtype == "uint16":                        # bf16 bits of small numbers
+        return ((rng.standard_normal(shape) * 0.1).astype("float32").view("uint32") >> 16).astype("uint16")
+    lo, hi = (-127, 128) if dtype == "int8" else (0, 16)
+    return rng.integers(lo, hi, size=shape).astype(dtype)
+
+
+def driver_measurer(profile, threads: int, get_driver) -> Measurer:
+    """GPU candidates built by lfmc's GPU build (device source + launch table, no TVM runtime needed) and timed
+    in this process by lfmc's runtime driver of the family: ``opencl`` (pyopencl: a phone's GPU wherever pyopencl
+    runs; PoCL here, which checks the flow, not a GPU's speed) or ``cuda`` (CuPy, on an NVIDIA GPU).
+    ``get_driver(name)`` makes the driver: the runtime's, handed in from above (targets do not import it)."""
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    from ..gpu import build_device
+
+    if profile.driver not in ("opencl", "cuda"):
+        raise TuneDeviceError(f"{profile.name}: lfmc has no {profile.driver} driver to time candidates with yet "
+                              "(opencl and cuda profiles can be tuned)")
+    try:
+        drv = get_driver(profile.driver)
+    except Exception as e:  # noqa: BLE001  (the runtime's load errors: no pyopencl, no device)
+        raise TuneDeviceError(f"{profile.name}: cannot time candidates here: {e}") from None
+    ev = _evaluator()
+
+    @derived_object
+    class _Build(ms.builder.PyBuilder):
+        def build(self, build_inputs):
+            out = []
+            for bi in build_inputs:
+                try:
+                    func = bi.mod["main"].with_attr("global_symbol", "cand")
+                    source, table, _ = build_device({"cand": func}, bi.target, threads)
+                except Exception as e:  # noqa: BLE001  (a candidate TVM cannot lower is a failed build)
+                    out.append(ms.builder.BuilderResult(None, f"{type(e).__name__}: {str(e)[-500:]}"))
+                    continue
+                path = Path(tempfile.mkdtemp(prefix="lfmc-gpu-")) / "device.json"
+                path.write_text(json.dumps({"api": profile.family, "target": profile.family, "source": source,
+                                            "table": table}))
+                out.append(ms.builder.BuilderResult(str(path), None))
+            return out
+
+    rng = np.random.default_rng(0)
+
+    @derived_object
+    class _Run(ms.runner.PyRunner):
+        def run(self, runner_inputs):
+            futs = []
+            for ri in runner_inputs:
+                try:
+                    k = drv.function(drv.load_library(Path(str(ri.artifact_path))), "cand")
+                    args = []
+                    for info in ri.args_info:
+                        j = info.as_json()
+                        args.append(drv.device_view(drv.to_device(_host_array(j, rng)), tuple(j[2])))
+                    k(*args)
+                    drv.sync()
+                    secs = []
+                    for _ in range(ev.repeat):
+                        t0 = time.perf_counter()
+                        for _ in range(ev.number):
+                            k(*args)
+                        drv.sync()
+                        secs.append((time.perf_counter() - t0) / ev.number)
+                    res = ms.runner.RunnerResult(secs, None)
+                except Exception as e:  # noqa: BLE001  (the device refusing a candidate is a failed run)
+                    res = ms.runner.RunnerResult(None, f"{type(e).__name__}: {str(e)[-500:]}")
+                futs.append(_finished(res))
+            return futs
+
+    ident = driver_identity(drv)
+    return Measurer(f"the {drv.name} driver on {ident.get('device', '?')}", _Build(), _Run(), ident,
+                    device_type=profile.driver)
 
 
 def measure(measurer: Measurer, mods: list, target) -> list[tuple[float | None, str | None]]:

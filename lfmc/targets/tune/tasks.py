@@ -32,14 +32,27 @@ class Task:
         """The variant kernel's name (also the task's name in the database)."""
         return f"{self.kernel}__nb{self.nb}"
 
+    @property
+    def gpu(self) -> bool:
+        return bool(self.spec.args[2].gpu)
+
     def workload(self):
         """The unscheduled TensorIR at this shape, named ``main`` (what meta_schedule tunes)."""
-        return self.spec.maker("main", *self.spec.args, nb_static=self.nb, schedule=False)
+        f = self.spec.maker("main", *self.spec.args, nb_static=self.nb, schedule=False)
+        return f.without_attr("lfmc.schedule") if f.attrs is not None and "lfmc.schedule" in f.attrs else f
 
-    def default_schedule(self):
-        """lfmc's default schedule applied to :meth:`workload`, as a traced schedule (its trace is a record)."""
+    def default_schedule(self, target):
+        """lfmc's default schedule of :meth:`workload` for ``target`` as a traced schedule (its trace is the
+        baseline record): lfmc's own on CPUs, dlight's on GPU families."""
         from tvm import s_tir
 
+        if self.gpu:
+            from ..gpu import dlight_schedule
+
+            sch = dlight_schedule(self.workload(), target)
+            if sch is None:
+                raise ValueError(f"{self.name}: no dlight rule applies")
+            return sch
         from ..kernels import schedule_matmul
 
         N, Kd, kn, bias, eps, acc, swiglu, quant = self.spec.args
