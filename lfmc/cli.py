@@ -261,10 +261,13 @@ def cmd_tune(a: argparse.Namespace) -> int:
     if not (a.quiet or a.json):
         print(f"tuning {m.graph.name} for {prof.name} ({quant or a.dtype} weights): up to {a.trials} trials"
               + (f", {a.time_budget:g} min" if a.time_budget else "") + f"; database {a.db}", flush=True)
-    r = tune_model(low, prof, a.db, measurer, trials=a.trials,
-                   time_budget_s=a.time_budget * 60 if a.time_budget else None,
-                   entries=tuple(a.entries.split(",")), max_tasks=a.max_tasks,
-                   prefill_chunk=a.prefill_chunk, seed=a.seed, progress=progress)
+    try:
+        r = tune_model(low, prof, a.db, measurer, trials=a.trials,
+                       time_budget_s=a.time_budget * 60 if a.time_budget else None,
+                       entries=tuple(a.entries.split(",")), max_tasks=a.max_tasks,
+                       prefill_chunk=a.prefill_chunk, seed=a.seed, progress=progress)
+    finally:
+        measurer.close()
     if a.json:
         print(json.dumps({"db": str(r.db), "device": r.device, "measured": r.measured, "trials": r.trials,
                           "seconds": r.seconds, "stopped": r.stopped, "tasks": r.tasks}, indent=1))

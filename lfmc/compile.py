@@ -122,7 +122,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     options = {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype, **(prune or {})}
     model = run_pipeline(model, passes, options, dump_dir=dump_ir, family=family)
     low = lower(model.graph, model.weights, knobs)
-    check_fits(prof, sum(int(a.nbytes) for a in low.params.values()), model.graph)
+    check_fits(prof, sum(p.type.nbytes() for p in model.graph.params().values()), model.graph)
     after = kernels_per_layer(low.plan, model.graph)
     if log:
         log(format_kernel_counts(before, after))
@@ -170,7 +170,8 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
 
 
 def check_fits(prof, nbytes: int, graph=None) -> None:
-    """Refuse weights larger than the profile's weight budget, saying by how much and what would help."""
+    """Refuse weights larger than the profile's weight budget (bytes as the IR stores them: int4 codes at half a
+    byte, their scales, float32 norms), saying by how much and what would help."""
     budget = float(prof.weight_budget_gb) * 1e9
     if budget > 0 and nbytes > budget:
         moe = graph is not None and any(n.op == "moe" for n in graph.nodes)

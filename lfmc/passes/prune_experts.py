@@ -67,10 +67,12 @@ def weight_bytes(g: Graph, quant: str | None = None, dtype: str = "f32") -> dict
 
 
 def expert_bytes(n: Node, quant: str | None, dtype: str) -> float:
-    """Bytes one expert of MoE node ``n`` takes (its gate/up and down weights)."""
+    """Bytes one expert of MoE node ``n`` takes: its gate/up and down weights, its router row and bias entry
+    (float32), all of which pruning removes with it."""
     gu, dn = n.params["gate_up"].type.shape, n.params["down"].type.shape
+    router = n.params["router"].type.shape[1] * 4 + (4 if "expert_bias" in n.params else 0)
     return (gu[1] * gu[2] * bytes_per_weight(quant, dtype, int(gu[2]))
-            + dn[1] * dn[2] * bytes_per_weight(quant, dtype, int(dn[2])))
+            + dn[1] * dn[2] * bytes_per_weight(quant, dtype, int(dn[2])) + router)
 
 
 def plan_counts(g: Graph, budget: float, quant: str | None = None, dtype: str = "f32",
@@ -83,6 +85,7 @@ def plan_counts(g: Graph, budget: float, quant: str | None = None, dtype: str = 
     wb = weight_bytes(g, quant, dtype)
     per = {n.name: expert_bytes(n, quant, dtype) for n in moes}
     fixed = sum(wb.values()) - sum(per[n.name] * n.attrs["num_experts"] for n in moes)
+    budget = budget * (1 + 1e-9)                  # byte sums computed two ways differ by rounding
     floor = {n.name: n.attrs["top_k"] for n in moes}
     least = fixed + sum(per[k] * floor[k] for k in per)
     if least > budget:

@@ -97,6 +97,15 @@ def test_budget_picks_the_largest_k_that_fits_and_refuses_the_impossible(moe):
     with pytest.raises(LfmcError, match="cannot keep 1 experts"):
         prune_experts.run(moe, {"experts_keep": 1})
     assert plan_counts(g, full * 10) == {n.name: 8 for n in _moes(moe)}
+    for k in (2, 3, 5):        # the bytes of a model pruned to k per layer plan back to exactly k
+        b = sum(weight_bytes(prune_experts.run(moe, {"experts_keep": k}).graph).values())
+        assert set(plan_counts(g, b).values()) == {k}
+    skewed = {n.name: {"mass": [0.9] + [0.1 / 7] * 7} if i == 0 else {"mass": [1 / 8] * 8}
+              for i, n in enumerate(_moes(moe))}
+    b = sum(weight_bytes(prune_experts.run(moe, {"experts_keep": 4}).graph).values())
+    counts = plan_counts(g, b, calibration=skewed)
+    first = _moes(moe)[0].name
+    assert sum(counts.values()) == 4 * len(counts) and counts[first] < max(counts.values())
 
 
 def test_merge_folds_dropped_experts_into_the_most_similar_kept_one(moe):

@@ -150,6 +150,7 @@ def test_tune_over_rpc_resume_and_apply(tiny, lowered, rpc_devices, tmp_path):
     events = []
     r2 = tune_model(low, prof, tmp_path / "db", m, trials=8, max_tasks=2, prefill_chunk=CHUNK,
                     progress=events.append)
+    m.close()
     assert not any(e["phase"] == "baseline" for e in events)  # baselines came from the database
     assert r2.stopped == "done" and r2.db == r1.db
     db = TuningDB.load(r2.db)
@@ -184,8 +185,8 @@ def test_tune_over_rpc_resume_and_apply(tiny, lowered, rpc_devices, tmp_path):
 
 def test_compile_keeps_default_schedules_that_measured_fastest(tiny, tmp_path):
     prof, low = lower_for_target(tiny, "host")
-    r = tune_model(low, prof, tmp_path / "db", make_measurer(prof, estimate=False), trials=1, max_tasks=1,
-                   prefill_chunk=CHUNK)
+    with make_measurer(prof, estimate=False) as m:
+        r = tune_model(low, prof, tmp_path / "db", m, trials=1, max_tasks=1, prefill_chunk=CHUNK)
     db = TuningDB.load(r.db)
     (t,) = db.tasks.values()
     assert t["best_s"] <= t["default_s"]
@@ -198,8 +199,8 @@ def test_compile_keeps_default_schedules_that_measured_fastest(tiny, tmp_path):
 
 def test_estimate_mode_is_labelled_not_measured(tiny, tmp_path):
     prof, low = lower_for_target(tiny, "snapdragon-8gen3:cpu")
-    r = tune_model(low, prof, tmp_path / "db", make_measurer(prof, estimate=True), trials=8, max_tasks=1,
-                   prefill_chunk=CHUNK)
+    with make_measurer(prof, estimate=True) as m:
+        r = tune_model(low, prof, tmp_path / "db", m, trials=8, max_tasks=1, prefill_chunk=CHUNK)
     assert not r.measured and "roofline" in r.device
     db = TuningDB.load(r.db)
     assert db.meta["target"]["measured"] is False and db.meta["device"]["kind"] == "model"
@@ -294,6 +295,7 @@ def test_opencl_candidates_are_timed_by_the_opencl_driver(tiny, tmp_path):
     m = make_measurer(prof, get_driver=get_driver)
     assert m.identity["kind"] == "opencl" and m.device_type == "opencl"
     r = tune_model(low, prof, tmp_path / "db", m, trials=4, max_tasks=1, prefill_chunk=CHUNK)
+    m.close()
     assert r.measured and r.trials == 4 and r.tasks[0]["default_s"] > 0
     leaf = r.db
     meta = json.loads((leaf / META).read_text())

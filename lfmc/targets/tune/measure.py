@@ -45,6 +45,22 @@ class Measurer:
     task: tuple[float, float] = (0.0, 0.0)    # (flops, bytes) of the task being tuned: the model mode reads it
     runner_for: Any = None                    # timeout (s) -> a runner killing slower candidates sooner
 
+    def __enter__(self) -> "Measurer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the runners' worker processes (meta_schedule leaves them running otherwise)."""
+        for r in [self.runner, *self.__dict__.get("_runners", {}).values()]:
+            pool = getattr(r, "pool", None)
+            if pool is not None:
+                try:
+                    pool.shutdown()
+                except Exception:  # noqa: BLE001  (a pool already gone)
+                    pass
+
     def runner_with_timeout(self, seconds: float):
         """The runner to use for a task whose default schedule takes ``seconds``: a candidate far slower than
         the default is not worth waiting for (meta_schedule's fixed timeout spent minutes on such ones)."""
