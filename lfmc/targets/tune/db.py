@@ -29,6 +29,12 @@ WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 
 
+def median_secs(run_secs) -> float:
+    """The median of a record's measured seconds (meta_schedule keeps them as FloatImms)."""
+    secs = sorted(float(s) for s in run_secs)
+    return secs[len(secs) // 2]
+
+
 class TuningDBError(LfmcError):
     """A tuning database that is corrupt, of another format, or for another target or device."""
 
@@ -220,8 +226,7 @@ class TuningDB:
         recs = db.get_top_k(db.commit_workload(workload), 1)
         if not recs or not recs[0].run_secs:
             return None
-        secs = sorted(float(s) for s in recs[0].run_secs)
-        return recs[0], secs[len(secs) // 2]
+        return recs[0], median_secs(recs[0].run_secs)
 
     def near_default(self, workload, default_s: float, factor: float = 2.0) -> bool:
         """Whether some searched candidate of ``workload`` ran within ``factor`` of the default schedule's time
@@ -232,8 +237,7 @@ class TuningDB:
         for rec in db.get_top_k(db.commit_workload(workload), 64):
             if not rec.run_secs:
                 continue
-            secs = sorted(float(s) for s in rec.run_secs)
-            med = secs[len(secs) // 2]
+            med = median_secs(rec.run_secs)
             if med != default_s and med <= factor * default_s:
                 return True
         return False

@@ -448,6 +448,7 @@ def measure(measurer: Measurer, mods: list, target) -> list[tuple[float | None, 
         if r.error_msg:
             out[i] = (None, str(r.error_msg))
         else:
-            secs = sorted(float(s) for s in r.run_secs)
-            out[i] = (secs[len(secs) // 2], None)
+            from .db import median_secs
+
+            out[i] = (median_secs(r.run_secs), None)
     return out

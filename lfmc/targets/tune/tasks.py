@@ -6,7 +6,6 @@ says how often each runs per call, which with a measured time gives its share of
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +115,3 @@ def describe(t: Task) -> dict[str, Any]:
             "fused": [k for k, v in (("norm", eps is not None), ("bias", bias), ("residual", acc),
                                      ("swiglu", swiglu)) if v]}
 
-
-def intensity(t: Task) -> float:
-    """Flops per byte: low (GEMV, decode) is memory-bound, high (GEMM, prefill) compute-bound."""
-    return t.flops / max(t.bytes, 1.0) if not math.isnan(t.flops) else 0.0
