@@ -146,8 +146,41 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_wafer(a: argparse.Namespace, prof) -> int:
+    """--plan-only on a wafer: placement and a simulated decode estimate from the config alone."""
+    from .compile import DEFAULT_MAX_CONTEXT, wafer_estimate, wafer_report
+    from .passes import run_pipeline
+    from .targets.wafer import lower_wafer
+
+    m = run_pipeline(_load(a.model), a.passes, {}, family="wafer")
+    cfg = m.provenance.get("config") or {}
+    ctx = int(a.max_context or min(DEFAULT_MAX_CONTEXT, int(cfg.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT)))
+    prog, _, pl = lower_wafer(m.graph, None, prof, a.max_batch, ctx, a.kv_dtype)
+    est = wafer_estimate(prog, a.max_batch)
+    if a.plot:
+        from .targets.wafer.plot import plot_placement, plot_timeline
+
+        d = Path(a.output or ".")
+        d.mkdir(parents=True, exist_ok=True)
+        plot_placement(pl, d / "placement.png")
+        plot_timeline(est["timeline"], d / "decode-timeline.png", prog["machine"])
+    if a.json:
+        print(json.dumps({"model": m.graph.name, "target": prof.name, "placement": prog["placement"],
+                          **{k: v for k, v in est.items() if k != "timeline"}}, indent=1))
+        return 0
+    print(f"{m.graph.name} on {prof.name} (config only, max batch {a.max_batch}, context {ctx}):")
+    for line in wafer_report(prog, est):
+        print(line)
+    if a.plot:
+        print(f"pictures: {d / 'placement.png'}, {d / 'decode-timeline.png'}")
+    return 0
+
+
 def _plan_only(a: argparse.Namespace, prof, quant: str | None, prune: dict | None) -> int:
     from .compile import plan_weights
+
+    if prof.family == "wafer":
+        return _plan_wafer(a, prof)
 
     r = plan_weights(_load(a.model), prof, quant, a.dtype, prune)
     if a.json:
@@ -201,7 +234,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
     compile_model(m, out, a.target, max_batch=a.max_batch, max_context=a.max_context,
                   prefill_chunk=a.prefill_chunk, progress=progress, passes=a.passes, dump_ir=a.dump_ir,
                   log=None if a.quiet else print, quant=quant, dtype=a.dtype, profiles=a.profiles,
-                  kv_dtype=a.kv_dtype, tuned=a.tuned, prune=prune)
+                  kv_dtype=a.kv_dtype, tuned=a.tuned, prune=prune, plot=a.plot)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     if not a.quiet:
         man = json.loads((out / "manifest.json").read_text())
@@ -311,6 +344,14 @@ def cmd_run(a: argparse.Namespace) -> int:
               flush=True)
     dt = time.perf_counter() - t0
     print(f"\n[{n} tokens in {dt:.2f} s, {n / dt:.1f} tokens/s]", file=sys.stderr)
+    sim = getattr(eng.driver, "sim", None)
+    if sim is not None and sim.calls:                 # the wafer simulator: its estimate, not this machine's time
+        dec = [c for c in sim.calls if c["entry"] == "decode"]
+        pre = [c for c in sim.calls if c["entry"] == "prefill"]
+        us = lambda cs: sum(c["seconds"] for c in cs) * 1e6  # noqa: E731
+        print(f"[simulated on {sim.m['name']}: prefill {us(pre):,.1f} us, decode "
+              f"{us(dec) / max(1, len(dec)):,.1f} us per token (estimated cycles at {sim.m['clock_ghz']} GHz)]",
+              file=sys.stderr)
     return 0
 
 
@@ -407,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only report the weight bytes against the target's budget and, for MoE models, how many "
                         "experts per layer fit (needs no weights)")
     p.add_argument("--json", action="store_true", help="with --plan-only: print the plan as JSON")
+    p.add_argument("--plot", action="store_true",
+                   help="wafer targets: write placement.png (layers and SRAM per PE) and decode-timeline.png (one "
+                        "simulated decode step) into the artifact (with --plan-only: into -o DIR or .)")
     p.add_argument("--tuned", default=None, metavar="DB",
                    help="apply a tuning database from `lfmc tune` (its root or one device's folder)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -465,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default=None, choices=["cpu", "opencl", "cuda"],
+    p.add_argument("--device", default=None, choices=["cpu", "opencl", "cuda", "wafer"],
                    help="runtime driver (default: the one the artifact was compiled for)")
     p.set_defaults(fn=cmd_run)
 

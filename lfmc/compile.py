@@ -68,14 +68,16 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                   dump_ir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
                   quant: str | None = None, dtype: str = "f32", profiles: str | os.PathLike | None = None,
                   kv_dtype: str = "f32", tuned: str | os.PathLike | None = None,
-                  prune: dict[str, Any] | None = None) -> Path:
+                  prune: dict[str, Any] | None = None, plot: bool = False) -> Path:
     """Compile ``model`` for ``target`` into the artifact directory ``out``: the pass pipeline (``passes``:
     None = default, a list or a comma-separated string), lowering, code generation, packaging.
     ``dump_ir`` writes the IR after every phase; ``log`` receives a summary (kernels per layer); ``quant``:
     weight quantization (q8, q4g32, q4g64a, ...; None = float32); ``dtype``: f32, f16 or bf16 weights
     (activations stay float32); ``tuned``: a tuning database (``lfmc tune``) whose records replace the default
     schedules where they are faster; ``prune``: options of the prune-experts pass (experts_keep,
-    max_weight_bytes, calibration, select, merge). Weights larger than the profile's budget are refused."""
+    max_weight_bytes, calibration, select, merge). Weights larger than the profile's budget are refused.
+    Wafer targets are placed on their mesh and simulated (see :func:`_compile_wafer`); ``plot`` writes their
+    placement and decode-timeline pictures into the artifact."""
     from .ir.verify import verify
     from .passes import resolve, run_pipeline
     from .targets.artifact import write_artifact
@@ -91,6 +93,9 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     if max_batch < 1 or prefill_chunk < 1:
         raise LfmcError("--max-batch and --prefill-chunk must be at least 1")
     verify(model.graph)
+    if prof.family == "wafer":
+        return _compile_wafer(model, out, prof, max_batch, max_context, prefill_chunk, passes, dump_ir, log, quant,
+                              dtype, kv_dtype, tuned, prune, plot)
     knobs, family = target_knobs(prof)
     if family == "gpu":
         from .targets.gpu import build_gpu
@@ -167,6 +172,120 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
         manifest["prune"] = {k: v for k, v in prune.items() if k != "calibration"}
         manifest["prune"]["layers"] = {n.name: n.attrs["pruned"] for n in model.graph.nodes if "pruned" in n.attrs}
     return write_artifact(out, manifest, low.params, build, model.tokenizer)
+
+
+def _max_context(model: Model, max_context: int | None) -> tuple[int, int]:
+    cfg = model.provenance.get("config") or {}
+    mpe = int(cfg.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT)
+    mc = int(max_context or min(DEFAULT_MAX_CONTEXT, mpe))
+    if mc < 1:
+        raise LfmcError("--max-context must be at least 1")
+    return mc, mpe
+
+
+def _compile_wafer(model: Model, out, prof, max_batch: int, max_context: int | None, prefill_chunk: int, passes,
+                   dump_ir, log, quant, dtype, kv_dtype, tuned, prune, plot: bool) -> Path:
+    """Place the model on the wafer's mesh, generate its mesh program and CSL-style sources, estimate one decode
+    step with the simulator, write the artifact (run by the runtime's ``wafer`` driver)."""
+    from .passes import resolve, run_pipeline
+    from .targets.artifact import write_artifact
+    from .targets.wafer import lower_wafer, wafer_plan, write_wafer_files
+
+    if quant or dtype != "f32":
+        raise LfmcError(f"target {prof.name}: the wafer target runs float32 weights (no --quant / --dtype); "
+                        "they fit its SRAM as they are")
+    if tuned is not None:
+        raise LfmcError(f"target {prof.name}: there is nothing to tune on a simulated wafer (--tuned)")
+    options = {"kv_dtype": "f32", **(prune or {})}
+    model = run_pipeline(model, passes, options, dump_dir=dump_ir, family="wafer")
+    max_context, mpe = _max_context(model, max_context)
+    prog, params, pl = lower_wafer(model.graph, model.weights, prof, max_batch, max_context, kv_dtype)
+    est = wafer_estimate(prog, max_batch)
+    if log:
+        for line in wafer_report(prog, est):
+            log(line)
+    text = print_graph(model.graph)
+    cfg = model.provenance.get("config") or {}
+    manifest: dict[str, Any] = {
+        "target": {"name": prof.name, "driver": "wafer", "kind": "wafer", "profile": prof.as_dict()},
+        "tvm_version": None,
+        "model": {"name": model.graph.name, "vocab_size": prog["vocab_size"],
+                  "parameters": model.graph.num_parameters(), "eos_token_id": cfg.get("eos_token_id"),
+                  "bos_token_id": cfg.get("bos_token_id"), "architecture": model.provenance.get("architecture"),
+                  "config": cfg, "source": {k: v for k, v in model.provenance.items() if k != "config"}},
+        "ir_hash": hashlib.sha256(text.encode()).hexdigest(),
+        "quant": "f32", "passes": resolve(passes, "wafer"), "weight_dtype": "f32", "kv_dtype": kv_dtype,
+        "limits": {"max_batch": int(max_batch), "max_context": max_context, "prefill_chunk": int(prefill_chunk),
+                   "max_position_embeddings": mpe},
+        "tokenizer": ({"kind": "json"} if model.tokenizer is not None
+                      else {"kind": "bytes"} if prog["vocab_size"] == 256 else {"kind": "none"}),
+        "plan": wafer_plan(prog, params),
+        "wafer": {"placement": prog["placement"], "estimate": est},
+    }
+    if prune:
+        manifest["prune"] = {k: v for k, v in prune.items() if k != "calibration"}
+        manifest["prune"]["layers"] = {n.name: n.attrs["pruned"] for n in model.graph.nodes if "pruned" in n.attrs}
+    path = write_artifact(out, manifest, params, lambda d: write_wafer_files(d, prog), model.tokenizer)
+    if plot:
+        from .targets.wafer.plot import plot_placement, plot_timeline
+
+        plot_placement(pl, path / "placement.png")
+        plot_timeline(est["timeline"], path / "decode-timeline.png", prog["machine"])
+        if log:
+            log(f"pictures: {path / 'placement.png'}, {path / 'decode-timeline.png'}")
+    return path
+
+
+def wafer_estimate(prog: dict[str, Any], batch: int = 1, context: int | None = None) -> dict[str, Any]:
+    """Cycles of one decode step on a placed mesh program (the simulator, cycles only): one sequence, and
+    ``batch`` sequences pipelined, at position ``context`` (default: 128 or the max context); where the single
+    sequence's time goes (its critical path), and the bounds it is checked against."""
+    from .runtime.drivers.wafer import MeshSim
+
+    m = prog["machine"]
+    hz = m["clock_ghz"] * 1e9
+    pos = min(int(prog["context"]) - 1, 128 if context is None else int(context))
+    sim = MeshSim(prog, None, timeline=True)
+    sim.step("decode", [1], [0], [pos])                    # warm: links and clocks as in steady decoding
+    sim.link_words[:] = 0
+    one = sim.step("decode", [1], [0], [pos])
+    link_words = float(sim.link_words.max())
+    br = sim.breakdown(one)
+    tl = sim.timeline(one)
+    batch = max(1, min(int(batch), int(prog["slots"])))
+    many = sim.step("decode", [1] * batch, list(range(batch)), [pos] * batch) if batch > 1 else one
+    pl = prog["placement"]
+    weights = sum(r["N"] * r["K"] for r in prog["roles"] if r["kind"] != "kv") * 4
+    busiest_pe = max(max(r["_tr"]) * max(r["_tc"]) for r in sim.roles.values() if r["kind"] != "kv") * 4
+    bounds = {
+        "sram_bandwidth_cycles": weights / (pl["pes_used"] * m["sram_bw"]),   # every weight read once, all PEs
+        "busiest_pe_cycles": busiest_pe / min(m["sram_bw"], 4 * m["fmacs"]),  # the largest tile, read at its rate
+        "busiest_link_words": link_words,                                    # words on the busiest link per token
+    }
+    return {"position": pos, "cycles": one["cycles"], "seconds": one["seconds"], "tokens_per_s": 1 / one["seconds"],
+            "batch": batch, "batch_cycles": many["cycles"], "batch_tokens_per_s": batch / many["seconds"],
+            "breakdown": br, "bounds": bounds, "assumptions": sim.assumptions(), "timeline": tl,
+            "clock_hz": hz}
+
+
+def wafer_report(prog: dict[str, Any], est: dict[str, Any]) -> list[str]:
+    """Lines for the compile summary: placement, estimate, where the time goes, assumptions."""
+    pl, m = prog["placement"], prog["machine"]
+    hz = m["clock_ghz"] * 1e9
+    out = [f"placed on {m['name']}: {pl['pes_used']:,} of {pl['pes']:,} PEs, SRAM {pl['sram_bytes'] / 1e9:.3f} of "
+           f"{pl['sram_capacity'] / 1e9:.2f} GB ({pl['sram_utilization']:.1%}), busiest PE {pl['max_pe_bytes']:,} of "
+           f"{pl['pe_capacity']:,} bytes, {pl['layers']} layers in a pipeline, ~{pl['tile_elems']:,} weights per PE",
+           f"estimated decode (simulated cycles, position {est['position']}): {est['cycles']:,.0f} cycles = "
+           f"{est['seconds'] * 1e6:,.1f} us -> {est['tokens_per_s']:,.0f} tokens/s for one sequence; "
+           f"{est['batch']} sequences pipelined: {est['batch_tokens_per_s']:,.0f} tokens/s"]
+    tot = sum(est["breakdown"].values()) or 1.0
+    out.append("  critical path: " + ", ".join(f"{k} {v / tot:.0%}" for k, v in est["breakdown"].items()))
+    b = est["bounds"]
+    out.append(f"  bounds: all weights read once over the used PEs' SRAM bandwidth {b['sram_bandwidth_cycles']:,.0f} "
+               f"cycles; the largest tile {b['busiest_pe_cycles']:,.0f} cycles; busiest link "
+               f"{b['busiest_link_words']:,.0f} words per token ({1 / max(hz, 1):.0e} s per cycle)")
+    out.append("  assumptions: " + "; ".join(est["assumptions"]))
+    return out
 
 
 def check_fits(prof, nbytes: int, graph=None) -> None:

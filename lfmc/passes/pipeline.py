@@ -23,7 +23,9 @@ DEFAULT: dict[str, list[str]] = {
 
 # GPU families keep the input RMSNorm a kernel of its own: a norm folded into a projection gives it a second
 # reduction, which TVM's dlight GEMV rules do not take (it would fall to a three-kernel fallback schedule).
-WITHOUT_ON = {"gpu": {"fuse-norm"}}
+WITHOUT_ON = {"gpu": {"fuse-norm"},
+              # the wafer's code generator decides its own fusions (gates on row-end PEs, norms where values live)
+              "wafer": {"fuse-norm", "fuse-swiglu", "fuse-rope", "fuse-residual"}}
 
 
 def default_passes(family: str = "cpu") -> list[str]:

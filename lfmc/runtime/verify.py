@@ -81,7 +81,16 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
     libs: dict[str, str] = {}
     for lib in sorted({kernels[k] for k in nargs}):
         p = root / lib
-        if lib.endswith(".json"):
+        if t.get("kind") == "wafer":
+            from .drivers.wafer import load_program
+
+            prog = load_program(p)
+            for k, n in nargs.items():
+                if kernels[k] == lib and n != 4 + len(prog["param_order"]):
+                    raise RuntimeLoadError(f"{lib}: the mesh program takes {len(prog['param_order'])} parameters, "
+                                           f"the plan passes {n - 4}")
+            libs[lib] = "mesh program (simulated)"
+        elif lib.endswith(".json"):
             d = read_device_library(p)
             table, api = d["table"], d["api"]
             if api != t.get("kind"):

@@ -27,11 +27,12 @@ from typing import Any
 
 from ..ir.errors import LfmcError
 
-FAMILIES = ("cpu", "opencl", "cuda", "metal", "rocm")
-DRIVER = {"cpu": "cpu", "opencl": "opencl", "cuda": "cuda", "metal": "metal", "rocm": "hip"}
+FAMILIES = ("cpu", "opencl", "cuda", "metal", "rocm", "wafer")
+DRIVER = {"cpu": "cpu", "opencl": "opencl", "cuda": "cuda", "metal": "metal", "rocm": "hip", "wafer": "wafer"}
 RUNNABLE_HERE = {"cpu": "host CPUs only (other ISAs are cross-compiled)", "opencl": "yes (PoCL)",
                  "cuda": "on a lent GPU", "metal": "no (source checked; a Mac runs it)",
-                 "rocm": "no (hsaco checked; an AMD GPU runs it)"}
+                 "rocm": "no (hsaco checked; an AMD GPU runs it)",
+                 "wafer": "simulated (lfmc's mesh simulator: real numerics, estimated cycles)"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,17 @@ class Profile:
     packaging: str = "so"                                # so | dylib | static | source | hsaco
     cpu: str | None = None                               # the companion CPU profile name
     quant: str | None = None                             # default weight quantization on this device
+    # Wafer-scale meshes (family "wafer"): a mesh_width x mesh_height grid of processing elements (PEs), each with
+    # pe_sram_kb of local SRAM, pe_fmacs f32 multiply-adds per cycle, pe_sram_bytes bytes of SRAM read per cycle,
+    # and a router with one 32-bit word per cycle on each of its four links; clock_ghz for the cycle -> second
+    # conversion; io_gbs for tokens in / logits out of the wafer.
+    mesh_width: int = 0
+    mesh_height: int = 0
+    pe_sram_kb: float = 0.0
+    pe_fmacs: float = 0.0
+    pe_sram_bytes: float = 0.0
+    clock_ghz: float = 0.0
+    io_gbs: float = 0.0
 
     @property
     def driver(self) -> str:
@@ -129,6 +141,25 @@ def _presets() -> dict[str, Profile]:
           None, 141, 4800, 67, 990, 48, 32, 256, 120, "source"),
     ]
     out = {p.name: p for p in ps}
+
+    def wafer(name: str, desc: str, w: int, h: int, io: float = 150.0) -> Profile:
+        # 48 KB SRAM per PE, 1 f32 FMAC per cycle, 16 bytes of SRAM read per cycle, 1.1 GHz (assumed), links of
+        # one 32-bit word per cycle. Memory and bandwidth are the aggregate of the mesh.
+        pes = w * h
+        return P(name, "wafer", desc, {"kind": "wafer"}, memory_gb=round(pes * 48 * 1024 / 1e9, 2),
+                 bandwidth_gbs=round(pes * 16 * 1.1, 1), fp32_tflops=round(pes * 2 * 1.1e-3, 3),
+                 local_mem_kb=48, simd_width=1, max_threads=1,
+                 weight_budget_gb=round(pes * 40 * 1024 / 1e9, 3), packaging="mesh",
+                 mesh_width=w, mesh_height=h, pe_sram_kb=48, pe_fmacs=1.0, pe_sram_bytes=16.0, clock_ghz=1.1,
+                 io_gbs=io)
+    out.update({p.name: p for p in [
+        wafer("wafer-wse2", "Cerebras WSE-2 class wafer (simulated): 750 x 994 usable PEs of 48 KB, 40 GB SRAM",
+              750, 994),
+        wafer("wafer-wse3", "Cerebras WSE-3 class wafer (simulated): 758 x 1172 usable PEs of 48 KB, 44 GB SRAM",
+              758, 1172, 195.0),
+        wafer("wafer-small", "a 64 x 64 PE mesh (simulated; tests and examples)", 64, 64, 10.0),
+        wafer("wafer-tiny", "a 24 x 24 PE mesh (simulated; tests)", 24, 24, 10.0),
+    ]})
     cpus = [
         P("apple-m2:cpu", "cpu", "Apple M2 CPU (arm64, NEON, dotprod, i8mm)", _apple_host("apple-m2"),
           memory_gb=16, bandwidth_gbs=100, fp32_tflops=0.4, simd_width=4, max_threads=8, weight_budget_gb=10,
@@ -163,7 +194,9 @@ def _host_profile(p: Profile) -> Profile:
 PRESETS: dict[str, Profile] = _presets()
 PRESETS["host"] = _host_profile(PRESETS["host"])
 _NUMBERS = ("memory_gb", "bandwidth_gbs", "fp32_tflops", "fp16_tflops", "local_mem_kb", "simd_width", "max_threads",
-            "weight_budget_gb")
+            "weight_budget_gb", "mesh_width", "mesh_height", "pe_sram_kb", "pe_fmacs", "pe_sram_bytes", "clock_ghz",
+            "io_gbs")
+_INTS = ("simd_width", "max_threads", "mesh_width", "mesh_height")
 
 
 def load_toml(path: str | os.PathLike) -> dict[str, Profile]:
@@ -188,11 +221,11 @@ def load_toml(path: str | os.PathLike) -> dict[str, Profile]:
         if unknown:
             raise LfmcError(f"{p}: [{name}] has unknown keys {sorted(unknown)}")
         tvm_t = dict(base.tvm) if base else {"kind": {"cuda": "cuda", "opencl": "opencl", "metal": "metal",
-                                                         "rocm": "rocm", "cpu": "llvm"}[fam]}
+                                                         "rocm": "rocm", "cpu": "llvm", "wafer": "wafer"}[fam]}
         for k in ("device", "arch", "mcpu", "mtriple"):
             if k in t:
                 tvm_t[k] = t[k]
-        host = dict(base.host) if base and base.host else ({"kind": "llvm"} if fam != "cpu" else None)
+        host = dict(base.host) if base and base.host else ({"kind": "llvm"} if fam not in ("cpu", "wafer") else None)
         if "host_mtriple" in t:
             host = {"kind": "llvm", "mtriple": t["host_mtriple"]}
         nums = {}
@@ -201,7 +234,7 @@ def load_toml(path: str | os.PathLike) -> dict[str, Profile]:
                 v = t[k]
                 if not isinstance(v, (int, float)) or v < 0:
                     raise LfmcError(f"{p}: [{name}] {k} must be a non-negative number")
-                nums[k] = int(v) if k in ("simd_width", "max_threads") else float(v)
+                nums[k] = int(v) if k in _INTS else float(v)
         prof = replace(base, name=name, tag=None) if base else Profile(name, fam)
         out[name] = replace(prof, family=fam, tvm=tvm_t, host=host, description=t.get("description", prof.description),
                             quant=t.get("quant", prof.quant), packaging=t.get("packaging", prof.packaging), **nums)
@@ -230,6 +263,8 @@ def guard_toolchain(p: Profile) -> None:
     import tvm
 
     kind = p.tvm.get("kind", "llvm")
+    if p.family == "wafer":                 # lfmc's own code generator and simulator: no TVM target involved
+        return
     if kind in ("hexagon", "vulkan"):
         raise LfmcError(f"target {p.name}: TVM's {kind} code generator is not in this TVM build (the package "
                         "index's wheel has neither Hexagon nor Vulkan); choose an OpenCL or CPU profile")

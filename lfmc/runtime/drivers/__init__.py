@@ -5,11 +5,12 @@ from typing import Any
 
 from ..errors import RuntimeLoadError
 
-DRIVERS = ("cpu", "opencl", "cuda")
+DRIVERS = ("cpu", "opencl", "cuda", "wafer")
 
 
 def get_driver(name: str, **kw: Any):
-    """The driver for device API ``name``: ``cpu`` (TVM runtime), ``opencl`` (pyopencl), ``cuda`` (CuPy)."""
+    """The driver for device API ``name``: ``cpu`` (TVM runtime), ``opencl`` (pyopencl), ``cuda`` (CuPy),
+    ``wafer`` (lfmc's mesh simulator)."""
     if name == "cpu":
         from .cpu import CpuDriver
 
@@ -22,4 +23,8 @@ def get_driver(name: str, **kw: Any):
         from .cuda import CudaDriver
 
         return CudaDriver(**kw)
+    if name == "wafer":
+        from .wafer import WaferDriver
+
+        return WaferDriver(**kw)
     raise RuntimeLoadError(f"unknown device driver {name!r} (available: {', '.join(DRIVERS)})")

@@ -1,0 +1,201 @@
+"""Code generation for the wafer: the placed model as a mesh program, and each PE's SRAM image.
+
+The program is plain JSON that lfmc's mesh simulator (``lfmc/runtime/drivers/wafer.py``) executes once per token:
+
+- ``roles``: the placed grids (a weight matrix on r x c PEs) and KV strips, with their tiling boundaries.
+- ``values``: where each vector lives between operations: a list of segments ``[x, y, lo, hi]`` (elements lo..hi
+  of the vector are in the SRAM of PE (x, y)).
+- ``ops``: what the PEs do, in dependency order. Each op is an instruction of lfmc's PE instruction set, executed
+  by every PE of its role on its own SRAM; data crosses between PEs only in the transfers the op names:
+
+  ``embed``   the token's row of the (tied) table moves from its row block to row 0 of the table grid
+  ``mcast``   a value is routed to the top of each column of a grid and multicast down the column
+  ``gemv``    every PE of a grid multiplies its tile by its column's input block
+  ``reduce``  partial sums flow east along each row, each PE adding its own (a chain), bias on the edge
+  ``norm``    RMSNorm where the value lives: local sums of squares, a chain all-reduce over its PEs, scale
+  ``move``    a value is routed from its PEs to the PEs of another value (XY routes)
+  ``add``     elementwise add of two values on the same PEs
+  ``conv``    the short conv's gating, causal taps and state on each in_proj edge PE (its channel block)
+  ``recur``   the linear recurrence's gates and state on each in_proj edge PE
+  ``swiglu``  silu(gate) * up on each edge PE
+  ``attn``    per KV head: q/k norm + RoPE on the qkv edge PE, k/v stored on the PE owning the position,
+              q multicast along the head's KV strip, partial softmax per PE, (max, sum, out) combined back
+  ``moe``     router scores gathered on one PE, top-k chosen, the input routed to the chosen experts' grids,
+              their outputs routed back and summed with the routing weights
+  ``logits``  the logits stream off the wafer to the host
+- ``params``: each grid's tiles as one array [r, c, rows, cols] (zero padded), norm / conv / bias vectors by name.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...ir.errors import LfmcError
+from ...ir.graph import Graph, Node
+from .place import Grid, KVStrip, Placement
+
+PROGRAM_VERSION = 1
+
+
+def _grid_dict(g: Grid) -> dict[str, Any]:
+    d = g.as_dict()
+    d["row_bounds"] = g.row_bounds()
+    d["col_bounds"] = g.col_bounds()
+    return d
+
+
+def tiles(g: Grid, w: np.ndarray) -> np.ndarray:
+    """W [N, K] as the grid's tiles [r, c, max rows, max cols], rows in tile order, zero padded."""
+    wp = np.asarray(w, np.float32)[g.row_perm()]
+    tr, cb = g.tile_rows(), g.col_bounds()
+    out = np.zeros((g.r, g.c, int(tr.max()), int(np.diff(cb).max())), np.float32)
+    r0 = 0
+    for i in range(g.r):
+        for j in range(g.c):
+            out[i, j, :tr[i], :cb[j + 1] - cb[j]] = wp[r0:r0 + tr[i], cb[j]:cb[j + 1]]
+        r0 += tr[i]
+    return out
+
+
+def build_program(graph: Graph, placement: Placement, weights: dict[str, np.ndarray] | None, slots: int,
+                  context: int, kv_dtype: str = "f32") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The mesh program of ``graph`` on ``placement``, and its parameters (empty without weights)."""
+    P = placement
+    values: dict[str, list[list[int]]] = {}
+    ops: list[dict[str, Any]] = []
+    params: dict[str, np.ndarray] = {}
+    where: dict[str, str] = {}             # IR value -> program value holding it
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    table_of: dict[str, Grid] = {}
+    W = weights
+
+    def param(n: Node, role: str) -> str:
+        name = n.params[role].name
+        if W is not None:
+            params[name] = np.asarray(W[name], np.float32)
+        return name
+
+    def apply(g: Grid, src: str, out: str, w: np.ndarray | None, bias: str | None = None) -> str:
+        if W is not None and w is not None and f"{g.name}.tiles" not in params:
+            params[f"{g.name}.tiles"] = tiles(g, w)
+        ops.append({"op": "mcast", "in": src, "grid": g.name})
+        ops.append({"op": "gemv", "grid": g.name})
+        op = {"op": "reduce", "grid": g.name, "out": out}
+        if bias:
+            op["bias"] = bias
+        ops.append(op)
+        values[out] = g.out_segments()
+        return out
+
+    def per_row(g: Grid, n_chunk: int, out_len_of_row) -> list[list[int]]:
+        """Segments of a vector produced on each edge PE from chunk ``n_chunk``'s split."""
+        b = g.row_bounds()[n_chunk]
+        return [[g.x + g.c - 1, g.y + i, b[i], b[i + 1]] for i in range(g.r) if b[i + 1] > b[i]]
+
+    def w_of(n: Node, role: str) -> np.ndarray | None:
+        return None if W is None else np.asarray(W[n.params[role].name], np.float32)
+
+    def bias_of(n: Node, role: str) -> str | None:
+        return param(n, role + "_bias") if role + "_bias" in n.params else None
+
+    for n in graph.nodes:
+        src = where.get(n.inputs[0]) if n.inputs else None
+        name = "%" + n.name
+        if n.op == "embedding":
+            g = P.role(f"{n.name}.table")
+            assert isinstance(g, Grid)
+            table_of[n.params["weight"].name] = g
+            if W is not None:
+                params[f"{g.name}.tiles"] = tiles(g, W[n.params["weight"].name])
+            cb = g.col_bounds()
+            values[name] = [[g.x + j, g.y, cb[j], cb[j + 1]] for j in range(g.c)]
+            ops.append({"op": "embed", "grid": g.name, "out": name})
+        elif n.op == "rmsnorm":
+            values[name] = values[src]
+            ops.append({"op": "norm", "in": src, "out": name, "w": param(n, "weight"), "eps": float(n.attrs["eps"])})
+        elif n.op == "add":
+            a, b = (where[i] for i in n.inputs)
+            pa, pb = (order.get(i.lstrip("%"), -1) for i in n.inputs)
+            home, other = (a, b) if pa >= pb else (b, a)
+            moved = f"{other}@{name}"
+            values[moved] = values[home]
+            ops.append({"op": "move", "in": other, "out": moved})
+            values[name] = values[home]
+            ops.append({"op": "add", "a": home, "b": moved, "out": name})
+        elif n.op in ("short_conv", "linear_recurrence"):
+            g1, g2 = P.role(f"{n.name}.in_proj"), P.role(f"{n.name}.out_proj")
+            assert isinstance(g1, Grid) and isinstance(g2, Grid)
+            h = apply(g1, src, f"{name}.in", w_of(n, "in_proj"), bias_of(n, "in_proj"))
+            values[f"{name}.z"] = per_row(g1, 0, None)
+            if n.op == "short_conv":
+                op = {"op": "conv", "grid": g1.name, "in": h, "out": f"{name}.z", "L": int(n.attrs["L_cache"]),
+                      "w": param(n, "conv"), "state": n.name}
+                if "conv_bias" in n.params:
+                    op["bias"] = param(n, "conv_bias")
+            else:
+                op = {"op": "recur", "grid": g1.name, "in": h, "out": f"{name}.z", "state": n.name}
+            ops.append(op)
+            apply(g2, f"{name}.z", name, w_of(n, "out_proj"), bias_of(n, "out_proj"))
+        elif n.op == "attention":
+            g1, kv, g2 = P.role(f"{n.name}.qkv"), P.role(f"{n.name}.kv"), P.role(f"{n.name}.out_proj")
+            assert isinstance(g1, Grid) and isinstance(kv, KVStrip) and isinstance(g2, Grid)
+            w = None
+            if W is not None:
+                w = np.concatenate([w_of(n, r) for r in ("q_proj", "k_proj", "v_proj")], axis=0)
+            qkv = apply(g1, src, f"{name}.qkv", w)
+            values[f"{name}.o"] = per_row(g1, 0, None)
+            ops.append({"op": "attn", "grid": g1.name, "kv": kv.name, "in": qkv, "out": f"{name}.o",
+                        "heads": n.attrs["heads"], "kv_heads": n.attrs["kv_heads"], "head_dim": n.attrs["head_dim"],
+                        "eps": float(n.attrs["eps"]), "theta": float(n.attrs["rope_theta"]),
+                        "q_norm": param(n, "q_norm"), "k_norm": param(n, "k_norm"), "kv_dtype": kv_dtype})
+            apply(g2, f"{name}.o", name, w_of(n, "out_proj"))
+        elif n.op == "gated_mlp":
+            g1, g2 = P.role(f"{n.name}.w13"), P.role(f"{n.name}.w2")
+            assert isinstance(g1, Grid) and isinstance(g2, Grid)
+            w = None if W is None else np.concatenate([w_of(n, "w1"), w_of(n, "w3")], axis=0)
+            h = apply(g1, src, f"{name}.h13", w)
+            values[f"{name}.h"] = per_row(g1, 0, None)
+            ops.append({"op": "swiglu", "grid": g1.name, "in": h, "out": f"{name}.h"})
+            apply(g2, f"{name}.h", name, w_of(n, "w2"))
+        elif n.op == "moe":
+            E = n.attrs["num_experts"]
+            router = P.role(f"{n.name}.router")
+            assert isinstance(router, Grid)
+            scores = apply(router, src, f"{name}.scores", w_of(n, "router"), bias_of(n, "router"))
+            experts = []
+            for e in range(E):
+                gu, dn = P.role(f"{n.name}.e{e}.gate_up"), P.role(f"{n.name}.e{e}.down")
+                assert isinstance(gu, Grid) and isinstance(dn, Grid)
+                if W is not None:
+                    params[f"{gu.name}.tiles"] = tiles(gu, W[n.params["gate_up"].name][e])
+                    params[f"{dn.name}.tiles"] = tiles(dn, W[n.params["down"].name][e])
+                values[f"{name}.e{e}.h13"] = gu.out_segments()
+                values[f"{name}.e{e}.h"] = per_row(gu, 0, None)
+                values[f"{name}.e{e}.y"] = dn.out_segments()
+                values[f"{name}.e{e}.y@"] = values[src]
+                experts.append([gu.name, dn.name])
+            values[name] = values[src]
+            op = {"op": "moe", "grid": router.name, "in": src, "scores": scores, "out": name, "experts": experts,
+                  "top_k": n.attrs["top_k"], "scoring": n.attrs["scoring"], "norm_topk_prob": n.attrs["norm_topk_prob"],
+                  "scale": float(n.attrs["routed_scaling_factor"]), "eps": float(n.attrs["topk_norm_eps"])}
+            if n.attrs["use_expert_bias"]:
+                op["expert_bias"] = param(n, "expert_bias")
+            ops.append(op)
+        elif n.op == "lm_head":
+            pname = n.params["weight"].name
+            g = table_of.get(pname) or P.role(f"{n.name}.table")
+            assert isinstance(g, Grid)
+            if W is not None and f"{g.name}.tiles" not in params:
+                params[f"{g.name}.tiles"] = tiles(g, W[pname])
+            logits = apply(g, src, name, None, bias_of(n, "weight"))
+            ops.append({"op": "logits", "in": logits})
+        else:
+            raise LfmcError(f"%{n.name}: op {n.op!r} has no lowering on the wafer target")
+        where[n.name] = name
+    roles = [_grid_dict(r) if isinstance(r, Grid) else r.as_dict() for r in P.roles]
+    m = P.machine
+    prog = {"version": PROGRAM_VERSION, "machine": m.as_dict(), "roles": roles, "values": values, "ops": ops,
+            "slots": slots, "context": context, "vocab_size": int(graph.nodes[-1].type.shape[1]),
+            "layers": {r.name: r.layer for r in P.roles}, "placement": P.summary()}
+    return prog, params
