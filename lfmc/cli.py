@@ -571,10 +571,11 @@ def cmd_targets(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps({k: p.as_dict() for k, p in profs.items()}, indent=1))
         return 0
-    print(f"{'target':<22}{'family':<8}{'driver':<8}{'memory':>8}{'GB/s':>7}{'f32 TF':>8}{'f16 TF':>8}{'local KB':>9}"
+    print(f"{'target':<22}{'family':<8}{'driver':<8}{'memory':>8}{'GB/s':>9}{'f32 TF':>8}{'f16 TF':>8}{'local KB':>9}"
           f"{'SIMD':>6}{'budget':>8}  {'TVM tag':<20}runs here")
     for k, p in profs.items():
-        print(f"{k:<22}{p.family:<8}{p.driver:<8}{p.memory_gb:>6.0f}GB{p.bandwidth_gbs:>7.0f}{p.fp32_tflops:>8.1f}"
+        bw = f"{p.bandwidth_gbs:.0f}" if p.bandwidth_gbs < 1e6 else f"{p.bandwidth_gbs / 1e6:.1f}M"
+        print(f"{k:<22}{p.family:<8}{p.driver:<8}{p.memory_gb:>6.0f}GB{bw:>9}{p.fp32_tflops:>8.1f}"
               f"{p.fp16_tflops:>8.1f}{p.local_mem_kb:>9.0f}{p.simd_width:>6}{p.weight_budget_gb:>6.0f}GB  "
               f"{(p.tag or 'lfmc'):<20}{'yes (this CPU)' if k == 'host' else p.as_dict()['runs_here']}")
     return 0

@@ -72,6 +72,8 @@ class Profile:
 
     def target(self):
         """The TVM Target (device with its host)."""
+        if self.family == "wafer":
+            raise LfmcError(f"target {self.name}: a wafer has no TVM target (lfmc generates its mesh program itself)")
         import tvm
 
         if self.tag:                                   # TVM's own description of the device, reused

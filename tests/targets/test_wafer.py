@@ -86,3 +86,12 @@ def test_layout_names_every_role():
     text = layout(prog)
     for r in pl.roles:
         assert f"// {r.name} (" in text
+
+
+def test_tuning_a_wafer_is_refused():
+    from lfmc.targets.tune import make_measurer
+
+    with pytest.raises(LfmcError, match="no kernels to tune"):
+        make_measurer(get_profile("wafer-small"))
+    with pytest.raises(LfmcError, match="no TVM target"):
+        get_profile("wafer-wse2").target()

@@ -107,6 +107,9 @@ def make_measurer(prof, rpc: str | None = None, key: str | None = None, estimate
                   get_driver: Callable[[str], Any] | None = None) -> Measurer:
     """How candidates for ``prof`` will be timed (see :mod:`.measure`); unreachable devices fail here, fast.
     ``get_driver``: the runtime's driver factory, for GPU families (lfmc.runtime.drivers.get_driver)."""
+    if prof.family == "wafer":
+        raise LfmcError(f"{prof.name}: a simulated wafer has no kernels to tune (its placement is chosen at compile "
+                        "time; `lfmc compile --target ... --plan-only` shows it)")
     if estimate and rpc:
         raise LfmcError("--estimate ranks candidates without a device: drop --rpc, or drop --estimate to measure")
     if key and not rpc:
