@@ -88,7 +88,9 @@ def gguf(d: Path, hf: Path, gtype: str) -> Path:
         tmp = out.with_suffix(".tmp")
         code = _CONVERT_WRAPPER.format(src=str(_src(d)), args=[str(hf), "--outtype", CONVERT_TYPES[gtype],
                                                                  "--outfile", str(tmp)])
-        subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"convert_hf_to_gguf failed:\n{r.stderr[-2000:]}")
     else:
         f32 = gguf(d, hf, "F32")
         tmp = out.with_suffix(".tmp")

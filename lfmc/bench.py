@@ -74,8 +74,10 @@ def bench_engine(engine, prefill_lens=(128, 512), decode_steps: int = 64, reps: 
 
 
 def bench_torch(source: dict[str, Any], config: dict[str, Any], prefill_lens=(128, 512), decode_steps: int = 64,
-                reps: int = 3, seed: int = 0, threads: int | None = None) -> dict[str, Any]:
-    """The same measurements for transformers' model in PyTorch eager, float32, same weights."""
+                reps: int = 3, seed: int = 0, threads: int | None = None, dtype: str = "f32",
+                compile: bool = False) -> dict[str, Any]:
+    """The same measurements for transformers' model in PyTorch eager (float32, or ``dtype`` bf16 / f16), same
+    weights; ``compile``: through ``torch.compile`` (inductor) instead of eager."""
     import torch
 
     from .frontend import import_preset
@@ -93,9 +95,13 @@ def bench_torch(source: dict[str, Any], config: dict[str, Any], prefill_lens=(12
         model.eval()
     else:
         raise SystemExit(f"lfmc: error: cannot rebuild the baseline from source {source.get('source')!r}")
+    if dtype != "f32":
+        model = model.to({"bf16": torch.bfloat16, "f16": torch.float16}[dtype])
+    if compile:
+        model.forward = torch.compile(model.forward)
     rng = np.random.default_rng(seed)
     vocab = int(config["vocab_size"])
-    out: dict[str, Any] = {"prefill": {}, "decode": {}}
+    out: dict[str, Any] = {"prefill": {}, "decode": {}, "dtype": dtype, "compiled": compile}
     with torch.inference_mode():
         for T in prefill_lens:
             ids = torch.tensor([rng.integers(0, vocab, T).tolist()])

@@ -19,6 +19,7 @@ from tvm.script import tirx as T
 from .knobs import Knobs, pick_lanes  # noqa: F401  (re-exported: the makers' knobs)
 
 NEG = -3.0e38
+ATT_BLOCK = 32          # positions per block of the CPU attention kernels (scores, max and exps per block)
 
 
 def _grid(n, kn: Knobs):
@@ -819,6 +820,83 @@ def _online_softmax_macro(H: int, KV: int, hd: int, VL: int):
     return attend
 
 
+LN2 = 0.6931471805599453
+LOG2E = 1.4426950408889634
+
+
+def _fast_exp(x):
+    """exp(x) for x <= 0 in vector-friendly arithmetic (no libm call): x = n ln2 + r, e^r by a degree-6
+    polynomial on |r| <= ln2/2, 2^n by building the float's exponent bits. Relative error about 2e-7; x below
+    -87 gives 0."""
+    xc = T.max(x, T.float32(-87.0))
+    nf = T.floor(xc * T.float32(LOG2E) + T.float32(0.5))
+    r = xc - nf * T.float32(LN2)
+    p = T.float32(1.0 / 720)
+    p = p * r + T.float32(1.0 / 120)
+    p = p * r + T.float32(1.0 / 24)
+    p = p * r + T.float32(1.0 / 6)
+    p = p * r + T.float32(0.5)
+    p = p * r + T.float32(1.0)
+    p = p * r + T.float32(1.0)
+    two_n = T.reinterpret("float32", T.shift_left(T.Cast("int32", nf) + 127, 23))
+    return T.if_then_else(x < T.float32(-87.0), T.float32(0), p * two_n)
+
+
+def _group_softmax_macro(H: int, KV: int, hd: int, VL: int, B: int = 32):
+    """TIR macro (CPU): causal attention of the G = H/KV query heads of KV head ``g`` (local ``qg`` [G*hd]) over
+    cache slot ``s`` positions 0..p, in blocks of ``B`` positions: scores of a block for all G heads (each K row
+    read once for the group), one max and rescale per block, exponentials vectorized (polynomial, no libm), the
+    values accumulated once per position for the group. Writes O[t, (g*G + i)*hd:]."""
+    G = H // KV
+    NC = hd // VL
+    scale = float(hd) ** -0.5
+
+    @T.macro
+    def attend(qg, Kc, Vc, s, p, g, O, t, acc, part, sc, st):
+        for i in T.serial(G):
+            st[i] = T.float32(NEG)              # running max
+            st[G + i] = T.float32(0)            # running sum
+            for d in T.vectorized(hd):
+                acc[i * hd + d] = T.float32(0)
+        for blk in T.serial((p + B) // B):
+            for j in T.serial(B):
+                for i in T.serial(G):
+                    for dl in T.vectorized(VL):
+                        part[dl] = T.float32(0)
+                    for dc in T.serial(NC):
+                        for dl in T.vectorized(VL):
+                            part[dl] = part[dl] + qg[i * hd + dc * VL + dl] * T.Cast(
+                                "float32", Kc[s, T.min(blk * B + j, p), g, dc * VL + dl])
+                    st[2 * G] = T.float32(0)
+                    for dl in T.serial(VL):
+                        st[2 * G] = st[2 * G] + part[dl]
+                    sc[i * B + j] = T.if_then_else(blk * B + j <= p, st[2 * G] * T.float32(scale), T.float32(NEG))
+            for i in T.serial(G):
+                st[2 * G + 1] = st[i]
+                for j in T.serial(B):
+                    st[2 * G + 1] = T.max(st[2 * G + 1], sc[i * B + j])
+                st[2 * G + 2] = _fast_exp(st[i] - st[2 * G + 1])          # rescale of what came before
+                for j in T.vectorized(B):
+                    sc[i * B + j] = _fast_exp(sc[i * B + j] - st[2 * G + 1])
+                st[2 * G + 3] = T.float32(0)
+                for j in T.serial(B):
+                    st[2 * G + 3] = st[2 * G + 3] + sc[i * B + j]
+                st[G + i] = st[G + i] * st[2 * G + 2] + st[2 * G + 3]
+                st[i] = st[2 * G + 1]
+                for d in T.vectorized(hd):
+                    acc[i * hd + d] = acc[i * hd + d] * st[2 * G + 2]
+            for j in T.serial(B):
+                for i in T.serial(G):
+                    for d in T.vectorized(hd):
+                        acc[i * hd + d] = acc[i * hd + d] + sc[i * B + j] * T.Cast(
+                            "float32", Vc[s, T.min(blk * B + j, p), g, d])
+        for i in T.serial(G):
+            for d in T.serial(hd):
+                O[t, (g * G + i) * hd + d] = acc[i * hd + d] / st[G + i]
+
+    return attend
+
+
 def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(),
                    kv: str = "float32") -> tvm.tirx.PrimFunc:
     """Causal GQA attention of each row over its sequence's cache up to and including pos[row], with an
@@ -826,6 +904,8 @@ def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(),
     Args: Q[n, H*hd], Kc, Vc, O[n, H*hd], slots, pos."""
     VL = pick_lanes(hd, 1 if kn.gpu else kn.lanes)
     attend = _online_softmax_macro(H, KV, hd, VL)
+    group = _group_softmax_macro(H, KV, hd, VL, ATT_BLOCK)
+    G = H // KV
 
     kn_tb = kn.threads if kn.gpu else 1
 
@@ -841,17 +921,29 @@ def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(),
         O = T.match_buffer(o, (n, H * hd), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")
-        for bi in _grid(n * H, kn):
-            for ti in _lane(kn):
-                if bi * kn_tb + ti < n * H:
-                    th = bi * kn_tb + ti
-                    qv = T.decl_buffer((hd,), "float32", scope="local")
-                    acc = T.decl_buffer((hd,), "float32", scope="local")
-                    part = T.decl_buffer((VL,), "float32", scope="local")
-                    st = T.decl_buffer((6,), "float32", scope="local")    # max, sum, score, new max, rescale, p
+        if kn.gpu:
+            for bi in _grid(n * H, kn):
+                for ti in _lane(kn):
+                    if bi * kn_tb + ti < n * H:
+                        th = bi * kn_tb + ti
+                        qv = T.decl_buffer((hd,), "float32", scope="local")
+                        acc = T.decl_buffer((hd,), "float32", scope="local")
+                        part = T.decl_buffer((VL,), "float32", scope="local")
+                        st = T.decl_buffer((6,), "float32", scope="local")    # max, sum, score, new max, rescale
+                        for d in T.serial(hd):
+                            qv[d] = Q[th // H, (th % H) * hd + d]
+                        attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
+        else:
+            for tg in _grid(n * KV, kn):                  # one KV head's query group per iteration
+                qg = T.decl_buffer((G * hd,), "float32", scope="local")
+                acc = T.decl_buffer((G * hd,), "float32", scope="local")
+                part = T.decl_buffer((VL,), "float32", scope="local")
+                sc = T.decl_buffer((G * ATT_BLOCK,), "float32", scope="local")
+                st = T.decl_buffer((2 * G + 4,), "float32", scope="local")
+                for i in T.serial(G):
                     for d in T.serial(hd):
-                        qv[d] = Q[th // H, (th % H) * hd + d]
-                    attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
+                        qg[i * hd + d] = Q[tg // KV, ((tg % KV) * G + i) * hd + d]
+                group(qg, Kc, Vc, Sl[tg // KV], Ps[tg // KV], tg % KV, O, tg // KV, acc, part, sc, st)
 
     return _named(f, name)
 
@@ -864,6 +956,8 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
     Args: QKV[n, (H+2KV)hd], qn, kn, Kc, Vc, O[n, H*hd], slots, pos."""
     VL = pick_lanes(hd, 1 if kn.gpu else kn.lanes)
     attend = _online_softmax_macro(H, KV, hd, VL)
+    group = _group_softmax_macro(H, KV, hd, VL, ATT_BLOCK)
+    G = H // KV
     norm_rope = _norm_rope_macro(hd, eps, theta)
     cache_kv = _cache_kv_macro(H, KV, hd, kv, norm_rope)
 
@@ -892,18 +986,34 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
                     u = T.decl_buffer((hd,), "float32", scope="local")
                     ss = T.decl_buffer((1,), "float32", scope="local")
                     cache_kv(X, tg // KV, tg % KV, Kn, Ps, Sl, Kc, Vc, v, u, ss)
-        for bi in _grid(n * H, kn):
-            for ti in _lane(kn):
-                if bi * kn_tb + ti < n * H:
-                    th = bi * kn_tb + ti
-                    qv = T.decl_buffer((hd,), "float32", scope="local")
-                    u = T.decl_buffer((hd,), "float32", scope="local")
-                    ss = T.decl_buffer((1,), "float32", scope="local")
-                    acc = T.decl_buffer((hd,), "float32", scope="local")
-                    part = T.decl_buffer((VL,), "float32", scope="local")
-                    st = T.decl_buffer((6,), "float32", scope="local")
-                    norm_rope(X, th // H, (th % H) * hd, Qn, Ps[th // H], qv, u, ss)
-                    attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
+        if kn.gpu:
+            for bi in _grid(n * H, kn):
+                for ti in _lane(kn):
+                    if bi * kn_tb + ti < n * H:
+                        th = bi * kn_tb + ti
+                        qv = T.decl_buffer((hd,), "float32", scope="local")
+                        u = T.decl_buffer((hd,), "float32", scope="local")
+                        ss = T.decl_buffer((1,), "float32", scope="local")
+                        acc = T.decl_buffer((hd,), "float32", scope="local")
+                        part = T.decl_buffer((VL,), "float32", scope="local")
+                        st = T.decl_buffer((6,), "float32", scope="local")
+                        norm_rope(X, th // H, (th % H) * hd, Qn, Ps[th // H], qv, u, ss)
+                        attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
+        else:
+            for tg in _grid(n * KV, kn):                  # one KV head's query group per iteration
+                qv = T.decl_buffer((hd,), "float32", scope="local")
+                u = T.decl_buffer((hd,), "float32", scope="local")
+                ss = T.decl_buffer((1,), "float32", scope="local")
+                qg = T.decl_buffer((G * hd,), "float32", scope="local")
+                acc = T.decl_buffer((G * hd,), "float32", scope="local")
+                part = T.decl_buffer((VL,), "float32", scope="local")
+                sc = T.decl_buffer((G * ATT_BLOCK,), "float32", scope="local")
+                st = T.decl_buffer((2 * G + 4,), "float32", scope="local")
+                for i in T.serial(G):
+                    norm_rope(X, tg // KV, ((tg % KV) * G + i) * hd, Qn, Ps[tg // KV], qv, u, ss)
+                    for d in T.serial(hd):
+                        qg[i * hd + d] = qv[d]
+                group(qg, Kc, Vc, Sl[tg // KV], Ps[tg // KV], tg % KV, O, tg // KV, acc, part, sc, st)
 
     return _named(f, name)
 

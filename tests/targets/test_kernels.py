@@ -232,3 +232,24 @@ def test_recurrence_chunked_scan_equals_sequential(n, chunk):
     np.testing.assert_allclose(par[2], seq[2], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(par[1], seq[1], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(par[1][[0, 1]], st[[0, 1]])
+
+
+@pytest.mark.parametrize("H,KV,hd", [(2, 2, 16), (4, 2, 8), (6, 2, 16)])
+def test_attention_over_many_blocks(H, KV, hd):
+    """Positions crossing the CPU kernel's blocks of 32 (first, last, one past a block, deep), GQA groups of
+    1 to 3 heads, scores spread wide enough that the running max changes between blocks."""
+    S, C = 2, 200
+    pos = np.array([0, 31, 32, 33, 64, 150, 199], np.int32)
+    n = pos.size
+    Q = r(n, H * hd) * 3
+    Kc, Vc = r(S, C, KV, hd), r(S, C, KV, hd)
+    slots = np.array([0, 1, 0, 1, 0, 1, 0], np.int32)
+    for kn_ in (K.Knobs(parallel=True), K.Knobs(parallel=False)):
+        o = call(build(K.make_attention("at", H, KV, hd, kn_)), Q, Kc, Vc, np.zeros((n, H * hd), np.float32),
+                 slots, pos)[3]
+        for t in range(n):
+            for h in range(H):
+                kk, vv = Kc[slots[t], :pos[t] + 1, h // (H // KV)], Vc[slots[t], :pos[t] + 1, h // (H // KV)]
+                s = kk.astype(np.float64) @ Q[t, h * hd:(h + 1) * hd] / np.sqrt(hd)
+                p = np.exp(s - s.max())
+                np.testing.assert_allclose(o[t, h * hd:(h + 1) * hd], p @ vv / p.sum(), rtol=2e-5, atol=2e-6)

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import RuntimeLoadError
+from .host import HostMemory
 
 
-class CpuDriver:
+class CpuDriver(HostMemory):
     name = "cpu"
 
     def __init__(self, num_threads: int | None = None):
@@ -33,44 +34,9 @@ class CpuDriver:
         except Exception:
             raise RuntimeLoadError(f"kernel {name!r} is missing from the kernel library") from None
 
-    def alloc(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-        """A zeroed, 64-byte-aligned host buffer."""
-        dt = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        raw = np.zeros(nbytes + 64, np.uint8)
-        off = (-raw.ctypes.data) % 64
-        return raw[off:off + nbytes].view(dt).reshape(shape)
-
-    def alloc_host(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-        """Host staging memory for loading; on the CPU it is the device memory itself."""
-        return self.alloc(shape, dtype)
-
-    def to_device(self, host: np.ndarray) -> np.ndarray:
-        return host
-
-    def upload(self, a: np.ndarray) -> np.ndarray:
-        buf = self.alloc(a.shape, str(a.dtype))
-        np.copyto(buf, a)
-        return buf
-
     def device_view(self, buf: np.ndarray, shape: tuple[int, ...]) -> Any:
         """The kernel-argument form of the first prod(shape) elements of ``buf``, shaped ``shape``."""
-        n = int(np.prod(shape, dtype=np.int64))
-        return self._tvm.runtime.from_dlpack(buf.reshape(-1)[:n].reshape(shape))
-
-    def write(self, buf: np.ndarray, data: np.ndarray) -> None:
-        buf.reshape(-1)[: data.size] = data.reshape(-1)
-
-    def read(self, buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        n = int(np.prod(shape, dtype=np.int64))
-        return buf.reshape(-1)[:n].reshape(shape).copy()
-
-    def fill(self, buf: np.ndarray, index: int, value: float = 0.0) -> None:
-        """Set ``buf[index]`` (one slot of a state tensor) to ``value``."""
-        buf[index] = value
-
-    def sync(self) -> None:
-        pass
+        return self._tvm.runtime.from_dlpack(HostMemory.device_view(self, buf, shape))
 
 
 def _import_tvm_without_torch():

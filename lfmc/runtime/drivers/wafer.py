@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import EngineError, RuntimeLoadError
+from .host import HostMemory
 
 F32 = np.float32
 E, W, S, N = 0, 1, 2, 3
@@ -731,7 +732,7 @@ def load_program(path: str | Path) -> dict[str, Any]:
     return prog
 
 
-class WaferDriver:
+class WaferDriver(HostMemory):
     """The plan executor's view of the simulator: host numpy memory, one 'kernel' per entry (a whole step)."""
 
     name = "wafer"
@@ -758,28 +759,3 @@ class WaferDriver:
                           else pos[:1], logits)
 
         return call
-
-    def alloc(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-        return np.zeros(shape, np.dtype(dtype))
-
-    alloc_host = alloc
-
-    def to_device(self, host: np.ndarray) -> np.ndarray:
-        return host
-
-    def device_view(self, buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        n = int(np.prod(shape, dtype=np.int64))
-        return buf.reshape(-1)[:n].reshape(shape)
-
-    def write(self, buf: np.ndarray, data: np.ndarray) -> None:
-        buf.reshape(-1)[: data.size] = data.reshape(-1)
-
-    def read(self, buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        n = int(np.prod(shape, dtype=np.int64))
-        return buf.reshape(-1)[:n].reshape(shape).copy()
-
-    def fill(self, buf: np.ndarray, index: int, value: float = 0.0) -> None:
-        buf[index] = value
-
-    def sync(self) -> None:
-        pass

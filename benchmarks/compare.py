@@ -1,0 +1,173 @@
+"""lfmc vs PyTorch (eager, optionally torch.compile) vs llama.cpp on this CPU, every precision, one command.
+
+    .venv/bin/python benchmarks/compare.py --llama-cpp                        # 350M and 1.2B, f32 / 16-bit / q8 / q4
+    .venv/bin/python benchmarks/compare.py --presets lfm2-350m --precisions q8,q4g32 --rounds 3 --llama-cpp
+
+For each preset and precision: lfmc's host artifact (seeded random weights), transformers in PyTorch on the same
+weights (float32 for f32 / q8 / q4; bf16 for the 16-bit row, which lfmc runs as ``--dtype f16``), and, with
+``--llama-cpp``, llama-bench on the same weights converted to the matching GGUF type (F32, F16, Q8_0, Q4_0 with
+``--repack 0``; see benchmarks/llamacpp_peer.py). Sides alternate within each round, each in its own process;
+medians over ``--rounds``. Measured: prefill of 512 tokens (tokens/s), time to first token of a 512-token prompt
+(= 512 / prefill rate), decode tokens/s (one sequence), peak RSS. Memory read bandwidth is measured in the same
+run (two threads streaming a 1 GiB buffer) and gives each precision's decode limit: bandwidth / bytes of weights
+read per token. Prints a table with every figure as a ratio to llama.cpp and to that limit; writes JSON
+(benchmarks/results/compare.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import llamacpp_peer as llama_cpp  # noqa: E402
+from lfmc.bench import run_child  # noqa: E402
+from lfmc.compile import compile_model, load_source  # noqa: E402
+
+PRECISIONS = {  # name -> (lfmc quant, lfmc dtype, torch dtype, GGUF type)
+    "f32": (None, "f32", "f32", "F32"),
+    "f16": (None, "f16", "bf16", "F16"),
+    "bf16": (None, "bf16", "bf16", "BF16"),
+    "q8": ("q8", "f32", "f32", "Q8_0"),
+    "q4g32": ("q4g32", "f32", "f32", "Q4_0"),
+}
+
+
+def stream_read_gbs(gib: float = 1.0, threads: int = 2, reps: int = 7) -> float:
+    """Memory read bandwidth: ``threads`` threads each taking the dot product of their share of a ``gib`` GiB
+    float32 buffer with itself (BLAS, vectorized, the GIL released); the best of ``reps``."""
+    a = np.ones(int(gib * 2**30) // 4, np.float32)
+    parts = np.array_split(a, threads)
+
+    def once() -> float:
+        ts = [threading.Thread(target=np.dot, args=(p, p)) for p in parts]
+        t = time.perf_counter()
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
+        return a.nbytes / (time.perf_counter() - t) / 1e9
+
+    once()
+    return max(once() for _ in range(reps))
+
+
+def weights_bytes(art: Path) -> int:
+    plan = json.loads((art / "manifest.json").read_text())["plan"]
+    return sum(int(np.prod(s["shape"])) * np.dtype(s["dtype"]).itemsize for s in plan["params"].values())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default="lfm2-350m,lfm2-1.2b")
+    ap.add_argument("--precisions", default="f32,f16,q8,q4g32", help=f"of {', '.join(PRECISIONS)}")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3, help="repetitions inside each run (median)")
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--decode-steps", type=int, default=64)
+    ap.add_argument("--torch-compile", action="store_true", help="also PyTorch through torch.compile (inductor)")
+    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch (llama.cpp and lfmc only)")
+    ap.add_argument("--llama-cpp", nargs="?", const="", default=None, metavar="DIR",
+                    help="also llama-bench (built by benchmarks/build_llama_cpp.sh; DIR defaults to its cache)")
+    ap.add_argument("--build", default="build/compare")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/results/compare.json")
+    a = ap.parse_args()
+    bad = [p for p in a.precisions.split(",") if p not in PRECISIONS]
+    if bad:
+        raise SystemExit(f"unknown precision {bad[0]!r} (known: {', '.join(PRECISIONS)})")
+    lc_dir = llama_cpp.find(a.llama_cpp or None) if a.llama_cpp is not None else None
+    if a.llama_cpp is not None and lc_dir is None:
+        print("llama.cpp is not built (benchmarks/build_llama_cpp.sh): measuring without it", flush=True)
+    bw = stream_read_gbs()
+    print(f"memory read bandwidth: {bw:.1f} GB/s (2 threads, 1 GiB), {os.cpu_count()} CPUs", flush=True)
+    kw = {"prefill_lens": [a.prefill], "decode_steps": a.decode_steps, "reps": a.reps}
+    results = []
+    for preset in a.presets.split(","):
+        for prec in a.precisions.split(","):
+            quant, dtype, tdtype, gtype = PRECISIONS[prec]
+            art = Path(a.build) / f"{preset}-{prec}.host"
+            if not (art / "manifest.json").exists():
+                t = time.perf_counter()
+                compile_model(load_source(preset, seed=a.seed), art, max_batch=1, quant=quant, dtype=dtype,
+                              max_context=a.prefill + a.decode_steps + 64)
+                print(f"compiled {preset} {prec} in {time.perf_counter() - t:.0f} s", flush=True)
+            man = json.loads((art / "manifest.json").read_text())
+            sides = {"lfmc": lambda: run_child("lfmc", artifact=str(art), **kw)}
+            if not a.no_torch:
+                sides[f"torch {tdtype}"] = lambda: run_child("torch", source=man["model"]["source"],
+                                                             config=man["model"]["config"], dtype=tdtype, **kw)
+                if a.torch_compile:
+                    sides[f"torch.compile {tdtype}"] = lambda: run_child(
+                        "torch", source=man["model"]["source"], config=man["model"]["config"], dtype=tdtype,
+                        compile=True, **kw)
+            if lc_dir is not None:
+                hf = llama_cpp.save_hf(preset, a.seed, Path(a.build) / f"{preset}-s{a.seed}.hf")
+                model = llama_cpp.gguf(lc_dir, hf, gtype)
+                sides[f"llama.cpp {gtype}"] = lambda: llama_cpp.bench(lc_dir, model, prefill=a.prefill,
+                                                                      decode=a.decode_steps, reps=a.reps)
+            runs: dict[str, list] = {k: [] for k in sides}
+            for r in range(a.rounds):
+                for name, fn in sides.items():
+                    try:
+                        runs[name].append(fn())
+                    except Exception as e:                     # a peer that fails is reported, not fatal
+                        runs[name].append({"error": str(e)[-500:]})
+                print(f"{preset} {prec} round {r + 1}/{a.rounds}: " + ", ".join(
+                    f"{k} {v[-1]['decode']['1']:.1f}" if "decode" in v[-1] else f"{k} failed"
+                    for k, v in runs.items()) + " decode tok/s", flush=True)
+            wb = weights_bytes(art)
+            row = {"preset": preset, "precision": prec, "weights_bytes": wb, "decode_limit": bw * 1e9 / wb,
+                   "sides": {}}
+            for name, rs in runs.items():
+                ok = [x for x in rs if "decode" in x]
+                if not ok:
+                    row["sides"][name] = {"error": rs[-1].get("error")}
+                    continue
+                pre = statistics.median(x["prefill"][str(a.prefill)] for x in ok)
+                row["sides"][name] = {
+                    "prefill_tps": pre, "ttft_s": a.prefill / pre,
+                    "decode_tps": statistics.median(x["decode"]["1"] for x in ok),
+                    "peak_rss": statistics.median(x["memory"]["peak_rss"] for x in ok
+                                                  if x["memory"].get("peak_rss")) if any(
+                        x["memory"].get("peak_rss") for x in ok) else None,
+                    "rounds": len(ok)}
+            results.append(row)
+    print(f"\nmedians of {a.rounds} alternating rounds; prefill {a.prefill} tokens; decode one sequence; "
+          f"memory bandwidth {bw:.1f} GB/s")
+    hdr = (f"{'model':<10}{'prec':<6}{'system':<22}{'prefill tok/s':>14}{'TTFT s':>8}{'decode tok/s':>13}"
+           f"{'peak MiB':>9}{'decode/llama':>13}{'prefill/llama':>14}{'decode/limit':>13}")
+    print(hdr)
+    for row in results:
+        lc = next((v for k, v in row["sides"].items() if k.startswith("llama.cpp") and "decode_tps" in v), None)
+        for name, v in row["sides"].items():
+            if "error" in v:
+                print(f"{row['preset'][5:]:<10}{row['precision']:<6}{name:<22} failed: {v['error'][:60]}")
+                continue
+            r_dec = f"{v['decode_tps'] / lc['decode_tps']:.2f}" if lc else "-"
+            r_pre = f"{v['prefill_tps'] / lc['prefill_tps']:.2f}" if lc else "-"
+            rss = f"{v['peak_rss'] / 2**20:.0f}" if v["peak_rss"] else "-"
+            print(f"{row['preset'][5:]:<10}{row['precision']:<6}{name:<22}{v['prefill_tps']:>14.1f}{v['ttft_s']:>8.2f}"
+                  f"{v['decode_tps']:>13.1f}{rss:>9}{r_dec:>13}{r_pre:>14}"
+                  f"{v['decode_tps'] / row['decode_limit']:>13.0%}")
+        print(f"{'':<16}weights read per token {row['weights_bytes'] / 1e6:.0f} MB -> decode limit "
+              f"{row['decode_limit']:.1f} tok/s")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"bandwidth_gbs": bw, "cpus": os.cpu_count(), "prefill": a.prefill,
+                               "rounds": a.rounds, "results": results, "command": " ".join(sys.argv)}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Host-memory buffers for drivers whose device memory is this process's memory (the ``cpu`` driver, the
+``wafer`` simulator): zeroed, 64-byte-aligned numpy arrays, views and copies without transfers."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class HostMemory:
+    """allocate / view / write / read / fill on numpy host buffers; ``sync`` is a no-op."""
+
+    def alloc(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """A zeroed, 64-byte-aligned host buffer (TVM's kernels expect the alignment)."""
+        dt = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        raw = np.zeros(nbytes + 64, np.uint8)
+        off = (-raw.ctypes.data) % 64
+        return raw[off:off + nbytes].view(dt).reshape(shape)
+
+    def alloc_host(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """Host staging memory for loading; here it is the device memory itself."""
+        return self.alloc(shape, dtype)
+
+    def to_device(self, host: np.ndarray) -> np.ndarray:
+        return host
+
+    def upload(self, a: np.ndarray) -> np.ndarray:
+        buf = self.alloc(a.shape, str(a.dtype))
+        np.copyto(buf, a)
+        return buf
+
+    def device_view(self, buf: np.ndarray, shape: tuple[int, ...]) -> Any:
+        """The first prod(shape) elements of ``buf``, shaped ``shape``."""
+        n = int(np.prod(shape, dtype=np.int64))
+        return buf.reshape(-1)[:n].reshape(shape)
+
+    def write(self, buf: np.ndarray, data: np.ndarray) -> None:
+        buf.reshape(-1)[: data.size] = data.reshape(-1)
+
+    def read(self, buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        n = int(np.prod(shape, dtype=np.int64))
+        return buf.reshape(-1)[:n].reshape(shape).copy()
+
+    def fill(self, buf: np.ndarray, index: int, value: float = 0.0) -> None:
+        """Set ``buf[index]`` (one slot of a state tensor) to ``value``."""
+        buf[index] = value
+
+    def sync(self) -> None:
+        pass
