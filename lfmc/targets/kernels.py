@@ -943,7 +943,9 @@ def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(),
                 for i in T.serial(G):
                     for d in T.serial(hd):
                         qg[i * hd + d] = Q[tg // KV, ((tg % KV) * G + i) * hd + d]
-                group(qg, Kc, Vc, Sl[tg // KV], Ps[tg // KV], tg % KV, O, tg // KV, acc, part, sc, st)
+                slot: T.int32 = Sl[tg // KV]              # bound once: the loops below do not reload them
+                last: T.int32 = Ps[tg // KV]
+                group(qg, Kc, Vc, slot, last, tg % KV, O, tg // KV, acc, part, sc, st)
 
     return _named(f, name)
 
@@ -1013,7 +1015,9 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
                     norm_rope(X, tg // KV, ((tg % KV) * G + i) * hd, Qn, Ps[tg // KV], qv, u, ss)
                     for d in T.serial(hd):
                         qg[i * hd + d] = qv[d]
-                group(qg, Kc, Vc, Sl[tg // KV], Ps[tg // KV], tg % KV, O, tg // KV, acc, part, sc, st)
+                slot: T.int32 = Sl[tg // KV]              # bound once: the loops below do not reload them
+                last: T.int32 = Ps[tg // KV]
+                group(qg, Kc, Vc, slot, last, tg % KV, O, tg // KV, acc, part, sc, st)
 
     return _named(f, name)
 
