@@ -183,8 +183,8 @@ class MeshSim:
                 + m["op_cycles"])
 
     def _start(self, tok: int, *deps: tuple[float, int]) -> tuple[float, int]:
-        best = max(deps, key=lambda d: d[0]) if deps else (self.now, -1)
-        return best
+        """The latest of ``deps`` (time, record that set it): when an op waiting on all of them can start."""
+        return max(deps, key=lambda d: d[0]) if deps else (self.now, -1)
 
     def _rec(self, tok: int, op: str, where: str, start: tuple[float, int], end: float) -> int:
         self.records.append((tok, op, where, start[0], end, start[1]))

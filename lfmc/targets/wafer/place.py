@@ -77,7 +77,8 @@ class Grid:
     y: int = 0
     fixed_r: int | None = None
     kind: str = "grid"
-    extra_edge_bytes: int = 0          # per east-edge row PE: norm weights, conv weights / state, ...
+    extra_edge_bytes: int = 0          # per east-edge row PE beyond its output block (attention: q/k norms, RoPE)
+    state: tuple[str, int, int] | None = None   # ("conv", L_cache, slots) or ("recur", 1, slots) on the row ends
 
     @property
     def w(self) -> int:
@@ -200,8 +201,7 @@ def layer_of(name: str, graph: Graph, layer_index: dict[str, int]) -> str:
     return f"layer {i}" if i is not None else "io"
 
 
-def model_roles(graph: Graph, slots: int, context: int, kv_bytes: int,
-                kv_heads_hint: dict[str, int] | None = None) -> tuple[list[Role], dict[str, str]]:
+def model_roles(graph: Graph, slots: int, context: int, kv_bytes: int) -> tuple[list[Role], dict[str, str]]:
     """The grids and KV strips of ``graph`` in model order (sizes not chosen yet), and node -> layer name."""
     roles: list[Role] = []
     layer: dict[str, str] = {}
@@ -221,21 +221,18 @@ def model_roles(graph: Graph, slots: int, context: int, kv_bytes: int,
                 continue
             V, D = p.type.shape
             g = Grid(f"{n.name}.table", "io", int(V), int(D), [(0, int(V))])
-            g.extra_edge_bytes = 0
             roles.append(g)
             table_names[p.name] = g.name
         elif n.op == "short_conv":
             D = n.type.shape[1]
             L_ = n.attrs["L_cache"]
-            roles.append(Grid(f"{n.name}.in_proj", L, 3 * D, D, [(0, D), (D, D), (2 * D, D)]))
-            roles[-1].extra_edge_bytes = -1   # per-row: conv weights + state, set after sizing
-            roles[-1].conv = (L_, slots)      # type: ignore[attr-defined]
+            roles.append(Grid(f"{n.name}.in_proj", L, 3 * D, D, [(0, D), (D, D), (2 * D, D)],
+                              state=("conv", L_, slots)))
             roles.append(Grid(f"{n.name}.out_proj", L, D, D, [(0, D)]))
         elif n.op == "linear_recurrence":
             D = n.type.shape[1]
-            roles.append(Grid(f"{n.name}.in_proj", L, 4 * D, D, [(i * D, D) for i in range(4)]))
-            roles[-1].extra_edge_bytes = -2
-            roles[-1].conv = (1, slots)       # type: ignore[attr-defined]
+            roles.append(Grid(f"{n.name}.in_proj", L, 4 * D, D, [(i * D, D) for i in range(4)],
+                              state=("recur", 1, slots)))
             roles.append(Grid(f"{n.name}.out_proj", L, D, D, [(0, D)]))
         elif n.op == "attention":
             D = n.type.shape[1]
@@ -300,13 +297,13 @@ def _size_kv(s: KVStrip, m: Machine) -> None:
 def _edge_bytes(g: Grid) -> np.ndarray:
     """Extra bytes on each east-edge row PE beyond tile and buffers."""
     rows = g.tile_rows()
-    extra = np.full(g.r, max(g.extra_edge_bytes, 0), np.int64)
-    if g.extra_edge_bytes == -1:               # short conv: conv taps + state of its channel block, every slot
-        L, slots = g.conv                       # type: ignore[attr-defined]
+    extra = np.full(g.r, g.extra_edge_bytes, np.int64)
+    if g.state is not None and g.state[0] == "conv":     # conv taps + state of its channel block, every slot
+        _, L, slots = g.state
         ch = rows // 3
         extra = ch * L * F32 + slots * ch * (L - 1) * F32 + ch * 2 * F32
-    elif g.extra_edge_bytes == -2:             # recurrence: state h of its channel block, every slot
-        _, slots = g.conv                       # type: ignore[attr-defined]
+    elif g.state is not None:                            # recurrence: state h of its channel block, every slot
+        _, _, slots = g.state
         ch = rows // 4
         extra = slots * ch * F32 + ch * 2 * F32
     return extra + rows * F32 + F32 * 4        # the output vector and its norm weights, a few scalars

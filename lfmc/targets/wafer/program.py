@@ -88,7 +88,7 @@ def build_program(graph: Graph, placement: Placement, weights: dict[str, np.ndar
         values[out] = g.out_segments()
         return out
 
-    def per_row(g: Grid, n_chunk: int, out_len_of_row) -> list[list[int]]:
+    def per_row(g: Grid, n_chunk: int) -> list[list[int]]:
         """Segments of a vector produced on each edge PE from chunk ``n_chunk``'s split."""
         b = g.row_bounds()[n_chunk]
         return [[g.x + g.c - 1, g.y + i, b[i], b[i + 1]] for i in range(g.r) if b[i + 1] > b[i]]
@@ -127,7 +127,7 @@ def build_program(graph: Graph, placement: Placement, weights: dict[str, np.ndar
             g1, g2 = P.role(f"{n.name}.in_proj"), P.role(f"{n.name}.out_proj")
             assert isinstance(g1, Grid) and isinstance(g2, Grid)
             h = apply(g1, src, f"{name}.in", w_of(n, "in_proj"), bias_of(n, "in_proj"))
-            values[f"{name}.z"] = per_row(g1, 0, None)
+            values[f"{name}.z"] = per_row(g1, 0)
             if n.op == "short_conv":
                 op = {"op": "conv", "grid": g1.name, "in": h, "out": f"{name}.z", "L": int(n.attrs["L_cache"]),
                       "w": param(n, "conv"), "state": n.name}
@@ -144,7 +144,7 @@ def build_program(graph: Graph, placement: Placement, weights: dict[str, np.ndar
             if W is not None:
                 w = np.concatenate([w_of(n, r) for r in ("q_proj", "k_proj", "v_proj")], axis=0)
             qkv = apply(g1, src, f"{name}.qkv", w)
-            values[f"{name}.o"] = per_row(g1, 0, None)
+            values[f"{name}.o"] = per_row(g1, 0)
             ops.append({"op": "attn", "grid": g1.name, "kv": kv.name, "in": qkv, "out": f"{name}.o",
                         "heads": n.attrs["heads"], "kv_heads": n.attrs["kv_heads"], "head_dim": n.attrs["head_dim"],
                         "eps": float(n.attrs["eps"]), "theta": float(n.attrs["rope_theta"]),
@@ -155,7 +155,7 @@ def build_program(graph: Graph, placement: Placement, weights: dict[str, np.ndar
             assert isinstance(g1, Grid) and isinstance(g2, Grid)
             w = None if W is None else np.concatenate([w_of(n, "w1"), w_of(n, "w3")], axis=0)
             h = apply(g1, src, f"{name}.h13", w)
-            values[f"{name}.h"] = per_row(g1, 0, None)
+            values[f"{name}.h"] = per_row(g1, 0)
             ops.append({"op": "swiglu", "grid": g1.name, "in": h, "out": f"{name}.h"})
             apply(g2, f"{name}.h", name, w_of(n, "w2"))
         elif n.op == "moe":
@@ -171,7 +171,7 @@ def build_program(graph: Graph, placement: Placement, weights: dict[str, np.ndar
                     params[f"{gu.name}.tiles"] = tiles(gu, W[n.params["gate_up"].name][e])
                     params[f"{dn.name}.tiles"] = tiles(dn, W[n.params["down"].name][e])
                 values[f"{name}.e{e}.h13"] = gu.out_segments()
-                values[f"{name}.e{e}.h"] = per_row(gu, 0, None)
+                values[f"{name}.e{e}.h"] = per_row(gu, 0)
                 values[f"{name}.e{e}.y"] = dn.out_segments()
                 values[f"{name}.e{e}.y@"] = values[src]
                 experts.append([gu.name, dn.name])
