@@ -245,7 +245,7 @@ def wafer_estimate(prog: dict[str, Any], batch: int = 1, context: int | None = N
     m = prog["machine"]
     hz = m["clock_ghz"] * 1e9
     pos = min(int(prog["context"]) - 1, 128 if context is None else int(context))
-    sim = MeshSim(prog, None, timeline=True)
+    sim = MeshSim(prog, None)
     sim.step("decode", [1], [0], [pos])                    # warm: links and clocks as in steady decoding
     sim.link_words[:] = 0
     one = sim.step("decode", [1], [0], [pos])

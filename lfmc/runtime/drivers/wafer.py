@@ -99,15 +99,13 @@ class Transfer:
 class MeshSim:
     """Executes a mesh program: numerics on per-PE data (with ``params``) and cycle estimates."""
 
-    def __init__(self, program: dict[str, Any], params: dict[str, np.ndarray] | None = None, trace: bool = False,
-                 timeline: bool = False):
+    def __init__(self, program: dict[str, Any], params: dict[str, np.ndarray] | None = None, trace: bool = False):
         self.prog = program
         self.m = program["machine"]
         self.H, self.W = int(self.m["height"]), int(self.m["width"])
         self.p = params
         self.numerics = params is not None
         self.trace: list[tuple[float, float, int, int, np.ndarray]] | None = [] if trace else None
-        self.record_timeline = timeline
         self.roles = {r["name"]: dict(r) for r in program["roles"]}     # copies: the sim keeps buffers in them
         for r in self.roles.values():
             if r["kind"] != "kv":
@@ -182,7 +180,7 @@ class MeshSim:
         return (max(fmacs / m["fmacs"], nbytes / m["sram_bw"]) + elems + trans * m["transcendental_cycles"]
                 + m["op_cycles"])
 
-    def _start(self, tok: int, *deps: tuple[float, int]) -> tuple[float, int]:
+    def _start(self, *deps: tuple[float, int]) -> tuple[float, int]:
         """The latest of ``deps`` (time, record that set it): when an op waiting on all of them can start."""
         return max(deps, key=lambda d: d[0]) if deps else (self.now, -1)
 
@@ -259,7 +257,7 @@ class MeshSim:
     # ------------------------------------------------------------------------------------------ ops
     def _mcast(self, vals, tok, value: str, grid: str, t: tuple[float, int]) -> None:
         g = self.roles[grid]
-        st = self._start(tok, t, self._role(grid))
+        st = self._start(t, self._role(grid))
         end = self._reserve(self._mcast_transfer(value, grid), st[0])
         self.clk[grid] = (end, self._rec(tok, "mcast", grid, st, end))
         if self.numerics:
@@ -279,7 +277,7 @@ class MeshSim:
                 xs[j, :x.size] = x
             g["_part"] = np.einsum("rcnk,ck->rcn", T, xs)
 
-    def _reduce(self, vals, tok, grid: str, out: str, bias: str | None) -> float:
+    def _reduce(self, vals, tok, grid: str, out: str, bias: str | None) -> tuple[float, int]:
         g = self.roles[grid]
         st = self._role(grid)
         end = self._reserve(self._reduce_transfer(grid), st[0])
@@ -352,7 +350,7 @@ class MeshSim:
                 segs = self.values[op["out"]]
                 vals[op["out"]] = [self._gather(vals, op["in"], lo, hi) for _, _, lo, hi in segs]
         elif k == "add":
-            st = self._start(tok, ready[op["a"]], ready[op["b"]])
+            st = self._start(ready[op["a"]], ready[op["b"]])
             segs = self.values[op["a"]]
             end = st[0] + self._compute(0, 0, float((segs[:, 3] - segs[:, 2]).max()))
             ready[op["out"]] = (end, self._rec(tok, "add", op["a"], st, end))
@@ -360,7 +358,7 @@ class MeshSim:
                 vals[op["out"]] = [a + b for a, b in zip(vals[op["a"]], vals[op["b"]])]
         elif k in ("conv", "recur", "swiglu"):
             g = self.roles[op["grid"]]
-            st = self._start(tok, ready[op["in"]], self._role(g["name"]))
+            st = self._start(ready[op["in"]], self._role(g["name"]))
             ch = float(max(b[1] - b[0] for b in zip(g["row_bounds"][0], g["row_bounds"][0][1:])))
             cost = {"conv": (2 + 2 * op.get("L", 3)) * ch, "recur": 6 * ch, "swiglu": 3 * ch}[k]
             end = st[0] + self._compute(0, 0, cost, ch if k != "conv" else 0)
@@ -448,7 +446,7 @@ class MeshSim:
         g, kv = self.roles[op["grid"]], self.roles[op["kv"]]
         hd, grp, b, mrows = kv["head_dim"], kv["groups"], kv["b"], kv["m"]
         nkv = kv["kv_heads"]
-        st = self._start(tok, rd, self._role(g["name"]), self._role(kv["name"]))
+        st = self._start(rd, self._role(g["name"]), self._role(kv["name"]))
         t = st[0] + self._compute((grp + 1) * hd * 4, 0, (grp + 1) * hd * 4, (grp + 1) * (hd + 1))
         blk = pos // b
         nb = blk + 1
@@ -539,7 +537,7 @@ class MeshSim:
         base = op["out"]
         for j, e in enumerate(sel):
             gu, dn = op["experts"][int(e)]
-            self._mcast(vals, tok, op["in"], gu, self._start(tok, (t, rid), ready[op["in"]]))
+            self._mcast(vals, tok, op["in"], gu, self._start((t, rid), ready[op["in"]]))
             self._gemv(tok, gu)
             self._reduce(vals, tok, gu, f"{base}.e{e}.h13", None)
             g = self.roles[gu]
