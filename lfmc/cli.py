@@ -35,7 +35,8 @@ def cmd_import(a: argparse.Namespace) -> int:
         note = " (config-only: no weights; add --random-weights for seeded random weights)"
     else:
         note = ""
-    out = Path(a.output or f"{Path(a.source).name}.lfm")
+    src = Path(a.source)
+    out = Path(a.output or f"{src.stem if src.suffix == '.onnx' else src.name}.lfm")
     save_model(m, out)
     print(f"wrote {out}: {len(m.graph.nodes)} nodes, {m.graph.num_parameters():,} parameters{note}")
     return 0
@@ -387,8 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "run on.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("import", help="import a preset or an HF checkpoint directory into a saved model NAME.lfm")
-    p.add_argument("source", help="a preset name (see `lfmc presets`) or an HF checkpoint directory")
+    p = sub.add_parser("import", help="import a preset, an HF checkpoint directory or an ONNX file into a saved "
+                       "model NAME.lfm")
+    p.add_argument("source", help="a preset name (see `lfmc presets`), an HF checkpoint directory, or an .onnx "
+                   "file exported by torch.onnx.export(..., dynamo=True) (a config.json / tokenizer.json beside "
+                   "it are used)")
     p.add_argument("-o", "--output", help="output directory (default: ./SOURCE.lfm)")
     p.add_argument("--random-weights", action="store_true", help="presets: seeded random weights (numpy)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default 0)")

@@ -1,5 +1,5 @@
 """Frontends: presets and transformers configs (no torch), torch models and HF checkpoint directories
-(torch.export + pattern lifting). Produces :class:`lfmc.ir.Model`; never imports passes, targets or runtime."""
+(torch.export + pattern lifting), ONNX files (pattern lifting of the dynamo exporter's graph). Produces :class:`lfmc.ir.Model`; never imports passes, targets or runtime."""
 from __future__ import annotations
 
 import json
@@ -94,16 +94,18 @@ def _hf_conf(raw: dict[str, Any]):
 
 
 def import_source(source: str, weights: bool = False, seed: int = 0, std: float | None = None) -> Model:
-    """Whatever ``lfmc import`` accepts: a preset name or an HF checkpoint directory."""
+    """Whatever ``lfmc import`` accepts: a preset name, an HF checkpoint directory or an ONNX file."""
     if source in PRESETS:
         return import_preset(source, weights, seed, std)
     p = Path(source)
     if p.is_dir():
         return import_hf_dir(p)
     if p.suffix == ".onnx":
-        raise LfmcError(f"{source}: ONNX import is not implemented yet (tracked in the ONNX frontend issue)")
-    raise LfmcError(f"{source!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an HF checkpoint "
-                    "directory")
+        from .onnx_lift import import_onnx
+
+        return import_onnx(p)
+    raise LfmcError(f"{source!r} is neither a preset ({', '.join(sorted(PRESETS))}), an HF checkpoint "
+                    "directory nor an .onnx file")
 
 
 __all__ = ["PRESETS", "graph_from_config", "import_hf_dir", "import_preset", "import_source",

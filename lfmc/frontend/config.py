@@ -124,3 +124,77 @@ def graph_from_config(cfg: dict[str, Any], name: str = "model") -> Graph:
     h = b.rmsnorm(h, ("model.embedding_norm.weight", (D,)), eps)
     head = emb if _get(cfg, "tie_word_embeddings") else ("lm_head.weight", (V, D))
     return b.finish(b.lm_head(h, head))
+
+
+def config_from_graph(g: Graph, extra: dict[str, Any] | None = None, where: str | None = None) -> dict[str, Any]:
+    """The transformers config of an LFM2 / LFM2-MoE graph (the inverse of :func:`graph_from_config`), for
+    imports that carry no config (ONNX). ``extra`` (a ``config.json`` found beside the file) is used instead
+    when it describes the same graph, which is checked; either way ``graph_from_config`` of the result must
+    print the same IR as ``g``."""
+    from ..ir.text import print_graph
+
+    emb = next((n for n in g.nodes if n.op == "embedding"), None)
+    head = next((n for n in g.nodes if n.op == "lm_head"), None)
+    if emb is None or head is None:
+        raise LfmcError(f"graph {g.name!r} has no embedding or no lm_head: not an LFM2 causal LM")
+    V, D = emb.params["weight"].type.shape
+    kinds = {"short_conv": "conv", "attention": "full_attention", "linear_recurrence": "recurrence"}
+    mixers = [n for n in g.nodes if n.op in kinds]
+    ffns = [n for n in g.nodes if n.op in ("gated_mlp", "moe")]
+    moes = [n for n in ffns if n.op == "moe"]
+    norms = [n for n in g.nodes if n.op == "rmsnorm"]
+    cfg: dict[str, Any] = {
+        "architecture": ("LfmHybridForCausalLM" if any(n.op == "linear_recurrence" for n in mixers)
+                         else "Lfm2MoeForCausalLM" if moes else "Lfm2ForCausalLM"),
+        "vocab_size": int(V), "hidden_size": int(D), "num_hidden_layers": len(mixers),
+        "layer_types": [kinds[n.op] for n in mixers], "norm_eps": norms[0].attrs["eps"] if norms else 1e-5,
+        "tie_word_embeddings": head.params["weight"].name == emb.params["weight"].name,
+        "block_auto_adjust_ff_dim": False,
+    }
+    att = [n for n in mixers if n.op == "attention"]
+    if att:
+        a = att[0].attrs
+        cfg |= {"num_attention_heads": a["heads"], "num_key_value_heads": a["kv_heads"], "rope_theta": a["rope_theta"]}
+        if a["head_dim"] * a["heads"] != D:
+            cfg["head_dim"] = a["head_dim"]
+    else:
+        cfg |= {"num_attention_heads": 1, "num_key_value_heads": 1}
+    conv = [n for n in mixers if n.op == "short_conv"]
+    if conv:
+        cfg |= {"conv_L_cache": conv[0].attrs["L_cache"], "conv_bias": "in_proj_bias" in conv[0].params}
+    dense = [n for n in ffns if n.op == "gated_mlp"]
+    if dense:
+        cfg["intermediate_size"] = int(dense[0].params["w1"].type.shape[0])
+    if moes:
+        m = moes[0].attrs
+        cfg |= {"num_experts": m["num_experts"], "num_experts_per_tok": m["top_k"],
+                "moe_intermediate_size": int(moes[0].params["gate_up"].type.shape[1]) // 2,
+                "num_dense_layers": len(ffns) - len(moes), "use_expert_bias": m["use_expert_bias"],
+                "norm_topk_prob": m["norm_topk_prob"], "routed_scaling_factor": m["routed_scaling_factor"]}
+        cfg.setdefault("intermediate_size", cfg["moe_intermediate_size"])
+    want = print_graph(g)
+
+    def first_difference(c: dict[str, Any]) -> str | None:
+        try:
+            got = print_graph(graph_from_config(c, g.name))
+        except LfmcError as e:
+            return str(e)
+        if got == want:
+            return None
+        for a, b in zip(want.splitlines(), got.splitlines()):
+            if a != b:
+                return f"graph has {a.strip()[:160]!r}, config gives {b.strip()[:160]!r}"
+        return "the number of nodes differs"
+
+    if extra:
+        side = {k: v for k, v in extra.items() if k not in ("architectures", "model_type", "transformers_version",
+                                                             "dtype", "torch_dtype", "_name_or_path")}
+        side["architecture"] = architecture(extra | {"architecture": extra.get("architecture")})
+        diff = first_difference(side)
+        if diff:
+            raise LfmcError(f"{where or 'config.json'} describes a different model than the graph: {diff}")
+        return side
+    diff = first_difference(cfg)
+    if diff:
+        raise LfmcError(f"graph {g.name!r} is not expressible as a transformers LFM2 config: {diff}")
+    return cfg
