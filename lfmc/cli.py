@@ -358,6 +358,82 @@ def cmd_tune(a: argparse.Namespace) -> int:
     return 0 if r.stopped != "interrupted" else 130
 
 
+def _printable(piece: str) -> str:
+    """Control characters (random weights emit any byte) as \\xNN escapes, so a terminal stays sane."""
+    return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in piece)
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    """An interactive terminal chat over an artifact, streaming each reply."""
+    from .runtime import Engine
+    from .runtime.chat import END_OF_TURN, TextStream, render_chat
+
+    eng = Engine(a.artifact, device=a.device)
+    if eng.tokenizer is None:
+        raise LfmcError(f"{a.artifact} has no tokenizer: lfmc chat needs text in and out (use lfmc run --tokens)")
+    chat = eng.chat or {}
+    system = [{"role": "system", "content": a.system}] if a.system else []
+    history = list(system)
+    print(f"lfmc chat with {eng.manifest['model']['name']} ({'its' if chat else 'the default ChatML'} chat "
+          f"template, context {eng.max_context} tokens). /reset clears the conversation; /exit or Ctrl-D quits; "
+          "Ctrl-C stops a reply.", flush=True)
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        cmd = line.strip()
+        if not cmd:
+            continue
+        if cmd in ("/exit", "/quit"):
+            return 0
+        if cmd == "/reset":
+            history = list(system)
+            print("(conversation cleared)", flush=True)
+            continue
+        history.append({"role": "user", "content": line})
+        ids = eng.encode(render_chat(history, chat.get("template"), chat.get("bos_token", ""),
+                                     chat.get("eos_token", "")))
+        room = min(a.max_new_tokens, eng.max_context - len(ids))
+        if room < 1:
+            history.pop()
+            print(f"(the conversation no longer fits the context of {eng.max_context} tokens: /reset)", flush=True)
+            continue
+        print("assistant> ", end="", flush=True)
+        text = TextStream(eng.decode_text, [END_OF_TURN])
+        t0 = time.perf_counter()
+        gen = eng.stream(ids, room, a.temperature, a.top_k, a.top_p, a.seed)
+        try:
+            for tok in gen:
+                print(_printable(text.push(tok)), end="", flush=True)
+                if text.stopped:
+                    break
+            else:
+                print(_printable(text.push(None, final=True)), end="")
+        except KeyboardInterrupt:
+            print(" [stopped]", end="")
+        finally:
+            gen.close()
+        dt = time.perf_counter() - t0
+        history.append({"role": "assistant", "content": text.text})
+        print(f"\n[{len(text.ids)} tokens, {len(text.ids) / dt if dt > 0 else 0:.1f} tokens/s]", flush=True)
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    """The OpenAI-compatible server over an artifact."""
+    from .runtime import Engine
+    from .runtime.server import serve
+
+    eng = Engine(a.artifact, device=a.device, max_batch=a.max_batch)
+    name = a.model_name or eng.manifest["model"]["name"]
+    print(f"lfmc serve: {a.artifact} as model {name!r} on http://{a.host}:{a.port}/v1 (completions, chat/completions, "
+          f"models; /health); up to {eng.max_batch} sequences per decode step, {a.max_queue} waiting; Ctrl-C stops",
+          flush=True)
+    serve(eng, a.host, a.port, name, a.max_queue, a.log_level)
+    return 0
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from .runtime import Engine
 
@@ -382,8 +458,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             continue
         # decode everything so far and print what is new: multi-byte characters appear once complete
         piece, shown = text[len(shown):], text
-        print("".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in piece), end="",
-              flush=True)
+        print(_printable(piece), end="", flush=True)
     dt = time.perf_counter() - t0
     print(f"\n[{n} tokens in {dt:.2f} s, {n / dt:.1f} tokens/s]", file=sys.stderr)
     sim = getattr(eng.driver, "sim", None)
@@ -568,6 +643,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=["cpu", "opencl", "cuda", "wafer"],
                    help="runtime driver (default: the one the artifact was compiled for)")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("chat", help="an interactive terminal chat with an artifact, streaming replies")
+    p.add_argument("artifact", help="a compiled artifact directory with a tokenizer")
+    p.add_argument("--system", default=None, help="a system message opening the conversation")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="driver: cpu, opencl, cuda, wafer (default: the artifact's)")
+    p.set_defaults(fn=cmd_chat)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, streaming) over an artifact")
+    p.add_argument("artifact", help="a compiled artifact directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name", default=None, help="the model id clients use (default: the model's name)")
+    p.add_argument("--max-batch", type=int, default=None, help="sequences per decode step (default: the artifact's)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait; beyond it: HTTP 429")
+    p.add_argument("--device", default=None, help="driver: cpu, opencl, cuda, wafer (default: the artifact's)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("bench", help="prefill / decode tokens per second and peak memory of an artifact")
     p.add_argument("artifact")

@@ -62,6 +62,16 @@ def lower_for_target(model: Model, target: str = "host", passes: Sequence[str] |
     return prof, lower(model.graph, None, knobs)
 
 
+
+def tokenizer_spec(model: Model, vocab_size: int) -> dict[str, Any]:
+    """The manifest's tokenizer entry: the checkpoint's tokenizer.json, bytes for a 256-token vocabulary, or
+    none; with the checkpoint's chat template when it had one."""
+    spec: dict[str, Any] = ({"kind": "json"} if model.tokenizer is not None
+                            else {"kind": "bytes"} if vocab_size == 256 else {"kind": "none"})
+    if model.provenance.get("chat"):
+        spec["chat"] = model.provenance["chat"]
+    return spec
+
 def compile_model(model: Model, out: str | os.PathLike, target: str = "host", max_batch: int = 8,
                   max_context: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                   progress: Callable[[int, int, str], None] | None = None, passes: Sequence[str] | str | None = None,
@@ -162,8 +172,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
         "kv_dtype": kv_dtype,
         "limits": {"max_batch": int(max_batch), "max_context": max_context, "prefill_chunk": int(prefill_chunk),
                    "max_position_embeddings": mpe},
-        "tokenizer": ({"kind": "json"} if model.tokenizer is not None
-                      else {"kind": "bytes"} if low.plan["vocab_size"] == 256 else {"kind": "none"}),
+        "tokenizer": tokenizer_spec(model, low.plan["vocab_size"]),
         "plan": low.plan,
     }
     if tuning is not None:
@@ -217,8 +226,7 @@ def _compile_wafer(model: Model, out, prof, max_batch: int, max_context: int | N
         "quant": "f32", "passes": resolve(passes, "wafer"), "weight_dtype": "f32", "kv_dtype": kv_dtype,
         "limits": {"max_batch": int(max_batch), "max_context": max_context, "prefill_chunk": int(prefill_chunk),
                    "max_position_embeddings": mpe},
-        "tokenizer": ({"kind": "json"} if model.tokenizer is not None
-                      else {"kind": "bytes"} if prog["vocab_size"] == 256 else {"kind": "none"}),
+        "tokenizer": tokenizer_spec(model, prog["vocab_size"]),
         "plan": wafer_plan(prog, params),
         "wafer": {"placement": prog["placement"], "estimate": est},
     }

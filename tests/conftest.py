@@ -34,3 +34,12 @@ def tiny_models():
         g = graph_from_config(cfg, name)
         out[name] = Model(g, random_weights(g, seed=100 + i, std=INIT_STD), {"source": "test", "config": cfg})
     return out
+
+
+@pytest.fixture(scope="session")
+def served_artifact(tmp_path_factory, tiny_models):
+    """dense-a (byte vocabulary: the bytes tokenizer) compiled for the host: 4 sequences, 512 tokens of context."""
+    from lfmc.compile import compile_model
+
+    return compile_model(tiny_models["dense-a"], tmp_path_factory.mktemp("served") / "dense-a.host", max_batch=4,
+                         max_context=512, prefill_chunk=32)

@@ -84,7 +84,34 @@ def import_hf_dir(path: str | os.PathLike, name: str | None = None) -> Model:
         m.provenance |= {"source": "hf", "path": str(p.resolve())}
     if tok.is_file():
         m.tokenizer = tok.read_text()
+    chat = chat_template_of(p)
+    if chat:
+        m.provenance["chat"] = chat
     return m
+
+
+def chat_template_of(d: Path) -> dict[str, Any] | None:
+    """The chat template of a checkpoint directory (``chat_template.jinja`` or ``tokenizer_config.json``'s
+    ``chat_template``) with its bos / eos token strings, or None."""
+    conf: dict[str, Any] = {}
+    f = d / "tokenizer_config.json"
+    if f.is_file():
+        try:
+            conf = json.loads(f.read_text())
+        except ValueError as e:
+            raise LfmcError(f"{f}: not valid JSON ({e})") from None
+    tpl = conf.get("chat_template")
+    if isinstance(tpl, list):                       # [{name, template}, ...]: the default one
+        tpl = next((t.get("template") for t in tpl if isinstance(t, dict) and t.get("name") == "default"), None)
+    if (d / "chat_template.jinja").is_file():
+        tpl = (d / "chat_template.jinja").read_text()
+    if not isinstance(tpl, str) or not tpl:
+        return None
+
+    def tok(v: Any) -> str:
+        return v.get("content", "") if isinstance(v, dict) else (v or "")
+
+    return {"template": tpl, "bos_token": tok(conf.get("bos_token")), "eos_token": tok(conf.get("eos_token"))}
 
 
 def _hf_conf(raw: dict[str, Any]):

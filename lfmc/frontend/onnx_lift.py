@@ -714,4 +714,9 @@ def import_onnx(path: str | os.PathLike, name: str | None = None) -> Model:
     tok = p.parent / "tokenizer.json"
     if tok.is_file():
         m.tokenizer = tok.read_text()
+    from . import chat_template_of
+
+    chat = chat_template_of(p.parent)
+    if chat:
+        m.provenance["chat"] = chat
     return m

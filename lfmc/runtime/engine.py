@@ -66,6 +66,7 @@ class Engine:
         self.vocab_size = int(self.plan["vocab_size"])
         self.eos_token_id = m["model"].get("eos_token_id")
         self.tokenizer = load_tokenizer(self.root, m.get("tokenizer", {}))
+        self.chat: dict[str, str] | None = (m.get("tokenizer") or {}).get("chat")   # checkpoint chat template
         self.driver = get_driver(device, num_threads=num_threads) if device == "cpu" else get_driver(device)
         self._load_params()
         self._allocate()

@@ -1,0 +1,272 @@
+"""An OpenAI-compatible HTTP server over the runtime (FastAPI + uvicorn): ``/v1/completions``,
+``/v1/chat/completions`` (streaming as server-sent events), ``/v1/models``, ``/health``.
+
+Concurrent requests share decode steps through :class:`~lfmc.runtime.batcher.Batcher`; a full waiting queue is
+HTTP 429, a request that can never fit (prompt + max_tokens over the context) is 400, a body over the size limit
+is 413. Errors have OpenAI's shape (``{"error": {"message", "type", "code"}}``). A client that disconnects
+mid-stream cancels its request, which frees its slot at the next decode step. Every choice also carries the
+generated token ids (``tokens``, an lfmc extension) so that clients without a tokenizer can use it.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from .batcher import Batcher, Overloaded, Request
+from .chat import END_OF_TURN, TextStream, render_chat
+from .engine import Engine
+from .errors import EngineError
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+           headers: dict[str, str] | None = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status,
+                        headers=headers)
+
+
+def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_body_bytes: int = MAX_BODY_BYTES):
+    """The FastAPI application; the batcher starts with it and stops at shutdown."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request as HttpRequest
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import StreamingResponse
+
+    batcher = Batcher(engine, max_queue=max_queue)
+    created = int(time.time())
+    chat = engine.chat or {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="lfmc", lifespan=lifespan)
+    app.state.batcher = batcher
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return _error(400, f"invalid request: {where}: {first.get('msg', 'bad value')}")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id, **batcher.load()}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
+                                            "owned_by": "lfmc", "max_context": engine.max_context}]}
+
+    async def body_of(request: HttpRequest) -> dict[str, Any]:
+        n = request.headers.get("content-length")
+        if n is not None and n.isdigit() and int(n) > max_body_bytes:
+            raise _Bad(413, f"request body over {max_body_bytes} bytes", code="request_too_large")
+        raw = bytearray()
+        async for part in request.stream():              # never hold more than the limit
+            raw += part
+            if len(raw) > max_body_bytes:
+                raise _Bad(413, f"request body over {max_body_bytes} bytes", code="request_too_large")
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError as e:
+            raise _Bad(400, f"the body is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise _Bad(400, "the body must be a JSON object")
+        return body
+
+    def sampling(body: dict[str, Any], default_max: int) -> dict[str, Any]:
+        def num(k: str, default, lo, hi, kind=float):
+            v = body.get(k, default)
+            if v is None:
+                v = default
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise _Bad(400, f"{k} must be a number in [{lo}, {hi}]")
+            if kind is int and int(v) != v:
+                raise _Bad(400, f"{k} must be an integer")
+            return kind(v)
+
+        if body.get("n", 1) not in (1, None):
+            raise _Bad(400, "only n = 1 is supported")
+        limit = engine.max_context
+        return {"max_tokens": num("max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
+                                  default_max, 1, limit, int),
+                "temperature": num("temperature", 1.0, 0.0, 100.0), "top_p": num("top_p", 1.0, 0.0, 1.0),
+                "top_k": num("top_k", 0, 0, engine.vocab_size, int),
+                "seed": num("seed", -1, -(2 ** 63), 2 ** 63 - 1, int) if body.get("seed") is not None else None}
+
+    def stops_of(body: dict[str, Any]) -> list[str]:
+        s = body.get("stop")
+        if s is None:
+            return []
+        s = [s] if isinstance(s, str) else s
+        if not isinstance(s, list) or len(s) > 4 or not all(isinstance(x, str) for x in s):
+            raise _Bad(400, "stop must be a string or a list of at most 4 strings")
+        return s
+
+    def encode(text: str) -> list[int]:
+        if engine.tokenizer is None:
+            raise _Bad(400, "this artifact has no tokenizer: send the prompt as a list of token ids")
+        return engine.tokenizer.encode(text)
+
+    def start(ids: list[int], sp: dict[str, Any], stops: list[str]) -> tuple[Request, asyncio.Queue, TextStream]:
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        stop_ids = frozenset({engine.eos_token_id} if engine.eos_token_id is not None else ())
+        req = Request(ids, sp["max_tokens"], lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev),
+                      temperature=sp["temperature"], top_k=sp["top_k"], top_p=sp["top_p"], seed=sp["seed"],
+                      stop_ids=stop_ids)
+        try:
+            batcher.submit(req)
+        except Overloaded as e:
+            raise _Bad(429, f"server busy: {e}; retry later", "rate_limit_exceeded", "server_busy",
+                       {"Retry-After": "1"}) from None
+        except EngineError as e:
+            raise _Bad(400, str(e)) from None
+        return req, q, TextStream(engine.decode_text, stops)
+
+    async def events(req: Request, q: asyncio.Queue, text: TextStream) -> AsyncIterator[tuple[str, str | None]]:
+        """(delta text, finish reason or None) until the request ends; cancels it if the consumer goes away."""
+        try:
+            while True:
+                ev = await q.get()
+                if ev[0] == "token":
+                    delta = text.push(int(ev[1]))
+                    if text.stopped:
+                        req.cancel()
+                        yield delta, "stop"
+                        return
+                    if delta:
+                        yield delta, None
+                elif ev[0] == "error":
+                    raise EngineError(ev[1])
+                else:
+                    reason = ev[1]
+                    tail = text.push(None, final=True)
+                    yield tail, ("stop" if reason in ("stop", "cancelled") else reason)
+                    return
+        finally:
+            req.cancel()
+
+    def usage(req: Request, text: TextStream) -> dict[str, int]:
+        return {"prompt_tokens": len(req.prompt), "completion_tokens": len(text.ids),
+                "total_tokens": len(req.prompt) + len(text.ids)}
+
+    async def respond(body: dict[str, Any], ids: list[int], chat_mode: bool, stops: list[str]):
+        sp = sampling(body, 16 if not chat_mode else engine.max_context - len(ids))
+        sp["max_tokens"] = min(sp["max_tokens"], max(1, engine.max_context - len(ids)))
+        req, q, text = start(ids, sp, stops)
+        rid = ("chatcmpl-" if chat_mode else "cmpl-") + uuid.uuid4().hex[:24]
+        obj = "chat.completion" if chat_mode else "text_completion"
+        now = int(time.time())
+        if not body.get("stream"):
+            reason = None
+            try:
+                async for _, r in events(req, q, text):
+                    reason = r or reason
+            except EngineError as e:
+                return _error(500, f"generation failed: {e}", "server_error")
+            choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None, "tokens": text.ids}
+            if chat_mode:
+                choice["message"] = {"role": "assistant", "content": text.text}
+            else:
+                choice["text"] = text.text
+            return {"id": rid, "object": obj, "created": now, "model": model_id, "choices": [choice],
+                    "usage": usage(req, text)}
+
+        async def sse() -> AsyncIterator[bytes]:
+            def chunk(delta: str | None, reason: str | None, first: bool = False) -> bytes:
+                if chat_mode:
+                    d: dict[str, Any] = {"role": "assistant", "content": ""} if first else \
+                        ({"content": delta} if delta else {})
+                    c = {"index": 0, "delta": d, "finish_reason": reason, "logprobs": None}
+                    o = "chat.completion.chunk"
+                else:
+                    c = {"index": 0, "text": delta or "", "finish_reason": reason, "logprobs": None}
+                    o = "text_completion"
+                return f"data: {json.dumps({'id': rid, 'object': o, 'created': now, 'model': model_id, 'choices': [c]})}\n\n".encode()
+
+            if chat_mode:
+                yield chunk(None, None, first=True)
+            try:  # a client that goes away closes this generator: the finally cancels its request
+                async for delta, reason in events(req, q, text):
+                    if reason is None:
+                        yield chunk(delta, None)
+                    else:
+                        if delta:
+                            yield chunk(delta, None)
+                        yield chunk(None, reason)
+            except EngineError as e:
+                yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n".encode()
+            finally:
+                req.cancel()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/completions")
+    async def completions(request: HttpRequest):
+        try:
+            body = await body_of(request)
+            p = body.get("prompt")
+            if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
+                p = p[0]
+            if isinstance(p, str):
+                ids = encode(p)
+            elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+                ids = list(p)
+            else:
+                raise _Bad(400, "prompt must be a non-empty string or a list of token ids (one prompt)")
+            if not ids:
+                raise _Bad(400, "the prompt is empty")
+            return await respond(body, ids, False, stops_of(body))
+        except _Bad as e:
+            return e.response()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: HttpRequest):
+        try:
+            body = await body_of(request)
+            msgs = body.get("messages")
+            if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+                raise _Bad(400, "messages must be a non-empty list of {role, content} objects")
+            try:
+                prompt = render_chat(msgs, chat.get("template"), chat.get("bos_token", ""), chat.get("eos_token", ""))
+            except EngineError as e:
+                raise _Bad(400, str(e)) from None
+            ids = encode(prompt)
+            stops = stops_of(body) + [END_OF_TURN]
+            return await respond(body, ids, True, stops)
+        except _Bad as e:
+            return e.response()
+
+    return app
+
+
+class _Bad(Exception):
+    """An HTTP error answer raised inside a handler."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.args_ = (status, message, kind, code, headers)
+
+    def response(self):
+        return _error(*self.args_)
+
+
+def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, model_id: str = "lfmc", max_queue: int = 64,
+          log_level: str = "warning") -> None:
+    """Run the server until interrupted."""
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise EngineError(f"lfmc serve needs the serving extra ({e}): pip install 'lfmc[serve]'") from None
+    uvicorn.run(create_app(engine, model_id, max_queue), host=host, port=port, log_level=log_level)
