@@ -10,7 +10,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -71,6 +72,76 @@ def bench_engine(engine, prefill_lens=(128, 512), decode_steps: int = 64, reps: 
     engine.release(s)
     out["memory"] = engine.memory_bytes() | {"peak_rss": peak_rss_bytes()}
     return out
+
+
+def _rss_now() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def bench_contexts(engine, contexts: Sequence[int], steps: int = 16, seed: int = 0) -> list[dict[str, Any]]:
+    """Decode tokens/s of one sequence after a prompt of each length in ``contexts``, with the bytes it holds
+    then: parameters, its state (conv / recurrent state, and the KV cache up to that context) and the process's
+    resident memory."""
+    rng = np.random.default_rng(seed)
+    C, S = engine.max_context, engine.max_batch
+    per_seq = {k: int(a.nbytes) // S for k, a in engine.state.items()}
+    grows = {k for k, s in engine.plan["state"].items() if "C" in s["shape"]}
+    params = sum(int(a.nbytes) for a in engine.params.values())
+    rows = []
+    for c in contexts:
+        if c + steps + 1 > C:
+            raise ValueError(f"context {c} + {steps} decode steps exceeds the engine's max context {C}")
+        s = engine.new_sequence()
+        try:
+            logits = engine.prefill(s, rng.integers(0, engine.vocab_size, c).tolist())
+            tok = int(np.argmax(logits))
+            tok = int(np.argmax(engine.decode([s], [tok])[0]))          # warm-up step
+            t = time.perf_counter()
+            for _ in range(steps):
+                tok = int(np.argmax(engine.decode([s], [tok])[0]))
+            dt = time.perf_counter() - t
+            held = engine.length(s)
+        finally:
+            engine.release(s)
+        state = sum(b * held // C if k in grows else b for k, b in per_seq.items())
+        rows.append({"context": c, "decode_tok_s": steps / dt, "params_bytes": params, "state_bytes": state,
+                     "rss_bytes": _rss_now()})
+    return rows
+
+
+def plot_contexts(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Decode speed and memory against context, one PNG."""
+    from .plot import pyplot
+
+    plt = pyplot()
+    x = [r["context"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    a1.plot(x, [r["decode_tok_s"] for r in rows], marker="o")
+    a1.set_xlabel("context (tokens)")
+    a1.set_ylabel("decode tokens/s (one sequence)")
+    a1.set_ylim(bottom=0)
+    mib = 2 ** 20
+    a2.plot(x, [(r["params_bytes"] + r["state_bytes"]) / mib for r in rows], marker="o",
+            label="weights + this sequence's state and KV cache")
+    a2.plot(x, [r["state_bytes"] / mib for r in rows], marker="s", label="state and KV cache")
+    a2.plot(x, [r["rss_bytes"] / mib for r in rows], marker="^", ls="--", label="process resident memory")
+    a2.set_xlabel("context (tokens)")
+    a2.set_ylabel("MiB")
+    a2.set_ylim(bottom=0)
+    a2.legend(fontsize=8)
+    for a in (a1, a2):
+        a.set_xscale("log", base=2)
+        a.grid(alpha=0.3)
+    fig.suptitle(title or "decode speed and memory against context")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def bench_torch(source: dict[str, Any], config: dict[str, Any], prefill_lens=(128, 512), decode_steps: int = 64,

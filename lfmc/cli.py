@@ -6,11 +6,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .ir.errors import LfmcError
+from .progress import task
 from .runtime.errors import EngineError, RuntimeLoadError
 
 
@@ -38,7 +39,12 @@ def cmd_import(a: argparse.Namespace) -> int:
     src = Path(a.source)
     out = Path(a.output or f"{src.stem if src.suffix == '.onnx' else src.name}.lfm")
     save_model(m, out)
-    print(f"wrote {out}: {len(m.graph.nodes)} nodes, {m.graph.num_parameters():,} parameters{note}")
+    if a.json:
+        print(json.dumps({"model": str(out), "name": m.graph.name, "nodes": len(m.graph.nodes),
+                          "parameters": m.graph.num_parameters(), "weights": m.weights is not None,
+                          "source": m.provenance.get("source"), "architecture": m.provenance.get("architecture")}))
+    elif not a.quiet:
+        print(f"wrote {out}: {len(m.graph.nodes)} nodes, {m.graph.num_parameters():,} parameters{note}")
     return 0
 
 
@@ -169,14 +175,13 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         raise LfmcError(f"--data {a.data}: {e.strerror}") from None
     m = load_source(a.model, seed=a.seed)
     toks = text_tokens(m, text)[: a.max_tokens]
-    t0 = time.perf_counter()
+    bar = task("calibrating", len(toks), "token")
 
     def progress(i: int, n: int) -> None:
-        if not a.quiet:
-            eta = (time.perf_counter() - t0) / i * (n - i)
-            print(f"\r  {i}/{n} tokens  ETA {eta:4.0f} s", end="\n" if i == n else "", flush=True)
+        bar.update(i - bar.done)
 
     r = calibrate(m, toks, a.seq_len, progress)
+    bar.close()
     out = Path(a.output or f"{m.graph.name}.calibration.json")
     write_json_atomically(out, r)
     print(f"wrote {out}: {r['tokens']} tokens, {len(r['layers'])} MoE layers")
@@ -258,28 +263,30 @@ def cmd_compile(a: argparse.Namespace) -> int:
     m = load_source(a.model, seed=a.seed, init_std=a.init_std)
     out = Path(a.output or f"{m.graph.name}.{a.target.replace(':', '-')}")
     t0 = time.perf_counter()
-    last = [0.0]
-
-    tty = sys.stdout.isatty()
+    bar: list = []
 
     def progress(i: int, n: int, name: str) -> None:
-        if a.quiet or not (tty or i == n):
-            return
-        if i == n or time.perf_counter() - last[0] > 0.2:
-            last[0] = time.perf_counter()
-            eta = (time.perf_counter() - t0) / i * (n - i)
-            print(f"\r  kernel {i}/{n} {name[:48]:<48} ETA {eta:4.0f} s", end="\n" if i == n else "", flush=True)
+        if not bar:
+            bar.append(task("building kernels", n, "kernel"))
+        bar[0].update(1, name)
 
-    if not a.quiet:
+    if not (a.quiet or a.json):
         print(f"compiling {m.graph.name} ({m.graph.num_parameters():,} parameters) for {a.target} "
               f"({prof.family}, weights {quant or a.dtype})", flush=True)
     compile_model(m, out, a.target, max_batch=a.max_batch, max_context=a.max_context,
                   prefill_chunk=a.prefill_chunk, progress=progress, passes=a.passes, dump_ir=a.dump_ir,
-                  log=None if a.quiet else print, quant=quant, dtype=a.dtype, profiles=a.profiles,
+                  log=None if a.quiet or a.json else print, quant=quant, dtype=a.dtype, profiles=a.profiles,
                   kv_dtype=a.kv_dtype, tuned=a.tuned, prune=prune, plot=a.plot)
+    for b in bar:
+        b.close()
+    man = json.loads((out / "manifest.json").read_text())
+    if a.json:
+        print(json.dumps({"artifact": str(out), "seconds": round(time.perf_counter() - t0, 2),
+                          "target": a.target, "quant": man.get("quant"), "kernels": len(man["kernels"]),
+                          "files": len(man["files"]), "limits": man["limits"]}))
+        return 0
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     if not a.quiet:
-        man = json.loads((out / "manifest.json").read_text())
         groups: dict[str, list[int]] = {}
         for f in sorted(man["files"]):
             d = f.rsplit("/", 1)[0] + "/*" + Path(f).suffix if "/" in f else f
@@ -309,29 +316,31 @@ def cmd_tune(a: argparse.Namespace) -> int:
     measurer = make_measurer(prof, a.rpc, a.key, a.estimate, get_driver=get_driver)
     m = load_source(a.model, seed=a.seed)
     prof, low = lower_for_target(m, a.target, a.passes, quant, a.dtype, a.kv_dtype, a.profiles)
-    tty = sys.stdout.isatty() and not a.json
-    last = [0.0]
+    bars: dict[str, Any] = {}
+    seen: dict[str, int] = {}
+    first: dict[str, int] = {}
 
     def progress(ev: dict) -> None:
-        if a.quiet or a.json:
-            return
+        """Two bars: lfmc's default schedules timed, then the search's trials (best time and gain as the note)."""
         if ev["phase"] == "baseline":
-            msg = f"  timing lfmc's default schedules: {ev['i'] + 1}/{ev['n']} {ev['task'][:60]}"
+            if "base" not in bars:
+                bars["base"] = task("timing lfmc's default schedules", ev["n"], "kernel")
+            bars["base"].update(1, ev["task"])
         elif ev["phase"] == "search":
-            gain = (f" ({ev['default_s'] / ev['best_s']:.2f}x default)" if ev["best_s"] and ev["default_s"]
-                    else "")
-            eta = f"ETA {ev['eta_s'] / 60:4.1f} min" if ev["eta_s"] is not None else "ETA   ?"
-            msg = (f"  [{ev['tasks_done']}/{ev['tasks']} tasks] {ev['task'][:52]:<52} {ev['entry']:<7} "
-                   f"{ev['trials']:>3}/{ev['allot']:<3} trials  best {_us(ev['best_s'])} us{gain}  {eta}")
+            if "base" in bars:
+                bars.pop("base").close()
+            if "search" not in bars:
+                bars["search"] = task(f"tuning {ev['tasks']} kernels", a.trials, "trial")
+            first.setdefault(ev["task"], ev["trials"])           # trials a resumed database already had
+            seen[ev["task"]] = ev["trials"] - first[ev["task"]]
+            gain = (f" {ev['default_s'] / ev['best_s']:.2f}x" if ev["best_s"] and ev["default_s"] else "")
+            bars["search"].update(sum(seen.values()) - bars["search"].done,
+                                  f"{ev['task'][:28]} best {_us(ev['best_s'])} us{gain}")
         else:
-            if tty:
-                print()
-            return
-        if tty:
-            print("\r" + msg[:160].ljust(160), end="", flush=True)
-        elif time.perf_counter() - last[0] > 30 or ev["phase"] == "baseline":
-            last[0] = time.perf_counter()
-            print(msg, flush=True)
+            if "search" in bars:
+                bars["search"].update(ev["report"].trials - bars["search"].done)
+            for b in bars.values():
+                b.close()
 
     if not (a.quiet or a.json):
         print(f"tuning {m.graph.name} for {prof.name} ({quant or a.dtype} weights): up to {a.trials} trials"
@@ -343,6 +352,13 @@ def cmd_tune(a: argparse.Namespace) -> int:
                        prefill_chunk=a.prefill_chunk, seed=a.seed, progress=progress)
     finally:
         measurer.close()
+    if a.plot:
+        from .targets.tune.plot import plot_tuning_curves
+
+        png = plot_tuning_curves(r.tasks, Path(r.db) / "tuning-curves.png",
+                                 f"{m.graph.name} on {r.device} ({'measured' if r.measured else 'NOT measured'})")
+        if not (a.quiet or a.json):
+            print(f"tuning curves: {png}")
     if a.json:
         print(json.dumps({"db": str(r.db), "device": r.device, "measured": r.measured, "trials": r.trials,
                           "seconds": r.seconds, "stopped": r.stopped, "tasks": r.tasks}, indent=1))
@@ -466,8 +482,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         dec = [c for c in sim.calls if c["entry"] == "decode"]
         pre = [c for c in sim.calls if c["entry"] == "prefill"]
         us = lambda cs: sum(c["seconds"] for c in cs) * 1e6  # noqa: E731
-        print(f"[simulated on {sim.m['name']}: prefill {us(pre):,.1f} us, decode "
-              f"{us(dec) / max(1, len(dec)):,.1f} us per token (estimated cycles at {sim.m['clock_ghz']} GHz)]",
+        step = f"decode {us(dec) / len(dec):,.1f} us per token" if dec else "no decode step ran"
+        print(f"[simulated on {sim.m['name']}: prefill {us(pre):,.1f} us, {step} (estimated cycles at "
+              f"{sim.m['clock_ghz']} GHz)]",
               file=sys.stderr)
     return 0
 
@@ -477,9 +494,24 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .runtime import Engine
 
     lens = tuple(int(x) for x in a.prefill.split(","))
-    eng = Engine(a.artifact, device=a.device, max_context=max(max(lens) + 1, a.decode_steps + 17))
+    ctxs = tuple(int(x) for x in a.contexts.split(",")) if a.plot else ()
+    need = max([max(lens) + 1, a.decode_steps + 17] + [c + a.decode_steps + 2 for c in ctxs])
+    if ctxs:
+        from .runtime.artifact import load_manifest
+
+        limit = int(load_manifest(Path(a.artifact), verify_hashes=False)["limits"]["max_context"])
+        if need > limit:
+            raise LfmcError(f"--contexts up to {max(ctxs)} with {a.decode_steps} decode steps need a context of "
+                            f"{need}; {a.artifact} was compiled for {limit} (compile with --max-context)")
+    eng = Engine(a.artifact, device=a.device, max_context=need)
     res: dict = {"artifact": str(a.artifact), "model": eng.manifest["model"]["name"],
                  "lfmc": bench_engine(eng, lens, a.decode_steps, a.reps)}
+    if ctxs:
+        from .bench import bench_contexts, plot_contexts
+
+        res["contexts"] = bench_contexts(eng, ctxs, a.decode_steps)
+        res["plot"] = str(plot_contexts(res["contexts"], a.plot, f"{res['model']}: decode speed and memory "
+                                                                   "against context"))
     if a.baseline == "torch":
         res["torch"] = run_torch_baseline(eng.manifest, prefill_lens=lens, decode_steps=a.decode_steps,
                                           reps=a.reps)
@@ -496,6 +528,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
     m = L["memory"]
     print(f"lfmc buffers: params {m['params'] / 2**20:.1f} MiB, state {m['state'] / 2**20:.1f} MiB, "
           f"activations {m['activations'] / 2**20:.1f} MiB")
+    for r in res.get("contexts", []):
+        print(f"context {r['context']:>7}: decode {r['decode_tok_s']:8.1f} tokens/s, state + KV "
+              f"{r['state_bytes'] / 2**20:8.2f} MiB, resident {r['rss_bytes'] / 2**20:8.1f} MiB")
+    if "plot" in res:
+        print(f"plot: {res['plot']}")
     return 0
 
 
@@ -514,6 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default 0)")
     p.add_argument("--init-std", type=float, default=None,
                    help="std of --random-weights (default: the config's initializer_range, 0.02)")
+    p.add_argument("--quiet", action="store_true", help="no progress, no summary")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (and no progress)")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("show", help="per-layer operator class, featurizer, parameters and state")
@@ -578,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-only", action="store_true",
                    help="only report the weight bytes against the target's budget and, for MoE models, how many "
                         "experts per layer fit (needs no weights)")
-    p.add_argument("--json", action="store_true", help="with --plan-only: print the plan as JSON")
+    p.add_argument("--json", action="store_true", help="print the plan (--plan-only) or a summary of the artifact "
+                   "as JSON, and no progress")
     p.add_argument("--plot", action="store_true",
                    help="wafer targets: write placement.png (layers and SRAM per PE) and decode-timeline.png (one "
                         "simulated decode step) into the artifact (with --plan-only: into -o DIR or .)")
@@ -614,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plot", action="store_true", help="draw the tuning curves (best time against trials, per "
+                   "kernel) into DB/PROFILE/DEVICE/tuning-curves.png")
     p.set_defaults(fn=cmd_tune)
 
     p = sub.add_parser("calibrate", help="record how an MoE model routes a text (for expert pruning)")
@@ -675,6 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default=None, choices=["cpu", "opencl", "cuda"],
                    help="runtime driver (default: the one the artifact was compiled for)")
+    p.add_argument("--plot", metavar="PNG", default=None, help="also measure decode speed and memory at each of "
+                   "--contexts and draw them against context into PNG")
+    p.add_argument("--contexts", default="128,512,2048", help="context lengths for --plot (default 128,512,2048)")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("verify", help="check an artifact (hashes, plan, parameters, kernel libraries as data) "
@@ -746,6 +791,9 @@ def cmd_presets(a: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    from . import progress
+
+    progress.configure("quiet" if getattr(a, "quiet", False) or getattr(a, "json", False) else "auto")
     try:
         return a.fn(a)
     except (LfmcError, RuntimeLoadError, EngineError) as e:

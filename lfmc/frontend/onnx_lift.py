@@ -28,6 +28,7 @@ import numpy as np
 from ..ir.errors import LfmcError
 from ..ir.graph import Gate, Graph
 from ..ir.model import Model
+from ..progress import task
 from .build import GraphBuilder
 
 SCOPES = "pkg.torch.onnx.name_scopes"
@@ -105,7 +106,12 @@ class _Onnx:
 
         self.source = source
         g = mo.graph
-        self.consts: dict[str, np.ndarray] = {i.name: nh.to_array(i) for i in g.initializer}
+        self.consts: dict[str, np.ndarray] = {}
+        for i in g.initializer:
+            try:
+                self.consts[i.name] = nh.to_array(i)
+            except Exception as e:                     # noqa: BLE001  truncated / undefined tensors
+                raise LfmcError(f"{source}: initializer {i.name!r} is unreadable ({type(e).__name__}: {e})") from None
         init = set(self.consts)
         ids = [i.name for i in g.input if i.name not in init]
         if len(ids) != 1:
@@ -639,6 +645,16 @@ class _Lifter:
 
 def lift_onnx(mo, name: str = "model", source: str = "<onnx>") -> tuple[Graph, dict[str, np.ndarray]]:
     """IR graph and float32 weights of an ONNX ModelProto exported from an LFM2 / LFM2-MoE."""
+    try:
+        return _lift(mo, name, source)
+    except LfmcError:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
+        # a graph malformed in a way no pattern check anticipated: still an error about the input, not a crash
+        raise LfmcError(f"{source}: malformed ONNX graph ({type(e).__name__}: {e})") from None
+
+
+def _lift(mo, name: str, source: str) -> tuple[Graph, dict[str, np.ndarray]]:
     ox = _Onnx(mo, source)
     all_paths = {p for ps in ox._paths.values() for p in ps}
     groups: dict[str, list] = {}
@@ -665,7 +681,9 @@ def lift_onnx(mo, name: str = "model", source: str = "<onnx>") -> tuple[Graph, d
             raise OnnxLiftError(where, f"operand {c!r} is not produced by any lifted op", [node] if node else [])
         return value[c]
 
+    bar = task("lifting ONNX modules", len(resolved), "module")
     for kind, it in resolved:
+        bar.update()
         if kind == "node":
             acts = [i for i in it.input if ox.canon(i) in ox.active]
             if it.op_type != "Add" or len(acts) != 2:
@@ -682,6 +700,7 @@ def lift_onnx(mo, name: str = "model", source: str = "<onnx>") -> tuple[Graph, d
             g.fail(f"expected one activation input, found {len(g.inputs)}")
         value[leaving[0]] = lf.lift_group(g, val(g.inputs[0], g.path), ox.canon(leaving[0]) == out)
     graph = lf.b.finish(val(out, "output"))
+    bar.close()
     return graph, {p: lf.weights[p] for p in graph.params()}
 
 

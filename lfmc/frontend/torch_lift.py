@@ -19,6 +19,7 @@ import numpy as np
 
 from ..ir.errors import LfmcError
 from ..ir.graph import Gate, Graph
+from ..progress import task
 from .build import GraphBuilder
 
 
@@ -482,7 +483,9 @@ def export(model, example_len: int = 8):
 
 def lift(model, name: str = "model", example_len: int = 8) -> tuple[Graph, dict[str, np.ndarray]]:
     """IR graph and float32 weights of a transformers LFM2 / LFM2-MoE model object."""
-    tr = _Traced(model, export(model, example_len))
+    with task("tracing with torch.export", 1, "graph") as bar:
+        tr = _Traced(model, export(model, example_len))
+        bar.update()
     items: list[tuple[str, Any]] = []            # ("group", _Group) or ("node", fx node), in order of last node
     groups: dict[str, list] = {}
     order: list[tuple[str, Any]] = []
@@ -515,7 +518,9 @@ def lift(model, name: str = "model", example_len: int = 8) -> tuple[Graph, dict[
             raise LiftError(where, f"operand {c.name} is not produced by any lifted op")
         return value[c]
 
+    bar = task("lifting modules", len(items), "module")
     for kind, it in items:
+        bar.update()
         if kind == "node":
             if _opname(it) != "add" or len(it.all_input_nodes) != 2:
                 where = list((it.meta.get("nn_module_stack") or {}).values())
@@ -535,5 +540,6 @@ def lift(model, name: str = "model", example_len: int = 8) -> tuple[Graph, dict[
         value[src] = _lift_group(g, b, val(g.inputs[0], g.path), src is out_node)
         value[last] = value[src]
     graph = b.finish(val(out_node, "output"))
+    bar.close()
     weights = {n: tr.tensors[n].detach().float().contiguous().numpy().copy() for n in graph.params()}
     return graph, weights

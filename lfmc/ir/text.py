@@ -172,7 +172,7 @@ class _Parser:
             return out
         if t.kind == "string":
             self.next()
-            return json.loads(t.text)
+            return self.string(t)
         if t.kind == "number":
             self.next()
             txt = t.text
@@ -227,10 +227,17 @@ class _Parser:
     def name(self, kind: str) -> str:
         return self.expect_kind(kind, "a %value" if kind == "value" else "an @param").text[1:]
 
+    def string(self, t: _Tok) -> str:
+        """A string literal (JSON syntax); a malformed one (a raw control character, a bad escape) is a ParseError."""
+        try:
+            return json.loads(t.text)
+        except ValueError as e:
+            raise ParseError(f"malformed string literal ({e.msg})", t.line, t.col, self.source) from None
+
     # graph
     def graph(self) -> Graph:
         self.expect("graph")
-        gname = json.loads(self.expect_kind("string", "the graph name").text)
+        gname = self.string(self.expect_kind("string", "the graph name"))
         self.expect("{")
         g = Graph(gname, [], [], [])
         if self.peek().text == "attrs":

@@ -12,6 +12,7 @@ from ..ir.graph import Param
 from ..ir.model import Model
 from ..ir.quant import quantize
 from ..ir.types import TensorType
+from ..progress import task
 from .base import register
 
 # the weight roles quantized per op (the MoE router stays float32: it is small and decides the routing)
@@ -48,32 +49,40 @@ def quantize_weights(model: Model, options: dict[str, Any]) -> Model:
     w = dict(model.weights)
     done: dict[str, tuple[Param, Param, Param | None]] = {}
     skipped: list[str] = []
-    for n in g.nodes:
-        for role in ROLES.get(n.op, ()):
-            p = n.params[role]
-            if p.type.dtype != "f32":
-                continue
-            if p.name not in done:
-                K = p.type.shape[-1]
-                if group is not None and K % group:
-                    skipped.append(p.name)
-                    continue
-                codes, scale, zero = quantize(w[p.name], bits, group, asym)
-                qp = Param(p.name, TensorType("i8" if bits == 8 else "u4", p.type.shape))
-                sp = Param(p.name + ".scale", TensorType("f32", tuple(scale.shape)))
-                zp = Param(p.name + ".zero", TensorType("f32", tuple(zero.shape))) if zero is not None else None
-                w[p.name], w[sp.name] = codes, scale
-                if zp is not None:
-                    w[zp.name] = zero
-                done[p.name] = (qp, sp, zp)
-            qp, sp, zp = done[p.name]
-            n.params[role], n.params[role + "_scale"] = qp, sp
-            if zp is not None:
-                n.params[role + "_zero"] = zp
+    with task(f"quantizing weights ({scheme})", len(g.nodes), "node") as bar:
+        for n in g.nodes:
+            bar.update()
+            _quantize_node(n, w, done, skipped, bits, group, asym)
     g.attrs = {**g.attrs, "quant": scheme}
     if skipped:
         g.attrs["quant_skipped"] = sorted(set(skipped))
     return Model(g, {k: np.ascontiguousarray(v) for k, v in w.items()}, model.provenance, model.tokenizer)
+
+
+def _quantize_node(n, w: dict[str, np.ndarray], done: dict, skipped: list[str], bits: int, group: int | None,
+                   asym: bool) -> None:
+    """Quantize ``n``'s projection weights in ``w`` (each weight once, shared by every node using it)."""
+    for role in ROLES.get(n.op, ()):
+        p = n.params[role]
+        if p.type.dtype != "f32":
+            continue
+        if p.name not in done:
+            K = p.type.shape[-1]
+            if group is not None and K % group:
+                skipped.append(p.name)
+                continue
+            codes, scale, zero = quantize(w[p.name], bits, group, asym)
+            qp = Param(p.name, TensorType("i8" if bits == 8 else "u4", p.type.shape))
+            sp = Param(p.name + ".scale", TensorType("f32", tuple(scale.shape)))
+            zp = Param(p.name + ".zero", TensorType("f32", tuple(zero.shape))) if zero is not None else None
+            w[p.name], w[sp.name] = codes, scale
+            if zp is not None:
+                w[zp.name] = zero
+            done[p.name] = (qp, sp, zp)
+        qp, sp, zp = done[p.name]
+        n.params[role], n.params[role + "_scale"] = qp, sp
+        if zp is not None:
+            n.params[role + "_zero"] = zp
 
 
 @register("cast-kv", "quantize")

@@ -45,9 +45,7 @@ def load_manifest(path: str | Path, verify_hashes: bool = True) -> dict[str, Any
     if m.get("lfmc_version") != runtime_version():
         raise RuntimeLoadError(f"{mf}: compiled by lfmc {m.get('lfmc_version')}, this is lfmc "
                                f"{runtime_version()}: recompile the model")
-    for key in ("files", "plan", "target", "kernels", "limits", "model"):
-        if key not in m:
-            raise RuntimeLoadError(f"{mf}: manifest has no {key!r}")
+    check_structure(m, mf)
     files = m["files"]
     for kname, lib in m["kernels"].items():
         if lib not in files:
@@ -60,7 +58,85 @@ def load_manifest(path: str | Path, verify_hashes: bool = True) -> dict[str, Any
             raise RuntimeLoadError(f"{root}: missing file {name}")
         if verify_hashes and _sha256(p) != digest:
             raise RuntimeLoadError(f"{root}: {name} was altered (sha256 does not match the manifest)")
+    check_plan(m, mf)
     return m
+
+
+_ARGS = {"slab", "param", "state", "input", "scalar", "const"}
+
+
+def check_structure(m: dict[str, Any], where: Any = MANIFEST) -> None:
+    """The manifest's top-level fields have the types the runtime reads (a forged manifest can hold anything)."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise RuntimeLoadError(f"{where}: {what}")
+
+    for key in ("files", "plan", "target", "kernels", "limits", "model"):
+        need(key in m, f"manifest has no {key!r}")
+        need(isinstance(m[key], dict), f"{key!r} must be an object")
+    strmap = lambda d: all(isinstance(k, str) and isinstance(v, str) for k, v in d.items())  # noqa: E731
+    need(strmap(m["files"]), "'files' must map file names to sha256 digests")
+    need(strmap(m["kernels"]), "'kernels' must map kernel names to library files")
+    for k in ("max_batch", "max_context", "prefill_chunk"):
+        v = m["limits"].get(k)
+        need(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 24,
+             f"limits.{k} must be an integer in [1, 2^24], not {v!r}")
+    tok = m.get("tokenizer", {})
+    need(isinstance(tok, dict) and tok.get("kind", "none") in ("json", "bytes", "none"),
+         "tokenizer must be {kind: json | bytes | none}")
+    need(tok.get("chat") is None or (isinstance(tok["chat"], dict) and strmap(tok["chat"])),
+         "tokenizer.chat must map template / bos_token / eos_token to strings")
+    p = m["plan"]
+    for key, typ in (("entries", dict), ("slabs", dict), ("params", dict), ("state", dict), ("row_tile", dict),
+                     ("vocab_size", int)):
+        need(isinstance(p.get(key), typ) and not isinstance(p.get(key), bool), f"plan.{key} must be a {typ.__name__}")
+    need(p["vocab_size"] >= 1, "plan.vocab_size must be positive")
+    for name, spec in list(p["params"].items()) + list(p["state"].items()):
+        need(isinstance(spec, dict) and isinstance(spec.get("shape"), list) and isinstance(spec.get("dtype"), str)
+             and all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in spec["shape"]),
+             f"plan tensor {name!r} needs a shape list and a dtype")
+    for name, spec in p["slabs"].items():
+        need(isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and isinstance(spec.get("uses"), list)
+             and all(isinstance(u, list) and len(u) == 2 and isinstance(u[1], int) for u in spec["uses"]),
+             f"plan slab {name!r} needs a dtype and a list of [rows, columns] uses")
+    for e in ("prefill", "decode"):
+        need(isinstance(p["entries"].get(e), list), f"plan.entries.{e} must be a list of launches")
+        need(isinstance(p["row_tile"].get(e), int) and p["row_tile"][e] >= 1, f"plan.row_tile.{e} must be positive")
+
+
+def check_plan(m: dict[str, Any], where: Any = MANIFEST) -> dict[str, int]:
+    """Every launch names a kernel with a library and passes arguments the runtime understands, each referring
+    to a declared slab, parameter, state or input, with one argument count per kernel. Returns the counts."""
+    plan, kernels = m["plan"], m["kernels"]
+    nargs: dict[str, int] = {}
+    for entry, launches in plan["entries"].items():
+        if not isinstance(launches, list):
+            raise RuntimeLoadError(f"{where}: plan entry {entry!r} is not a list of launches")
+        for i, L in enumerate(launches):
+            if not isinstance(L, dict) or not isinstance(L.get("args", []), list):
+                raise RuntimeLoadError(f"{where}: plan entry {entry!r} launch {i} is malformed")
+            where_l = f"{where}: plan entry {entry!r} launch {i} ({L.get('kernel')})"
+            if not isinstance(L.get("kernel"), str) or L["kernel"] not in kernels:
+                raise RuntimeLoadError(f"{where_l}: no library for this kernel")
+            for a in L.get("args", []):
+                if not isinstance(a, list) or not a or a[0] not in _ARGS or len(a) < 2:
+                    raise RuntimeLoadError(f"{where_l}: argument {a!r} is not understood")
+                pool = {"slab": plan["slabs"], "param": plan["params"], "state": plan["state"]}.get(a[0])
+                if pool is not None and (not isinstance(a[1], str) or a[1] not in pool):
+                    raise RuntimeLoadError(f"{where_l}: {a[0]} {a[1]!r} is not declared in the plan")
+                if a[0] in ("slab", "input") and (len(a) < 3 or not (isinstance(a[2], int) or a[2] in
+                                                                      ("n", "np", "nk"))):
+                    raise RuntimeLoadError(f"{where_l}: argument {a!r} has no row count")
+                if a[0] == "slab" and (len(a) < 4 or not isinstance(a[3], int)):
+                    raise RuntimeLoadError(f"{where_l}: argument {a!r} has no column count")
+                if a[0] == "input" and a[1] not in ("tokens", "slots", "pos"):
+                    raise RuntimeLoadError(f"{where_l}: unknown input {a[1]!r}")
+                if a[0] == "scalar" and a[1] not in ("nb", "slot"):
+                    raise RuntimeLoadError(f"{where_l}: unknown scalar {a[1]!r}")
+            n = len(L.get("args", []))
+            if nargs.setdefault(L["kernel"], n) != n:
+                raise RuntimeLoadError(f"{where_l}: launched with {n} arguments here, {nargs[L['kernel']]} elsewhere")
+    return nargs
 
 
 def check_device(m: dict[str, Any], driver: str) -> None:

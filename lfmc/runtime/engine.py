@@ -7,6 +7,7 @@ sized once at load and every kernel argument of a decode batch size is built onc
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,17 +44,37 @@ class GenerationResult:
         return (len(self.tokens) - 1) / self.decode_s if self.decode_s > 0 and len(self.tokens) > 1 else 0.0
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class Engine:
     """A loaded artifact. ``Engine(path)`` imports neither torch, transformers nor lfmc's compiler."""
 
     def __init__(self, path: str | Path, device: str | None = None, max_batch: int | None = None,
                  max_context: int | None = None, prefill_chunk: int | None = None, num_threads: int | None = None,
-                 verify: bool = True, use_graphs: bool = True):
+                 verify: bool = True, use_graphs: bool = True, memory_budget: int | None = None):
         """``device``: the driver (``cpu``, ``opencl``, ``cuda``); default: the one the artifact was built for.
-        ``use_graphs``: capture decode steps as device graphs where the driver can (CUDA)."""
+        ``use_graphs``: capture decode steps as device graphs where the driver can (CUDA). ``memory_budget``:
+        bytes the caches and activations may take (default: the machine's physical memory), checked before
+        anything is allocated."""
         self.root = Path(path)
+        self.memory_budget = memory_budget
         self.use_graphs = use_graphs
         m = load_manifest(self.root, verify_hashes=verify)
+        try:
+            self._load(m, device, max_batch, max_context, prefill_chunk, num_threads)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
+            # load_manifest checked the structure the runtime relies on; anything that still does not fit is
+            # a forged or foreign manifest, reported as such rather than as a crash
+            raise RuntimeLoadError(f"{self.root / 'manifest.json'}: the artifact does not fit this runtime "
+                                   f"({type(e).__name__}: {e})") from None
+
+    def _load(self, m: dict, device: str | None, max_batch: int | None, max_context: int | None,
+              prefill_chunk: int | None, num_threads: int | None) -> None:
         device = device or m["target"].get("driver", "cpu")
         check_device(m, device)
         self.manifest, self.plan = m, m["plan"]
@@ -97,14 +118,27 @@ class Engine:
         self._max_rows = max(self.prefill_chunk, self.max_batch)
         big = max(self._rows(s, self._max_rows, e) for e in self.plan["entries"] for s in ("np",))
         self.slabs = {}
-        for name, s in self.plan["slabs"].items():
-            elems = max((r if isinstance(r, int) else {"n": self._max_rows, "np": big,
-                                                       "nk": self._max_rows * self.plan["topk"]}[r]) * c
-                        for r, c in s["uses"])
-            self.slabs[name] = self.driver.alloc((elems,), s["dtype"])
+        slab_elems = {name: max((r if isinstance(r, int) else {"n": self._max_rows, "np": big,
+                                                               "nk": self._max_rows * self.plan["topk"]}[r]) * c
+                                for r, c in s["uses"])
+                      for name, s in self.plan["slabs"].items()}
         dims = {"S": self.max_batch, "C": self.max_context}
-        self.state = {k: self.driver.alloc(tuple(dims.get(d, d) for d in s["shape"]), s["dtype"])
-                      for k, s in self.plan["state"].items()}
+        shapes = {k: tuple(int(dims.get(d, d)) for d in s["shape"]) for k, s in self.plan["state"].items()}
+        # the budget is checked before anything is allocated: a huge max_context or a forged plan is an error,
+        # not an out-of-memory kill
+        nbytes = lambda n, dt: int(n) * np.dtype(dt).itemsize  # noqa: E731
+        need = (sum(nbytes(e, self.plan["slabs"][k]["dtype"]) for k, e in slab_elems.items())
+                + sum(nbytes(np.prod(sh, dtype=np.int64), self.plan["state"][k]["dtype"]) for k, sh in shapes.items()))
+        budget = self.memory_budget if self.memory_budget is not None else _physical_memory()
+        if budget and need > budget:
+            raise EngineError(f"{self.root}: caches and activations for max_batch {self.max_batch} x max_context "
+                              f"{self.max_context} need {need / 2**30:.2f} GiB, over the memory budget "
+                              f"{budget / 2**30:.2f} GiB: lower max_context or max_batch")
+        if any(e < 0 for e in slab_elems.values()) or any(d < 0 for sh in shapes.values() for d in sh):
+            raise RuntimeLoadError(f"{self.root}: the plan declares a buffer of negative size")
+        for name, elems in slab_elems.items():
+            self.slabs[name] = self.driver.alloc((elems,), self.plan["slabs"][name]["dtype"])
+        self.state = {k: self.driver.alloc(shapes[k], s["dtype"]) for k, s in self.plan["state"].items()}
         self.inputs = {k: self.driver.alloc((big,), "int32") for k in ("tokens", "slots", "pos")}
 
     def memory_bytes(self) -> dict[str, int]:

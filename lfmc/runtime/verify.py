@@ -14,13 +14,12 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .artifact import load_manifest
+from .artifact import check_plan, load_manifest
 from .drivers.launch import LaunchSpec, read_device_library
 from .errors import RuntimeLoadError
 from .params import param_header
 
 _ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
-_ARGS = {"slab", "param", "state", "input", "scalar", "const"}
 
 
 def _check_object(path: Path, arch: str | None) -> str:
@@ -49,25 +48,9 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
     plan = m["plan"]
     # parameters: the header only
     header = param_header(root / "params.safetensors", plan["params"])
-    # the plan
+    # the plan (load_manifest checked it; the argument counts are needed below)
     kernels = m["kernels"]
-    nargs: dict[str, int] = {}
-    for entry, launches in plan["entries"].items():
-        for i, L in enumerate(launches):
-            where = f"plan entry {entry!r} launch {i} ({L.get('kernel')})"
-            if L.get("kernel") not in kernels:
-                raise RuntimeLoadError(f"{where}: no library for this kernel")
-            for a in L.get("args", []):
-                if not isinstance(a, list) or not a or a[0] not in _ARGS:
-                    raise RuntimeLoadError(f"{where}: argument {a!r} is not understood")
-                pool = {"slab": plan["slabs"], "param": plan["params"], "state": plan["state"]}.get(a[0])
-                if pool is not None and a[1] not in pool:
-                    raise RuntimeLoadError(f"{where}: {a[0]} {a[1]!r} is not declared in the plan")
-                if a[0] == "input" and a[1] not in ("tokens", "slots", "pos"):
-                    raise RuntimeLoadError(f"{where}: unknown input {a[1]!r}")
-            n = len(L.get("args", []))
-            if nargs.setdefault(L["kernel"], n) != n:
-                raise RuntimeLoadError(f"{where}: launched with {n} arguments here, {nargs[L['kernel']]} elsewhere")
+    nargs = check_plan(m, root / "manifest.json")
     # tuned variants: a kernel with a library, replacing a launched kernel minus its row-block argument
     for base, by_nb in plan.get("variants", {}).items():
         if base not in nargs or not isinstance(by_nb, dict):

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..ir.errors import LfmcError
 from ..ir.graph import Graph, Node
+from ..progress import task
 from . import knobs as KN
 
 
@@ -237,7 +238,9 @@ class _Lowering:
             count[0] += 1
             return f"v{count[0] - 1}"
 
+        bar = task("packing weights and planning kernels", len(g.nodes), "node")
         for i, n in enumerate(g.nodes):
+            bar.update()
             self.node_name = n.name
             ins = [home.get(v) for v in n.inputs]
             if n.op == "rmsnorm" and n.name in {m.name for m in norm_of.values()}:
@@ -265,6 +268,7 @@ class _Lowering:
                     live[home[v]] -= 1
                     if live[home[v]] == 0 and home[v] != out:
                         free.append(home[v])
+        bar.close()
         self.output = home[g.outputs[0]]
 
     def op_embedding(self, n: Node, ins, out: str, D: int) -> None:

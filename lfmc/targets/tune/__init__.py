@@ -173,6 +173,7 @@ def tune_model(low: Lowered, prof, db_root: str | Path, measurer: Measurer, *, t
         db.ms.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, [secs], target,
                                                             ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])))
         info(t).update(default_s=secs, best_s=min(secs, info(t)["best_s"] or math.inf))
+        info(t)["history"] = [[info(t)["trials"], info(t)["best_s"]]]       # the tuning curve starts here
         db.save()
     # a task's share of its entry's time (a decode step, a prefill chunk): prefill chunks take hundreds of times
     # a decode step, so shares are compared within an entry and the trials split evenly between the entries
@@ -241,6 +242,7 @@ def tune_model(low: Lowered, prof, db_root: str | Path, measurer: Measurer, *, t
                 rec["best_s"] = best[1]
             rec["done"] = rec["trials"] >= allot[t.name]
             rec["rounds"] = rec.get("rounds", 0) + 1
+            rec.setdefault("history", []).append([rec["trials"], rec["best_s"]])
             near = db.near_default(_module(t), rec["default_s"])
             if rec["rounds"] >= GIVE_UP_ROUNDS and not near:
                 # the search's space does not reach the default schedule (e.g. the SwiGLU kernels' paired
@@ -268,7 +270,7 @@ def tune_model(low: Lowered, prof, db_root: str | Path, measurer: Measurer, *, t
         report.tasks.append({"name": t.name, "key": keys[t.name], "entry": t.entry, "trials": r["trials"],
                              "gave_up": bool(r.get("gave_up")),
                              "default_s": r["default_s"], "best_s": r["best_s"], "done": r["done"],
-                             "share": share[t.name],
+                             "share": share[t.name], "history": r.get("history", []),
                              "speedup": (r["default_s"] / r["best_s"]) if r["best_s"] else None})
     emit({"phase": "end", "report": report})
     return report

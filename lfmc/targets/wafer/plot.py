@@ -10,18 +10,12 @@ from typing import Any
 import numpy as np
 
 from ...ir.errors import LfmcError
+from ...plot import pyplot
 from .place import Placement
 
 
 def _plt():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise LfmcError("--plot needs matplotlib: pip install 'lfmc[plot]'") from None
-    return plt
+    return pyplot()
 
 
 def _layer_no(name: str) -> int:

@@ -1,0 +1,69 @@
+"""Bugs the fuzzers found, each pinned by the input that found it."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+
+import pytest
+
+from lfmc.ir.errors import LfmcError, ParseError
+from lfmc.ir.text import parse_graph
+from lfmc.runtime import Engine
+from lfmc.runtime.artifact import load_manifest
+from lfmc.runtime.errors import EngineError, RuntimeLoadError
+from lfmc.runtime.verify import verify_artifact
+
+
+def test_control_character_in_an_ir_string_is_a_parse_error():
+    """atheris (ir): a raw control byte inside a string literal made json.loads raise JSONDecodeError."""
+    crash = base64.b64decode("IyBsZm1jIElSIHYxCmdyYXBoICJk////////A5JlbnNlLWMiIHsKdQ==")
+    with pytest.raises(ParseError, match="malformed string literal"):
+        parse_graph(crash.decode("utf-8", "replace"))
+    with pytest.raises(ParseError, match=r"<ir>:1:7"):
+        parse_graph('graph "a\x03b" {}')
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(files=None),                       # hypothesis (manifest): AttributeError on None.items()
+    lambda m: m.update(kernels=[1, 2]),                   # TypeError: list is not a mapping
+    lambda m: m["limits"].update(max_context="big"),
+    lambda m: m["limits"].update(max_batch=10 ** 12),     # would allocate terabytes
+    lambda m: m["plan"]["entries"]["decode"].append({"kernel": 3}),
+    lambda m: m["plan"]["entries"]["decode"][0]["args"].append(["slab"]),
+    lambda m: m["plan"].update(vocab_size=None),
+    lambda m: m["plan"]["state"].update(x={"shape": "C", "dtype": "float32"}),
+    lambda m: m.update(tokenizer={"kind": "pickle"}),
+])
+def test_forged_manifest_fields_are_load_errors(served_artifact, tmp_path, edit):
+    d = tmp_path / "art"
+    shutil.copytree(served_artifact, d)
+    m = json.loads((d / "manifest.json").read_text())
+    edit(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+    for fn in (lambda: load_manifest(d), lambda: verify_artifact(d), lambda: Engine(d)):
+        with pytest.raises(RuntimeLoadError):
+            fn()
+
+
+def test_memory_budget_is_checked_before_allocation(served_artifact):
+    with pytest.raises(EngineError, match="over the memory budget"):
+        Engine(served_artifact, memory_budget=1 << 16)
+    with pytest.raises(EngineError, match="over the memory budget"):
+        Engine(served_artifact, max_context=1 << 40)
+
+
+def test_truncated_onnx_initializer_is_an_lfmc_error():
+    """hypothesis (onnx): numpy_helper.to_array raised ValueError on a truncated raw_data."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from lfmc.frontend.onnx_lift import lift_onnx
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], b"\x00" * 64, raw=True)
+    w.raw_data = b"\x00" * 10                                      # truncated after the fact
+    g = helper.make_graph([helper.make_node("Gather", ["w", "ids"], ["y"])], "g",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, [3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])], [w])
+    with pytest.raises(LfmcError, match="initializer 'w' is unreadable"):
+        lift_onnx(helper.make_model(g), "m")

@@ -1,0 +1,68 @@
+"""Every example in the docs runs: each `$ ` line of a ```console block in docs/**/*.md, in order, in a fresh
+directory per page, with this environment's `lfmc` and `python` first on the PATH; each must exit 0. A line
+ending in `&` starts a background process (a server), stopped when the page is done."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+# meta_schedule searches and the cross / GPU builds (each covered by its own tests too): `make test-all`
+SLOW = {"commands/tune.md", "targets/arm.md", "targets/apple.md", "targets/qualcomm.md", "targets/amd.md",
+        "targets/cuda.md"}
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def examples(page: Path) -> list[str]:
+    out, inside = [], False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            inside = line.strip() == "```console"
+            continue
+        if inside and line.startswith("$ "):
+            out.append(line[2:])
+    return out
+
+
+PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+
+
+def test_every_command_and_target_family_has_a_page():
+    from lfmc.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    missing = [c for c in sub.choices if f"commands/{c}.md" not in PAGES]
+    assert not missing, f"commands without a docs page: {missing}"
+    for fam in ("host", "arm", "apple", "qualcomm", "amd", "cuda", "wafer"):
+        assert f"targets/{fam}.md" in PAGES
+    index = (DOCS / "README.md").read_text()
+    assert all(Path(p).name in index for p in PAGES if p != "README.md")
+    assert "docs/README.md" in README.read_text()
+
+
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW else p
+                                  for p in PAGES if examples(DOCS / p)])
+def test_docs_examples_run(page, tmp_path):
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+               PYTHONPATH=str(DOCS.parent))
+    background: list[subprocess.Popen] = []
+    try:
+        for cmd in examples(DOCS / page):
+            if re.search(r"&\s*$", cmd):
+                background.append(subprocess.Popen(["bash", "-c", "exec " + cmd.rstrip().rstrip("&")], cwd=tmp_path,
+                                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                                   start_new_session=True))
+                continue
+            r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=tmp_path, env=env, capture_output=True,
+                               text=True, timeout=900)
+            assert r.returncode == 0, f"{page}: `{cmd}` exited {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    finally:
+        for p in background:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(30)
