@@ -60,9 +60,13 @@ def main() -> int:
             except httpx.HTTPError:
                 time.sleep(0.2)
         client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0, timeout=600)
-        prompts = [f"Request {i}: tell me about number {i * 7}" for i in range(a.clients)]
+        import numpy as np
 
-        def one(p: str) -> list[int]:
+        vocab = client.models.list().data[0].model_extra.get("vocab_size") or 256
+        rng = np.random.default_rng(0)                # token-id prompts: presets with random weights have no tokenizer
+        prompts = [rng.integers(3, vocab, 8 + 4 * i).tolist() for i in range(a.clients)]
+
+        def one(p: list[int]) -> list[int]:
             r = client.completions.create(model="m", prompt=p, max_tokens=a.max_tokens, temperature=0)
             return r.choices[0].model_extra["tokens"]
 

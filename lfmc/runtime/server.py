@@ -63,7 +63,8 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
-                                            "owned_by": "lfmc", "max_context": engine.max_context}]}
+                                            "owned_by": "lfmc", "max_context": engine.max_context,
+                                            "vocab_size": engine.vocab_size}]}
 
     async def body_of(request: HttpRequest) -> dict[str, Any]:
         n = request.headers.get("content-length")
