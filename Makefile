@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all venv clean system-deps
+.PHONY: demo test test-all fuzz venv clean system-deps
 
 venv: $(STAMP)
 
@@ -35,6 +35,10 @@ test: $(STAMP) system-deps
 
 test-all: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -m '' $(PYTEST_ARGS)
+
+# The fuzz suite twenty times as long as in `make test` (hypothesis examples, atheris runs, random models).
+fuzz: $(STAMP)
+	LFMC_FUZZ_SCALE=20 $(BIN)/python -m pytest -q -m '' tests/fuzz $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

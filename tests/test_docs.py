@@ -15,7 +15,8 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 # meta_schedule searches and the cross / GPU builds (each covered by its own tests too): `make test-all`
 SLOW = {"commands/tune.md", "targets/arm.md", "targets/apple.md", "targets/qualcomm.md", "targets/amd.md",
-        "targets/cuda.md"}
+        "targets/cuda.md", "commands/compile.md", "commands/import.md", "commands/export-mlir.md",
+        "commands/calibrate.md", "targets/wafer.md", "../README.md"}
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -31,6 +32,11 @@ def examples(page: Path) -> list[str]:
 
 
 PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+BACKGROUND = re.compile(r"\s*&\s*(#.*)?$")              # `cmd &   # comment`: a background process
+
+
+def _path(page: str) -> Path:
+    return README if page == "../README.md" else DOCS / page
 
 
 def test_every_command_and_target_family_has_a_page():
@@ -47,15 +53,15 @@ def test_every_command_and_target_family_has_a_page():
 
 
 @pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW else p
-                                  for p in PAGES if examples(DOCS / p)])
+                                  for p in PAGES + ["../README.md"] if examples(_path(p))])
 def test_docs_examples_run(page, tmp_path):
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
                PYTHONPATH=str(DOCS.parent))
     background: list[subprocess.Popen] = []
     try:
-        for cmd in examples(DOCS / page):
-            if re.search(r"&\s*$", cmd):
-                background.append(subprocess.Popen(["bash", "-c", "exec " + cmd.rstrip().rstrip("&")], cwd=tmp_path,
+        for cmd in examples(_path(page)):
+            if BACKGROUND.search(cmd):
+                background.append(subprocess.Popen(["bash", "-c", "exec " + BACKGROUND.sub("", cmd)], cwd=tmp_path,
                                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                                    start_new_session=True))
                 continue

@@ -99,9 +99,21 @@ def check_structure(m: dict[str, Any], where: Any = MANIFEST) -> None:
         need(isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and isinstance(spec.get("uses"), list)
              and all(isinstance(u, list) and len(u) == 2 and isinstance(u[1], int) for u in spec["uses"]),
              f"plan slab {name!r} needs a dtype and a list of [rows, columns] uses")
+    t = m["target"]
+    need(all(isinstance(t.get(k, ""), str) for k in ("name", "driver", "kind")), "target name / driver / kind must "
+         "be strings")
+    need(isinstance(t.get("features", {}), dict), "target.features must be an object")
+    need(isinstance(m["model"].get("eos_token_id"), (int, type(None))) and not isinstance(m["model"].get(
+        "eos_token_id"), bool), "model.eos_token_id must be an integer or null")
+    need(isinstance(p.get("variants", {}), dict), "plan.variants must be an object")
+    need(isinstance(p.get("topk", 1), int) and p.get("topk", 1) >= 1, "plan.topk must be a positive integer")
     for e in ("prefill", "decode"):
         need(isinstance(p["entries"].get(e), list), f"plan.entries.{e} must be a list of launches")
         need(isinstance(p["row_tile"].get(e), int) and p["row_tile"][e] >= 1, f"plan.row_tile.{e} must be positive")
+        lg = p.get("logits", {}).get(e) if isinstance(p.get("logits"), dict) else None
+        need(isinstance(lg, list) and len(lg) == 4 and lg[0] == "slab" and lg[1] in p["slabs"]
+             and (isinstance(lg[2], int) or lg[2] in ("n", "np")) and isinstance(lg[3], int) and lg[3] >= 1,
+             f"plan.logits.{e} must be [\"slab\", a declared slab, rows, columns]")
 
 
 def check_plan(m: dict[str, Any], where: Any = MANIFEST) -> dict[str, int]:

@@ -45,6 +45,13 @@ def verify_artifact(path: str | Path) -> dict[str, Any]:
     first problem found."""
     root = Path(path)
     m = load_manifest(root, verify_hashes=True)
+    try:
+        return _verify(root, m)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise RuntimeLoadError(f"{root / 'manifest.json'}: malformed ({type(e).__name__}: {e})") from None
+
+
+def _verify(root: Path, m: dict[str, Any]) -> dict[str, Any]:
     plan = m["plan"]
     # parameters: the header only
     header = param_header(root / "params.safetensors", plan["params"])

@@ -16,7 +16,9 @@ from lfmc.ir.text import print_graph  # noqa: E402
 from tests.configs import ALL_CONFIGS  # noqa: E402
 
 RUNNER = Path(__file__).with_name("atheris_run.py")
-RUNS = {"ir": 4000, "manifest": 4000, "chat": 3000}
+from tests.fuzz import SCALE  # noqa: E402
+
+RUNS = {"ir": 3000 * SCALE, "manifest": 3000 * SCALE, "chat": 2000 * SCALE}
 
 
 def _seed(target: str, d: Path, served_artifact) -> None:

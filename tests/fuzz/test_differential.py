@@ -15,6 +15,7 @@ from lfmc.ir.interp import Interpreter  # noqa: E402
 from lfmc.ir.model import Model  # noqa: E402
 from lfmc.ir.weights import random_weights  # noqa: E402
 from lfmc.runtime import Engine  # noqa: E402
+from tests.fuzz import SCALE  # noqa: E402
 from tests.helpers import assert_follows_interpreter  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def _check(cfg, quant, prompt_len, tmp_path) -> None:
     assert_follows_interpreter(Interpreter(q.graph, q.weights), eng, prompt, 5, where=(cfg, quant))
 
 
-DIFF = settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+DIFF = settings(max_examples=3 * SCALE, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
 @DIFF

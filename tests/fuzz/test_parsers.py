@@ -22,16 +22,17 @@ from lfmc.runtime.artifact import load_manifest  # noqa: E402
 from lfmc.runtime.errors import EngineError, RuntimeLoadError  # noqa: E402
 from lfmc.runtime.verify import verify_artifact  # noqa: E402
 from tests.configs import ALL_CONFIGS  # noqa: E402
+from tests.fuzz import SCALE  # noqa: E402
 
 OURS = (LfmcError, RuntimeLoadError, EngineError)
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-SLOWER = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(max_examples=200 * SCALE, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+SLOWER = settings(max_examples=30 * SCALE, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 IR_TEXT = print_graph(graph_from_config(ALL_CONFIGS["moe-a"], "m"))
 
 
 @st.composite
-def mutated(draw, text: str, alphabet: str = "%@{}[](),=:\"'\\\n -0123456789.eEabcdefgfTxi") -> str:
+def mutated(draw, text: str, alphabet: str = "%@{}[](),=:\"'\\\n\x03\t -0123456789.eEabcdefgfTxi\u00e9") -> str:
     """``text`` with a few random edits: deletions, insertions, replacements, duplicated or dropped spans."""
     s = text
     for _ in range(draw(st.integers(1, 6))):

@@ -34,6 +34,10 @@ def test_control_character_in_an_ir_string_is_a_parse_error():
     lambda m: m["plan"].update(vocab_size=None),
     lambda m: m["plan"]["state"].update(x={"shape": "C", "dtype": "float32"}),
     lambda m: m.update(tokenizer={"kind": "pickle"}),
+    lambda m: m["plan"].pop("logits"),                    # hypothesis x5 (manifest): KeyError in prefill
+    lambda m: m["plan"]["logits"].update(decode=[]),      # ValueError unpacking in decode
+    lambda m: m["target"].update(features=None),          # hypothesis x20 (manifest): AttributeError in verify
+    lambda m: m["model"].update(eos_token_id="x"),
 ])
 def test_forged_manifest_fields_are_load_errors(served_artifact, tmp_path, edit):
     d = tmp_path / "art"

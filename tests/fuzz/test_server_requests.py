@@ -12,8 +12,9 @@ pytest.importorskip("httpx")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from lfmc.runtime import Engine  # noqa: E402
+from tests.fuzz import SCALE  # noqa: E402
 
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(max_examples=150 * SCALE, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
 @pytest.fixture(scope="module")
