@@ -80,6 +80,8 @@ class Batcher:
         if need > self.engine.max_context:
             raise EngineError(f"prompt ({len(req.prompt)} tokens) + max_tokens ({req.max_tokens}) exceeds the "
                               f"context limit {self.engine.max_context}")
+        if req.seed is not None and not (isinstance(req.seed, int) and req.seed >= 0):
+            raise EngineError(f"seed must be a non-negative integer, not {req.seed!r}")
         bad = [t for t in req.prompt if not 0 <= int(t) < self.engine.vocab_size]
         if bad:
             raise EngineError(f"token id {bad[0]} is outside [0, {self.engine.vocab_size})")

@@ -7,6 +7,7 @@ is 413. Errors have OpenAI's shape (``{"error": {"message", "type", "code"}}``).
 mid-stream cancels its request, which frees its slot at the next decode step. Every choice also carries the
 generated token ids (``tokens``, an lfmc extension) so that clients without a tokenizer can use it.
 """
+# (no ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations as objects)
 
 import asyncio
 import json
@@ -101,7 +102,7 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
                                   default_max, 1, limit, int),
                 "temperature": num("temperature", 1.0, 0.0, 100.0), "top_p": num("top_p", 1.0, 0.0, 1.0),
                 "top_k": num("top_k", 0, 0, engine.vocab_size, int),
-                "seed": num("seed", -1, -(2 ** 63), 2 ** 63 - 1, int) if body.get("seed") is not None else None}
+                "seed": num("seed", 0, 0, 2 ** 63 - 1, int) if body.get("seed") is not None else None}
 
     def stops_of(body: dict[str, Any]) -> list[str]:
         s = body.get("stop")

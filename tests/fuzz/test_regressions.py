@@ -71,3 +71,23 @@ def test_truncated_onnx_initializer_is_an_lfmc_error():
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])], [w])
     with pytest.raises(LfmcError, match="initializer 'w' is unreadable"):
         lift_onnx(helper.make_model(g), "m")
+
+
+def test_negative_seed_is_a_400_not_a_500(served_artifact):
+    """Found in review after the fuzz runs: numpy refuses negative seeds, which surfaced as HTTP 500."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from lfmc.runtime.batcher import Batcher, Request
+    from lfmc.runtime.server import create_app
+
+    eng = Engine(served_artifact)
+    with TestClient(create_app(eng, "t"), raise_server_exceptions=False) as c:
+        r = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3, "seed": -5})
+        assert r.status_code == 400 and "seed" in r.json()["error"]["message"]
+    b = Batcher(eng)
+    try:
+        with pytest.raises(EngineError, match="seed"):
+            b.submit(Request([1], 2, lambda ev: None, seed=-1))
+    finally:
+        b.close()

@@ -37,7 +37,8 @@ FIELDS = {"prompt": st.one_of(st.text(max_size=30), st.lists(st.integers(-5, 300
                                 json_values),
           "max_tokens": st.one_of(st.integers(-3, 40), json_values), "temperature": st.one_of(st.floats(-1, 3),
                                                                                                json_values),
-          "top_p": json_values, "top_k": st.one_of(st.integers(-2, 300), json_values), "seed": json_values,
+          "top_p": json_values, "top_k": st.one_of(st.integers(-2, 300), json_values),
+          "seed": st.one_of(st.integers(-3, 3), json_values),
           "stop": st.one_of(st.text(max_size=3), st.lists(st.text(max_size=3), max_size=5), json_values),
           "stream": st.one_of(st.booleans(), json_values), "n": json_values, "model": json_values}
 bodies = st.one_of(st.fixed_dictionaries({}, optional=FIELDS), json_values)
