@@ -6,7 +6,9 @@
 For each preset and precision: lfmc's host artifact (seeded random weights), transformers in PyTorch on the same
 weights (float32 for f32 / q8 / q4; bf16 for the 16-bit row, which lfmc runs as ``--dtype f16``), and, with
 ``--llama-cpp``, llama-bench on the same weights converted to the matching GGUF type (F32, F16, Q8_0, Q4_0 with
-``--repack 0``; see benchmarks/llamacpp_peer.py). Sides alternate within each round, each in its own process;
+``--repack 0``; see benchmarks/llamacpp_peer.py). ``q8a8`` / ``q4g32a8`` compile lfmc with ``--act-quant i8``
+(int8 activations, integer dot products), the like-for-like peer of llama.cpp's Q8_0 / Q4_0, whose CPU dot
+products quantize the activations to 8 bits as well. Sides alternate within each round, each in its own process;
 medians over ``--rounds``. Measured: prefill of 512 tokens (tokens/s), time to first token of a 512-token prompt
 (= 512 / prefill rate), decode tokens/s (one sequence), peak RSS. Memory read bandwidth is measured in the same
 run (two threads streaming a 1 GiB buffer) and gives each precision's decode limit: bandwidth / bytes of weights
@@ -33,12 +35,15 @@ import llamacpp_peer as llama_cpp  # noqa: E402
 from lfmc.bench import run_child  # noqa: E402
 from lfmc.compile import compile_model, load_source  # noqa: E402
 
-PRECISIONS = {  # name -> (lfmc quant, lfmc dtype, torch dtype, GGUF type)
-    "f32": (None, "f32", "f32", "F32"),
-    "f16": (None, "f16", "bf16", "F16"),
-    "bf16": (None, "bf16", "bf16", "BF16"),
-    "q8": ("q8", "f32", "f32", "Q8_0"),
-    "q4g32": ("q4g32", "f32", "f32", "Q4_0"),
+PRECISIONS = {  # name -> (lfmc quant, lfmc dtype, torch dtype, GGUF type, lfmc activations)
+    "f32": (None, "f32", "f32", "F32", None),
+    "f16": (None, "f16", "bf16", "F16", None),
+    "bf16": (None, "bf16", "bf16", "BF16", None),
+    "q8": ("q8", "f32", "f32", "Q8_0", None),
+    "q4g32": ("q4g32", "f32", "f32", "Q4_0", None),
+    # int8 activations as well (llama.cpp's Q8_0 / Q4_0 CPU paths quantize activations to 8 bits too)
+    "q8a8": ("q8", "f32", "f32", "Q8_0", "i8"),
+    "q4g32a8": ("q4g32", "f32", "f32", "Q4_0", "i8"),
 }
 
 
@@ -94,12 +99,12 @@ def main() -> int:
     results = []
     for preset in a.presets.split(","):
         for prec in a.precisions.split(","):
-            quant, dtype, tdtype, gtype = PRECISIONS[prec]
+            quant, dtype, tdtype, gtype, act = PRECISIONS[prec]
             art = Path(a.build) / f"{preset}-{prec}.host"
             if not (art / "manifest.json").exists():
                 t = time.perf_counter()
                 compile_model(load_source(preset, seed=a.seed), art, max_batch=1, quant=quant, dtype=dtype,
-                              max_context=a.prefill + a.decode_steps + 64)
+                              max_context=a.prefill + a.decode_steps + 64, act_quant=act)
                 print(f"compiled {preset} {prec} in {time.perf_counter() - t:.0f} s", flush=True)
             man = json.loads((art / "manifest.json").read_text())
             sides = {"lfmc": lambda: run_child("lfmc", artifact=str(art), **kw)}

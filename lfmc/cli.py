@@ -276,7 +276,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
     compile_model(m, out, a.target, max_batch=a.max_batch, max_context=a.max_context,
                   prefill_chunk=a.prefill_chunk, progress=progress, passes=a.passes, dump_ir=a.dump_ir,
                   log=None if a.quiet or a.json else print, quant=quant, dtype=a.dtype, profiles=a.profiles,
-                  kv_dtype=a.kv_dtype, tuned=a.tuned, prune=prune, plot=a.plot)
+                  kv_dtype=a.kv_dtype, tuned=a.tuned, prune=prune, plot=a.plot, act_quant=a.act_quant)
     for b in bar:
         b.close()
     man = json.loads((out / "manifest.json").read_text())
@@ -315,7 +315,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
     # an unreachable device fails before the model loads
     measurer = make_measurer(prof, a.rpc, a.key, a.estimate, get_driver=get_driver)
     m = load_source(a.model, seed=a.seed)
-    prof, low = lower_for_target(m, a.target, a.passes, quant, a.dtype, a.kv_dtype, a.profiles)
+    prof, low = lower_for_target(m, a.target, a.passes, quant, a.dtype, a.kv_dtype, a.profiles, a.act_quant)
     bars: dict[str, Any] = {}
     seen: dict[str, int] = {}
     first: dict[str, int] = {}
@@ -600,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "asymmetric, e.g. q4g32a), or none; default: the target profile's (float32 for host)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"],
                    help="storage of the weights that are not quantized (activations stay float32)")
+    p.add_argument("--act-quant", default=None, choices=["none", "i8"],
+                   help="i8: int8 activations for the int8 / int4 projections (with --quant q8 or q4gG, G a "
+                        "multiple of 32), multiplied with integer dot products (x86 AVX2 hosts); default none")
     p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"],
                    help="storage of the KV cache (attention computes in float32 either way)")
     p.add_argument("--experts-keep", type=int, default=None, metavar="K",
@@ -650,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="presets: weight seed; also the search's seed")
     p.add_argument("--passes", default=None, help="as for compile")
     p.add_argument("--quant", default=None, help="as for compile (tune what you will compile)")
+    p.add_argument("--act-quant", default=None, choices=["none", "i8"], help="as for compile")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"])
     p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")

@@ -49,7 +49,7 @@ def target_knobs(prof) -> tuple[dict, str]:
 
 def lower_for_target(model: Model, target: str = "host", passes: Sequence[str] | str | None = None,
                      quant: str | None = None, dtype: str = "f32", kv_dtype: str = "f32",
-                     profiles: str | os.PathLike | None = None):
+                     profiles: str | os.PathLike | None = None, act_quant: str | None = None):
     """The profile and the lowered model (kernels and plan, no packed weights) that ``compile_model`` would
     build: what ``lfmc tune`` tunes."""
     from .passes import run_pipeline
@@ -58,8 +58,19 @@ def lower_for_target(model: Model, target: str = "host", passes: Sequence[str] |
 
     prof = get_profile(target, profiles)
     knobs, family = target_knobs(prof)
-    model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype}, family=family)
+    _check_act_quant(prof, family, act_quant)
+    model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype,
+                                         "act_quant": act_quant}, family=family)
     return prof, lower(model.graph, None, knobs)
+
+
+def _check_act_quant(prof, family: str, act_quant: str | None) -> None:
+    """int8 activations (``--act-quant i8``) run on CPUs with integer dot kernels: refuse the others up front."""
+    from .passes.quantize_act import act_quant_option
+
+    if act_quant_option(act_quant) and family != "cpu":
+        raise LfmcError(f"target {prof.name}: int8 activations (--act-quant) are implemented for x86 CPUs with "
+                        f"AVX2 (the host target); the {prof.family} family computes with float activations")
 
 
 
@@ -78,14 +89,15 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                   dump_ir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
                   quant: str | None = None, dtype: str = "f32", profiles: str | os.PathLike | None = None,
                   kv_dtype: str = "f32", tuned: str | os.PathLike | None = None,
-                  prune: dict[str, Any] | None = None, plot: bool = False) -> Path:
+                  prune: dict[str, Any] | None = None, plot: bool = False, act_quant: str | None = None) -> Path:
     """Compile ``model`` for ``target`` into the artifact directory ``out``: the pass pipeline (``passes``:
     None = default, a list or a comma-separated string), lowering, code generation, packaging.
     ``dump_ir`` writes the IR after every phase; ``log`` receives a summary (kernels per layer); ``quant``:
     weight quantization (q8, q4g32, q4g64a, ...; None = float32); ``dtype``: f32, f16 or bf16 weights
-    (activations stay float32); ``tuned``: a tuning database (``lfmc tune``) whose records replace the default
-    schedules where they are faster; ``prune``: options of the prune-experts pass (experts_keep,
-    max_weight_bytes, calibration, select, merge). Weights larger than the profile's budget are refused.
+    (activations stay float32); ``act_quant``: "i8" for int8 activations in the projections of int8 / int4
+    weights (x86 AVX2 hosts; see passes/quantize_act.py); ``tuned``: a tuning database (``lfmc tune``) whose
+    records replace the default schedules where they are faster; ``prune``: options of the prune-experts pass
+    (experts_keep, max_weight_bytes, calibration, select, merge). Weights larger than the profile's budget are refused.
     Wafer targets are placed on their mesh and simulated (see :func:`_compile_wafer`); ``plot`` writes their
     placement and decode-timeline pictures into the artifact."""
     from .ir.verify import verify
@@ -104,9 +116,11 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
         raise LfmcError("--max-batch and --prefill-chunk must be at least 1")
     verify(model.graph)
     if prof.family == "wafer":
+        _check_act_quant(prof, "wafer", act_quant)
         return _compile_wafer(model, out, prof, max_batch, max_context, prefill_chunk, passes, dump_ir, log, quant,
                               dtype, kv_dtype, tuned, prune, plot)
     knobs, family = target_knobs(prof)
+    _check_act_quant(prof, family, act_quant)
     if family == "gpu":
         from .targets.gpu import build_gpu
 
@@ -134,7 +148,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
         def build(d: Path) -> dict[str, str]:
             return build_arm(low.kernels, prof, d, progress)
     before = kernels_per_layer(lower(model.graph, None, knobs).plan, model.graph)
-    options = {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype, **(prune or {})}
+    options = {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype, "act_quant": act_quant, **(prune or {})}
     model = run_pipeline(model, passes, options, dump_dir=dump_ir, family=family)
     low = lower(model.graph, model.weights, knobs)
     check_fits(prof, sum(p.type.nbytes() for p in model.graph.params().values()), model.graph)
@@ -167,6 +181,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
                   "config": cfg, "source": {k: v for k, v in model.provenance.items() if k != "config"}},
         "ir_hash": hashlib.sha256(text.encode()).hexdigest(),
         "quant": quant or "f32",
+        "act_quant": model.graph.attrs.get("act_quant", "f32"),
         "passes": resolve(passes, family),
         "weight_dtype": dtype,
         "kv_dtype": kv_dtype,

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import LfmcError
 from .graph import Gate, Graph, Node
-from .quant import dequantize
+from .quant import dequantize, fake_quantize_activations
 from .verify import verify
 from .weights import check_weights
 
@@ -110,6 +110,8 @@ class Interpreter:
         return self.w[n.params[role].name]
 
     def _proj(self, n: Node, role: str, x: np.ndarray) -> np.ndarray:
+        if "act_quant" in n.attrs and role + "_scale" in n.params:       # int8 activations (lfmc/ir/quant.py)
+            x = fake_quantize_activations(x, n.attrs["act_quant"])
         y = x @ self._p(n, role).T
         if role + "_bias" in n.params:
             y = y + self._p(n, role + "_bias")

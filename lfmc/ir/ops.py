@@ -146,27 +146,31 @@ def _lm_head(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
 
 
 NUM = (int, float)
+ACT = {"act_quant": int}       # int8 activations for the node's quantized projections, per group of this size
 SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
     OpSchema("embedding", 1, {}, ("weight",), _embedding, doc="token ids -> rows of the embedding table"),
     OpSchema("rmsnorm", 1, {"eps": NUM}, ("weight",), _rmsnorm, doc="weight * x / sqrt(mean(x^2) + eps)"),
     OpSchema("add", 2, {}, (), _add, doc="residual add"),
-    OpSchema("linear", 1, {}, ("weight",), _linear_op, optional_params=("weight_bias",), doc="dense x @ W^T"),
-    OpSchema("lm_head", 1, {}, ("weight",), _lm_head, doc="logits = x @ W^T (often tied to the embedding)"),
+    OpSchema("linear", 1, {}, ("weight",), _linear_op, optional_params=("weight_bias",), doc="dense x @ W^T",
+             optional_attrs=ACT),
+    OpSchema("lm_head", 1, {}, ("weight",), _lm_head, doc="logits = x @ W^T (often tied to the embedding)",
+             optional_attrs=ACT),
     OpSchema("short_conv", 1, {"L_cache": int}, ("in_proj", "conv", "out_proj"), _short_conv,
              optional_params=("in_proj_bias", "conv_bias", "out_proj_bias"), liv_class="scaled_toeplitz",
              gates=("B", "C", "x"),
-             doc="out_proj(C * causal_depthwise_conv(B * x)); B, C, x from in_proj; state: last L_cache-1 of B*x"),
+             doc="out_proj(C * causal_depthwise_conv(B * x)); B, C, x from in_proj; state: last L_cache-1 of B*x",
+             optional_attrs=ACT),
     OpSchema("attention", 1, {"heads": int, "kv_heads": int, "head_dim": int, "rope_theta": NUM, "eps": NUM},
              ("q_proj", "k_proj", "v_proj", "out_proj", "q_norm", "k_norm"), _attention, liv_class="low_rank",
              gates=("q", "k", "v"),
              doc="causal GQA softmax attention with per-head RMSNorm on q, k and NeoX RoPE; state: KV cache "
-                 "(kv_dtype f32 or f16)", optional_attrs={"kv_dtype": str}),
+                 "(kv_dtype f32 or f16)", optional_attrs={"kv_dtype": str, **ACT}),
     OpSchema("linear_recurrence", 1, {}, ("in_proj", "out_proj"), _linear_recurrence,
              optional_params=("in_proj_bias", "out_proj_bias"), liv_class="semi_separable", gates=("a", "b", "c", "x"),
              doc="h_t = a_t * h_{t-1} + b_t * x_t, y_t = out_proj(c_t * h_t); a = sigmoid(.), b, c, x from in_proj; "
-                 "state: h"),
+                 "state: h", optional_attrs=ACT),
     OpSchema("gated_mlp", 1, {}, ("w1", "w3", "w2"), _gated_mlp, liv_class="diagonal", gates=("gate", "up"),
-             doc="w2(silu(w1 x) * w3 x)"),
+             doc="w2(silu(w1 x) * w3 x)", optional_attrs=ACT),
     OpSchema("moe", 1, {"num_experts": int, "top_k": int, "scoring": str, "use_expert_bias": bool,
                         "norm_topk_prob": bool, "routed_scaling_factor": NUM, "topk_norm_eps": NUM},
              ("router", "gate_up", "down"), _moe, optional_params=("expert_bias",), liv_class="diagonal",

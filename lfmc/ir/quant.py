@@ -61,3 +61,31 @@ def quantize(w: np.ndarray, bits: int, group: int | None, asym: bool = False
     scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
     q = (np.clip(np.rint(wg / scale[..., None]), -8, 7) + 8).astype(np.uint8)
     return q.reshape(w.shape), scale, None
+
+
+# --- int8 activations (a node's ``act_quant`` attribute: the group size)
+#
+# A node with ``act_quant = g`` feeds its quantized projections the input x quantized per group of g along K
+# (the last group may be short): d = max|x| / 127, q = round-half-even(x * (127 / max|x|)) in [-127, 127], the
+# projection sees q * d. Integer kernels multiply the codes q by the weight codes and scale once per group.
+
+def quantize_activations(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codes [..., K], float32 scales [..., ceil(K / group)]) of x, as the kernels compute them."""
+    x = np.asarray(x, np.float32)
+    K = x.shape[-1]
+    G = -(-K // group)
+    xp = np.zeros((*x.shape[:-1], G * group), np.float32)
+    xp[..., :K] = x
+    xb = xp.reshape(*x.shape[:-1], G, group)
+    amax = np.abs(xb).max(-1)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint(xb * inv[..., None]).astype(np.int8)
+    return q.reshape(*x.shape[:-1], G * group)[..., :K], (amax / np.float32(127)).astype(np.float32)
+
+
+def fake_quantize_activations(x: np.ndarray, group: int) -> np.ndarray:
+    """x as an int8-activation projection sees it: codes times their group's scale (float32)."""
+    q, d = quantize_activations(x, group)
+    K = q.shape[-1]
+    return (q.astype(np.float32) * np.repeat(d, group, axis=-1)[..., :K]).astype(np.float32)

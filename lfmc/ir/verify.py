@@ -47,6 +47,12 @@ def _check_node(n: Node, types: dict[str, TensorType], params: dict[str, Param])
     if unknown:
         raise VerifyError(f"{where}: unknown parameter role(s) {sorted(unknown)}")
     _check_quant(n, where)
+    if "act_quant" in n.attrs:
+        a = n.attrs["act_quant"]
+        if not isinstance(a, int) or isinstance(a, bool) or a < 1:
+            raise VerifyError(f"{where}: act_quant must be a positive group size, not {a!r}")
+        if not any(r + "_scale" in n.params for r in n.params):
+            raise VerifyError(f"{where}: act_quant is set but the node has no quantized projection")
     for role, p in n.params.items():
         if p.type.symbolic:
             raise VerifyError(f"{where}: parameter {role} (@{p.name}) has a symbolic shape {p.type}")

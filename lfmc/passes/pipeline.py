@@ -9,14 +9,15 @@ from ..ir.errors import LfmcError
 from ..ir.model import Model
 from ..ir.text import print_graph
 from ..ir.verify import verify
-from . import dce, fuse_norm, fuse_residual, fuse_rope, fuse_swiglu, prune_experts, quantize  # noqa: F401  (registers)
+from . import dce, fuse_norm, fuse_residual, fuse_rope, fuse_swiglu, prune_experts, quantize, quantize_act  # noqa: F401,E501
 from .base import PHASES, REGISTRY
 
 DEFAULT: dict[str, list[str]] = {
     "canonicalize": ["dce"],
     "fuse": ["fuse-norm", "fuse-swiglu", "fuse-rope", "fuse-residual"],
     "prune": ["prune-experts"],                          # a no-op unless options ask for pruning
-    "quantize": ["quantize", "cast-weights", "cast-kv"],   # no-ops unless options name a scheme / 16-bit dtypes
+    # no-ops unless options name a scheme / int8 activations / 16-bit dtypes
+    "quantize": ["quantize", "quantize-activations", "cast-weights", "cast-kv"],
     "plan": [],
 }
 

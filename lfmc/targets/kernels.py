@@ -16,7 +16,7 @@ import tvm
 from tvm import s_tir, te
 from tvm.script import tirx as T
 
-from .knobs import Knobs, pick_lanes  # noqa: F401  (re-exported: the makers' knobs)
+from .knobs import A8_GROUP, Knobs, a8_interleave, pick_lanes  # noqa: F401  (re-exported: the makers' knobs)
 
 NEG = -3.0e38
 ATT_BLOCK = 32          # positions per block of the CPU attention kernels (scores, max and exps per block)
@@ -386,13 +386,33 @@ def make_moe_down(name: str, E: int, D: int, F: int, topk: int, knobs: Knobs,
 
 # ------------------------------------------------------------------------------------- row-wise kernels
 def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None,
-                   gpu: bool = False) -> tvm.tirx.PrimFunc:
+                   gpu: bool = False, a8_il: int = 0) -> tvm.tirx.PrimFunc:
     """Out[n, D] = table[tokens[n]], the table packed like the LM head's weight [V/l, D, l] (shared when tied),
-    dequantized per row when ``quant`` (see :func:`make_matmul`). Args: tokens, W, (scale), (zero), Out."""
+    dequantized per row when ``quant`` (see :func:`make_matmul`); with ``a8_il`` in the int8-activation layout
+    of :func:`make_matmul_a8` (interleave ``a8_il``). Args: tokens, W, (scale), (zero), Out."""
     n = te.var("n", "int32")
     tok = te.placeholder((n,), name="tok", dtype="int32")
     qkind = quant[0] if quant else None
-    if qkind == "q4":
+    if a8_il:
+        il = a8_il
+        lay = a8_layout(V, D, quant, False, il)
+        W = te.placeholder(lay["W"][0], name="W", dtype=lay["W"][1])
+        Sc = te.placeholder(lay["S"][0], name="scale")
+        asym = qkind == "q4" and bool(quant[2])
+        Zp = te.placeholder(lay["S"][0], name="zero") if asym else None
+
+        def val(i, d):
+            t = tok[i]
+            blk, o = t // 8, t % 8
+            if qkind == "q8":
+                return W[blk // il, d // 4, 0, blk % il, o * 4 + d % 4].astype("float32") * Sc[0, t]
+            g = int(quant[1])
+            byte = W[blk // il, d // 8, 0, blk % il, o * 4 + d % 4]
+            code = (byte >> (4 * ((d % 8) // 4)).astype("uint8")) & tvm.tirx.const(15, "uint8")
+            at = (blk // il, d // g, 0, blk % il, o)
+            zero = Zp[at] if Zp is not None else tvm.tirx.const(8.0, "float32")
+            return (code.astype("float32") - zero) * Sc[at]
+    elif qkind == "q4":
         g, asym = int(quant[1]), bool(quant[2])
         W = te.placeholder((V // l, D // 2, l), name="W", dtype="uint8")
         Sc = te.placeholder((V, D // g), name="scale")
@@ -1086,4 +1106,214 @@ def make_moe_route(name: str, E: int, topk: int, scoring: str, use_bias: bool, n
                         else:
                             Wt[t, j] = Wt[t, j] * T.float32(scale)
 
+    return _named(f, name)
+
+
+# ------------------------------------------------------------------------- int8-activation matmul (x86 AVX2)
+
+
+def _x86(name: str, dtype: str, *args):
+    return T.call_llvm_pure_intrin(dtype, name, *args)
+
+
+def _dot4(w_u8, x_i8):
+    """pmaddubsw: unsigned 8-bit w times signed 8-bit x, adjacent pairs summed into int16 lanes."""
+    return _x86("llvm.x86.avx2.pmadd.ub.sw", "int16x16", w_u8, x_i8)
+
+
+def _widen16(v):
+    """pmaddwd with ones: adjacent int16 pairs summed into int32 lanes (one lane per output of the block)."""
+    return _x86("llvm.x86.avx2.pmadd.wd", "int32x8", v, T.broadcast(T.int16(1), 16))
+
+
+def _xquad(Xq, i, k):
+    """x[i, k:k+4] (int8) repeated for each of the 8 outputs of a weight block: one broadcast 32-bit load."""
+    return T.reinterpret("int8x32", T.broadcast(T.reinterpret("int32", Xq[i, T.ramp(k, 1, 4)]), 8))
+
+
+def a8_layout(N: int, K: int, quant: tuple, swiglu: bool, il: int) -> dict:
+    """Shapes of the int8-activation matmul's packed operands (see :func:`make_matmul_a8`)."""
+    H = 2 if swiglu else 1
+    NB = -(-N // (8 * il)) * il
+    Kp = -(-K // A8_GROUP) * A8_GROUP
+    if quant[0] == "q4":
+        g = int(quant[1])
+        if g % A8_GROUP or K % g:
+            raise ValueError(f"int8 activations with int4 weights need groups that are multiples of {A8_GROUP} "
+                             f"dividing K (group {g}, K={K})")
+        return {"W": ((NB // il, Kp // 8, H, il, 32), "uint8"), "S": ((NB // il, K // g, H, il, 8), "float32"),
+                "NB": NB, "Kp": Kp}
+    if quant[0] == "q8":
+        return {"W": ((NB // il, Kp // 4, H, il, 32), "int8"), "S": ((H, NB * 8), "float32"), "NB": NB, "Kp": Kp}
+    raise ValueError(f"no int8-activation kernel for {quant[0]} weights")
+
+
+def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
+                   accumulate: bool = False, swiglu: bool = False, quant: tuple = ("q8",),
+                   il: int = 1) -> tvm.tirx.PrimFunc:
+    """:func:`make_matmul` with int8 activations and integer dot products (x86 AVX2): same arguments, same
+    prologue / epilogues, different weight layout.
+
+    The rows of X (RMS-normalized first when ``rms_eps``) are quantized per group of 32 inputs: d = max|x| / 127,
+    q = round-half-even(x / d) (lfmc/ir/quant.py says the same for the interpreter). Weights are packed in blocks
+    of 8 outputs x 4 inputs (32 bytes, one AVX2 register), ``il`` blocks interleaved (:func:`.knobs.a8_interleave`):
+    int8 codes ``[N/8/il, K/4, H, il, 32]`` (q8), or two int4 codes per byte ``[N/8/il, K/8, H, il, 32]`` whose
+    low nibbles hold inputs 8m..8m+3 and high nibbles 8m+4..8m+7 (q4; scales / zeros ``[N/8/il, K/g, H, il, 8]``).
+    H = 2 (gate, up) with ``swiglu``; N is padded up to 8 * il outputs and K to 32 inputs.
+    One ``pmaddubsw`` multiplies a block by four broadcast activations and sums pairs; int4 sums stay in int16 for
+    32 inputs (|15 * 127 * 2| * 8 < 2^15), int8 ones go to int32 at once (unsigned |w| times sign-carrying x).
+    Per group the int32 sums become float: q4 ``scale * d * (sum - zero * sum(q))``, q8 ``d * sum`` (its channel
+    scale after the loop)."""
+    qkind = quant[0]
+    lay = a8_layout(N, K, quant, swiglu, il)
+    H = 2 if swiglu else 1
+    R = knobs.rows
+    NB, Kp = lay["NB"], lay["Kp"]
+    KB = Kp // A8_GROUP
+    J = _pick_cols(il, max(1, knobs.cols // 2 // H))
+    (wshape, wdtype), (sshape, _) = lay["W"], lay["S"]
+    q4 = qkind == "q4"
+    g = int(quant[1]) if q4 else A8_GROUP
+    asym = bool(quant[2]) if q4 else False
+    G, SB = (K // g, g // A8_GROUP) if q4 else (KB, 1)
+    norm = rms_eps is not None
+    eps = float(rms_eps) if norm else 0.0
+    padk, padn = K % A8_GROUP != 0, N % 8 != 0
+    par = knobs.parallel
+
+    def xval(X, NW, Rn, i, k):
+        v = X[i, k] * NW[k] * Rn[i] if norm else X[i, k]
+        return T.if_then_else(k < K, v, T.float32(0)) if padk else v
+
+    def nib(W, blk, m, h, high):
+        v = W[blk // il, m, h, blk % il, T.ramp(0, 1, 32)]
+        return (v >> T.broadcast(T.uint8(4), 32)) if high else (v & T.broadcast(T.uint8(15), 32))
+
+    def q8dot(W, Xq, blk, m, h, row, k):
+        v = W[blk // il, m, h, blk % il, T.ramp(0, 1, 32)]
+        xs = _x86("llvm.x86.avx2.psign.b", "int8x32", _xquad(Xq, row, k), v)
+        return _widen16(_dot4(T.abs(v), xs))
+
+    def q4group(S, Zp, Xs, Dx, a16, r, h, jj, blk, q, kb, row):
+        """One group's int16 sums of one block as float: scale * d * (sum - zero * sum of the input codes)."""
+        at = (blk // il, q, h, blk % il, T.ramp(0, 1, 8))
+        s32 = _widen16(a16[r, h, jj, T.ramp(0, 1, 16)])
+        if asym:
+            v = T.Cast("float32x8", s32) - Zp[at] * T.broadcast(T.Cast("float32", Xs[row, kb]), 8)
+        else:
+            v = T.Cast("float32x8", s32 - T.broadcast(Xs[row, kb] * 8, 8))
+        return v * (S[at] * T.broadcast(Dx[row, kb], 8))
+
+    def finish(Y, Res, Bv, S, acc, r, jj, t, row, o):
+        a0 = acc[r, 0, jj, t] * S[0, o] if not q4 else acc[r, 0, jj, t]
+        if swiglu:
+            u = acc[r, 1, jj, t] * S[1, o] if not q4 else acc[r, 1, jj, t]
+            a0 = T.sigmoid(a0) * a0 * u
+        if bias:
+            a0 = a0 + Bv[o]
+        if accumulate:
+            a0 = a0 + Res[row, o]
+        return a0
+
+    @T.prim_func
+    def f(x: T.handle, w: T.handle, s: T.handle, z: T.handle, nw: T.handle, b: T.handle, res: T.handle,
+          y: T.handle, nb: T.int32):
+        X = T.match_buffer(x, (nb * R, K), "float32")
+        W = T.match_buffer(w, wshape, wdtype)
+        S = T.match_buffer(s, sshape, "float32")
+        Zp = T.match_buffer(z, sshape, "float32")
+        NW = T.match_buffer(nw, (K,), "float32")
+        Bv = T.match_buffer(b, (N,), "float32")
+        Res = T.match_buffer(res, (nb * R, N), "float32")
+        Y = T.match_buffer(y, (nb * R, N), "float32")
+        Xq = T.alloc_buffer((nb * R, Kp), "int8")
+        Dx = T.alloc_buffer((nb * R, KB), "float32")
+        Xs = T.alloc_buffer((nb * R, KB), "int32")
+        Rn = T.alloc_buffer((nb * R,), "float32")
+        if norm:
+            for i in T.parallel(nb * R) if par else T.serial(nb * R):
+                ss = T.decl_buffer((1,), "float32")
+                ss[0] = T.float32(0)
+                for k in T.serial(K):
+                    ss[0] = ss[0] + X[i, k] * X[i, k]
+                Rn[i] = T.float32(1) / T.sqrt(ss[0] / T.float32(K) + T.float32(eps))
+        # activations -> int8 codes per group of 32, the group's scale and its code sum
+        for ig in T.parallel(nb * R * KB) if par else T.serial(nb * R * KB):
+            am = T.decl_buffer((2,), "float32")
+            cs = T.decl_buffer((1,), "int32")
+            am[0] = T.float32(0)
+            for t in T.serial(A8_GROUP):
+                am[0] = T.max(am[0], T.abs(xval(X, NW, Rn, ig // KB, ig % KB * A8_GROUP + t)))
+            am[1] = T.if_then_else(am[0] > T.float32(0), T.float32(127) / am[0], T.float32(0))
+            Dx[ig // KB, ig % KB] = am[0] / T.float32(127)
+            cs[0] = 0
+            for t in T.serial(A8_GROUP):
+                Xq[ig // KB, ig % KB * A8_GROUP + t] = T.Cast("int8", T.nearbyint(
+                    xval(X, NW, Rn, ig // KB, ig % KB * A8_GROUP + t) * am[1]))
+                cs[0] = cs[0] + T.Cast("int32", Xq[ig // KB, ig % KB * A8_GROUP + t])
+            Xs[ig // KB, ig % KB] = cs[0]
+        for jb in T.parallel(NB // J) if par else T.serial(NB // J):
+            for ib in T.serial(nb):
+                acc = T.decl_buffer((R, H, J, 8), "float32")
+                for r in T.unroll(R):
+                    for h in T.unroll(H):
+                        for jj in T.unroll(J):
+                            acc[r, h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.float32(0), 8)
+                if q4:
+                    for q in T.serial(G):
+                        for sb in T.serial(SB):
+                            a16 = T.decl_buffer((R, H, J, 16), "int16")
+                            for r in T.unroll(R):
+                                for h in T.unroll(H):
+                                    for jj in T.unroll(J):
+                                        a16[r, h, jj, T.ramp(0, 1, 16)] = T.broadcast(T.int16(0), 16)
+                            for m in T.unroll(4):
+                                for h in T.unroll(H):
+                                    for jj in T.unroll(J):
+                                        for r in T.unroll(R):
+                                            a16[r, h, jj, T.ramp(0, 1, 16)] = (
+                                                a16[r, h, jj, T.ramp(0, 1, 16)]
+                                                + _dot4(nib(W, jb * J + jj, (q * SB + sb) * 4 + m, h, False),
+                                                        _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8))
+                                                + _dot4(nib(W, jb * J + jj, (q * SB + sb) * 4 + m, h, True),
+                                                        _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8 + 4)))
+                            for r in T.unroll(R):
+                                for h in T.unroll(H):
+                                    for jj in T.unroll(J):
+                                        acc[r, h, jj, T.ramp(0, 1, 8)] = acc[r, h, jj, T.ramp(0, 1, 8)] + q4group(
+                                            S, Zp, Xs, Dx, a16, r, h, jj, jb * J + jj, q, q * SB + sb, ib * R + r)
+                else:
+                    for kb in T.serial(KB):
+                        a32 = T.decl_buffer((R, H, J, 8), "int32")
+                        for r in T.unroll(R):
+                            for h in T.unroll(H):
+                                for jj in T.unroll(J):
+                                    a32[r, h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.int32(0), 8)
+                        for m in T.unroll(8):
+                            for h in T.unroll(H):
+                                for jj in T.unroll(J):
+                                    for r in T.unroll(R):
+                                        a32[r, h, jj, T.ramp(0, 1, 8)] = a32[r, h, jj, T.ramp(0, 1, 8)] + q8dot(
+                                            W, Xq, jb * J + jj, kb * 8 + m, h, ib * R + r, kb * 32 + m * 4)
+                        for r in T.unroll(R):
+                            for h in T.unroll(H):
+                                for jj in T.unroll(J):
+                                    acc[r, h, jj, T.ramp(0, 1, 8)] = acc[r, h, jj, T.ramp(0, 1, 8)] + T.Cast(
+                                        "float32x8", a32[r, h, jj, T.ramp(0, 1, 8)]) * T.broadcast(
+                                        Dx[ib * R + r, kb], 8)
+                for r in T.serial(R):
+                    for jj in T.serial(J):
+                        for t in T.serial(8):
+                            if padn:
+                                if (jb * J + jj) * 8 + t < N:
+                                    Y[ib * R + r, (jb * J + jj) * 8 + t] = finish(
+                                        Y, Res, Bv, S, acc, r, jj, t, ib * R + r, (jb * J + jj) * 8 + t)
+                            else:
+                                Y[ib * R + r, (jb * J + jj) * 8 + t] = finish(
+                                    Y, Res, Bv, S, acc, r, jj, t, ib * R + r, (jb * J + jj) * 8 + t)
+
+    keep = [True, True, True, asym, norm, bias, accumulate, True, True]
+    f = tvm.tirx.PrimFunc([p for p, k in zip(f.params, keep) if k], f.body, f.ret_type, f.attrs)
+    if not accumulate:
+        f = f.with_attr("tirx.noalias", True)
     return _named(f, name)

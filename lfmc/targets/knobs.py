@@ -15,6 +15,7 @@ class Knobs:
     parallel: bool = True
     gpu: bool = False         # GPU family: TE kernels left unscheduled for dlight, parallel loops become threads
     threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
+    idot: bool = False        # x86 AVX2 integer dot products: matmuls with int8 activations (act_quant nodes)
 
 
 def pick_lanes(n: int, lanes: int) -> int:
@@ -30,3 +31,14 @@ def gpu_knobs(max_threads: int = 256) -> dict[str, Knobs]:
     lfmc's loop kernels 64 threads wide (or the device's limit if lower)."""
     k = Knobs(lanes=1, rows=1, cols=1, parallel=True, gpu=True, threads=min(64, max_threads))
     return {"prefill": k, "decode": k}
+
+
+A8_GROUP = 32           # int8 activations: inputs per scale (one AVX2 register of codes); see lfmc/ir/quant.py
+
+
+def a8_interleave(N: int, swiglu: bool, decode: Knobs) -> int:
+    """Weight blocks of 8 outputs that a decode call of the int8-activation matmul reads side by side; they are
+    stored interleaved so that they stream as one sequence (one 4 KB panel per block would cross a page, and
+    retrain the hardware prefetcher, at every panel)."""
+    nb, want = -(-N // 8), max(1, decode.cols // 2 // (2 if swiglu else 1))
+    return next(c for c in range(min(want, nb), 0, -1) if nb % c == 0)

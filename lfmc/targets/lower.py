@@ -98,6 +98,42 @@ def pack_weight(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None
     return packed, extra
 
 
+def pack_weight_a8(w: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, quant: tuple,
+                   swiglu: bool, il: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A quantized weight [M, K] (codes, scale / zero [M, G]) in the layout of the int8-activation matmul
+    (:func:`lfmc.targets.kernels.make_matmul_a8`): blocks of 8 outputs x 4 inputs, ``il`` blocks interleaved,
+    N padded to 8 * il and K to 32 with zero codes and zero scales (padded outputs are never stored, padded
+    inputs are zero)."""
+    M, Kd = w.shape
+    A8_GROUP = KN.A8_GROUP
+    H = 2 if swiglu else 1
+    N = M // H
+    NB = -(-N // (8 * il)) * il
+    Kp = -(-Kd // A8_GROUP) * A8_GROUP
+    codes = np.zeros((H, NB * 8, Kp), w.dtype)
+    codes[:, :N, :Kd] = w.reshape(H, N, Kd)
+    if quant[0] == "q4":
+        c = codes.reshape(H, NB, 8, Kp // 8, 2, 4)                       # [h, block, o, m, nibble, b]
+        byte = (c[:, :, :, :, 0, :] | (c[:, :, :, :, 1, :] << 4)).astype(np.uint8)
+        packed = (byte.reshape(H, NB // il, il, 8, Kp // 8, 4).transpose(1, 4, 0, 2, 3, 5)
+                  .reshape(NB // il, Kp // 8, H, il, 32))
+        G = scale.shape[-1]
+        extra = []
+        for a in (scale, zero):
+            if a is None:
+                continue
+            t = np.zeros((H, NB * 8, G), np.float32)
+            t[:, :N] = a.reshape(H, N, G)
+            extra.append(np.ascontiguousarray(t.reshape(H, NB // il, il, 8, G).transpose(1, 4, 0, 2, 3)))
+        return np.ascontiguousarray(packed), extra
+    c = codes.reshape(H, NB, 8, Kp // 4, 4)                               # [h, block, o, m, b]
+    packed = (c.reshape(H, NB // il, il, 8, Kp // 4, 4).transpose(1, 4, 0, 2, 3, 5)
+              .reshape(NB // il, Kp // 4, H, il, 32))
+    sc = np.zeros((H, NB * 8), np.float32)
+    sc[:, :N] = scale.reshape(H, N)
+    return np.ascontiguousarray(packed), [sc]
+
+
 def n_extra(quant: tuple | None) -> int:
     """Operands a weight brings besides itself: a scale (q8, q4) and a zero (asymmetric q4)."""
     if not quant or quant[0] not in ("q8", "q4"):
@@ -133,6 +169,7 @@ class _Lowering:
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     slabs: dict[str, dict[str, Any]] = field(default_factory=dict)
     entries: dict[str, list] = field(default_factory=lambda: {e: [] for e in ENTRIES})
+    layouts: dict[str, int] = field(default_factory=dict)
     node_name: str = ""
 
     @property
@@ -182,7 +219,9 @@ class _Lowering:
         if len(specs) != 1:
             raise LfmcError(f"%{srcs[0][0].name}: projections fused into one kernel must share one quantization")
         quant = specs.pop()
+        a8 = self.int8_activations(srcs[0][0], entries)
         name = "w." + "+".join(n.params[r].name for n, r in srcs) + ("/swiglu" if swiglu else "")
+        il = KN.a8_interleave(N, swiglu, self.knobs["decode"]) if a8 else 0
 
         def cat(suffix: str) -> np.ndarray | None:
             parts = [self.weights[n.params[r + suffix].name] for n, r in srcs if r + suffix in n.params]
@@ -190,7 +229,11 @@ class _Lowering:
 
         packed = None
         if self.weights is not None and name not in self.params:
-            packed = pack_weight(cat(""), cat("_scale"), cat("_zero"), quant, lanes, swiglu)
+            if a8:
+                packed = pack_weight_a8(cat(""), cat("_scale"), cat("_zero"), quant, swiglu, il)
+            else:
+                packed = pack_weight(cat(""), cat("_scale"), cat("_zero"), quant, lanes, swiglu)
+        self.layout(name, il)
         p = self.param(name, lambda: packed[0])
         extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))]
         nw = [self.param("w." + norm.params["weight"].name, lambda: self.w(norm, "weight"))] if norm else []
@@ -200,11 +243,35 @@ class _Lowering:
             kn = self.knobs[e]
             key = ("mm", N, Kd, "b" if bias else "", "n" if norm else "", "a" if accumulate else "",
                    "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
-            kname = self.kernel(key, K.make_matmul, N, Kd, kn, bias is not None, eps, accumulate, swiglu, quant)
+            if a8:
+                kname = self.kernel(key + ("a8", il), K.make_matmul_a8, N, Kd, kn, bias is not None, eps,
+                                    accumulate, swiglu, quant, il)
+            else:
+                kname = self.kernel(key, K.make_matmul, N, Kd, kn, bias is not None, eps, accumulate, swiglu, quant)
             nb = ["const", rows // kn.rows] if isinstance(rows, int) else ["scalar", "nb"]
             o = self.slab(out[0], rows, N)
             self.launch(e, kname, [self.slab(x[0], rows, Kd), p] + extra + nw + b + ([o] if accumulate else [])
                         + [o, nb])
+
+    def int8_activations(self, n: Node, entries: tuple[str, ...] = ENTRIES) -> bool:
+        """Whether ``n``'s projections take int8 activations (``act_quant``), checked against the target."""
+        if "act_quant" not in n.attrs:
+            return False
+        if n.attrs["act_quant"] != KN.A8_GROUP:
+            raise LfmcError(f"%{n.name}: int8 activations in groups of {n.attrs['act_quant']}: the kernels take "
+                            f"groups of {KN.A8_GROUP}")
+        for e in entries:
+            if not self.knobs[e].idot:
+                raise LfmcError(f"%{n.name}: int8 activations need integer dot-product kernels (x86 AVX2); this "
+                                f"target has none: compile without --act-quant")
+        return True
+
+    def layout(self, name: str, il: int) -> None:
+        """Record the packed layout of parameter ``name`` (0: float / weight-only, else the int8-activation
+        interleave); a tied table read by two kernels must be packed one way for both."""
+        prev = self.layouts.setdefault(name, il)
+        if prev != il:
+            raise LfmcError(f"internal: parameter {name} packed for int8 activations ({il}) and not ({prev})")
 
     # --- ops
     def lower(self) -> None:
@@ -274,19 +341,25 @@ class _Lowering:
     def op_embedding(self, n: Node, ins, out: str, D: int) -> None:
         V = n.params["weight"].type.shape[0]
         lanes = self.knobs["decode"].lanes
-        # the same packed table (and name) as a tied LM head's weight, so it is stored once
+        # the same packed table (and name) as a tied LM head's weight, so it is stored once: in the LM head's
+        # int8-activation layout when that head takes int8 activations
         quant = quant_spec(n, "weight")
         name = "w." + n.params["weight"].name
+        head = next((m for m in self.graph.nodes if m.op == "lm_head"
+                     and m.params["weight"].name == n.params["weight"].name), None)
+        il = KN.a8_interleave(V, False, self.knobs["decode"]) if head and self.int8_activations(head) else 0
         packed = None
         if self.weights is not None and name not in self.params:
             sc = n.params.get("weight_scale")
             z = n.params.get("weight_zero")
-            packed = pack_weight(self.w(n, "weight"), self.weights[sc.name] if sc else None,
-                                 self.weights[z.name] if z else None, quant, lanes, False)
+            args = (self.w(n, "weight"), self.weights[sc.name] if sc else None, self.weights[z.name] if z else None,
+                    quant)
+            packed = pack_weight_a8(*args, False, il) if il else pack_weight(*args, lanes, False)
+        self.layout(name, il)
         p = self.param(name, lambda: packed[0])
         extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))]
-        k = self.kernel(("embed", V, D) + (quant or ()), K.make_embedding, V, D, KN.pick_lanes(V, lanes), quant,
-                        self.loop.gpu)
+        k = self.kernel(("embed", V, D) + (quant or ()) + (("a8", il) if il else ()), K.make_embedding, V, D,
+                        KN.pick_lanes(V, lanes), quant, self.loop.gpu, il)
         self.both(k, [["input", "tokens", "n"], p] + extra + [self.slab(out, "n", D)])
 
     def op_rmsnorm(self, n: Node, ins, out: str, D: int) -> None:

@@ -146,3 +146,163 @@ def test_16bit_kv_cache(name, tiny_models, tmp_path):
     assert_follows_interpreter(it, eng, toks, 6, rtol=1e-4)
     with pytest.raises(LfmcError, match="unknown KV-cache dtype"):
         run_pipeline(m, ["cast-kv"], {"kv_dtype": "f8"})
+
+
+def test_activation_quantization_semantics():
+    """lfmc/ir/quant.py: codes in [-127, 127], a group's largest magnitude maps to +-127, the rounding error is at
+    most half a step, an all-zero group stays zero, a short last group is its own group."""
+    from lfmc.ir.quant import fake_quantize_activations, quantize_activations
+
+    x = np.random.default_rng(3).standard_normal((3, 70)).astype(np.float32)
+    x[1, 32:64] = 0
+    q, d = quantize_activations(x, 32)
+    assert q.dtype == np.int8 and d.shape == (3, 3) and np.abs(q).max() == 127 and d[1, 1] == 0
+    back = fake_quantize_activations(x, 32)
+    step = np.repeat(d, 32, axis=-1)[:, :70]
+    assert np.all(np.abs(back - x) <= 0.5 * step + 1e-7) and np.all(back[1, 32:64] == 0)
+    assert np.isclose(d[0, 2], np.abs(x[0, 64:]).max() / 127)
+
+
+@pytest.mark.parametrize("scheme", ["q8", "q4g32", "q4g32a"])
+def test_activation_pass_marks_integer_projections(scheme, tiny_models):
+    m = tiny_models["moe-a"]
+    q = run_pipeline(m, ["quantize", "quantize-activations"], {"quant": scheme, "act_quant": "i8"})
+    marked = {n.op for n in q.graph.nodes if "act_quant" in n.attrs}
+    assert marked == {"short_conv", "attention", "gated_mlp", "lm_head"}, marked     # MoE experts stay float
+    assert all(n.attrs["act_quant"] == 32 for n in q.graph.nodes if "act_quant" in n.attrs)
+    assert q.graph.attrs["act_quant"] == "i8g32" and q.graph.attrs["act_quant_skipped"]
+    text = print_graph(q.graph)
+    assert "act_quant = 32" in text and print_graph(parse_graph(text)) == text
+    # the interpreter quantizes those inputs: logits move (a little: this random net is chaotic, see above)
+    toks = np.random.default_rng(4).integers(0, 256, 12)
+    w8 = run_pipeline(m, ["quantize"], {"quant": scheme})
+    a = Interpreter(q.graph, q.weights).run(toks)
+    b = Interpreter(w8.graph, w8.weights).run(toks)
+    assert 0 < np.sqrt(((a - b) ** 2).mean()) / b.std() < 0.15
+
+
+def test_activation_pass_errors_and_skips(tiny_models):
+    m = tiny_models["dense-b"]                                       # hidden 48: int4 groups of 32 do not fit
+    q = run_pipeline(m, ["quantize", "quantize-activations"], {"quant": "q4g32", "act_quant": "i8"})
+    assert not any("act_quant" in n.attrs for n in q.graph.nodes if n.op == "short_conv")
+    q16 = run_pipeline(m, ["quantize", "quantize-activations"], {"quant": "q4g16", "act_quant": "i8"})
+    assert not any("act_quant" in n.attrs for n in q16.graph.nodes)   # groups of 16: no integer kernel
+    with pytest.raises(LfmcError, match="need int8 or int4 weights"):
+        run_pipeline(m, ["quantize-activations"], {"act_quant": "i8"})
+    with pytest.raises(LfmcError, match="unknown activation quantization"):
+        run_pipeline(m, ["quantize", "quantize-activations"], {"quant": "q8", "act_quant": "i4"})
+    text = print_graph(run_pipeline(m, ["quantize", "quantize-activations"],
+                                    {"quant": "q8", "act_quant": "i8"}).graph)
+    with pytest.raises(VerifyError, match="act_quant must be a positive group size"):
+        verify(parse_graph(text.replace("act_quant = 32", "act_quant = 0", 1)))
+    plain = print_graph(m.graph)
+    conv = next(n for n in m.graph.nodes if n.op == "short_conv").name
+    with pytest.raises(VerifyError, match="no quantized projection"):
+        g = parse_graph(plain)
+        n = next(n for n in g.nodes if n.name == conv)
+        n.attrs["act_quant"] = 32
+        verify(g)
+
+
+class _Ties:
+    """Watches the interpreter's activation quantization for inputs within ``eps`` code units of a rounding tie
+    (x * 127 / max|x| = n + 0.5): there, float rounding alone (another summation order) can flip a code."""
+
+    def __init__(self, monkeypatch, eps: float = 1e-4):
+        import lfmc.ir.interp as interp
+        from lfmc.ir.quant import fake_quantize_activations
+
+        self.eps, self.hit = eps, False
+
+        def spy(x, group):
+            x = np.asarray(x, np.float32)
+            K, G = x.shape[-1], -(-x.shape[-1] // group)
+            xb = np.zeros((*x.shape[:-1], G * group), np.float32)
+            xb[..., :K] = x
+            xb = xb.reshape(*x.shape[:-1], G, group)
+            am = np.abs(xb).max(-1, keepdims=True)
+            v = xb * np.where(am > 0, np.float32(127) / am, np.float32(0)).astype(np.float32)
+            self.hit |= bool((np.abs(np.abs(v - np.floor(v)) - 0.5) < self.eps).any())
+            return fake_quantize_activations(x, group)
+
+        monkeypatch.setattr(interp, "fake_quantize_activations", spy)
+
+    def take(self) -> bool:
+        hit, self.hit = self.hit, False
+        return hit
+
+
+@pytest.mark.parametrize("name,scheme", [
+    ("dense-a", "q4g32"), ("dense-b", "q8"), ("lfm2-hybrid-tiny", "q8"),
+    pytest.param("dense-a", "q8", marks=pytest.mark.slow), pytest.param("moe-a", "q4g32a", marks=pytest.mark.slow)])
+def test_compiled_int8_activations_equal_interpreter(name, scheme, tmp_path, monkeypatch):
+    """W8A8 / W4A8 kernels (integer dot products) against the interpreter on the same marked graph: prefill,
+    decode after prefill, and a batch of two sequences at different positions; dense-b has K = 48 (padded).
+
+    Quantizing activations is discontinuous: where an input lies within float rounding of a tie, the kernels
+    (another summation order in the norms and the prefill attention) may round it the other way, and one code
+    flipped by one changes the logits visibly. So each step must agree to 1e-4, or the interpreter must have met
+    such a tie in that step (then the sequences have parted and the comparison stops there); at least three
+    steps must agree. Weights std 0.05 (a calmer net than the usual 0.25)."""
+    from lfmc.frontend import import_preset
+    from lfmc.frontend.config import graph_from_config
+    from lfmc.ir import Model, random_weights
+    from lfmc.targets.host import cpu_features
+
+    from tests.configs import ALL_CONFIGS
+
+    if not cpu_features()["avx2"]:
+        pytest.skip("int8-activation kernels need x86 AVX2")
+    if name in ALL_CONFIGS:
+        g = graph_from_config(ALL_CONFIGS[name], name)
+        m = Model(g, random_weights(g, seed=3, std=0.05), {"source": "test", "config": ALL_CONFIGS[name]})
+    else:
+        m = import_preset(name, weights=True, seed=3, std=0.05)
+    art = compile_model(m, tmp_path / "a8", max_batch=2, max_context=128, prefill_chunk=16, quant=scheme,
+                        act_quant="i8")
+    q = run_pipeline(m, None, {"quant": scheme, "act_quant": "i8"}, family="cpu")
+    assert any("act_quant" in n.attrs for n in q.graph.nodes)
+    ties = _Ties(monkeypatch)
+    it, eng = Interpreter(q.graph, q.weights), Engine(art)
+
+    def close(got, want) -> bool:
+        return np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+    st, seq = it.new_state(), eng.new_sequence()
+    prompt = np.random.default_rng(7).integers(0, 256, 21)
+    ref, got = it.run(prompt, st)[-1], eng.prefill(seq, prompt.tolist())
+    agreed = 0
+    for step in range(8):
+        tie = ties.take()
+        if not close(got, ref):
+            assert tie, f"step {step}: logits differ by {np.abs(got - ref).max()} without a rounding tie"
+            break
+        agreed += 1
+        tok = int(np.argmax(ref))
+        ref, got = it.run([tok], st)[-1], eng.decode([seq], [tok])[0]
+    assert agreed >= 3, agreed
+    eng.release(seq)
+    s1, s2 = eng.new_sequence(), eng.new_sequence()
+    st1, st2 = it.new_state(), it.new_state()
+    p1, p2 = [5, 9, 200, 7, 1], [3] * 19
+    eng.prefill(s1, p1), eng.prefill(s2, p2), it.run(p1, st1), it.run(p2, st2)
+    got = eng.decode([s1, s2], [11, 12])
+    want = np.stack([it.run([11], st1)[-1], it.run([12], st2)[-1]])
+    assert close(got, want) or ties.take()
+    import json
+
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["act_quant"] == "i8g32" and any("_a8_" in k for k in man["kernels"])
+
+
+def test_int8_activations_refused_where_no_kernels(tiny_models, tmp_path):
+    m = tiny_models["dense-a"]
+    with pytest.raises(LfmcError, match="int8 activations .* implemented for x86"):
+        compile_model(m, tmp_path / "g", target="snapdragon-8gen3", quant="q8", act_quant="i8")
+    with pytest.raises(LfmcError, match="int8 activations .* implemented for x86"):
+        compile_model(m, tmp_path / "w", target="wafer-small", act_quant="i8")
+    from lfmc.compile import lower_for_target
+
+    with pytest.raises(LfmcError, match="integer dot-product kernels"):
+        lower_for_target(m, "snapdragon-8gen3:cpu", quant="q8", act_quant="i8")
+    assert not (tmp_path / "g").exists() and not (tmp_path / "w").exists()

@@ -253,3 +253,77 @@ def test_attention_over_many_blocks(H, KV, hd):
                 s = kk.astype(np.float64) @ Q[t, h * hd:(h + 1) * hd] / np.sqrt(hd)
                 p = np.exp(s - s.max())
                 np.testing.assert_allclose(o[t, h * hd:(h + 1) * hd], p @ vv / p.sum(), rtol=2e-5, atol=2e-6)
+
+
+def _a8_supported() -> bool:
+    from lfmc.targets.host import cpu_features
+
+    return bool(cpu_features()["avx2"])
+
+
+a8 = pytest.mark.skipif(not _a8_supported(), reason="int8-activation kernels need x86 AVX2")
+
+
+def _qweights(w, quant):
+    from lfmc.ir.quant import dequantize, quantize
+
+    bits, group, asym = (8, None, False) if quant[0] == "q8" else (4, quant[1], quant[2])
+    codes, scale, zero = quantize(w, bits, group, asym)
+    return codes, scale, zero, dequantize(codes, scale, zero, "i8" if bits == 8 else "u4")
+
+
+@a8
+@pytest.mark.parametrize("N,Kd,rms,acc,bias,swiglu", [
+    (72, 64, False, False, False, False), (60, 96, True, False, True, False), (64, 70, False, True, False, False),
+    (40, 64, True, False, False, True), (200, 128, False, True, True, False), (24, 32, True, True, False, True)])
+@pytest.mark.parametrize("quant", [("q8",), ("q4", 32, False), ("q4", 32, True), ("q4", 64, False)])
+@pytest.mark.parametrize("knobs", [K.Knobs(8, 4, 3, idot=True), K.Knobs(8, 1, 8, idot=True)])
+def test_matmul_int8_activations(N, Kd, rms, acc, bias, swiglu, quant, knobs):
+    """make_matmul_a8 against numpy on the interpreter's semantics (lfmc/ir/quant.py): inputs quantized per 32,
+    weights dequantized; N not a multiple of 8 / of the interleave, K not a multiple of 32 (int8), every fusion.
+    The products are exact integers, so only float rounding separates the two."""
+    from lfmc.ir.quant import fake_quantize_activations, quantize_activations
+    from lfmc.targets.lower import pack_weight_a8
+
+    if quant[0] == "q4" and Kd % quant[1]:
+        pytest.skip("int4 groups must divide K")
+    eps = 1e-5
+    il = K.a8_interleave(N, swiglu, K.Knobs(8, 1, 8))
+    f = build(K.make_matmul_a8("mma8", N, Kd, knobs, bias, eps if rms else None, acc, swiglu, quant, il))
+    rows = -(-5 // knobs.rows) * knobs.rows
+    x, nw, b, res = r(rows, Kd), r(Kd), r(N), r(rows, N)
+    codes, scale, zero, w = _qweights(r(2 * N if swiglu else N, Kd) * 0.1, quant)
+    packed, qargs = pack_weight_a8(codes, scale, zero, quant, swiglu, il)
+    xin = nw * (x / np.sqrt((x * x).mean(-1, keepdims=True) + np.float32(eps))) if rms else x
+    q, d = quantize_activations(xin, 32)
+    assert q.dtype == np.int8 and np.abs(q).max() == 127 and d.shape == (rows, -(-Kd // 32))
+    y = fake_quantize_activations(xin, 32) @ w.T
+    want = y[:, :N] / (1 + np.exp(-y[:, :N])) * y[:, N:] if swiglu else y
+    want = want + (b if bias else 0) + (res if acc else 0)
+    ot = tvm.runtime.tensor(res.copy())
+    args = [x, packed] + qargs + ([nw] if rms else []) + ([b] if bias else []) + ([ot] if acc else [])
+    call(f, *(args + [ot, rows // knobs.rows]))
+    np.testing.assert_allclose(ot.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@a8
+@pytest.mark.parametrize("quant", [("q8",), ("q4", 32, False), ("q4", 32, True)])
+def test_embedding_int8_activation_layout(quant):
+    """A tied table packed for the int8-activation LM head is read by the embedding in that layout."""
+    from lfmc.targets.lower import pack_weight_a8
+
+    V, D = 100, 64
+    codes, scale, zero, table = _qweights(r(V, D), quant)
+    il = K.a8_interleave(V, False, K.Knobs(8, 1, 8))
+    packed, qargs = pack_weight_a8(codes, scale, zero, quant, False, il)
+    tok = np.array([0, 99, 9, 9, 57], np.int32)
+    out = call(build(K.make_embedding("ea8", V, D, 4, quant, False, il)), tok, packed, *qargs,
+               np.zeros((5, D), np.float32))[-1]
+    np.testing.assert_allclose(out, table[tok], rtol=1e-6, atol=1e-6)
+
+
+def test_int8_activation_layout_errors():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        K.a8_layout(64, 64, ("q4", 16, False), False, 1)
+    with pytest.raises(ValueError, match="no int8-activation kernel"):
+        K.a8_layout(64, 64, ("f16",), False, 1)

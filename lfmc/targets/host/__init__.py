@@ -35,11 +35,14 @@ def host_target():
 
 
 def host_knobs(entry: str) -> Knobs:
-    """Schedules for this CPU: AVX-512 gets 16 lanes; decode matmuls are GEMVs (1 row tile, 8 vectors)."""
-    lanes = 16 if cpu_features()["avx512"] else 8
+    """Schedules for this CPU: AVX-512 gets 16 lanes; decode matmuls are GEMVs (1 row tile, 8 vectors); AVX2
+    brings the integer dot kernels of int8-activation matmuls."""
+    feats = cpu_features()
+    lanes = 16 if feats["avx512"] else 8
+    idot = bool(feats["avx2"]) and feats["arch"] in ("x86_64", "AMD64")
     if entry == "decode":
-        return Knobs(lanes=lanes, rows=1, cols=8)
-    return Knobs(lanes=lanes, rows=4, cols=3)
+        return Knobs(lanes=lanes, rows=1, cols=8, idot=idot)
+    return Knobs(lanes=lanes, rows=4, cols=3, idot=idot)
 
 
 def build_host(kernels: dict, out_dir, progress=None) -> dict[str, str]:

@@ -1,0 +1,66 @@
+"""quantize-activations: int8 activations for int8 / int4 weights (W8A8, W4A8), as llama.cpp's Q8_0 / Q4_0 do."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ..ir.errors import LfmcError
+from ..ir.model import Model
+from .base import register
+from .quantize import ROLES
+
+GROUP = 32              # inputs per activation scale: one AVX2 register of int8 codes
+KINDS = ("i8",)
+
+
+def act_quant_option(value: str | None) -> str | None:
+    """The ``act_quant`` option normalized: None / "none" / "f32" = float activations, "i8" = int8."""
+    if value in (None, "", "none", "f32"):
+        return None
+    if value not in KINDS:
+        raise LfmcError(f"unknown activation quantization {value!r} (known: none, {', '.join(KINDS)})")
+    return value
+
+
+def eligible(n) -> bool:
+    """Whether every projection weight of ``n`` is int8 or int4 (int4 in groups of a multiple of 32): the
+    integer kernels take the node's input once for all its projections."""
+    roles = [r for r in ROLES.get(n.op, ()) if r in n.params]
+    if n.op in ("moe", "embedding") or not roles:
+        return False
+    for r in roles:
+        p = n.params[r]
+        if p.type.dtype not in ("i8", "u4") or r + "_scale" not in n.params:
+            return False
+        if p.type.dtype == "u4":
+            K, G = p.type.shape[-1], n.params[r + "_scale"].type.shape[-1]
+            if (K // G) % GROUP:
+                return False
+    return True
+
+
+@register("quantize-activations", "quantize")
+def quantize_activations(model: Model, options: dict[str, Any]) -> Model:
+    """With ``options["act_quant"] = "i8"``, mark the nodes whose projections are all int8 / int4 (after
+    ``quantize``) with ``act_quant = 32``: their inputs are quantized to int8 per group of 32 (scale = max|x| / 127)
+    and multiplied by the weight codes in integers; the interpreter quantizes the same way. MoE experts and nodes
+    with float or 16-bit weights keep float activations; the nodes left out are listed in the graph's
+    ``act_quant_skipped`` attribute."""
+    if act_quant_option(options.get("act_quant")) is None:
+        return model
+    if not model.graph.attrs.get("quant"):
+        raise LfmcError("int8 activations need int8 or int4 weights: give a weight quantization too "
+                        "(--quant q8 or q4g32)")
+    g = copy.deepcopy(model.graph)
+    skipped = []
+    for n in g.nodes:
+        if n.op not in ROLES or n.op == "embedding":
+            continue
+        if eligible(n):
+            n.attrs = {**n.attrs, "act_quant": GROUP}
+        else:
+            skipped.append(n.name)
+    g.attrs = {**g.attrs, "act_quant": f"i8g{GROUP}"}
+    if skipped:
+        g.attrs["act_quant_skipped"] = skipped
+    return Model(g, model.weights, model.provenance, model.tokenizer)
