@@ -8,6 +8,9 @@ A weight role ``R`` of a node is quantized when the node also has ``R_scale`` (a
 - ``u4`` codes 0..15 without a zero: ``W = (q - 8) * scale`` (symmetric),
 - ``u4`` codes with ``R_zero`` [..., N, G]: ``W = (q - zero) * scale`` (asymmetric).
 
+int4 scales are float16 values held in float32 (as llama.cpp's Q4_0 keeps them): a target may store them in 16
+bits without changing what the weights mean.
+
 In a weights file ``u4`` codes are stored one per byte (uint8); targets pack them as they like.
 """
 from __future__ import annotations
@@ -34,11 +37,21 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, ir_dty
     return qf * np.repeat(scale, K // G, axis=-1)
 
 
+def _f16_up(s: np.ndarray) -> np.ndarray:
+    """The smallest positive float16 value >= s (float32): int4 scales that 16 bits hold exactly; rounding up
+    keeps every weight of the group inside the code range."""
+    s = np.asarray(s, np.float32)
+    h = s.astype(np.float16)
+    h = np.where(h.astype(np.float32) < s, np.nextafter(h, np.float16(np.inf)), h)
+    return np.maximum(h, np.float16(2.0 ** -24)).astype(np.float32)
+
+
 def quantize(w: np.ndarray, bits: int, group: int | None, asym: bool = False
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(codes, scale, zero or None) of float weight ``w`` [..., N, K]; round to nearest.
 
-    bits 8: symmetric per channel (``group`` None) or per group; bits 4: groups of ``group`` along K."""
+    bits 8: symmetric per channel (``group`` None) or per group; bits 4: groups of ``group`` along K, scales
+    float16 values."""
     K = w.shape[-1]
     g = group or K
     if K % g:
@@ -53,12 +66,12 @@ def quantize(w: np.ndarray, bits: int, group: int | None, asym: bool = False
         raise ValueError(f"unsupported bit width {bits}")
     if asym:
         lo, hi = wg.min(-1), wg.max(-1)
-        scale = np.where(hi > lo, (hi - lo) / 15.0, 1.0).astype(np.float32)
+        scale = _f16_up(np.where(hi > lo, (hi - lo) / 15.0, 1.0))
         zero = np.clip(np.rint(-lo / scale), 0, 15).astype(np.float32)
         q = np.clip(np.rint(wg / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8)
         return q.reshape(w.shape), scale, zero
     amax = np.abs(wg).max(-1)
-    scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
+    scale = _f16_up(np.where(amax > 0, amax / 7.0, 1.0))
     q = (np.clip(np.rint(wg / scale[..., None]), -8, 7) + 8).astype(np.uint8)
     return q.reshape(w.shape), scale, None
 

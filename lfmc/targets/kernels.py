@@ -34,6 +34,14 @@ def _lane(kn: Knobs):
     return T.thread_binding(kn.threads, thread="threadIdx.x") if kn.gpu else T.serial(1)
 
 
+def _scope(kn: Knobs) -> str:
+    """Storage of a loop kernel's scratch buffers: registers on a GPU; on a CPU the stack ("global" below TVM's
+    stack limit: "local" would be a TVMBackendAllocWorkspace call per loop iteration, seen in TVM 0.27's
+    assembly). Scalar values are bound with ``x: T.let = ...`` for the same reason: a plain ``x = ...`` is a
+    mutable variable that TVM 0.27 also places in workspace memory on CPUs."""
+    return "local" if kn.gpu else "global"
+
+
 def _pick_cols(nvec: int, want: int) -> int:
     for c in range(min(want, nvec), 0, -1):
         if nvec % c == 0:
@@ -397,9 +405,9 @@ def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None
         il = a8_il
         lay = a8_layout(V, D, quant, False, il)
         W = te.placeholder(lay["W"][0], name="W", dtype=lay["W"][1])
-        Sc = te.placeholder(lay["S"][0], name="scale")
+        Sc = te.placeholder(lay["S"][0], name="scale", dtype=lay["S"][1])
         asym = qkind == "q4" and bool(quant[2])
-        Zp = te.placeholder(lay["S"][0], name="zero") if asym else None
+        Zp = te.placeholder(lay["S"][0], name="zero", dtype=lay["S"][1]) if asym else None
 
         def val(i, d):
             t = tok[i]
@@ -410,8 +418,8 @@ def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None
             byte = W[blk // il, d // 8, 0, blk % il, o * 4 + d % 4]
             code = (byte >> (4 * ((d % 8) // 4)).astype("uint8")) & tvm.tirx.const(15, "uint8")
             at = (blk // il, d // g, 0, blk % il, o)
-            zero = Zp[at] if Zp is not None else tvm.tirx.const(8.0, "float32")
-            return (code.astype("float32") - zero) * Sc[at]
+            zero = Zp[at].astype("float32") if Zp is not None else tvm.tirx.const(8.0, "float32")
+            return (code.astype("float32") - zero) * Sc[at].astype("float32")
     elif qkind == "q4":
         g, asym = int(quant[1]), bool(quant[2])
         W = te.placeholder((V // l, D // 2, l), name="W", dtype="uint8")
@@ -446,7 +454,7 @@ def make_rmsnorm(name: str, D: int, eps: float, kn: Knobs = Knobs()) -> tvm.tirx
 
     @T.prim_func
     def f(x: T.handle, w: T.handle, y: T.handle):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         X = T.match_buffer(x, (n, D), "float32")
         Wt = T.match_buffer(w, (D,), "float32")
@@ -454,8 +462,8 @@ def make_rmsnorm(name: str, D: int, eps: float, kn: Knobs = Knobs()) -> tvm.tirx
         for bi in _grid(n, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < n:
-                    i = bi * kn_tb + ti
-                    ss = T.decl_buffer((1,), "float32", scope="local")
+                    i: T.let = bi * kn_tb + ti
+                    ss = T.decl_buffer((1,), "float32", scope=_scope(kn))
                     ss[0] = T.float32(0)
                     for d in T.serial(D):
                         ss[0] = ss[0] + X[i, d] * X[i, d]
@@ -479,7 +487,7 @@ def make_add(name: str, D: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
         for bi in _grid(n * D, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < n * D:
-                    i = bi * kn_tb + ti
+                    i: T.let = bi * kn_tb + ti
                     A[i // D, i % D] = A[i // D, i % D] + B[i // D, i % D]
 
     return _named(f, name)
@@ -493,14 +501,14 @@ def make_silu_mul(name: str, F: int, gate_chunk: int, kn: Knobs = Knobs()) -> tv
 
     @T.prim_func
     def f(g: T.handle, a: T.handle):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         G = T.match_buffer(g, (n, 2 * F), "float32")
         A = T.match_buffer(a, (n, F), "float32")
         for bi in _grid(n * F, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < n * F:
-                    i = bi * kn_tb + ti
+                    i: T.let = bi * kn_tb + ti
                     A[i // F, i % F] = G[i // F, go + i % F] / (T.float32(1) + T.exp(-G[i // F, go + i % F])) * G[
                         i // F, uo + i % F]
 
@@ -514,7 +522,7 @@ def make_take_last(name: str, D: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
 
     @T.prim_func
     def f(x: T.handle, out: T.handle):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         r = T.int32()
         X = T.match_buffer(x, (n, D), "float32")
@@ -522,7 +530,7 @@ def make_take_last(name: str, D: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
         for bi in _grid(D, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < D:
-                    d = bi * kn_tb + ti
+                    d: T.let = bi * kn_tb + ti
                     O[0, d] = X[n - 1, d]
 
     return _named(f, name)
@@ -543,7 +551,7 @@ def make_conv_prefill(name: str, D: int, L: int, ib: int, ic: int, ix: int,
 
     @T.prim_func
     def f(p: T.handle, st: T.handle, w: T.handle, cb: T.handle, y: T.handle, slot: T.int32):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         S = T.int32()
         P = T.match_buffer(p, (n, 3 * D), "float32")
@@ -554,8 +562,8 @@ def make_conv_prefill(name: str, D: int, L: int, ib: int, ic: int, ix: int,
         for bi in _grid(D, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < D:
-                    d = bi * kn_tb + ti
-                    acc = T.decl_buffer((1,), "float32", scope="local")
+                    d: T.let = bi * kn_tb + ti
+                    acc = T.decl_buffer((1,), "float32", scope=_scope(kn))
                     for t in T.serial(n):
                         acc[0] = Cb[d]
                         for j in T.serial(L):
@@ -583,7 +591,7 @@ def make_conv_decode(name: str, D: int, L: int, ib: int, ic: int, ix: int,
 
     @T.prim_func
     def f(p: T.handle, st: T.handle, w: T.handle, cb: T.handle, y: T.handle, slots: T.handle):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         S = T.int32()
         P = T.match_buffer(p, (n, 3 * D), "float32")
@@ -595,8 +603,8 @@ def make_conv_decode(name: str, D: int, L: int, ib: int, ic: int, ix: int,
         for bi in _grid(n * D, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < n * D:
-                    bd = bi * kn_tb + ti
-                    bx = T.decl_buffer((2,), "float32", scope="local")
+                    bd: T.let = bi * kn_tb + ti
+                    bx = T.decl_buffer((2,), "float32", scope=_scope(kn))
                     bx[0] = P[bd // D, ib * D + bd % D] * P[bd // D, ix * D + bd % D]
                     bx[1] = Cb[bd % D] + Wt[bd % D, L - 1] * bx[0]
                     for j in T.serial(Lm):
@@ -621,7 +629,7 @@ def make_recurrence_prefill(name: str, D: int, ia: int, ib: int, ic: int, ix: in
 
     @T.prim_func
     def f(p: T.handle, st: T.handle, y: T.handle, slot: T.int32):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         S = T.int32()
         P = T.match_buffer(p, (n, 4 * D), "float32")
@@ -630,8 +638,8 @@ def make_recurrence_prefill(name: str, D: int, ia: int, ib: int, ic: int, ix: in
         for bi in _grid(D, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < D:
-                    d = bi * kn_tb + ti
-                    h = T.decl_buffer((1,), "float32", scope="local")
+                    d: T.let = bi * kn_tb + ti
+                    h = T.decl_buffer((1,), "float32", scope=_scope(kn))
                     h[0] = St[slot, d]
                     for t in T.serial(n):
                         h[0] = h[0] / (T.float32(1) + T.exp(-P[t, ia * D + d])) + P[t, ib * D + d] * P[t, ix * D + d]
@@ -659,7 +667,7 @@ def make_recurrence_scan(name: str, D: int, ia: int, ib: int, ic: int, ix: int, 
 
     @T.prim_func
     def f(p: T.handle, st: T.handle, y: T.handle, slot: T.int32):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         S = T.int32()
         P = T.match_buffer(p, (n, 4 * D), "float32")
@@ -669,8 +677,8 @@ def make_recurrence_scan(name: str, D: int, ia: int, ib: int, ic: int, ix: int, 
         for bi in _grid((n + Q - 1) // Q * D, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < (n + Q - 1) // Q * D:
-                    i = bi * kn_tb + ti
-                    acc = T.decl_buffer((2,), "float32", scope="local")
+                    i: T.let = bi * kn_tb + ti
+                    acc = T.decl_buffer((2,), "float32", scope=_scope(kn))
                     acc[0] = T.float32(0)
                     acc[1] = T.float32(1)
                     for t in T.serial(T.min(Q, n - i // D * Q)):
@@ -682,8 +690,8 @@ def make_recurrence_scan(name: str, D: int, ia: int, ib: int, ic: int, ix: int, 
         for bi in _grid(D, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < D:
-                    d = bi * kn_tb + ti
-                    h = T.decl_buffer((1,), "float32", scope="local")
+                    d: T.let = bi * kn_tb + ti
+                    h = T.decl_buffer((1,), "float32", scope=_scope(kn))
                     h[0] = St[slot, d]
                     for c in T.serial((n + Q - 1) // Q):
                         E[(c * D + d) * 3 + 2] = h[0]
@@ -692,8 +700,8 @@ def make_recurrence_scan(name: str, D: int, ia: int, ib: int, ic: int, ix: int, 
         for bi in _grid((n + Q - 1) // Q * D, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < (n + Q - 1) // Q * D:
-                    i = bi * kn_tb + ti
-                    h = T.decl_buffer((1,), "float32", scope="local")
+                    i: T.let = bi * kn_tb + ti
+                    h = T.decl_buffer((1,), "float32", scope=_scope(kn))
                     h[0] = E[i * 3 + 2]
                     for t in T.serial(T.min(Q, n - i // D * Q)):
                         h[0] = h[0] / (T.float32(1) + T.exp(-P[i // D * Q + t, ia * D + i % D])) + P[
@@ -711,7 +719,7 @@ def make_recurrence_decode(name: str, D: int, ia: int, ib: int, ic: int, ix: int
 
     @T.prim_func
     def f(p: T.handle, st: T.handle, y: T.handle, slots: T.handle):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         S = T.int32()
         P = T.match_buffer(p, (n, 4 * D), "float32")
@@ -721,7 +729,7 @@ def make_recurrence_decode(name: str, D: int, ia: int, ib: int, ic: int, ix: int
         for bi in _grid(n * D, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < n * D:
-                    bd = bi * kn_tb + ti
+                    bd: T.let = bi * kn_tb + ti
                     St[Sl[bd // D], bd % D] = St[Sl[bd // D], bd % D] / (T.float32(1) + T.exp(
                         -P[bd // D, ia * D + bd % D])) + P[bd // D, ib * D + bd % D] * P[bd // D, ix * D + bd % D]
                     Y[bd // D, bd % D] = P[bd // D, ic * D + bd % D] * St[Sl[bd // D], bd % D]
@@ -744,9 +752,9 @@ def _norm_rope_macro(hd: int, eps: float, theta: float):
         for d in T.serial(hd):
             u[d] = X[t, col + d] * ss[0] * W[d]
         for d in T.serial(hd):
-            ang = T.Cast("float32", p) * (T.float32(1) / T.pow(
+            ang: T.let = T.Cast("float32", p) * (T.float32(1) / T.pow(
                 T.float32(theta), T.Cast("float32", (d % half) * 2) / T.float32(hd)))
-            rot = T.if_then_else(d < half, -u[T.min(d + half, hd - 1)], u[T.max(d - half, 0)])
+            rot: T.let = T.if_then_else(d < half, -u[T.min(d + half, hd - 1)], u[T.max(d - half, 0)])
             v[d] = u[d] * T.cos(ang) + rot * T.sin(ang)
 
     return norm_rope
@@ -778,7 +786,7 @@ def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
     @T.prim_func
     def f(qkv: T.handle, qn: T.handle, knw: T.handle, kc: T.handle, vc: T.handle, q: T.handle,
           slots: T.handle, pos: T.handle):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         S = T.int32()
         C = T.int32()
@@ -793,10 +801,10 @@ def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
         for bi in _grid(n * (H + KV), kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < n * (H + KV):
-                    th = bi * kn_tb + ti
-                    v = T.decl_buffer((hd,), "float32", scope="local")
-                    u = T.decl_buffer((hd,), "float32", scope="local")
-                    ss = T.decl_buffer((1,), "float32", scope="local")
+                    th: T.let = bi * kn_tb + ti
+                    v = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                    u = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                    ss = T.decl_buffer((1,), "float32", scope=_scope(kn))
                     if th % (H + KV) < H:
                         norm_rope(X, th // (H + KV), (th % (H + KV)) * hd, Qn, Ps[th // (H + KV)], v, u, ss)
                         for d in T.serial(hd):
@@ -938,7 +946,7 @@ def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(),
 
     @T.prim_func
     def f(q: T.handle, kc: T.handle, vc: T.handle, o: T.handle, slots: T.handle, pos: T.handle):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         S = T.int32()
         C = T.int32()
@@ -952,26 +960,26 @@ def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(),
             for bi in _grid(n * H, kn):
                 for ti in _lane(kn):
                     if bi * kn_tb + ti < n * H:
-                        th = bi * kn_tb + ti
-                        qv = T.decl_buffer((hd,), "float32", scope="local")
-                        acc = T.decl_buffer((hd,), "float32", scope="local")
-                        part = T.decl_buffer((VL,), "float32", scope="local")
-                        st = T.decl_buffer((6,), "float32", scope="local")    # max, sum, score, new max, rescale
+                        th: T.let = bi * kn_tb + ti
+                        qv = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                        acc = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                        part = T.decl_buffer((VL,), "float32", scope=_scope(kn))
+                        st = T.decl_buffer((6,), "float32", scope=_scope(kn))    # max, sum, score, new max, rescale
                         for d in T.serial(hd):
                             qv[d] = Q[th // H, (th % H) * hd + d]
                         attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
         else:
             for tg in _grid(n * KV, kn):                  # one KV head's query group per iteration
-                qg = T.decl_buffer((G * hd,), "float32", scope="local")
-                acc = T.decl_buffer((G * hd,), "float32", scope="local")
-                part = T.decl_buffer((VL,), "float32", scope="local")
-                sc = T.decl_buffer((G * ATT_BLOCK,), "float32", scope="local")
-                st = T.decl_buffer((2 * G + 4,), "float32", scope="local")
+                qg = T.decl_buffer((G * hd,), "float32", scope=_scope(kn))
+                acc = T.decl_buffer((G * hd,), "float32", scope=_scope(kn))
+                part = T.decl_buffer((VL,), "float32", scope=_scope(kn))
+                sc = T.decl_buffer((G * ATT_BLOCK,), "float32", scope=_scope(kn))
+                st = T.decl_buffer((2 * G + 4,), "float32", scope=_scope(kn))
                 for i in T.serial(G):
                     for d in T.serial(hd):
                         qg[i * hd + d] = Q[tg // KV, ((tg % KV) * G + i) * hd + d]
-                slot: T.int32 = Sl[tg // KV]              # bound once: the loops below do not reload them
-                last: T.int32 = Ps[tg // KV]
+                slot: T.let = Sl[tg // KV]                # bound once: the loops below do not reload them
+                last: T.let = Ps[tg // KV]
                 group(qg, Kc, Vc, slot, last, tg % KV, O, tg // KV, acc, part, sc, st)
 
     return _named(f, name)
@@ -995,7 +1003,7 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
     @T.prim_func
     def f(qkv: T.handle, qn: T.handle, knw: T.handle, kc: T.handle, vc: T.handle, o: T.handle,
           slots: T.handle, pos: T.handle):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         S = T.int32()
         C = T.int32()
@@ -1010,40 +1018,40 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
         for bi in _grid(n * KV, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < n * KV:
-                    tg = bi * kn_tb + ti
-                    v = T.decl_buffer((hd,), "float32", scope="local")
-                    u = T.decl_buffer((hd,), "float32", scope="local")
-                    ss = T.decl_buffer((1,), "float32", scope="local")
+                    tg: T.let = bi * kn_tb + ti
+                    v = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                    u = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                    ss = T.decl_buffer((1,), "float32", scope=_scope(kn))
                     cache_kv(X, tg // KV, tg % KV, Kn, Ps, Sl, Kc, Vc, v, u, ss)
         if kn.gpu:
             for bi in _grid(n * H, kn):
                 for ti in _lane(kn):
                     if bi * kn_tb + ti < n * H:
-                        th = bi * kn_tb + ti
-                        qv = T.decl_buffer((hd,), "float32", scope="local")
-                        u = T.decl_buffer((hd,), "float32", scope="local")
-                        ss = T.decl_buffer((1,), "float32", scope="local")
-                        acc = T.decl_buffer((hd,), "float32", scope="local")
-                        part = T.decl_buffer((VL,), "float32", scope="local")
-                        st = T.decl_buffer((6,), "float32", scope="local")
+                        th: T.let = bi * kn_tb + ti
+                        qv = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                        u = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                        ss = T.decl_buffer((1,), "float32", scope=_scope(kn))
+                        acc = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                        part = T.decl_buffer((VL,), "float32", scope=_scope(kn))
+                        st = T.decl_buffer((6,), "float32", scope=_scope(kn))
                         norm_rope(X, th // H, (th % H) * hd, Qn, Ps[th // H], qv, u, ss)
                         attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st)
         else:
             for tg in _grid(n * KV, kn):                  # one KV head's query group per iteration
-                qv = T.decl_buffer((hd,), "float32", scope="local")
-                u = T.decl_buffer((hd,), "float32", scope="local")
-                ss = T.decl_buffer((1,), "float32", scope="local")
-                qg = T.decl_buffer((G * hd,), "float32", scope="local")
-                acc = T.decl_buffer((G * hd,), "float32", scope="local")
-                part = T.decl_buffer((VL,), "float32", scope="local")
-                sc = T.decl_buffer((G * ATT_BLOCK,), "float32", scope="local")
-                st = T.decl_buffer((2 * G + 4,), "float32", scope="local")
+                qv = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                u = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                ss = T.decl_buffer((1,), "float32", scope=_scope(kn))
+                qg = T.decl_buffer((G * hd,), "float32", scope=_scope(kn))
+                acc = T.decl_buffer((G * hd,), "float32", scope=_scope(kn))
+                part = T.decl_buffer((VL,), "float32", scope=_scope(kn))
+                sc = T.decl_buffer((G * ATT_BLOCK,), "float32", scope=_scope(kn))
+                st = T.decl_buffer((2 * G + 4,), "float32", scope=_scope(kn))
                 for i in T.serial(G):
                     norm_rope(X, tg // KV, ((tg % KV) * G + i) * hd, Qn, Ps[tg // KV], qv, u, ss)
                     for d in T.serial(hd):
                         qg[i * hd + d] = qv[d]
-                slot: T.int32 = Sl[tg // KV]              # bound once: the loops below do not reload them
-                last: T.int32 = Ps[tg // KV]
+                slot: T.let = Sl[tg // KV]                # bound once: the loops below do not reload them
+                last: T.let = Ps[tg // KV]
                 group(qg, Kc, Vc, slot, last, tg % KV, O, tg // KV, acc, part, sc, st)
 
     return _named(f, name)
@@ -1061,7 +1069,7 @@ def make_moe_route(name: str, E: int, topk: int, scoring: str, use_bias: bool, n
 
     @T.prim_func
     def f(lg: T.handle, bias: T.handle, idx: T.handle, w: T.handle):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         n = T.int32()
         Lg = T.match_buffer(lg, (n, E), "float32")
         Bs = T.match_buffer(bias, (E,), "float32")
@@ -1070,11 +1078,11 @@ def make_moe_route(name: str, E: int, topk: int, scoring: str, use_bias: bool, n
         for bi in _grid(n, kn):
             for ti in _lane(kn):
                 if bi * kn_tb + ti < n:
-                    t = bi * kn_tb + ti
-                    sc = T.decl_buffer((E,), "float32", scope="local")
-                    taken = T.decl_buffer((E,), "int32", scope="local")
-                    tmp = T.decl_buffer((3,), "float32", scope="local")     # max logit, softmax sum, best
-                    best = T.decl_buffer((1,), "int32", scope="local")
+                    t: T.let = bi * kn_tb + ti
+                    sc = T.decl_buffer((E,), "float32", scope=_scope(kn))
+                    taken = T.decl_buffer((E,), "int32", scope=_scope(kn))
+                    tmp = T.decl_buffer((3,), "float32", scope=_scope(kn))     # max logit, softmax sum, best
+                    best = T.decl_buffer((1,), "int32", scope=_scope(kn))
                     tmp[0] = T.float32(NEG)
                     for e in T.serial(E):
                         tmp[0] = T.max(tmp[0], Lg[t, e])
@@ -1141,7 +1149,7 @@ def a8_layout(N: int, K: int, quant: tuple, swiglu: bool, il: int) -> dict:
         if g % A8_GROUP or K % g:
             raise ValueError(f"int8 activations with int4 weights need groups that are multiples of {A8_GROUP} "
                              f"dividing K (group {g}, K={K})")
-        return {"W": ((NB // il, Kp // 8, H, il, 32), "uint8"), "S": ((NB // il, K // g, H, il, 8), "float32"),
+        return {"W": ((NB // il, Kp // 8, H, il, 32), "uint8"), "S": ((NB // il, K // g, H, il, 8), "float16"),
                 "NB": NB, "Kp": Kp}
     if quant[0] == "q8":
         return {"W": ((NB // il, Kp // 4, H, il, 32), "int8"), "S": ((H, NB * 8), "float32"), "NB": NB, "Kp": Kp}
@@ -1171,7 +1179,7 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
     NB, Kp = lay["NB"], lay["Kp"]
     KB = Kp // A8_GROUP
     J = _pick_cols(il, max(1, knobs.cols // 2 // H))
-    (wshape, wdtype), (sshape, _) = lay["W"], lay["S"]
+    (wshape, wdtype), (sshape, sdtype) = lay["W"], lay["S"]
     q4 = qkind == "q4"
     g = int(quant[1]) if q4 else A8_GROUP
     asym = bool(quant[2]) if q4 else False
@@ -1180,6 +1188,16 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
     eps = float(rms_eps) if norm else 0.0
     padk, padn = K % A8_GROUP != 0, N % 8 != 0
     par = knobs.parallel
+    ROW = H * il * 32                              # bytes of one packed row (4 inputs, or 8 for int4)
+    WBYTES = NB // il * wshape[1] * ROW
+    # software prefetch ``knobs.prefetch`` bytes ahead when one call streams whole interleaved rows (decode): the
+    # integer work per byte leaves the out-of-order window too few loads in flight to hide memory latency
+    pf = int(knobs.prefetch) if J == il else 0
+    use_pf = pf > 0
+
+    def prefetch(Wf, at):
+        return T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(Wf[T.min(at, WBYTES - 1)]),
+                                             0, 3, 1))
 
     def xval(X, NW, Rn, i, k):
         v = X[i, k] * NW[k] * Rn[i] if norm else X[i, k]
@@ -1199,10 +1217,10 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
         at = (blk // il, q, h, blk % il, T.ramp(0, 1, 8))
         s32 = _widen16(a16[r, h, jj, T.ramp(0, 1, 16)])
         if asym:
-            v = T.Cast("float32x8", s32) - Zp[at] * T.broadcast(T.Cast("float32", Xs[row, kb]), 8)
+            v = T.Cast("float32x8", s32) - T.Cast("float32x8", Zp[at]) * T.broadcast(T.Cast("float32", Xs[row, kb]), 8)
         else:
             v = T.Cast("float32x8", s32 - T.broadcast(Xs[row, kb] * 8, 8))
-        return v * (S[at] * T.broadcast(Dx[row, kb], 8))
+        return v * (T.Cast("float32x8", S[at]) * T.broadcast(Dx[row, kb], 8))
 
     def finish(Y, Res, Bv, S, acc, r, jj, t, row, o):
         a0 = acc[r, 0, jj, t] * S[0, o] if not q4 else acc[r, 0, jj, t]
@@ -1220,12 +1238,13 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
           y: T.handle, nb: T.int32):
         X = T.match_buffer(x, (nb * R, K), "float32")
         W = T.match_buffer(w, wshape, wdtype)
-        S = T.match_buffer(s, sshape, "float32")
-        Zp = T.match_buffer(z, sshape, "float32")
+        S = T.match_buffer(s, sshape, sdtype)
+        Zp = T.match_buffer(z, sshape, sdtype)
         NW = T.match_buffer(nw, (K,), "float32")
         Bv = T.match_buffer(b, (N,), "float32")
         Res = T.match_buffer(res, (nb * R, N), "float32")
         Y = T.match_buffer(y, (nb * R, N), "float32")
+        Wf = T.decl_buffer((WBYTES,), wdtype, data=W.data)
         Xq = T.alloc_buffer((nb * R, Kp), "int8")
         Dx = T.alloc_buffer((nb * R, KB), "float32")
         Xs = T.alloc_buffer((nb * R, KB), "int32")
@@ -1263,6 +1282,9 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
                     for q in T.serial(G):
                         for sb in T.serial(SB):
                             a16 = T.decl_buffer((R, H, J, 16), "int16")
+                            if use_pf:
+                                for c in T.unroll(ROW * 4 // 64):
+                                    prefetch(Wf, ((jb * (Kp // 8) + (q * SB + sb) * 4) * ROW) + pf + c * 64)
                             for r in T.unroll(R):
                                 for h in T.unroll(H):
                                     for jj in T.unroll(J):
@@ -1285,6 +1307,9 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
                 else:
                     for kb in T.serial(KB):
                         a32 = T.decl_buffer((R, H, J, 8), "int32")
+                        if use_pf:
+                            for c in T.unroll(ROW * 8 // 64):
+                                prefetch(Wf, ((jb * (Kp // 4) + kb * 8) * ROW) + pf + c * 64)
                         for r in T.unroll(R):
                             for h in T.unroll(H):
                                 for jj in T.unroll(J):

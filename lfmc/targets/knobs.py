@@ -16,6 +16,7 @@ class Knobs:
     gpu: bool = False         # GPU family: TE kernels left unscheduled for dlight, parallel loops become threads
     threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
     idot: bool = False        # x86 AVX2 integer dot products: matmuls with int8 activations (act_quant nodes)
+    prefetch: int = 0         # int8-activation GEMVs: software prefetch this many bytes ahead (0: none)
 
 
 def pick_lanes(n: int, lanes: int) -> int:

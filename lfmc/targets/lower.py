@@ -102,6 +102,7 @@ def pack_weight_a8(w: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, qu
                    swiglu: bool, il: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """A quantized weight [M, K] (codes, scale / zero [M, G]) in the layout of the int8-activation matmul
     (:func:`lfmc.targets.kernels.make_matmul_a8`): blocks of 8 outputs x 4 inputs, ``il`` blocks interleaved,
+    int4 scales / zeros in float16 (exact: see lfmc/ir/quant.py),
     N padded to 8 * il and K to 32 with zero codes and zero scales (padded outputs are never stored, padded
     inputs are zero)."""
     M, Kd = w.shape
@@ -122,7 +123,10 @@ def pack_weight_a8(w: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, qu
         for a in (scale, zero):
             if a is None:
                 continue
-            t = np.zeros((H, NB * 8, G), np.float32)
+            if not np.array_equal(np.asarray(a, np.float32).astype(np.float16).astype(np.float32), a):
+                raise LfmcError("int4 scales that are not float16 values (quantized by an older lfmc?): "
+                                "quantize the model again for int8 activations")
+            t = np.zeros((H, NB * 8, G), np.float16)
             t[:, :N] = a.reshape(H, N, G)
             extra.append(np.ascontiguousarray(t.reshape(H, NB // il, il, 8, G).transpose(1, 4, 0, 2, 3)))
         return np.ascontiguousarray(packed), extra
@@ -244,7 +248,7 @@ class _Lowering:
             key = ("mm", N, Kd, "b" if bias else "", "n" if norm else "", "a" if accumulate else "",
                    "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
             if a8:
-                kname = self.kernel(key + ("a8", il), K.make_matmul_a8, N, Kd, kn, bias is not None, eps,
+                kname = self.kernel(key + ("a8", il, kn.prefetch), K.make_matmul_a8, N, Kd, kn, bias is not None, eps,
                                     accumulate, swiglu, quant, il)
             else:
                 kname = self.kernel(key, K.make_matmul, N, Kd, kn, bias is not None, eps, accumulate, swiglu, quant)

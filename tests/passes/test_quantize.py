@@ -25,6 +25,8 @@ def test_quantize_round_trip_error(bits, group, asym):
     step = np.repeat(s, 128 // s.shape[-1], axis=-1)
     assert np.all(np.abs(back - w) <= 0.5 * step + 1e-6)          # round to nearest: half a step at most
     assert q.dtype == (np.int8 if bits == 8 else np.uint8) and (bits == 8 or q.max() <= 15)
+    if bits == 4:                                                 # float16 values: targets may keep them in 16 bits
+        assert np.array_equal(s.astype(np.float16).astype(np.float32), s) and (s > 0).all()
 
 
 def test_schemes():
@@ -179,6 +181,16 @@ def test_activation_pass_marks_integer_projections(scheme, tiny_models):
     a = Interpreter(q.graph, q.weights).run(toks)
     b = Interpreter(w8.graph, w8.weights).run(toks)
     assert 0 < np.sqrt(((a - b) ** 2).mean()) / b.std() < 0.15
+
+
+def test_int8_activation_packing_needs_float16_scales():
+    from lfmc.targets.lower import pack_weight_a8
+
+    q, s, z = quantize(np.random.default_rng(1).standard_normal((16, 64)).astype(np.float32), 4, 32)
+    packed, extra = pack_weight_a8(q, s, z, ("q4", 32, False), False, 2)
+    assert extra[0].dtype == np.float16 and packed.shape == (1, 8, 1, 2, 32)
+    with pytest.raises(LfmcError, match="not float16 values"):
+        pack_weight_a8(q, s * np.float32(1.0001), z, ("q4", 32, False), False, 2)
 
 
 def test_activation_pass_errors_and_skips(tiny_models):

@@ -41,7 +41,8 @@ def host_knobs(entry: str) -> Knobs:
     lanes = 16 if feats["avx512"] else 8
     idot = bool(feats["avx2"]) and feats["arch"] in ("x86_64", "AMD64")
     if entry == "decode":
-        return Knobs(lanes=lanes, rows=1, cols=8, idot=idot)
+        # prefetch: 8 KB ahead took 350M W4A8 decode from ~59 to ~65 tok/s (4 KB and 32 KB alike; BENCHMARKS.md)
+        return Knobs(lanes=lanes, rows=1, cols=8, idot=idot, prefetch=8192)
     return Knobs(lanes=lanes, rows=4, cols=3, idot=idot)
 
 
