@@ -149,19 +149,19 @@ def main() -> int:
             results.append(row)
     print(f"\nmedians of {a.rounds} alternating rounds; prefill {a.prefill} tokens; decode one sequence; "
           f"memory bandwidth {bw:.1f} GB/s")
-    hdr = (f"{'model':<10}{'prec':<6}{'system':<22}{'prefill tok/s':>14}{'TTFT s':>8}{'decode tok/s':>13}"
+    hdr = (f"{'model':<10}{'prec':<9}{'system':<22}{'prefill tok/s':>14}{'TTFT s':>8}{'decode tok/s':>13}"
            f"{'peak MiB':>9}{'decode/llama':>13}{'prefill/llama':>14}{'decode/limit':>13}")
     print(hdr)
     for row in results:
         lc = next((v for k, v in row["sides"].items() if k.startswith("llama.cpp") and "decode_tps" in v), None)
         for name, v in row["sides"].items():
             if "error" in v:
-                print(f"{row['preset'][5:]:<10}{row['precision']:<6}{name:<22} failed: {v['error'][:60]}")
+                print(f"{row['preset'][5:]:<10}{row['precision']:<9}{name:<22} failed: {v['error'][:60]}")
                 continue
             r_dec = f"{v['decode_tps'] / lc['decode_tps']:.2f}" if lc else "-"
             r_pre = f"{v['prefill_tps'] / lc['prefill_tps']:.2f}" if lc else "-"
             rss = f"{v['peak_rss'] / 2**20:.0f}" if v["peak_rss"] else "-"
-            print(f"{row['preset'][5:]:<10}{row['precision']:<6}{name:<22}{v['prefill_tps']:>14.1f}{v['ttft_s']:>8.2f}"
+            print(f"{row['preset'][5:]:<10}{row['precision']:<9}{name:<22}{v['prefill_tps']:>14.1f}{v['ttft_s']:>8.2f}"
                   f"{v['decode_tps']:>13.1f}{rss:>9}{r_dec:>13}{r_pre:>14}"
                   f"{v['decode_tps'] / row['decode_limit']:>13.0%}")
         print(f"{'':<16}weights read per token {row['weights_bytes'] / 1e6:.0f} MB -> decode limit "

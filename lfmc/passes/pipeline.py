@@ -9,7 +9,8 @@ from ..ir.errors import LfmcError
 from ..ir.model import Model
 from ..ir.text import print_graph
 from ..ir.verify import verify
-from . import dce, fuse_norm, fuse_residual, fuse_rope, fuse_swiglu, prune_experts, quantize, quantize_act  # noqa: F401,E501
+from . import (dce, fuse_norm, fuse_residual, fuse_rope, fuse_swiglu, prune_experts, quantize,  # noqa: F401
+               quantize_act)  # (registers the passes)
 from .base import PHASES, REGISTRY
 
 DEFAULT: dict[str, list[str]] = {
