@@ -1222,6 +1222,14 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
             v = T.Cast("float32x8", s32 - T.broadcast(Xs[row, kb] * 8, 8))
         return v * (T.Cast("float32x8", S[at]) * T.broadcast(Dx[row, kb], 8))
 
+    @T.macro
+    def zero_tile(buf, lanes, zero):
+        """Clear a register tile [R, H, J, lanes]."""
+        for r in T.unroll(R):
+            for h in T.unroll(H):
+                for jj in T.unroll(J):
+                    buf[r, h, jj, T.ramp(0, 1, lanes)] = T.broadcast(zero, lanes)
+
     def finish(Y, Res, Bv, S, acc, r, jj, t, row, o):
         a0 = acc[r, 0, jj, t] * S[0, o] if not q4 else acc[r, 0, jj, t]
         if swiglu:
@@ -1274,10 +1282,7 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
         for jb in T.parallel(NB // J) if par else T.serial(NB // J):
             for ib in T.serial(nb):
                 acc = T.decl_buffer((R, H, J, 8), "float32")
-                for r in T.unroll(R):
-                    for h in T.unroll(H):
-                        for jj in T.unroll(J):
-                            acc[r, h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.float32(0), 8)
+                zero_tile(acc, 8, T.float32(0))
                 if q4:
                     for q in T.serial(G):
                         for sb in T.serial(SB):
@@ -1285,10 +1290,7 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
                             if use_pf:
                                 for c in T.unroll(ROW * 4 // 64):
                                     prefetch(Wf, ((jb * (Kp // 8) + (q * SB + sb) * 4) * ROW) + pf + c * 64)
-                            for r in T.unroll(R):
-                                for h in T.unroll(H):
-                                    for jj in T.unroll(J):
-                                        a16[r, h, jj, T.ramp(0, 1, 16)] = T.broadcast(T.int16(0), 16)
+                            zero_tile(a16, 16, T.int16(0))
                             for m in T.unroll(4):
                                 for h in T.unroll(H):
                                     for jj in T.unroll(J):
@@ -1310,10 +1312,7 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
                         if use_pf:
                             for c in T.unroll(ROW * 8 // 64):
                                 prefetch(Wf, ((jb * (Kp // 4) + kb * 8) * ROW) + pf + c * 64)
-                        for r in T.unroll(R):
-                            for h in T.unroll(H):
-                                for jj in T.unroll(J):
-                                    a32[r, h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.int32(0), 8)
+                        zero_tile(a32, 8, T.int32(0))
                         for m in T.unroll(8):
                             for h in T.unroll(H):
                                 for jj in T.unroll(J):
