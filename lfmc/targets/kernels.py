@@ -1203,12 +1203,16 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
         v = X[i, k] * NW[k] * Rn[i] if norm else X[i, k]
         return T.if_then_else(k < K, v, T.float32(0)) if padk else v
 
+    def wblock(W, blk, m, h):
+        """The 32 bytes of weight block ``blk`` (8 outputs) at packed row ``m``."""
+        return W[blk // il, m, h, blk % il, T.ramp(0, 1, 32)]
+
     def nib(W, blk, m, h, high):
-        v = W[blk // il, m, h, blk % il, T.ramp(0, 1, 32)]
+        v = wblock(W, blk, m, h)
         return (v >> T.broadcast(T.uint8(4), 32)) if high else (v & T.broadcast(T.uint8(15), 32))
 
     def q8dot(W, Xq, blk, m, h, row, k):
-        v = W[blk // il, m, h, blk % il, T.ramp(0, 1, 32)]
+        v = wblock(W, blk, m, h)
         xs = _x86("llvm.x86.avx2.psign.b", "int8x32", _xquad(Xq, row, k), v)
         return _widen16(_dot4(T.abs(v), xs))
 
@@ -1230,7 +1234,7 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
                 for jj in T.unroll(J):
                     buf[r, h, jj, T.ramp(0, 1, lanes)] = T.broadcast(zero, lanes)
 
-    def finish(Y, Res, Bv, S, acc, r, jj, t, row, o):
+    def finish(Res, Bv, S, acc, r, jj, t, row, o):
         a0 = acc[r, 0, jj, t] * S[0, o] if not q4 else acc[r, 0, jj, t]
         if swiglu:
             u = acc[r, 1, jj, t] * S[1, o] if not q4 else acc[r, 1, jj, t]
@@ -1328,13 +1332,9 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
                 for r in T.serial(R):
                     for jj in T.serial(J):
                         for t in T.serial(8):
-                            if padn:
-                                if (jb * J + jj) * 8 + t < N:
-                                    Y[ib * R + r, (jb * J + jj) * 8 + t] = finish(
-                                        Y, Res, Bv, S, acc, r, jj, t, ib * R + r, (jb * J + jj) * 8 + t)
-                            else:
+                            if not padn or (jb * J + jj) * 8 + t < N:      # padded outputs are never stored
                                 Y[ib * R + r, (jb * J + jj) * 8 + t] = finish(
-                                    Y, Res, Bv, S, acc, r, jj, t, ib * R + r, (jb * J + jj) * 8 + t)
+                                    Res, Bv, S, acc, r, jj, t, ib * R + r, (jb * J + jj) * 8 + t)
 
     keep = [True, True, True, asym, norm, bias, accumulate, True, True]
     f = tvm.tirx.PrimFunc([p for p, k in zip(f.params, keep) if k], f.body, f.ret_type, f.attrs)

@@ -113,11 +113,15 @@ def pack_weight_a8(w: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, qu
     Kp = -(-Kd // A8_GROUP) * A8_GROUP
     codes = np.zeros((H, NB * 8, Kp), w.dtype)
     codes[:, :N, :Kd] = w.reshape(H, N, Kd)
+
+    def blocks(c: np.ndarray) -> np.ndarray:
+        """[h, block, o, m, b] (4 bytes b of output o at packed row m) -> [block / il, m, h, block % il, o * 4 + b]."""
+        m = c.shape[3]
+        return c.reshape(H, NB // il, il, 8, m, 4).transpose(1, 4, 0, 2, 3, 5).reshape(NB // il, m, H, il, 32)
+
     if quant[0] == "q4":
         c = codes.reshape(H, NB, 8, Kp // 8, 2, 4)                       # [h, block, o, m, nibble, b]
-        byte = (c[:, :, :, :, 0, :] | (c[:, :, :, :, 1, :] << 4)).astype(np.uint8)
-        packed = (byte.reshape(H, NB // il, il, 8, Kp // 8, 4).transpose(1, 4, 0, 2, 3, 5)
-                  .reshape(NB // il, Kp // 8, H, il, 32))
+        packed = blocks((c[:, :, :, :, 0, :] | (c[:, :, :, :, 1, :] << 4)).astype(np.uint8))
         G = scale.shape[-1]
         extra = []
         for a in (scale, zero):
@@ -130,9 +134,7 @@ def pack_weight_a8(w: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, qu
             t[:, :N] = a.reshape(H, N, G)
             extra.append(np.ascontiguousarray(t.reshape(H, NB // il, il, 8, G).transpose(1, 4, 0, 2, 3)))
         return np.ascontiguousarray(packed), extra
-    c = codes.reshape(H, NB, 8, Kp // 4, 4)                               # [h, block, o, m, b]
-    packed = (c.reshape(H, NB // il, il, 8, Kp // 4, 4).transpose(1, 4, 0, 2, 3, 5)
-              .reshape(NB // il, Kp // 4, H, il, 32))
+    packed = blocks(codes.reshape(H, NB, 8, Kp // 4, 4))                  # [h, block, o, m, b]
     sc = np.zeros((H, NB * 8), np.float32)
     sc[:, :N] = scale.reshape(H, N)
     return np.ascontiguousarray(packed), [sc]
