@@ -82,6 +82,9 @@ def quantize(w: np.ndarray, bits: int, group: int | None, asym: bool = False
 # (the last group may be short): d = max|x| / 127, q = round-half-even(x * (127 / max|x|)) in [-127, 127], the
 # projection sees q * d. Integer kernels multiply the codes q by the weight codes and scale once per group.
 
+ACT_GROUP = 32          # the group size lfmc uses (passes/quantize_act.py) and its integer kernels take
+
+
 def quantize_activations(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
     """(int8 codes [..., K], float32 scales [..., ceil(K / group)]) of x, as the kernels compute them."""
     x = np.asarray(x, np.float32)

@@ -6,10 +6,11 @@ from typing import Any
 
 from ..ir.errors import LfmcError
 from ..ir.model import Model
+from ..ir.quant import ACT_GROUP
 from .base import register
 from .quantize import ROLES
 
-GROUP = 32              # inputs per activation scale: one AVX2 register of int8 codes
+GROUP = ACT_GROUP       # inputs per activation scale: one AVX2 register of int8 codes
 KINDS = ("i8",)
 
 

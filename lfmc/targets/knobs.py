@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..ir.quant import ACT_GROUP
+
 
 @dataclass(frozen=True)
 class Knobs:
@@ -34,7 +36,7 @@ def gpu_knobs(max_threads: int = 256) -> dict[str, Knobs]:
     return {"prefill": k, "decode": k}
 
 
-A8_GROUP = 32           # int8 activations: inputs per scale (one AVX2 register of codes); see lfmc/ir/quant.py
+A8_GROUP = ACT_GROUP    # int8 activations: inputs per scale (one AVX2 register of codes); see lfmc/ir/quant.py
 
 
 def a8_interleave(N: int, swiglu: bool, decode: Knobs) -> int:
