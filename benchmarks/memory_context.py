@@ -31,12 +31,9 @@ def _rss() -> int:
 
 
 def _rss_now() -> int:
-    """Resident memory now (VmRSS): after the decode steps, what the process holds for model, cache and runtime."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    from lfmc.bench import rss_bytes
+
+    return rss_bytes()
 
 
 def child_lfmc(a: dict) -> dict:

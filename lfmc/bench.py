@@ -74,7 +74,8 @@ def bench_engine(engine, prefill_lens=(128, 512), decode_steps: int = 64, reps: 
     return out
 
 
-def _rss_now() -> int:
+def rss_bytes() -> int:
+    """This process's resident memory now (what it holds for model, caches and runtime at this moment)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -109,7 +110,7 @@ def bench_contexts(engine, contexts: Sequence[int], steps: int = 16, seed: int =
             engine.release(s)
         state = sum(b * held // C if k in grows else b for k, b in per_seq.items())
         rows.append({"context": c, "decode_tok_s": steps / dt, "params_bytes": params, "state_bytes": state,
-                     "rss_bytes": _rss_now()})
+                     "rss_bytes": rss_bytes()})
     return rows
 
 

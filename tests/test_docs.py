@@ -16,7 +16,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 # meta_schedule searches and the cross / GPU builds (each covered by its own tests too): `make test-all`
 SLOW = {"commands/tune.md", "targets/arm.md", "targets/apple.md", "targets/qualcomm.md", "targets/amd.md",
         "targets/cuda.md", "commands/compile.md", "commands/import.md", "commands/export-mlir.md",
-        "commands/calibrate.md", "targets/wafer.md", "../README.md"}
+        "commands/calibrate.md", "targets/wafer.md", "../README.md",
+        # each also covered by the tests of its command (tests/runtime/test_server.py, test_chat.py, test_verify.py)
+        "commands/serve.md", "commands/chat.md", "commands/verify.md"}
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

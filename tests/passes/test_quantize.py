@@ -125,7 +125,7 @@ def test_16bit_weights(dtype, tiny_models, tmp_path):
         run_pipeline(m, ["cast-weights"], {"dtype": "f8"})
 
 
-@pytest.mark.parametrize("name", ["dense-a", "moe-b"])
+@pytest.mark.parametrize("name", ["dense-a", pytest.param("moe-b", marks=pytest.mark.slow)])
 def test_16bit_kv_cache(name, tiny_models, tmp_path):
     """cast-kv: the IR declares f16 KV state, the interpreter rounds what it caches, the compiled kernels store
     half and read it back in float32; the cache takes half the bytes."""
@@ -245,7 +245,7 @@ class _Ties:
 
 
 @pytest.mark.parametrize("name,scheme", [
-    ("dense-a", "q4g32"), ("dense-b", "q8"), ("lfm2-hybrid-tiny", "q8"),
+    ("dense-a", "q4g32"), ("dense-b", "q8"), pytest.param("lfm2-hybrid-tiny", "q8", marks=pytest.mark.slow),
     pytest.param("dense-a", "q8", marks=pytest.mark.slow), pytest.param("moe-a", "q4g32a", marks=pytest.mark.slow)])
 def test_compiled_int8_activations_equal_interpreter(name, scheme, tmp_path, monkeypatch):
     """W8A8 / W4A8 kernels (integer dot products) against the interpreter on the same marked graph: prefill,

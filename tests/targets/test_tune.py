@@ -119,6 +119,7 @@ def rpc_devices():
             p.wait()
 
 
+@pytest.mark.slow
 def test_tune_over_rpc_resume_and_apply(tiny, lowered, rpc_devices, tmp_path):
     """The CI-sized tune: two kernels, a handful of trials, measured by two RPC servers through a tracker;
     interrupted after the first task and resumed without re-measuring it; applied by compile (numerics unchanged)."""
@@ -311,6 +312,7 @@ def test_opencl_candidates_are_timed_by_the_opencl_driver(tiny, tmp_path):
     assert_follows_interpreter(it, eng, list(range(1, 6)), steps=4)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_what_was_measured_and_the_same_command_resumes(tmp_path):
     """A real SIGINT to `lfmc tune` in the middle of the search: exit 130, database intact; the same command
     then finishes without timing the baselines again or repeating the finished trials."""
