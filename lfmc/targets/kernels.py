@@ -1164,7 +1164,8 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
 
     The rows of X (RMS-normalized first when ``rms_eps``) are quantized per group of 32 inputs: d = max|x| / 127,
     q = round-half-even(x / d) (lfmc/ir/quant.py says the same for the interpreter). Weights are packed in blocks
-    of 8 outputs x 4 inputs (32 bytes, one AVX2 register), ``il`` blocks interleaved (:func:`.knobs.a8_interleave`):
+    of 8 outputs x 4 inputs (32 bytes, one AVX2 register), ``il`` blocks interleaved (:func:`.knobs.a8_interleave`;
+    int8 codes are packed with il 1, and a decode tile reads several panels side by side):
     int8 codes ``[N/8/il, K/4, H, il, 32]`` (q8), or two int4 codes per byte ``[N/8/il, K/8, H, il, 32]`` whose
     low nibbles hold inputs 8m..8m+3 and high nibbles 8m+4..8m+7 (q4; scales / zeros ``[N/8/il, K/g, H, il, 8]``).
     H = 2 (gate, up) with ``swiglu``; N is padded up to 8 * il outputs and K to 32 inputs.
@@ -1178,7 +1179,10 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
     R = knobs.rows
     NB, Kp = lay["NB"], lay["Kp"]
     KB = Kp // A8_GROUP
-    J = _pick_cols(il, max(1, knobs.cols // 2 // H))
+    if qkind == "q4":                              # the interleaved blocks
+        J = _pick_cols(il, max(1, knobs.cols // 2 // H))
+    else:                                          # int8 (il 1): one panel per block; decode tiles take twice as many
+        J = _pick_cols(NB, max(1, knobs.cols // (1 if R == 1 else 2) // H))
     (wshape, wdtype), (sshape, sdtype) = lay["W"], lay["S"]
     q4 = qkind == "q4"
     g = int(quant[1]) if q4 else A8_GROUP

@@ -227,7 +227,7 @@ class _Lowering:
         quant = specs.pop()
         a8 = self.int8_activations(srcs[0][0], entries)
         name = "w." + "+".join(n.params[r].name for n, r in srcs) + ("/swiglu" if swiglu else "")
-        il = KN.a8_interleave(N, swiglu, self.knobs["decode"]) if a8 else 0
+        il = KN.a8_interleave(N, swiglu, self.knobs["decode"], quant) if a8 else 0
 
         def cat(suffix: str) -> np.ndarray | None:
             parts = [self.weights[n.params[r + suffix].name] for n, r in srcs if r + suffix in n.params]
@@ -353,7 +353,7 @@ class _Lowering:
         name = "w." + n.params["weight"].name
         head = next((m for m in self.graph.nodes if m.op == "lm_head"
                      and m.params["weight"].name == n.params["weight"].name), None)
-        il = KN.a8_interleave(V, False, self.knobs["decode"]) if head and self.int8_activations(head) else 0
+        il = KN.a8_interleave(V, False, self.knobs["decode"], quant) if head and self.int8_activations(head) else 0
         packed = None
         if self.weights is not None and name not in self.params:
             sc = n.params.get("weight_scale")

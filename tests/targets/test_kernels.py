@@ -288,7 +288,7 @@ def test_matmul_int8_activations(N, Kd, rms, acc, bias, swiglu, quant, knobs):
     if quant[0] == "q4" and Kd % quant[1]:
         pytest.skip("int4 groups must divide K")
     eps = 1e-5
-    il = K.a8_interleave(N, swiglu, K.Knobs(8, 1, 8))
+    il = K.a8_interleave(N, swiglu, K.Knobs(8, 1, 8), quant)
     f = build(K.make_matmul_a8("mma8", N, Kd, knobs, bias, eps if rms else None, acc, swiglu, quant, il))
     rows = -(-5 // knobs.rows) * knobs.rows
     x, nw, b, res = r(rows, Kd), r(Kd), r(N), r(rows, N)
@@ -314,7 +314,7 @@ def test_embedding_int8_activation_layout(quant):
 
     V, D = 100, 64
     codes, scale, zero, table = _qweights(r(V, D), quant)
-    il = K.a8_interleave(V, False, K.Knobs(8, 1, 8))
+    il = K.a8_interleave(V, False, K.Knobs(8, 1, 8), quant)
     packed, qargs = pack_weight_a8(codes, scale, zero, quant, False, il)
     tok = np.array([0, 99, 9, 9, 57], np.int32)
     out = call(build(K.make_embedding("ea8", V, D, 4, quant, False, il)), tok, packed, *qargs,
