@@ -16,7 +16,7 @@ import tvm
 from tvm import s_tir, te
 from tvm.script import tirx as T
 
-from .knobs import A8_GROUP, Knobs, a8_interleave, pick_lanes  # noqa: F401  (re-exported: the makers' knobs)
+from .knobs import A8_GROUP, Knobs, a8_interleave, pick_cols, pick_lanes  # noqa: F401  (re-exported: the makers' knobs)
 
 NEG = -3.0e38
 ATT_BLOCK = 32          # positions per block of the CPU attention kernels (scores, max and exps per block)
@@ -40,13 +40,6 @@ def _scope(kn: Knobs) -> str:
     assembly). Scalar values are bound with ``x: T.let = ...`` for the same reason: a plain ``x = ...`` is a
     mutable variable that TVM 0.27 also places in workspace memory on CPUs."""
     return "local" if kn.gpu else "global"
-
-
-def _pick_cols(nvec: int, want: int) -> int:
-    for c in range(min(want, nvec), 0, -1):
-        if nvec % c == 0:
-            return c
-    return 1
 
 
 def _named(f: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
@@ -76,7 +69,7 @@ def _matmul_cols(N: int, l: int, knobs: Knobs, swiglu: bool, qkind: str | None) 
     """Vector columns (of ``l`` outputs) each thread accumulates at once. int4 on the CPU takes at most 4: its
     unpacking needs registers of its own, and 8 columns spill to the stack (seen in the generated assembly)."""
     cols = min(knobs.cols, 4) if qkind == "q4" and not knobs.gpu else knobs.cols
-    return _pick_cols(N // l, max(1, cols // 2) if swiglu else cols)
+    return pick_cols(N // l, max(1, cols // 2) if swiglu else cols)
 
 
 def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
@@ -316,7 +309,7 @@ def make_moe_gate_up(name: str, E: int, F2: int, D: int, topk: int, knobs: Knobs
     """H[n*k, F2] = X[n] @ GU[idx[n, j]]^T for each chosen expert j. GU packed [E, F2/l, D, l] (quantized or
     16-bit as in :func:`make_matmul`). Args: X[n, D], GU, (scale), (zero), idx[n, k], H[n*k, F2]."""
     l = pick_lanes(F2, knobs.lanes)
-    J = _pick_cols(F2 // l, knobs.cols * 2)
+    J = pick_cols(F2 // l, knobs.cols * 2)
     n = te.var("n", "int32")
     X = te.placeholder((n, D), name="X")
     wargs, wv = _expert_weight(E, F2, D, l, quant, "GU")
@@ -352,7 +345,7 @@ def make_moe_down(name: str, E: int, D: int, F: int, topk: int, knobs: Knobs,
     updated in place). Dn packed [E, D/l, F, l] (quantized or 16-bit as in :func:`make_matmul`).
     Args: A[n*k, F], Dn, (scale), (zero), idx[n, k], w[n, k], (Res), Y[n, D] — Res and Y the same buffer."""
     l = pick_lanes(D, knobs.lanes)
-    J = _pick_cols(D // l, knobs.cols * 2)
+    J = pick_cols(D // l, knobs.cols * 2)
     n = te.var("n", "int32")
     A = te.placeholder((n * topk, F), name="A")
     wargs, wv = _expert_weight(E, D, F, l, quant, "Dn")
@@ -1179,12 +1172,12 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
     R = knobs.rows
     NB, Kp = lay["NB"], lay["Kp"]
     KB = Kp // A8_GROUP
-    if qkind == "q4":                              # the interleaved blocks
-        J = _pick_cols(il, max(1, knobs.cols // 2 // H))
-    else:                                          # int8 (il 1): one panel per block; decode tiles take twice as many
-        J = _pick_cols(NB, max(1, knobs.cols // (1 if R == 1 else 2) // H))
-    (wshape, wdtype), (sshape, sdtype) = lay["W"], lay["S"]
     q4 = qkind == "q4"
+    if q4:                                         # the interleaved blocks
+        J = pick_cols(il, max(1, knobs.cols // 2 // H))
+    else:                                          # int8 (il 1): one panel per block; decode tiles take twice as many
+        J = pick_cols(NB, max(1, knobs.cols // (1 if R == 1 else 2) // H))
+    (wshape, wdtype), (sshape, sdtype) = lay["W"], lay["S"]
     g = int(quant[1]) if q4 else A8_GROUP
     asym = bool(quant[2]) if q4 else False
     G, SB = (K // g, g // A8_GROUP) if q4 else (KB, 1)

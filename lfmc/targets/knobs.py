@@ -29,6 +29,14 @@ def pick_lanes(n: int, lanes: int) -> int:
     return 1
 
 
+def pick_cols(nvec: int, want: int) -> int:
+    """The largest divisor of ``nvec`` that is at most ``want``: how many vectors (or blocks) a tile takes."""
+    for c in range(min(want, nvec), 0, -1):
+        if nvec % c == 0:
+            return c
+    return 1
+
+
 def gpu_knobs(max_threads: int = 256) -> dict[str, Knobs]:
     """Knobs of every GPU family: row tiles of 1 (the runtime pads nothing), plain [N, K] weight layout (lanes 1),
     lfmc's loop kernels 64 threads wide (or the device's limit if lower)."""
@@ -47,5 +55,4 @@ def a8_interleave(N: int, swiglu: bool, decode: Knobs, quant: tuple) -> int:
     interleaved stream (LFM2-350M shapes, this repository's host CPU)."""
     if quant[0] == "q8":
         return 1
-    nb, want = -(-N // 8), max(1, decode.cols // 2 // (2 if swiglu else 1))
-    return next(c for c in range(min(want, nb), 0, -1) if nb % c == 0)
+    return pick_cols(-(-N // 8), max(1, decode.cols // 2 // (2 if swiglu else 1)))
