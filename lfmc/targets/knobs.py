@@ -51,8 +51,8 @@ def a8_interleave(N: int, swiglu: bool, decode: Knobs, quant: tuple) -> int:
     """Weight blocks of 8 outputs stored interleaved for the int8-activation matmul, so that the blocks a decode
     call reads side by side stream as one sequence: int4 codes (their integer work per byte is the larger; one
     stream with software prefetch measured fastest). int8 codes are not interleaved (1): their decode tiles read
-    twice as many blocks, each from its own panel, and these parallel streams measured 15-30% faster than one
-    interleaved stream (LFM2-350M shapes, this repository's host CPU)."""
+    twice as many blocks, each from its own panel: these parallel streams measured faster than one interleaved
+    stream on this repository's host CPU (BENCHMARKS.md, "W8A8 decode with int8 weights in parallel panels")."""
     if quant[0] == "q8":
         return 1
     return pick_cols(-(-N // 8), max(1, decode.cols // 2 // (2 if swiglu else 1)))
