@@ -74,6 +74,42 @@ def bench_engine(engine, prefill_lens=(128, 512), decode_steps: int = 64, reps: 
     return out
 
 
+def profile_engine(engine, entry: str = "decode", n: int = 1, reps: int = 7) -> dict[str, Any]:
+    """Where one ``entry`` call of ``n`` rows spends its time, kernel by kernel (each launch timed on its own,
+    medians of ``reps``; the sum is a little above an untimed step's). Dense matmuls (kernels ``k_mm_*``, which
+    read every weight once per call) also get the bytes of weights they read and the rate they read them at:
+    in decode, how close each comes to the machine's memory bandwidth."""
+    times = engine.profile(entry, n, reps)
+    summary = engine.launch_summary(entry, n)
+    rows = []
+    for k, t in times.items():
+        dense = k.startswith("k_mm_")
+        b = summary[k]["param_bytes"] if dense else None
+        rows.append({"kernel": k, "launches": summary[k]["launches"], "seconds": t, "share": t / sum(times.values()),
+                     "weight_bytes": b, "gbs": b / t / 1e9 if b and t > 0 else None})
+    mm = [r for r in rows if r["weight_bytes"]]
+    mm_bytes, mm_s = sum(r["weight_bytes"] for r in mm), sum(r["seconds"] for r in mm)
+    return {"entry": entry, "rows_per_call": n, "seconds": sum(times.values()),
+            "launches": sum(s["launches"] for s in summary.values()), "kernels": rows,
+            "matmul_weight_bytes": mm_bytes, "matmul_gbs": mm_bytes / mm_s / 1e9 if mm_s > 0 else None}
+
+
+def format_profile(p: dict[str, Any], top: int = 12) -> str:
+    """``profile_engine``'s result as a table."""
+    lines = [f"{p['entry']} of {p['rows_per_call']} row(s): {p['seconds'] * 1e3:.2f} ms over {p['launches']} "
+             f"launches" + (f"; dense matmuls read {p['matmul_weight_bytes'] / 1e6:.0f} MB of weights at "
+                            f"{p['matmul_gbs']:.1f} GB/s" if p["matmul_gbs"] else ""),
+             f"{'kernel':<48}{'launches':>9}{'ms':>9}{'share':>7}{'weights MB':>12}{'GB/s':>7}"]
+    for r in p["kernels"][:top]:
+        mb = f"{r['weight_bytes'] / 1e6:12.1f}{r['gbs']:7.1f}" if r["gbs"] else ""
+        lines.append(f"{r['kernel'][:47]:<48}{r['launches']:>9}{r['seconds'] * 1e3:>9.3f}{r['share']:>7.0%}{mb}")
+    if len(p["kernels"]) > top:
+        rest = p["kernels"][top:]
+        lines.append(f"{f'({len(rest)} more kernels)':<48}{sum(r['launches'] for r in rest):>9}"
+                     f"{sum(r['seconds'] for r in rest) * 1e3:>9.3f}{sum(r['share'] for r in rest):>7.0%}")
+    return "\n".join(lines)
+
+
 def rss_bytes() -> int:
     """This process's resident memory now (what it holds for model, caches and runtime at this moment)."""
     try:

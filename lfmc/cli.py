@@ -512,6 +512,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
         res["contexts"] = bench_contexts(eng, ctxs, a.decode_steps)
         res["plot"] = str(plot_contexts(res["contexts"], a.plot, f"{res['model']}: decode speed and memory "
                                                                    "against context"))
+    if a.profile:
+        from .bench import profile_engine
+
+        res["profile"] = profile_engine(eng, "decode", 1)
     if a.baseline == "torch":
         res["torch"] = run_torch_baseline(eng.manifest, prefill_lens=lens, decode_steps=a.decode_steps,
                                           reps=a.reps)
@@ -533,6 +537,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
               f"{r['state_bytes'] / 2**20:8.2f} MiB, resident {r['rss_bytes'] / 2**20:8.1f} MiB")
     if "plot" in res:
         print(f"plot: {res['plot']}")
+    if "profile" in res:
+        from .bench import format_profile
+
+        print(format_profile(res["profile"]))
     return 0
 
 
@@ -724,6 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", default=None, help="also measure decode speed and memory at each of "
                    "--contexts and draw them against context into PNG")
     p.add_argument("--contexts", default="128,512,2048", help="context lengths for --plot (default 128,512,2048)")
+    p.add_argument("--profile", action="store_true", help="also time one decode step kernel by kernel, with the "
+                   "rate each dense matmul reads its weights at (GB/s)")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("verify", help="check an artifact (hashes, plan, parameters, kernel libraries as data) "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from lfmc.cli import main
@@ -46,6 +47,32 @@ def test_bench_with_torch_baseline(art, capsys):
     r = json.loads(capsys.readouterr().out)
     for side in ("lfmc", "torch"):
         assert r[side]["prefill"]["16"] > 0 and r[side]["decode"]["1"] > 0 and r[side]["memory"]["peak_rss"] > 0
+
+
+def test_bench_profile_accounts_for_every_launch(art, capsys):
+    """--profile: every decode launch is counted once, and each dense matmul's weight bytes are those of the
+    parameters the plan hands it (recomputed here from the manifest)."""
+    capsys.readouterr()
+    assert main(["bench", str(art), "--prefill", "16", "--decode-steps", "4", "--reps", "1", "--profile",
+                 "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)["profile"]
+    plan = json.loads((art / "manifest.json").read_text())["plan"]
+    launches = plan["entries"]["decode"]
+    rows = {r["kernel"]: r for r in p["kernels"]}
+    assert set(rows) == {L["kernel"] for L in launches}
+    assert p["launches"] == len(launches) == sum(r["launches"] for r in rows.values())
+    assert all(r["seconds"] > 0 for r in rows.values()) and abs(sum(r["share"] for r in rows.values()) - 1) < 1e-9
+    nbytes = lambda name: int(np.prod(plan["params"][name]["shape"])) * np.dtype(plan["params"][name]["dtype"]).itemsize
+    mm = {k for k in rows if k.startswith("k_mm_")}
+    assert mm, "the tiny MoE model has dense projections"
+    for k in mm:
+        want = sum(nbytes(a[1]) for L in launches if L["kernel"] == k for a in L["args"] if a[0] == "param")
+        assert rows[k]["weight_bytes"] == want and rows[k]["gbs"] > 0
+    assert all(rows[k]["weight_bytes"] is None for k in set(rows) - mm)   # gathers and experts read only part
+    assert p["matmul_weight_bytes"] == sum(rows[k]["weight_bytes"] for k in mm)
+    assert main(["bench", str(art), "--prefill", "16", "--decode-steps", "4", "--reps", "1", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "decode of 1 row(s): " in out and f"over {len(launches)} launches" in out and "GB/s" in out
 
 
 def test_compile_refuses_config_only(tmp_path, capsys):

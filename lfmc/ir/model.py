@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,23 +39,64 @@ class Model:
         return self
 
 
+WRITER_FILE = ".lfmc-writer"     # inside a temporary directory while it is written: "HOST PID" of the writer
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_writes(dst: Path) -> list[Path]:
+    """Delete the temporary directories that earlier writes of ``dst`` left beside it when their process died
+    without cleaning up (SIGKILL, out of memory, power loss): those whose writer, on this host, is gone.
+    Another live process's write is left alone. Returns what was removed."""
+    host = socket.gethostname()
+    removed = []
+    for p in dst.parent.glob(f".{dst.name}.*"):
+        if p.name == f".{dst.name}.old":
+            if dst.exists():                      # killed between the two renames of a replacement
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+            continue
+        try:
+            whost, pid = (p / WRITER_FILE).read_text().split()
+            stale = whost == host and not _pid_alive(int(pid))
+        except (OSError, ValueError):             # not one of ours, or its writer is on another host
+            continue
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def write_dir_atomically(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     """Create directory ``path`` with ``fill(tmp)`` writing its files into a temporary directory beside it,
     then rename it into place (replacing an old one), so that an interrupted write never leaves a half
-    directory behind. Shared by saved models and compiled artifacts."""
+    directory behind. A write killed outright (no chance to clean up) leaves its temporary directory, marked
+    with its process id; the next write of the same path removes it. Shared by saved models and compiled
+    artifacts."""
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_writes(dst)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
+        (tmp / WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         fill(tmp)
+        (tmp / WRITER_FILE).unlink()
+        old = dst.with_name(f".{dst.name}.old")
         if dst.exists():
-            old = dst.with_name(f".{dst.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             dst.rename(old)
             tmp.rename(dst)
-            shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

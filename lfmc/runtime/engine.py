@@ -225,6 +225,17 @@ class Engine:
                 times.setdefault(k, []).append(v)
         return dict(sorted(((k, float(np.median(v))) for k, v in times.items()), key=lambda kv: -kv[1]))
 
+    def launch_summary(self, entry: str, n: int = 1) -> dict[str, dict[str, int]]:
+        """Per kernel of one ``entry`` call of ``n`` rows: how many launches, and the bytes of parameters they are
+        handed (summed). A dense matmul reads all of its parameters once per launch, so with :meth:`profile` this
+        says how fast it streams its weights; a gather (embedding) or an MoE kernel reads only some of them."""
+        out: dict[str, dict[str, int]] = {}
+        for k, args in self._launches(entry, n):
+            s = out.setdefault(k, {"launches": 0, "param_bytes": 0})
+            s["launches"] += 1
+            s["param_bytes"] += sum(int(self.params[a[1]].nbytes) for a in args if a[0] == "param")
+        return out
+
     def _logits(self, entry: str, n: int) -> np.ndarray:
         _, name, rows, cols = self.plan["logits"][entry]
         return self.driver.read(self.slabs[name], (self._rows(rows, n, entry), cols))

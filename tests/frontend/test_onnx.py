@@ -25,7 +25,9 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
-NAMES = ["dense-a", "dense-b", "moe-a", "moe-b"]       # tied / untied + biases; norm / no norm, scaled MoE
+SLOW = pytest.mark.slow                                # an export takes ~8 s: two of the four run by default
+NAMES = ["dense-a", pytest.param("dense-b", marks=SLOW),  # tied / untied + biases
+         "moe-a", pytest.param("moe-b", marks=SLOW)]      # norm / no norm, scaled MoE
 T = 8
 
 
@@ -36,20 +38,24 @@ def export(model, path, T: int = T) -> None:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """name -> (torch model, path of its ONNX export); random weights N(0, 0.25)."""
+    """name -> (torch model, path of its ONNX export); random weights N(0, 0.25); exported on first use."""
     d = tmp_path_factory.mktemp("onnx")
-    out = {}
-    for name in NAMES:
-        cfg = ALL_CONFIGS[name]
-        model = build_hf_model(cfg, random_weights(graph_from_config(cfg), seed=3, std=INIT_STD))
-        export(model, d / f"{name}.onnx")
-        out[name] = (model, d / f"{name}.onnx")
-    return out
+    out: dict = {}
+
+    def get(name: str):
+        if name not in out:
+            cfg = ALL_CONFIGS[name]
+            model = build_hf_model(cfg, random_weights(graph_from_config(cfg), seed=3, std=INIT_STD))
+            export(model, d / f"{name}.onnx")
+            out[name] = (model, d / f"{name}.onnx")
+        return out[name]
+
+    return get
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_same_ir_and_weights_as_torch(exported, name):
-    model, path = exported[name]
+    model, path = exported(name)
     a, b = import_torch_model(model, "m"), import_onnx(path, "m")
     assert print_graph(b.graph) == print_graph(a.graph)
     assert set(b.weights) == set(a.weights)
@@ -64,7 +70,7 @@ def test_onnx_numbers_equal_interpreter(exported, name):
     """The ONNX graph run by onnx's reference evaluator gives the interpreter's logits (1e-5 of the scale)."""
     from onnx.reference import ReferenceEvaluator
 
-    _, path = exported[name]
+    _, path = exported(name)
     m = import_onnx(path)
     ids = np.random.default_rng(7).integers(0, m.provenance["config"]["vocab_size"], (1, T)).astype(np.int64)
     ref = ReferenceEvaluator(str(path)).run(None, {onnx.load(str(path)).graph.input[0].name: ids})[0][0]
@@ -74,16 +80,16 @@ def test_onnx_numbers_equal_interpreter(exported, name):
     assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
 
 
-@pytest.mark.parametrize("name", ["dense-b", "moe-a"])
+@pytest.mark.parametrize("name", ["dense-a", pytest.param("dense-b", marks=SLOW), "moe-a"])
 def test_onnx_import_matches_transformers_with_decode(exported, name):
     """Prefill then greedy decode: the ONNX-imported model (config rebuilt from the graph) against transformers."""
-    _, path = exported[name]
+    _, path = exported(name)
     res = compare(import_onnx(path), prefill_lens=(1, 6), decode_steps=4)
     assert res.ok, res.to_json()
 
 
 def test_cli_import_onnx_and_sidecar_config(exported, tmp_path):
-    model, path = exported["dense-a"]
+    model, path = exported("dense-a")
     d = tmp_path / "ckpt"
     d.mkdir()
     for f in path.parent.glob(path.name + "*"):          # the graph and its external weights (NAME.onnx.data)
@@ -115,7 +121,7 @@ def _tampered(path, tmp_path, edit) -> str:
 
 
 def test_unrecognized_subgraph_names_the_nodes(exported, tmp_path):
-    _, path = exported["dense-a"]
+    _, path = exported("dense-a")
 
     def tanh_gate(mo):                     # silu(w1 x) -> w1 x * tanh(w1 x) in layer 1's MLP
         n = next(n for n in mo.graph.node if n.op_type == "Sigmoid"
@@ -140,7 +146,7 @@ def test_unrecognized_subgraph_names_the_nodes(exported, tmp_path):
 
 
 def test_bad_files_are_clear_errors(exported, tmp_path):
-    _, path = exported["dense-a"]
+    _, path = exported("dense-a")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07not a protobuf" * 3)
     with pytest.raises(LfmcError, match="not a readable ONNX model"):

@@ -1,12 +1,17 @@
 """Saved models (NAME.lfm) and weights: round trip, determinism, and clear errors on bad files."""
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from lfmc.frontend import import_preset
 from lfmc.ir import LfmcError, ModelLoadError, ParseError, WeightsError, load_model, random_weights, save_model
-from lfmc.ir.model import IR_FILE, WEIGHTS_FILE
+from lfmc.ir.model import IR_FILE, WEIGHTS_FILE, WRITER_FILE
 
 
 @pytest.fixture
@@ -94,6 +99,30 @@ def test_overwrite_is_atomic(saved):
     save_model(m, path)
     assert load_model(path).weights["model.embedding_norm.weight"][0] == 2.0
     assert sorted(p.name for p in path.parent.iterdir()) == ["tiny.lfm"]
+
+
+def test_killed_write_is_cleaned_up_by_the_next(saved):
+    """A write killed with SIGKILL cannot clean up: it leaves its temporary directory (and the artifact as it
+    was); the next write of the same path removes it, but not the directory of a write still in progress."""
+    m, path = saved
+    code = ("import sys, time; from pathlib import Path; from lfmc.ir.model import write_dir_atomically\n"
+            "def fill(t):\n    (t / 'part').write_text('x'); print('filling', flush=True); time.sleep(600)\n"
+            f"write_dir_atomically({str(path)!r}, fill)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "filling"
+    finally:
+        proc.kill()
+        proc.wait()
+    left = [p for p in path.parent.iterdir() if p.name.startswith(".tiny.lfm.")]
+    assert len(left) == 1 and (left[0] / "part").exists()
+    assert load_model(path).weights is not None            # the old model is intact
+    live = path.parent / ".tiny.lfm.live"                  # another process (this one) writing right now
+    live.mkdir()
+    (live / WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    (path.parent / ".tiny.lfm.old").mkdir()                # killed between the renames of a replacement
+    save_model(m, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == [".tiny.lfm.live", "tiny.lfm"]
 
 
 def test_random_weights_refused_when_too_large():
