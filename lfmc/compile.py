@@ -55,7 +55,9 @@ def lower_for_target(model: Model, target: str = "host", passes: Sequence[str] |
     from .passes import run_pipeline
     from .targets.lower import lower
     from .targets.profiles import get_profile
+    from .tvm_env import import_tvm
 
+    import_tvm()                            # before anything imports it with torch (see lfmc/tvm_env.py)
     prof = get_profile(target, profiles)
     knobs, family = target_knobs(prof)
     _check_act_quant(prof, family, act_quant)
@@ -106,7 +108,9 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     from .targets.lower import kernels_per_layer, lower
 
     from .targets.profiles import get_profile, guard_toolchain
+    from .tvm_env import import_tvm
 
+    import_tvm()                            # before anything imports it with torch (see lfmc/tvm_env.py)
     prof = get_profile(target, profiles)
     guard_toolchain(prof)
     if model.weights is None:

@@ -11,10 +11,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _hermetic_device_cache(tmp_path_factory):
-    """GPU builds in tests use a cache of their own (cold at the start of every run), never the user's."""
+def _hermetic_build_cache(tmp_path_factory):
+    """Builds in tests use a build cache of their own (cold at the start of every run), never the user's."""
     old = os.environ.get("LFMC_CACHE")
-    os.environ["LFMC_CACHE"] = str(tmp_path_factory.mktemp("device-cache"))
+    os.environ["LFMC_CACHE"] = str(tmp_path_factory.mktemp("build-cache"))
     yield
     if old is None:
         os.environ.pop("LFMC_CACHE", None)

@@ -229,7 +229,7 @@ def test_device_cache_hit_equals_cold_build(tmp_path, tiny, monkeypatch):
 
     monkeypatch.setenv("LFMC_CACHE", str(tmp_path / "cache"))
     a = compile_model(tiny, tmp_path / "a", target="apple-m2", max_batch=1, max_context=32)
-    assert len(os.listdir(tmp_path / "cache")) == 1
+    assert len(os.listdir(tmp_path / "cache" / "device")) == 1
     b = compile_model(tiny, tmp_path / "b", target="apple-m2", max_batch=1, max_context=32)
     assert (a / "kernels" / "device.json").read_bytes() == (b / "kernels" / "device.json").read_bytes()
-    assert len(os.listdir(tmp_path / "cache")) == 1
+    assert len(os.listdir(tmp_path / "cache" / "device")) == 1

@@ -40,19 +40,10 @@ class CpuDriver(HostMemory):
 
 
 def _import_tvm_without_torch():
-    """Import TVM. tvm_ffi imports torch eagerly when it is installed (a workaround for a Windows symbol clash);
-    a device runtime must not pay for torch, so hide it for the duration of the import unless it is loaded."""
-    import sys
+    """Import TVM without torch (see :mod:`lfmc.tvm_env`): a device runtime must not pay for torch."""
+    from ...tvm_env import import_tvm
 
-    hide = "torch" not in sys.modules
-    if hide:
-        sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
     try:
-        import tvm
-        import tvm.runtime  # noqa: F401
+        return import_tvm()
     except ImportError as e:
         raise RuntimeLoadError(f"the cpu driver needs TVM's runtime (pip install apache-tvm): {e}") from None
-    finally:
-        if hide and sys.modules.get("torch", 0) is None:
-            del sys.modules["torch"]
-    return tvm

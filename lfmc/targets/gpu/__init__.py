@@ -261,53 +261,33 @@ def _build_rocm(dmod, target) -> tuple[str, bytes]:
     return rt.inspect_source("asm"), kept[-1]
 
 
-def cache_dir():
-    """Where compiled device modules are kept by content hash (``LFMC_CACHE`` or ~/.cache/lfmc); empty string
-    in ``LFMC_CACHE`` turns the cache off."""
-    import os
-    from pathlib import Path
-
-    v = os.environ.get("LFMC_CACHE")
-    if v == "":
-        return None
-    return Path(v) if v else Path.home() / ".cache" / "lfmc" / "device"
-
-
 def cached_build_device(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target, threads: int):
-    """:func:`build_device` behind a cache keyed by the kernels' TIR, the target and the TVM version: code
-    generation for some targets (Metal) is slow, and the same kernels recur across models and compiles."""
-    import hashlib
+    """:func:`build_device` behind the build cache (:mod:`lfmc.targets.cache`, kind ``device``), keyed by the
+    kernels' TIR, the target and the TVM and lfmc versions: code generation for some targets (Metal) is slow,
+    and the same kernels recur across models and compiles."""
     import json
-    import os
 
-    d = cache_dir()
-    h = hashlib.sha256()
-    from ... import __version__
+    from .. import cache
 
-    h.update(f"{tvm.__version__}|lfmc {__version__}|table {TABLE_FORMAT}|"
-             f"{json.dumps(target.export(), sort_keys=True, default=str)}|{threads}".encode())
+    parts = [f"device {TABLE_FORMAT}", cache.versions(), json.dumps(target.export(), sort_keys=True, default=str),
+             str(threads)]
     for name in sorted(funcs):
-        h.update(name.encode() + b"\0" + funcs[name].script().encode() + b"\0")
-    key = h.hexdigest()
-    if d is not None and (d / f"{key}.json").exists():
+        parts += [name, funcs[name].script()]
+    key = cache.cache_key(*parts)
+    meta = cache.get("device", key, ".json")
+    if meta is not None:
         try:
-            c = json.loads((d / f"{key}.json").read_text())
-            binary = (d / f"{key}.bin").read_bytes() if c.get("binary") else None
-            return c["source"], c["table"], binary
-        except (OSError, ValueError, KeyError):
+            c = json.loads(meta)
+            binary = cache.get("device", key, ".bin") if c.get("binary") else None
+            if not c.get("binary") or binary is not None:
+                return c["source"], c["table"], binary
+        except (ValueError, KeyError, TypeError):
             pass                                       # a damaged entry: rebuild it
     source, table, binary = build_device(funcs, target, threads)
-    if d is not None:
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            if binary is not None:
-                (d / f"{key}.bin.tmp").write_bytes(binary)
-                os.replace(d / f"{key}.bin.tmp", d / f"{key}.bin")
-            (d / f"{key}.json.tmp").write_text(json.dumps({"source": source, "table": table,
-                                                            "binary": binary is not None}))
-            os.replace(d / f"{key}.json.tmp", d / f"{key}.json")
-        except OSError:
-            pass                                       # a read-only cache is not an error
+    entry = {} if binary is None else {".bin": binary}
+    entry[".json"] = json.dumps({"source": source, "table": table, "binary": binary is not None}).encode()
+    cache.put("device", key, entry)                    # .bin first: a .json is only ever beside its binary
+    cache.trim("device")
     return source, table, binary
 
 

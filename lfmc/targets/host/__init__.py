@@ -48,19 +48,32 @@ def host_knobs(entry: str) -> Knobs:
 
 def build_host(kernels: dict, out_dir, progress=None) -> dict[str, str]:
     """Compile each kernel for this CPU into its own shared library ``kernels/NAME.so``; returns name -> file.
+    Libraries come from the build cache (:mod:`lfmc.targets.cache`) when the same kernel was built before.
 
     One LLVM module per kernel on purpose: compiled together in one module, LLVM stopped promoting the matmul's
     register tile to registers (it spilled the accumulators every iteration, 3x slower; seen with TVM 0.27)."""
+    import json
+
     import tvm
 
+    from .. import cache
+
     target = host_target()
+    tkey = json.dumps(target.export(), sort_keys=True, default=str)
     (out_dir / "kernels").mkdir(exist_ok=True)
     files = {}
     for i, (name, spec) in enumerate(sorted(kernels.items())):
-        lib = tvm.compile(tvm.IRModule({name: spec.build(name)}), target=target)
         rel = f"kernels/{name}.so"
-        lib.export_library(str(out_dir / rel))
+        key, func = cache.kernel_key("host .so 1", tkey, name, spec)
+        data = cache.get("cpu", key, ".so")
+        if data is not None:
+            (out_dir / rel).write_bytes(data)
+        else:
+            lib = tvm.compile(tvm.IRModule({name: func or spec.build(name)}), target=target)
+            lib.export_library(str(out_dir / rel))
+            cache.put("cpu", key, {".so": (out_dir / rel).read_bytes()})
         files[name] = rel
         if progress:
             progress(i + 1, len(kernels), name)
+    cache.trim("cpu")
     return files
