@@ -199,7 +199,15 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     if prune:
         manifest["prune"] = {k: v for k, v in prune.items() if k != "calibration"}
         manifest["prune"]["layers"] = {n.name: n.attrs["pruned"] for n in model.graph.nodes if "pruned" in n.attrs}
-    return write_artifact(out, manifest, low.params, build, model.tokenizer)
+    from .targets import cache
+
+    hits = cache.HITS["n"]
+    path = write_artifact(out, manifest, low.params, build, model.tokenizer)
+    if log and family == "cpu":
+        where = cache.cache_dir("cpu")
+        log(f"kernel libraries: {len(low.kernels)}, {cache.HITS['n'] - hits} of them from the build cache"
+            + (f" ({where})" if where else " (off: LFMC_CACHE is empty)"))
+    return path
 
 
 def _max_context(model: Model, max_context: int | None) -> tuple[int, int]:

@@ -51,3 +51,15 @@ def test_layers_import_only_what_they_may():
 def test_ir_imports_without_torch():
     code = "import sys, lfmc.ir, lfmc.ir.summary; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compiling_a_preset_imports_no_torch(tmp_path):
+    """tvm_ffi would import torch with TVM: seconds of import, and TVMScript parsing several times slower with
+    torch's modules loaded (lfmc/tvm_env.py). Compiling a preset needs neither torch nor transformers."""
+    code = ("import sys; from lfmc.cli import main; "
+            f"assert main(['compile', 'lfm2-tiny', '-o', {str(tmp_path / 't.host')!r}, '--quiet']) == 0; "
+            "assert 'tvm' in sys.modules and 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # and torch still imports after TVM, for the frontends that need it
+    code = "import sys; from lfmc.tvm_env import import_tvm; import_tvm(); import torch; assert torch.zeros(2).sum() == 0"
+    subprocess.run([sys.executable, "-c", code], check=True)

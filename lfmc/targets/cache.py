@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MAX_MB = 2048
+HITS = {"n": 0}                            # entries served by get() in this process (compile logs the count)
 MAGIC = b"lfmc-cache 1\n"                  # then the payload's SHA-256 (32 bytes), then the payload
 
 
@@ -111,6 +112,7 @@ def get(kind: str, key: str, suffix: str) -> bytes | None:
         os.utime(p)
     except OSError:
         pass
+    HITS["n"] += 1
     return data
 
 

@@ -40,8 +40,10 @@ def test_recompile_builds_nothing_and_writes_the_same_artifact(tiny_models, tmp_
         raise AssertionError("a cached kernel was built again")
 
     monkeypatch.setattr(tvm, "compile", no_build)
-    b = compile_model(m, tmp_path / "b", "host", **KW)
+    logs: list[str] = []
+    b = compile_model(m, tmp_path / "b", "host", log=logs.append, **KW)
     assert _files(a) == _files(b)
+    assert f"kernel libraries: {n}, {n} of them from the build cache ({cold})" in logs
     eng = Engine(b)                                     # the copies load and run
     s = eng.new_sequence()
     assert eng.prefill(s, [1, 2, 3]).shape == (eng.vocab_size,)
