@@ -789,7 +789,7 @@ def cmd_targets(a: argparse.Namespace) -> int:
         bw = f"{p.bandwidth_gbs:.0f}" if p.bandwidth_gbs < 1e6 else f"{p.bandwidth_gbs / 1e6:.1f}M"
         print(f"{k:<22}{p.family:<8}{p.driver:<8}{p.memory_gb:>6.0f}GB{bw:>9}{p.fp32_tflops:>8.1f}"
               f"{p.fp16_tflops:>8.1f}{p.local_mem_kb:>9.0f}{p.simd_width:>6}{p.weight_budget_gb:>6.0f}GB  "
-              f"{(p.tag or 'lfmc'):<20}{'yes (this CPU)' if k == 'host' else p.as_dict()['runs_here']}")
+              f"{(p.tag or 'lfmc'):<20}{p.as_dict()['runs_here']}")
     return 0
 
 

@@ -36,10 +36,13 @@ def target_knobs(prof) -> tuple[dict, str]:
         from .targets.knobs import gpu_knobs
 
         return gpu_knobs(prof.max_threads), "gpu"
-    if prof.family == "cpu" and prof.name == "host":
-        from .targets.host import host_knobs
+    from .targets.profiles import is_x86
 
-        return {e: host_knobs(e) for e in ("prefill", "decode")}, "cpu"
+    if is_x86(prof):
+        from .targets.host import host_knobs, x86_features
+
+        feats = x86_features(prof)
+        return {e: host_knobs(e, feats) for e in ("prefill", "decode")}, "cpu"
     if prof.family == "cpu":
         from .targets.arm import arm_knobs
 
@@ -107,7 +110,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
     from .targets.artifact import write_artifact
     from .targets.lower import kernels_per_layer, lower
 
-    from .targets.profiles import get_profile, guard_toolchain
+    from .targets.profiles import get_profile, guard_toolchain, is_x86
     from .tvm_env import import_tvm
 
     import_tvm()                            # before anything imports it with torch (see lfmc/tvm_env.py)
@@ -133,18 +136,20 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = "host", ma
 
         def build(d: Path) -> dict[str, str]:
             return build_gpu(low.kernels, prof, d, progress)
-    elif prof.name == "host":
-        from .targets.host import build_host, cpu_features
+    elif is_x86(prof):
+        from .targets.host import build_host, x86_features, x86_target
 
-        tinfo = {"name": "host", "driver": "cpu", "kind": "llvm", "features": cpu_features()}
+        tinfo = {"name": prof.name, "driver": "cpu", "kind": "llvm", "features": x86_features(prof)}
+        if prof.name != "host":
+            tinfo["profile"] = prof.as_dict()
 
         def build(d: Path) -> dict[str, str]:
-            return build_host(low.kernels, d, progress)
+            return build_host(low.kernels, d, progress, x86_target(prof))
     else:
         from .targets.arm import arm_features, build_arm
 
         if "aarch64" not in str(prof.tvm.get("mtriple", "")) and "arm64" not in str(prof.tvm.get("mtriple", "")):
-            raise LfmcError(f"target {prof.name}: only the host and arm64 CPUs are supported "
+            raise LfmcError(f"target {prof.name}: only x86-64 and arm64 CPUs are supported "
                             f"(mtriple {prof.tvm.get('mtriple')!r})")
         tinfo = {"name": prof.name, "driver": "cpu", "kind": "llvm", "features": arm_features(prof),
                  "profile": prof.as_dict()}

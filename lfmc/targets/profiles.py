@@ -29,7 +29,7 @@ from ..ir.errors import LfmcError
 
 FAMILIES = ("cpu", "opencl", "cuda", "metal", "rocm", "wafer")
 DRIVER = {"cpu": "cpu", "opencl": "opencl", "cuda": "cuda", "metal": "metal", "rocm": "hip", "wafer": "wafer"}
-RUNNABLE_HERE = {"cpu": "host CPUs only (other ISAs are cross-compiled)", "opencl": "yes (PoCL)",
+RUNNABLE_HERE = {"cpu": "no (arm64: cross-compiled, objects checked)", "opencl": "yes (PoCL)",
                  "cuda": "on a lent GPU", "metal": "no (source checked; a Mac runs it)",
                  "rocm": "no (hsaco checked; an AMD GPU runs it)",
                  "wafer": "simulated (lfmc's mesh simulator: real numerics, estimated cycles)"}
@@ -90,6 +90,10 @@ class Profile:
         d = asdict(self)
         d["driver"] = self.driver
         d["runs_here"] = RUNNABLE_HERE[self.family]
+        if is_x86(self):
+            from .host import x86_runs_here
+
+            d["runs_here"] = x86_runs_here(self)
         return d
 
 
@@ -179,8 +183,26 @@ def _presets() -> dict[str, Profile]:
           memory_gb=16, bandwidth_gbs=85, fp32_tflops=0.3, simd_width=4, max_threads=8, weight_budget_gb=6,
           quant="q4g32"),
     ]
-    out.update({p.name: p for p in cpus})
+    x86 = [   # other x86-64 machines than this one: the host's kernels for a named ISA level (see targets/host)
+        P("x86-64-v3", "cpu", "any x86-64 CPU with AVX2 + FMA (x86-64-v3: Haswell, Zen 1-4 and later)",
+          _x86("x86-64-v3"), memory_gb=16, bandwidth_gbs=40, fp32_tflops=0.5, simd_width=8, max_threads=8),
+        P("x86-64-v4", "cpu", "any x86-64 CPU with AVX-512 (x86-64-v4: Skylake-SP, Ice Lake, Zen 4 and later)",
+          _x86("x86-64-v4"), memory_gb=32, bandwidth_gbs=60, fp32_tflops=1.5, simd_width=16, max_threads=16),
+        P("xeon-sapphirerapids", "cpu", "4th-generation Xeon (Sapphire Rapids: AVX-512, AMX, bf16)",
+          _x86("sapphirerapids"), memory_gb=256, bandwidth_gbs=300, fp32_tflops=4.0, simd_width=16,
+          max_threads=56),
+    ]
+    out.update({p.name: p for p in cpus + x86})
     return out
+
+
+def _x86(mcpu: str) -> dict[str, Any]:
+    return {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu}
+
+
+def is_x86(p: Profile) -> bool:
+    """The host, or a CPU profile for another x86-64 machine (built by targets/host, run by the cpu driver)."""
+    return p.name == "host" or (p.family == "cpu" and str(p.tvm.get("mtriple", "")).startswith("x86_64"))
 
 
 def _host_profile(p: Profile) -> Profile:

@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 
+import numpy as np
 import pytest
 
 from lfmc.compile import compile_model
@@ -113,6 +114,51 @@ def test_aarch64_linux_libraries(target, built):
 
     with pytest.raises(RuntimeLoadError, match="compiled for aarch64 CPUs"):
         Engine(art)                                                  # refused on this x86 machine
+
+
+def _this_cpu_has(flag: str) -> bool:
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and flag in line.split() for line in f)
+
+
+def test_x86_64_v3_runs_here_and_follows_the_interpreter(tiny, tmp_path):
+    """A build for another x86 machine at the AVX2 level: this CPU has its features, so it loads and runs, and
+    its numbers are the interpreter's (prefill, then decode)."""
+    if not _this_cpu_has("avx2"):
+        pytest.skip("this CPU has no AVX2")
+    from lfmc.ir.interp import Interpreter
+    from lfmc.runtime import Engine
+    from tests.helpers import assert_follows_interpreter
+
+    m = import_preset("lfm2-tiny", weights=True, seed=2, std=0.25)
+    art = compile_model(m, tmp_path / "v3", target="x86-64-v3", max_batch=1, max_context=64, prefill_chunk=8)
+    man = json.loads((art / "manifest.json").read_text())
+    f = man["target"]["features"]
+    assert man["target"]["name"] == "x86-64-v3" and f["mcpu"] == "x86-64-v3"
+    assert f["avx2"] and f["fma"] and not f["avx512"]
+    it, eng = Interpreter(m.graph, m.weights), Engine(art)
+    assert_follows_interpreter(it, eng, [1, 5, 9, 200, 3, 7, 7, 30, 2, 11], steps=4)
+
+
+@pytest.mark.parametrize("target", ["x86-64-v4", pytest.param("xeon-sapphirerapids", marks=pytest.mark.slow)])
+def test_avx512_builds_are_avx512_code_and_refused_without_it(target, built):
+    """AVX-512 profiles emit zmm code (16-lane panels); a CPU without AVX-512 refuses the artifact by name
+    instead of dying of SIGILL; one with it runs it."""
+    art = built(target)
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["target"]["features"]["avx512"] and man["plan"]["params"]
+    assert man["target"]["features"]["amx"] == (target == "xeon-sapphirerapids")
+    mm = next((art / "kernels").glob("k_mm_*.so"))
+    asm = subprocess.run(["objdump", "-d", str(mm)], capture_output=True, text=True, check=True).stdout
+    assert "%zmm" in asm and "vfmadd" in asm
+    from lfmc.runtime import Engine, RuntimeLoadError
+
+    if _this_cpu_has("avx512f"):
+        s = (eng := Engine(art)).new_sequence()
+        assert np.isfinite(eng.prefill(s, [1, 2, 3])).all()
+    else:
+        with pytest.raises(RuntimeLoadError, match="AVX512F"):
+            Engine(art)
 
 
 @pytest.mark.parametrize("target", ["apple-m2:cpu", "apple-m4:cpu"])

@@ -1,4 +1,7 @@
-"""The host target: this machine's CPU through TVM's LLVM backend (x86-64 AVX2 / AVX-512 / AMX detected)."""
+"""x86-64 CPUs through TVM's LLVM backend: the host (this machine's CPU, its features detected) and profiles
+for other x86-64 machines (``x86-64-v3``, ``x86-64-v4``, ``xeon-sapphirerapids``: a named ISA level, its
+features asked of LLVM). Same kernels, same packaging (one ``.so`` per kernel); the runtime refuses an artifact
+whose vector features the loading CPU lacks."""
 from __future__ import annotations
 
 import functools
@@ -34,10 +37,42 @@ def host_target():
     return tvm.target.Target({"kind": "llvm", "mcpu": cpu_features()["mcpu"]})
 
 
-def host_knobs(entry: str) -> Knobs:
-    """Schedules for this CPU: AVX-512 gets 16 lanes; decode matmuls are GEMVs (1 row tile, 8 vectors); AVX2
-    brings the integer dot kernels of int8-activation matmuls."""
-    feats = cpu_features()
+_LLVM_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512": "avx512f", "amx": "amx-tile", "avx512_bf16": "avx512bf16"}
+
+
+def x86_features(profile) -> dict[str, Any]:
+    """What the CPU of an x86 profile offers (the host's detected; another's from LLVM's description of its
+    -mcpu), in the form of :func:`cpu_features`: what the manifest records and the runtime checks."""
+    if profile.name == "host":
+        return cpu_features()
+    from tvm.target.codegen import target_has_features
+
+    t = profile.target()
+    return {"arch": "x86_64", "mcpu": profile.tvm.get("mcpu"),
+            **{k: bool(target_has_features(f, t)) for k, f in _LLVM_FEATURES.items()}}
+
+
+def x86_target(profile):
+    """The TVM target of an x86 profile."""
+    return host_target() if profile.name == "host" else profile.target()
+
+
+def x86_runs_here(profile) -> str:
+    """Whether this machine runs what ``profile`` builds: yes where this CPU has its vector features."""
+    if profile.name == "host":
+        return "yes (this CPU)"
+    here, want = cpu_features(), x86_features(profile)
+    if here["arch"] not in ("x86_64", "AMD64"):
+        return "no (x86-64 code; this CPU is not)"
+    lacks = [_LLVM_FEATURES[k].upper() for k in ("avx2", "fma", "avx512") if want[k] and not here[k]]
+    return f"no (this CPU lacks {', '.join(lacks)}: code checked)" if lacks else "yes (this CPU has its features)"
+
+
+def host_knobs(entry: str, feats: dict[str, Any] | None = None) -> Knobs:
+    """Schedules for an x86 CPU (``feats``: :func:`x86_features`; default this one): AVX-512 gets 16 lanes;
+    decode matmuls are GEMVs (1 row tile, 8 vectors); AVX2 brings the integer dot kernels of int8-activation
+    matmuls."""
+    feats = feats or cpu_features()
     lanes = 16 if feats["avx512"] else 8
     idot = bool(feats["avx2"]) and feats["arch"] in ("x86_64", "AMD64")
     if entry == "decode":
@@ -46,9 +81,10 @@ def host_knobs(entry: str) -> Knobs:
     return Knobs(lanes=lanes, rows=4, cols=3, idot=idot)
 
 
-def build_host(kernels: dict, out_dir, progress=None) -> dict[str, str]:
-    """Compile each kernel for this CPU into its own shared library ``kernels/NAME.so``; returns name -> file.
-    Libraries come from the build cache (:mod:`lfmc.targets.cache`) when the same kernel was built before.
+def build_host(kernels: dict, out_dir, progress=None, target=None) -> dict[str, str]:
+    """Compile each kernel for this CPU (or ``target``, an x86 profile's) into its own shared library
+    ``kernels/NAME.so``; returns name -> file. Libraries come from the build cache (:mod:`lfmc.targets.cache`)
+    when the same kernel was built before.
 
     One LLVM module per kernel on purpose: compiled together in one module, LLVM stopped promoting the matmul's
     register tile to registers (it spilled the accumulators every iteration, 3x slower; seen with TVM 0.27)."""
@@ -58,7 +94,7 @@ def build_host(kernels: dict, out_dir, progress=None) -> dict[str, str]:
 
     from .. import cache
 
-    target = host_target()
+    target = target or host_target()
     tkey = json.dumps(target.export(), sort_keys=True, default=str)
     (out_dir / "kernels").mkdir(exist_ok=True)
     files = {}
