@@ -516,6 +516,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from .bench import profile_engine
 
         res["profile"] = profile_engine(eng, "decode", 1)
+        res["profile_prefill"] = profile_engine(eng, "prefill", min(max(lens), eng.prefill_chunk), reps=3)
     if a.baseline == "torch":
         res["torch"] = run_torch_baseline(eng.manifest, prefill_lens=lens, decode_steps=a.decode_steps,
                                           reps=a.reps)
@@ -541,6 +542,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from .bench import format_profile
 
         print(format_profile(res["profile"]))
+        print(format_profile(res["profile_prefill"]))
     return 0
 
 
@@ -732,8 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", default=None, help="also measure decode speed and memory at each of "
                    "--contexts and draw them against context into PNG")
     p.add_argument("--contexts", default="128,512,2048", help="context lengths for --plot (default 128,512,2048)")
-    p.add_argument("--profile", action="store_true", help="also time one decode step kernel by kernel, with the "
-                   "rate each dense matmul reads its weights at (GB/s)")
+    p.add_argument("--profile", action="store_true", help="also time one decode step and one prefill chunk kernel "
+                   "by kernel, with the rate each dense matmul reads its weights at (GB/s) and computes at (GFLOP/s)")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("verify", help="check an artifact (hashes, plan, parameters, kernel libraries as data) "

@@ -68,11 +68,29 @@ def test_bench_profile_accounts_for_every_launch(art, capsys):
     for k in mm:
         want = sum(nbytes(a[1]) for L in launches if L["kernel"] == k for a in L["args"] if a[0] == "param")
         assert rows[k]["weight_bytes"] == want and rows[k]["gbs"] > 0
+        # float32 weights: two flops per weight and row (the weight is the launch's first parameter)
+        flops = sum(2 * int(np.prod(plan["params"][next(a[1] for a in L["args"] if a[0] == "param")]["shape"]))
+                    for L in launches if L["kernel"] == k)
+        assert rows[k]["flops"] == flops and rows[k]["gflops"] > 0
     assert all(rows[k]["weight_bytes"] is None for k in set(rows) - mm)   # gathers and experts read only part
     assert p["matmul_weight_bytes"] == sum(rows[k]["weight_bytes"] for k in mm)
+    assert main(["bench", str(art), "--prefill", "16", "--decode-steps", "4", "--reps", "1", "--profile",
+                 "--json"]) == 0
+    pre = json.loads(capsys.readouterr().out)["profile_prefill"]
+    chunk = json.loads((art / "manifest.json").read_text())["limits"]["prefill_chunk"]
+    assert pre["entry"] == "prefill" and pre["rows_per_call"] == min(16, chunk)
+    n, tile = pre["rows_per_call"], plan["row_tile"]["prefill"]
+    rows_of = lambda spec: spec if isinstance(spec, int) else {"n": n, "np": -(-n // tile) * tile}[spec]  # noqa: E731
+    want: dict = {}
+    for L in plan["entries"]["prefill"]:
+        if L.get("flops_per_row"):
+            want[L["kernel"]] = want.get(L["kernel"], 0) + L["flops_per_row"] * rows_of(L["args"][0][2])
+    assert want and {r["kernel"]: r["flops"] for r in pre["kernels"] if r["flops"]} == want
+    assert pre["matmul_gflops"] > 0
     assert main(["bench", str(art), "--prefill", "16", "--decode-steps", "4", "--reps", "1", "--profile"]) == 0
     out = capsys.readouterr().out
     assert "decode of 1 row(s): " in out and f"over {len(launches)} launches" in out and "GB/s" in out
+    assert "prefill of " in out and "GFLOP/s" in out
 
 
 def test_compile_refuses_config_only(tmp_path, capsys):

@@ -226,14 +226,18 @@ class Engine:
         return dict(sorted(((k, float(np.median(v))) for k, v in times.items()), key=lambda kv: -kv[1]))
 
     def launch_summary(self, entry: str, n: int = 1) -> dict[str, dict[str, int]]:
-        """Per kernel of one ``entry`` call of ``n`` rows: how many launches, and the bytes of parameters they are
-        handed (summed). A dense matmul reads all of its parameters once per launch, so with :meth:`profile` this
-        says how fast it streams its weights; a gather (embedding) or an MoE kernel reads only some of them."""
+        """Per kernel of one ``entry`` call of ``n`` rows: how many launches, the bytes of parameters they are
+        handed, and the floating-point operations they do where the plan records them (dense matmuls: per row,
+        times the rows the launch computes, padding included; 0 elsewhere), summed. A dense matmul reads all of
+        its parameters once per launch, so with :meth:`profile` this says how fast it streams its weights and
+        computes; a gather (embedding) or an MoE kernel reads only some of its parameters."""
         out: dict[str, dict[str, int]] = {}
-        for k, args in self._launches(entry, n):
-            s = out.setdefault(k, {"launches": 0, "param_bytes": 0})
+        for L, (k, args) in zip(self.plan["entries"][entry], self._launches(entry, n)):
+            s = out.setdefault(k, {"launches": 0, "param_bytes": 0, "flops": 0})
             s["launches"] += 1
             s["param_bytes"] += sum(int(self.params[a[1]].nbytes) for a in args if a[0] == "param")
+            if L.get("flops_per_row") and args and args[0][0] == "slab":
+                s["flops"] += int(L["flops_per_row"]) * self._rows(args[0][2], n, entry)
         return out
 
     def _logits(self, entry: str, n: int) -> np.ndarray:

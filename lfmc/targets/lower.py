@@ -206,8 +206,13 @@ class _Lowering:
             s["uses"].append([rows, cols])
         return ["slab", name, rows, cols]
 
-    def launch(self, entry: str, kernel: str, args: list) -> None:
-        self.entries[entry].append({"kernel": kernel, "args": args, "node": self.node_name})
+    def launch(self, entry: str, kernel: str, args: list, flops_per_row: int | None = None) -> None:
+        """Append a launch; ``flops_per_row``: the multiply-adds x 2 it does per row of input (dense matmuls),
+        which ``lfmc bench --profile`` turns into GFLOP/s."""
+        L = {"kernel": kernel, "args": args, "node": self.node_name}
+        if flops_per_row:
+            L["flops_per_row"] = int(flops_per_row)
+        self.entries[entry].append(L)
 
     def both(self, kernel: str, args: list) -> None:
         for e in ENTRIES:
@@ -257,7 +262,7 @@ class _Lowering:
             nb = ["const", rows // kn.rows] if isinstance(rows, int) else ["scalar", "nb"]
             o = self.slab(out[0], rows, N)
             self.launch(e, kname, [self.slab(x[0], rows, Kd), p] + extra + nw + b + ([o] if accumulate else [])
-                        + [o, nb])
+                        + [o, nb], flops_per_row=2 * (2 if swiglu else 1) * N * Kd)
 
     def int8_activations(self, n: Node, entries: tuple[str, ...] = ENTRIES) -> bool:
         """Whether ``n``'s projections take int8 activations (``act_quant``), checked against the target."""
