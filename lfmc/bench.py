@@ -82,19 +82,20 @@ def profile_engine(engine, entry: str = "decode", n: int = 1, reps: int = 7) -> 
     GFLOP/s they compute at (in prefill, how close each comes to the cores' arithmetic peak)."""
     times = engine.profile(entry, n, reps)
     summary = engine.launch_summary(entry, n)
+    total = sum(times.values())
     rows = []
     for k, t in times.items():
         dense = k.startswith("k_mm_")
         b = summary[k]["param_bytes"] if dense else None
         fl = summary[k].get("flops", 0)
-        rows.append({"kernel": k, "launches": summary[k]["launches"], "seconds": t, "share": t / sum(times.values()),
+        rows.append({"kernel": k, "launches": summary[k]["launches"], "seconds": t, "share": t / total,
                      "weight_bytes": b, "gbs": b / t / 1e9 if b and t > 0 else None,
                      "flops": fl or None, "gflops": fl / t / 1e9 if fl and t > 0 else None})
     mm = [r for r in rows if r["weight_bytes"]]
     mm_bytes, mm_s = sum(r["weight_bytes"] for r in mm), sum(r["seconds"] for r in mm)
     fl_rows = [r for r in rows if r["flops"]]
     fl, fl_s = sum(r["flops"] for r in fl_rows), sum(r["seconds"] for r in fl_rows)
-    return {"entry": entry, "rows_per_call": n, "seconds": sum(times.values()),
+    return {"entry": entry, "rows_per_call": n, "seconds": total,
             "launches": sum(s["launches"] for s in summary.values()), "kernels": rows,
             "matmul_weight_bytes": mm_bytes, "matmul_gbs": mm_bytes / mm_s / 1e9 if mm_s > 0 else None,
             "matmul_gflops": fl / fl_s / 1e9 if fl and fl_s > 0 else None}

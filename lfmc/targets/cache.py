@@ -19,7 +19,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 DEFAULT_MAX_MB = 2048
 HITS = {"n": 0}                            # entries served by get() in this process (compile logs the count)
@@ -51,6 +51,13 @@ def versions() -> str:
     from .. import __version__
 
     return f"tvm {tvm.__version__} | lfmc {__version__}"
+
+
+def target_key(target: Any) -> str:
+    """The part of a key that names a TVM target: its exported JSON, keys sorted."""
+    import json
+
+    return json.dumps(target.export(), sort_keys=True, default=str)
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,6 +137,18 @@ def put(kind: str, key: str, entries: dict[str, bytes]) -> None:
             os.replace(tmp, d / f"{key}{suffix}")
     except OSError:
         pass                                   # a read-only or full cache is not the compile's problem
+
+
+def build_file(kind: str, key: str, suffix: str, out: Path, build: Callable[[Path], None]) -> bool:
+    """Write entry ``key`` + ``suffix`` to ``out``; on a miss ``build(out)`` writes it and the cache keeps a copy.
+    Returns whether it was a hit."""
+    data = get(kind, key, suffix)
+    if data is not None:
+        out.write_bytes(data)
+        return True
+    build(out)
+    put(kind, key, {suffix: out.read_bytes()})
+    return False
 
 
 def trim(kind: str, max_bytes: int | None = None) -> list[Path]:

@@ -14,7 +14,6 @@ right ISA (their numerics are the host build's: the same TensorIR with other vec
 """
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
@@ -77,19 +76,18 @@ def build_arm(kernels: dict, profile, out_dir, progress=None) -> dict[str, str]:
             progress(len(names), len(names), "static library")
         return {n: "kernels/lfmc_kernels.a" for n in names}
     ext = "dylib" if "apple" in triple else "so"
-    tkey = json.dumps(target.export(), sort_keys=True, default=str)
+    tkey = cache.target_key(target)
     with tempfile.TemporaryDirectory() as tmp:
         for i, n in enumerate(names, 1):
             key, func = cache.kernel_key(f"arm .{ext} 1", tkey, n, kernels[n])
-            data = cache.get("cpu", key, f".{ext}")
-            if data is not None:
-                (d / f"{n}.{ext}").write_bytes(data)
-            else:
+
+            def build(out: Path, n=n, func=func) -> None:
                 lib = tvm.compile(tvm.IRModule({n: func or kernels[n].build(n)}), target=target)
                 obj = Path(tmp) / f"{n}.o"
                 lib.mod.write_to_file(str(obj))
-                _link([obj], d / f"{n}.{ext}", triple)
-                cache.put("cpu", key, {f".{ext}": (d / f"{n}.{ext}").read_bytes()})
+                _link([obj], out, triple)
+
+            cache.build_file("cpu", key, f".{ext}", d / f"{n}.{ext}", build)
             files[n] = f"kernels/{n}.{ext}"
             if progress:
                 progress(i, len(names), n)

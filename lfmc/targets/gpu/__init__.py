@@ -269,8 +269,7 @@ def cached_build_device(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Targ
 
     from .. import cache
 
-    parts = [f"device {TABLE_FORMAT}", cache.versions(), json.dumps(target.export(), sort_keys=True, default=str),
-             str(threads)]
+    parts = [f"device {TABLE_FORMAT}", cache.versions(), cache.target_key(target), str(threads)]
     for name in sorted(funcs):
         parts += [name, funcs[name].script()]
     key = cache.cache_key(*parts)

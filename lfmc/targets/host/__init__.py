@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import platform
+from pathlib import Path
 from typing import Any
 
 from ..kernels import Knobs
@@ -88,27 +89,23 @@ def build_host(kernels: dict, out_dir, progress=None, target=None) -> dict[str, 
 
     One LLVM module per kernel on purpose: compiled together in one module, LLVM stopped promoting the matmul's
     register tile to registers (it spilled the accumulators every iteration, 3x slower; seen with TVM 0.27)."""
-    import json
-
     import tvm
 
     from .. import cache
 
     target = target or host_target()
-    tkey = json.dumps(target.export(), sort_keys=True, default=str)
+    tkey = cache.target_key(target)
     (out_dir / "kernels").mkdir(exist_ok=True)
     files = {}
     for i, (name, spec) in enumerate(sorted(kernels.items())):
-        rel = f"kernels/{name}.so"
         key, func = cache.kernel_key("host .so 1", tkey, name, spec)
-        data = cache.get("cpu", key, ".so")
-        if data is not None:
-            (out_dir / rel).write_bytes(data)
-        else:
+
+        def build(out: Path, name=name, spec=spec, func=func) -> None:
             lib = tvm.compile(tvm.IRModule({name: func or spec.build(name)}), target=target)
-            lib.export_library(str(out_dir / rel))
-            cache.put("cpu", key, {".so": (out_dir / rel).read_bytes()})
-        files[name] = rel
+            lib.export_library(str(out))
+
+        cache.build_file("cpu", key, ".so", out_dir / f"kernels/{name}.so", build)
+        files[name] = f"kernels/{name}.so"
         if progress:
             progress(i + 1, len(kernels), name)
     cache.trim("cpu")
