@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lfmc.compile import wafer_estimate  # noqa: E402
 from lfmc.frontend import import_source  # noqa: E402
 from lfmc.passes import run_pipeline  # noqa: E402
+from lfmc.targets.backend import backend_named  # noqa: E402
 from lfmc.targets.profiles import get_profile  # noqa: E402
 from lfmc.targets.wafer import lower_wafer  # noqa: E402
 
@@ -38,7 +39,7 @@ def main() -> int:
     a = ap.parse_args()
     rows = []
     for model in a.models.split(","):
-        m = run_pipeline(import_source(model), None, {}, family="wafer")
+        m = run_pipeline(import_source(model), None, {}, without=backend_named("wafer").without_passes)
         for target in a.targets.split(","):
             t0 = time.perf_counter()
             prof = get_profile(target)

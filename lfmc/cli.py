@@ -12,6 +12,7 @@ import numpy as np
 
 from .ir.errors import LfmcError
 from .progress import task
+from .runtime.drivers import driver_names
 from .runtime.errors import EngineError, RuntimeLoadError
 
 
@@ -193,45 +194,16 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_wafer(a: argparse.Namespace, prof) -> int:
-    """--plan-only on a wafer: placement and a simulated decode estimate from the config alone."""
-    from .compile import DEFAULT_MAX_CONTEXT, wafer_estimate, wafer_report
-    from .passes import run_pipeline
-    from .targets.wafer import lower_wafer
+def _plan_only(a: argparse.Namespace, opts) -> int:
+    from .compile import plan_target
 
-    m = run_pipeline(_load(a.model), a.passes, {}, family="wafer")
-    cfg = m.provenance.get("config") or {}
-    ctx = int(a.max_context or min(DEFAULT_MAX_CONTEXT, int(cfg.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT)))
-    prog, _, pl = lower_wafer(m.graph, None, prof, a.max_batch, ctx, a.kv_dtype)
-    est = wafer_estimate(prog, a.max_batch)
-    if a.plot:
-        from .targets.wafer.plot import plot_placement, plot_timeline
-
-        d = Path(a.output or ".")
-        d.mkdir(parents=True, exist_ok=True)
-        plot_placement(pl, d / "placement.png")
-        plot_timeline(est["timeline"], d / "decode-timeline.png", prog["machine"])
-    if a.json:
-        print(json.dumps({"model": m.graph.name, "target": prof.name, "placement": prog["placement"],
-                          **{k: v for k, v in est.items() if k != "timeline"}}, indent=1))
-        return 0
-    print(f"{m.graph.name} on {prof.name} (config only, max batch {a.max_batch}, context {ctx}):")
-    for line in wafer_report(prog, est):
-        print(line)
-    if a.plot:
-        print(f"pictures: {d / 'placement.png'}, {d / 'decode-timeline.png'}")
-    return 0
-
-
-def _plan_only(a: argparse.Namespace, prof, quant: str | None, prune: dict | None) -> int:
-    from .compile import plan_weights
-
-    if prof.family == "wafer":
-        return _plan_wafer(a, prof)
-
-    r = plan_weights(_load(a.model), prof, quant, a.dtype, prune)
+    r = plan_target(_load(a.model), a.target, opts, plot=a.plot, out_dir=a.output)
+    lines = r.pop("lines", None)
     if a.json:
         print(json.dumps(r, indent=1))
+        return 0
+    if lines is not None:                          # the backend's own report (the wafer's placement)
+        print("\n".join(lines))
         return 0
     gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
     print(f"{r['model']} on {r['target']} ({r['quant']} weights): {gb(r['weight_bytes'])} of weights, budget "
@@ -243,7 +215,7 @@ def _plan_only(a: argparse.Namespace, prof, quant: str | None, prune: dict | Non
         print(f"with expert pruning: {per} of {max(r['experts'].values())} experts per MoE layer "
               f"({r['moe_layers']} layers, top-{r['top_k']} routing) -> {gb(p['weight_bytes'])}: "
               f"{'fits' if p['fits'] else 'does NOT fit'}")
-        if not r["fits"] and prune is None:
+        if not r["fits"] and opts.prune is None:
             print(f"compile with --fit (or --experts-keep {ks[0]}) to prune to this")
     elif not r["fits"]:
         print("no MoE layers to prune: quantize harder or pick a smaller model")
@@ -252,14 +224,16 @@ def _plan_only(a: argparse.Namespace, prof, quant: str | None, prune: dict | Non
 
 def cmd_compile(a: argparse.Namespace) -> int:
     from .compile import compile_model, load_source
-
+    from .options import CompileOptions
     from .targets.profiles import get_profile
 
     prof = get_profile(a.target, a.profiles)
     quant = prof.quant if a.quant is None else (None if a.quant in ("none", "f32") else a.quant)
-    prune = _prune_options(a, prof)
+    opts = CompileOptions(quant=quant, dtype=a.dtype, act_quant=a.act_quant, kv_dtype=a.kv_dtype, passes=a.passes,
+                          prune=_prune_options(a, prof), max_batch=a.max_batch, max_context=a.max_context,
+                          prefill_chunk=a.prefill_chunk, tuned=a.tuned, profiles=a.profiles)
     if a.plan_only:
-        return _plan_only(a, prof, quant, prune)
+        return _plan_only(a, opts)
     m = load_source(a.model, seed=a.seed, init_std=a.init_std)
     out = Path(a.output or f"{m.graph.name}.{a.target.replace(':', '-')}")
     t0 = time.perf_counter()
@@ -273,10 +247,8 @@ def cmd_compile(a: argparse.Namespace) -> int:
     if not (a.quiet or a.json):
         print(f"compiling {m.graph.name} ({m.graph.num_parameters():,} parameters) for {a.target} "
               f"({prof.family}, weights {quant or a.dtype})", flush=True)
-    compile_model(m, out, a.target, max_batch=a.max_batch, max_context=a.max_context,
-                  prefill_chunk=a.prefill_chunk, progress=progress, passes=a.passes, dump_ir=a.dump_ir,
-                  log=None if a.quiet or a.json else print, quant=quant, dtype=a.dtype, profiles=a.profiles,
-                  kv_dtype=a.kv_dtype, tuned=a.tuned, prune=prune, plot=a.plot, act_quant=a.act_quant)
+    compile_model(m, out, a.target, opts, progress=progress, dump_ir=a.dump_ir,
+                  log=None if a.quiet or a.json else print, plot=a.plot)
     for b in bar:
         b.close()
     man = json.loads((out / "manifest.json").read_text())
@@ -550,7 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lfmc", description="Compile Liquid Foundation Models for the device they "
                                  "run on.")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    for add in PARSERS:
+        add(sub)
+    return ap
 
+
+def _parser_import(sub) -> None:
     p = sub.add_parser("import", help="import a preset, an HF checkpoint directory or an ONNX file into a saved "
                        "model NAME.lfm")
     p.add_argument("source", help="a preset name (see `lfmc presets`), an HF checkpoint directory, or an .onnx "
@@ -565,12 +542,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary (and no progress)")
     p.set_defaults(fn=cmd_import)
 
+
+def _parser_show(sub) -> None:
     p = sub.add_parser("show", help="per-layer operator class, featurizer, parameters and state")
     p.add_argument("model", help="a saved model (NAME.lfm), a preset or an HF checkpoint directory")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--ir", action="store_true", help="print the IR text instead")
     p.set_defaults(fn=cmd_show)
 
+
+def _parser_export_mlir(sub) -> None:
     p = sub.add_parser("export-mlir", help="write the model as MLIR (lfm dialect, or linalg on tensors)")
     p.add_argument("model", help="a saved model (NAME.lfm), a preset or an HF checkpoint directory")
     p.add_argument("-o", "--output", help="output file (default: ./NAME.mlir)")
@@ -582,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the --check prompts")
     p.set_defaults(fn=cmd_export_mlir)
 
+
+def _parser_check(sub) -> None:
     p = sub.add_parser("check", help="check the interpreter's logits against transformers")
     p.add_argument("model", help="a saved model with weights")
     p.add_argument("--against-torch", action="store_true", help="compare with transformers' modeling code")
@@ -591,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_check)
 
+
+def _parser_compile(sub) -> None:
     p = sub.add_parser("compile", help="compile a model for a target into an artifact directory")
     p.add_argument("model", help="a saved model (NAME.lfm), a preset (seeded random weights) or an HF checkpoint dir")
     p.add_argument("--target", default="host", help="target profile (default: host, this machine's CPU; "
@@ -640,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_compile)
 
+
+def _parser_tune(sub) -> None:
     p = sub.add_parser("tune", help="tune the model's kernels for one device into a tuning database")
     p.add_argument("model", help="a saved model, a preset or an HF checkpoint dir (as for compile)")
     p.add_argument("--target", default="host", help="target profile (default: host, this machine's CPU)")
@@ -672,6 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "kernel) into DB/PROFILE/DEVICE/tuning-curves.png")
     p.set_defaults(fn=cmd_tune)
 
+
+def _parser_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="record how an MoE model routes a text (for expert pruning)")
     p.add_argument("model", help="a saved model with weights, a preset (seeded random weights) or an HF dir")
     p.add_argument("--data", required=True, metavar="FILE", help="calibration text (UTF-8)")
@@ -682,9 +671,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(fn=cmd_calibrate)
 
+
+def _parser_passes(sub) -> None:
     p = sub.add_parser("passes", help="list the passes and the default pipeline")
     p.set_defaults(fn=cmd_passes)
 
+
+def _parser_run(sub) -> None:
     p = sub.add_parser("run", help="generate with a compiled artifact")
     p.add_argument("artifact")
     p.add_argument("--prompt", help="prompt text (needs a tokenizer in the artifact)")
@@ -696,10 +689,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default=None, choices=["cpu", "opencl", "cuda", "wafer"],
+    p.add_argument("--device", default=None, choices=driver_names(),
                    help="runtime driver (default: the one the artifact was compiled for)")
     p.set_defaults(fn=cmd_run)
 
+
+def _parser_chat(sub) -> None:
     p = sub.add_parser("chat", help="an interactive terminal chat with an artifact, streaming replies")
     p.add_argument("artifact", help="a compiled artifact directory with a tokenizer")
     p.add_argument("--system", default=None, help="a system message opening the conversation")
@@ -708,9 +703,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="driver: cpu, opencl, cuda, wafer (default: the artifact's)")
+    p.add_argument("--device", default=None, choices=driver_names(), help="runtime driver (default: the artifact's)")
     p.set_defaults(fn=cmd_chat)
 
+
+def _parser_serve(sub) -> None:
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (completions, chat, streaming) over an artifact")
     p.add_argument("artifact", help="a compiled artifact directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -718,10 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None, help="the model id clients use (default: the model's name)")
     p.add_argument("--max-batch", type=int, default=None, help="sequences per decode step (default: the artifact's)")
     p.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait; beyond it: HTTP 429")
-    p.add_argument("--device", default=None, help="driver: cpu, opencl, cuda, wafer (default: the artifact's)")
+    p.add_argument("--device", default=None, choices=driver_names(), help="runtime driver (default: the artifact's)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(fn=cmd_serve)
 
+
+def _parser_bench(sub) -> None:
     p = sub.add_parser("bench", help="prefill / decode tokens per second and peak memory of an artifact")
     p.add_argument("artifact")
     p.add_argument("--prefill", default="128,512", help="prefill lengths (default 128,512)")
@@ -729,7 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported")
     p.add_argument("--baseline", choices=["torch"], help="also run PyTorch eager on the same weights")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default=None, choices=["cpu", "opencl", "cuda"],
+    p.add_argument("--device", default=None, choices=driver_names(),
                    help="runtime driver (default: the one the artifact was compiled for)")
     p.add_argument("--plot", metavar="PNG", default=None, help="also measure decode speed and memory at each of "
                    "--contexts and draw them against context into PNG")
@@ -738,30 +737,44 @@ def build_parser() -> argparse.ArgumentParser:
                    "by kernel, with the rate each dense matmul reads its weights at (GB/s) and computes at (GFLOP/s)")
     p.set_defaults(fn=cmd_bench)
 
+
+def _parser_verify(sub) -> None:
     p = sub.add_parser("verify", help="check an artifact (hashes, plan, parameters, kernel libraries as data) "
                        "without loading any of its code")
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_verify)
 
+
+def _parser_targets(sub) -> None:
     p = sub.add_parser("targets", help="list the target profiles and their numbers")
     p.add_argument("--profiles", default=None, metavar="FILE", help="a TOML file of extra target profiles")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_targets)
 
+
+def _parser_presets(sub) -> None:
     p = sub.add_parser("presets", help="list the built-in model presets")
     p.set_defaults(fn=cmd_presets)
-    return ap
+
+PARSERS = (_parser_import, _parser_show, _parser_export_mlir, _parser_check, _parser_compile, _parser_tune,
+           _parser_calibrate, _parser_passes, _parser_run, _parser_chat, _parser_serve, _parser_bench,
+           _parser_verify, _parser_targets, _parser_presets)
 
 
 def cmd_passes(a: argparse.Namespace) -> int:
     from .passes import default_passes, describe
 
+    from .targets.backend import backends
+
     default = default_passes()
     for phase, name, doc in describe():
         print(f"{phase:<13} {name:<14} {'(default) ' if name in default else ''}{doc.splitlines()[0] if doc else ''}")
     print(f"default pipeline: {','.join(default)}")
-    print(f"default pipeline on GPU targets: {','.join(default_passes('gpu'))}")
+    for be in backends():
+        if be.without_passes:
+            print(f"default pipeline on {', '.join(be.families)} targets: "
+                  f"{','.join(default_passes(be.without_passes)) or '(none)'}")
     return 0
 
 

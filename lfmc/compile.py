@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -14,10 +15,9 @@ import numpy as np
 from .ir.errors import LfmcError
 from .ir.model import Model, load_model
 from .ir.text import print_graph
+from .options import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, CompileOptions  # noqa: F401  (re-exported)
 
-TARGETS = ("host",)
-DEFAULT_MAX_CONTEXT = 4096
-DEFAULT_PREFILL_CHUNK = 256
+DEFAULT_TARGET = "host"
 
 
 def load_source(source: str, seed: int = 0, init_std: float | None = None) -> Model:
@@ -30,53 +30,52 @@ def load_source(source: str, seed: int = 0, init_std: float | None = None) -> Mo
     return import_source(source, weights=True, seed=seed, std=init_std)
 
 
-def target_knobs(prof) -> tuple[dict, str]:
-    """The schedule knobs per entry point of a target profile, and its pass family ("cpu" or "gpu")."""
-    if prof.family in ("opencl", "cuda", "metal", "rocm"):
-        from .targets.knobs import gpu_knobs
-
-        return gpu_knobs(prof.max_threads), "gpu"
-    from .targets.profiles import is_x86
-
-    if is_x86(prof):
-        from .targets.host import host_knobs, x86_features
-
-        feats = x86_features(prof)
-        return {e: host_knobs(e, feats) for e in ("prefill", "decode")}, "cpu"
-    if prof.family == "cpu":
-        from .targets.arm import arm_knobs
-
-        return {e: arm_knobs(e) for e in ("prefill", "decode")}, "cpu"
-    raise LfmcError(f"target {prof.name}: no build for the {prof.family} family")
+def _options(options: CompileOptions | None, kw: dict[str, Any]) -> CompileOptions:
+    if options is not None and kw:
+        raise TypeError(f"give compile options either as `options` or as keywords, not both ({', '.join(kw)})")
+    return options if options is not None else CompileOptions.from_kwargs(**kw)
 
 
-def lower_for_target(model: Model, target: str = "host", passes: Sequence[str] | str | None = None,
-                     quant: str | None = None, dtype: str = "f32", kv_dtype: str = "f32",
-                     profiles: str | os.PathLike | None = None, act_quant: str | None = None):
-    """The profile and the lowered model (kernels and plan, no packed weights) that ``compile_model`` would
-    build: what ``lfmc tune`` tunes."""
-    from .passes import run_pipeline
-    from .targets.lower import lower
+def _backend(target: str, opts: CompileOptions):
+    """The profile of ``target`` and the backend that builds it, the options checked against it."""
+    from .targets.backend import backend_for
     from .targets.profiles import get_profile
     from .tvm_env import import_tvm
 
     import_tvm()                            # before anything imports it with torch (see lfmc/tvm_env.py)
-    prof = get_profile(target, profiles)
-    knobs, family = target_knobs(prof)
-    _check_act_quant(prof, family, act_quant)
-    model = run_pipeline(model, passes, {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype,
-                                         "act_quant": act_quant}, family=family)
+    prof = get_profile(target, opts.profiles)
+    be = backend_for(prof)
+    be.check(prof, opts)
+    return prof, be
+
+
+def _context(log: Callable[[str], None] | None = None, progress=None, plot: bool = False):
+    from .runtime.drivers import driver_class
+    from .targets.backend import BuildContext
+
+    return BuildContext(progress, log, plot, driver_class)
+
+
+def run_passes(model: Model, be, opts: CompileOptions, dump_ir: str | os.PathLike | None = None) -> Model:
+    """The pass pipeline for backend ``be``: ``opts.passes``, or the default without the passes ``be`` leaves out."""
+    from .passes import run_pipeline
+
+    return run_pipeline(model, opts.passes, opts.pass_options(), dump_dir=dump_ir, without=be.without_passes)
+
+
+def lower_for_target(model: Model, target: str = DEFAULT_TARGET, passes: Sequence[str] | str | None = None,
+                     quant: str | None = None, dtype: str = "f32", kv_dtype: str = "f32",
+                     profiles: str | os.PathLike | None = None, act_quant: str | None = None):
+    """The profile and the lowered model (kernels and plan, no packed weights) that ``compile_model`` would
+    build: what ``lfmc tune`` tunes."""
+    from .targets.lower import lower
+
+    opts = CompileOptions(quant=quant, dtype=dtype, kv_dtype=kv_dtype, passes=passes, profiles=profiles,
+                          act_quant=act_quant)
+    prof, be = _backend(target, opts)
+    knobs = be.knobs(prof)
+    model = run_passes(model, be, opts)
     return prof, lower(model.graph, None, knobs)
-
-
-def _check_act_quant(prof, family: str, act_quant: str | None) -> None:
-    """int8 activations (``--act-quant i8``) run on CPUs with integer dot kernels: refuse the others up front."""
-    from .passes.quantize_act import act_quant_option
-
-    if act_quant_option(act_quant) and family != "cpu":
-        raise LfmcError(f"target {prof.name}: int8 activations (--act-quant) are implemented for x86 CPUs with "
-                        f"AVX2 (the host target); the {prof.family} family computes with float activations")
-
 
 
 def tokenizer_spec(model: Model, vocab_size: int) -> dict[str, Any]:
@@ -88,244 +87,106 @@ def tokenizer_spec(model: Model, vocab_size: int) -> dict[str, Any]:
         spec["chat"] = model.provenance["chat"]
     return spec
 
-def compile_model(model: Model, out: str | os.PathLike, target: str = "host", max_batch: int = 8,
-                  max_context: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-                  progress: Callable[[int, int, str], None] | None = None, passes: Sequence[str] | str | None = None,
+
+def compile_model(model: Model, out: str | os.PathLike, target: str = DEFAULT_TARGET,
+                  options: CompileOptions | None = None, *, progress: Callable[[int, int, str], None] | None = None,
                   dump_ir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
-                  quant: str | None = None, dtype: str = "f32", profiles: str | os.PathLike | None = None,
-                  kv_dtype: str = "f32", tuned: str | os.PathLike | None = None,
-                  prune: dict[str, Any] | None = None, plot: bool = False, act_quant: str | None = None) -> Path:
-    """Compile ``model`` for ``target`` into the artifact directory ``out``: the pass pipeline (``passes``:
-    None = default, a list or a comma-separated string), lowering, code generation, packaging.
-    ``dump_ir`` writes the IR after every phase; ``log`` receives a summary (kernels per layer); ``quant``:
-    weight quantization (q8, q4g32, q4g64a, ...; None = float32); ``dtype``: f32, f16 or bf16 weights
-    (activations stay float32); ``act_quant``: "i8" for int8 activations in the projections of int8 / int4
-    weights (x86 AVX2 hosts; see passes/quantize_act.py); ``tuned``: a tuning database (``lfmc tune``) whose
-    records replace the default schedules where they are faster; ``prune``: options of the prune-experts pass
-    (experts_keep, max_weight_bytes, calibration, select, merge). Weights larger than the profile's budget are refused.
-    Wafer targets are placed on their mesh and simulated (see :func:`_compile_wafer`); ``plot`` writes their
-    placement and decode-timeline pictures into the artifact."""
+                  plot: bool = False, **kw: Any) -> Path:
+    """Compile ``model`` for ``target`` into the artifact directory ``out``: the pass pipeline, the target's
+    backend (lowering, code generation, packaging: :mod:`lfmc.targets.backend`), the manifest, all written
+    atomically. ``options`` (or the same fields as keywords: ``quant``, ``dtype``, ``act_quant``, ``kv_dtype``,
+    ``passes``, ``prune``, ``max_batch``, ``max_context``, ``prefill_chunk``, ``tuned``, ``profiles``; see
+    :class:`lfmc.options.CompileOptions`). ``dump_ir`` writes the IR after every phase; ``log`` receives the
+    compile summary; ``plot`` asks backends that draw (the wafer's placement and timeline) for their pictures.
+    Weights larger than the profile's budget are refused."""
     from .ir.verify import verify
-    from .passes import resolve, run_pipeline
     from .targets.artifact import write_artifact
-    from .targets.lower import kernels_per_layer, lower
 
-    from .targets.profiles import get_profile, guard_toolchain, is_x86
-    from .tvm_env import import_tvm
+    from .targets.profiles import guard_toolchain
 
-    import_tvm()                            # before anything imports it with torch (see lfmc/tvm_env.py)
-    prof = get_profile(target, profiles)
+    opts = _options(options, kw)
+    prof, be = _backend(target, opts)
     guard_toolchain(prof)
     if model.weights is None:
         raise LfmcError("the model has no weights (config-only import): import it with --random-weights or "
                         "from a checkpoint before compiling")
-    if max_batch < 1 or prefill_chunk < 1:
-        raise LfmcError("--max-batch and --prefill-chunk must be at least 1")
     verify(model.graph)
-    if prof.family == "wafer":
-        _check_act_quant(prof, "wafer", act_quant)
-        return _compile_wafer(model, out, prof, max_batch, max_context, prefill_chunk, passes, dump_ir, log, quant,
-                              dtype, kv_dtype, tuned, prune, plot)
-    knobs, family = target_knobs(prof)
-    _check_act_quant(prof, family, act_quant)
-    if family == "gpu":
-        from .targets.gpu import build_gpu
-
-        tinfo: dict[str, Any] = {"name": prof.name, "driver": prof.driver, "kind": prof.family,
-                                 "profile": prof.as_dict()}
-
-        def build(d: Path) -> dict[str, str]:
-            return build_gpu(low.kernels, prof, d, progress)
-    elif is_x86(prof):
-        from .targets.host import build_host, x86_features, x86_target
-
-        tinfo = {"name": prof.name, "driver": "cpu", "kind": "llvm", "features": x86_features(prof)}
-        if prof.name != "host":
-            tinfo["profile"] = prof.as_dict()
-
-        def build(d: Path) -> dict[str, str]:
-            return build_host(low.kernels, d, progress, x86_target(prof))
-    else:
-        from .targets.arm import arm_features, build_arm
-
-        if "aarch64" not in str(prof.tvm.get("mtriple", "")) and "arm64" not in str(prof.tvm.get("mtriple", "")):
-            raise LfmcError(f"target {prof.name}: only x86-64 and arm64 CPUs are supported "
-                            f"(mtriple {prof.tvm.get('mtriple')!r})")
-        tinfo = {"name": prof.name, "driver": "cpu", "kind": "llvm", "features": arm_features(prof),
-                 "profile": prof.as_dict()}
-
-        def build(d: Path) -> dict[str, str]:
-            return build_arm(low.kernels, prof, d, progress)
-    before = kernels_per_layer(lower(model.graph, None, knobs).plan, model.graph)
-    options = {"quant": quant, "dtype": dtype, "kv_dtype": kv_dtype, "act_quant": act_quant, **(prune or {})}
-    model = run_pipeline(model, passes, options, dump_dir=dump_ir, family=family)
-    low = lower(model.graph, model.weights, knobs)
+    opts = replace(opts, max_context=_max_context(model, opts)[0])
+    ctx = _context(log, progress, plot)
+    before = be.kernels_per_layer(model.graph, prof)
+    model = run_passes(model, be, opts, dump_ir)
     check_fits(prof, sum(p.type.nbytes() for p in model.graph.params().values()), model.graph)
-    after = kernels_per_layer(low.plan, model.graph)
-    if log:
-        log(format_kernel_counts(before, after))
-    tuning = None
-    if tuned is not None:
-        tuning = apply_tuning(low, prof, tuned, prefill_chunk)
-        if log:
-            log(f"tuned kernels: {tuning['tuned']} of {tuning['tasks']} from {tuning['db']} "
-                f"({'measured on ' + tuning['device'] if tuning['measured'] else 'ranked by a model, NOT measured'}"
-                f"; {tuning['default_fastest']} kept lfmc's default schedule (fastest), "
-                f"{tuning['no_record']} without a record)")
-    cfg = model.provenance.get("config") or {}
-    mpe = int(cfg.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT)
-    max_context = int(max_context or min(DEFAULT_MAX_CONTEXT, mpe))
-    if max_context < 1:
-        raise LfmcError("--max-context must be at least 1")
-    text = print_graph(model.graph)
+    built = be.lower(model.graph, model.weights, prof, opts, ctx)
+    after = be.kernels_per_layer(model.graph, prof)
+    if before is not None and after is not None:
+        ctx.say(format_kernel_counts(before, after))
+    path = write_artifact(out, manifest(model, opts, be, built), built.params, built.write_kernels, model.tokenizer)
+    for line in built.after_write(path) if built.after_write else []:
+        ctx.say(line)
+    return path
+
+
+def manifest(model: Model, opts: CompileOptions, be, built) -> dict[str, Any]:
+    """The manifest of an artifact (written by :func:`lfmc.targets.artifact.write_artifact`, which adds the
+    schema version, the files and their hashes): target, model, options, limits, tokenizer and plan."""
     import tvm
 
-    eos = cfg.get("eos_token_id")
-    manifest: dict[str, Any] = {
-        "target": tinfo,
+    from .passes import resolve
+
+    cfg = model.provenance.get("config") or {}
+    passes = resolve(opts.passes, be.without_passes)
+    vocab = built.plan["vocab_size"]
+    m: dict[str, Any] = {
+        "target": built.target,
         "tvm_version": tvm.__version__,
-        "model": {"name": model.graph.name, "vocab_size": low.plan["vocab_size"],
-                  "parameters": model.graph.num_parameters(), "eos_token_id": eos,
-                  "bos_token_id": cfg.get("bos_token_id"), "architecture": model.provenance.get("architecture"),
-                  "config": cfg, "source": {k: v for k, v in model.provenance.items() if k != "config"}},
-        "ir_hash": hashlib.sha256(text.encode()).hexdigest(),
-        "quant": quant or "f32",
+        "model": {"name": model.graph.name, "vocab_size": vocab, "parameters": model.graph.num_parameters(),
+                  "eos_token_id": cfg.get("eos_token_id"), "bos_token_id": cfg.get("bos_token_id"),
+                  "architecture": model.provenance.get("architecture"), "config": cfg,
+                  "source": {k: v for k, v in model.provenance.items() if k != "config"}},
+        "ir_hash": hashlib.sha256(print_graph(model.graph).encode()).hexdigest(),
+        "quant": opts.quant or "f32",
         "act_quant": model.graph.attrs.get("act_quant", "f32"),
-        "passes": resolve(passes, family),
-        "weight_dtype": dtype,
-        "kv_dtype": kv_dtype,
-        "limits": {"max_batch": int(max_batch), "max_context": max_context, "prefill_chunk": int(prefill_chunk),
-                   "max_position_embeddings": mpe},
-        "tokenizer": tokenizer_spec(model, low.plan["vocab_size"]),
-        "plan": low.plan,
+        "passes": passes,
+        "weight_dtype": opts.dtype,
+        "kv_dtype": opts.kv_dtype,
+        "options": opts.manifest(passes),
+        "limits": {"max_batch": opts.max_batch, "max_context": opts.max_context,
+                   "prefill_chunk": opts.prefill_chunk, "max_position_embeddings": _max_context(model, opts)[1]},
+        "tokenizer": tokenizer_spec(model, vocab),
+        "plan": built.plan,
+        **built.extra,
     }
-    if tuning is not None:
-        manifest["tuning"] = tuning
-    if prune:
-        manifest["prune"] = {k: v for k, v in prune.items() if k != "calibration"}
-        manifest["prune"]["layers"] = {n.name: n.attrs["pruned"] for n in model.graph.nodes if "pruned" in n.attrs}
-    from .targets import cache
-
-    hits = cache.HITS["n"]
-    path = write_artifact(out, manifest, low.params, build, model.tokenizer)
-    if log and family == "cpu":
-        where = cache.cache_dir("cpu")
-        log(f"kernel libraries: {len(low.kernels)}, {cache.HITS['n'] - hits} of them from the build cache"
-            + (f" ({where})" if where else " (off: LFMC_CACHE is empty)"))
-    return path
+    if opts.prune:
+        m["prune"] = {k: v for k, v in opts.prune.items() if k != "calibration"}
+        m["prune"]["layers"] = {n.name: n.attrs["pruned"] for n in model.graph.nodes if "pruned" in n.attrs}
+    return m
 
 
-def _max_context(model: Model, max_context: int | None) -> tuple[int, int]:
+def _max_context(model: Model, opts: CompileOptions) -> tuple[int, int]:
     cfg = model.provenance.get("config") or {}
-    mpe = int(cfg.get("max_position_embeddings") or DEFAULT_MAX_CONTEXT)
-    mc = int(max_context or min(DEFAULT_MAX_CONTEXT, mpe))
-    if mc < 1:
-        raise LfmcError("--max-context must be at least 1")
-    return mc, mpe
+    return opts.context(cfg.get("max_position_embeddings"))
 
 
-def _compile_wafer(model: Model, out, prof, max_batch: int, max_context: int | None, prefill_chunk: int, passes,
-                   dump_ir, log, quant, dtype, kv_dtype, tuned, prune, plot: bool) -> Path:
-    """Place the model on the wafer's mesh, generate its mesh program and CSL-style sources, estimate one decode
-    step with the simulator, write the artifact (run by the runtime's ``wafer`` driver)."""
-    from .passes import resolve, run_pipeline
-    from .targets.artifact import write_artifact
-    from .targets.wafer import lower_wafer, wafer_plan, write_wafer_files
-
-    if quant or dtype != "f32":
-        raise LfmcError(f"target {prof.name}: the wafer target runs float32 weights (no --quant / --dtype); "
-                        "they fit its SRAM as they are")
-    if tuned is not None:
-        raise LfmcError(f"target {prof.name}: there is nothing to tune on a simulated wafer (--tuned)")
-    options = {"kv_dtype": "f32", **(prune or {})}
-    model = run_pipeline(model, passes, options, dump_dir=dump_ir, family="wafer")
-    max_context, mpe = _max_context(model, max_context)
-    prog, params, pl = lower_wafer(model.graph, model.weights, prof, max_batch, max_context, kv_dtype)
-    est = wafer_estimate(prog, max_batch)
-    if log:
-        for line in wafer_report(prog, est):
-            log(line)
-    text = print_graph(model.graph)
-    cfg = model.provenance.get("config") or {}
-    manifest: dict[str, Any] = {
-        "target": {"name": prof.name, "driver": "wafer", "kind": "wafer", "profile": prof.as_dict()},
-        "tvm_version": None,
-        "model": {"name": model.graph.name, "vocab_size": prog["vocab_size"],
-                  "parameters": model.graph.num_parameters(), "eos_token_id": cfg.get("eos_token_id"),
-                  "bos_token_id": cfg.get("bos_token_id"), "architecture": model.provenance.get("architecture"),
-                  "config": cfg, "source": {k: v for k, v in model.provenance.items() if k != "config"}},
-        "ir_hash": hashlib.sha256(text.encode()).hexdigest(),
-        "quant": "f32", "passes": resolve(passes, "wafer"), "weight_dtype": "f32", "kv_dtype": kv_dtype,
-        "limits": {"max_batch": int(max_batch), "max_context": max_context, "prefill_chunk": int(prefill_chunk),
-                   "max_position_embeddings": mpe},
-        "tokenizer": tokenizer_spec(model, prog["vocab_size"]),
-        "plan": wafer_plan(prog, params),
-        "wafer": {"placement": prog["placement"], "estimate": est},
-    }
-    if prune:
-        manifest["prune"] = {k: v for k, v in prune.items() if k != "calibration"}
-        manifest["prune"]["layers"] = {n.name: n.attrs["pruned"] for n in model.graph.nodes if "pruned" in n.attrs}
-    path = write_artifact(out, manifest, params, lambda d: write_wafer_files(d, prog), model.tokenizer)
-    if plot:
-        from .targets.wafer.plot import plot_placement, plot_timeline
-
-        plot_placement(pl, path / "placement.png")
-        plot_timeline(est["timeline"], path / "decode-timeline.png", prog["machine"])
-        if log:
-            log(f"pictures: {path / 'placement.png'}, {path / 'decode-timeline.png'}")
-    return path
+def plan_target(model: Model, target: str, opts: CompileOptions, plot: bool = False,
+                out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``lfmc compile --plan-only``: what the target's backend reports from the config alone (the wafer: its
+    placement and a simulated decode step), else the weight bytes against the budget (:func:`plan_weights`)."""
+    prof, be = _backend(target, opts)
+    if not be.plan_report:
+        return plan_weights(model, prof, opts.quant, opts.dtype, opts.prune)
+    m = run_passes(Model(model.graph, None, model.provenance), be, CompileOptions(passes=opts.passes))
+    return be.plan_only(m.graph, prof, replace(opts, max_context=_max_context(model, opts)[0]), _context(plot=plot),
+                        Path(out_dir) if out_dir else None)
 
 
 def wafer_estimate(prog: dict[str, Any], batch: int = 1, context: int | None = None) -> dict[str, Any]:
-    """Cycles of one decode step on a placed mesh program (the simulator, cycles only): one sequence, and
-    ``batch`` sequences pipelined, at position ``context`` (default: 128 or the max context); where the single
-    sequence's time goes (its critical path), and the bounds it is checked against."""
-    from .runtime.drivers.wafer import MeshSim
+    """One simulated decode step of a placed mesh program (see :func:`lfmc.targets.wafer.estimate.estimate`),
+    with the runtime's simulator."""
+    from .runtime.drivers import driver_class
+    from .targets.wafer.backend import BACKEND
+    from .targets.wafer.estimate import estimate
 
-    m = prog["machine"]
-    hz = m["clock_ghz"] * 1e9
-    pos = min(int(prog["context"]) - 1, 128 if context is None else int(context))
-    sim = MeshSim(prog, None)
-    sim.step("decode", [1], [0], [pos])                    # warm: links and clocks as in steady decoding
-    sim.link_words[:] = 0
-    one = sim.step("decode", [1], [0], [pos])
-    link_words = float(sim.link_words.max())
-    br = sim.breakdown(one)
-    tl = sim.timeline(one)
-    batch = max(1, min(int(batch), int(prog["slots"])))
-    many = sim.step("decode", [1] * batch, list(range(batch)), [pos] * batch) if batch > 1 else one
-    pl = prog["placement"]
-    weights = sum(r["N"] * r["K"] for r in prog["roles"] if r["kind"] != "kv") * 4
-    busiest_pe = max(max(r["_tr"]) * max(r["_tc"]) for r in sim.roles.values() if r["kind"] != "kv") * 4
-    bounds = {
-        "sram_bandwidth_cycles": weights / (pl["pes_used"] * m["sram_bw"]),   # every weight read once, all PEs
-        "busiest_pe_cycles": busiest_pe / min(m["sram_bw"], 4 * m["fmacs"]),  # the largest tile, read at its rate
-        "busiest_link_words": link_words,                                    # words on the busiest link per token
-    }
-    return {"position": pos, "cycles": one["cycles"], "seconds": one["seconds"], "tokens_per_s": 1 / one["seconds"],
-            "batch": batch, "batch_cycles": many["cycles"], "batch_tokens_per_s": batch / many["seconds"],
-            "breakdown": br, "bounds": bounds, "assumptions": sim.assumptions(), "timeline": tl,
-            "clock_hz": hz}
-
-
-def wafer_report(prog: dict[str, Any], est: dict[str, Any]) -> list[str]:
-    """Lines for the compile summary: placement, estimate, where the time goes, assumptions."""
-    pl, m = prog["placement"], prog["machine"]
-    hz = m["clock_ghz"] * 1e9
-    out = [f"placed on {m['name']}: {pl['pes_used']:,} of {pl['pes']:,} PEs, SRAM {pl['sram_bytes'] / 1e9:.3f} of "
-           f"{pl['sram_capacity'] / 1e9:.2f} GB ({pl['sram_utilization']:.1%}), busiest PE {pl['max_pe_bytes']:,} of "
-           f"{pl['pe_capacity']:,} bytes, {pl['layers']} layers in a pipeline, ~{pl['tile_elems']:,} weights per PE",
-           f"estimated decode (simulated cycles, position {est['position']}): {est['cycles']:,.0f} cycles = "
-           f"{est['seconds'] * 1e6:,.1f} us -> {est['tokens_per_s']:,.0f} tokens/s for one sequence; "
-           f"{est['batch']} sequences pipelined: {est['batch_tokens_per_s']:,.0f} tokens/s"]
-    tot = sum(est["breakdown"].values()) or 1.0
-    out.append("  critical path: " + ", ".join(f"{k} {v / tot:.0%}" for k, v in est["breakdown"].items()))
-    b = est["bounds"]
-    out.append(f"  bounds: all weights read once over the used PEs' SRAM bandwidth {b['sram_bandwidth_cycles']:,.0f} "
-               f"cycles; the largest tile {b['busiest_pe_cycles']:,.0f} cycles; busiest link "
-               f"{b['busiest_link_words']:,.0f} words per token ({1 / max(hz, 1):.0e} s per cycle)")
-    out.append("  assumptions: " + "; ".join(est["assumptions"]))
-    return out
+    return estimate(prog, driver_class(BACKEND.driver).Simulator, batch, context)
 
 
 def check_fits(prof, nbytes: int, graph=None) -> None:
@@ -372,20 +233,6 @@ def plan_weights(model: Model, prof, quant: str | None, dtype: str = "f32",
     return out
 
 
-def apply_tuning(low, prof, tuned: str | os.PathLike, prefill_chunk: int) -> dict[str, Any]:
-    """Apply the tuning database ``tuned`` (a ``--db`` root or one device's folder) to ``low``."""
-    from .targets.tune import TuningDB, apply_tuned
-    from .targets.tune.db import host_identity
-
-    db = TuningDB.resolve(tuned, prof.name, host_identity() if prof.name == "host" else None)
-    counts = apply_tuned(low, db, prefill_chunk)
-    dev = db.meta["device"]
-    counts.update(db=str(db.path), measured=bool(db.meta["target"].get("measured", True)),
-                  device=(dev.get("cpu") or dev.get("device") or dev.get("key") or dev.get("server")
-                          or dev.get("kind", "?")))
-    return counts
-
-
 def format_kernel_counts(before: dict[str, int], after: dict[str, int]) -> str:
     """'kernels per decode step: layers 0, 1, 3: 10 -> 5; ...' grouped by (before, after)."""
     groups: dict[tuple[int, int], list[str]] = {}
@@ -405,7 +252,7 @@ def regenerate_params(artifact: str | os.PathLike) -> Path:
 
     from .frontend import import_preset
     from .passes import run_pipeline
-    from .targets.knobs import gpu_knobs
+    from .targets.backend import backends
     from .targets.lower import lower
 
     root = Path(artifact)
@@ -413,8 +260,10 @@ def regenerate_params(artifact: str | os.PathLike) -> Path:
     src = man["model"]["source"]
     if src.get("source") != "preset":
         raise LfmcError(f"{root}: parameters can be regenerated only for presets, not for {src.get('source')!r}")
-    fam = man["target"].get("kind")
-    if fam not in ("opencl", "cuda", "metal", "rocm"):
+    t = man["target"]
+    fam = t.get("family") or t.get("kind")
+    knobs = next((k for b in backends() if fam in b.families for k in [b.regenerate_knobs(t)] if k), None)
+    if knobs is None:
         raise LfmcError(f"{root}: regenerating parameters is supported for GPU targets (this one is {fam!r})")
     m = import_preset(src["preset"], weights=True, seed=src.get("seed", 0), std=src.get("init_std"))
     prune = {k: v for k, v in man.get("prune", {}).items() if k != "layers"}
@@ -424,7 +273,7 @@ def regenerate_params(artifact: str | os.PathLike) -> Path:
     m = run_pipeline(m, man.get("passes"), {"quant": None if man["quant"] == "f32" else man["quant"],
                                             "dtype": man["weight_dtype"], "kv_dtype": man.get("kv_dtype", "f32"),
                                             **prune})
-    low = lower(m.graph, m.weights, gpu_knobs(man["target"]["profile"]["max_threads"]))
+    low = lower(m.graph, m.weights, knobs)
     out = root / "params.safetensors"
     tensors = {k: np.ascontiguousarray(v) for k, v in low.params.items()}
     try:

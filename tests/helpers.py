@@ -9,6 +9,17 @@ import numpy as np
 from lfmc.check import RTOL
 
 
+def interpreter_greedy(it, prompt: Sequence[int], n: int) -> list[int]:
+    """``n`` greedy tokens of the IR interpreter ``it`` after ``prompt`` (prefill, then one token per call)."""
+    st = it.new_state()
+    lg = it.run(prompt, st)[-1]
+    out: list[int] = []
+    for _ in range(n):
+        out.append(int(lg.argmax()))
+        lg = it.run([out[-1]], st)[-1]
+    return out
+
+
 def assert_follows_interpreter(it, eng, prompt: Sequence[int], steps: int, rtol: float = RTOL,
                                where: tuple = ()) -> None:
     """Prefill ``prompt`` in both, then ``steps`` greedy decode steps (the interpreter's argmax fed to both):

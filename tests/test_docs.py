@@ -74,3 +74,15 @@ def test_docs_examples_run(page, tmp_path):
         for p in background:
             os.killpg(p.pid, signal.SIGTERM)
             p.wait(30)
+
+
+def test_short_conv_life_is_named_in_five_files_or_fewer():
+    """docs/architecture.md names the files of one operator's life; each exists and mentions the op."""
+    text = (DOCS / "architecture.md").read_text()
+    para = text[text.index("The life of one operator, `short_conv`"):]
+    para = para[:para.index("\n\n")]
+    files = re.findall(r"`(lfmc/[\w/]+\.py)`", para)
+    assert 1 < len(files) <= 5, files
+    for f in files:
+        p = DOCS.parent / f
+        assert p.is_file() and "short_conv" in p.read_text(), f

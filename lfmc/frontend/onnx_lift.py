@@ -358,7 +358,7 @@ class _Lifter:
         (in_n, wi, bi, in_out), (out_n, wo, bo, _) = inp[0], next(t for t in lin if t is not inp[0])
         split = g.one("Split")
         if len(split.output) != 3:
-            g.fail("in_proj is split into {len(split.output)}, expected 3 (B, C, x)", [split])
+            g.fail(f"in_proj is split into {len(split.output)}, expected 3 (B, C, x)", [split])
         if id(split) not in g.descendants(in_out):
             g.fail("the Split does not split in_proj", [split])
         idx = {o: i for i, o in enumerate(split.output)}

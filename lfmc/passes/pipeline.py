@@ -3,7 +3,7 @@ after every pass (always: it is cheap next to compiling)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from ..ir.errors import LfmcError
 from ..ir.model import Model
@@ -23,24 +23,17 @@ DEFAULT: dict[str, list[str]] = {
 }
 
 
-# GPU families keep the input RMSNorm a kernel of its own: a norm folded into a projection gives it a second
-# reduction, which TVM's dlight GEMV rules do not take (it would fall to a three-kernel fallback schedule).
-WITHOUT_ON = {"gpu": {"fuse-norm"},
-              # the wafer's code generator decides its own fusions (gates on row-end PEs, norms where values live)
-              "wafer": {"fuse-norm", "fuse-swiglu", "fuse-rope", "fuse-residual"}}
+def default_passes(without: Collection[str] = ()) -> list[str]:
+    """The default pipeline, in phase order, less the passes in ``without`` (what a target backend's code
+    generator does not want: see ``Backend.without_passes``)."""
+    return [p for ph in PHASES for p in DEFAULT[ph] if p not in without]
 
 
-def default_passes(family: str = "cpu") -> list[str]:
-    """The default pipeline, in phase order, for a target family (``cpu`` or ``gpu``)."""
-    drop = WITHOUT_ON.get(family, set())
-    return [p for ph in PHASES for p in DEFAULT[ph] if p not in drop]
-
-
-def resolve(names: Sequence[str] | str | None, family: str = "cpu") -> list[str]:
-    """Pass names from a list or a comma-separated string; ``None`` = the family's default pipeline,
+def resolve(names: Sequence[str] | str | None, without: Collection[str] = ()) -> list[str]:
+    """Pass names from a list or a comma-separated string; ``None`` = the default pipeline less ``without``,
     ``""`` = none."""
     if names is None:
-        return default_passes(family)
+        return default_passes(without)
     if isinstance(names, str):
         names = [x.strip() for x in names.split(",") if x.strip()]
     unknown = [n for n in names if n not in REGISTRY]
@@ -51,10 +44,10 @@ def resolve(names: Sequence[str] | str | None, family: str = "cpu") -> list[str]
 
 def run_pipeline(model: Model, passes: Sequence[str] | str | None = None, options: dict[str, Any] | None = None,
                  dump_dir: str | Path | None = None, log: Callable[[str], None] | None = None,
-                 family: str = "cpu") -> Model:
-    """Run ``passes`` (default pipeline when None) phase by phase. With ``dump_dir``, writes
-    ``NN-PHASE.lfmir`` after every phase (``00-input.lfmir`` first)."""
-    names = resolve(passes, family)
+                 without: Collection[str] = ()) -> Model:
+    """Run ``passes`` (the default pipeline less ``without`` when None) phase by phase. With ``dump_dir``,
+    writes ``NN-PHASE.lfmir`` after every phase (``00-input.lfmir`` first)."""
+    names = resolve(passes, without)
     options = options or {}
     dump = Path(dump_dir) if dump_dir else None
     if dump:

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..plan import SCHEMA_VERSION
 from .errors import RuntimeLoadError
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
 
@@ -152,30 +152,13 @@ def check_plan(m: dict[str, Any], where: Any = MANIFEST) -> dict[str, int]:
 
 
 def check_device(m: dict[str, Any], driver: str) -> None:
-    """Refuse an artifact built for another device API or for CPU features this machine lacks."""
+    """Refuse an artifact built for another device API, or one its driver says this machine cannot run."""
     t = m["target"]
     if t.get("driver") != driver:
         raise RuntimeLoadError(f"artifact was compiled for target {t.get('name')!r} (driver {t.get('driver')!r}), "
                                f"not for the {driver!r} driver")
-    if driver == "cpu":
-        import platform
+    from .drivers import driver_hook
 
-        feats = t.get("features", {})
-        if feats.get("arch") and feats["arch"] != platform.machine():
-            raise RuntimeLoadError(f"artifact was compiled for {feats['arch']} CPUs, this is {platform.machine()}")
-        flags = _cpu_flags()
-        for want, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("fma", "fma")):
-            if feats.get(want) and flags is not None and flag not in flags:
-                raise RuntimeLoadError(f"artifact was compiled for CPUs with {flag.upper()} "
-                                       f"({feats.get('mcpu')}); this CPU lacks it: recompile here")
-
-
-def _cpu_flags() -> set[str] | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
+    check = driver_hook(driver, "check_artifact")
+    if check is not None:
+        check(m)

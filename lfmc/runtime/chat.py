@@ -57,6 +57,8 @@ def render_chat(messages: Sequence[dict[str, Any]], template: str | None = None,
                                                 bos_token=bos_token, eos_token=eos_token)
     except TemplateError as e:
         raise EngineError(f"chat template failed: {e}") from None
+    except RecursionError:              # a template nested deeper than Jinja's recursive parser goes
+        raise EngineError("chat template failed: nested too deeply to parse") from None
 
 
 class TextStream:

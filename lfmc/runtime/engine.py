@@ -75,7 +75,7 @@ class Engine:
 
     def _load(self, m: dict, device: str | None, max_batch: int | None, max_context: int | None,
               prefill_chunk: int | None, num_threads: int | None) -> None:
-        device = device or m["target"].get("driver", "cpu")
+        device = device or str(m["target"].get("driver"))          # check_device refuses a missing one
         check_device(m, device)
         self.manifest, self.plan = m, m["plan"]
         lim = m["limits"]
@@ -88,7 +88,7 @@ class Engine:
         self.eos_token_id = m["model"].get("eos_token_id")
         self.tokenizer = load_tokenizer(self.root, m.get("tokenizer", {}))
         self.chat: dict[str, str] | None = (m.get("tokenizer") or {}).get("chat")   # checkpoint chat template
-        self.driver = get_driver(device, num_threads=num_threads) if device == "cpu" else get_driver(device)
+        self.driver = get_driver(device, num_threads=num_threads)
         self._load_params()
         self._allocate()
         names = {L["kernel"] for e in self.plan["entries"].values() for L in e}
@@ -259,6 +259,8 @@ class Engine:
         return sid
 
     def _clear_slot(self, slot: int) -> None:
+        """A new sequence starts from zero state: the conv windows of ``short_conv`` nodes and recurrences (KV
+        caches need no clearing: positions past a sequence's length are never read)."""
         for name, spec in self.plan["state"].items():
             if spec["kind"] in ("conv", "recurrent"):
                 self.driver.fill(self.state[name], slot, 0.0)

@@ -41,12 +41,16 @@ def _check(path: Path, header: dict, base: int, size: int, name: str,
     h = header.get(name)
     if not isinstance(h, dict):
         raise RuntimeLoadError(f"{path}: parameter {name!r} is missing")
-    dt = _DTYPES.get(h.get("dtype"))
-    shape = tuple(h.get("shape", ()))
+    dt = _DTYPES.get(h.get("dtype")) if isinstance(h.get("dtype"), str) else None
+    shape, offs = h.get("shape", ()), h.get("data_offsets", (0, -1))
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape) and isinstance(offs, list)
+            and len(offs) == 2 and all(type(o) is int for o in offs)):
+        raise RuntimeLoadError(f"{path}: parameter {name!r} has a malformed header entry {h!r}"[:300])
+    shape = tuple(shape)
     if dt != spec["dtype"] or list(shape) != list(spec["shape"]):
         raise RuntimeLoadError(f"{path}: parameter {name!r} is {h.get('dtype')}{list(shape)}, the plan wants "
                                f"{spec['dtype']}{spec['shape']}")
-    start, end = h.get("data_offsets", (0, -1))
+    start, end = offs
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
     if end - start != nbytes or start < 0 or base + end > size:
         raise RuntimeLoadError(f"{path}: parameter {name!r} has a bad data range (file truncated?)")

@@ -31,25 +31,25 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
                         headers=headers)
 
 
+MAX_JSON_DEPTH = 64
+
+
 def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_body_bytes: int = MAX_BODY_BYTES):
     """The FastAPI application; the batcher starts with it and stops at shutdown."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request as HttpRequest
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import StreamingResponse
 
-    batcher = Batcher(engine, max_queue=max_queue)
-    created = int(time.time())
-    chat = engine.chat or {}
+    api = _Api(engine, model_id, Batcher(engine, max_queue=max_queue), max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        batcher.close()
+        api.batcher.close()
 
     app = FastAPI(title="lfmc", lifespan=lifespan)
-    app.state.batcher = batcher
+    app.state.batcher = api.batcher
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
@@ -59,32 +59,85 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, **batcher.load()}
+        return {"status": "ok", "model": model_id, **api.batcher.load()}
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
-                                            "owned_by": "lfmc", "max_context": engine.max_context,
-                                            "vocab_size": engine.vocab_size}]}
+        return api.models()
 
-    async def body_of(request: HttpRequest) -> dict[str, Any]:
+    @app.post("/v1/completions")
+    async def completions(request: HttpRequest):
+        return await api.answer(api.completions, request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: HttpRequest):
+        return await api.answer(api.chat_completions, request)
+
+    return app
+
+
+def _check_json(v: Any, where: str = "body") -> None:
+    """Refuse what JSON allows but a prompt cannot hold: nesting deeper than MAX_JSON_DEPTH and strings with lone
+    UTF-16 surrogates ("\\ud800"), which no tokenizer encodes. Iterative, so no input can exhaust the stack."""
+    todo = [(v, 0)]
+    while todo:
+        x, depth = todo.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _Bad(400, f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Bad(400, f"{where}: a string holds a lone UTF-16 surrogate (not a character)") from None
+        elif isinstance(x, dict):
+            todo.extend((k, depth + 1) for k in x)
+            todo.extend((y, depth + 1) for y in x.values())
+        elif isinstance(x, list):
+            todo.extend((y, depth + 1) for y in x)
+
+
+class _Api:
+    """The request handling behind the routes: parsing, validation, submission to the batcher, responses."""
+
+    def __init__(self, engine: Engine, model_id: str, batcher: Batcher, max_body_bytes: int):
+        self.engine, self.model_id, self.batcher, self.max_body_bytes = engine, model_id, batcher, max_body_bytes
+        self.created = int(time.time())
+        self.chat = engine.chat or {}
+
+    def models(self) -> dict[str, Any]:
+        e = self.engine
+        return {"object": "list", "data": [{"id": self.model_id, "object": "model", "created": self.created,
+                                            "owned_by": "lfmc", "max_context": e.max_context,
+                                            "vocab_size": e.vocab_size}]}
+
+    async def answer(self, handler, request):
+        try:
+            return await handler(await self.body_of(request))
+        except _Bad as e:
+            return e.response()
+
+    async def body_of(self, request) -> dict[str, Any]:
+        limit = self.max_body_bytes
         n = request.headers.get("content-length")
-        if n is not None and n.isdigit() and int(n) > max_body_bytes:
-            raise _Bad(413, f"request body over {max_body_bytes} bytes", code="request_too_large")
+        if n is not None and n.isdigit() and int(n) > limit:
+            raise _Bad(413, f"request body over {limit} bytes", code="request_too_large")
         raw = bytearray()
         async for part in request.stream():              # never hold more than the limit
             raw += part
-            if len(raw) > max_body_bytes:
-                raise _Bad(413, f"request body over {max_body_bytes} bytes", code="request_too_large")
+            if len(raw) > limit:
+                raise _Bad(413, f"request body over {limit} bytes", code="request_too_large")
         try:
             body = json.loads(raw or b"null")
         except ValueError as e:
             raise _Bad(400, f"the body is not JSON: {e}") from None
+        except RecursionError:
+            raise _Bad(400, f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
         if not isinstance(body, dict):
             raise _Bad(400, "the body must be a JSON object")
+        _check_json(body)
         return body
 
-    def sampling(body: dict[str, Any], default_max: int) -> dict[str, Any]:
+    def sampling(self, body: dict[str, Any], default_max: int) -> dict[str, Any]:
         def num(k: str, default, lo, hi, kind=float):
             v = body.get(k, default)
             if v is None:
@@ -97,13 +150,14 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
 
         if body.get("n", 1) not in (1, None):
             raise _Bad(400, "only n = 1 is supported")
-        limit = engine.max_context
+        limit = self.engine.max_context
         return {"max_tokens": num("max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
                                   default_max, 1, limit, int),
                 "temperature": num("temperature", 1.0, 0.0, 100.0), "top_p": num("top_p", 1.0, 0.0, 1.0),
-                "top_k": num("top_k", 0, 0, engine.vocab_size, int),
+                "top_k": num("top_k", 0, 0, self.engine.vocab_size, int),
                 "seed": num("seed", 0, 0, 2 ** 63 - 1, int) if body.get("seed") is not None else None}
 
+    @staticmethod
     def stops_of(body: dict[str, Any]) -> list[str]:
         s = body.get("stop")
         if s is None:
@@ -113,27 +167,28 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
             raise _Bad(400, "stop must be a string or a list of at most 4 strings")
         return s
 
-    def encode(text: str) -> list[int]:
-        if engine.tokenizer is None:
+    def encode(self, text: str) -> list[int]:
+        if self.engine.tokenizer is None:
             raise _Bad(400, "this artifact has no tokenizer: send the prompt as a list of token ids")
-        return engine.tokenizer.encode(text)
+        return self.engine.tokenizer.encode(text)
 
-    def start(ids: list[int], sp: dict[str, Any], stops: list[str]) -> tuple[Request, asyncio.Queue, TextStream]:
+    def start(self, ids: list[int], sp: dict[str, Any], stops: list[str]) -> tuple[Request, asyncio.Queue, TextStream]:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        stop_ids = frozenset({engine.eos_token_id} if engine.eos_token_id is not None else ())
+        eos = self.engine.eos_token_id
         req = Request(ids, sp["max_tokens"], lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev),
                       temperature=sp["temperature"], top_k=sp["top_k"], top_p=sp["top_p"], seed=sp["seed"],
-                      stop_ids=stop_ids)
+                      stop_ids=frozenset({eos} if eos is not None else ()))
         try:
-            batcher.submit(req)
+            self.batcher.submit(req)
         except Overloaded as e:
             raise _Bad(429, f"server busy: {e}; retry later", "rate_limit_exceeded", "server_busy",
                        {"Retry-After": "1"}) from None
         except EngineError as e:
             raise _Bad(400, str(e)) from None
-        return req, q, TextStream(engine.decode_text, stops)
+        return req, q, TextStream(self.engine.decode_text, stops)
 
+    @staticmethod
     async def events(req: Request, q: asyncio.Queue, text: TextStream) -> AsyncIterator[tuple[str, str | None]]:
         """(delta text, finish reason or None) until the request ends; cancels it if the consumer goes away."""
         try:
@@ -157,99 +212,92 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
         finally:
             req.cancel()
 
+    @staticmethod
     def usage(req: Request, text: TextStream) -> dict[str, int]:
         return {"prompt_tokens": len(req.prompt), "completion_tokens": len(text.ids),
                 "total_tokens": len(req.prompt) + len(text.ids)}
 
-    async def respond(body: dict[str, Any], ids: list[int], chat_mode: bool, stops: list[str]):
-        sp = sampling(body, 16 if not chat_mode else engine.max_context - len(ids))
-        sp["max_tokens"] = min(sp["max_tokens"], max(1, engine.max_context - len(ids)))
-        req, q, text = start(ids, sp, stops)
+    async def respond(self, body: dict[str, Any], ids: list[int], chat_mode: bool, stops: list[str]):
+        ctx = self.engine.max_context
+        sp = self.sampling(body, 16 if not chat_mode else ctx - len(ids))
+        sp["max_tokens"] = min(sp["max_tokens"], max(1, ctx - len(ids)))
+        req, q, text = self.start(ids, sp, stops)
         rid = ("chatcmpl-" if chat_mode else "cmpl-") + uuid.uuid4().hex[:24]
-        obj = "chat.completion" if chat_mode else "text_completion"
+        if body.get("stream"):
+            from fastapi.responses import StreamingResponse
+
+            return StreamingResponse(self.sse(req, q, text, rid, chat_mode), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        reason = None
+        try:
+            async for _, r in self.events(req, q, text):
+                reason = r or reason
+        except EngineError as e:
+            return _error(500, f"generation failed: {e}", "server_error")
+        choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None, "tokens": text.ids}
+        if chat_mode:
+            choice["message"] = {"role": "assistant", "content": text.text}
+        else:
+            choice["text"] = text.text
+        return {"id": rid, "object": "chat.completion" if chat_mode else "text_completion", "created": int(time.time()),
+                "model": self.model_id, "choices": [choice], "usage": self.usage(req, text)}
+
+    async def sse(self, req: Request, q: asyncio.Queue, text: TextStream, rid: str,
+                  chat_mode: bool) -> AsyncIterator[bytes]:
+        """The server-sent events of a streamed answer, ending with ``data: [DONE]``."""
         now = int(time.time())
-        if not body.get("stream"):
-            reason = None
-            try:
-                async for _, r in events(req, q, text):
-                    reason = r or reason
-            except EngineError as e:
-                return _error(500, f"generation failed: {e}", "server_error")
-            choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None, "tokens": text.ids}
-            if chat_mode:
-                choice["message"] = {"role": "assistant", "content": text.text}
-            else:
-                choice["text"] = text.text
-            return {"id": rid, "object": obj, "created": now, "model": model_id, "choices": [choice],
-                    "usage": usage(req, text)}
 
-        async def sse() -> AsyncIterator[bytes]:
-            def chunk(delta: str | None, reason: str | None, first: bool = False) -> bytes:
-                if chat_mode:
-                    d: dict[str, Any] = {"role": "assistant", "content": ""} if first else \
-                        ({"content": delta} if delta else {})
-                    c = {"index": 0, "delta": d, "finish_reason": reason, "logprobs": None}
-                    o = "chat.completion.chunk"
+        def chunk(delta: str | None, reason: str | None, first: bool = False) -> bytes:
+            if chat_mode:
+                d: dict[str, Any] = {"role": "assistant", "content": ""} if first else \
+                    ({"content": delta} if delta else {})
+                c = {"index": 0, "delta": d, "finish_reason": reason, "logprobs": None}
+                o = "chat.completion.chunk"
+            else:
+                c = {"index": 0, "text": delta or "", "finish_reason": reason, "logprobs": None}
+                o = "text_completion"
+            return f"data: {json.dumps({'id': rid, 'object': o, 'created': now, 'model': self.model_id, 'choices': [c]})}\n\n".encode()
+
+        if chat_mode:
+            yield chunk(None, None, first=True)
+        try:  # a client that goes away closes this generator: the finally cancels its request
+            async for delta, reason in self.events(req, q, text):
+                if reason is None:
+                    yield chunk(delta, None)
                 else:
-                    c = {"index": 0, "text": delta or "", "finish_reason": reason, "logprobs": None}
-                    o = "text_completion"
-                return f"data: {json.dumps({'id': rid, 'object': o, 'created': now, 'model': model_id, 'choices': [c]})}\n\n".encode()
-
-            if chat_mode:
-                yield chunk(None, None, first=True)
-            try:  # a client that goes away closes this generator: the finally cancels its request
-                async for delta, reason in events(req, q, text):
-                    if reason is None:
+                    if delta:
                         yield chunk(delta, None)
-                    else:
-                        if delta:
-                            yield chunk(delta, None)
-                        yield chunk(None, reason)
-            except EngineError as e:
-                yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n".encode()
-            finally:
-                req.cancel()
-            yield b"data: [DONE]\n\n"
+                    yield chunk(None, reason)
+        except EngineError as e:
+            yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n".encode()
+        finally:
+            req.cancel()
+        yield b"data: [DONE]\n\n"
 
-        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    async def completions(self, body: dict[str, Any]):
+        p = body.get("prompt")
+        if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
+            p = p[0]
+        if isinstance(p, str):
+            ids = self.encode(p)
+        elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+            ids = list(p)
+        else:
+            raise _Bad(400, "prompt must be a non-empty string or a list of token ids (one prompt)")
+        if not ids:
+            raise _Bad(400, "the prompt is empty")
+        return await self.respond(body, ids, False, self.stops_of(body))
 
-    @app.post("/v1/completions")
-    async def completions(request: HttpRequest):
+    async def chat_completions(self, body: dict[str, Any]):
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+            raise _Bad(400, "messages must be a non-empty list of {role, content} objects")
+        c = self.chat
         try:
-            body = await body_of(request)
-            p = body.get("prompt")
-            if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
-                p = p[0]
-            if isinstance(p, str):
-                ids = encode(p)
-            elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
-                ids = list(p)
-            else:
-                raise _Bad(400, "prompt must be a non-empty string or a list of token ids (one prompt)")
-            if not ids:
-                raise _Bad(400, "the prompt is empty")
-            return await respond(body, ids, False, stops_of(body))
-        except _Bad as e:
-            return e.response()
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: HttpRequest):
-        try:
-            body = await body_of(request)
-            msgs = body.get("messages")
-            if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
-                raise _Bad(400, "messages must be a non-empty list of {role, content} objects")
-            try:
-                prompt = render_chat(msgs, chat.get("template"), chat.get("bos_token", ""), chat.get("eos_token", ""))
-            except EngineError as e:
-                raise _Bad(400, str(e)) from None
-            ids = encode(prompt)
-            stops = stops_of(body) + [END_OF_TURN]
-            return await respond(body, ids, True, stops)
-        except _Bad as e:
-            return e.response()
-
-    return app
+            prompt = render_chat(msgs, c.get("template"), c.get("bos_token", ""), c.get("eos_token", ""))
+        except EngineError as e:
+            raise _Bad(400, str(e)) from None
+        return await self.respond(body, self.encode(prompt), True, self.stops_of(body) + [END_OF_TURN])
 
 
 class _Bad(Exception):

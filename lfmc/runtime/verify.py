@@ -10,34 +10,13 @@ code: this is what can be known about an artifact before trusting it.
 """
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
 from .artifact import check_plan, load_manifest
-from .drivers.launch import LaunchSpec, read_device_library
+from .drivers import driver_hook
 from .errors import RuntimeLoadError
 from .params import param_header
-
-_ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
-
-
-def _check_object(path: Path, arch: str | None) -> str:
-    """The kind of a CPU kernel library, checked against the manifest's architecture."""
-    b = path.read_bytes()[:64]
-    if b[:4] == b"\x7fELF":
-        machine = struct.unpack_from("<H", b, 18)[0]
-        want = _ELF_MACHINE.get(arch or "")
-        if want is not None and machine != want:
-            raise RuntimeLoadError(f"{path.name}: ELF for machine {machine}, the manifest says {arch}")
-        return "elf"
-    if b[:4] == b"\xcf\xfa\xed\xfe":
-        if arch not in ("arm64", None):
-            raise RuntimeLoadError(f"{path.name}: a Mach-O library, the manifest says {arch}")
-        return "mach-o"
-    if b[:8] == b"!<arch>\n":
-        return "archive"
-    raise RuntimeLoadError(f"{path.name}: not an object file or library (no ELF / Mach-O / ar header)")
 
 
 def verify_artifact(path: str | Path) -> dict[str, Any]:
@@ -66,36 +45,14 @@ def _verify(root: Path, m: dict[str, Any]) -> dict[str, Any]:
             if not str(nb).isdigit() or k not in kernels:
                 raise RuntimeLoadError(f"plan variants of {base}: {nb!r} -> {k!r} has no library or no row count")
             nargs[k] = nargs[base] - 1
-    # kernel libraries, as data
+    # kernel libraries, as data: each checked by its driver's module (lfmc/runtime/drivers/__init__.py)
     t = m["target"]
+    check = driver_hook(str(t.get("driver")), "verify_library")
+    if check is None:
+        raise RuntimeLoadError(f"the {t.get('driver')!r} driver has no library check")
     libs: dict[str, str] = {}
     for lib in sorted({kernels[k] for k in nargs}):
-        p = root / lib
-        if t.get("kind") == "wafer":
-            from .drivers.wafer import load_program
-
-            prog = load_program(p)
-            for k, n in nargs.items():
-                if kernels[k] == lib and n != 4 + len(prog["param_order"]):
-                    raise RuntimeLoadError(f"{lib}: the mesh program takes {len(prog['param_order'])} parameters, "
-                                           f"the plan passes {n - 4}")
-            libs[lib] = "mesh program (simulated)"
-        elif lib.endswith(".json"):
-            d = read_device_library(p)
-            table, api = d["table"], d["api"]
-            if api != t.get("kind"):
-                raise RuntimeLoadError(f"{lib}: kernels for {api!r}, the manifest's target is {t.get('kind')!r}")
-            for k, n in nargs.items():
-                if kernels[k] != lib:
-                    continue
-                if k not in table:
-                    raise RuntimeLoadError(f"{lib}: no launch table for kernel {k!r}")
-                spec = LaunchSpec(k, table[k])
-                if spec.nparams != n:
-                    raise RuntimeLoadError(f"{lib}: kernel {k!r} takes {spec.nparams} arguments, the plan passes {n}")
-            libs[lib] = f"{api} source + launch table"
-        else:
-            libs[lib] = _check_object(p, t.get("features", {}).get("arch"))
+        libs[lib] = check(root / lib, m, {k: n for k, n in nargs.items() if kernels[k] == lib})
     return {"artifact": str(root), "target": t.get("name"), "driver": t.get("driver"), "files": len(m["files"]),
             "parameters": len(header), "kernels": len(nargs), "libraries": len(libs),
             "library_kinds": sorted(set(libs.values())), "model": m["model"].get("name")}

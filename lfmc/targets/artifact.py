@@ -15,8 +15,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..ir.model import write_dir_atomically
+from ..plan import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
 MANIFEST, PARAMS, TOKENIZER = "manifest.json", "params.safetensors", "tokenizer.json"
 
 

@@ -532,7 +532,8 @@ def make_take_last(name: str, D: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
 # ------------------------------------------------------------------------------------ short convolution
 def make_conv_prefill(name: str, D: int, L: int, ib: int, ic: int, ix: int,
                       kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
-    """Gated causal depthwise conv over one sequence's chunk, continuing and updating its conv state.
+    """Gated causal depthwise conv over one sequence's chunk, continuing and updating its conv state (the IR's
+    ``short_conv`` between its two projections).
 
     P[n, 3D] holds the in_proj chunks (B at ``ib``, C at ``ic``, x at ``ix``); Y[t] = C[t] * sum_j w[j] *
     hist[t + j] with hist = [state(slot); B*x]; afterwards the state holds the last L-1 entries of hist.

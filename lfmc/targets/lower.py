@@ -43,8 +43,7 @@ class _Makers:
 
 K = _Makers()
 
-PLAN_VERSION = 1
-ENTRIES = ("prefill", "decode")
+from ..plan import ENTRIES, PLAN_VERSION  # noqa: E402,F401  (shared with the runtime)
 
 
 @dataclass

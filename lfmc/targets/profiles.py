@@ -27,12 +27,13 @@ from typing import Any
 
 from ..ir.errors import LfmcError
 
-FAMILIES = ("cpu", "opencl", "cuda", "metal", "rocm", "wafer")
-DRIVER = {"cpu": "cpu", "opencl": "opencl", "cuda": "cuda", "metal": "metal", "rocm": "hip", "wafer": "wafer"}
-RUNNABLE_HERE = {"cpu": "no (arm64: cross-compiled, objects checked)", "opencl": "yes (PoCL)",
-                 "cuda": "on a lent GPU", "metal": "no (source checked; a Mac runs it)",
-                 "rocm": "no (hsaco checked; an AMD GPU runs it)",
-                 "wafer": "simulated (lfmc's mesh simulator: real numerics, estimated cycles)"}
+
+
+def families() -> tuple[str, ...]:
+    """The profile families some target backend builds (:mod:`lfmc.targets.backend`)."""
+    from .backend import families as registered
+
+    return registered()
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,10 @@ class Profile:
 
     @property
     def driver(self) -> str:
-        return DRIVER[self.family]
+        """The runtime driver that runs this profile's artifacts (its backend says)."""
+        from .backend import backend_for
+
+        return backend_for(self).driver_for(self)
 
     def target(self):
         """The TVM Target (device with its host)."""
@@ -88,12 +92,11 @@ class Profile:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["driver"] = self.driver
-        d["runs_here"] = RUNNABLE_HERE[self.family]
-        if is_x86(self):
-            from .host import x86_runs_here
+        from .backend import backend_for
 
-            d["runs_here"] = x86_runs_here(self)
+        be = backend_for(self)
+        d["driver"] = be.driver_for(self)
+        d["runs_here"] = be.runs_here(self)
         return d
 
 
@@ -238,14 +241,13 @@ def load_toml(path: str | os.PathLike) -> dict[str, Profile]:
             raise LfmcError(f"{p}: [{name}] must be a table")
         base = PRESETS.get(t.get("base", ""), None)
         fam = t.get("family", base.family if base else None)
-        if fam not in FAMILIES:
-            raise LfmcError(f"{p}: [{name}] family must be one of {', '.join(FAMILIES)}, not {fam!r}")
+        if fam not in families():
+            raise LfmcError(f"{p}: [{name}] family must be one of {', '.join(families())}, not {fam!r}")
         unknown = set(t) - set(_NUMBERS) - {"family", "description", "device", "arch", "mcpu", "mtriple", "base",
                                            "quant", "packaging", "host_mtriple"}
         if unknown:
             raise LfmcError(f"{p}: [{name}] has unknown keys {sorted(unknown)}")
-        tvm_t = dict(base.tvm) if base else {"kind": {"cuda": "cuda", "opencl": "opencl", "metal": "metal",
-                                                         "rocm": "rocm", "cpu": "llvm", "wafer": "wafer"}[fam]}
+        tvm_t = dict(base.tvm) if base else {"kind": {"cpu": "llvm"}.get(fam, fam)}
         for k in ("device", "arch", "mcpu", "mtriple"):
             if k in t:
                 tvm_t[k] = t[k]

@@ -144,6 +144,14 @@ def test_unrecognized_subgraph_names_the_nodes(exported, tmp_path):
     with pytest.raises(OnnxLiftError, match="mask is not causal"):
         import_onnx(_tampered(path, tmp_path, rope_scaled))
 
+    def split_in_four(mo):                 # the short conv's in_proj split into four outputs
+        n = next(n for n in mo.graph.node if n.op_type == "Split")     # the first conv layer's B, C, x split
+        n.output.append(n.output[-1] + "_extra")
+
+    with pytest.raises(OnnxLiftError) as e:
+        import_onnx(_tampered(path, tmp_path, split_in_four))
+    assert "in_proj is split into 4, expected 3 (B, C, x)" in str(e.value)    # the count, not "{len(...)}"
+
 
 def test_bad_files_are_clear_errors(exported, tmp_path):
     _, path = exported("dense-a")

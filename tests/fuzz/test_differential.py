@@ -54,7 +54,7 @@ def _check(cfg, quant, prompt_len, tmp_path) -> None:
     # quantized weights: the interpreter runs the same quantized graph (dequantized), so the tolerance stays tight
     from lfmc.passes import run_pipeline
 
-    q = run_pipeline(m, None, {"quant": quant} if quant else {}, family="cpu")
+    q = run_pipeline(m, None, {"quant": quant} if quant else {})
     prompt = np.random.default_rng(prompt_len).integers(0, cfg["vocab_size"], prompt_len)
     assert_follows_interpreter(Interpreter(q.graph, q.weights), eng, prompt, 5, where=(cfg, quant))
 

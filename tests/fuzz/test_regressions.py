@@ -91,3 +91,31 @@ def test_negative_seed_is_a_400_not_a_500(served_artifact):
             b.submit(Request([1], 2, lambda ev: None, seed=-1))
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("entry", [{"dtype": "F32", "shape": "64", "data_offsets": [0, 4]},
+                                   {"dtype": "F32", "shape": [1], "data_offsets": "0,4"},
+                                   {"dtype": 7, "shape": [1], "data_offsets": [0, 4]},
+                                   {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}])
+def test_forged_param_header_entries_are_load_errors(served_artifact, tmp_path, entry):
+    """make fuzz (params, header and hash both forged): a header entry of the wrong types raised ValueError /
+    TypeError inside the reader; now it is a RuntimeLoadError naming the parameter."""
+    import hashlib
+    import struct
+
+    d = tmp_path / "art"
+    shutil.copytree(served_artifact, d)
+    f = d / "params.safetensors"
+    raw = f.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    name = sorted(k for k in header if k != "__metadata__")[0]
+    header[name] = entry
+    h = json.dumps(header).encode()
+    f.write_bytes(struct.pack("<Q", len(h)) + h + raw[8 + n:])
+    m = json.loads((d / "manifest.json").read_text())
+    m["files"]["params.safetensors"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    (d / "manifest.json").write_text(json.dumps(m))
+    for fn in (lambda: verify_artifact(d), lambda: Engine(d)):
+        with pytest.raises(RuntimeLoadError, match=name.replace(".", r"\.")):
+            fn()

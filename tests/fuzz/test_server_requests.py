@@ -72,3 +72,34 @@ def test_still_serving_after_the_fuzz(client):
     r = client.post("/v1/completions", json={"prompt": "ok", "max_tokens": 3, "temperature": 0})
     assert r.status_code == 200 and len(r.json()["choices"][0]["tokens"]) >= 1
     assert client.get("/health").json()["active"] == 0
+
+
+# only high or only low surrogates: a high one followed by a low one is a valid pair (one character) in JSON
+surrogate_text = st.one_of(*(st.text(alphabet=st.characters(min_codepoint=lo, max_codepoint=hi, categories=["Cs"]),
+                                     min_size=1, max_size=3) for lo, hi in ((0xD800, 0xDBFF), (0xDC00, 0xDFFF))))
+
+
+@FUZZ
+@given(depth=st.integers(65, 6000), path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
+       kind=st.sampled_from(["[", '{"a":']))
+def test_deeply_nested_bodies_are_400(client, depth, path, kind):
+    """A body nested thousands of levels deep raised RecursionError inside json (a 500): now a 400."""
+    close = "]" if kind == "[" else "}"
+    raw = '{"prompt": ' + kind * depth + "1" + close * depth + "}"
+    r = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "nests deeper" in r.json()["error"]["message"]
+
+
+@FUZZ
+@given(s=surrogate_text, field=st.sampled_from(["prompt", "content", "stop"]))
+def test_lone_surrogates_are_400(client, s, field):
+    """A prompt with a lone UTF-16 surrogate ("\\ud800", valid JSON, no character) was a 500 in the tokenizer."""
+    if field == "content":
+        path, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi" + s}]}
+    else:
+        path, body = "/v1/completions", {"prompt": "hi" + s if field == "prompt" else "hi", "stop": [s]}
+    r = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert "\\ud" in json.dumps(body)                 # the body really carries the escape
+    assert r.status_code == 400, r.text
+    assert "surrogate" in r.json()["error"]["message"]

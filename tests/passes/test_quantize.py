@@ -272,7 +272,7 @@ def test_compiled_int8_activations_equal_interpreter(name, scheme, tmp_path, mon
         m = import_preset(name, weights=True, seed=3, std=0.05)
     art = compile_model(m, tmp_path / "a8", max_batch=2, max_context=128, prefill_chunk=16, quant=scheme,
                         act_quant="i8")
-    q = run_pipeline(m, None, {"quant": scheme, "act_quant": "i8"}, family="cpu")
+    q = run_pipeline(m, None, {"quant": scheme, "act_quant": "i8"})
     assert any("act_quant" in n.attrs for n in q.graph.nodes)
     ties = _Ties(monkeypatch)
     it, eng = Interpreter(q.graph, q.weights), Engine(art)

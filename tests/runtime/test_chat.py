@@ -30,6 +30,9 @@ def test_default_and_checkpoint_templates():
         render_chat(MSGS, "{{ ''.__class__.__mro__[1].__subclasses__() }}")
     with pytest.raises(EngineError, match="chat template: no"):
         render_chat(MSGS, "{{ raise_exception('no') }}")
+    for t in ("{" * 90, "{{" + "(" * 400 + "1" + ")" * 400 + "}}", "{{ x" + "[0]" * 2000 + " }}"):
+        with pytest.raises(EngineError, match="chat template"):       # RecursionError inside Jinja's parser
+            render_chat(MSGS, t)
 
 
 def test_text_stream_holds_back_partial_stops_and_utf8():

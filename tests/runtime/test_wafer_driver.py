@@ -15,8 +15,9 @@ from lfmc.ir import Interpreter
 from lfmc.runtime import Engine, EngineError, RuntimeLoadError
 from lfmc.runtime.drivers.wafer import MeshSim, load_program
 from lfmc.runtime.verify import verify_artifact
+from lfmc.targets.backend import backend_named
 
-from tests.helpers import assert_follows_interpreter
+from tests.helpers import assert_follows_interpreter, interpreter_greedy
 
 MODELS = ["dense-a", "dense-b", "dense-c", "moe-a", "moe-b", "moe-c"]
 
@@ -28,16 +29,6 @@ def wafer_arts(tmp_path_factory, tiny_models):
             for n in MODELS}
 
 
-def _greedy(it, prompt, n):
-    st = it.new_state()
-    lg = it.run(prompt, st)[-1]
-    out = []
-    for _ in range(n):
-        out.append(int(lg.argmax()))
-        lg = it.run([out[-1]], st)[-1]
-    return out
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_generation_equals_interpreter(wafer_arts, tiny_models, name):
     m = tiny_models[name]
@@ -45,7 +36,7 @@ def test_generation_equals_interpreter(wafer_arts, tiny_models, name):
     eng = Engine(wafer_arts[name])
     assert eng.driver.name == "wafer"
     prompt = [3, 17, 200, 45, 9]
-    want = _greedy(it, prompt, 16)
+    want = interpreter_greedy(it, prompt, 16)
     assert len(set(want)) > 2                  # the check must be able to fail
     assert eng.generate(prompt, 16, stop=[]).tokens == want
     for p in ([7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]):
@@ -104,7 +95,7 @@ def test_estimate_respects_its_bounds(wafer_arts, source):
         from lfmc.targets.profiles import get_profile
         from lfmc.targets.wafer import lower_wafer
 
-        m = run_pipeline(import_source(source), None, {}, family="wafer")
+        m = run_pipeline(import_source(source), None, {}, without=backend_named("wafer").without_passes)
         prog, _, _ = lower_wafer(m.graph, None, get_profile("wafer-wse2"), 4, 4096)
     est = wafer_estimate(prog, 3)
     b = est["bounds"]
@@ -162,7 +153,7 @@ def test_hybrid_recurrence_model_equals_interpreter(tmp_path):
     it = Interpreter(m.graph, m.weights)
     assert any(n.op == "linear_recurrence" for n in m.graph.nodes)
     eng = Engine(compile_model(m, tmp_path / "h", "wafer-small", max_batch=2, max_context=48))
-    want = _greedy(it, [9, 8, 7, 6], 16)
+    want = interpreter_greedy(it, [9, 8, 7, 6], 16)
     assert len(set(want)) > 2
     assert eng.generate([9, 8, 7, 6], 16, stop=[]).tokens == want
     assert_follows_interpreter(it, eng, [200, 1, 5], 12, rtol=2e-4)

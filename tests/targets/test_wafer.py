@@ -8,6 +8,7 @@ import pytest
 from lfmc.frontend import import_source
 from lfmc.ir.errors import LfmcError
 from lfmc.passes import run_pipeline
+from lfmc.targets.backend import backend_named
 from lfmc.targets.profiles import get_profile
 from lfmc.targets.wafer import lower_wafer
 from lfmc.targets.wafer.place import CODE_BYTES, Grid, KVStrip, pe_bytes
@@ -35,7 +36,7 @@ def _check_placement(pl) -> None:
 
 
 def _place(source: str, target: str, batch: int = 2, ctx: int = 64, kv: str = "f32"):
-    m = run_pipeline(import_source(source), None, {}, family="wafer")
+    m = run_pipeline(import_source(source), None, {}, without=backend_named("wafer").without_passes)
     return lower_wafer(m.graph, None, get_profile(target), batch, ctx, kv)
 
 

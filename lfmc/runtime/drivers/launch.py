@@ -123,3 +123,19 @@ class TempPool:
         if have is None or have[0] < n:
             have = self.bufs[name] = (n, self.alloc(n, dtype))
         return have[1]
+
+
+def verify_library(path: Path, m: dict[str, Any], nargs: dict[str, int]) -> str:
+    """A GPU kernel library as data: it parses, is for the manifest's API and has a launch table for every kernel
+    the plan launches from it, with as many parameters as the plan passes."""
+    d = read_device_library(path)
+    table, api, want = d["table"], d["api"], m["target"].get("kind")
+    if api != want:
+        raise RuntimeLoadError(f"{path.name}: kernels for {api!r}, the manifest's target is {want!r}")
+    for k, n in nargs.items():
+        if k not in table:
+            raise RuntimeLoadError(f"{path.name}: no launch table for kernel {k!r}")
+        spec = LaunchSpec(k, table[k])
+        if spec.nparams != n:
+            raise RuntimeLoadError(f"{path.name}: kernel {k!r} takes {spec.nparams} arguments, the plan passes {n}")
+    return f"{api} source + launch table"

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import RuntimeLoadError
 from .launch import LaunchSpec, TempPool, read_device_library
+from .launch import verify_library  # noqa: F401  (the driver's library check: lfmc verify)
 
 
 class ClArray:

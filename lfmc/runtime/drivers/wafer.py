@@ -414,7 +414,9 @@ class MeshSim:
         nch = len(g["chunks"])
         rb0 = g["row_bounds"][0]
         per_row = [segs[i * nch:(i + 1) * nch] for i in range(len(segs) // nch)]
+        order = op.get("gates", range(nch))        # chunk feeding each gate (B, C, x / a, b, c, x / gate, up)
         for i, parts in enumerate(per_row):
+            parts = [parts[j] for j in order]
             if k == "swiglu":
                 gt, up = parts
                 out.append((gt / (F32(1) + np.exp(-gt))) * up)
@@ -546,7 +548,8 @@ class MeshSim:
             e2 = s2[0] + self._compute(0, 0, 3 * ch, ch)
             self.clk[gu] = (e2, self._rec(tok, "swiglu", gu, s2, e2))
             if self.numerics:
-                vals[f"{base}.e{e}.h"] = self._elementwise({"op": "swiglu"}, g, vals[f"{base}.e{e}.h13"], 0)
+                sw = {"op": "swiglu", "gates": op.get("gates", [0, 1])}
+                vals[f"{base}.e{e}.h"] = self._elementwise(sw, g, vals[f"{base}.e{e}.h13"], 0)
             self._mcast(vals, tok, f"{base}.e{e}.h", dn, self.clk[gu])
             self._gemv(tok, dn)
             r_end = self._reduce(vals, tok, dn, f"{base}.e{e}.y", None)
@@ -730,10 +733,21 @@ def load_program(path: str | Path) -> dict[str, Any]:
     return prog
 
 
+def verify_library(path: Path, m: dict[str, Any], nargs: dict[str, int]) -> str:
+    """The mesh program as data: it parses, and every entry passes its parameters in the program's order."""
+    prog = load_program(path)
+    for k, n in nargs.items():
+        if n != 4 + len(prog["param_order"]):
+            raise RuntimeLoadError(f"{path.name}: the mesh program takes {len(prog['param_order'])} parameters, "
+                                   f"the plan passes {n - 4}")
+    return "mesh program (simulated)"
+
+
 class WaferDriver(HostMemory):
     """The plan executor's view of the simulator: host numpy memory, one 'kernel' per entry (a whole step)."""
 
     name = "wafer"
+    Simulator = MeshSim          # the compile flow estimates decode steps with it (targets may not import runtime)
 
     def __init__(self, trace: bool = False):
         self.sim: MeshSim | None = None

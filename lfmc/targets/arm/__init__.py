@@ -22,7 +22,7 @@ from typing import Any
 
 from ...ir.errors import LfmcError
 from .. import cache
-from ..kernels import Knobs
+from ..knobs import Knobs
 
 
 def arm_knobs(entry: str) -> Knobs:

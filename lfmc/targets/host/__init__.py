@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from ..kernels import Knobs
+from ..knobs import Knobs
 
 
 @functools.lru_cache(maxsize=None)

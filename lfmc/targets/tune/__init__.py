@@ -107,7 +107,9 @@ def make_measurer(prof, rpc: str | None = None, key: str | None = None, estimate
                   get_driver: Callable[[str], Any] | None = None) -> Measurer:
     """How candidates for ``prof`` will be timed (see :mod:`.measure`); unreachable devices fail here, fast.
     ``get_driver``: the runtime's driver factory, for GPU families (lfmc.runtime.drivers.get_driver)."""
-    if prof.family == "wafer":
+    from ..backend import backend_for
+
+    if not backend_for(prof).tunable:
         raise LfmcError(f"{prof.name}: a simulated wafer has no kernels to tune (its placement is chosen at compile "
                         "time; `lfmc compile --target ... --plan-only` shows it)")
     if estimate and rpc:
@@ -318,4 +320,21 @@ def apply_tuned(low: Lowered, db: TuningDB, prefill_chunk: int) -> dict[str, Any
         counts["tuned"] += 1
     if variants:
         low.plan["variants"] = variants
+    return counts
+
+
+def apply_tuning_db(low: Lowered, prof, tuned: str | Path, prefill_chunk: int) -> dict[str, Any]:
+    """Apply the tuning database ``tuned`` (a ``--db`` root or one device's folder) to ``low``: counts of what
+    was used, where it was measured, and the database as the manifest records it (its profile / device folder
+    and the hash of its records, no path of this machine)."""
+    from ...options import tree_hash
+    from .db import host_identity
+
+    db = TuningDB.resolve(tuned, prof.name, host_identity() if prof.name == "host" else None)
+    counts = apply_tuned(low, db, prefill_chunk)
+    dev = db.meta["device"]
+    counts.update(db=f"{db.path.parent.name}/{db.path.name}", records=tree_hash(db.path),
+                  measured=bool(db.meta["target"].get("measured", True)),
+                  device=(dev.get("cpu") or dev.get("device") or dev.get("key") or dev.get("server")
+                          or dev.get("kind", "?")))
     return counts

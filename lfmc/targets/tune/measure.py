@@ -265,7 +265,7 @@ def loop_features(func) -> dict[str, float]:
                 tag = str(node.thread_binding.thread_tag)
                 feats["gpu_threads" if tag.startswith("threadIdx") else "gpu_blocks"] *= ext
 
-    from ..gpu import _walk            # TVM 0.27's Python API has no TIR visitor: lfmc's one walk
+    from ..gpu.build import _walk            # TVM 0.27's Python API has no TIR visitor: lfmc's one walk
 
     _walk(func.body, visit)
     return feats
@@ -366,7 +366,7 @@ def driver_measurer(profile, threads: int, get_driver) -> Measurer:
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
-    from ..gpu import build_device
+    from ..gpu.build import build_device
 
     if profile.driver not in ("opencl", "cuda"):
         raise TuneDeviceError(f"{profile.name}: lfmc has no {profile.driver} driver to time candidates with yet "

@@ -46,7 +46,7 @@ class Task:
         from tvm import s_tir
 
         if self.gpu:
-            from ..gpu import dlight_schedule
+            from ..gpu.build import dlight_schedule
 
             sch = dlight_schedule(self.workload(), target)
             if sch is None:

@@ -58,6 +58,11 @@ def tiles(g: Grid, w: np.ndarray) -> np.ndarray:
     return out
 
 
+def gate_chunks(n: Node, gates: tuple[str, ...]) -> list[int]:
+    """Which chunk of the split projection feeds each of ``gates`` (the featurizer's choice, any order)."""
+    return [int(n.liv.featurizer[g].chunk) for g in gates]
+
+
 def build_program(graph: Graph, placement: Placement, weights: dict[str, np.ndarray] | None, slots: int,
                   context: int, kv_dtype: str = "f32") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The mesh program of ``graph`` on ``placement``, and its parameters (empty without weights)."""
@@ -130,11 +135,12 @@ def build_program(graph: Graph, placement: Placement, weights: dict[str, np.ndar
             values[f"{name}.z"] = per_row(g1, 0)
             if n.op == "short_conv":
                 op = {"op": "conv", "grid": g1.name, "in": h, "out": f"{name}.z", "L": int(n.attrs["L_cache"]),
-                      "w": param(n, "conv"), "state": n.name}
+                      "w": param(n, "conv"), "state": n.name, "gates": gate_chunks(n, ("B", "C", "x"))}
                 if "conv_bias" in n.params:
                     op["bias"] = param(n, "conv_bias")
             else:
-                op = {"op": "recur", "grid": g1.name, "in": h, "out": f"{name}.z", "state": n.name}
+                op = {"op": "recur", "grid": g1.name, "in": h, "out": f"{name}.z", "state": n.name,
+                      "gates": gate_chunks(n, ("a", "b", "c", "x"))}
             ops.append(op)
             apply(g2, f"{name}.z", name, w_of(n, "out_proj"), bias_of(n, "out_proj"))
         elif n.op == "attention":
@@ -153,7 +159,8 @@ def build_program(graph: Graph, placement: Placement, weights: dict[str, np.ndar
         elif n.op == "gated_mlp":
             g1, g2 = P.role(f"{n.name}.w13"), P.role(f"{n.name}.w2")
             assert isinstance(g1, Grid) and isinstance(g2, Grid)
-            w = None if W is None else np.concatenate([w_of(n, "w1"), w_of(n, "w3")], axis=0)
+            f = n.liv.featurizer
+            w = None if W is None else np.concatenate([w_of(n, f["gate"].proj), w_of(n, f["up"].proj)], axis=0)
             h = apply(g1, src, f"{name}.h13", w)
             values[f"{name}.h"] = per_row(g1, 0)
             ops.append({"op": "swiglu", "grid": g1.name, "in": h, "out": f"{name}.h"})
@@ -178,7 +185,8 @@ def build_program(graph: Graph, placement: Placement, weights: dict[str, np.ndar
             values[name] = values[src]
             op = {"op": "moe", "grid": router.name, "in": src, "scores": scores, "out": name, "experts": experts,
                   "top_k": n.attrs["top_k"], "scoring": n.attrs["scoring"], "norm_topk_prob": n.attrs["norm_topk_prob"],
-                  "scale": float(n.attrs["routed_scaling_factor"]), "eps": float(n.attrs["topk_norm_eps"])}
+                  "scale": float(n.attrs["routed_scaling_factor"]), "eps": float(n.attrs["topk_norm_eps"]),
+                  "gates": gate_chunks(n, ("gate", "up"))}
             if n.attrs["use_expert_bias"]:
                 op["expert_bias"] = param(n, "expert_bias")
             ops.append(op)

@@ -1,0 +1,52 @@
+"""The arm64 CPU backend (Snapdragon, Apple silicon, iPhone): the shared kernels with NEON schedules,
+cross-compiled and packaged per platform (see the package docstring), run by the ``cpu`` driver on the device."""
+from __future__ import annotations
+
+from typing import Any
+
+from ...ir.errors import LfmcError
+from ..backend import TvmBackend, register
+from ..lower import ENTRIES
+
+
+def _is_arm64(profile) -> bool:
+    triple = str(profile.tvm.get("mtriple", ""))
+    return "aarch64" in triple or "arm64" in triple
+
+
+class ArmBackend(TvmBackend):
+    name = "arm64"
+    families = ("cpu",)
+    driver = "cpu"
+    reports_cache = True
+
+    def accepts(self, profile) -> bool:
+        return profile.family in self.families and _is_arm64(profile)
+
+    def runs_here(self, profile) -> str:
+        return "no (arm64: cross-compiled, objects checked)"
+
+    def check(self, profile, opts) -> None:
+        """``--act-quant`` is left to lowering, which names the missing integer dot-product kernels."""
+        if not _is_arm64(profile):
+            raise LfmcError(f"target {profile.name}: only x86-64 and arm64 CPUs are supported "
+                            f"(mtriple {profile.tvm.get('mtriple')!r})")
+
+    def knobs(self, profile) -> dict[str, Any]:
+        from . import arm_knobs
+
+        return {e: arm_knobs(e) for e in ENTRIES}
+
+    def target_info(self, profile) -> dict[str, Any]:
+        from . import arm_features
+
+        return {"name": profile.name, "family": profile.family, "backend": self.name, "driver": self.driver,
+                "kind": "llvm", "features": arm_features(profile), "profile": profile.as_dict()}
+
+    def build(self, kernels, profile, out_dir, progress) -> dict[str, str]:
+        from . import build_arm
+
+        return build_arm(kernels, profile, out_dir, progress)
+
+
+BACKEND = register(ArmBackend())

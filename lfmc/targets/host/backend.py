@@ -1,0 +1,48 @@
+"""The x86-64 CPU backend: the host and other x86-64 profiles, one LLVM-built ``.so`` per kernel, run by the
+``cpu`` driver."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import TvmBackend, register
+from ..lower import ENTRIES
+from ..profiles import is_x86
+
+
+class X86Backend(TvmBackend):
+    name = "x86"
+    families = ("cpu",)
+    driver = "cpu"
+    int8_activations = True                 # AVX2 integer dot products (knobs.idot)
+    reports_cache = True
+
+    def accepts(self, profile) -> bool:
+        return profile.family in self.families and is_x86(profile)
+
+    def runs_here(self, profile) -> str:
+        from . import x86_runs_here
+
+        return x86_runs_here(profile)
+
+    def knobs(self, profile) -> dict[str, Any]:
+        from . import host_knobs, x86_features
+
+        feats = x86_features(profile)
+        return {e: host_knobs(e, feats) for e in ENTRIES}
+
+    def target_info(self, profile) -> dict[str, Any]:
+        from . import x86_features
+
+        t = {"name": profile.name, "family": profile.family, "backend": self.name, "driver": self.driver,
+             "kind": "llvm", "features": x86_features(profile)}
+        if profile.name != "host":
+            t["profile"] = profile.as_dict()
+        return t
+
+    def build(self, kernels, profile, out_dir, progress) -> dict[str, str]:
+        from . import build_host, x86_target
+
+        return build_host(kernels, out_dir, progress, x86_target(profile))
+
+
+BACKEND = register(X86Backend())
