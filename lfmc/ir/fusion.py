@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from .errors import VerifyError
 from .graph import Graph
+from .ops import SCHEMAS, ops_with
 
-# ops whose output projection can accumulate into the residual, and that can take a folded input norm
-RESIDUAL_PRODUCERS = ("short_conv", "attention", "gated_mlp", "linear", "linear_recurrence", "moe")
-NORM_CONSUMERS = ("short_conv", "attention", "gated_mlp", "linear_recurrence")
-KEYS = {"add": {"into"}, "rmsnorm": {"into"}, "gated_mlp": {"swiglu"}, "attention": {"rope"}}
+# ops whose output projection can accumulate into the residual, and that can take a folded input norm (the
+# op schemas' traits: lfmc/ir/ops.py)
+RESIDUAL_PRODUCERS = ops_with("residual_producer")
+NORM_CONSUMERS = ops_with("norm_consumer")
+KEYS = {name: set(s.fusions) for name, s in SCHEMAS.items() if s.fusions}
 
 
 def check_fusion(g: Graph) -> None:

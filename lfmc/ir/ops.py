@@ -28,6 +28,13 @@ class OpSchema:
     doc: str = ""
     optional_attrs: dict[str, type | tuple[type, ...]] = field(default_factory=dict)
     buffer_roles: tuple[str, ...] = ()                   # non-trained tensors (transformers buffers)
+    # traits: what passes and lowerings ask instead of keeping their own lists of op names
+    quant_roles: tuple[str, ...] = ()                    # projection weights a quantization may store as codes
+    residual_producer: bool = False                      # its output projection can accumulate into the residual
+    norm_consumer: bool = False                          # can take its input RMSNorm folded into its projection
+    token_mixer: bool = False                            # mixes tokens (opens a decoder layer: conv, attention, scan)
+    fusions: frozenset[str] = frozenset()                # fusion annotations it accepts (lfmc/ir/fusion.py)
+    state_kind: str | None = None                        # what it carries between calls: conv | recurrent | kv
 
 
 def _want(cond: bool, msg: str) -> None:
@@ -148,32 +155,40 @@ def _lm_head(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
 NUM = (int, float)
 ACT = {"act_quant": int}       # int8 activations for the node's quantized projections, per group of this size
 SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
-    OpSchema("embedding", 1, {}, ("weight",), _embedding, doc="token ids -> rows of the embedding table"),
-    OpSchema("rmsnorm", 1, {"eps": NUM}, ("weight",), _rmsnorm, doc="weight * x / sqrt(mean(x^2) + eps)"),
-    OpSchema("add", 2, {}, (), _add, doc="residual add"),
-    OpSchema("linear", 1, {}, ("weight",), _linear_op, optional_params=("weight_bias",), doc="dense x @ W^T",
+    OpSchema("embedding", 1, {}, ("weight",), _embedding, quant_roles=("weight",), doc="token ids -> rows of the embedding table"),
+    OpSchema("rmsnorm", 1, {"eps": NUM}, ("weight",), _rmsnorm, fusions=frozenset({"into"}), doc="weight * x / sqrt(mean(x^2) + eps)"),
+    OpSchema("add", 2, {}, (), _add, fusions=frozenset({"into"}), doc="residual add"),
+    OpSchema("linear", 1, {}, ("weight",), _linear_op, quant_roles=("weight",), residual_producer=True, optional_params=("weight_bias",), doc="dense x @ W^T",
              optional_attrs=ACT),
-    OpSchema("lm_head", 1, {}, ("weight",), _lm_head, doc="logits = x @ W^T (often tied to the embedding)",
+    OpSchema("lm_head", 1, {}, ("weight",), _lm_head, quant_roles=("weight",), doc="logits = x @ W^T (often tied to the embedding)",
              optional_attrs=ACT),
     OpSchema("short_conv", 1, {"L_cache": int}, ("in_proj", "conv", "out_proj"), _short_conv,
+             quant_roles=("in_proj", "out_proj"), residual_producer=True, norm_consumer=True, token_mixer=True,
+             state_kind="conv",
              optional_params=("in_proj_bias", "conv_bias", "out_proj_bias"), liv_class="scaled_toeplitz",
              gates=("B", "C", "x"),
              doc="out_proj(C * causal_depthwise_conv(B * x)); B, C, x from in_proj; state: last L_cache-1 of B*x",
              optional_attrs=ACT),
     OpSchema("attention", 1, {"heads": int, "kv_heads": int, "head_dim": int, "rope_theta": NUM, "eps": NUM},
              ("q_proj", "k_proj", "v_proj", "out_proj", "q_norm", "k_norm"), _attention, liv_class="low_rank",
+             quant_roles=("q_proj", "k_proj", "v_proj", "out_proj"), residual_producer=True, norm_consumer=True,
+             token_mixer=True, fusions=frozenset({"rope"}), state_kind="kv",
              gates=("q", "k", "v"),
              doc="causal GQA softmax attention with per-head RMSNorm on q, k and NeoX RoPE; state: KV cache "
                  "(kv_dtype f32 or f16)", optional_attrs={"kv_dtype": str, **ACT}),
     OpSchema("linear_recurrence", 1, {}, ("in_proj", "out_proj"), _linear_recurrence,
+             quant_roles=("in_proj", "out_proj"), residual_producer=True, norm_consumer=True, token_mixer=True,
+             state_kind="recurrent",
              optional_params=("in_proj_bias", "out_proj_bias"), liv_class="semi_separable", gates=("a", "b", "c", "x"),
              doc="h_t = a_t * h_{t-1} + b_t * x_t, y_t = out_proj(c_t * h_t); a = sigmoid(.), b, c, x from in_proj; "
                  "state: h", optional_attrs=ACT),
     OpSchema("gated_mlp", 1, {}, ("w1", "w3", "w2"), _gated_mlp, liv_class="diagonal", gates=("gate", "up"),
+             quant_roles=("w1", "w3", "w2"), residual_producer=True, norm_consumer=True, fusions=frozenset({"swiglu"}),
              doc="w2(silu(w1 x) * w3 x)", optional_attrs=ACT),
     OpSchema("moe", 1, {"num_experts": int, "top_k": int, "scoring": str, "use_expert_bias": bool,
                         "norm_topk_prob": bool, "routed_scaling_factor": NUM, "topk_norm_eps": NUM},
              ("router", "gate_up", "down"), _moe, optional_params=("expert_bias",), liv_class="diagonal",
+             quant_roles=("gate_up", "down"), residual_producer=True,
              gates=("router", "gate", "up"), buffer_roles=("expert_bias",), optional_attrs={"pruned": dict},
              doc="top-k routed SwiGLU experts; router picks on score + expert_bias, weighs by the unbiased score"),
 ]}
@@ -192,6 +207,17 @@ CANONICAL_FEATURIZERS: dict[str, dict[str, Gate]] = {
 }
 LIV_MIXING = {"short_conv": "dense", "attention": "dense", "gated_mlp": "dense", "moe": "dense",
               "linear_recurrence": "dense"}
+
+
+def ops_with(trait: str) -> tuple[str, ...]:
+    """The ops whose schema has ``trait`` set (e.g. ``residual_producer``), in table order."""
+    return tuple(name for name, s in SCHEMAS.items() if getattr(s, trait))
+
+
+def state_types(node: Node) -> dict[str, TensorType]:
+    """The per-sequence state ``node`` carries, by name (``conv``, ``h``, ``k``, ``v``), as its schema infers it:
+    the one place a state's shape is computed ("ctx" = the context length). Stateful ops keep their input's type."""
+    return SCHEMAS[node.op].infer(node, [node.type])[1] if SCHEMAS[node.op].state_kind else {}
 
 
 def schema(op: str) -> OpSchema:

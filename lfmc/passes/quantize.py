@@ -10,16 +10,14 @@ import numpy as np
 from ..ir.errors import LfmcError
 from ..ir.graph import Param
 from ..ir.model import Model
+from ..ir.ops import SCHEMAS
 from ..ir.quant import quantize
 from ..ir.types import TensorType
 from ..progress import task
 from .base import register
 
 # the weight roles quantized per op (the MoE router stays float32: it is small and decides the routing)
-ROLES = {"moe": ("gate_up", "down"), "short_conv": ("in_proj", "out_proj"),
-         "attention": ("q_proj", "k_proj", "v_proj", "out_proj"),
-         "gated_mlp": ("w1", "w3", "w2"), "linear_recurrence": ("in_proj", "out_proj"), "linear": ("weight",),
-         "lm_head": ("weight",), "embedding": ("weight",)}
+ROLES = {name: s.quant_roles for name, s in SCHEMAS.items() if s.quant_roles}   # the op schemas' trait
 SCHEMES = "q8 (int8 per channel), q4gG (int4, symmetric, groups of G along the input), q4gGa (asymmetric)"
 
 

@@ -90,7 +90,7 @@ def kernel_key(tag: str, target: str, name: str, spec: Any) -> tuple[str, Any]:
     library with plain arguments is keyed by its name, arguments and :func:`maker_sources`, so that a cache hit
     skips even parsing the kernel's TVMScript; anything else (a tuned schedule) by its TIR."""
     args = _canon(tuple(spec.args))
-    maker = getattr(spec.maker, "__name__", "")
+    maker = spec.maker_name
     if args is not None and maker.startswith("make_"):
         return cache_key(tag, versions(), target, name, maker, args, maker_sources()), None
     func = spec.build(name)

@@ -23,38 +23,41 @@ import numpy as np
 
 from ..ir.errors import LfmcError
 from ..ir.graph import Graph, Node
+from ..ir.ops import schema, state_types
+from ..ir.quant import storage_dtype
+from ..plan import ENTRIES, PLAN_VERSION  # noqa: F401  (shared with the runtime)
 from ..progress import task
 from . import knobs as KN
 
 
-class _Makers:
-    """The kernel makers of :mod:`.kernels`, imported on first call: lowering itself (plan, packed parameters)
-    needs no TVM."""
-
-    def __getattr__(self, name: str):
-        def maker(*args, **kw):
-            from . import kernels
-
-            return getattr(kernels, name)(*args, **kw)
-
-        maker.__name__ = name
-        return maker
-
-
-K = _Makers()
-
-from ..plan import ENTRIES, PLAN_VERSION  # noqa: E402,F401  (shared with the runtime)
-
-
 @dataclass
 class KernelSpec:
-    """How to make one kernel: the maker and its arguments (knobs included)."""
+    """How to make one kernel: a maker of :mod:`lfmc.targets.kernels` by name (imported when built: lowering itself,
+    the plan and the packed parameters, needs no TVM), or a function (a tuned variant), and its arguments."""
 
-    maker: Callable[..., Any]
+    maker: str | Callable[..., Any]
     args: tuple
 
+    @property
+    def maker_name(self) -> str:
+        """The maker's name (a function's own name: ``_fixed`` for a tuned variant); what caches and tuning key
+        on (a ``make_*`` name with plain arguments is keyed without building the kernel)."""
+        return self.maker if isinstance(self.maker, str) else getattr(self.maker, "__name__", "")
+
+    @property
+    def knobs(self) -> KN.Knobs | None:
+        """The schedule knobs among the arguments (every maker takes one), or None."""
+        return next((a for a in self.args if isinstance(a, KN.Knobs)), None)
+
+    def make(self, name: str, *extra: Any, **kw: Any):
+        if isinstance(self.maker, str):
+            from . import kernels
+
+            return getattr(kernels, self.maker)(name, *self.args, *extra, **kw)
+        return self.maker(name, *self.args, *extra, **kw)
+
     def build(self, name: str):
-        return self.maker(name, *self.args)
+        return self.make(name)
 
 
 @dataclass
@@ -183,7 +186,7 @@ class _Lowering:
         return self.knobs["prefill"]
 
     # --- registries
-    def kernel(self, key: tuple, maker: Callable[..., Any], *args) -> str:
+    def kernel(self, key: tuple, maker: str, *args) -> str:
         name = "k_" + "_".join(str(k).replace(".", "p").replace("-", "m") for k in key)
         self.kernels.setdefault(name, KernelSpec(maker, args))
         return name
@@ -216,6 +219,16 @@ class _Lowering:
     def both(self, kernel: str, args: list) -> None:
         for e in ENTRIES:
             self.launch(e, kernel, args)
+
+    def declare_state(self, n: Node) -> dict[str, str]:
+        """Declare the per-slot state of ``n`` as its op schema infers it (``S`` slots; ``C``: the max context;
+        a zero-width conv window kept one column wide); state name -> plan name."""
+        out = {}
+        for key, t in state_types(n).items():
+            out[key] = name = f"{key}.{n.name}"
+            self.state[name] = {"shape": ["S"] + ["C" if d == "ctx" else max(int(d), 1) for d in t.shape],
+                                "dtype": storage_dtype(t.dtype), "kind": schema(n.op).state_kind, "node": n.name}
+        return out
 
     # --- shared pieces
     def matmul(self, x: tuple[str, int], srcs: list[tuple[Node, str]], N: int, Kd: int, out: tuple[str, int],
@@ -254,10 +267,10 @@ class _Lowering:
             key = ("mm", N, Kd, "b" if bias else "", "n" if norm else "", "a" if accumulate else "",
                    "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
             if a8:
-                kname = self.kernel(key + ("a8", il, kn.prefetch), K.make_matmul_a8, N, Kd, kn, bias is not None, eps,
+                kname = self.kernel(key + ("a8", il, kn.prefetch), "make_matmul_a8", N, Kd, kn, bias is not None, eps,
                                     accumulate, swiglu, quant, il)
             else:
-                kname = self.kernel(key, K.make_matmul, N, Kd, kn, bias is not None, eps, accumulate, swiglu, quant)
+                kname = self.kernel(key, "make_matmul", N, Kd, kn, bias is not None, eps, accumulate, swiglu, quant)
             nb = ["const", rows // kn.rows] if isinstance(rows, int) else ["scalar", "nb"]
             o = self.slab(out[0], rows, N)
             self.launch(e, kname, [self.slab(x[0], rows, Kd), p] + extra + nw + b + ([o] if accumulate else [])
@@ -334,7 +347,7 @@ class _Lowering:
                     out = ins[1]
                 else:
                     out = new_slab()
-                if n.op in ("short_conv", "attention", "gated_mlp", "linear_recurrence", "moe"):
+                if schema(n.op).residual_producer:        # its lowering takes a folded input norm
                     getattr(self, "op_" + n.op)(n, ins, out, n.type.shape[1], norm=norm_of.get(n.name))
                 else:
                     getattr(self, "op_" + n.op)(n, ins, out, n.type.shape[1])
@@ -368,18 +381,18 @@ class _Lowering:
         self.layout(name, il)
         p = self.param(name, lambda: packed[0])
         extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))]
-        k = self.kernel(("embed", V, D) + (quant or ()) + (("a8", il) if il else ()), K.make_embedding, V, D,
+        k = self.kernel(("embed", V, D) + (quant or ()) + (("a8", il) if il else ()), "make_embedding", V, D,
                         KN.pick_lanes(V, lanes), quant, self.loop.gpu, il)
         self.both(k, [["input", "tokens", "n"], p] + extra + [self.slab(out, "n", D)])
 
     def op_rmsnorm(self, n: Node, ins, out: str, D: int) -> None:
         eps = n.attrs["eps"]
-        k = self.kernel(("rmsnorm", D, repr(eps)), K.make_rmsnorm, D, eps, self.loop)
+        k = self.kernel(("rmsnorm", D, repr(eps)), "make_rmsnorm", D, eps, self.loop)
         p = self.param("w." + n.params["weight"].name, lambda: self.w(n, "weight"))
         self.both(k, [self.slab(ins[0], "n", D), p, self.slab(out, "n", D)])
 
     def op_add(self, n: Node, ins, out: str, D: int) -> None:
-        k = self.kernel(("add", D), K.make_add, D, self.loop)
+        k = self.kernel(("add", D), "make_add", D, self.loop)
         a, b = (ins[0], ins[1]) if out == ins[0] else (ins[1], ins[0])
         if out not in (a,):
             raise LfmcError(f"internal: add %{n.name} has no operand to update in place")
@@ -393,7 +406,7 @@ class _Lowering:
     def op_lm_head(self, n: Node, ins, out: str, V: int) -> None:
         D = n.params["weight"].type.shape[1]
         R = self.knobs["prefill"].rows
-        k = self.kernel(("take_last", D), K.make_take_last, D, self.loop)
+        k = self.kernel(("take_last", D), "make_take_last", D, self.loop)
         self.launch("prefill", k, [self.slab(ins[0], "n", D), self.slab("last", R, D)])
         self.matmul(("last", D), [(n, "weight")], V, D, (out, V), entries=("prefill",), rows=R)
         self.matmul((ins[0], D), [(n, "weight")], V, D, (out, V), entries=("decode",))
@@ -405,13 +418,12 @@ class _Lowering:
         ib, ic, ix = f["B"].chunk, f["C"].chunk, f["x"].chunk
         bias = lambda role: (n, role) if role in n.params else None  # noqa: E731
         self.matmul((ins[0], D), [(n, "in_proj")], 3 * D, D, ("t_p", 3 * D), bias("in_proj_bias"), norm=norm)
-        st = f"conv.{n.name}"
-        self.state[st] = {"shape": ["S", D, max(L - 1, 1)], "dtype": "float32", "kind": "conv", "node": n.name}
+        st = self.declare_state(n)["conv"]
         cw = self.param("w." + n.params["conv"].name, lambda: self.w(n, "conv")[:, 0, :])
         cb = (self.param("w." + n.params["conv_bias"].name, lambda: self.w(n, "conv_bias"))
               if "conv_bias" in n.params else self.param(f"zeros.{D}", lambda: np.zeros(D, np.float32)))
-        kp = self.kernel(("conv_prefill", D, L, ib, ic, ix), K.make_conv_prefill, D, L, ib, ic, ix, self.loop)
-        kd = self.kernel(("conv_decode", D, L, ib, ic, ix), K.make_conv_decode, D, L, ib, ic, ix, self.loop)
+        kp = self.kernel(("conv_prefill", D, L, ib, ic, ix), "make_conv_prefill", D, L, ib, ic, ix, self.loop)
+        kd = self.kernel(("conv_decode", D, L, ib, ic, ix), "make_conv_decode", D, L, ib, ic, ix, self.loop)
         base = [self.slab("t_p", "n", 3 * D), ["state", st], cw, cb, self.slab("t_y", "n", D)]
         self.launch("prefill", kp, base + [["scalar", "slot"]])
         self.launch("decode", kd, base + [["input", "slots", "n"]])
@@ -423,15 +435,14 @@ class _Lowering:
         ia, ib, ic, ix = (f[k].chunk for k in ("a", "b", "c", "x"))
         bias = lambda role: (n, role) if role in n.params else None  # noqa: E731
         self.matmul((ins[0], D), [(n, "in_proj")], 4 * D, D, ("t_p", 4 * D), bias("in_proj_bias"), norm=norm)
-        st = f"h.{n.name}"
-        self.state[st] = {"shape": ["S", D], "dtype": "float32", "kind": "recurrent", "node": n.name}
+        st = self.declare_state(n)["h"]
         if self.loop.gpu:       # parallel in time too: channels alone leave most of a GPU idle
-            kp = self.kernel(("rec_scan", D, ia, ib, ic, ix, 32), K.make_recurrence_scan, D, ia, ib, ic, ix, 32,
+            kp = self.kernel(("rec_scan", D, ia, ib, ic, ix, 32), "make_recurrence_scan", D, ia, ib, ic, ix, 32,
                              self.loop)
         else:                   # channels already fill the CPU's cores; one pass over the chunk per channel
-            kp = self.kernel(("rec_prefill", D, ia, ib, ic, ix), K.make_recurrence_prefill, D, ia, ib, ic, ix,
+            kp = self.kernel(("rec_prefill", D, ia, ib, ic, ix), "make_recurrence_prefill", D, ia, ib, ic, ix,
                              self.loop)
-        kd = self.kernel(("rec_decode", D, ia, ib, ic, ix), K.make_recurrence_decode, D, ia, ib, ic, ix,
+        kd = self.kernel(("rec_decode", D, ia, ib, ic, ix), "make_recurrence_decode", D, ia, ib, ic, ix,
                          self.loop)
         base = [self.slab("t_p", "n", 4 * D), ["state", st], self.slab("t_y", "n", D)]
         self.launch("prefill", kp, base + [["scalar", "slot"]])
@@ -443,24 +454,22 @@ class _Lowering:
         H, KV, hd = n.attrs["heads"], n.attrs["kv_heads"], n.attrs["head_dim"]
         Nq = (H + 2 * KV) * hd
         self.matmul((ins[0], D), [(n, "q_proj"), (n, "k_proj"), (n, "v_proj")], Nq, D, ("t_p", Nq), norm=norm)
-        kvd = {"f32": "float32", "f16": "float16"}[n.attrs.get("kv_dtype", "f32")]
-        for s in ("k", "v"):
-            self.state[f"{s}.{n.name}"] = {"shape": ["S", "C", KV, hd], "dtype": kvd, "kind": "kv",
-                                           "node": n.name}
+        st = self.declare_state(n)
+        kvd = self.state[st["k"]]["dtype"]
         kn = self.knobs["prefill"]
         eps, theta = n.attrs["eps"], n.attrs["rope_theta"]
         rows = [["input", "slots", "n"], ["input", "pos", "n"]]
         norms = [self.param("w." + n.params["q_norm"].name, lambda: self.w(n, "q_norm")),
                  self.param("w." + n.params["k_norm"].name, lambda: self.w(n, "k_norm"))]
-        cache = [["state", f"k.{n.name}"], ["state", f"v.{n.name}"]]
+        cache = [["state", st["k"]], ["state", st["v"]]]
         if n.fused.get("rope"):
-            ka = self.kernel(("rope_attn", H, KV, hd, repr(eps), repr(theta), kn.lanes, kvd), K.make_rope_attention,
+            ka = self.kernel(("rope_attn", H, KV, hd, repr(eps), repr(theta), kn.lanes, kvd), "make_rope_attention",
                              H, KV, hd, eps, theta, self.loop, kvd)
             self.both(ka, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_a", "n", H * hd)] + rows)
         else:
-            kq = self.kernel(("qk_rope", H, KV, hd, repr(eps), repr(theta), kvd), K.make_qk_rope, H, KV, hd, eps,
+            kq = self.kernel(("qk_rope", H, KV, hd, repr(eps), repr(theta), kvd), "make_qk_rope", H, KV, hd, eps,
                              theta, self.loop, kvd)
-            ka = self.kernel(("attn", H, KV, hd, kn.lanes, kvd), K.make_attention, H, KV, hd, self.loop, kvd)
+            ka = self.kernel(("attn", H, KV, hd, kn.lanes, kvd), "make_attention", H, KV, hd, self.loop, kvd)
             self.both(kq, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_q", "n", H * hd)] + rows)
             self.both(ka, [self.slab("t_q", "n", H * hd)] + cache + [self.slab("t_a", "n", H * hd)] + rows)
         self.matmul(("t_a", H * hd), [(n, "out_proj")], D, H * hd, (out, D), accumulate=accumulate)
@@ -475,7 +484,7 @@ class _Lowering:
             self.matmul((ins[0], D), w13, F, D, ("t_a", F), norm=norm, swiglu=True)
         else:
             self.matmul((ins[0], D), w13, 2 * F, D, ("t_p", 2 * F), norm=norm)
-            k = self.kernel(("silu_mul", F, 0), K.make_silu_mul, F, 0, self.loop)
+            k = self.kernel(("silu_mul", F, 0), "make_silu_mul", F, 0, self.loop)
             self.both(k, [self.slab("t_p", "n", 2 * F), self.slab("t_a", "n", F)])
         self.matmul(("t_a", F), [(n, "w2")], D, F, (out, D), accumulate=accumulate)
 
@@ -489,7 +498,7 @@ class _Lowering:
         bias = (self.param("w." + n.params["expert_bias"].name, lambda: self.w(n, "expert_bias"))
                 if a["use_expert_bias"] else self.param(f"zeros.{E}", lambda: np.zeros(E, np.float32)))
         kr = self.kernel(("route", E, k, a["scoring"], int(a["use_expert_bias"]), int(a["norm_topk_prob"]),
-                          repr(a["topk_norm_eps"]), repr(a["routed_scaling_factor"])), K.make_moe_route,
+                          repr(a["topk_norm_eps"]), repr(a["routed_scaling_factor"])), "make_moe_route",
                          E, k, a["scoring"], a["use_expert_bias"], a["norm_topk_prob"], a["topk_norm_eps"],
                          a["routed_scaling_factor"], self.loop)
         idx, wts = self.slab("t_idx", "n", k, "int32"), self.slab("t_w", "n", k)
@@ -497,11 +506,11 @@ class _Lowering:
         kn = self.knobs["prefill"]
         gu, qg = self.experts(n, "gate_up")
         dn, qd = self.experts(n, "down")
-        kg = self.kernel(("moe_gu", E, F2, D, k, kn.lanes, kn.cols) + (qg or ()), K.make_moe_gate_up, E, F2, D, k,
+        kg = self.kernel(("moe_gu", E, F2, D, k, kn.lanes, kn.cols) + (qg or ()), "make_moe_gate_up", E, F2, D, k,
                          kn, qg)
-        ks = self.kernel(("silu_mul", F, gi), K.make_silu_mul, F, gi, self.loop)
+        ks = self.kernel(("silu_mul", F, gi), "make_silu_mul", F, gi, self.loop)
         kd = self.kernel(("moe_down", E, D, F, k, kn.lanes, kn.cols, "a" if accumulate else "") + (qd or ()),
-                         K.make_moe_down, E, D, F, k, kn, qd, accumulate)
+                         "make_moe_down", E, D, F, k, kn, qd, accumulate)
         self.both(kg, [self.slab(ins[0], "n", D)] + gu + [idx, self.slab("t_g", "nk", F2)])
         self.both(ks, [self.slab("t_g", "nk", F2), self.slab("t_a", "nk", F)])
         o = self.slab(out, "n", D)

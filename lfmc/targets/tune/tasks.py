@@ -33,11 +33,11 @@ class Task:
 
     @property
     def gpu(self) -> bool:
-        return bool(self.spec.args[2].gpu)
+        return bool(self.spec.knobs is not None and self.spec.knobs.gpu)
 
     def workload(self):
         """The unscheduled TensorIR at this shape, named ``main`` (what meta_schedule tunes)."""
-        f = self.spec.maker("main", *self.spec.args, nb_static=self.nb, schedule=False)
+        f = self.spec.make("main", nb_static=self.nb, schedule=False)
         return f.without_attr("lfmc.schedule") if f.attrs is not None and "lfmc.schedule" in f.attrs else f
 
     def default_schedule(self, target):
@@ -76,7 +76,7 @@ def extract_tasks(low: Lowered, prefill_chunk: int, entries: tuple[str, ...] = (
         rows = low.plan["row_tile"][entry]
         for L in low.plan["entries"][entry]:
             spec = low.kernels[L["kernel"]]
-            if getattr(spec.maker, "__name__", "") not in TUNABLE:
+            if spec.maker_name not in TUNABLE:
                 continue
             nb = _nb(L["args"][-1], n, rows)
             t = tasks.get((L["kernel"], nb))

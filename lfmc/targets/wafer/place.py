@@ -19,6 +19,7 @@ import numpy as np
 
 from ...ir.errors import LfmcError
 from ...ir.graph import Graph
+from ...ir.ops import schema
 
 F32 = 4
 CODE_BYTES = 4096        # program, task table and runtime per PE (assumed)
@@ -209,7 +210,7 @@ def model_roles(graph: Graph, slots: int, context: int, kv_bytes: int) -> tuple[
     table_names: dict[str, str] = {}
     for n in graph.nodes:
         if n.op == "rmsnorm" and graph.users().get(n.name) and any(
-                graph.node(u).op in ("short_conv", "attention", "linear_recurrence")
+                schema(graph.node(u).op).token_mixer
                 for u in graph.users()[n.name] if u != "<return>"):
             li += 1
         L = f"layer {li}" if li >= 0 and n.op not in ("embedding", "lm_head") else "io"
