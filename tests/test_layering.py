@@ -91,7 +91,7 @@ def test_no_target_family_or_driver_names_outside_their_homes():
 
 
 # still to split (issue 23, open): a ratchet, so no new long function appears and these may only shrink
-LONG_LEFT = {"make_matmul": 134, "make_matmul_a8": 189, "tune_model": 144, "build_program": 144}
+LONG_LEFT = {"make_matmul": 134, "make_matmul_a8": 189, "tune_model": 144}
 
 
 def test_no_function_longer_than_100_lines():

@@ -66,144 +66,164 @@ def gate_chunks(n: Node, gates: tuple[str, ...]) -> list[int]:
 def build_program(graph: Graph, placement: Placement, weights: dict[str, np.ndarray] | None, slots: int,
                   context: int, kv_dtype: str = "f32") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The mesh program of ``graph`` on ``placement``, and its parameters (empty without weights)."""
+    b = _Program(graph, placement, weights, kv_dtype)
+    for n in graph.nodes:
+        lower_op = getattr(b, "op_" + n.op, None)
+        if lower_op is None:
+            raise LfmcError(f"%{n.name}: op {n.op!r} has no lowering on the wafer target")
+        lower_op(n, b.where.get(n.inputs[0]) if n.inputs else None, "%" + n.name)
+        b.where[n.name] = "%" + n.name
     P = placement
-    values: dict[str, list[list[int]]] = {}
-    ops: list[dict[str, Any]] = []
-    params: dict[str, np.ndarray] = {}
-    where: dict[str, str] = {}             # IR value -> program value holding it
-    order = {n.name: i for i, n in enumerate(graph.nodes)}
-    table_of: dict[str, Grid] = {}
-    W = weights
+    roles = [_grid_dict(r) if isinstance(r, Grid) else r.as_dict() for r in P.roles]
+    prog = {"version": PROGRAM_VERSION, "machine": P.machine.as_dict(), "roles": roles, "values": b.values,
+            "ops": b.ops, "slots": slots, "context": context, "vocab_size": int(graph.nodes[-1].type.shape[1]),
+            "layers": {r.name: r.layer for r in P.roles}, "placement": P.summary()}
+    return prog, b.params
 
-    def param(n: Node, role: str) -> str:
+
+class _Program:
+    """The program being built: values (where each vector lives), ops in order, parameters; one method per IR op
+    (``op_<name>(node, input value, output value)``)."""
+
+    def __init__(self, graph: Graph, placement: Placement, weights: dict[str, np.ndarray] | None, kv_dtype: str):
+        self.P, self.W, self.kv_dtype = placement, weights, kv_dtype
+        self.values: dict[str, list[list[int]]] = {}
+        self.ops: list[dict[str, Any]] = []
+        self.params: dict[str, np.ndarray] = {}
+        self.where: dict[str, str] = {}             # IR value -> program value holding it
+        self.order = {n.name: i for i, n in enumerate(graph.nodes)}
+        self.table_of: dict[str, Grid] = {}
+
+    # --- shared pieces
+    def param(self, n: Node, role: str) -> str:
         name = n.params[role].name
-        if W is not None:
-            params[name] = np.asarray(W[name], np.float32)
+        if self.W is not None:
+            self.params[name] = np.asarray(self.W[name], np.float32)
         return name
 
-    def apply(g: Grid, src: str, out: str, w: np.ndarray | None, bias: str | None = None) -> str:
-        if W is not None and w is not None and f"{g.name}.tiles" not in params:
-            params[f"{g.name}.tiles"] = tiles(g, w)
-        ops.append({"op": "mcast", "in": src, "grid": g.name})
-        ops.append({"op": "gemv", "grid": g.name})
+    def grid(self, name: str) -> Grid:
+        g = self.P.role(name)
+        assert isinstance(g, Grid)
+        return g
+
+    def apply(self, g: Grid, src: str, out: str, w: np.ndarray | None, bias: str | None = None) -> str:
+        if self.W is not None and w is not None and f"{g.name}.tiles" not in self.params:
+            self.params[f"{g.name}.tiles"] = tiles(g, w)
+        self.ops.append({"op": "mcast", "in": src, "grid": g.name})
+        self.ops.append({"op": "gemv", "grid": g.name})
         op = {"op": "reduce", "grid": g.name, "out": out}
         if bias:
             op["bias"] = bias
-        ops.append(op)
-        values[out] = g.out_segments()
+        self.ops.append(op)
+        self.values[out] = g.out_segments()
         return out
 
+    @staticmethod
     def per_row(g: Grid, n_chunk: int) -> list[list[int]]:
         """Segments of a vector produced on each edge PE from chunk ``n_chunk``'s split."""
         b = g.row_bounds()[n_chunk]
         return [[g.x + g.c - 1, g.y + i, b[i], b[i + 1]] for i in range(g.r) if b[i + 1] > b[i]]
 
-    def w_of(n: Node, role: str) -> np.ndarray | None:
-        return None if W is None else np.asarray(W[n.params[role].name], np.float32)
+    def w_of(self, n: Node, role: str) -> np.ndarray | None:
+        return None if self.W is None else np.asarray(self.W[n.params[role].name], np.float32)
 
-    def bias_of(n: Node, role: str) -> str | None:
-        return param(n, role + "_bias") if role + "_bias" in n.params else None
+    def bias_of(self, n: Node, role: str) -> str | None:
+        return self.param(n, role + "_bias") if role + "_bias" in n.params else None
 
-    for n in graph.nodes:
-        src = where.get(n.inputs[0]) if n.inputs else None
-        name = "%" + n.name
-        if n.op == "embedding":
-            g = P.role(f"{n.name}.table")
-            assert isinstance(g, Grid)
-            table_of[n.params["weight"].name] = g
-            if W is not None:
-                params[f"{g.name}.tiles"] = tiles(g, W[n.params["weight"].name])
-            cb = g.col_bounds()
-            values[name] = [[g.x + j, g.y, cb[j], cb[j + 1]] for j in range(g.c)]
-            ops.append({"op": "embed", "grid": g.name, "out": name})
-        elif n.op == "rmsnorm":
-            values[name] = values[src]
-            ops.append({"op": "norm", "in": src, "out": name, "w": param(n, "weight"), "eps": float(n.attrs["eps"])})
-        elif n.op == "add":
-            a, b = (where[i] for i in n.inputs)
-            pa, pb = (order.get(i.lstrip("%"), -1) for i in n.inputs)
-            home, other = (a, b) if pa >= pb else (b, a)
-            moved = f"{other}@{name}"
-            values[moved] = values[home]
-            ops.append({"op": "move", "in": other, "out": moved})
-            values[name] = values[home]
-            ops.append({"op": "add", "a": home, "b": moved, "out": name})
-        elif n.op in ("short_conv", "linear_recurrence"):
-            g1, g2 = P.role(f"{n.name}.in_proj"), P.role(f"{n.name}.out_proj")
-            assert isinstance(g1, Grid) and isinstance(g2, Grid)
-            h = apply(g1, src, f"{name}.in", w_of(n, "in_proj"), bias_of(n, "in_proj"))
-            values[f"{name}.z"] = per_row(g1, 0)
-            if n.op == "short_conv":
-                op = {"op": "conv", "grid": g1.name, "in": h, "out": f"{name}.z", "L": int(n.attrs["L_cache"]),
-                      "w": param(n, "conv"), "state": n.name, "gates": gate_chunks(n, ("B", "C", "x"))}
-                if "conv_bias" in n.params:
-                    op["bias"] = param(n, "conv_bias")
-            else:
-                op = {"op": "recur", "grid": g1.name, "in": h, "out": f"{name}.z", "state": n.name,
-                      "gates": gate_chunks(n, ("a", "b", "c", "x"))}
-            ops.append(op)
-            apply(g2, f"{name}.z", name, w_of(n, "out_proj"), bias_of(n, "out_proj"))
-        elif n.op == "attention":
-            g1, kv, g2 = P.role(f"{n.name}.qkv"), P.role(f"{n.name}.kv"), P.role(f"{n.name}.out_proj")
-            assert isinstance(g1, Grid) and isinstance(kv, KVStrip) and isinstance(g2, Grid)
-            w = None
-            if W is not None:
-                w = np.concatenate([w_of(n, r) for r in ("q_proj", "k_proj", "v_proj")], axis=0)
-            qkv = apply(g1, src, f"{name}.qkv", w)
-            values[f"{name}.o"] = per_row(g1, 0)
-            ops.append({"op": "attn", "grid": g1.name, "kv": kv.name, "in": qkv, "out": f"{name}.o",
-                        "heads": n.attrs["heads"], "kv_heads": n.attrs["kv_heads"], "head_dim": n.attrs["head_dim"],
-                        "eps": float(n.attrs["eps"]), "theta": float(n.attrs["rope_theta"]),
-                        "q_norm": param(n, "q_norm"), "k_norm": param(n, "k_norm"), "kv_dtype": kv_dtype})
-            apply(g2, f"{name}.o", name, w_of(n, "out_proj"))
-        elif n.op == "gated_mlp":
-            g1, g2 = P.role(f"{n.name}.w13"), P.role(f"{n.name}.w2")
-            assert isinstance(g1, Grid) and isinstance(g2, Grid)
-            f = n.liv.featurizer
-            w = None if W is None else np.concatenate([w_of(n, f["gate"].proj), w_of(n, f["up"].proj)], axis=0)
-            h = apply(g1, src, f"{name}.h13", w)
-            values[f"{name}.h"] = per_row(g1, 0)
-            ops.append({"op": "swiglu", "grid": g1.name, "in": h, "out": f"{name}.h"})
-            apply(g2, f"{name}.h", name, w_of(n, "w2"))
-        elif n.op == "moe":
-            E = n.attrs["num_experts"]
-            router = P.role(f"{n.name}.router")
-            assert isinstance(router, Grid)
-            scores = apply(router, src, f"{name}.scores", w_of(n, "router"), bias_of(n, "router"))
-            experts = []
-            for e in range(E):
-                gu, dn = P.role(f"{n.name}.e{e}.gate_up"), P.role(f"{n.name}.e{e}.down")
-                assert isinstance(gu, Grid) and isinstance(dn, Grid)
-                if W is not None:
-                    params[f"{gu.name}.tiles"] = tiles(gu, W[n.params["gate_up"].name][e])
-                    params[f"{dn.name}.tiles"] = tiles(dn, W[n.params["down"].name][e])
-                values[f"{name}.e{e}.h13"] = gu.out_segments()
-                values[f"{name}.e{e}.h"] = per_row(gu, 0)
-                values[f"{name}.e{e}.y"] = dn.out_segments()
-                values[f"{name}.e{e}.y@"] = values[src]
-                experts.append([gu.name, dn.name])
-            values[name] = values[src]
-            op = {"op": "moe", "grid": router.name, "in": src, "scores": scores, "out": name, "experts": experts,
-                  "top_k": n.attrs["top_k"], "scoring": n.attrs["scoring"], "norm_topk_prob": n.attrs["norm_topk_prob"],
-                  "scale": float(n.attrs["routed_scaling_factor"]), "eps": float(n.attrs["topk_norm_eps"]),
-                  "gates": gate_chunks(n, ("gate", "up"))}
-            if n.attrs["use_expert_bias"]:
-                op["expert_bias"] = param(n, "expert_bias")
-            ops.append(op)
-        elif n.op == "lm_head":
-            pname = n.params["weight"].name
-            g = table_of.get(pname) or P.role(f"{n.name}.table")
-            assert isinstance(g, Grid)
-            if W is not None and f"{g.name}.tiles" not in params:
-                params[f"{g.name}.tiles"] = tiles(g, W[pname])
-            logits = apply(g, src, name, None, bias_of(n, "weight"))
-            ops.append({"op": "logits", "in": logits})
+    # --- ops
+    def op_embedding(self, n: Node, src: str | None, name: str) -> None:
+        g = self.grid(f"{n.name}.table")
+        self.table_of[n.params["weight"].name] = g
+        if self.W is not None:
+            self.params[f"{g.name}.tiles"] = tiles(g, self.W[n.params["weight"].name])
+        cb = g.col_bounds()
+        self.values[name] = [[g.x + j, g.y, cb[j], cb[j + 1]] for j in range(g.c)]
+        self.ops.append({"op": "embed", "grid": g.name, "out": name})
+
+    def op_rmsnorm(self, n: Node, src: str, name: str) -> None:
+        self.values[name] = self.values[src]
+        self.ops.append({"op": "norm", "in": src, "out": name, "w": self.param(n, "weight"),
+                         "eps": float(n.attrs["eps"])})
+
+    def op_add(self, n: Node, src: str, name: str) -> None:
+        a, b = (self.where[i] for i in n.inputs)
+        pa, pb = (self.order.get(i.lstrip("%"), -1) for i in n.inputs)
+        home, other = (a, b) if pa >= pb else (b, a)
+        moved = f"{other}@{name}"
+        self.values[moved] = self.values[home]
+        self.ops.append({"op": "move", "in": other, "out": moved})
+        self.values[name] = self.values[home]
+        self.ops.append({"op": "add", "a": home, "b": moved, "out": name})
+
+    def op_short_conv(self, n: Node, src: str, name: str) -> None:
+        g1, g2 = self.grid(f"{n.name}.in_proj"), self.grid(f"{n.name}.out_proj")
+        h = self.apply(g1, src, f"{name}.in", self.w_of(n, "in_proj"), self.bias_of(n, "in_proj"))
+        self.values[f"{name}.z"] = self.per_row(g1, 0)
+        if n.op == "short_conv":
+            op = {"op": "conv", "grid": g1.name, "in": h, "out": f"{name}.z", "L": int(n.attrs["L_cache"]),
+                  "w": self.param(n, "conv"), "state": n.name, "gates": gate_chunks(n, ("B", "C", "x"))}
+            if "conv_bias" in n.params:
+                op["bias"] = self.param(n, "conv_bias")
         else:
-            raise LfmcError(f"%{n.name}: op {n.op!r} has no lowering on the wafer target")
-        where[n.name] = name
-    roles = [_grid_dict(r) if isinstance(r, Grid) else r.as_dict() for r in P.roles]
-    m = P.machine
-    prog = {"version": PROGRAM_VERSION, "machine": m.as_dict(), "roles": roles, "values": values, "ops": ops,
-            "slots": slots, "context": context, "vocab_size": int(graph.nodes[-1].type.shape[1]),
-            "layers": {r.name: r.layer for r in P.roles}, "placement": P.summary()}
-    return prog, params
+            op = {"op": "recur", "grid": g1.name, "in": h, "out": f"{name}.z", "state": n.name,
+                  "gates": gate_chunks(n, ("a", "b", "c", "x"))}
+        self.ops.append(op)
+        self.apply(g2, f"{name}.z", name, self.w_of(n, "out_proj"), self.bias_of(n, "out_proj"))
+
+    op_linear_recurrence = op_short_conv         # the same shape: in_proj, a gated elementwise step, out_proj
+
+    def op_attention(self, n: Node, src: str, name: str) -> None:
+        g1, kv, g2 = self.grid(f"{n.name}.qkv"), self.P.role(f"{n.name}.kv"), self.grid(f"{n.name}.out_proj")
+        assert isinstance(kv, KVStrip)
+        w = None
+        if self.W is not None:
+            w = np.concatenate([self.w_of(n, r) for r in ("q_proj", "k_proj", "v_proj")], axis=0)
+        qkv = self.apply(g1, src, f"{name}.qkv", w)
+        self.values[f"{name}.o"] = self.per_row(g1, 0)
+        self.ops.append({"op": "attn", "grid": g1.name, "kv": kv.name, "in": qkv, "out": f"{name}.o",
+                         "heads": n.attrs["heads"], "kv_heads": n.attrs["kv_heads"], "head_dim": n.attrs["head_dim"],
+                         "eps": float(n.attrs["eps"]), "theta": float(n.attrs["rope_theta"]),
+                         "q_norm": self.param(n, "q_norm"), "k_norm": self.param(n, "k_norm"),
+                         "kv_dtype": self.kv_dtype})
+        self.apply(g2, f"{name}.o", name, self.w_of(n, "out_proj"))
+
+    def op_gated_mlp(self, n: Node, src: str, name: str) -> None:
+        g1, g2 = self.grid(f"{n.name}.w13"), self.grid(f"{n.name}.w2")
+        f = n.liv.featurizer
+        w = None if self.W is None else np.concatenate([self.w_of(n, f["gate"].proj), self.w_of(n, f["up"].proj)],
+                                                       axis=0)
+        h = self.apply(g1, src, f"{name}.h13", w)
+        self.values[f"{name}.h"] = self.per_row(g1, 0)
+        self.ops.append({"op": "swiglu", "grid": g1.name, "in": h, "out": f"{name}.h"})
+        self.apply(g2, f"{name}.h", name, self.w_of(n, "w2"))
+
+    def op_moe(self, n: Node, src: str, name: str) -> None:
+        router = self.grid(f"{n.name}.router")
+        scores = self.apply(router, src, f"{name}.scores", self.w_of(n, "router"), self.bias_of(n, "router"))
+        experts = []
+        for e in range(n.attrs["num_experts"]):
+            gu, dn = self.grid(f"{n.name}.e{e}.gate_up"), self.grid(f"{n.name}.e{e}.down")
+            if self.W is not None:
+                self.params[f"{gu.name}.tiles"] = tiles(gu, self.W[n.params["gate_up"].name][e])
+                self.params[f"{dn.name}.tiles"] = tiles(dn, self.W[n.params["down"].name][e])
+            self.values[f"{name}.e{e}.h13"] = gu.out_segments()
+            self.values[f"{name}.e{e}.h"] = self.per_row(gu, 0)
+            self.values[f"{name}.e{e}.y"] = dn.out_segments()
+            self.values[f"{name}.e{e}.y@"] = self.values[src]
+            experts.append([gu.name, dn.name])
+        self.values[name] = self.values[src]
+        op = {"op": "moe", "grid": router.name, "in": src, "scores": scores, "out": name, "experts": experts,
+              "top_k": n.attrs["top_k"], "scoring": n.attrs["scoring"], "norm_topk_prob": n.attrs["norm_topk_prob"],
+              "scale": float(n.attrs["routed_scaling_factor"]), "eps": float(n.attrs["topk_norm_eps"]),
+              "gates": gate_chunks(n, ("gate", "up"))}
+        if n.attrs["use_expert_bias"]:
+            op["expert_bias"] = self.param(n, "expert_bias")
+        self.ops.append(op)
+
+    def op_lm_head(self, n: Node, src: str, name: str) -> None:
+        pname = n.params["weight"].name
+        g = self.table_of.get(pname) or self.grid(f"{n.name}.table")
+        if self.W is not None and f"{g.name}.tiles" not in self.params:
+            self.params[f"{g.name}.tiles"] = tiles(g, self.W[pname])
+        logits = self.apply(g, src, name, None, self.bias_of(n, "weight"))
+        self.ops.append({"op": "logits", "in": logits})
