@@ -117,7 +117,7 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = DEFAULT_TA
     model = run_passes(model, be, opts, dump_ir)
     check_fits(prof, sum(p.type.nbytes() for p in model.graph.params().values()), model.graph)
     built = be.lower(model.graph, model.weights, prof, opts, ctx)
-    after = be.kernels_per_layer(model.graph, prof)
+    after = be.kernels_per_layer(model.graph, prof, built.plan)
     if before is not None and after is not None:
         ctx.say(format_kernel_counts(before, after))
     path = write_artifact(out, manifest(model, opts, be, built), built.params, built.write_kernels, model.tokenizer)

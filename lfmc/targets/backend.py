@@ -89,8 +89,9 @@ class Backend:
         complete: ``max_context`` resolved."""
         raise NotImplementedError
 
-    def kernels_per_layer(self, graph: Graph, profile) -> dict[str, int] | None:
-        """Kernel launches per decode step and layer of ``graph`` (the compile summary), or None."""
+    def kernels_per_layer(self, graph: Graph, profile, plan: dict[str, Any] | None = None) -> dict[str, int] | None:
+        """Kernel launches per decode step and layer of ``graph`` (the compile summary; ``plan``: its plan when
+        already lowered), or None."""
         return None
 
     def plan_only(self, graph: Graph, profile, opts: CompileOptions, ctx: BuildContext,
@@ -189,10 +190,10 @@ class TvmBackend(Backend):
         """Compile ``kernels`` (name -> KernelSpec) into ``out_dir``; kernel name -> file."""
         raise NotImplementedError
 
-    def kernels_per_layer(self, graph: Graph, profile) -> dict[str, int]:
+    def kernels_per_layer(self, graph: Graph, profile, plan: dict[str, Any] | None = None) -> dict[str, int]:
         from .lower import kernels_per_layer, lower
 
-        return kernels_per_layer(lower(graph, None, self.knobs(profile)).plan, graph)
+        return kernels_per_layer(plan if plan is not None else lower(graph, None, self.knobs(profile)).plan, graph)
 
     def lower(self, graph: Graph, weights: dict[str, np.ndarray], profile, opts: CompileOptions,
               ctx: BuildContext) -> Built:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...ir.errors import LfmcError
 from ..backend import TvmBackend, register
 from ..lower import ENTRIES
 
@@ -28,9 +27,6 @@ class ArmBackend(TvmBackend):
 
     def check(self, profile, opts) -> None:
         """``--act-quant`` is left to lowering, which names the missing integer dot-product kernels."""
-        if not _is_arm64(profile):
-            raise LfmcError(f"target {profile.name}: only x86-64 and arm64 CPUs are supported "
-                            f"(mtriple {profile.tvm.get('mtriple')!r})")
 
     def knobs(self, profile) -> dict[str, Any]:
         from . import arm_knobs
