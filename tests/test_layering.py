@@ -15,6 +15,7 @@ FORBIDDEN = {
     "runtime": {"frontend", "passes", "targets", "ir", "compile", "check"},
     "plan": {"ir", "frontend", "passes", "targets", "runtime", "compile", "check", "cli", "options"},
     "options": {"frontend", "passes", "targets", "runtime", "compile", "check", "cli"},
+    "mixers": {"ir", "frontend", "passes", "targets", "runtime", "compile", "check", "cli", "options", "plan"},
 }
 
 
@@ -90,8 +91,7 @@ def test_no_target_family_or_driver_names_outside_their_homes():
     assert not bad, bad
 
 
-# still to split (issue 23, open): a ratchet, so no new long function appears and these may only shrink
-LONG_LEFT = {"make_matmul": 134, "make_matmul_a8": 189, "tune_model": 144}
+LONG_LEFT: dict[str, int] = {}          # none left: a function over 100 lines gets one job per piece
 
 
 def test_no_function_longer_than_100_lines():

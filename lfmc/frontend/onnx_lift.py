@@ -30,6 +30,7 @@ from ..ir.graph import Gate, Graph
 from ..ir.model import Model
 from ..progress import task
 from .build import GraphBuilder
+from .patterns import short_conv_gates, short_conv_kernel, with_optional
 
 SCOPES = "pkg.torch.onnx.name_scopes"
 _MAX_LISTED = 12
@@ -364,35 +365,30 @@ class _Lifter:
         idx = {o: i for i, o in enumerate(split.output)}
         conv = g.one("Conv")
         kern = g.const(conv.input[1])
-        if kern is None or kern.ndim != 3 or kern.shape[1] != 1:
-            g.fail("the Conv kernel is not a constant depthwise [channels, 1, L] tensor", [conv])
-        D, _, L = kern.shape
+        if kern is None:
+            g.fail("the Conv kernel is not a constant", [conv])
         at = _attrs(conv)
-        if at.get("group", 1) != D:
-            g.fail(f"the convolution is not depthwise (group {at.get('group', 1)}, channels {D})", [conv])
-        if list(at.get("pads", [0, 0]))[:1] != [L - 1] or any(s != 1 for s in at.get("strides", [1])) \
-                or any(d != 1 for d in at.get("dilations", [1])):
-            g.fail(f"the convolution is not causal (pads {list(at.get('pads', []))}, kernel {L})", [conv])
+        pads = list(at.get("pads", [0, 0]))
+        L = short_conv_kernel(kern.shape, at.get("group", 1), pads[0] if pads else 0,
+                              all(s == 1 for s in at.get("strides", [1])) and all(d == 1 for d in at.get("dilations", [1])),
+                              g.fail, [conv])
         conv_anc = g.ancestors(conv.input[0])
         pre = [m for m in g.of("Mul") if id(m) in conv_anc]
         post = [m for m in g.of("Mul") if id(m) not in conv_anc]
-        if len(pre) != 1 or len(post) != 1 or any(i not in idx for i in pre[0].input):
-            g.fail("expected conv(B * x) with B and x chunks of in_proj", pre or g.of("Mul"))
-        bi_, xi = (idx[i] for i in pre[0].input)
-        ci = [idx[i] for i in post[0].input if i in idx]
-        if len(ci) != 1 or id(post[0]) not in g.descendants(conv.output[0]):
+        feat = short_conv_gates(pre, post, lambda m: m.input, idx.get, g.fail)
+        if id(post[0]) not in g.descendants(conv.output[0]):
             g.fail("expected C * conv(..) with C a chunk of in_proj", post)
         if id(out_n) not in g.descendants(post[0].output[0]):
             g.fail("the output projection does not follow C * conv(..)", [out_n])
         p = g.path + "."
-        params = {"in_proj": self.param(p + "in_proj.weight", wi), "conv": self.param(p + "conv.weight", kern),
-                  "out_proj": self.param(p + "out_proj.weight", wo)}
         cb = g.const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        for role, pn, arr in (("in_proj_bias", "in_proj.bias", bi), ("out_proj_bias", "out_proj.bias", bo),
-                              ("conv_bias", "conv.bias", cb)):
-            if arr is not None:
-                params[role] = self.param(p + pn, arr)
-        feat = {"B": Gate("in_proj", bi_, 3), "C": Gate("in_proj", ci[0], 3), "x": Gate("in_proj", xi, 3)}
+        params = with_optional({"in_proj": self.param(p + "in_proj.weight", wi),
+                                "conv": self.param(p + "conv.weight", kern),
+                                "out_proj": self.param(p + "out_proj.weight", wo)},
+                               {role: self.param(p + pn, arr) if arr is not None else None
+                                for role, pn, arr in (("in_proj_bias", "in_proj.bias", bi),
+                                                      ("out_proj_bias", "out_proj.bias", bo),
+                                                      ("conv_bias", "conv.bias", cb))})
         return self.b.short_conv(x, params, L, feat)
 
     def attention_(self, g: _Group, x: str) -> str:

@@ -21,6 +21,7 @@ from ..ir.errors import LfmcError
 from ..ir.graph import Gate, Graph
 from ..progress import task
 from .build import GraphBuilder
+from .patterns import short_conv_gates, short_conv_kernel, with_optional
 
 
 class LiftError(LfmcError):
@@ -232,31 +233,22 @@ def _lift_short_conv(g: _Group, b: GraphBuilder, x: str) -> str:
     conv = g.one("conv1d")
     idx = {n: n.args[1] for n in g.of("getitem") if n.args[0] is chunk}
     conv_anc = g.ancestors(conv.args[0])
-    pre = [m for m in g.of("mul") if m in conv_anc]
-    post = [m for m in g.of("mul") if m not in conv_anc]
-    if len(pre) != 1 or len(post) != 1 or any(tr.canon(a) not in idx for a in pre[0].args):
-        g.fail("expected conv(B * x) with B and x chunks of in_proj")
-    bi, xi = (idx[tr.canon(a)] for a in pre[0].args)
-    ci = [idx[tr.canon(a)] for a in post[0].args if tr.canon(a) in idx]
-    if len(ci) != 1 or conv not in g.ancestors(post[0]):
+    fail = lambda msg, at=None: g.fail(msg)  # noqa: E731
+    feat = short_conv_gates([m for m in g.of("mul") if m in conv_anc], [m for m in g.of("mul") if m not in conv_anc],
+                            lambda m: m.args, lambda a: idx.get(tr.canon(a)), fail)
+    post = next(m for m in g.of("mul") if m not in conv_anc)
+    if conv not in g.ancestors(post):
         g.fail("expected C * conv(..) with C a chunk of in_proj")
     cw = g.param(conv.args[1], "the conv kernel")
-    D, _, L = tr.shape(cw)
-    groups = conv.args[6] if len(conv.args) > 6 else 1
-    if groups != D:
-        g.fail(f"the convolution is not depthwise (groups {groups}, channels {D})")
     pad = conv.args[4] if len(conv.args) > 4 else [0]
-    if list(pad) != [L - 1]:
-        g.fail(f"the convolution is not causal (padding {pad}, kernel {L})")
+    L = short_conv_kernel(tr.shape(cw), conv.args[6] if len(conv.args) > 6 else 1, pad[0] if len(pad) == 1 else -1,
+                          True, fail, [])
     wi, bi_ = g.linear(in_lin)
     wo, bo = g.linear(out_lin)
-    params = {"in_proj": g.p(wi), "conv": g.p(cw), "out_proj": g.p(wo)}
     cb = conv.args[2] if len(conv.args) > 2 else None
-    for role, pn in (("in_proj_bias", bi_), ("out_proj_bias", bo),
-                     ("conv_bias", g.param(cb, "the conv bias") if cb is not None else None)):
-        if pn:
-            params[role] = g.p(pn)
-    feat = {"B": Gate("in_proj", bi, 3), "C": Gate("in_proj", ci[0], 3), "x": Gate("in_proj", xi, 3)}
+    params = with_optional({"in_proj": g.p(wi), "conv": g.p(cw), "out_proj": g.p(wo)}, {
+        "in_proj_bias": g.p(bi_) if bi_ else None, "out_proj_bias": g.p(bo) if bo else None,
+        "conv_bias": g.p(g.param(cb, "the conv bias")) if cb is not None else None})
     return b.short_conv(x, params, L, feat)
 
 

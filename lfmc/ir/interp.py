@@ -11,8 +11,10 @@ from typing import Callable
 
 import numpy as np
 
+from ..mixers import causal_conv
 from .errors import LfmcError
 from .graph import Gate, Graph, Node
+from .ops import state_types
 from .quant import dequantize, fake_quantize_activations
 from .verify import verify
 from .weights import check_weights
@@ -46,6 +48,12 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 _ACTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": lambda x: x, "silu": _silu,
                                                        "sigmoid": _sigmoid, "softmax": _softmax}
+
+
+def _zero_state(n: Node) -> dict[str, np.ndarray]:
+    """A new sequence's state of a fixed-size token mixer (conv window, recurrence), shaped as its op schema
+    says (:func:`lfmc.ir.ops.state_types`)."""
+    return {k: np.zeros(tuple(int(d) for d in t.shape), F32) for k, t in state_types(n).items()}
 
 
 def _rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -137,20 +145,11 @@ class Interpreter:
         return self._proj(n, "weight", a[0])
 
     def _short_conv(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
-        x = a[0]
-        T, D = x.shape
-        L = n.attrs["L_cache"]
-        proj = {"in_proj": self._proj(n, "in_proj", x)}
+        proj = {"in_proj": self._proj(n, "in_proj", a[0])}
         bx = self._gate(n, "B", proj) * self._gate(n, "x", proj)               # [T, D]
-        st = s.tensors.setdefault(n.name, {"conv": np.zeros((D, L - 1), F32)})
-        hist = np.concatenate([st["conv"].T, bx], axis=0)                        # [L-1+T, D]
-        k = self._p(n, "conv")[:, 0, :]                                          # [D, L]
-        conv = np.zeros((T, D), F32)
-        for j in range(L):
-            conv += hist[j:j + T] * k[:, j]
-        if "conv_bias" in n.params:
-            conv += self._p(n, "conv_bias")
-        st["conv"] = np.ascontiguousarray(hist[hist.shape[0] - (L - 1):].T) if L > 1 else st["conv"]
+        st = s.tensors.setdefault(n.name, _zero_state(n))
+        conv, st["conv"] = causal_conv(bx, st["conv"], self._p(n, "conv")[:, 0, :],
+                                       self._p(n, "conv_bias") if "conv_bias" in n.params else None)
         return self._proj(n, "out_proj", self._gate(n, "C", proj) * conv)
 
     def _attention(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
@@ -180,7 +179,7 @@ class Interpreter:
     def _recurrence(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
         proj = {"in_proj": self._proj(n, "in_proj", a[0])}
         ga, gb, gc, gx = (self._gate(n, k, proj) for k in ("a", "b", "c", "x"))
-        st = s.tensors.setdefault(n.name, {"h": np.zeros(a[0].shape[1], F32)})
+        st = s.tensors.setdefault(n.name, _zero_state(n))
         h = st["h"]
         ys = np.empty_like(a[0])
         for t in range(a[0].shape[0]):                 # the scan, step by step (the oracle, not the fast path)

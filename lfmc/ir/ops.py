@@ -34,7 +34,7 @@ class OpSchema:
     norm_consumer: bool = False                          # can take its input RMSNorm folded into its projection
     token_mixer: bool = False                            # mixes tokens (opens a decoder layer: conv, attention, scan)
     fusions: frozenset[str] = frozenset()                # fusion annotations it accepts (lfmc/ir/fusion.py)
-    state_kind: str | None = None                        # what it carries between calls: conv | recurrent | kv
+    state_kind: str | None = None                        # what it carries between calls: conv | recurrence | kv
 
 
 def _want(cond: bool, msg: str) -> None:
@@ -178,7 +178,7 @@ SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
                  "(kv_dtype f32 or f16)", optional_attrs={"kv_dtype": str, **ACT}),
     OpSchema("linear_recurrence", 1, {}, ("in_proj", "out_proj"), _linear_recurrence,
              quant_roles=("in_proj", "out_proj"), residual_producer=True, norm_consumer=True, token_mixer=True,
-             state_kind="recurrent",
+             state_kind="recurrence",
              optional_params=("in_proj_bias", "out_proj_bias"), liv_class="semi_separable", gates=("a", "b", "c", "x"),
              doc="h_t = a_t * h_{t-1} + b_t * x_t, y_t = out_proj(c_t * h_t); a = sigmoid(.), b, c, x from in_proj; "
                  "state: h", optional_attrs=ACT),

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..plan import SCHEMA_VERSION
+from ..plan import SCHEMA_VERSION, Launch, PlanError
 from .errors import RuntimeLoadError
 
 MANIFEST = "manifest.json"
@@ -62,7 +62,6 @@ def load_manifest(path: str | Path, verify_hashes: bool = True) -> dict[str, Any
     return m
 
 
-_ARGS = {"slab", "param", "state", "input", "scalar", "const"}
 
 
 def check_structure(m: dict[str, Any], where: Any = MANIFEST) -> None:
@@ -117,37 +116,30 @@ def check_structure(m: dict[str, Any], where: Any = MANIFEST) -> None:
 
 
 def check_plan(m: dict[str, Any], where: Any = MANIFEST) -> dict[str, int]:
-    """Every launch names a kernel with a library and passes arguments the runtime understands, each referring
-    to a declared slab, parameter, state or input, with one argument count per kernel. Returns the counts."""
+    """Every launch names a kernel with a library and passes arguments the runtime understands
+    (:meth:`lfmc.plan.Launch.from_json`), each referring to a declared slab, parameter or state, with one argument
+    count per kernel. Returns the counts."""
     plan, kernels = m["plan"], m["kernels"]
+    pools = {"slab": plan["slabs"], "param": plan["params"], "state": plan["state"]}
     nargs: dict[str, int] = {}
     for entry, launches in plan["entries"].items():
         if not isinstance(launches, list):
             raise RuntimeLoadError(f"{where}: plan entry {entry!r} is not a list of launches")
-        for i, L in enumerate(launches):
-            if not isinstance(L, dict) or not isinstance(L.get("args", []), list):
-                raise RuntimeLoadError(f"{where}: plan entry {entry!r} launch {i} is malformed")
-            where_l = f"{where}: plan entry {entry!r} launch {i} ({L.get('kernel')})"
-            if not isinstance(L.get("kernel"), str) or L["kernel"] not in kernels:
+        for i, raw in enumerate(launches):
+            kernel = raw.get("kernel") if isinstance(raw, dict) else None
+            where_l = f"{where}: plan entry {entry!r} launch {i}" + (f" ({kernel})" if kernel else "")
+            try:
+                L = Launch.from_json(raw)
+            except PlanError as e:
+                raise RuntimeLoadError(f"{where_l}: {e}") from None
+            if L.kernel not in kernels:
                 raise RuntimeLoadError(f"{where_l}: no library for this kernel")
-            for a in L.get("args", []):
-                if not isinstance(a, list) or not a or a[0] not in _ARGS or len(a) < 2:
-                    raise RuntimeLoadError(f"{where_l}: argument {a!r} is not understood")
-                pool = {"slab": plan["slabs"], "param": plan["params"], "state": plan["state"]}.get(a[0])
-                if pool is not None and (not isinstance(a[1], str) or a[1] not in pool):
-                    raise RuntimeLoadError(f"{where_l}: {a[0]} {a[1]!r} is not declared in the plan")
-                if a[0] in ("slab", "input") and (len(a) < 3 or not (isinstance(a[2], int) or a[2] in
-                                                                      ("n", "np", "nk"))):
-                    raise RuntimeLoadError(f"{where_l}: argument {a!r} has no row count")
-                if a[0] == "slab" and (len(a) < 4 or not isinstance(a[3], int)):
-                    raise RuntimeLoadError(f"{where_l}: argument {a!r} has no column count")
-                if a[0] == "input" and a[1] not in ("tokens", "slots", "pos"):
-                    raise RuntimeLoadError(f"{where_l}: unknown input {a[1]!r}")
-                if a[0] == "scalar" and a[1] not in ("nb", "slot"):
-                    raise RuntimeLoadError(f"{where_l}: unknown scalar {a[1]!r}")
-            n = len(L.get("args", []))
-            if nargs.setdefault(L["kernel"], n) != n:
-                raise RuntimeLoadError(f"{where_l}: launched with {n} arguments here, {nargs[L['kernel']]} elsewhere")
+            for a in L.args:
+                if a.kind in pools and a.name not in pools[a.kind]:
+                    raise RuntimeLoadError(f"{where_l}: {a.kind} {a.name!r} is not declared in the plan")
+            if nargs.setdefault(L.kernel, len(L.args)) != len(L.args):
+                raise RuntimeLoadError(f"{where_l}: launched with {len(L.args)} arguments here, {nargs[L.kernel]} "
+                                       f"elsewhere")
     return nargs
 
 

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..plan import Arg, launches
 from .artifact import check_device, load_manifest
 from .drivers import get_driver
 from .errors import EngineError, RuntimeLoadError
@@ -91,7 +92,8 @@ class Engine:
         self.driver = get_driver(device, num_threads=num_threads)
         self._load_params()
         self._allocate()
-        names = {L["kernel"] for e in self.plan["entries"].values() for L in e}
+        self.launches = {e: launches(self.plan, e) for e in self.plan["entries"]}
+        names = {L.kernel for e in self.launches.values() for L in e}
         names |= {k for v in self.plan.get("variants", {}).values() for k in v.values()}
         missing = sorted(names - set(m["kernels"]))
         if missing:
@@ -153,35 +155,35 @@ class Engine:
             v = self._views[key] = self.driver.device_view(buf, shape)
         return v
 
-    def _arg(self, a: list, n: int, entry: str, slot: int) -> Any:
-        kind = a[0]
+    def _arg(self, a: Arg, n: int, entry: str, slot: int) -> Any:
+        kind, name = a.kind, a.name
         if kind == "slab":
-            return self._view(("slab", a[1]), self.slabs[a[1]], (self._rows(a[2], n, entry), a[3]))
+            return self._view(("slab", name), self.slabs[name], (self._rows(a.rows, n, entry), a.cols))
         if kind == "param":
-            return self._view(("param", a[1]), self.params[a[1]], tuple(self.params[a[1]].shape))
+            return self._view(("param", name), self.params[name], tuple(self.params[name].shape))
         if kind == "state":
-            return self._view(("state", a[1]), self.state[a[1]], tuple(self.state[a[1]].shape))
+            return self._view(("state", name), self.state[name], tuple(self.state[name].shape))
         if kind == "input":
-            return self._view(("input", a[1]), self.inputs[a[1]], (self._rows(a[2], n, entry),))
+            return self._view(("input", name), self.inputs[name], (self._rows(a.rows, n, entry),))
         if kind == "scalar":
-            if a[1] == "nb":
+            if name == "nb":
                 return self._rows("np", n, entry) // self.plan["row_tile"][entry]
-            if a[1] == "slot":
+            if name == "slot":
                 return slot
         if kind == "const":
-            return a[1]
-        raise RuntimeLoadError(f"plan argument {a!r} is not understood by this runtime")
+            return name
+        raise RuntimeLoadError(f"plan argument {a.to_json()!r} is not understood by this runtime")
 
-    def _launches(self, entry: str, n: int) -> list[tuple[str, list]]:
+    def _launches(self, entry: str, n: int) -> list[tuple[str, tuple[Arg, ...]]]:
         """(kernel, args) of each launch of ``entry`` for ``n`` rows: a tuned variant replaces a matmul where the
         plan has one for the launch's row-block count (it takes no ``nb``: its shape is fixed)."""
         variants = self.plan.get("variants", {})
         out = []
-        for L in self.plan["entries"][entry]:
-            k, args = L["kernel"], L["args"]
+        for L in self.launches[entry]:
+            k, args = L.kernel, L.args
             v = variants.get(k)
-            if v and args and args[-1][0] in ("scalar", "const"):
-                nb = args[-1][1] if args[-1][0] == "const" else self._arg(args[-1], n, entry, 0)
+            if v and args and args[-1].kind in ("scalar", "const"):
+                nb = self._arg(args[-1], n, entry, 0)
                 if str(nb) in v:
                     k, args = v[str(nb)], args[:-1]
             out.append((k, args))
@@ -232,17 +234,17 @@ class Engine:
         its parameters once per launch, so with :meth:`profile` this says how fast it streams its weights and
         computes; a gather (embedding) or an MoE kernel reads only some of its parameters."""
         out: dict[str, dict[str, int]] = {}
-        for L, (k, args) in zip(self.plan["entries"][entry], self._launches(entry, n)):
+        for L, (k, args) in zip(self.launches[entry], self._launches(entry, n)):
             s = out.setdefault(k, {"launches": 0, "param_bytes": 0, "flops": 0})
             s["launches"] += 1
-            s["param_bytes"] += sum(int(self.params[a[1]].nbytes) for a in args if a[0] == "param")
-            if L.get("flops_per_row") and args and args[0][0] == "slab":
-                s["flops"] += int(L["flops_per_row"]) * self._rows(args[0][2], n, entry)
+            s["param_bytes"] += sum(int(self.params[a.name].nbytes) for a in args if a.kind == "param")
+            if L.flops_per_row and args and args[0].kind == "slab":
+                s["flops"] += L.flops_per_row * self._rows(args[0].rows, n, entry)
         return out
 
     def _logits(self, entry: str, n: int) -> np.ndarray:
-        _, name, rows, cols = self.plan["logits"][entry]
-        return self.driver.read(self.slabs[name], (self._rows(rows, n, entry), cols))
+        a = Arg.from_json(self.plan["logits"][entry])
+        return self.driver.read(self.slabs[a.name], (self._rows(a.rows, n, entry), a.cols))
 
     # ----------------------------------------------------------------------------------------- sequences
     def new_sequence(self) -> int:
@@ -262,7 +264,7 @@ class Engine:
         """A new sequence starts from zero state: the conv windows of ``short_conv`` nodes and recurrences (KV
         caches need no clearing: positions past a sequence's length are never read)."""
         for name, spec in self.plan["state"].items():
-            if spec["kind"] in ("conv", "recurrent"):
+            if spec["kind"] in ("conv", "recurrence"):
                 self.driver.fill(self.state[name], slot, 0.0)
 
     def _seq(self, seq: int) -> _Seq:

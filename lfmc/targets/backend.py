@@ -100,6 +100,11 @@ class Backend:
         JSON-able report with ``lines`` to print."""
         return None
 
+    def code_generator(self, profile) -> str | None:
+        """The TVM target kind whose code generator builds ``profile`` beyond LLVM's CPU code (None: only LLVM or
+        none at all), so that a TVM build without it is refused before any work."""
+        return None
+
     def driver_names(self) -> tuple[str, ...]:
         return (self.driver,)
 

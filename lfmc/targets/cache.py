@@ -66,8 +66,10 @@ def maker_sources() -> str:
     its arguments and TVM): any edit to them changes every maker-keyed entry."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for rel in ("targets/kernels.py", "targets/knobs.py", "ir/quant.py"):
-        h.update((root / rel).read_bytes())
+    files = sorted((root / "targets" / "kernels").glob("*.py")) + [root / "targets/knobs.py", root / "ir/quant.py"]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
     return h.hexdigest()
 
 
@@ -89,7 +91,7 @@ def kernel_key(tag: str, target: str, name: str, spec: Any) -> tuple[str, Any]:
     ``target`` (its JSON), and the PrimFunc when it had to be built for the key. A maker of lfmc's kernel
     library with plain arguments is keyed by its name, arguments and :func:`maker_sources`, so that a cache hit
     skips even parsing the kernel's TVMScript; anything else (a tuned schedule) by its TIR."""
-    args = _canon(tuple(spec.args))
+    args = _canon(tuple(sorted(spec.kw.items())))
     maker = spec.maker_name
     if args is not None and maker.startswith("make_"):
         return cache_key(tag, versions(), target, name, maker, args, maker_sources()), None

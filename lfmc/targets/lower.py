@@ -9,10 +9,9 @@ The plan is plain JSON that the runtime executes without any compiler import:
 - ``state``: per-sequence-slot state, shapes with ``S`` (slots = max batch) and ``C`` (max context).
 - ``params``: packed weights (the layout the kernels read), stored in ``params.safetensors``.
 - ``entries``: ``prefill`` (one sequence, a chunk of tokens) and ``decode`` (one token for each of n
-  sequences), each an ordered list of launches ``{"kernel": name, "args": [...]}``; an arg is one of
-  ``["slab", name, rows, cols]``, ``["param", name]``, ``["state", name]``, ``["input", name, rows]``
-  (int32 ``tokens`` / ``slots`` / ``pos``), ``["scalar", name]`` (``nb`` = np / row tile, ``slot``),
-  ``["const", value]``.
+  sequences), each an ordered list of :class:`lfmc.plan.Launch` es (a kernel and its :class:`lfmc.plan.Arg` s:
+  slabs, parameters, state, the int32 ``tokens`` / ``slots`` / ``pos`` inputs, the ``nb`` / ``slot`` scalars,
+  constants), written as the JSON that :mod:`lfmc.plan` describes.
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from ..ir.errors import LfmcError
 from ..ir.graph import Graph, Node
 from ..ir.ops import schema, state_types
 from ..ir.quant import storage_dtype
-from ..plan import ENTRIES, PLAN_VERSION  # noqa: F401  (shared with the runtime)
+from ..plan import ENTRIES, PLAN_VERSION, Arg, Launch, launches
 from ..progress import task
 from . import knobs as KN
 
@@ -33,10 +32,11 @@ from . import knobs as KN
 @dataclass
 class KernelSpec:
     """How to make one kernel: a maker of :mod:`lfmc.targets.kernels` by name (imported when built: lowering itself,
-    the plan and the packed parameters, needs no TVM), or a function (a tuned variant), and its arguments."""
+    the plan and the packed parameters, needs no TVM), or a function (a tuned variant), and its arguments by
+    name (``spec.kw["N"]``: what tuning and the caches read)."""
 
     maker: str | Callable[..., Any]
-    args: tuple
+    kw: dict[str, Any]
 
     @property
     def maker_name(self) -> str:
@@ -47,14 +47,15 @@ class KernelSpec:
     @property
     def knobs(self) -> KN.Knobs | None:
         """The schedule knobs among the arguments (every maker takes one), or None."""
-        return next((a for a in self.args if isinstance(a, KN.Knobs)), None)
+        return next((a for a in self.kw.values() if isinstance(a, KN.Knobs)), None)
 
-    def make(self, name: str, *extra: Any, **kw: Any):
+    def make(self, name: str, **extra: Any):
+        """The kernel's PrimFunc named ``name``; ``extra``: more keyword arguments (a tuned variant's shape)."""
         if isinstance(self.maker, str):
             from . import kernels
 
-            return getattr(kernels, self.maker)(name, *self.args, *extra, **kw)
-        return self.maker(name, *self.args, *extra, **kw)
+            return getattr(kernels, self.maker)(name, **self.kw, **extra)
+        return self.maker(name, **self.kw, **extra)
 
     def build(self, name: str):
         return self.make(name)
@@ -149,6 +150,15 @@ def n_extra(quant: tuple | None) -> int:
     return 2 if quant[0] == "q4" and quant[2] else 1
 
 
+def pack_any(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None, quant: tuple | None, lanes: int,
+             swiglu: bool, il: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A weight in the layout of the matmul that reads it: the int8-activation one when ``il`` (its interleave),
+    else :func:`make_matmul`'s."""
+    if il:
+        return pack_weight_a8(w, scale, zero, quant, swiglu, il)
+    return pack_weight(w, scale, zero, quant, lanes, swiglu)
+
+
 def quant_spec(n: Node, role: str) -> tuple | None:
     """The kernel's quantization spec for weight ``role`` of ``n`` (see lfmc/ir/quant.py), or None."""
     p = n.params[role]
@@ -176,7 +186,7 @@ class _Lowering:
     params: dict[str, np.ndarray] = field(default_factory=dict)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     slabs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    entries: dict[str, list] = field(default_factory=lambda: {e: [] for e in ENTRIES})
+    entries: dict[str, list[Launch]] = field(default_factory=lambda: {e: [] for e in ENTRIES})
     layouts: dict[str, int] = field(default_factory=dict)
     node_name: str = ""
 
@@ -186,37 +196,47 @@ class _Lowering:
         return self.knobs["prefill"]
 
     # --- registries
-    def kernel(self, key: tuple, maker: str, *args) -> str:
+    def kernel(self, key: tuple, maker: str, **kw: Any) -> str:
+        """Register the kernel ``maker(**kw)`` under a name made from ``key``; its name."""
         name = "k_" + "_".join(str(k).replace(".", "p").replace("-", "m") for k in key)
-        self.kernels.setdefault(name, KernelSpec(maker, args))
+        self.kernels.setdefault(name, KernelSpec(maker, kw))
         return name
 
-    def param(self, name: str, make: Callable[[], np.ndarray]) -> list:
+    def param(self, name: str, make: Callable[[], np.ndarray]) -> Arg:
         if name not in self.params and self.weights is not None:
             a = np.ascontiguousarray(make())
             self.params[name] = a.astype(np.float32) if a.dtype == np.float64 else a   # f16 / codes stay
-        return ["param", name]
+        return Arg.param(name)
 
-    def w(self, n: Node, role: str) -> np.ndarray:
-        return self.weights[n.params[role].name]
+    def w(self, n: Node, role: str) -> np.ndarray | None:
+        """The weight of ``n`` in ``role``, or None when the node has no such parameter (a scale, a zero)."""
+        return self.weights[n.params[role].name] if role in n.params else None
 
-    def slab(self, name: str, rows: str | int, cols: int, dtype: str = "float32") -> list:
+    def packed(self, name: str, quant: tuple | None, il: int,
+               pack: Callable[[], tuple[np.ndarray, list[np.ndarray]]]) -> list[Arg]:
+        """Plan arguments of the packed weight ``name`` and its scale / zero, packed once by ``pack`` (when the
+        weights are there; the plan alone needs none). ``il``: its layout, recorded (:meth:`layout`)."""
+        packed = None
+        if self.weights is not None and name not in self.params:
+            packed = pack()
+        self.layout(name, il)
+        return ([self.param(name, lambda: packed[0])]
+                + [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))])
+
+    def slab(self, name: str, rows: str | int, cols: int, dtype: str = "float32") -> Arg:
         s = self.slabs.setdefault(name, {"dtype": dtype, "uses": []})
         if s["dtype"] != dtype:
             raise LfmcError(f"internal: slab {name} used as {dtype} and {s['dtype']}")
         if [rows, cols] not in s["uses"]:
             s["uses"].append([rows, cols])
-        return ["slab", name, rows, cols]
+        return Arg.slab(name, rows, cols)
 
-    def launch(self, entry: str, kernel: str, args: list, flops_per_row: int | None = None) -> None:
+    def launch(self, entry: str, kernel: str, args: list[Arg], flops_per_row: int | None = None) -> None:
         """Append a launch; ``flops_per_row``: the multiply-adds x 2 it does per row of input (dense matmuls),
         which ``lfmc bench --profile`` turns into GFLOP/s."""
-        L = {"kernel": kernel, "args": args, "node": self.node_name}
-        if flops_per_row:
-            L["flops_per_row"] = int(flops_per_row)
-        self.entries[entry].append(L)
+        self.entries[entry].append(Launch(kernel, tuple(args), self.node_name, flops_per_row))
 
-    def both(self, kernel: str, args: list) -> None:
+    def both(self, kernel: str, args: list[Arg]) -> None:
         for e in ENTRIES:
             self.launch(e, kernel, args)
 
@@ -250,15 +270,8 @@ class _Lowering:
             parts = [self.weights[n.params[r + suffix].name] for n, r in srcs if r + suffix in n.params]
             return np.concatenate(parts) if parts else None
 
-        packed = None
-        if self.weights is not None and name not in self.params:
-            if a8:
-                packed = pack_weight_a8(cat(""), cat("_scale"), cat("_zero"), quant, swiglu, il)
-            else:
-                packed = pack_weight(cat(""), cat("_scale"), cat("_zero"), quant, lanes, swiglu)
-        self.layout(name, il)
-        p = self.param(name, lambda: packed[0])
-        extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))]
+        p, *extra = self.packed(name, quant, il, lambda: pack_any(cat(""), cat("_scale"), cat("_zero"), quant, lanes,
+                                                                   swiglu, il))
         nw = [self.param("w." + norm.params["weight"].name, lambda: self.w(norm, "weight"))] if norm else []
         b = [self.param("w." + bias[0].params[bias[1]].name, lambda: self.w(*bias))] if bias else []
         eps = norm.attrs["eps"] if norm else None
@@ -267,11 +280,13 @@ class _Lowering:
             key = ("mm", N, Kd, "b" if bias else "", "n" if norm else "", "a" if accumulate else "",
                    "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
             if a8:
-                kname = self.kernel(key + ("a8", il, kn.prefetch), "make_matmul_a8", N, Kd, kn, bias is not None, eps,
-                                    accumulate, swiglu, quant, il)
+                kname = self.kernel(key + ("a8", il, kn.prefetch), "make_matmul_a8", N=N, K=Kd, knobs=kn,
+                                    bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu,
+                                    quant=quant, il=il)
             else:
-                kname = self.kernel(key, "make_matmul", N, Kd, kn, bias is not None, eps, accumulate, swiglu, quant)
-            nb = ["const", rows // kn.rows] if isinstance(rows, int) else ["scalar", "nb"]
+                kname = self.kernel(key, "make_matmul", N=N, K=Kd, knobs=kn, bias=bias is not None,
+                                    rms_eps=eps, accumulate=accumulate, swiglu=swiglu, quant=quant)
+            nb = Arg.const(rows // kn.rows) if isinstance(rows, int) else Arg.scalar("nb")
             o = self.slab(out[0], rows, N)
             self.launch(e, kname, [self.slab(x[0], rows, Kd), p] + extra + nw + b + ([o] if accumulate else [])
                         + [o, nb], flops_per_row=2 * (2 if swiglu else 1) * N * Kd)
@@ -371,28 +386,20 @@ class _Lowering:
         head = next((m for m in self.graph.nodes if m.op == "lm_head"
                      and m.params["weight"].name == n.params["weight"].name), None)
         il = KN.a8_interleave(V, False, self.knobs["decode"], quant) if head and self.int8_activations(head) else 0
-        packed = None
-        if self.weights is not None and name not in self.params:
-            sc = n.params.get("weight_scale")
-            z = n.params.get("weight_zero")
-            args = (self.w(n, "weight"), self.weights[sc.name] if sc else None, self.weights[z.name] if z else None,
-                    quant)
-            packed = pack_weight_a8(*args, False, il) if il else pack_weight(*args, lanes, False)
-        self.layout(name, il)
-        p = self.param(name, lambda: packed[0])
-        extra = [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))]
-        k = self.kernel(("embed", V, D) + (quant or ()) + (("a8", il) if il else ()), "make_embedding", V, D,
-                        KN.pick_lanes(V, lanes), quant, self.loop.gpu, il)
-        self.both(k, [["input", "tokens", "n"], p] + extra + [self.slab(out, "n", D)])
+        p, *extra = self.packed(name, quant, il, lambda: pack_any(self.w(n, "weight"), self.w(n, "weight_scale"),
+                                                                   self.w(n, "weight_zero"), quant, lanes, False, il))
+        k = self.kernel(("embed", V, D) + (quant or ()) + (("a8", il) if il else ()), "make_embedding", V=V, D=D,
+                        l=KN.pick_lanes(V, lanes), quant=quant, gpu=self.loop.gpu, a8_il=il)
+        self.both(k, [Arg.input("tokens", "n"), p] + extra + [self.slab(out, "n", D)])
 
     def op_rmsnorm(self, n: Node, ins, out: str, D: int) -> None:
         eps = n.attrs["eps"]
-        k = self.kernel(("rmsnorm", D, repr(eps)), "make_rmsnorm", D, eps, self.loop)
+        k = self.kernel(("rmsnorm", D, repr(eps)), "make_rmsnorm", D=D, eps=eps, kn=self.loop)
         p = self.param("w." + n.params["weight"].name, lambda: self.w(n, "weight"))
         self.both(k, [self.slab(ins[0], "n", D), p, self.slab(out, "n", D)])
 
     def op_add(self, n: Node, ins, out: str, D: int) -> None:
-        k = self.kernel(("add", D), "make_add", D, self.loop)
+        k = self.kernel(("add", D), "make_add", D=D, kn=self.loop)
         a, b = (ins[0], ins[1]) if out == ins[0] else (ins[1], ins[0])
         if out not in (a,):
             raise LfmcError(f"internal: add %{n.name} has no operand to update in place")
@@ -406,7 +413,7 @@ class _Lowering:
     def op_lm_head(self, n: Node, ins, out: str, V: int) -> None:
         D = n.params["weight"].type.shape[1]
         R = self.knobs["prefill"].rows
-        k = self.kernel(("take_last", D), "make_take_last", D, self.loop)
+        k = self.kernel(("take_last", D), "make_take_last", D=D, kn=self.loop)
         self.launch("prefill", k, [self.slab(ins[0], "n", D), self.slab("last", R, D)])
         self.matmul(("last", D), [(n, "weight")], V, D, (out, V), entries=("prefill",), rows=R)
         self.matmul((ins[0], D), [(n, "weight")], V, D, (out, V), entries=("decode",))
@@ -422,11 +429,13 @@ class _Lowering:
         cw = self.param("w." + n.params["conv"].name, lambda: self.w(n, "conv")[:, 0, :])
         cb = (self.param("w." + n.params["conv_bias"].name, lambda: self.w(n, "conv_bias"))
               if "conv_bias" in n.params else self.param(f"zeros.{D}", lambda: np.zeros(D, np.float32)))
-        kp = self.kernel(("conv_prefill", D, L, ib, ic, ix), "make_conv_prefill", D, L, ib, ic, ix, self.loop)
-        kd = self.kernel(("conv_decode", D, L, ib, ic, ix), "make_conv_decode", D, L, ib, ic, ix, self.loop)
-        base = [self.slab("t_p", "n", 3 * D), ["state", st], cw, cb, self.slab("t_y", "n", D)]
-        self.launch("prefill", kp, base + [["scalar", "slot"]])
-        self.launch("decode", kd, base + [["input", "slots", "n"]])
+        kp = self.kernel(("conv_prefill", D, L, ib, ic, ix), "make_conv_prefill", D=D, L=L, ib=ib, ic=ic,
+                        ix=ix, kn=self.loop)
+        kd = self.kernel(("conv_decode", D, L, ib, ic, ix), "make_conv_decode", D=D, L=L, ib=ib, ic=ic,
+                        ix=ix, kn=self.loop)
+        base = [self.slab("t_p", "n", 3 * D), Arg.state(st), cw, cb, self.slab("t_y", "n", D)]
+        self.launch("prefill", kp, base + [Arg.scalar("slot")])
+        self.launch("decode", kd, base + [Arg.input("slots", "n")])
         self.matmul(("t_y", D), [(n, "out_proj")], D, D, (out, D), bias("out_proj_bias"), accumulate=accumulate)
 
     def op_linear_recurrence(self, n: Node, ins, out: str, D: int, norm: Node | None = None,
@@ -437,16 +446,16 @@ class _Lowering:
         self.matmul((ins[0], D), [(n, "in_proj")], 4 * D, D, ("t_p", 4 * D), bias("in_proj_bias"), norm=norm)
         st = self.declare_state(n)["h"]
         if self.loop.gpu:       # parallel in time too: channels alone leave most of a GPU idle
-            kp = self.kernel(("rec_scan", D, ia, ib, ic, ix, 32), "make_recurrence_scan", D, ia, ib, ic, ix, 32,
-                             self.loop)
+            kp = self.kernel(("rec_scan", D, ia, ib, ic, ix, 32), "make_recurrence_scan", D=D, ia=ia, ib=ib,
+                             ic=ic, ix=ix, chunk=32, kn=self.loop)
         else:                   # channels already fill the CPU's cores; one pass over the chunk per channel
-            kp = self.kernel(("rec_prefill", D, ia, ib, ic, ix), "make_recurrence_prefill", D, ia, ib, ic, ix,
-                             self.loop)
-        kd = self.kernel(("rec_decode", D, ia, ib, ic, ix), "make_recurrence_decode", D, ia, ib, ic, ix,
-                         self.loop)
-        base = [self.slab("t_p", "n", 4 * D), ["state", st], self.slab("t_y", "n", D)]
-        self.launch("prefill", kp, base + [["scalar", "slot"]])
-        self.launch("decode", kd, base + [["input", "slots", "n"]])
+            kp = self.kernel(("rec_prefill", D, ia, ib, ic, ix), "make_recurrence_prefill", D=D, ia=ia, ib=ib,
+                             ic=ic, ix=ix, kn=self.loop)
+        kd = self.kernel(("rec_decode", D, ia, ib, ic, ix), "make_recurrence_decode", D=D, ia=ia, ib=ib, ic=ic,
+                         ix=ix, kn=self.loop)
+        base = [self.slab("t_p", "n", 4 * D), Arg.state(st), self.slab("t_y", "n", D)]
+        self.launch("prefill", kp, base + [Arg.scalar("slot")])
+        self.launch("decode", kd, base + [Arg.input("slots", "n")])
         self.matmul(("t_y", D), [(n, "out_proj")], D, D, (out, D), bias("out_proj_bias"), accumulate=accumulate)
 
     def op_attention(self, n: Node, ins, out: str, D: int, norm: Node | None = None,
@@ -458,18 +467,19 @@ class _Lowering:
         kvd = self.state[st["k"]]["dtype"]
         kn = self.knobs["prefill"]
         eps, theta = n.attrs["eps"], n.attrs["rope_theta"]
-        rows = [["input", "slots", "n"], ["input", "pos", "n"]]
+        rows = [Arg.input("slots", "n"), Arg.input("pos", "n")]
         norms = [self.param("w." + n.params["q_norm"].name, lambda: self.w(n, "q_norm")),
                  self.param("w." + n.params["k_norm"].name, lambda: self.w(n, "k_norm"))]
-        cache = [["state", st["k"]], ["state", st["v"]]]
+        cache = [Arg.state(st["k"]), Arg.state(st["v"])]
         if n.fused.get("rope"):
             ka = self.kernel(("rope_attn", H, KV, hd, repr(eps), repr(theta), kn.lanes, kvd), "make_rope_attention",
-                             H, KV, hd, eps, theta, self.loop, kvd)
+                             H=H, KV=KV, hd=hd, eps=eps, theta=theta, kn=self.loop, kv=kvd)
             self.both(ka, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_a", "n", H * hd)] + rows)
         else:
-            kq = self.kernel(("qk_rope", H, KV, hd, repr(eps), repr(theta), kvd), "make_qk_rope", H, KV, hd, eps,
-                             theta, self.loop, kvd)
-            ka = self.kernel(("attn", H, KV, hd, kn.lanes, kvd), "make_attention", H, KV, hd, self.loop, kvd)
+            kq = self.kernel(("qk_rope", H, KV, hd, repr(eps), repr(theta), kvd), "make_qk_rope", H=H, KV=KV, hd=hd,
+                             eps=eps, theta=theta, kn=self.loop, kv=kvd)
+            ka = self.kernel(("attn", H, KV, hd, kn.lanes, kvd), "make_attention", H=H, KV=KV, hd=hd,
+                             kn=self.loop, kv=kvd)
             self.both(kq, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_q", "n", H * hd)] + rows)
             self.both(ka, [self.slab("t_q", "n", H * hd)] + cache + [self.slab("t_a", "n", H * hd)] + rows)
         self.matmul(("t_a", H * hd), [(n, "out_proj")], D, H * hd, (out, D), accumulate=accumulate)
@@ -484,7 +494,7 @@ class _Lowering:
             self.matmul((ins[0], D), w13, F, D, ("t_a", F), norm=norm, swiglu=True)
         else:
             self.matmul((ins[0], D), w13, 2 * F, D, ("t_p", 2 * F), norm=norm)
-            k = self.kernel(("silu_mul", F, 0), "make_silu_mul", F, 0, self.loop)
+            k = self.kernel(("silu_mul", F, 0), "make_silu_mul", F=F, gate_chunk=0, kn=self.loop)
             self.both(k, [self.slab("t_p", "n", 2 * F), self.slab("t_a", "n", F)])
         self.matmul(("t_a", F), [(n, "w2")], D, F, (out, D), accumulate=accumulate)
 
@@ -499,18 +509,18 @@ class _Lowering:
                 if a["use_expert_bias"] else self.param(f"zeros.{E}", lambda: np.zeros(E, np.float32)))
         kr = self.kernel(("route", E, k, a["scoring"], int(a["use_expert_bias"]), int(a["norm_topk_prob"]),
                           repr(a["topk_norm_eps"]), repr(a["routed_scaling_factor"])), "make_moe_route",
-                         E, k, a["scoring"], a["use_expert_bias"], a["norm_topk_prob"], a["topk_norm_eps"],
-                         a["routed_scaling_factor"], self.loop)
+                         E=E, topk=k, scoring=a["scoring"], use_bias=a["use_expert_bias"], norm=a["norm_topk_prob"],
+                         norm_eps=a["topk_norm_eps"], scale=a["routed_scaling_factor"], kn=self.loop)
         idx, wts = self.slab("t_idx", "n", k, "int32"), self.slab("t_w", "n", k)
         self.both(kr, [self.slab("t_r", "n", E), bias, idx, wts])
         kn = self.knobs["prefill"]
         gu, qg = self.experts(n, "gate_up")
         dn, qd = self.experts(n, "down")
-        kg = self.kernel(("moe_gu", E, F2, D, k, kn.lanes, kn.cols) + (qg or ()), "make_moe_gate_up", E, F2, D, k,
-                         kn, qg)
-        ks = self.kernel(("silu_mul", F, gi), "make_silu_mul", F, gi, self.loop)
+        kg = self.kernel(("moe_gu", E, F2, D, k, kn.lanes, kn.cols) + (qg or ()), "make_moe_gate_up", E=E, F2=F2, D=D,
+                         topk=k, knobs=kn, quant=qg)
+        ks = self.kernel(("silu_mul", F, gi), "make_silu_mul", F=F, gate_chunk=gi, kn=self.loop)
         kd = self.kernel(("moe_down", E, D, F, k, kn.lanes, kn.cols, "a" if accumulate else "") + (qd or ()),
-                         "make_moe_down", E, D, F, k, kn, qd, accumulate)
+                         "make_moe_down", E=E, D=D, F=F, topk=k, knobs=kn, quant=qd, accumulate=accumulate)
         self.both(kg, [self.slab(ins[0], "n", D)] + gu + [idx, self.slab("t_g", "nk", F2)])
         self.both(ks, [self.slab("t_g", "nk", F2), self.slab("t_a", "nk", F)])
         o = self.slab(out, "n", D)
@@ -521,16 +531,13 @@ class _Lowering:
         quant = quant_spec(n, role)
         lanes = self.knobs["decode"].lanes
         name = "w." + n.params[role].name
-        packed = None
-        if self.weights is not None and name not in self.params:
-            sc, z = n.params.get(role + "_scale"), n.params.get(role + "_zero")
-            w = self.w(n, role)
-            per = [pack_weight(w[e], self.weights[sc.name][e] if sc else None,
-                               self.weights[z.name][e] if z else None, quant, lanes, False) for e in range(len(w))]
-            packed = (np.stack([p[0] for p in per]), [np.stack([p[1][i] for p in per]) for i in range(len(per[0][1]))])
-        args = [self.param(name, lambda: packed[0])]
-        args += [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))]
-        return args, quant
+        def pack() -> tuple[np.ndarray, list[np.ndarray]]:
+            w, sc, z = self.w(n, role), self.w(n, role + "_scale"), self.w(n, role + "_zero")
+            per = [pack_weight(w[e], sc[e] if sc is not None else None, z[e] if z is not None else None, quant,
+                               lanes, False) for e in range(len(w))]
+            return np.stack([p[0] for p in per]), [np.stack([p[1][i] for p in per]) for i in range(len(per[0][1]))]
+
+        return self.packed(name, quant, 0, pack), quant
 
 
 def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, KN.Knobs]) -> Lowered:
@@ -549,9 +556,9 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, 
         "slabs": lw.slabs,
         "state": lw.state,
         "params": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in lw.params.items()},
-        "entries": lw.entries,
-        "logits": {"prefill": ["slab", lw.output, knobs["prefill"].rows, vocab],
-                   "decode": ["slab", lw.output, "np", vocab]},
+        "entries": {e: [L.to_json() for L in launches] for e, launches in lw.entries.items()},
+        "logits": {"prefill": Arg.slab(lw.output, knobs["prefill"].rows, vocab).to_json(),
+                   "decode": Arg.slab(lw.output, "np", vocab).to_json()},
         "embedding_rows": first.params["weight"].type.shape[0] if first.op == "embedding" else vocab,
     }
     return Lowered(plan, lw.kernels, lw.params)
@@ -570,7 +577,7 @@ def kernels_per_layer(plan: dict[str, Any], graph: Graph, entry: str = "decode")
             cur = "other"
         layer_of[n.name] = cur                 # adds carry no parameters: they go with the node before them
     counts: dict[str, int] = {}
-    for L in plan["entries"][entry]:
-        key = layer_of.get(L["node"], "other")
+    for L in launches(plan, entry):
+        key = layer_of.get(L.node, "other")
         counts[key] = counts.get(key, 0) + 1
     return counts

@@ -286,15 +286,16 @@ def get_profile(name: str, extra: str | os.PathLike | None = None) -> Profile:
 def guard_toolchain(p: Profile) -> None:
     """Refuse targets this TVM build cannot generate code for, instead of silently emitting another ISA
     (a hexagon tag quietly produces x86 in the package index's TVM)."""
-    import tvm
+    from .backend import backend_for
 
     kind = p.tvm.get("kind", "llvm")
-    if p.family == "wafer":                 # lfmc's own code generator and simulator: no TVM target involved
+    if kind == "hexagon":                   # registered, but emits x86 code in the package index's wheel
+        raise LfmcError(f"target {p.name}: TVM's hexagon code generator is not in this TVM build (the package "
+                        "index's wheel has no working Hexagon backend); choose an OpenCL or CPU profile")
+    kind = backend_for(p).code_generator(p)
+    if kind is None:                        # LLVM's CPU code, or lfmc's own code generator (the wafer)
         return
-    if kind in ("hexagon", "vulkan"):
-        raise LfmcError(f"target {p.name}: TVM's {kind} code generator is not in this TVM build (the package "
-                        "index's wheel has neither Hexagon nor Vulkan); choose an OpenCL or CPU profile")
-    if kind in ("metal", "cuda", "rocm", "opencl"):
-        f = tvm.get_global_func(f"target.build.{kind}", allow_missing=True)
-        if f is None:
-            raise LfmcError(f"target {p.name}: this TVM build has no {kind} code generator")
+    import tvm
+
+    if tvm.get_global_func(f"target.build.{kind}", allow_missing=True) is None:
+        raise LfmcError(f"target {p.name}: this TVM build has no {kind} code generator; choose another profile")

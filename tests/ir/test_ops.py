@@ -30,4 +30,4 @@ def test_plan_state_is_the_schema_state():
             want[f"{key}.{n.name}"] = ["S"] + ["C" if d == "ctx" else max(int(d), 1) for d in t.shape]
     assert want and {k: v["shape"] for k, v in plan["state"].items()} == want
     kinds = {v["kind"] for v in plan["state"].values()}
-    assert kinds == {"conv", "recurrent", "kv"}
+    assert kinds == {"conv", "recurrence", "kv"}

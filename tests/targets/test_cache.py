@@ -50,7 +50,8 @@ def test_recompile_builds_nothing_and_writes_the_same_artifact(tiny_models, tmp_
 
 
 def test_key_follows_what_the_bytes_depend_on(monkeypatch):
-    spec = KernelSpec(lambda *a: None, (64, 32, Knobs(lanes=8), None, 1e-5, ("q4", 32)))
+    kw = dict(N=64, K=32, knobs=Knobs(lanes=8), bias=None, rms_eps=1e-5, quant=("q4", 32))
+    spec = KernelSpec(lambda *a, **k: None, kw)
     spec.maker.__name__ = "make_matmul"
     k, func = cache.kernel_key("t", "llvm", "k_a", spec)
     assert func is None                                 # plain arguments: keyed without building the TIR
@@ -58,10 +59,8 @@ def test_key_follows_what_the_bytes_depend_on(monkeypatch):
     changed = [
         cache.kernel_key("t", "llvm -mcpu=znver4", "k_a", spec)[0],                      # target
         cache.kernel_key("t", "llvm", "k_b", spec)[0],                                  # symbol name
-        cache.kernel_key("t", "llvm", "k_a", KernelSpec(spec.maker, (64, 32, Knobs(lanes=16), None, 1e-5,
-                                                                      ("q4", 32))))[0],  # a knob
-        cache.kernel_key("t", "llvm", "k_a", KernelSpec(spec.maker, (64, 32, Knobs(lanes=8), None, 1e-6,
-                                                                      ("q4", 32))))[0],  # a float argument
+        cache.kernel_key("t", "llvm", "k_a", KernelSpec(spec.maker, {**kw, "knobs": Knobs(lanes=16)}))[0],  # a knob
+        cache.kernel_key("t", "llvm", "k_a", KernelSpec(spec.maker, {**kw, "rms_eps": 1e-6}))[0],  # a float argument
         cache.kernel_key("u", "llvm", "k_a", spec)[0],                                  # the build's format
     ]
     monkeypatch.setattr(cache, "maker_sources", lambda: "edited kernels.py")
@@ -73,7 +72,7 @@ def test_tuned_schedules_are_keyed_by_their_tir():
     from lfmc.targets.kernels import make_rmsnorm
 
     f = make_rmsnorm("k_norm", 64, 1e-5)
-    spec = KernelSpec(lambda name, fn: fn, (f,))       # what compile builds for a tuned variant: a fixed PrimFunc
+    spec = KernelSpec(lambda name, func: func, {"func": f})       # what compile builds for a tuned variant: a fixed PrimFunc
     k, built = cache.kernel_key("t", "llvm", "k_norm", spec)
     assert built is not None
     assert k == cache.cache_key("t", cache.versions(), "llvm", "k_norm", "tir", built.script())

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ...mixers import causal_conv
 from ..errors import EngineError, RuntimeLoadError
 from .host import HostMemory
 
@@ -33,7 +34,7 @@ E, W, S, N = 0, 1, 2, 3
 CATEGORY = {"mcast": "route: multicast into grids", "gemv": "compute: GEMV tiles", "reduce": "route: reduction chains",
             "move": "route: moves between ops", "norm": "norm all-reduce", "attn": "attention (KV strips)",
             "conv": "elementwise (conv, gates)", "swiglu": "elementwise (conv, gates)",
-            "recur": "elementwise (conv, gates)", "add": "elementwise (conv, gates)", "moe": "MoE routing + experts",
+            "recurrence": "elementwise (conv, gates)", "add": "elementwise (conv, gates)", "moe": "MoE routing + experts",
             "embed": "embedding row fetch", "logits": "host I/O (logits out)"}
 
 
@@ -130,7 +131,7 @@ class MeshSim:
         if not self.numerics:
             return
         for op in self.prog["ops"]:
-            if op["op"] in ("conv", "recur"):
+            if op["op"] in ("conv", "recurrence"):
                 g = self.roles[op["grid"]]
                 ch = [b[i + 1] - b[i] for b in g["row_bounds"][:1] for i in range(g["r"])]
                 L = op.get("L", 2)
@@ -356,11 +357,11 @@ class MeshSim:
             ready[op["out"]] = (end, self._rec(tok, "add", op["a"], st, end))
             if self.numerics:
                 vals[op["out"]] = [a + b for a, b in zip(vals[op["a"]], vals[op["b"]])]
-        elif k in ("conv", "recur", "swiglu"):
+        elif k in ("conv", "recurrence", "swiglu"):
             g = self.roles[op["grid"]]
             st = self._start(ready[op["in"]], self._role(g["name"]))
             ch = float(max(b[1] - b[0] for b in zip(g["row_bounds"][0], g["row_bounds"][0][1:])))
-            cost = {"conv": (2 + 2 * op.get("L", 3)) * ch, "recur": 6 * ch, "swiglu": 3 * ch}[k]
+            cost = {"conv": (2 + 2 * op.get("L", 3)) * ch, "recurrence": 6 * ch, "swiglu": 3 * ch}[k]
             end = st[0] + self._compute(0, 0, cost, ch if k != "conv" else 0)
             rid = self._rec(tok, k, g["name"], st, end)
             self.clk[g["name"]] = (end, rid)
@@ -422,20 +423,11 @@ class MeshSim:
                 out.append((gt / (F32(1) + np.exp(-gt))) * up)
             elif k == "conv":
                 B, C, x = parts
-                L = op["L"]
-                bx = B * x
                 st = self.conv[op["state"]][i]
-                taps = self.p[op["w"]][rb0[i]:rb0[i + 1], 0, :]
-                hist = np.concatenate([st[slot].T, bx[None, :]], axis=0)        # [L, ch]
-                conv = np.zeros_like(bx)
-                for j in range(L):
-                    conv += hist[j] * taps[:, j]
-                if "bias" in op:
-                    conv += self.p[op["bias"]][rb0[i]:rb0[i + 1]]
-                if L > 1:
-                    st[slot] = hist[1:].T
-                out.append(C * conv)
-            else:                                                               # recur
+                conv, st[slot] = causal_conv((B * x)[None, :], st[slot], self.p[op["w"]][rb0[i]:rb0[i + 1], 0, :],
+                                             self.p[op["bias"]][rb0[i]:rb0[i + 1]] if "bias" in op else None)
+                out.append(C * conv[0])
+            else:                                                               # recurrence
                 a, b, c, x = parts
                 a = F32(1) / (F32(1) + np.exp(-a))
                 st = self.conv[op["state"]][i]

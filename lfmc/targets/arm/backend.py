@@ -36,8 +36,7 @@ class ArmBackend(TvmBackend):
     def target_info(self, profile) -> dict[str, Any]:
         from . import arm_features
 
-        return {"name": profile.name, "family": profile.family, "backend": self.name, "driver": self.driver,
-                "kind": "llvm", "features": arm_features(profile), "profile": profile.as_dict()}
+        return {**super().target_info(profile), "kind": "llvm", "features": arm_features(profile)}
 
     def build(self, kernels, profile, out_dir, progress) -> dict[str, str]:
         from . import build_arm

@@ -27,6 +27,9 @@ class GpuBackend(TvmBackend):
     def runs_here(self, profile) -> str:
         return RUNS_HERE[profile.family]
 
+    def code_generator(self, profile) -> str | None:
+        return profile.tvm.get("kind")
+
     def driver_names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(DRIVERS.values()))
 

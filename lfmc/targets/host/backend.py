@@ -33,10 +33,9 @@ class X86Backend(TvmBackend):
     def target_info(self, profile) -> dict[str, Any]:
         from . import x86_features
 
-        t = {"name": profile.name, "family": profile.family, "backend": self.name, "driver": self.driver,
-             "kind": "llvm", "features": x86_features(profile)}
-        if profile.name != "host":
-            t["profile"] = profile.as_dict()
+        t = {**super().target_info(profile), "kind": "llvm", "features": x86_features(profile)}
+        if profile.name == "host":           # this machine: its features are what the runtime checks
+            del t["profile"]
         return t
 
     def build(self, kernels, profile, out_dir, progress) -> dict[str, str]:

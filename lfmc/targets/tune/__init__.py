@@ -138,8 +138,6 @@ def tune_model(low: Lowered, prof, db_root: str | Path, measurer: Measurer, *, t
                progress: Callable[[dict[str, Any]], None] | None = None) -> TuneReport:
     """Tune the kernels of ``low`` (a lowered model, weights not needed) for ``prof`` into ``db_root``, timing
     candidates with ``measurer`` (:func:`make_measurer`)."""
-    from tvm.s_tir import meta_schedule as ms
-
     if trials < 1:
         raise LfmcError("--trials must be at least 1")
     tasks = extract_tasks(low, prefill_chunk, tuple(entries))
@@ -152,130 +150,165 @@ def tune_model(low: Lowered, prof, db_root: str | Path, measurer: Measurer, *, t
     db = TuningDB.open_for_tuning(db_root, prof.name, measurer.identity, {"target": str(target.export()),
                                                                           "measured": measurer.measured})
     _quiet_meta_schedule(db.path / "tune.log")
-    report = TuneReport(db.path, measurer.label, measurer.measured)
-    t_start = time.perf_counter()
-    keys = {t.name: workload_key(t) for t in tasks}
-    emit = progress or (lambda ev: None)
-
-    def info(t: Task) -> dict[str, Any]:
-        return db.tasks.setdefault(keys[t.name], {"task": describe(t), "trials": 0, "done": False,
-                                                  "default_s": None, "best_s": None, "measured": measurer.measured})
-
-    # 1. the baseline: lfmc's default schedule of every task, timed once and stored as a record
-    todo = [t for t in tasks if info(t)["default_s"] is None]
-    for i, t in enumerate(todo):
-        emit({"phase": "baseline", "i": i, "n": len(todo), "task": t.name})
-        sch = t.default_schedule(target)
-        measurer.task = (t.flops, t.bytes)
-        secs, err = measure(measurer, [sch.mod], target)[0]
-        if secs is None:
-            raise LfmcError(f"timing the default schedule of {t.name} on {measurer.label} failed: "
-                            f"{(err or '').strip()[-800:]}")
-        wl = db.ms.commit_workload(_module(t))
-        db.ms.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, [secs], target,
-                                                            ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])))
-        info(t).update(default_s=secs, best_s=min(secs, info(t)["best_s"] or math.inf))
-        info(t)["history"] = [[info(t)["trials"], info(t)["best_s"]]]       # the tuning curve starts here
-        db.save()
-    # a task's share of its entry's time (a decode step, a prefill chunk): prefill chunks take hundreds of times
-    # a decode step, so shares are compared within an entry and the trials split evenly between the entries
-    share = {t.name: info(t)["default_s"] * t.launches.get(t.entry, 1) for t in tasks}
-    for e in {t.entry for t in tasks}:
-        tot = sum(share[t.name] for t in tasks if t.entry == e) or 1.0
-        for t in tasks:
-            if t.entry == e:
-                share[t.name] /= tot
-    entries_here = sorted({t.entry for t in tasks}, key=lambda e: e != "decode")
-    allot: dict[str, int] = {}
-    for i, e in enumerate(entries_here):
-        mine = [t for t in tasks if t.entry == e]
-        budget = trials // len(entries_here) + (1 if i < trials % len(entries_here) else 0)
-        allot.update(_allot(mine, share, budget) if budget else {t.name: 0 for t in mine})
-    # decode first (largest share first), then prefill
-    order = sorted(tasks, key=lambda t: (t.entry != "decode", -share[t.name]))
-    remaining = lambda: sum(max(0, allot[t.name] - info(t)["trials"]) for t in tasks)  # noqa: E731
-    done_trials = 0
-    cost_models: dict[str, Any] = {}
+    s = _Session(tasks, db, measurer, target, progress or (lambda ev: None), seed)
+    s.baseline()                    # 1. lfmc's default schedule of every task, timed once and stored as a record
+    s.allot(trials)                 # 2. the trials split by each task's share of its entry's time
     try:
-        while True:
-            # the next round goes to the task furthest behind its allotment: decode tasks before prefill ones,
-            # so a time budget that runs out leaves every decode kernel with its share of the search
-            for t in tasks:
-                if info(t)["trials"] >= allot[t.name] and not info(t)["done"]:
-                    info(t)["done"] = True
-                    db.save()
-            open_ = [t for t in order if info(t)["trials"] < allot[t.name] and not info(t).get("gave_up")]
-            if not open_:
+        while (t := s.next_task()) is not None:      # 3. rounds of search, the task furthest behind first
+            if time_budget_s is not None and time.perf_counter() - s.t_start > time_budget_s:
+                s.report.stopped = "time budget"
                 break
-            phase = [t for t in open_ if t.entry == open_[0].entry]
-            t = min(phase, key=lambda x: (info(x)["trials"] / allot[x.name], order.index(x)))
-            rec = info(t)
-            if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
-                report.stopped = "time budget"
-                break
-            n = min(ROUND, allot[t.name] - rec["trials"])
-            elapsed = time.perf_counter() - t_start
-            eta = elapsed / done_trials * remaining() if done_trials else None
-            emit({"phase": "search", "task": t.name, "entry": t.entry, "trials": rec["trials"],
-                  "allot": allot[t.name], "best_s": rec["best_s"], "default_s": rec["default_s"],
-                  "tasks_done": sum(1 for x in tasks if info(x)["trials"] >= allot[x.name]), "tasks": len(tasks),
-                  "eta_s": eta})
-            measurer.task = (t.flops, t.bytes)
-            cm = cost_models.setdefault(t.name, ms.cost_model.XGBModel(num_tuning_cores=measurer.parallel)
-                                        if _has_xgboost() else "random")
-            # GPU families (OpenCL, CUDA) share meta_schedule's GPU rules (thread binding, shared memory)
-            space = (ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda", mutator_probs="cuda")
-                     if t.gpu else "post-order-apply")
-            ctx = ms.TuneContext(mod=_module(t), target=target, space_generator=space,
-                                 search_strategy=ms.search_strategy.EvolutionarySearch(
-                                     population_size=256, init_min_unmeasured=32, genetic_num_iters=2),
-                                 task_name=t.name, rand_state=seed + rec["trials"], num_threads=2,
-                                 logger=logging.getLogger("tvm.s_tir.meta_schedule")).clone()
-            with tempfile.TemporaryDirectory(prefix="lfmc-tune-") as wd:
-                ms.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=wd, max_trials_global=n,
-                              num_trials_per_iter=n, builder=measurer.builder,
-                              runner=measurer.runner_with_timeout(rec["default_s"]),
-                              database=db.ms, cost_model=cm, task_scheduler="round-robin")
-            rec["trials"] += n
-            done_trials += n
-            report.trials += n
-            best = db.best(_module(t))
-            if best is not None:
-                rec["best_s"] = best[1]
-            rec["done"] = rec["trials"] >= allot[t.name]
-            rec["rounds"] = rec.get("rounds", 0) + 1
-            rec.setdefault("history", []).append([rec["trials"], rec["best_s"]])
-            near = db.near_default(_module(t), rec["default_s"])
-            if rec["rounds"] >= GIVE_UP_ROUNDS and not near:
-                # the search's space does not reach the default schedule (e.g. the SwiGLU kernels' paired
-                # reduction, which meta_schedule cannot tile): its trials go to the other tasks
-                rec["gave_up"] = True
-                rec["done"] = True
-                spare = allot[t.name] - rec["trials"]
-                allot[t.name] = rec["trials"]
-                peers = [x for x in tasks if x.entry == t.entry and not info(x).get("gave_up")
-                         and info(x)["trials"] < allot[x.name]]
-                for i, x in enumerate(peers):
-                    allot[x.name] += spare // len(peers) + (1 if i < spare % len(peers) else 0)
-            db.save()
+            s.search(t)
     except KeyboardInterrupt:
-        report.stopped = "interrupted"
+        s.report.stopped = "interrupted"
         db.save()
     except Exception as e:
         if "KeyboardInterrupt" not in f"{type(e).__name__}: {e}":
             raise
-        report.stopped = "interrupted"                 # a Ctrl-C that TVM's FFI wrapped on its way out
+        s.report.stopped = "interrupted"               # a Ctrl-C that TVM's FFI wrapped on its way out
         db.save()
-    report.seconds = time.perf_counter() - t_start
-    for t in tasks:
-        r = info(t)
-        report.tasks.append({"name": t.name, "key": keys[t.name], "entry": t.entry, "trials": r["trials"],
-                             "gave_up": bool(r.get("gave_up")),
-                             "default_s": r["default_s"], "best_s": r["best_s"], "done": r["done"],
-                             "share": share[t.name], "history": r.get("history", []),
-                             "speedup": (r["default_s"] / r["best_s"]) if r["best_s"] else None})
-    emit({"phase": "end", "report": report})
-    return report
+    return s.finish()
+
+
+class _Session:
+    """One ``tune_model`` run: its tasks, their records in the database, their allotments and the report."""
+
+    def __init__(self, tasks: list[Task], db: TuningDB, measurer: Measurer, target, emit, seed: int):
+        self.tasks, self.db, self.measurer, self.target, self.emit, self.seed = tasks, db, measurer, target, emit, seed
+        self.report = TuneReport(db.path, measurer.label, measurer.measured)
+        self.t_start = time.perf_counter()
+        self.keys = {t.name: workload_key(t) for t in tasks}
+        self.share: dict[str, float] = {}
+        self.allotted: dict[str, int] = {}
+        self.order: list[Task] = []
+        self.done_trials = 0
+        self.cost_models: dict[str, Any] = {}
+
+    def info(self, t: Task) -> dict[str, Any]:
+        """The task's record in the database (its trials, default and best times, history)."""
+        return self.db.tasks.setdefault(self.keys[t.name], {
+            "task": describe(t), "trials": 0, "done": False, "default_s": None, "best_s": None,
+            "measured": self.measurer.measured})
+
+    def baseline(self) -> None:
+        """Time lfmc's default schedule of each task not yet timed and store it as the record to beat."""
+        from tvm.s_tir import meta_schedule as ms
+
+        todo = [t for t in self.tasks if self.info(t)["default_s"] is None]
+        for i, t in enumerate(todo):
+            self.emit({"phase": "baseline", "i": i, "n": len(todo), "task": t.name})
+            sch = t.default_schedule(self.target)
+            self.measurer.task = (t.flops, t.bytes)
+            secs, err = measure(self.measurer, [sch.mod], self.target)[0]
+            if secs is None:
+                raise LfmcError(f"timing the default schedule of {t.name} on {self.measurer.label} failed: "
+                                f"{(err or '').strip()[-800:]}")
+            wl = self.db.ms.commit_workload(_module(t))
+            self.db.ms.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, wl, [secs], self.target, ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])))
+            rec = self.info(t)
+            rec.update(default_s=secs, best_s=min(secs, rec["best_s"] or math.inf))
+            rec["history"] = [[rec["trials"], rec["best_s"]]]           # the tuning curve starts here
+            self.db.save()
+
+    def allot(self, trials: int) -> None:
+        """Each task's share of its entry's time (a decode step, a prefill chunk: prefill chunks take hundreds of
+        times a decode step, so shares are compared within an entry), and the trials split evenly between the
+        entries, then by share; decode tasks are searched first, largest share first."""
+        tasks = self.tasks
+        self.share = {t.name: self.info(t)["default_s"] * t.launches.get(t.entry, 1) for t in tasks}
+        for e in {t.entry for t in tasks}:
+            tot = sum(self.share[t.name] for t in tasks if t.entry == e) or 1.0
+            for t in tasks:
+                if t.entry == e:
+                    self.share[t.name] /= tot
+        entries_here = sorted({t.entry for t in tasks}, key=lambda e: e != "decode")
+        for i, e in enumerate(entries_here):
+            mine = [t for t in tasks if t.entry == e]
+            budget = trials // len(entries_here) + (1 if i < trials % len(entries_here) else 0)
+            self.allotted.update(_allot(mine, self.share, budget) if budget else {t.name: 0 for t in mine})
+        self.order = sorted(tasks, key=lambda t: (t.entry != "decode", -self.share[t.name]))
+
+    def next_task(self) -> Task | None:
+        """The task furthest behind its allotment: decode tasks before prefill ones, so a time budget that runs
+        out leaves every decode kernel with its share of the search. None when all are done."""
+        for t in self.tasks:
+            if self.info(t)["trials"] >= self.allotted[t.name] and not self.info(t)["done"]:
+                self.info(t)["done"] = True
+                self.db.save()
+        open_ = [t for t in self.order if self.info(t)["trials"] < self.allotted[t.name]
+                 and not self.info(t).get("gave_up")]
+        if not open_:
+            return None
+        phase = [t for t in open_ if t.entry == open_[0].entry]
+        return min(phase, key=lambda x: (self.info(x)["trials"] / self.allotted[x.name], self.order.index(x)))
+
+    def search(self, t: Task) -> None:
+        """One round of meta_schedule's evolutionary search on ``t``, its records into the database."""
+        from tvm.s_tir import meta_schedule as ms
+
+        rec = self.info(t)
+        n = min(ROUND, self.allotted[t.name] - rec["trials"])
+        remaining = sum(max(0, self.allotted[x.name] - self.info(x)["trials"]) for x in self.tasks)
+        elapsed = time.perf_counter() - self.t_start
+        self.emit({"phase": "search", "task": t.name, "entry": t.entry, "trials": rec["trials"],
+                   "allot": self.allotted[t.name], "best_s": rec["best_s"], "default_s": rec["default_s"],
+                   "tasks_done": sum(1 for x in self.tasks if self.info(x)["trials"] >= self.allotted[x.name]),
+                   "tasks": len(self.tasks),
+                   "eta_s": elapsed / self.done_trials * remaining if self.done_trials else None})
+        self.measurer.task = (t.flops, t.bytes)
+        cm = self.cost_models.setdefault(t.name, ms.cost_model.XGBModel(num_tuning_cores=self.measurer.parallel)
+                                         if _has_xgboost() else "random")
+        # GPU families (OpenCL, CUDA) share meta_schedule's GPU rules (thread binding, shared memory)
+        space = (ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda", mutator_probs="cuda")
+                 if t.gpu else "post-order-apply")
+        ctx = ms.TuneContext(mod=_module(t), target=self.target, space_generator=space,
+                             search_strategy=ms.search_strategy.EvolutionarySearch(
+                                 population_size=256, init_min_unmeasured=32, genetic_num_iters=2),
+                             task_name=t.name, rand_state=self.seed + rec["trials"], num_threads=2,
+                             logger=logging.getLogger("tvm.s_tir.meta_schedule")).clone()
+        with tempfile.TemporaryDirectory(prefix="lfmc-tune-") as wd:
+            ms.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=wd, max_trials_global=n,
+                          num_trials_per_iter=n, builder=self.measurer.builder,
+                          runner=self.measurer.runner_with_timeout(rec["default_s"]),
+                          database=self.db.ms, cost_model=cm, task_scheduler="round-robin")
+        rec["trials"] += n
+        self.done_trials += n
+        self.report.trials += n
+        best = self.db.best(_module(t))
+        if best is not None:
+            rec["best_s"] = best[1]
+        rec["done"] = rec["trials"] >= self.allotted[t.name]
+        rec["rounds"] = rec.get("rounds", 0) + 1
+        rec.setdefault("history", []).append([rec["trials"], rec["best_s"]])
+        if rec["rounds"] >= GIVE_UP_ROUNDS and not self.db.near_default(_module(t), rec["default_s"]):
+            self.give_up(t)
+        self.db.save()
+
+    def give_up(self, t: Task) -> None:
+        """The search's space does not reach the default schedule (e.g. the SwiGLU kernels' paired reduction,
+        which meta_schedule cannot tile): the task's remaining trials go to its entry's other open tasks."""
+        rec = self.info(t)
+        rec["gave_up"] = True
+        rec["done"] = True
+        spare = self.allotted[t.name] - rec["trials"]
+        self.allotted[t.name] = rec["trials"]
+        peers = [x for x in self.tasks if x.entry == t.entry and not self.info(x).get("gave_up")
+                 and self.info(x)["trials"] < self.allotted[x.name]]
+        for i, x in enumerate(peers):
+            self.allotted[x.name] += spare // len(peers) + (1 if i < spare % len(peers) else 0)
+
+    def finish(self) -> TuneReport:
+        self.report.seconds = time.perf_counter() - self.t_start
+        for t in self.tasks:
+            r = self.info(t)
+            self.report.tasks.append({
+                "name": t.name, "key": self.keys[t.name], "entry": t.entry, "trials": r["trials"],
+                "gave_up": bool(r.get("gave_up")), "default_s": r["default_s"], "best_s": r["best_s"],
+                "done": r["done"], "share": self.share[t.name], "history": r.get("history", []),
+                "speedup": (r["default_s"] / r["best_s"]) if r["best_s"] else None})
+        self.emit({"phase": "end", "report": self.report})
+        return self.report
 
 
 def _has_xgboost() -> bool:
@@ -315,7 +348,7 @@ def apply_tuned(low: Lowered, db: TuningDB, prefill_chunk: int) -> dict[str, Any
         except Exception as e:  # noqa: BLE001  (TVM's schedule errors)
             raise TuningDBError(f"{db.path}: the record of {t.name} does not apply to this model's kernel "
                                 f"({str(e).strip().splitlines()[-1][:200]})") from None
-        low.kernels[t.name] = KernelSpec(_fixed, (sch.mod["main"],))
+        low.kernels[t.name] = KernelSpec(_fixed, {"func": sch.mod["main"]})
         variants.setdefault(t.kernel, {})[str(t.nb)] = t.name
         counts["tuned"] += 1
     if variants:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...plan import Arg, launches
 from ..lower import KernelSpec, Lowered
 
 TUNABLE = ("make_matmul",)      # the TE kernels: loop kernels (conv, scan, attention) are written as loops
@@ -54,16 +55,16 @@ class Task:
             return sch
         from ..kernels import schedule_matmul
 
-        N, Kd, kn, bias, eps, acc, swiglu, quant = self.spec.args
+        kw = self.spec.kw
         sch = s_tir.Schedule(self.workload())
-        schedule_matmul(sch, N, Kd, kn, eps is not None, swiglu, quant)
+        schedule_matmul(sch, kw["N"], kw["K"], kw["knobs"], kw["rms_eps"] is not None, kw["swiglu"], kw["quant"])
         return sch
 
 
-def _nb(arg: list, n: int, rows: int) -> int:
+def _nb(arg: Arg, n: int, rows: int) -> int:
     """The row-block count of a matmul launch whose last argument is ``arg`` in a call of ``n`` rows."""
-    if arg[0] == "const":
-        return int(arg[1])
+    if arg.kind == "const":
+        return int(arg.name)
     return -(-n // rows)
 
 
@@ -74,18 +75,18 @@ def extract_tasks(low: Lowered, prefill_chunk: int, entries: tuple[str, ...] = (
     for entry in entries:
         n = 1 if entry == "decode" else prefill_chunk
         rows = low.plan["row_tile"][entry]
-        for L in low.plan["entries"][entry]:
-            spec = low.kernels[L["kernel"]]
+        for L in launches(low.plan, entry):
+            spec = low.kernels[L.kernel]
             if spec.maker_name not in TUNABLE:
                 continue
-            nb = _nb(L["args"][-1], n, rows)
-            t = tasks.get((L["kernel"], nb))
+            nb = _nb(L.args[-1], n, rows)
+            t = tasks.get((L.kernel, nb))
             if t is None:
-                t = tasks[(L["kernel"], nb)] = Task(L["kernel"], nb, entry, spec)
-                N, Kd, kn = spec.args[:3]
-                m = nb * kn.rows
+                t = tasks[(L.kernel, nb)] = Task(L.kernel, nb, entry, spec)
+                kw = spec.kw
+                N, Kd, m = kw["N"], kw["K"], nb * kw["knobs"].rows
                 t.flops = 2.0 * m * N * Kd
-                wbytes = N * Kd * (2 if spec.args[6] else 1) * _bytes_per_weight(spec.args[7])
+                wbytes = N * Kd * (2 if kw["swiglu"] else 1) * _bytes_per_weight(kw["quant"])
                 t.bytes = wbytes + 4.0 * m * (Kd + N)
             t.launches[entry] = t.launches.get(entry, 0) + 1
     out = list(tasks.values())
@@ -108,10 +109,10 @@ def estimate_share(t: Task, bandwidth_gbs: float = 20.0, gflops: float = 100.0) 
 
 
 def describe(t: Task) -> dict[str, Any]:
-    N, Kd, kn, bias, eps, acc, swiglu, quant = t.spec.args
-    return {"kernel": t.kernel, "nb": t.nb, "rows": t.nb * kn.rows, "N": N, "K": Kd, "entry": t.entry,
-            "launches": t.launches, "quant": list(quant) if quant else None,
+    kw = t.spec.kw
+    return {"kernel": t.kernel, "nb": t.nb, "rows": t.nb * kw["knobs"].rows, "N": kw["N"], "K": kw["K"],
+            "entry": t.entry, "launches": t.launches, "quant": list(kw["quant"]) if kw["quant"] else None,
             "gflop": round(t.flops / 1e9, 6), "mbytes": round(t.bytes / 1e6, 3),
-            "fused": [k for k, v in (("norm", eps is not None), ("bias", bias), ("residual", acc),
-                                     ("swiglu", swiglu)) if v]}
+            "fused": [k for k, v in (("norm", kw["rms_eps"] is not None), ("bias", kw["bias"]),
+                                     ("residual", kw["accumulate"]), ("swiglu", kw["swiglu"])) if v]}
 

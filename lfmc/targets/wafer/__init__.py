@@ -15,6 +15,7 @@ import numpy as np
 
 from ...ir.errors import LfmcError
 from ...ir.graph import Graph
+from ...plan import ENTRIES, PLAN_VERSION, Arg, Launch
 from .csl import ROLE_FILES, layout
 from .place import Machine, Placement, model_roles, place
 from .program import build_program
@@ -42,14 +43,13 @@ def lower_wafer(graph: Graph, weights: dict[str, np.ndarray] | None, prof, max_b
 def wafer_plan(prog: dict[str, Any], params: dict[str, np.ndarray]) -> dict[str, Any]:
     """The Engine's plan: no state or slabs besides the logits; each entry one launch of the simulator."""
     V = int(prog["vocab_size"])
-    pargs = [["param", k] for k in prog["param_order"]]
-    ins = [["input", "tokens", "n"], ["input", "slots", "n"], ["input", "pos", "n"], ["slab", "logits", "n", V]]
-    return {"version": 1, "vocab_size": V, "row_tile": {"prefill": 1, "decode": 1}, "topk": 1,
+    args = ([Arg.input(k, "n") for k in ("tokens", "slots", "pos")] + [Arg.slab("logits", "n", V)]
+            + [Arg.param(k) for k in prog["param_order"]])
+    return {"version": PLAN_VERSION, "vocab_size": V, "row_tile": {"prefill": 1, "decode": 1}, "topk": 1,
             "slabs": {"logits": {"dtype": "float32", "uses": [["n", V]]}}, "state": {},
             "params": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in params.items()},
-            "entries": {"prefill": [{"kernel": "prefill", "args": ins + pargs}],
-                        "decode": [{"kernel": "decode", "args": ins + pargs}]},
-            "logits": {"prefill": ["slab", "logits", 1, V], "decode": ["slab", "logits", "n", V]}}
+            "entries": {e: [Launch(e, tuple(args)).to_json()] for e in ENTRIES},
+            "logits": {"prefill": Arg.slab("logits", 1, V).to_json(), "decode": Arg.slab("logits", "n", V).to_json()}}
 
 
 def write_wafer_files(d: Path, prog: dict[str, Any]) -> dict[str, str]:

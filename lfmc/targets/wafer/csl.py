@@ -32,7 +32,7 @@ task on_partial(p: [tile_rows]f32) void {   // from the west neighbour (none in 
     "row_end_epilogue.csl": """// The east-edge PE of a grid row: the op's epilogue on its channel block.
 //   conv:   bx = B*x; y = C * sum_j state[j]*taps[j] (+ bias); state shifts (per sequence slot)
 //   swiglu: y = silu(gate) * up
-//   recur:  h = sigmoid(a)*h + b*x; y = c*h (state per slot)
+//   recurrence: h = sigmoid(a)*h + b*x; y = c*h (state per slot)
 //   attn:   q/k RMSNorm + RoPE; k, v sent to the PE owning the position; q multicast along the head's strip;
 //           (max, sum, out) combined as the chain returns; y = out / sum
 //   norm:   local sum of squares, one word along the all-reduce chain and back, scale by weight block

@@ -19,7 +19,7 @@ import numpy as np
 
 from ...ir.errors import LfmcError
 from ...ir.graph import Graph
-from ...ir.ops import schema
+from ...ir.ops import schema, state_types
 
 F32 = 4
 CODE_BYTES = 4096        # program, task table and runtime per PE (assumed)
@@ -79,7 +79,7 @@ class Grid:
     fixed_r: int | None = None
     kind: str = "grid"
     extra_edge_bytes: int = 0          # per east-edge row PE beyond its output block (attention: q/k norms, RoPE)
-    state: tuple[str, int, int] | None = None   # ("conv", L_cache, slots) or ("recur", 1, slots) on the row ends
+    state: tuple[str, int, int] | None = None   # (state kind, columns per channel, slots) on the row ends
 
     @property
     def w(self) -> int:
@@ -226,14 +226,13 @@ def model_roles(graph: Graph, slots: int, context: int, kv_bytes: int) -> tuple[
             table_names[p.name] = g.name
         elif n.op == "short_conv":
             D = n.type.shape[1]
-            L_ = n.attrs["L_cache"]
             roles.append(Grid(f"{n.name}.in_proj", L, 3 * D, D, [(0, D), (D, D), (2 * D, D)],
-                              state=("conv", L_, slots)))
+                              state=_state(n, slots)))
             roles.append(Grid(f"{n.name}.out_proj", L, D, D, [(0, D)]))
         elif n.op == "linear_recurrence":
             D = n.type.shape[1]
             roles.append(Grid(f"{n.name}.in_proj", L, 4 * D, D, [(i * D, D) for i in range(4)],
-                              state=("recur", 1, slots)))
+                              state=_state(n, slots)))
             roles.append(Grid(f"{n.name}.out_proj", L, D, D, [(0, D)]))
         elif n.op == "attention":
             D = n.type.shape[1]
@@ -295,18 +294,22 @@ def _size_kv(s: KVStrip, m: Machine) -> None:
     s.wcols = -(-blocks // s.m)
 
 
+def _state(n, slots: int) -> tuple[str, int, int]:
+    """The per-slot state a token mixer keeps on its in_proj grid's row ends, as its op schema says."""
+    (t,) = state_types(n).values()
+    return schema(n.op).state_kind, int(t.shape[-1]), slots
+
+
 def _edge_bytes(g: Grid) -> np.ndarray:
     """Extra bytes on each east-edge row PE beyond tile and buffers."""
     rows = g.tile_rows()
     extra = np.full(g.r, g.extra_edge_bytes, np.int64)
-    if g.state is not None and g.state[0] == "conv":     # conv taps + state of its channel block, every slot
-        _, L, slots = g.state
-        ch = rows // 3
-        extra = ch * L * F32 + slots * ch * (L - 1) * F32 + ch * 2 * F32
-    elif g.state is not None:                            # recurrence: state h of its channel block, every slot
-        _, _, slots = g.state
-        ch = rows // 4
-        extra = slots * ch * F32 + ch * 2 * F32
+    if g.state is not None:
+        kind, width, slots = g.state
+        ch = rows // len(g.chunks)                       # the channel block of each chunk (B, C, x / a, b, c, x)
+        extra = slots * ch * width * F32 + ch * 2 * F32  # its state, every slot; two scalars per channel
+        if kind == "conv":                               # the taps of its channel block
+            extra += ch * (width + 1) * F32
     return extra + rows * F32 + F32 * 4        # the output vector and its norm weights, a few scalars
 
 

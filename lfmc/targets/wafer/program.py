@@ -16,7 +16,7 @@ The program is plain JSON that lfmc's mesh simulator (``lfmc/runtime/drivers/waf
   ``move``    a value is routed from its PEs to the PEs of another value (XY routes)
   ``add``     elementwise add of two values on the same PEs
   ``conv``    the short conv's gating, causal taps and state on each in_proj edge PE (its channel block)
-  ``recur``   the linear recurrence's gates and state on each in_proj edge PE
+  ``recurrence`` the linear recurrence's gates and state on each in_proj edge PE
   ``swiglu``  silu(gate) * up on each edge PE
   ``attn``    per KV head: q/k norm + RoPE on the qkv edge PE, k/v stored on the PE owning the position,
               q multicast along the head's KV strip, partial softmax per PE, (max, sum, out) combined back
@@ -165,7 +165,7 @@ class _Program:
             if "conv_bias" in n.params:
                 op["bias"] = self.param(n, "conv_bias")
         else:
-            op = {"op": "recur", "grid": g1.name, "in": h, "out": f"{name}.z", "state": n.name,
+            op = {"op": "recurrence", "grid": g1.name, "in": h, "out": f"{name}.z", "state": n.name,
                   "gates": gate_chunks(n, ("a", "b", "c", "x"))}
         self.ops.append(op)
         self.apply(g2, f"{name}.z", name, self.w_of(n, "out_proj"), self.bias_of(n, "out_proj"))

@@ -1,0 +1,243 @@
+"""Dense matmuls with fused prologue / epilogues (RMSNorm in, bias, residual, SwiGLU out), float, 16-bit or
+weight-only quantized: the TE kernel and its default CPU schedule (what tuning starts from)."""
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, te
+
+from .common import _gpu_dlight, Knobs, _named, pick_cols, pick_lanes, _WDTYPE, _widen
+
+
+def _matmul_cols(N: int, l: int, knobs: Knobs, swiglu: bool, qkind: str | None) -> int:
+    """Vector columns (of ``l`` outputs) each thread accumulates at once. int4 on the CPU takes at most 4: its
+    unpacking needs registers of its own, and 8 columns spill to the stack (seen in the generated assembly)."""
+    cols = min(knobs.cols, 4) if qkind == "q4" and not knobs.gpu else knobs.cols
+    return pick_cols(N // l, max(1, cols // 2) if swiglu else cols)
+
+
+def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
+                accumulate: bool = False, swiglu: bool = False, quant: tuple | None = None,
+                nb_static: int | None = None, schedule: bool = True) -> tvm.tirx.PrimFunc:
+    """Y[nb*R, N] = X[nb*R, K] @ W^T with optional fused prologue and epilogues:
+
+    - ``rms_eps``: X is the raw input of an RMSNorm (weight NW[K]): X * NW / sqrt(mean(X^2) + eps) is formed in
+      the kernel, so the normalized activations never take a launch of their own.
+    - ``bias``: + bias[N].  ``accumulate``: the output buffer holds the residual stream and is updated in place.
+    - ``swiglu``: two weights (gate, up) side by side per output block; the output is silu(gate) * up, N wide.
+    - ``quant``: ``("f16",)`` / ``("bf16",)``: 16-bit weights widened in the inner loop (bf16 passed as uint16
+      bits); or weight-only quantized W, dequantized in the inner loop: ``("q8",)`` int8 codes with a scale
+      per output channel (applied after the sum); ``("q4", g, asym)`` 4-bit codes packed two per byte along K,
+      scale (and zero when ``asym``, else 8) per group of g inputs.
+
+    W layouts (l = vector lanes): f32 / q8 ``[N/l, (2,) K, l]``, q4 ``[N/l, (2,) K/2, l]`` uint8; scales
+    ``[(2,) N]`` (q8) or ``[(2,) N, K/g]`` (q4). Args: X, W, (scale), (zero), (NW), (bias), (Res), Out, nb — with
+    ``accumulate`` the caller passes the residual buffer as both Res and Out.
+
+    ``nb_static``: the row-block count fixed at this value (no ``nb`` argument): the shape a tuned variant is
+    specialized to. ``schedule=False``: the unscheduled TensorIR (a workload for meta_schedule); see
+    :func:`schedule_matmul` for the default schedule."""
+    R = knobs.rows
+    nb = te.var("nb", "int32") if nb_static is None else int(nb_static)
+    rows = nb * knobs.rows
+    X0 = te.placeholder((rows, K), name="X")
+    w = _MatmulWeight(N, K, pick_lanes(N, knobs.lanes), swiglu, quant)
+    X, NW = _rms_prologue(X0, K, rows, rms_eps)
+    if w.qkind == "q4" and not knobs.gpu:
+        Y = _q4_group_dot(X, w, N, K, rows, swiglu)
+    else:
+        k = te.reduce_axis((0, K), name="k")
+        if swiglu:      # gate and up in one block with a pair-valued sum, so one pass over X feeds both
+            Y = te.compute((rows, N), lambda i, j: _pair_sum()((X[i, k] * w.value(0, j, k),
+                                                                 X[i, k] * w.value(1, j, k)), axis=k), name="Y")
+        else:
+            Y = (te.compute((rows, N), lambda i, j: te.sum(X[i, k] * w.value(None, j, k), axis=k), name="Y"),)
+    Bv = te.placeholder((N,), name="bias") if bias else None
+    Res = te.placeholder((rows, N), name="Res") if accumulate else None
+    Z = te.compute((rows, N), _epilogue(Y, w, Bv, Res), name="Z")
+    args = [X0] + w.operands + [t for t in (NW, Bv, Res) if t is not None]
+    f = te.create_prim_func(args + [Z] + ([nb] if nb_static is None else []))
+    if Res is not None:
+        # Res and Z are the same buffer (the residual stream, updated in place): each element is read and then
+        # written by the same thread, so only the no-alias promise has to go.
+        f = f.with_attr("tir.noalias", False)
+    if knobs.gpu:
+        return _gpu_dlight(f, name)
+    if not schedule:
+        return _named(f, name)
+    sch = s_tir.Schedule(f)
+    schedule_matmul(sch, N, K, knobs, rms_eps is not None, swiglu, quant)
+    return _named(sch.mod["main"], name)
+
+
+class _MatmulWeight:
+    """The weight operands of :func:`make_matmul` (packed codes or floats, scale, zero) and how to read them."""
+
+    def __init__(self, N: int, K: int, l: int, swiglu: bool, quant: tuple | None):
+        self.l, self.qkind = l, (quant[0] if quant else None)
+        H = (2,) if swiglu else ()
+        self.Sc = self.Zp = None
+        if self.qkind == "q4":
+            self.g, asym = int(quant[1]), bool(quant[2])
+            if K % self.g or K % 2:
+                raise ValueError(f"q4 group {self.g} must divide K={K} (and K be even)")
+            self.W = te.placeholder((N // l, *H, K // 2, l), name="W", dtype="uint8")
+            self.Sc = te.placeholder((*H, N, K // self.g), name="scale")
+            self.Zp = te.placeholder((*H, N, K // self.g), name="zero") if asym else None
+        elif self.qkind == "q8":
+            self.W = te.placeholder((N // l, *H, K, l), name="W", dtype="int8")
+            self.Sc = te.placeholder((*H, N), name="scale")
+        else:
+            self.W = te.placeholder((N // l, *H, K, l), name="W", dtype=_WDTYPE[self.qkind])
+
+    @property
+    def operands(self) -> list:
+        return [self.W] + [t for t in (self.Sc, self.Zp) if t is not None]
+
+    def code(self, h: tuple, j, k):
+        """The 4-bit code at output j, input k (h: () or (half,)) as float32."""
+        l = self.l
+        return ((self.W[(j // l, *h, k // 2, j % l)] >> (4 * (k % 2)).astype("uint8"))
+                & tvm.tirx.const(15, "uint8")).astype("float32")
+
+    def zero(self, h: tuple, j, q):
+        """The zero point of group q (8 when symmetric)."""
+        return self.Zp[(*h, j, q)] if self.Zp is not None else tvm.tirx.const(8.0, "float32")
+
+    def value(self, h, j, k):
+        """The weight (h: gate/up half, or None) at output j, input k, widened to float32. int4 is dequantized
+        per element here only for GPU families (one reduction dlight's GEMV rules take); CPUs take the
+        per-group path (:func:`_q4_group_dot`)."""
+        hh = () if h is None else (h,)
+        if self.qkind == "q4":
+            return (self.code(hh, j, k) - self.zero(hh, j, k // self.g)) * self.Sc[(*hh, j, k // self.g)]
+        return _widen(self.W[(j // self.l, *hh, k, j % self.l)], self.qkind)
+
+    def post(self, h, j, v):
+        """Per-channel scale of q8, applied once after the sum."""
+        if self.qkind != "q8":
+            return v
+        return v * (self.Sc[j] if h is None else self.Sc[h, j])
+
+
+def _pair_sum():
+    """A sum reducer over (gate, up) pairs."""
+    return te.comm_reducer(lambda x, y: (x[0] + y[0], x[1] + y[1]),
+                           lambda t0, t1: (tvm.tirx.const(0, t0), tvm.tirx.const(0, t1)), name="pair_sum")
+
+
+def _rms_prologue(X0, K: int, rows, rms_eps: float | None):
+    """The matmul's input RMS-normalized in the kernel (and the norm weight operand), or X0 as it is."""
+    if rms_eps is None:
+        return X0, None
+    NW = te.placeholder((K,), name="norm_weight")
+    k2 = te.reduce_axis((0, K), name="k2")
+    S = te.compute((rows,), lambda i: te.sum(X0[i, k2] * X0[i, k2], axis=k2), name="S")
+    return te.compute((rows, K), lambda i, kk: X0[i, kk] * NW[kk] / te.sqrt(S[i] / float(K) + float(rms_eps)),
+                      name="Xs"), NW
+
+
+def _q4_group_dot(X, w: _MatmulWeight, N: int, K: int, rows, swiglu: bool) -> tuple:
+    """int4 on CPUs in two levels: raw code dot products per group (P), then scale and zero once per group:
+    sum_k x (c - z) s = sum_groups s (sum_group x c - z sum_group x)."""
+    g = w.g
+    G = K // g
+    kg = te.reduce_axis((0, g), name="kg")
+    XS = te.compute((rows, G), lambda i, q: te.sum(X[i, q * g + kg], axis=kg), name="XS")
+    kp = te.reduce_axis((0, g), name="kp")
+    q_ = te.reduce_axis((0, G), name="q")
+    if swiglu:
+        Pg, Pu = te.compute((rows, N, G), lambda i, j, q: _pair_sum()(
+            (X[i, q * g + kp] * w.code((0,), j, q * g + kp), X[i, q * g + kp] * w.code((1,), j, q * g + kp)),
+            axis=kp), name="P")
+        return te.compute((rows, N), lambda i, j: _pair_sum()(
+            (w.Sc[0, j, q_] * (Pg[i, j, q_] - w.zero((0,), j, q_) * XS[i, q_]),
+             w.Sc[1, j, q_] * (Pu[i, j, q_] - w.zero((1,), j, q_) * XS[i, q_])), axis=q_), name="Y")
+    P = te.compute((rows, N, G), lambda i, j, q: te.sum(X[i, q * g + kp] * w.code((), j, q * g + kp), axis=kp),
+                   name="P")
+    return (te.compute((rows, N), lambda i, j: te.sum(w.Sc[j, q_] * (P[i, j, q_] - w.zero((), j, q_) * XS[i, q_]),
+                                                      axis=q_), name="Y"),)
+
+
+def _epilogue(Y: tuple, w: _MatmulWeight, Bv, Res):
+    """The output element: silu(gate) * up of the pair (SwiGLU), else the sum (+ bias) (+ residual)."""
+    if len(Y) == 2:
+        Yg, Yu = Y
+
+        def out_sw(i, j):
+            gv, uv = w.post(0, j, Yg[i, j]), w.post(1, j, Yu[i, j])
+            return te.sigmoid(gv) * gv * uv
+        return out_sw
+
+    def out(i, j):
+        v = w.post(None, j, Y[0][i, j])
+        if Bv is not None:
+            v = v + Bv[j]
+        if Res is not None:
+            v = v + Res[i, j]
+        return v
+    return out
+
+
+def schedule_matmul(sch: s_tir.Schedule, N: int, K: int, knobs: Knobs, norm: bool = False, swiglu: bool = False,
+                    quant: tuple | None = None) -> None:
+    """lfmc's default CPU schedule of :func:`make_matmul`'s TensorIR, applied to ``sch`` (traced, so tuning can
+    record it as the baseline every candidate has to beat)."""
+    R = knobs.rows
+    l = pick_lanes(N, knobs.lanes)
+    qkind = quant[0] if quant else None
+    J = _matmul_cols(N, l, knobs, swiglu, qkind)
+    b = sch.get_sblock("Y")
+    i, j, kk = sch.get_loops(b)
+    jo, jj, ji = sch.split(j, [None, J, l])
+    io, ii = sch.split(i, [None, R])
+    # column blocks outermost: each thread keeps one weight panel hot in L2 while it walks every row block
+    # (rows outermost re-streams the whole weight from memory once per row block)
+    sch.reorder(jo, io, kk, ii, jj, ji)
+    if knobs.parallel:
+        sch.parallel(jo)
+    sch.set_scope(b, 0, "local")
+    if swiglu:
+        sch.set_scope(b, 1, "local")
+    bz = sch.get_sblock("Z")
+    sch.reverse_compute_at(bz, io)
+    if norm:
+        sch.compute_at(sch.get_sblock("S"), sch.get_loops(sch.get_sblock("Xs"))[0])
+        xl = sch.get_loops(sch.get_sblock("Xs"))
+        if knobs.parallel:
+            sch.parallel(xl[0])
+        if l > 1 and K % l == 0:
+            xo, xi = sch.split(xl[-1], [None, l])
+            sch.vectorize(xi)
+    if qkind == "q4":
+        # the per-group code dot products live next to the group loop, in registers
+        bp = sch.get_sblock("P")
+        sch.compute_at(bp, kk)
+        sch.set_scope(bp, 0, "local")
+        if swiglu:
+            sch.set_scope(bp, 1, "local")
+        allp = sch.get_loops(bp)
+        at = next(i for i, x in enumerate(allp) if sch.get_sref(x).same_as(sch.get_sref(kk)))
+        pl = allp[at + 1:]                             # [rows of the tile (absent when 1)], its columns, group inputs
+        pko, pki = sch.split(pl[-1], [None, 2])        # the two nibbles of a byte: constant shifts once unrolled
+        pjo, pji = sch.split(pl[-2], [None, l])
+        sch.reorder(pko, pki, *pl[:-2], pjo, pji)
+        sch.unroll(pki)
+        for x in pl[:-2]:
+            sch.unroll(x)
+        sch.unroll(pjo)
+        if l > 1:
+            sch.vectorize(pji)
+        sch.decompose_reduction(bp, pko)
+        xs = sch.get_loops(sch.get_sblock("XS"))
+        if knobs.parallel:
+            sch.parallel(xs[0])
+    sch.unroll(ii)
+    sch.unroll(jj)
+    if l > 1:
+        sch.vectorize(ji)
+    init = sch.decompose_reduction(b, kk)
+    zl = sch.get_loops(bz)
+    zo, zi = sch.split(zl[-1], [None, l])
+    if l > 1:
+        sch.vectorize(zi)
+        sch.vectorize(sch.get_loops(init)[-1])

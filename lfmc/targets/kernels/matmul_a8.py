@@ -1,0 +1,283 @@
+"""The int8-activation matmul (x86 AVX2 integer dot products) and its packed weight layout."""
+from __future__ import annotations
+
+import tvm
+from tvm.script import tirx as T
+
+from .common import A8_GROUP, Knobs, _named, pick_cols
+
+
+def _x86(name: str, dtype: str, *args):
+    return T.call_llvm_pure_intrin(dtype, name, *args)
+
+
+def _dot4(w_u8, x_i8):
+    """pmaddubsw: unsigned 8-bit w times signed 8-bit x, adjacent pairs summed into int16 lanes."""
+    return _x86("llvm.x86.avx2.pmadd.ub.sw", "int16x16", w_u8, x_i8)
+
+
+def _widen16(v):
+    """pmaddwd with ones: adjacent int16 pairs summed into int32 lanes (one lane per output of the block)."""
+    return _x86("llvm.x86.avx2.pmadd.wd", "int32x8", v, T.broadcast(T.int16(1), 16))
+
+
+def _xquad(Xq, i, k):
+    """x[i, k:k+4] (int8) repeated for each of the 8 outputs of a weight block: one broadcast 32-bit load."""
+    return T.reinterpret("int8x32", T.broadcast(T.reinterpret("int32", Xq[i, T.ramp(k, 1, 4)]), 8))
+
+
+def a8_layout(N: int, K: int, quant: tuple, swiglu: bool, il: int) -> dict:
+    """Shapes of the int8-activation matmul's packed operands (see :func:`make_matmul_a8`)."""
+    H = 2 if swiglu else 1
+    NB = -(-N // (8 * il)) * il
+    Kp = -(-K // A8_GROUP) * A8_GROUP
+    if quant[0] == "q4":
+        g = int(quant[1])
+        if g % A8_GROUP or K % g:
+            raise ValueError(f"int8 activations with int4 weights need groups that are multiples of {A8_GROUP} "
+                             f"dividing K (group {g}, K={K})")
+        return {"W": ((NB // il, Kp // 8, H, il, 32), "uint8"), "S": ((NB // il, K // g, H, il, 8), "float16"),
+                "NB": NB, "Kp": Kp}
+    if quant[0] == "q8":
+        return {"W": ((NB // il, Kp // 4, H, il, 32), "int8"), "S": ((H, NB * 8), "float32"), "NB": NB, "Kp": Kp}
+    raise ValueError(f"no int8-activation kernel for {quant[0]} weights")
+
+
+def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
+                   accumulate: bool = False, swiglu: bool = False, quant: tuple = ("q8",),
+                   il: int = 1) -> tvm.tirx.PrimFunc:
+    """:func:`make_matmul` with int8 activations and integer dot products (x86 AVX2): same arguments, same
+    prologue / epilogues, different weight layout.
+
+    The rows of X (RMS-normalized first when ``rms_eps``) are quantized per group of 32 inputs: d = max|x| / 127,
+    q = round-half-even(x / d) (lfmc/ir/quant.py says the same for the interpreter). Weights are packed in blocks
+    of 8 outputs x 4 inputs (32 bytes, one AVX2 register), ``il`` blocks interleaved (:func:`.knobs.a8_interleave`;
+    int8 codes are packed with il 1, and a decode tile reads several panels side by side):
+    int8 codes ``[N/8/il, K/4, H, il, 32]`` (q8), or two int4 codes per byte ``[N/8/il, K/8, H, il, 32]`` whose
+    low nibbles hold inputs 8m..8m+3 and high nibbles 8m+4..8m+7 (q4; scales / zeros ``[N/8/il, K/g, H, il, 8]``).
+    H = 2 (gate, up) with ``swiglu``; N is padded up to 8 * il outputs and K to 32 inputs.
+    One ``pmaddubsw`` multiplies a block by four broadcast activations and sums pairs; int4 sums stay in int16 for
+    32 inputs (|15 * 127 * 2| * 8 < 2^15), int8 ones go to int32 at once (unsigned |w| times sign-carrying x).
+    Per group the int32 sums become float: q4 ``scale * d * (sum - zero * sum(q))``, q8 ``d * sum`` (its channel
+    scale after the loop)."""
+    c = _A8(N, K, knobs, bias, rms_eps, accumulate, swiglu, quant, il)
+    R, H, J, KB = c.R, c.H, c.J, c.KB
+    (wshape, wdtype), (sshape, sdtype) = c.lay["W"], c.lay["S"]
+    quantize, tile, finish = _quantize_macro(c), (_q4_tile_macro(c) if c.q4 else _q8_tile_macro(c)), _finish(c)
+
+    @T.prim_func
+    def f(x: T.handle, w: T.handle, s: T.handle, z: T.handle, nw: T.handle, b: T.handle, res: T.handle,
+          y: T.handle, nb: T.int32):
+        X = T.match_buffer(x, (nb * R, K), "float32")
+        W = T.match_buffer(w, wshape, wdtype)
+        S = T.match_buffer(s, sshape, sdtype)
+        Zp = T.match_buffer(z, sshape, sdtype)
+        NW = T.match_buffer(nw, (K,), "float32")
+        Bv = T.match_buffer(b, (N,), "float32")
+        Res = T.match_buffer(res, (nb * R, N), "float32")
+        Y = T.match_buffer(y, (nb * R, N), "float32")
+        Wf = T.decl_buffer((c.WBYTES,), wdtype, data=W.data)
+        Xq = T.alloc_buffer((nb * R, c.Kp), "int8")
+        Dx = T.alloc_buffer((nb * R, KB), "float32")
+        Xs = T.alloc_buffer((nb * R, KB), "int32")
+        Rn = T.alloc_buffer((nb * R,), "float32")
+        quantize(X, NW, Rn, Xq, Dx, Xs, nb * R)
+        for jb in T.parallel(c.NB // J) if c.par else T.serial(c.NB // J):
+            for ib in T.serial(nb):
+                acc = T.decl_buffer((R, H, J, 8), "float32")
+                for r in T.unroll(R):
+                    for h in T.unroll(H):
+                        for jj in T.unroll(J):
+                            acc[r, h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.float32(0), 8)
+                tile(W, Wf, S, Zp, Xq, Dx, Xs, acc, jb, ib)
+                for r in T.serial(R):
+                    for jj in T.serial(J):
+                        for t in T.serial(8):
+                            if not c.padn or (jb * J + jj) * 8 + t < N:      # padded outputs are never stored
+                                Y[ib * R + r, (jb * J + jj) * 8 + t] = finish(
+                                    Res, Bv, S, acc, r, jj, t, ib * R + r, (jb * J + jj) * 8 + t)
+
+    keep = [True, True, True, c.asym, c.norm, bias, accumulate, True, True]
+    f = tvm.tirx.PrimFunc([p for p, k in zip(f.params, keep) if k], f.body, f.ret_type, f.attrs)
+    if not accumulate:
+        f = f.with_attr("tirx.noalias", True)
+    return _named(f, name)
+
+
+class _A8:
+    """The static facts of one int8-activation matmul: its layout, register tile and what it fuses."""
+
+    def __init__(self, N: int, K: int, knobs: Knobs, bias: bool, rms_eps: float | None, accumulate: bool,
+                 swiglu: bool, quant: tuple, il: int):
+        self.N, self.K, self.il, self.bias, self.accumulate, self.swiglu = N, K, il, bias, accumulate, swiglu
+        self.lay = a8_layout(N, K, quant, swiglu, il)
+        self.H = 2 if swiglu else 1
+        self.R = knobs.rows
+        self.NB, self.Kp = self.lay["NB"], self.lay["Kp"]
+        self.KB = self.Kp // A8_GROUP
+        self.q4 = quant[0] == "q4"
+        if self.q4:                                     # the interleaved blocks
+            self.J = pick_cols(il, max(1, knobs.cols // 2 // self.H))
+        else:                                           # int8 (il 1): one panel per block; decode tiles take twice as many
+            self.J = pick_cols(self.NB, max(1, knobs.cols // (1 if self.R == 1 else 2) // self.H))
+        self.g = int(quant[1]) if self.q4 else A8_GROUP
+        self.asym = bool(quant[2]) if self.q4 else False
+        self.G, self.SB = (K // self.g, self.g // A8_GROUP) if self.q4 else (self.KB, 1)
+        self.norm = rms_eps is not None
+        self.eps = float(rms_eps) if self.norm else 0.0
+        self.padk, self.padn = K % A8_GROUP != 0, N % 8 != 0
+        self.par = knobs.parallel
+        self.ROW = self.H * il * 32                     # bytes of one packed row (4 inputs, or 8 for int4)
+        self.WBYTES = self.NB // il * self.lay["W"][0][1] * self.ROW
+        # software prefetch ``knobs.prefetch`` bytes ahead when one call streams whole interleaved rows (decode):
+        # the integer work per byte leaves the out-of-order window too few loads in flight to hide memory latency
+        self.pf = int(knobs.prefetch) if self.J == il else 0
+
+
+def _prefetch(c: _A8, Wf, at):
+    return T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(Wf[T.min(at, c.WBYTES - 1)]),
+                                         0, 3, 1))
+
+
+def _wblock(c: _A8, W, blk, m, h):
+    """The 32 bytes of weight block ``blk`` (8 outputs) at packed row ``m``."""
+    return W[blk // c.il, m, h, blk % c.il, T.ramp(0, 1, 32)]
+
+
+def _nib(c: _A8, W, blk, m, h, high):
+    v = _wblock(c, W, blk, m, h)
+    return (v >> T.broadcast(T.uint8(4), 32)) if high else (v & T.broadcast(T.uint8(15), 32))
+
+
+def _quantize_macro(c: _A8):
+    """TIR macro: the rows of X (RMS-normalized first when the kernel fuses the norm) -> int8 codes per group of
+    32 (Xq), each group's scale (Dx) and its code sum (Xs)."""
+    K, KB, par, norm = c.K, c.KB, c.par, c.norm
+
+    def xval(X, NW, Rn, i, k):
+        v = X[i, k] * NW[k] * Rn[i] if norm else X[i, k]
+        return T.if_then_else(k < K, v, T.float32(0)) if c.padk else v
+
+    @T.macro
+    def quantize(X, NW, Rn, Xq, Dx, Xs, rows):
+        if norm:
+            for i in T.parallel(rows) if par else T.serial(rows):
+                ss = T.decl_buffer((1,), "float32")
+                ss[0] = T.float32(0)
+                for k in T.serial(K):
+                    ss[0] = ss[0] + X[i, k] * X[i, k]
+                Rn[i] = T.float32(1) / T.sqrt(ss[0] / T.float32(K) + T.float32(c.eps))
+        for ig in T.parallel(rows * KB) if par else T.serial(rows * KB):
+            am = T.decl_buffer((2,), "float32")
+            cs = T.decl_buffer((1,), "int32")
+            am[0] = T.float32(0)
+            for t in T.serial(A8_GROUP):
+                am[0] = T.max(am[0], T.abs(xval(X, NW, Rn, ig // KB, ig % KB * A8_GROUP + t)))
+            am[1] = T.if_then_else(am[0] > T.float32(0), T.float32(127) / am[0], T.float32(0))
+            Dx[ig // KB, ig % KB] = am[0] / T.float32(127)
+            cs[0] = 0
+            for t in T.serial(A8_GROUP):
+                Xq[ig // KB, ig % KB * A8_GROUP + t] = T.Cast("int8", T.nearbyint(
+                    xval(X, NW, Rn, ig // KB, ig % KB * A8_GROUP + t) * am[1]))
+                cs[0] = cs[0] + T.Cast("int32", Xq[ig // KB, ig % KB * A8_GROUP + t])
+            Xs[ig // KB, ig % KB] = cs[0]
+
+    return quantize
+
+
+def _q4_tile_macro(c: _A8):
+    """TIR macro: one register tile (R rows x J blocks) of int4 weights, accumulated into ``acc``: int16 sums of
+    32 inputs per ``pmaddubsw`` pair, then per group scale * d * (sum - zero * code sum) as float."""
+    R, H, J, il, G, SB, ROW, Kp = c.R, c.H, c.J, c.il, c.G, c.SB, c.ROW, c.Kp
+    use_pf = c.pf > 0
+
+    def q4group(S, Zp, Xs, Dx, a16, r, h, jj, blk, q, kb, row):
+        at = (blk // il, q, h, blk % il, T.ramp(0, 1, 8))
+        s32 = _widen16(a16[r, h, jj, T.ramp(0, 1, 16)])
+        if c.asym:
+            v = T.Cast("float32x8", s32) - T.Cast("float32x8", Zp[at]) * T.broadcast(T.Cast("float32", Xs[row, kb]), 8)
+        else:
+            v = T.Cast("float32x8", s32 - T.broadcast(Xs[row, kb] * 8, 8))
+        return v * (T.Cast("float32x8", S[at]) * T.broadcast(Dx[row, kb], 8))
+
+    @T.macro
+    def tile(W, Wf, S, Zp, Xq, Dx, Xs, acc, jb, ib):
+        for q in T.serial(G):
+            for sb in T.serial(SB):
+                a16 = T.decl_buffer((R, H, J, 16), "int16")
+                if use_pf:
+                    for cc in T.unroll(ROW * 4 // 64):
+                        _prefetch(c, Wf, ((jb * (Kp // 8) + (q * SB + sb) * 4) * ROW) + c.pf + cc * 64)
+                for r in T.unroll(R):
+                    for h in T.unroll(H):
+                        for jj in T.unroll(J):
+                            a16[r, h, jj, T.ramp(0, 1, 16)] = T.broadcast(T.int16(0), 16)
+                for m in T.unroll(4):
+                    for h in T.unroll(H):
+                        for jj in T.unroll(J):
+                            for r in T.unroll(R):
+                                a16[r, h, jj, T.ramp(0, 1, 16)] = (
+                                    a16[r, h, jj, T.ramp(0, 1, 16)]
+                                    + _dot4(_nib(c, W, jb * J + jj, (q * SB + sb) * 4 + m, h, False),
+                                            _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8))
+                                    + _dot4(_nib(c, W, jb * J + jj, (q * SB + sb) * 4 + m, h, True),
+                                            _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8 + 4)))
+                for r in T.unroll(R):
+                    for h in T.unroll(H):
+                        for jj in T.unroll(J):
+                            acc[r, h, jj, T.ramp(0, 1, 8)] = acc[r, h, jj, T.ramp(0, 1, 8)] + q4group(
+                                S, Zp, Xs, Dx, a16, r, h, jj, jb * J + jj, q, q * SB + sb, ib * R + r)
+
+    return tile
+
+
+def _q8_tile_macro(c: _A8):
+    """TIR macro: one register tile of int8 weights, accumulated into ``acc``: int32 sums per group of 32
+    (unsigned |w| times sign-carrying x), times the group's activation scale."""
+    R, H, J, KB, ROW, Kp = c.R, c.H, c.J, c.KB, c.ROW, c.Kp
+    use_pf = c.pf > 0
+
+    def q8dot(W, Xq, blk, m, h, row, k):
+        v = _wblock(c, W, blk, m, h)
+        xs = _x86("llvm.x86.avx2.psign.b", "int8x32", _xquad(Xq, row, k), v)
+        return _widen16(_dot4(T.abs(v), xs))
+
+    @T.macro
+    def tile(W, Wf, S, Zp, Xq, Dx, Xs, acc, jb, ib):
+        for kb in T.serial(KB):
+            a32 = T.decl_buffer((R, H, J, 8), "int32")
+            if use_pf:
+                for cc in T.unroll(ROW * 8 // 64):
+                    _prefetch(c, Wf, ((jb * (Kp // 4) + kb * 8) * ROW) + c.pf + cc * 64)
+            for r in T.unroll(R):
+                for h in T.unroll(H):
+                    for jj in T.unroll(J):
+                        a32[r, h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.int32(0), 8)
+            for m in T.unroll(8):
+                for h in T.unroll(H):
+                    for jj in T.unroll(J):
+                        for r in T.unroll(R):
+                            a32[r, h, jj, T.ramp(0, 1, 8)] = a32[r, h, jj, T.ramp(0, 1, 8)] + q8dot(
+                                W, Xq, jb * J + jj, kb * 8 + m, h, ib * R + r, kb * 32 + m * 4)
+            for r in T.unroll(R):
+                for h in T.unroll(H):
+                    for jj in T.unroll(J):
+                        acc[r, h, jj, T.ramp(0, 1, 8)] = acc[r, h, jj, T.ramp(0, 1, 8)] + T.Cast(
+                            "float32x8", a32[r, h, jj, T.ramp(0, 1, 8)]) * T.broadcast(Dx[ib * R + r, kb], 8)
+
+    return tile
+
+
+def _finish(c: _A8):
+    """The output element from the float tile: q8's channel scale, silu(gate) * up, bias, residual."""
+    def finish(Res, Bv, S, acc, r, jj, t, row, o):
+        a0 = acc[r, 0, jj, t] * S[0, o] if not c.q4 else acc[r, 0, jj, t]
+        if c.swiglu:
+            u = acc[r, 1, jj, t] * S[1, o] if not c.q4 else acc[r, 1, jj, t]
+            a0 = T.sigmoid(a0) * a0 * u
+        if c.bias:
+            a0 = a0 + Bv[o]
+        if c.accumulate:
+            a0 = a0 + Res[row, o]
+        return a0
+    return finish
