@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 3      # 2: the target record names its family and backend, the manifest carries "options";
-                        # 3: state kind and wafer element "recurrence" (was "recurrent" / "recur")
+SCHEMA_VERSION = 4      # 2: the target record names its family and backend, the manifest carries "options";
+                        # 3: state kind and wafer element "recurrence" (was "recurrent" / "recur");
+                        # 4: sliding-window KV state: shape dim "R" (ring slots) and the state's "window"
 PLAN_VERSION = 1
 ENTRIES = ("prefill", "decode")
 
@@ -20,6 +21,14 @@ ROW_SPECS = ("n", "np", "nk")           # rows of a call, rounded up to the row 
 INPUTS = ("tokens", "slots", "pos")     # int32 per row
 SCALARS = ("nb", "slot")                # row blocks of the call; the sequence slot of a prefill
 ARG_KINDS = ("slab", "param", "state", "input", "scalar", "const")
+STATE_DIMS = ("S", "C", "R")            # state shapes: sequence slots, max context, ring slots of a sliding window
+
+
+def ring_slots(window: int, prefill_chunk: int, max_context: int) -> int:
+    """Slots of a sliding-window attention's ring of keys (position p lives in slot p % slots): the window - 1
+    keys before a chunk plus the chunk itself, so that writing a whole chunk's keys before attending never
+    overwrites a key that a query of the chunk still needs; at most the context (then the ring never wraps)."""
+    return max(1, min(int(window) - 1 + int(prefill_chunk), int(max_context)))
 
 
 class PlanError(ValueError):

@@ -41,3 +41,40 @@ MOE_CONFIGS = {
 ALL_CONFIGS = DENSE_CONFIGS | MOE_CONFIGS
 
 
+
+# LFM3 (transformers' Lfm3ForCausalLM): sliding-window and full attention, output gates, sandwich norms, RoPE per
+# layer type. Kept apart from ALL_CONFIGS (the LFM2 matrix every target test runs).
+S = "sliding_attention"
+_PROPORTIONAL = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                 "full_attention": {"rope_type": "proportional", "rope_theta": 1e6, "partial_rotary_factor": 0.5}}
+
+
+def _lfm3(**kw):
+    d = {"architecture": "Lfm3ForCausalLM", "vocab_size": 256, "max_position_embeddings": 2048, "norm_eps": 1e-5,
+         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "conv_bias": False, "tie_word_embeddings": True,
+         "sliding_window": 8, "conv_L_cache": 7, "use_attention_gate": True, "use_sandwich_norm": True}
+    d.update(kw)
+    if d.get("layer_types"):
+        d["num_hidden_layers"] = len(d["layer_types"])
+    return d
+
+
+LFM3_CONFIGS = {
+    # the default layer pattern (conv, conv, full, conv, sliding, conv, full, conv), gate and sandwich norms on,
+    # RoPE as LFM3-1.7B (sliding: default 1e4; full: proportional 1e6, half the angles), conv kernel 7
+    "lfm3-a": _lfm3(hidden_size=64, intermediate_size=96, num_hidden_layers=8, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16),
+    # odd sizes, no gate, a quarter of the angles rotated, conv kernel 3, window 5
+    "lfm3-b": _lfm3(hidden_size=40, intermediate_size=72, num_attention_heads=6, num_key_value_heads=3,
+                    head_dim=10, layer_types=[S, C, A, S], conv_L_cache=3, sliding_window=5,
+                    use_attention_gate=False, rope_parameters={
+                        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                        "full_attention": {"rope_type": "proportional", "rope_theta": 1e6,
+                                           "partial_rotary_factor": 0.25}}),
+    # no sandwich norms, a checkpoint's rope_parameters override (whole rotation, factor 2, other thetas)
+    "lfm3-c": _lfm3(hidden_size=48, intermediate_size=80, num_attention_heads=4, num_key_value_heads=1,
+                    head_dim=12, layer_types=[C, S, C, A, S], conv_L_cache=3, use_sandwich_norm=False,
+                    rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 5e4},
+                                     "full_attention": {"rope_type": "proportional", "rope_theta": 5e5,
+                                                        "partial_rotary_factor": 1.0, "factor": 2.0}}),
+}

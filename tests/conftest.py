@@ -43,3 +43,19 @@ def served_artifact(tmp_path_factory, tiny_models):
 
     return compile_model(tiny_models["dense-a"], tmp_path_factory.mktemp("served") / "dense-a.host", max_batch=4,
                          max_context=512, prefill_chunk=32)
+
+
+@pytest.fixture(scope="session")
+def lfm3_models():
+    """name -> lfmc Model of the LFM3 test configs (tests/configs.py LFM3_CONFIGS), seeded random weights."""
+    from lfmc.frontend.config import graph_from_config
+    from lfmc.ir.model import Model
+    from lfmc.ir.weights import random_weights
+
+    from tests.configs import LFM3_CONFIGS
+
+    out = {}
+    for i, (name, cfg) in enumerate(LFM3_CONFIGS.items()):
+        g = graph_from_config(cfg, name)
+        out[name] = Model(g, random_weights(g, seed=300 + i, std=INIT_STD), {"source": "test", "config": cfg})
+    return out

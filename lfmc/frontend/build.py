@@ -53,10 +53,18 @@ class GraphBuilder:
         return self.node("short_conv", [x], params, {"L_cache": int(L_cache)}, featurizer)
 
     def attention(self, x: str, params: dict[str, tuple[str, tuple]], heads: int, kv_heads: int, head_dim: int,
-                  rope_theta: float, eps: float) -> str:
-        return self.node("attention", [x], params, {"heads": int(heads), "kv_heads": int(kv_heads),
-                                                     "head_dim": int(head_dim), "rope_theta": float(rope_theta),
-                                                     "eps": float(eps)})
+                  rope_theta: float, eps: float, *, window: int | None = None, rope_angles: int | None = None,
+                  rope_factor: float | None = None) -> str:
+        """Attention; ``window``: sliding (a ring of keys); ``rope_angles`` / ``rope_factor``: partial or scaled
+        RoPE; a ``g_proj`` param: the per-head output gate. Unset options are left out of the IR."""
+        attrs = {"heads": int(heads), "kv_heads": int(kv_heads), "head_dim": int(head_dim),
+                 "rope_theta": float(rope_theta), "eps": float(eps)}
+        for k, v in (("window", window), ("rope_angles", rope_angles)):
+            if v is not None:
+                attrs[k] = int(v)
+        if rope_factor is not None:
+            attrs["rope_factor"] = float(rope_factor)
+        return self.node("attention", [x], params, attrs)
 
     def gated_mlp(self, x: str, params: dict[str, tuple[str, tuple]]) -> str:
         return self.node("gated_mlp", [x], params)

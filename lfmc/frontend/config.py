@@ -1,4 +1,4 @@
-"""Build IR straight from a transformers config dict (LFM2 / LFM2-MoE), without torch.
+"""Build IR straight from a transformers config dict (LFM2 / LFM2-MoE / LFM3), without torch.
 
 Used for presets (config-only imports of models too large to instantiate, e.g. the 8B MoE in float32) and as
 the independent cross-check of the torch lifter: both must print the same IR for the same config.
@@ -11,9 +11,19 @@ from ..ir.errors import LfmcError
 from ..ir.graph import Graph
 from .build import GraphBuilder
 
-ARCHITECTURES = ("Lfm2ForCausalLM", "Lfm2MoeForCausalLM", "LfmHybridForCausalLM")
+ARCHITECTURES = ("Lfm2ForCausalLM", "Lfm2MoeForCausalLM", "Lfm3ForCausalLM", "LfmHybridForCausalLM")
+MODEL_TYPES = {"lfm2": "Lfm2ForCausalLM", "lfm2_moe": "Lfm2MoeForCausalLM", "lfm3": "Lfm3ForCausalLM"}
 KINDS = {"Lfm2ForCausalLM": ("conv", "full_attention"), "Lfm2MoeForCausalLM": ("conv", "full_attention"),
+         "Lfm3ForCausalLM": ("conv", "full_attention", "sliding_attention"),
          "LfmHybridForCausalLM": ("conv", "full_attention", "recurrence")}
+# Lfm3Config's defaults (transformers 5.24) where they differ from LFM2's, and its RoPE per layer type
+LFM3_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 128_000, "hidden_size": 2048, "intermediate_size": 7680, "num_hidden_layers": 24,
+    "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 128, "conv_L_cache": 7, "sliding_window": 256,
+    "use_sandwich_norm": True, "use_attention_gate": True, "attention_bias": False, "max_position_embeddings": 128_000,
+}
+LFM3_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+             "full_attention": {"rope_type": "proportional", "rope_theta": 1_000_000.0, "partial_rotary_factor": 0.5}}
 # transformers' defaults for the fields the IR needs (Lfm2Config / Lfm2MoeConfig, 5.24).
 DEFAULTS: dict[str, Any] = {
     "norm_eps": 1e-5, "conv_L_cache": 3, "conv_bias": False, "tie_word_embeddings": True, "rope_theta": 1e6,
@@ -25,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
 def _get(cfg: dict[str, Any], key: str) -> Any:
     if key in cfg and cfg[key] is not None:
         return cfg[key]
+    if cfg.get("architecture") == "Lfm3ForCausalLM" and key in LFM3_DEFAULTS:
+        return LFM3_DEFAULTS[key]
     if key == "rope_theta" and isinstance(cfg.get("rope_parameters"), dict):
         return cfg["rope_parameters"].get("rope_theta", DEFAULTS["rope_theta"])
     if key in DEFAULTS:
@@ -35,7 +47,7 @@ def _get(cfg: dict[str, Any], key: str) -> Any:
 def dense_ff_width(cfg: dict[str, Any]) -> int:
     """The SwiGLU width transformers' Lfm2MLP uses (block_auto_adjust_ff_dim: 2/3, multiplier, round up)."""
     ff = int(_get(cfg, "intermediate_size"))
-    if _get(cfg, "block_auto_adjust_ff_dim"):
+    if cfg.get("architecture") != "Lfm3ForCausalLM" and _get(cfg, "block_auto_adjust_ff_dim"):
         ff = int(2 * ff / 3)
         mult = cfg.get("block_ffn_dim_multiplier", DEFAULTS["block_ffn_dim_multiplier"])
         if mult is not None:
@@ -48,6 +60,9 @@ def dense_ff_width(cfg: dict[str, Any]) -> int:
 def layer_types(cfg: dict[str, Any]) -> list[str]:
     n = int(_get(cfg, "num_hidden_layers"))
     lt = cfg.get("layer_types")
+    if lt is None and cfg.get("architecture") == "Lfm3ForCausalLM":      # Lfm3Config's default pattern
+        lt = ["full_attention" if i % 4 == 2 else "sliding_attention" if i % 4 == 0 and i > 0 else "conv"
+              for i in range(n)]
     if lt is None:
         raise LfmcError("config has no layer_types: say which layers are 'conv' and which 'full_attention' "
                         "(transformers would silently make every layer attention)")
@@ -60,20 +75,58 @@ def layer_types(cfg: dict[str, Any]) -> list[str]:
 def architecture(cfg: dict[str, Any]) -> str:
     arch = cfg.get("architecture") or (cfg.get("architectures") or [None])[0]
     if arch is None:
-        arch = {"lfm2": "Lfm2ForCausalLM", "lfm2_moe": "Lfm2MoeForCausalLM"}.get(cfg.get("model_type", ""))
+        arch = MODEL_TYPES.get(cfg.get("model_type", ""))
     if arch not in ARCHITECTURES:
         raise LfmcError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
     return arch
 
 
+def rope_attrs(cfg: dict[str, Any], kind: str, hd: int) -> dict[str, Any]:
+    """The attention attributes of layer type ``kind``'s rotary embedding: ``rope_theta`` and, where they differ
+    from a full rotation, ``rope_angles`` / ``rope_factor`` (transformers' "default" and "proportional" types;
+    LFM2 has one theta for every layer)."""
+    if cfg.get("architecture") != "Lfm3ForCausalLM":
+        return {"rope_theta": float(_get(cfg, "rope_theta"))}
+    rp = cfg.get("rope_parameters") or LFM3_ROPE
+    r = rp.get(kind) if isinstance(rp, dict) else None
+    if not isinstance(r, dict) or "rope_theta" not in r:
+        raise LfmcError(f"rope_parameters has no entry with a rope_theta for the {kind!r} layers (an LFM3 config "
+                        "gives one per attention layer type)")
+    typ = r.get("rope_type", "default")
+    out: dict[str, Any] = {"rope_theta": float(r["rope_theta"])}
+    if typ == "proportional":              # transformers' _compute_proportional_rope_parameters
+        angles = int(float(r.get("partial_rotary_factor", 1.0)) * hd // 2)
+        if angles != hd // 2:
+            out["rope_angles"] = angles
+        if float(r.get("factor", 1.0)) != 1.0:
+            out["rope_factor"] = float(r["factor"])
+    elif typ != "default":                 # Lfm3's default type ignores partial_rotary_factor and factor
+        raise LfmcError(f"rope_type {typ!r} of the {kind!r} layers is not supported (supported: default, "
+                        "proportional)")
+    return out
+
+
+def _lfm3_checks(cfg: dict[str, Any]) -> None:
+    if _get(cfg, "attention_bias"):
+        raise LfmcError("attention_bias: biases on the attention projections are not supported")
+    if "sliding_attention" in layer_types(cfg):
+        w = _get(cfg, "sliding_window")
+        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+            raise LfmcError(f"sliding_window must be a positive integer for sliding_attention layers, not {w!r}")
+
+
 def graph_from_config(cfg: dict[str, Any], name: str = "model") -> Graph:
-    """The IR of an LFM2 / LFM2-MoE model with this transformers config."""
+    """The IR of an LFM2 / LFM2-MoE / LFM3 model with this transformers config."""
     arch = architecture(cfg)
     cfg = {**cfg, "architecture": arch}
     moe = arch in ("Lfm2MoeForCausalLM", "LfmHybridForCausalLM")
+    lfm3 = arch == "Lfm3ForCausalLM"
+    if lfm3:
+        _lfm3_checks(cfg)
+    sandwich = lfm3 and bool(_get(cfg, "use_sandwich_norm"))
     V, D = int(_get(cfg, "vocab_size")), int(_get(cfg, "hidden_size"))
     H, KV = int(_get(cfg, "num_attention_heads")), int(_get(cfg, "num_key_value_heads"))
-    hd = int(cfg.get("head_dim") or D // H)
+    hd = int(_get(cfg, "head_dim") if lfm3 else cfg.get("head_dim") or D // H)
     eps, L = float(_get(cfg, "norm_eps")), int(_get(cfg, "conv_L_cache"))
     bias = bool(_get(cfg, "conv_bias"))
     b = GraphBuilder(name)
@@ -95,14 +148,9 @@ def graph_from_config(cfg: dict[str, Any], name: str = "model") -> Graph:
             y = b.node("linear_recurrence", [x], {"in_proj": (r + "in_proj.weight", (4 * D, D)),
                                                   "out_proj": (r + "out_proj.weight", (D, D))})
         else:
-            a = p + "self_attn."
-            y = b.attention(x, {"q_proj": (a + "q_proj.weight", (H * hd, D)),
-                                "k_proj": (a + "k_proj.weight", (KV * hd, D)),
-                                "v_proj": (a + "v_proj.weight", (KV * hd, D)),
-                                "out_proj": (a + "out_proj.weight", (D, H * hd)),
-                                "q_norm": (a + "q_layernorm.weight", (hd,)),
-                                "k_norm": (a + "k_layernorm.weight", (hd,))},
-                            H, KV, hd, float(_get(cfg, "rope_theta")), eps)
+            y = _attention_layer(b, cfg, kind, p + "self_attn.", x, (D, H, KV, hd), eps)
+        if sandwich:
+            y = b.rmsnorm(y, (p + "post_operator_norm.weight", (D,)), eps)
         h = b.add(y, h)
         x = b.rmsnorm(h, (p + "ffn_norm.weight", (D,)), eps)
         f = p + "feed_forward."
@@ -120,10 +168,30 @@ def graph_from_config(cfg: dict[str, Any], name: str = "model") -> Graph:
             F = int(_get(cfg, "intermediate_size")) if moe else dense_ff_width(cfg)
             y = b.gated_mlp(x, {"w1": (f + "w1.weight", (F, D)), "w3": (f + "w3.weight", (F, D)),
                                 "w2": (f + "w2.weight", (D, F))})
+        if sandwich:
+            y = b.rmsnorm(y, (p + "post_ffn_norm.weight", (D,)), eps)
         h = b.add(h, y)
     h = b.rmsnorm(h, ("model.embedding_norm.weight", (D,)), eps)
     head = emb if _get(cfg, "tie_word_embeddings") else ("lm_head.weight", (V, D))
     return b.finish(b.lm_head(h, head))
+
+
+def _attention_layer(b: GraphBuilder, cfg: dict[str, Any], kind: str, a: str, x: str, dims: tuple[int, ...],
+                     eps: float) -> str:
+    """An attention layer of type ``kind`` (LFM2's names: out_proj, q_layernorm; LFM3's: o_proj, q_norm, and
+    its sliding window, output gate and RoPE per layer type)."""
+    D, H, KV, hd = dims
+    lfm3 = cfg.get("architecture") == "Lfm3ForCausalLM"
+    out, qn, kn = ("o_proj", "q_norm", "k_norm") if lfm3 else ("out_proj", "q_layernorm", "k_layernorm")
+    params = {"q_proj": (a + "q_proj.weight", (H * hd, D)), "k_proj": (a + "k_proj.weight", (KV * hd, D)),
+              "v_proj": (a + "v_proj.weight", (KV * hd, D)), "out_proj": (a + out + ".weight", (D, H * hd)),
+              "q_norm": (a + qn + ".weight", (hd,)), "k_norm": (a + kn + ".weight", (hd,))}
+    extra = rope_attrs(cfg, kind, hd)
+    if lfm3 and _get(cfg, "use_attention_gate"):
+        params["g_proj"] = (a + "g_proj.weight", (H, D))
+    if kind == "sliding_attention":
+        extra["window"] = int(_get(cfg, "sliding_window"))
+    return b.attention(x, params, H, KV, hd, extra.pop("rope_theta"), eps, **extra)
 
 
 def config_from_graph(g: Graph, extra: dict[str, Any] | None = None, where: str | None = None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Model presets: published LFM2 shapes (from transformers configs) and tiny ones for tests and the demo.
+"""Model presets: published LFM2 shapes (from transformers configs), LFM2.5 (the LFM2 architectures at Liquid's
+newer checkpoints), LFM3 (transformers' Lfm3Config defaults) and tiny ones for tests and the demo.
 
 ``assumed`` lists the fields that are not published and were chosen by lfmc; ``published_parameters`` is the
 published parameter count where one is known.
@@ -259,6 +260,57 @@ def _hybrid() -> dict[str, Any]:
 
 
 _ASSUMED_AND_DERIVED["lfm2-hybrid-tiny"] = _hybrid()
+
+
+def _lfm25(base: str, context: int, published: str) -> dict[str, Any]:
+    """An LFM2.5 preset: LFM2.5 checkpoints use the LFM2 / LFM2-MoE architectures (served as Lfm2ForCausalLM /
+    Lfm2MoeForCausalLM); their configs are not recorded in ../shared/data, so every field but the published
+    context length is the same-size LFM2 model's, and says so."""
+    p = copy.deepcopy(_PUBLISHED[base])
+    p["config"]["max_position_embeddings"] = context
+    p["published_parameters"] = None
+    p["assumed"] = [f"every field but max_position_embeddings ({context}, published) is {base}'s config "
+                    f"({published})"]
+    return p
+
+
+# LFM2.5 (Liquid, 2026): 350M and 1.2B dense (32K context), 8B-A1B MoE (128K context). The 1.2B's published
+# figures (1.17B parameters; 16 layers, 10 conv + 6 attention; vocabulary 65,536) match LFM2-1.2B's config.
+_ASSUMED_AND_DERIVED["lfm2.5-350m"] = _lfm25("lfm2-350m", 32768, "published: 350M, dense, 32K context")
+_ASSUMED_AND_DERIVED["lfm2.5-1.2b"] = _lfm25(
+    "lfm2-1.2b", 32768, "published: 1.17B parameters, 16 layers (10 conv + 6 attention), vocabulary 65,536, "
+    "which this config reproduces")
+_ASSUMED_AND_DERIVED["lfm2.5-8b-a1b"] = _lfm25("lfm2-8b-a1b", 128000,
+                                               "published: 8B total / about 1B active, MoE, 128K context")
+# LFM3-1.7B: transformers 5.24's Lfm3Config defaults, documented there as the LFM3-1.7B configuration (24 layers:
+# 13 conv, 6 full and 5 sliding-window attention; hidden 2048, head_dim 128, GQA 16 / 4, FFN 7680, vocabulary
+# 128,000, window 256, gates and sandwich norms).
+_ASSUMED_AND_DERIVED["lfm3-1.7b"] = {
+    "architecture": "Lfm3ForCausalLM",
+    "config": {"vocab_size": 128000, "hidden_size": 2048, "intermediate_size": 7680, "num_hidden_layers": 24,
+               "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 128, "max_position_embeddings": 128000,
+               "norm_eps": 1e-5, "pad_token_id": 124893, "bos_token_id": 124894, "eos_token_id": 124900,
+               "tie_word_embeddings": True, "conv_bias": False, "conv_L_cache": 7, "sliding_window": 256,
+               "use_sandwich_norm": True, "use_attention_gate": True, "attention_bias": False,
+               "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                   "full_attention": {"rope_type": "proportional", "rope_theta": 1000000.0,
+                                                      "partial_rotary_factor": 0.5}},
+               "layer_types": ["full_attention" if i % 4 == 2 else "sliding_attention" if i % 4 == 0 and i > 0
+                               else "conv" for i in range(24)]},
+    "published_parameters": None,
+    "assumed": ["every field: transformers 5.24's Lfm3Config defaults (its docstring names them the LFM3-1.7B "
+                "configuration); no LFM3 config is recorded in ../shared/data"],
+}
+# a tiny LFM3 for tests and the demo: every layer type, window 8
+_ASSUMED_AND_DERIVED["lfm3-tiny"] = {
+    "architecture": "Lfm3ForCausalLM",
+    "config": _ASSUMED_AND_DERIVED["lfm3-1.7b"]["config"] | {
+        "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 2048,
+        "sliding_window": 8, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+        "layer_types": ["conv", "conv", "full_attention", "conv", "sliding_attention", "conv"]},
+    "published_parameters": None, "assumed": ["everything: a test model"],
+}
 PRESETS: dict[str, dict[str, Any]] = _PUBLISHED | _ASSUMED_AND_DERIVED
 
 

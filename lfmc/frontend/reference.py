@@ -1,4 +1,5 @@
-"""The transformers reference: build Lfm2ForCausalLM / Lfm2MoeForCausalLM with lfmc's weights and run it.
+"""The transformers reference: build Lfm2ForCausalLM / Lfm2MoeForCausalLM / Lfm3ForCausalLM with lfmc's weights
+and run it.
 
 The oracle the interpreter (and everything compiled) is checked against: prefill logits, then decode steps
 through transformers' own cache.
@@ -18,7 +19,8 @@ def hf_config(cfg: dict[str, Any]):
     import transformers
 
     arch = architecture(cfg)
-    cls = transformers.Lfm2MoeConfig if arch == "Lfm2MoeForCausalLM" else transformers.Lfm2Config
+    cls = {"Lfm2MoeForCausalLM": transformers.Lfm2MoeConfig, "Lfm3ForCausalLM": transformers.Lfm3Config}.get(
+        arch, transformers.Lfm2Config)
     kw = {k: v for k, v in cfg.items() if k not in ("architecture", "architectures", "model_type",
                                                     "transformers_version")}
     return cls(**kw)

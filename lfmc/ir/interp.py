@@ -2,7 +2,8 @@
 
 It is the oracle for every later stage. ``run(tokens, state)`` processes T new tokens of one sequence given its
 state (an empty state for prefill, then T=1 per decode step, or any chunking in between) and updates the state
-in place: conv state keeps the last L_cache-1 gated inputs, attention appends to its KV cache.
+in place: conv state keeps the last L_cache-1 gated inputs, attention appends to its KV cache (a sliding window
+keeps its last window - 1 keys).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..mixers import causal_conv
+from ..mixers import causal_conv, rope, rope_inv_freq
 from .errors import LfmcError
 from .graph import Gate, Graph, Node
 from .ops import state_types
@@ -61,16 +62,10 @@ def _rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return w * (x / np.sqrt(var + F32(eps)))
 
 
-def _rope(x: np.ndarray, pos: np.ndarray, theta: float) -> np.ndarray:
-    """NeoX (rotate-half) rotary embedding of x [T, H, hd] at absolute positions pos [T]."""
-    hd = x.shape[-1]
-    inv_freq = F32(1.0) / (F32(theta) ** (np.arange(0, hd, 2, dtype=F32) / F32(hd)))
-    freqs = pos.astype(F32)[:, None] * inv_freq[None, :]
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]
-    half = hd // 2
-    rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rot * sin
+def _rope_of(n: Node) -> np.ndarray:
+    """The inverse frequencies of attention ``n``'s rotary embedding."""
+    a = n.attrs
+    return rope_inv_freq(a["head_dim"], a["rope_theta"], a.get("rope_angles"), a.get("rope_factor", 1.0))
 
 
 class Interpreter:
@@ -156,25 +151,33 @@ class Interpreter:
         x = a[0]
         T = x.shape[0]
         h, kv, hd, eps = n.attrs["heads"], n.attrs["kv_heads"], n.attrs["head_dim"], n.attrs["eps"]
+        window = n.attrs.get("window")
         pos = np.arange(s.pos, s.pos + T)
         q = _rmsnorm(self._proj(n, "q_proj", x).reshape(T, h, hd), self._p(n, "q_norm"), eps)
         k = _rmsnorm(self._proj(n, "k_proj", x).reshape(T, kv, hd), self._p(n, "k_norm"), eps)
         v = self._proj(n, "v_proj", x).reshape(T, kv, hd)
-        q, k = _rope(q, pos, n.attrs["rope_theta"]), _rope(k, pos, n.attrs["rope_theta"])
+        inv = _rope_of(n)
+        q, k = rope(q, pos, inv), rope(k, pos, inv)
         st = s.tensors.setdefault(n.name, {"k": np.zeros((0, kv, hd), F32), "v": np.zeros((0, kv, hd), F32)})
         kvd = np.float16 if n.attrs.get("kv_dtype") == "f16" else F32     # the cache's storage rounding
-        st["k"] = np.concatenate([st["k"], k.astype(kvd).astype(F32)], axis=0)
-        st["v"] = np.concatenate([st["v"], v.astype(kvd).astype(F32)], axis=0)
-        K, V = st["k"], st["v"]                                                  # [ctx, kv, hd]
+        first = s.pos - st["k"].shape[0]                                     # position of the oldest key kept
+        K = np.concatenate([st["k"], k.astype(kvd).astype(F32)], axis=0)     # [keys, kv, hd]
+        V = np.concatenate([st["v"], v.astype(kvd).astype(F32)], axis=0)
         grp = h // kv
         qg = q.reshape(T, kv, grp, hd)
-        scores = np.einsum("tkgd,ckd->kgtc", qg, K) * F32(hd ** -0.5)            # [kv, grp, T, ctx]
-        ctx = K.shape[0]
-        mask = np.arange(ctx)[None, :] > (pos[:, None])                          # causal over absolute positions
+        scores = np.einsum("tkgd,ckd->kgtc", qg, K) * F32(hd ** -0.5)            # [kv, grp, T, keys]
+        kpos = np.arange(first, s.pos + T)
+        mask = kpos[None, :] > pos[:, None]                                      # causal over absolute positions
+        if window is not None:                                                   # and within the window
+            mask |= kpos[None, :] <= pos[:, None] - window
         scores = np.where(mask, -np.inf, scores)
         p = _softmax(scores, axis=-1)
-        o = np.einsum("kgtc,ckd->tkgd", p, V).reshape(T, h * hd)
-        return self._proj(n, "out_proj", o.astype(F32))
+        o = np.einsum("kgtc,ckd->tkgd", p, V).reshape(T, h, hd)
+        if "g_proj" in n.params:                                                 # per-head sigmoid output gate
+            o = o * self._gate(n, "g", {"g_proj": self._proj(n, "g_proj", x)})[:, :, None]
+        drop = 0 if window is None else max(0, K.shape[0] - (window - 1))      # a window keeps its last keys
+        st["k"], st["v"] = K[drop:], V[drop:]
+        return self._proj(n, "out_proj", o.reshape(T, h * hd).astype(F32))
 
     def _recurrence(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
         proj = {"in_proj": self._proj(n, "in_proj", a[0])}

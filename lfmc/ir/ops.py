@@ -101,18 +101,26 @@ def _short_conv(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
 
 def _attention(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
     d = _hidden(ins[0])
-    h, kv, hd = node.attrs["heads"], node.attrs["kv_heads"], node.attrs["head_dim"]
+    a = node.attrs
+    h, kv, hd = a["heads"], a["kv_heads"], a["head_dim"]
     _want(h > 0 and kv > 0 and h % kv == 0, f"heads {h} must be a multiple of kv_heads {kv}")
     _want(hd % 2 == 0, f"head_dim {hd} must be even for rotary embeddings")
     _linear(node, "q_proj", h * hd, d)
     _linear(node, "k_proj", kv * hd, d)
     _linear(node, "v_proj", kv * hd, d)
     _linear(node, "out_proj", d, h * hd)
+    if "g_proj" in node.params:
+        _linear(node, "g_proj", h, d)
     for r in ("q_norm", "k_norm"):
         _want(_shape(node, r) == (hd,), f"param {r} has shape {list(_shape(node, r))}, expected [{hd}]")
-    kvd = node.attrs.get("kv_dtype", "f32")
+    _want(0 <= a.get("rope_angles", hd // 2) <= hd // 2,
+          f"rope_angles {a.get('rope_angles')} must be in 0..head_dim/2 ({hd // 2})")
+    _want(a.get("rope_factor", 1.0) > 0, f"rope_factor must be positive, not {a.get('rope_factor')}")
+    _want(a.get("window", 1) >= 1, f"window must be at least 1, not {a.get('window')}")
+    kvd = a.get("kv_dtype", "f32")
     _want(kvd in ("f32", "f16"), f"kv_dtype must be f32 or f16, not {kvd!r}")
-    return ins[0], {"k": TensorType(kvd, ("ctx", kv, hd)), "v": TensorType(kvd, ("ctx", kv, hd))}
+    rows = "ring" if "window" in a else "ctx"       # a sliding window keeps a ring of keys, not the whole context
+    return ins[0], {"k": TensorType(kvd, (rows, kv, hd)), "v": TensorType(kvd, (rows, kv, hd))}
 
 
 def _gated_mlp(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
@@ -171,11 +179,16 @@ SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
              optional_attrs=ACT),
     OpSchema("attention", 1, {"heads": int, "kv_heads": int, "head_dim": int, "rope_theta": NUM, "eps": NUM},
              ("q_proj", "k_proj", "v_proj", "out_proj", "q_norm", "k_norm"), _attention, liv_class="low_rank",
+             optional_params=("g_proj",),
              quant_roles=("q_proj", "k_proj", "v_proj", "out_proj"), residual_producer=True, norm_consumer=True,
              token_mixer=True, fusions=frozenset({"rope"}), state_kind="kv",
              gates=("q", "k", "v"),
              doc="causal GQA softmax attention with per-head RMSNorm on q, k and NeoX RoPE; state: KV cache "
-                 "(kv_dtype f32 or f16)", optional_attrs={"kv_dtype": str, **ACT}),
+                 "(kv_dtype f32 or f16). window: a query sees itself and the window - 1 positions before it (a "
+                 "ring of keys instead of the whole context); g_proj: a sigmoid gate per head of the input scales "
+                 "each head's output; rope_angles: how many of the head_dim / 2 angles rotate (frequencies "
+                 "theta^(-2i/head_dim) / rope_factor, the rest zero)",
+             optional_attrs={"kv_dtype": str, "window": int, "rope_angles": int, "rope_factor": NUM, **ACT}),
     OpSchema("linear_recurrence", 1, {}, ("in_proj", "out_proj"), _linear_recurrence,
              quant_roles=("in_proj", "out_proj"), residual_producer=True, norm_consumer=True, token_mixer=True,
              state_kind="recurrence",
@@ -216,7 +229,8 @@ def ops_with(trait: str) -> tuple[str, ...]:
 
 def state_types(node: Node) -> dict[str, TensorType]:
     """The per-sequence state ``node`` carries, by name (``conv``, ``h``, ``k``, ``v``), as its schema infers it:
-    the one place a state's shape is computed ("ctx" = the context length). Stateful ops keep their input's type."""
+    the one place a state's shape is computed ("ctx" = the context length, "ring" = a sliding window's ring of
+    keys, :func:`lfmc.plan.ring_slots`). Stateful ops keep their input's type."""
     return SCHEMAS[node.op].infer(node, [node.type])[1] if SCHEMAS[node.op].state_kind else {}
 
 

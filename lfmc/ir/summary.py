@@ -7,11 +7,12 @@ from .graph import Graph
 
 
 def summarize(g: Graph) -> dict[str, Any]:
-    """A JSON-able summary. State is split into a constant part (bytes per sequence, e.g. conv state) and a
-    part that grows with context (bytes per token, e.g. a KV cache)."""
+    """A JSON-able summary. State is split into a constant part (bytes per sequence, e.g. conv state or a
+    sliding window's ring of keys) and a part that grows with context (bytes per token, e.g. a KV cache)."""
     rows, seen = [], set()
     for n in g.nodes:
-        const = sum(t.nbytes() for t in n.state.values() if "ctx" not in t.shape)
+        # a sliding window's ring counted at its least (window slots; the artifact adds the prefill chunk)
+        const = sum(t.nbytes(ring=n.attrs.get("window", 0)) for t in n.state.values() if "ctx" not in t.shape)
         per_tok = sum(t.nbytes(ctx=1) for t in n.state.values() if "ctx" in t.shape)
         fresh = [p for p in n.params.values() if p.name not in seen]
         seen.update(p.name for p in n.params.values())
@@ -65,6 +66,6 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("-" * len(head))
     lines.append(f"parameters {s['parameters']:,}" + (f" (+{s['buffers']:,} buffer values)" if s["buffers"] else "")
                  + f"; weights {_human(s['weight_bytes'])}")
-    lines.append(f"state per sequence: {_human(s['state_bytes_per_sequence'])} constant (conv / recurrent) "
+    lines.append(f"state per sequence: {_human(s['state_bytes_per_sequence'])} constant (conv / recurrence / sliding-window KV) "
                  f"+ {_human(s['state_bytes_per_token'])} per token of context (KV cache)")
     return "\n".join(lines)

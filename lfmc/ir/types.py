@@ -1,7 +1,9 @@
 """Tensor types of the IR: a dtype and a shape of integers and symbolic dimensions.
 
 Symbolic dimensions: ``T`` is the number of tokens in one call (the prefill length, or 1 for decode), ``ctx``
-is the number of tokens of context a sequence has seen (a KV cache grows along it).
+is the number of tokens of context a sequence has seen (a KV cache grows along it), ``ring`` is the number of
+slots of a sliding-window attention's ring of keys (fixed when an artifact is loaded: the window plus the
+prefill chunk, :func:`lfmc.plan.ring_slots`; constant in the context length).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ DTYPES: dict[str, str] = {
 }
 DTYPE_BITS: dict[str, int] = {"f32": 32, "f16": 16, "bf16": 16, "f64": 64, "i64": 64, "i32": 32, "i8": 8,
                               "u8": 8, "i4": 4, "u4": 4, "bool": 8}
-SYMBOLS = ("T", "ctx")  # tokens in this call, tokens of context seen so far
+SYMBOLS = ("T", "ctx", "ring")  # tokens in this call, tokens of context seen so far, ring slots
 Dim = int | str
 
 

@@ -16,6 +16,8 @@ def expected_featurizer(node: Node) -> dict[str, Gate]:
     feat = dict(CANONICAL_FEATURIZERS[node.op])
     if node.op == "moe":
         feat["router"] = Gate("router", act=str(node.attrs.get("scoring")))
+    if node.op == "attention" and "g_proj" in node.params:       # the per-head output gate
+        feat["g"] = Gate("g_proj", act="sigmoid")
     return feat
 
 

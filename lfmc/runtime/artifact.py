@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..plan import SCHEMA_VERSION, Launch, PlanError
+from ..plan import SCHEMA_VERSION, STATE_DIMS, Launch, PlanError
 from .errors import RuntimeLoadError
 
 MANIFEST = "manifest.json"
@@ -94,6 +94,13 @@ def check_structure(m: dict[str, Any], where: Any = MANIFEST) -> None:
         need(isinstance(spec, dict) and isinstance(spec.get("shape"), list) and isinstance(spec.get("dtype"), str)
              and all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in spec["shape"]),
              f"plan tensor {name!r} needs a shape list and a dtype")
+    for name, spec in p["state"].items():
+        need(all(isinstance(d, int) or d in STATE_DIMS for d in spec["shape"]),
+             f"plan state {name!r}: a shape dimension is a count or one of {', '.join(STATE_DIMS)}")
+        w = spec.get("window")
+        need(("R" in spec["shape"]) == (w is not None) and (w is None or (isinstance(w, int) and not isinstance(
+            w, bool) and w >= 1)), f"plan state {name!r}: a ring (dimension R) needs its window (a positive "
+             "integer), and only a ring has one")
     for name, spec in p["slabs"].items():
         need(isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and isinstance(spec.get("uses"), list)
              and all(isinstance(u, list) and len(u) == 2 and isinstance(u[1], int) for u in spec["uses"]),

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..plan import Arg, launches
+from ..plan import Arg, launches, ring_slots
 from .artifact import check_device, load_manifest
 from .drivers import get_driver
 from .errors import EngineError, RuntimeLoadError
@@ -124,8 +124,7 @@ class Engine:
                                                                "nk": self._max_rows * self.plan["topk"]}[r]) * c
                                 for r, c in s["uses"])
                       for name, s in self.plan["slabs"].items()}
-        dims = {"S": self.max_batch, "C": self.max_context}
-        shapes = {k: tuple(int(dims.get(d, d)) for d in s["shape"]) for k, s in self.plan["state"].items()}
+        shapes = {k: self._state_shape(s) for k, s in self.plan["state"].items()}
         # the budget is checked before anything is allocated: a huge max_context or a forged plan is an error,
         # not an out-of-memory kill
         nbytes = lambda n, dt: int(n) * np.dtype(dt).itemsize  # noqa: E731
@@ -142,6 +141,14 @@ class Engine:
             self.slabs[name] = self.driver.alloc((elems,), self.plan["slabs"][name]["dtype"])
         self.state = {k: self.driver.alloc(shapes[k], s["dtype"]) for k, s in self.plan["state"].items()}
         self.inputs = {k: self.driver.alloc((big,), "int32") for k in ("tokens", "slots", "pos")}
+
+    def _state_shape(self, spec: dict) -> tuple[int, ...]:
+        """A state buffer's shape with its dimensions bound: S slots, C the max context, R a sliding window's
+        ring (:func:`lfmc.plan.ring_slots`)."""
+        dims = {"S": self.max_batch, "C": self.max_context}
+        if "window" in spec:
+            dims["R"] = ring_slots(spec["window"], self.prefill_chunk, self.max_context)
+        return tuple(int(dims.get(d, d)) for d in spec["shape"])
 
     def memory_bytes(self) -> dict[str, int]:
         nb = lambda d: sum(int(a.nbytes) for a in d.values())  # noqa: E731

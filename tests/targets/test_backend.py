@@ -193,8 +193,8 @@ def test_an_older_schema_is_refused_naming_both_versions(served_artifact, tmp_pa
     d = tmp_path / "old"
     shutil.copytree(served_artifact, d)
     m = json.loads((d / "manifest.json").read_text())
-    assert m["schema_version"] == SCHEMA_VERSION == 3 and m["target"]["family"] == "cpu"
-    m["schema_version"] = 2
+    assert m["schema_version"] == SCHEMA_VERSION == 4 and m["target"]["family"] == "cpu"
+    m["schema_version"] = 3
     (d / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(RuntimeLoadError, match="artifact schema 2, this runtime reads schema 3"):
+    with pytest.raises(RuntimeLoadError, match="artifact schema 3, this runtime reads schema 4"):
         Engine(d)
