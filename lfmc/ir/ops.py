@@ -180,7 +180,7 @@ SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
     OpSchema("attention", 1, {"heads": int, "kv_heads": int, "head_dim": int, "rope_theta": NUM, "eps": NUM},
              ("q_proj", "k_proj", "v_proj", "out_proj", "q_norm", "k_norm"), _attention, liv_class="low_rank",
              optional_params=("g_proj",),
-             quant_roles=("q_proj", "k_proj", "v_proj", "out_proj"), residual_producer=True, norm_consumer=True,
+             quant_roles=("q_proj", "k_proj", "v_proj", "out_proj", "g_proj"), residual_producer=True, norm_consumer=True,
              token_mixer=True, fusions=frozenset({"rope"}), state_kind="kv",
              gates=("q", "k", "v"),
              doc="causal GQA softmax attention with per-head RMSNorm on q, k and NeoX RoPE; state: KV cache "

@@ -61,8 +61,8 @@ def _quantize_node(n, w: dict[str, np.ndarray], done: dict, skipped: list[str], 
                    asym: bool) -> None:
     """Quantize ``n``'s projection weights in ``w`` (each weight once, shared by every node using it)."""
     for role in ROLES.get(n.op, ()):
-        p = n.params[role]
-        if p.type.dtype != "f32":
+        p = n.params.get(role)                      # an optional projection (an attention's gate) may be absent
+        if p is None or p.type.dtype != "f32":
             continue
         if p.name not in done:
             K = p.type.shape[-1]
@@ -118,8 +118,8 @@ def cast_weights(model: Model, options: dict[str, Any]) -> Model:
     w = dict(model.weights)
     for n in g.nodes:
         for role in ROLES.get(n.op, ()):
-            p = n.params[role]
-            if p.type.dtype == "f32":
+            p = n.params.get(role)
+            if p is not None and p.type.dtype == "f32":
                 if w[p.name].dtype == np.float32:
                     w[p.name] = w[p.name].astype(npdt)
                 n.params[role] = Param(p.name, TensorType(dtype, p.type.shape))

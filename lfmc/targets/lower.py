@@ -28,6 +28,8 @@ from ..plan import ENTRIES, PLAN_VERSION, Arg, Launch, launches
 from ..progress import task
 from . import knobs as KN
 
+SYMBOLIC_DIMS = {"ctx": "C", "ring": "R"}      # IR state dims -> the plan's (lfmc.plan.STATE_DIMS)
+
 
 @dataclass
 class KernelSpec:
@@ -242,12 +244,16 @@ class _Lowering:
 
     def declare_state(self, n: Node) -> dict[str, str]:
         """Declare the per-slot state of ``n`` as its op schema infers it (``S`` slots; ``C``: the max context;
-        a zero-width conv window kept one column wide); state name -> plan name."""
+        ``R``: a sliding window's ring, :func:`lfmc.plan.ring_slots`; a zero-width conv window kept one column
+        wide); state name -> plan name."""
         out = {}
         for key, t in state_types(n).items():
             out[key] = name = f"{key}.{n.name}"
-            self.state[name] = {"shape": ["S"] + ["C" if d == "ctx" else max(int(d), 1) for d in t.shape],
+            self.state[name] = {"shape": ["S"] + [SYMBOLIC_DIMS[d] if d in SYMBOLIC_DIMS else max(int(d), 1)
+                                                  for d in t.shape],
                                 "dtype": storage_dtype(t.dtype), "kind": schema(n.op).state_kind, "node": n.name}
+            if "ring" in t.shape:                       # a sliding window's ring: the runtime sizes it
+                self.state[name]["window"] = int(n.attrs["window"])
         return out
 
     # --- shared pieces
@@ -460,28 +466,38 @@ class _Lowering:
 
     def op_attention(self, n: Node, ins, out: str, D: int, norm: Node | None = None,
                      accumulate: bool = False) -> None:
-        H, KV, hd = n.attrs["heads"], n.attrs["kv_heads"], n.attrs["head_dim"]
-        Nq = (H + 2 * KV) * hd
-        self.matmul((ins[0], D), [(n, "q_proj"), (n, "k_proj"), (n, "v_proj")], Nq, D, ("t_p", Nq), norm=norm)
+        a = n.attrs
+        H, KV, hd = a["heads"], a["kv_heads"], a["head_dim"]
+        gated = "g_proj" in n.params
+        Nq = (H + 2 * KV) * hd + (H if gated else 0)       # the gate logits follow q, k, v
+        self.matmul((ins[0], D), [(n, r) for r in ("q_proj", "k_proj", "v_proj", "g_proj") if r in n.params], Nq, D,
+                    ("t_p", Nq), norm=norm)
         st = self.declare_state(n)
         kvd = self.state[st["k"]]["dtype"]
         kn = self.knobs["prefill"]
-        eps, theta = n.attrs["eps"], n.attrs["rope_theta"]
+        eps = a["eps"]
+        # the variant (sliding window, gate, partial RoPE), named in the kernel key only where it differs from LFM2
+        var = {"window": a.get("window", 0), "gated": gated}
+        rope = {"theta": a["rope_theta"], "angles": a.get("rope_angles"), "factor": a.get("rope_factor", 1.0)}
+        vkey = tuple(f"{k}{int(v)}" for k, v in var.items() if v)
+        rkey = (("r", rope["angles"], repr(rope["factor"])) if rope["angles"] is not None or rope["factor"] != 1.0
+                else ())
         rows = [Arg.input("slots", "n"), Arg.input("pos", "n")]
         norms = [self.param("w." + n.params["q_norm"].name, lambda: self.w(n, "q_norm")),
                  self.param("w." + n.params["k_norm"].name, lambda: self.w(n, "k_norm"))]
         cache = [Arg.state(st["k"]), Arg.state(st["v"])]
         if n.fused.get("rope"):
-            ka = self.kernel(("rope_attn", H, KV, hd, repr(eps), repr(theta), kn.lanes, kvd), "make_rope_attention",
-                             H=H, KV=KV, hd=hd, eps=eps, theta=theta, kn=self.loop, kv=kvd)
+            ka = self.kernel(("rope_attn", H, KV, hd, repr(eps), repr(a["rope_theta"]), kn.lanes, kvd) + vkey + rkey,
+                             "make_rope_attention", H=H, KV=KV, hd=hd, eps=eps, kn=self.loop, kv=kvd, **rope, **var)
             self.both(ka, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_a", "n", H * hd)] + rows)
         else:
-            kq = self.kernel(("qk_rope", H, KV, hd, repr(eps), repr(theta), kvd), "make_qk_rope", H=H, KV=KV, hd=hd,
-                             eps=eps, theta=theta, kn=self.loop, kv=kvd)
-            ka = self.kernel(("attn", H, KV, hd, kn.lanes, kvd), "make_attention", H=H, KV=KV, hd=hd,
-                             kn=self.loop, kv=kvd)
-            self.both(kq, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_q", "n", H * hd)] + rows)
-            self.both(ka, [self.slab("t_q", "n", H * hd)] + cache + [self.slab("t_a", "n", H * hd)] + rows)
+            Nqg = H * hd + (H if gated else 0)
+            kq = self.kernel(("qk_rope", H, KV, hd, repr(eps), repr(a["rope_theta"]), kvd) + vkey + rkey, "make_qk_rope",
+                             H=H, KV=KV, hd=hd, eps=eps, kn=self.loop, kv=kvd, **rope, **var)
+            ka = self.kernel(("attn", H, KV, hd, kn.lanes, kvd) + vkey, "make_attention", H=H, KV=KV,
+                             hd=hd, kn=self.loop, kv=kvd, **var)
+            self.both(kq, [self.slab("t_p", "n", Nq)] + norms + cache + [self.slab("t_q", "n", Nqg)] + rows)
+            self.both(ka, [self.slab("t_q", "n", Nqg)] + cache + [self.slab("t_a", "n", H * hd)] + rows)
         self.matmul(("t_a", H * hd), [(n, "out_proj")], D, H * hd, (out, D), accumulate=accumulate)
 
     def op_gated_mlp(self, n: Node, ins, out: str, D: int, norm: Node | None = None,
