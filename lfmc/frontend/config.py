@@ -151,7 +151,7 @@ def graph_from_config(cfg: dict[str, Any], name: str = "model") -> Graph:
             y = _attention_layer(b, cfg, kind, p + "self_attn.", x, (D, H, KV, hd), eps)
         if sandwich:
             y = b.rmsnorm(y, (p + "post_operator_norm.weight", (D,)), eps)
-        h = b.add(y, h)
+        h = b.add(h, y) if lfm3 else b.add(y, h)         # the operand order of each model's modeling code
         x = b.rmsnorm(h, (p + "ffn_norm.weight", (D,)), eps)
         f = p + "feed_forward."
         if moe and i >= int(_get(cfg, "num_dense_layers")):

@@ -253,23 +253,32 @@ def _lift_short_conv(g: _Group, b: GraphBuilder, x: str) -> str:
 
 
 def _lift_attention(g: _Group, b: GraphBuilder, x: str) -> str:
+    """LFM2 / LFM3 attention: q / k / v projections, per-head RMSNorm of q and k, rotate-half RoPE, sdpa, an
+    optional sigmoid gate per head (LFM3's g_proj) and the output projection; a sliding window where the model's
+    config says the layer is one (its mask is built outside the module)."""
     tr = g.tr
     sdpa = g.of("scaled_dot_product_attention")
     if len(sdpa) != 1:
         g.fail("expected one scaled_dot_product_attention (export with attn_implementation='sdpa')")
     q_arg, k_arg, v_arg = sdpa[0].args[:3]
     lin = g.of("linear")
-    if len(lin) != 4 or not {"neg", "cat", "rsqrt"} <= set(g.ops):
-        g.fail("expected q/k/v/out projections, QK RMSNorm and rotate-half RoPE")
+    if len(lin) not in (4, 5) or not {"neg", "cat", "rsqrt"} <= set(g.ops):
+        g.fail("expected q/k/v/out projections (and a gate), QK RMSNorm and rotate-half RoPE")
     anc = {r: g.ancestors(a) for r, a in (("q", q_arg), ("k", k_arg), ("v", v_arg))}
+    sig = set(g.of("sigmoid"))
     roles: dict[str, Any] = {}
     for n in lin:
         hit = [r for r in "qkv" if n in anc[r]]
         if len(hit) > 1:
             g.fail("one projection feeds several of q, k, v")
-        roles[hit[0] if hit else "out"] = n
-    if set(roles) != {"q", "k", "v", "out"}:
+        role = hit[0] if hit else "g" if sig & g.ancestors_users(n) else "out"
+        if role in roles:
+            g.fail(f"two projections look like the {role} projection")
+        roles[role] = n
+    if set(roles) - {"g"} != {"q", "k", "v", "out"}:
         g.fail(f"cannot find the q, k, v and output projections (found {sorted(roles)})")
+    if "g" in roles and not (sig & g.ancestors(roles["out"].args[0]) and sdpa[0] in g.ancestors(roles["out"].args[0])):
+        g.fail("the gate's sigmoid does not scale the attention output before the output projection")
     norms = {}
     for r in "qk":
         ws = {tr.param_of(a) for n in anc[r] if _opname(n) == "mul" for a in n.args if tr.param_of(a)}
@@ -277,18 +286,35 @@ def _lift_attention(g: _Group, b: GraphBuilder, x: str) -> str:
             g.fail(f"expected one RMSNorm weight on the {r} path, found {len(ws)}")
         norms[r] = ws.pop()
     if any(_opname(n) in ("rsqrt", "neg") for n in anc["v"]):
-        g.fail("v is normalized or rotated; LFM2 attention leaves v alone")
+        g.fail("v is normalized or rotated; LFM attention leaves v alone")
     eps = g.scalar_add(n for n in anc["q"] if _opname(n) == "add")
     hd = tr.shape(norms["q"])[0]
     wq, wk, wv, wo = (g.linear(roles[r])[0] for r in ("q", "k", "v", "out"))
-    theta = _rope_theta(g, hd)
-    return b.attention(x, {"q_proj": g.p(wq), "k_proj": g.p(wk), "v_proj": g.p(wv), "out_proj": g.p(wo),
-                           "q_norm": g.p(norms["q"]), "k_norm": g.p(norms["k"])},
-                       tr.shape(wq)[0] // hd, tr.shape(wk)[0] // hd, hd, theta, eps)
+    kind = _layer_type(g)
+    rope = _rope(g, hd, kind)
+    params = {"q_proj": g.p(wq), "k_proj": g.p(wk), "v_proj": g.p(wv), "out_proj": g.p(wo),
+              "q_norm": g.p(norms["q"]), "k_norm": g.p(norms["k"])}
+    if "g" in roles:
+        params["g_proj"] = g.p(g.linear(roles["g"])[0])
+    window = int(tr.model.config.sliding_window) if kind == "sliding_attention" else None
+    return b.attention(x, params, tr.shape(wq)[0] // hd, tr.shape(wk)[0] // hd, hd, rope.pop("rope_theta"), eps,
+                       window=window, **rope)
 
 
-def _rope_theta(g: _Group, hd: int) -> float:
-    """RoPE theta from the inverse-frequency buffer feeding the attention's cos/sin, checked against its formula."""
+def _layer_type(g: _Group) -> str | None:
+    """The config's layer type of the decoder layer owning this module (``model.layers.3.self_attn``)."""
+    parts = g.path.split(".")
+    types = getattr(g.tr.model.config, "layer_types", None)
+    idx = next((int(p) for p in reversed(parts) if p.isdigit()), None)
+    return types[idx] if types and idx is not None and idx < len(types) else None
+
+
+def _rope(g: _Group, hd: int, kind: str | None) -> dict[str, Any]:
+    """RoPE attributes from the inverse-frequency buffer feeding this attention's cos / sin: theta, and where the
+    rotation is partial or scaled (LFM3's proportional RoPE) the number of rotating angles and the factor;
+    checked against the formula (:func:`lfmc.mixers.rope_inv_freq`)."""
+    from ..mixers import rope_inv_freq
+
     tr = g.tr
     bufs, todo, seen = [], [a for n in g.nodes for a in n.all_input_nodes if a not in g.set], set()
     while todo:
@@ -296,21 +322,38 @@ def _rope_theta(g: _Group, hd: int) -> float:
         if n in seen:
             continue
         seen.add(n)
-        if n.op == "placeholder" and n in tr.param_name and tr.param_name[n].endswith("inv_freq"):
-            bufs.append(tr.param_name[n])
+        name = tr.param_name.get(n, "") if n.op == "placeholder" else ""
+        if name.endswith("inv_freq") and "original" not in name:
+            bufs.append(name)
         todo += [a for a in n.all_input_nodes if a not in tr.active]
-    if not bufs:
-        g.fail("no rotary inverse-frequency buffer feeds this attention")
-    inv = tr.tensors[sorted(bufs)[0]].detach().double().numpy()
-    theta = float(inv[1] ** (-hd / 2.0)) if len(inv) > 1 else 1e4
+    if len(set(bufs)) != 1:
+        g.fail(f"expected one rotary inverse-frequency buffer feeding this attention, found {sorted(set(bufs))}")
+    inv = tr.tensors[bufs[0]].detach().double().numpy()
+    if len(inv) != hd // 2 or inv[0] <= 0:
+        g.fail(f"rotary frequencies of length {len(inv)} do not fit head_dim {hd}")
+    angles = int(np.count_nonzero(inv))
+    factor = 1.0 / float(inv[0])
+    theta = float((inv[1] * factor) ** (-hd / 2.0)) if angles > 1 else 1e4
     conf = getattr(tr.model.config, "rope_parameters", None) or {}
+    if kind in conf and isinstance(conf[kind], dict):         # per layer type (LFM3)
+        conf = conf[kind]
     cand = conf.get("rope_theta", getattr(tr.model.config, "rope_theta", None))
-    if cand is not None and abs(cand - theta) <= 1e-4 * abs(cand):
+    if cand is not None and (angles <= 1 or abs(cand - theta) <= 1e-4 * abs(cand)):
         theta = float(cand)
-    want = 1.0 / theta ** (np.arange(0, hd, 2) / hd)
-    if len(inv) != hd // 2 or not np.allclose(inv, want, rtol=1e-4):
-        g.fail("rotary frequencies are not theta^(-2i/d) (scaled RoPE variants are not supported)")
-    return theta
+    cf = conf.get("factor")
+    if cf is not None and abs(cf - factor) <= 1e-6 * abs(cf):
+        factor = float(cf)
+    elif abs(factor - 1.0) <= 1e-6:
+        factor = 1.0
+    if not np.allclose(inv, rope_inv_freq(hd, theta, angles, factor), rtol=1e-4, atol=0):
+        g.fail("rotary frequencies are not theta^(-2i/d) / factor over a prefix of the angles (other scaled RoPE "
+               "variants are not supported)")
+    out: dict[str, Any] = {"rope_theta": theta}
+    if angles != hd // 2:
+        out["rope_angles"] = angles
+    if factor != 1.0:
+        out["rope_factor"] = factor
+    return out
 
 
 def _lift_gated_mlp(g: _Group, b: GraphBuilder, x: str) -> str:

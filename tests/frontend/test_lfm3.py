@@ -103,3 +103,39 @@ def test_config_errors_say_what(change, message):
     cfg = dict(LFM3_CONFIGS["lfm3-b"]) | change
     with pytest.raises(LfmcError, match=message):
         graph_from_config(cfg, "bad")
+
+
+@pytest.mark.parametrize("name", sorted(LFM3_CONFIGS))
+def test_torch_lift_equals_the_config_build(name, lfm3_models):
+    """Lfm3ForCausalLM traced with torch.export and lifted by pattern: the same IR (window from the config's
+    layer type, gate, RoPE read back from the inverse-frequency buffers) and the model's own weights."""
+    from lfmc.frontend.reference import build_hf_model
+    from lfmc.frontend.torch_lift import lift
+
+    m = lfm3_models[name]
+    g, w = lift(build_hf_model(m.provenance["config"], m.weights), name)
+    assert print_graph(g) == print_graph(m.graph)
+    assert set(w) == set(m.weights) and all(np.array_equal(w[k], m.weights[k]) for k in w)
+
+
+def test_checkpoint_dir_with_chat_template(tmp_path, lfm3_models):
+    import json
+
+    from lfmc.frontend import import_hf_dir, import_source
+    from lfmc.frontend.reference import build_hf_model
+
+    m = lfm3_models["lfm3-a"]
+    d = tmp_path / "lfm3"
+    build_hf_model(m.provenance["config"], m.weights).save_pretrained(d)
+    assert json.loads((d / "config.json").read_text())["model_type"] == "lfm3"
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+        "bos_token": "<|startoftext|>", "eos_token": "<|im_end|>"}))
+    got = import_source(str(d))
+    assert print_graph(got.graph).replace('"lfm3"', '"x"') == print_graph(m.graph).replace('"lfm3-a"', '"x"')
+    assert all(np.array_equal(got.weights[k], m.weights[k]) for k in m.weights)
+    assert got.provenance["chat"]["eos_token"] == "<|im_end|>"
+    for f in d.glob("*.safetensors"):                   # config-only: built from config.json without torch
+        f.unlink()
+    conf = import_hf_dir(d)
+    assert conf.weights is None and print_graph(conf.graph) == print_graph(got.graph)
