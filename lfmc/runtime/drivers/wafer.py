@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...mixers import causal_conv
+from ...mixers import causal_conv, rope, rope_inv_freq
 from ..errors import EngineError, RuntimeLoadError
 from .host import HostMemory
 
@@ -442,8 +442,10 @@ class MeshSim:
         nkv = kv["kv_heads"]
         st = self._start(rd, self._role(g["name"]), self._role(kv["name"]))
         t = st[0] + self._compute((grp + 1) * hd * 4, 0, (grp + 1) * hd * 4, (grp + 1) * (hd + 1))
-        blk = pos // b
-        nb = blk + 1
+        ring = op.get("window")              # a sliding window: position pos lives in ring row pos % window
+        last = min(pos, ring - 1) if ring else pos           # the highest ring row holding a key this query sees
+        blk = (pos % ring if ring else pos) // b
+        nb = last // b + 1
         xe = g["x"] + g["c"] - 1
         # k, v to the PE owning the position; q along the head's strip rows (participating blocks only)
         store, qm, back = [], [], []
@@ -463,7 +465,7 @@ class MeshSim:
                     back.append((rx + cols - 1, ry + t_, rx, ry + t_, grp * (hd + 2), -1, 0))
         t = self._reserve(Transfer(np.array(store, np.int64)), t)
         t = self._reserve(Transfer(np.array(qm, np.int64)), t)
-        n_here = min(b, pos + 1)
+        n_here = min(b, last + 1)
         t += self._compute(2 * n_here * grp * hd, 2 * n_here * hd * kv["kv_bytes"], 2 * n_here * grp, n_here * grp)
         cols = -(-nb // mrows)
         dist = abs(kv["x"] - xe) + abs(kv["y"] - g["y"])
@@ -475,15 +477,19 @@ class MeshSim:
             qn, kn = self.p[op["q_norm"]], self.p[op["k_norm"]]
             out = []
             segs = vals[op["in"]]
+            per = 4 if op.get("gated") else 3               # q, k, v (and the gate logits) per KV head's row
+            inv = rope_inv_freq(hd, op["theta"], op.get("rope_angles"), op.get("rope_factor", 1.0))
+            at = np.array([pos])
             for h in range(nkv):
-                q, k, v = segs[3 * h], segs[3 * h + 1], segs[3 * h + 2]
-                q = _rope(_rmsnorm(q.reshape(grp, hd), qn, op["eps"]), pos, op["theta"])
-                k = _rope(_rmsnorm(k.reshape(1, hd), kn, op["eps"]), pos, op["theta"])[0]
-                K[h, blk, slot, pos % b] = k
-                Vc[h, blk, slot, pos % b] = v
+                q, k, v = segs[per * h], segs[per * h + 1], segs[per * h + 2]
+                q = rope(_rmsnorm(q.reshape(1, grp, hd), qn, op["eps"]), at, inv)[0]
+                k = rope(_rmsnorm(k.reshape(1, 1, hd), kn, op["eps"]), at, inv)[0, 0]
+                row = pos % ring if ring else pos
+                K[h, blk, slot, row % b] = k
+                Vc[h, blk, slot, row % b] = v
                 m_run = l_run = o_run = None
                 for p_ in range(nb - 1, -1, -1):               # the chain back to the edge PE
-                    n = min(b, pos + 1 - p_ * b)
+                    n = min(b, last + 1 - p_ * b)
                     Kb = K[h, p_, slot, :n].astype(F32)
                     Vb = Vc[h, p_, slot, :n].astype(F32)
                     s = (q @ Kb.T) * F32(hd ** -0.5)             # [grp, n]
@@ -498,7 +504,10 @@ class MeshSim:
                         l_run = l_run * a1 + lsum * a2
                         o_run = o_run * a1[:, None] + o * a2[:, None]
                         m_run = mn
-                out.append((o_run / l_run[:, None]).reshape(-1).astype(F32))
+                o_run = o_run / l_run[:, None]
+                if op.get("gated"):                            # each head's output times its sigmoid gate
+                    o_run = o_run * (F32(1) / (F32(1) + np.exp(-segs[per * h + 3])))[:, None]
+                out.append(o_run.reshape(-1).astype(F32))
             vals[op["out"]] = out
         return end, rid
 
@@ -692,18 +701,6 @@ def _value_layer(v: str, prog: dict) -> str:
 def _rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     var = np.mean(x * x, axis=-1, keepdims=True)
     return w * (x / np.sqrt(var + F32(eps)))
-
-
-def _rope(x: np.ndarray, pos: int, theta: float) -> np.ndarray:
-    """NeoX rotary embedding of x [H, hd] at position ``pos`` (the interpreter's formula)."""
-    hd = x.shape[-1]
-    inv = F32(1.0) / (F32(theta) ** (np.arange(0, hd, 2, dtype=F32) / F32(hd)))
-    f = np.array([pos], F32)[:, None] * inv[None, :]
-    emb = np.concatenate([f, f], axis=-1)
-    cos, sin = np.cos(emb), np.sin(emb)
-    half = hd // 2
-    rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rot * sin
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

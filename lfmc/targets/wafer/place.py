@@ -237,11 +237,15 @@ def model_roles(graph: Graph, slots: int, context: int, kv_bytes: int) -> tuple[
         elif n.op == "attention":
             D = n.type.shape[1]
             h, kv, hd = n.attrs["heads"], n.attrs["kv_heads"], n.attrs["head_dim"]
-            g = Grid(f"{n.name}.qkv", L, (h + 2 * kv) * hd, D, [(0, h * hd), (h * hd, kv * hd),
-                                                                ((h + kv) * hd, kv * hd)], fixed_r=kv)
+            chunks = [(0, h * hd), (h * hd, kv * hd), ((h + kv) * hd, kv * hd)]
+            if "g_proj" in n.params:                   # the gate logits: each KV head's row gets its group's
+                chunks.append(((h + 2 * kv) * hd, h))
+            g = Grid(f"{n.name}.qkv", L, chunks[-1][0] + chunks[-1][1], D, chunks, fixed_r=kv)
             g.extra_edge_bytes = 2 * hd * F32 + 2 * (h // kv + 1) * hd * F32   # q/k norm weights, rope buffers
             roles.append(g)
-            roles.append(KVStrip(f"{n.name}.kv", L, kv, hd, h // kv, slots, context, kv_bytes))
+            # a sliding window keeps a ring of its last window positions (the mesh runs one token at a time)
+            ring = min(context, int(n.attrs["window"])) if "window" in n.attrs else context
+            roles.append(KVStrip(f"{n.name}.kv", L, kv, hd, h // kv, slots, ring, kv_bytes))
             roles.append(Grid(f"{n.name}.out_proj", L, D, h * hd, [(0, D)]))
         elif n.op == "gated_mlp":
             D = n.type.shape[1]

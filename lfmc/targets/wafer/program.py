@@ -18,8 +18,9 @@ The program is plain JSON that lfmc's mesh simulator (``lfmc/runtime/drivers/waf
   ``conv``    the short conv's gating, causal taps and state on each in_proj edge PE (its channel block)
   ``recurrence`` the linear recurrence's gates and state on each in_proj edge PE
   ``swiglu``  silu(gate) * up on each edge PE
-  ``attn``    per KV head: q/k norm + RoPE on the qkv edge PE, k/v stored on the PE owning the position,
-              q multicast along the head's KV strip, partial softmax per PE, (max, sum, out) combined back
+  ``attn``    per KV head: q/k norm + RoPE on the qkv edge PE, k/v stored on the PE owning the position (a
+              sliding window's strip is a ring of its last ``window`` positions), q multicast along the head's KV
+              strip, partial softmax per PE, (max, sum, out) combined back (scaled by the head's sigmoid gate)
   ``moe``     router scores gathered on one PE, top-k chosen, the input routed to the chosen experts' grids,
               their outputs routed back and summed with the routing weights
   ``logits``  the logits stream off the wafer to the host
@@ -176,15 +177,23 @@ class _Program:
         g1, kv, g2 = self.grid(f"{n.name}.qkv"), self.P.role(f"{n.name}.kv"), self.grid(f"{n.name}.out_proj")
         assert isinstance(kv, KVStrip)
         w = None
+        roles = [r for r in ("q_proj", "k_proj", "v_proj", "g_proj") if r in n.params]
         if self.W is not None:
-            w = np.concatenate([self.w_of(n, r) for r in ("q_proj", "k_proj", "v_proj")], axis=0)
+            w = np.concatenate([self.w_of(n, r) for r in roles], axis=0)
         qkv = self.apply(g1, src, f"{name}.qkv", w)
         self.values[f"{name}.o"] = self.per_row(g1, 0)
-        self.ops.append({"op": "attn", "grid": g1.name, "kv": kv.name, "in": qkv, "out": f"{name}.o",
-                         "heads": n.attrs["heads"], "kv_heads": n.attrs["kv_heads"], "head_dim": n.attrs["head_dim"],
-                         "eps": float(n.attrs["eps"]), "theta": float(n.attrs["rope_theta"]),
-                         "q_norm": self.param(n, "q_norm"), "k_norm": self.param(n, "k_norm"),
-                         "kv_dtype": self.kv_dtype})
+        a = n.attrs
+        op = {"op": "attn", "grid": g1.name, "kv": kv.name, "in": qkv, "out": f"{name}.o",
+              "heads": a["heads"], "kv_heads": a["kv_heads"], "head_dim": a["head_dim"],
+              "eps": float(a["eps"]), "theta": float(a["rope_theta"]),
+              "q_norm": self.param(n, "q_norm"), "k_norm": self.param(n, "k_norm"), "kv_dtype": self.kv_dtype}
+        # LFM3: a sliding window (its KV strip a ring), a sigmoid gate per head, partial / scaled RoPE
+        for k in ("window", "rope_angles", "rope_factor"):
+            if k in a:
+                op[k] = a[k]
+        if "g_proj" in n.params:
+            op["gated"] = True
+        self.ops.append(op)
         self.apply(g2, f"{name}.o", name, self.w_of(n, "out_proj"))
 
     def op_gated_mlp(self, n: Node, src: str, name: str) -> None:
