@@ -93,3 +93,22 @@ def test_cli_export_mlir(tiny_models, tmp_path):
     r = subprocess.run([sys.executable, "-m", "lfmc", "export-mlir", "lfm2-tiny", "--check"], capture_output=True,
                        text=True, cwd=tmp_path)
     assert r.returncode == 2 and "add --lower linalg" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["lfm3-a", "lfm3-b"])
+def test_lfm3_both_forms(lfm3_models, name):
+    """LFM3's window, gate and partial RoPE: the dialect form carries them as attributes and state (a ring), the
+    linalg form through IREE equals the interpreter on prompts longer than the window."""
+    m = lfm3_models[name]
+    text = export_mlir(m.graph)
+    assert verify(text) == text
+    att = [ln for ln in text.splitlines() if '"lfm.attention"' in ln]
+    assert any("window = " in ln and 'k = "f32[ring' in ln for ln in att)
+    assert any("rope_angles = " in ln for ln in att)
+    assert all(("g_proj" in ln) == m.provenance["config"]["use_attention_gate"] for ln in att)
+    fwd = IreeForward(compile_iree(export_mlir(m.graph, "linalg")), m.graph, m.weights)
+    for T in (1, 9, 30):
+        toks = np.random.default_rng(T).integers(0, 256, T)
+        it = Interpreter(m.graph, m.weights)
+        ref = it.run(toks, it.new_state())
+        assert np.abs(fwd(toks) - ref).max() <= RTOL * max(1.0, np.abs(ref).max()), (name, T)

@@ -8,8 +8,10 @@ everything else is static. Each IR op becomes a few ``linalg.generic`` ops:
 - featurizer gates: ``tensor.extract_slice`` of the projection's chunk, then the gate's activation;
 - the short convolution: the gated input padded with ``L-1`` zero rows (``tensor.pad``), then a generic over
   ``(t, d, k)`` reading row ``t + k``;
-- attention: RoPE reads the partner element with ``tensor.extract`` (``(j + hd/2) mod hd``), scores over
-  ``(h, t, u, j)`` with the KV head ``h floordiv (H / KV)`` in the indexing map, a causal masked softmax;
+- attention: RoPE reads the partner element with ``tensor.extract`` (``(j + hd/2) mod hd``) at the op's
+  frequencies (partial / scaled RoPE: zeros past ``rope_angles``), scores over ``(h, t, u, j)`` with the KV
+  head ``h floordiv (H / KV)`` in the indexing map, a causal (and, with a window, banded) masked softmax, each
+  head's output times its sigmoid gate when the op has one;
 - MoE: every expert computed densely; an expert's routing weight is its score where fewer than ``top_k``
   experts outrank it (a comparison count, ties to the lower index, as a stable sort), else 0.
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from ...ir.errors import LfmcError
 from ...ir.graph import Gate, Graph, Node
+from ...mixers import rope_inv_freq
 from .dialect import tensor_type
 
 _SUPPORTED = ("embedding", "rmsnorm", "add", "linear", "lm_head", "short_conv", "attention", "gated_mlp", "moe")
@@ -267,8 +270,9 @@ class _Lowering:
         em = self.em
         H, KV, hd = (int(n.attrs[k]) for k in ("heads", "kv_heads", "head_dim"))
         grp = H // KV
-        eps, theta = float(n.attrs["eps"]), float(n.attrs["rope_theta"])
-        inv = (1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)).astype(np.float32)
+        eps = float(n.attrs["eps"])
+        inv = rope_inv_freq(hd, n.attrs["rope_theta"], n.attrs.get("rope_angles"), n.attrs.get("rope_factor", 1.0))
+        window = n.attrs.get("window")
         invf = em.fresh("invf")
         em.emit(f"{invf} = arith.constant dense<[{', '.join(_f(v) for v in inv)}]> : {_ty((hd // 2,))}")
 
@@ -320,8 +324,13 @@ class _Lowering:
         def masked(a, acc, *, reduce: bool):
             t, u, ok, sv, mv = em.fresh(), em.fresh(), em.fresh(), em.fresh(), em.fresh()
             lines = [f"{t} = linalg.index 1 : index", f"{u} = linalg.index 2 : index",
-                     f"{ok} = arith.cmpi ule, {u}, {t} : index", f"{sv} = arith.mulf {a[0]}, {scale} : f32",
-                     f"{mv} = arith.select {ok}, {sv}, {ninf} : f32"]
+                     f"{ok} = arith.cmpi ule, {u}, {t} : index"]
+            if window is not None:                  # and t - u < window: u + window - 1 >= t
+                w1, uw, inw, both = em.fresh(), em.fresh(), em.fresh(), em.fresh()
+                lines += [f"{w1} = arith.constant {int(window) - 1} : index", f"{uw} = arith.addi {u}, {w1} : index",
+                          f"{inw} = arith.cmpi uge, {uw}, {t} : index", f"{both} = arith.andi {ok}, {inw} : i1"]
+                ok = both
+            lines += [f"{sv} = arith.mulf {a[0]}, {scale} : f32", f"{mv} = arith.select {ok}, {sv}, {ninf} : f32"]
             if reduce:
                 r = em.fresh()
                 return lines + [f"{r} = arith.maximumf {acc}, {mv} : f32"], r
@@ -341,6 +350,11 @@ class _Lowering:
                        ["d0", "d1", "d2"], ["parallel"] * 3 + ["reduction"], dot)
         o = em.generic([(o, ["d0", "d1", "d2"]), (z, ["d1", "d0"])], em.init((None, H, hd), None), ["d0", "d1", "d2"],
                        ["parallel"] * 3, lambda a, acc: ([f"{(r := em.fresh())} = arith.divf {a[0]}, {a[1]} : f32"], r))
+        if "g_proj" in n.params:                    # each head's output times its sigmoid gate g[t, h]
+            sg = self.gate(n, "g", {"g_proj": self.proj(n, "g_proj", x)})
+            o = em.generic([(o, ["d0", "d1", "d2"]), (sg, ["d0", "d1"])], em.init((None, H, hd), None),
+                           ["d0", "d1", "d2"], ["parallel"] * 3,
+                           lambda a, acc: ([f"{(r := em.fresh())} = arith.mulf {a[0]}, {a[1]} : f32"], r))
         flat = _V(em.fresh("o"), (None, H * hd))
         em.emit(f"{flat.name} = tensor.collapse_shape {o.name} [[0], [1, 2]] : {o.ty} into {flat.ty}")
         return self.proj(n, "out_proj", flat)
