@@ -279,3 +279,21 @@ def test_device_cache_hit_equals_cold_build(tmp_path, tiny, monkeypatch):
     b = compile_model(tiny, tmp_path / "b", target="apple-m2", max_batch=1, max_context=32)
     assert (a / "kernels" / "device.json").read_bytes() == (b / "kernels" / "device.json").read_bytes()
     assert len(os.listdir(tmp_path / "cache" / "device")) == 1
+
+
+@pytest.mark.parametrize("target", ["apple-m2", "nvidia-h100", pytest.param("amd-rdna3", marks=pytest.mark.slow)])
+def test_lfm3_device_code(target, tmp_path):
+    """LFM3's sliding-window, gated attention as device code: the kernels carry the variant, the launches fit the
+    device, the plan's ring state is sized at load (dimension R with its window)."""
+    m = import_preset("lfm3-tiny", weights=True)
+    art = compile_model(m, tmp_path / target, target=target, max_batch=2, max_context=64, prefill_chunk=16)
+    man = json.loads((art / "manifest.json").read_text())
+    lib = json.loads((art / "kernels" / "device.json").read_text())
+    names = set(lib["table"])
+    assert any("window8" in k and "gated1" in k for k in names), sorted(names)
+    assert any("gated1" in k and "window" not in k for k in names)          # the full-attention layer
+    rings = [s for s in man["plan"]["state"].values() if "window" in s]
+    assert rings and all(s["window"] == 8 and s["shape"][1] == "R" for s in rings)
+    limit = PRESETS[target].tvm.get("max_threads_per_block", PRESETS[target].max_threads)
+    for grid, block in _launch_sizes(lib):
+        assert 1 <= block[0] * block[1] * block[2] <= limit
