@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/compare.py --llama-cpp                        # 350M and 1.2B, f32 / 16-bit / q8 / q4
     .venv/bin/python benchmarks/compare.py --presets lfm2-350m --precisions q8,q4g32 --rounds 3 --llama-cpp
+    .venv/bin/python benchmarks/compare.py --presets lfm3-1.7b,lfm2-1.2b --precisions f32,f16,q8,q4g32,q8a8,q4g32a8 \
+        --torch-for f32,f16                                    # LFM3 against LFM2 in one run
 
 For each preset and precision: lfmc's host artifact (seeded random weights), transformers in PyTorch on the same
 weights (float32 for f32 / q8 / q4; bf16 for the 16-bit row, which lfmc runs as ``--dtype f16``), and, with
@@ -11,9 +13,11 @@ weights (float32 for f32 / q8 / q4; bf16 for the 16-bit row, which lfmc runs as 
 products quantize the activations to 8 bits as well. Sides alternate within each round, each in its own process;
 medians over ``--rounds``. Measured: prefill of 512 tokens (tokens/s), time to first token of a 512-token prompt
 (= 512 / prefill rate), decode tokens/s (one sequence), peak RSS. Memory read bandwidth is measured in the same
-run (two threads streaming a 1 GiB buffer) and gives each precision's decode limit: bandwidth / bytes of weights
-read per token. Prints a table with every figure as a ratio to llama.cpp and to that limit; writes JSON
-(benchmarks/results/compare.json).
+run (two threads streaming a 1 GiB buffer) and gives each precision's decode limit: bandwidth / bytes read per
+token, the weights (the LM head included) plus the state a decode step reads (conv state, each sliding window's
+ring, the full layers' KV cache at the mean context of the decode measurement). Decode efficiency = those bytes
+per step / step time / the bandwidth. Prints a table with every figure as a ratio to llama.cpp and to that limit;
+writes JSON (benchmarks/results/compare.json) with the CPU model and its features.
 """
 from __future__ import annotations
 
@@ -71,6 +75,29 @@ def weights_bytes(art: Path) -> int:
     return sum(int(np.prod(s["shape"])) * np.dtype(s["dtype"]).itemsize for s in plan["params"].values())
 
 
+def state_read_bytes(art: Path, context: int) -> int:
+    """Bytes of state one sequence's decode step reads at ``context``: conv / recurrence state whole, a sliding
+    window's ring up to its window, a KV cache up to the context."""
+    total = 0
+    for s in json.loads((art / "manifest.json").read_text())["plan"]["state"].values():
+        rest = [d for d in s["shape"][1:] if isinstance(d, int)]
+        rows = min(context, s["window"]) if "window" in s else context if "C" in s["shape"] else 1
+        total += rows * int(np.prod(rest)) * np.dtype(s["dtype"]).itemsize
+    return total
+
+
+def cpu_info() -> dict:
+    """This CPU's model and vector features (figures from another machine differ)."""
+    from lfmc.targets.host import cpu_features
+
+    model = ""
+    try:
+        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"model": model, "cpus": os.cpu_count(), **cpu_features()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default="lfm2-350m,lfm2-1.2b")
@@ -81,6 +108,8 @@ def main() -> int:
     ap.add_argument("--decode-steps", type=int, default=64)
     ap.add_argument("--torch-compile", action="store_true", help="also PyTorch through torch.compile (inductor)")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch (llama.cpp and lfmc only)")
+    ap.add_argument("--torch-for", default=None, metavar="PRECISIONS",
+                    help="run PyTorch only for these precisions (it runs float32 for q8 / q4 rows anyway)")
     ap.add_argument("--llama-cpp", nargs="?", const="", default=None, metavar="DIR",
                     help="also llama-bench (built by benchmarks/build_llama_cpp.sh; DIR defaults to its cache)")
     ap.add_argument("--build", default="build/compare")
@@ -108,7 +137,7 @@ def main() -> int:
                 print(f"compiled {preset} {prec} in {time.perf_counter() - t:.0f} s", flush=True)
             man = json.loads((art / "manifest.json").read_text())
             sides = {"lfmc": lambda: run_child("lfmc", artifact=str(art), **kw)}
-            if not a.no_torch:
+            if not a.no_torch and (a.torch_for is None or prec in a.torch_for.split(",")):
                 sides[f"torch {tdtype}"] = lambda: run_child("torch", source=man["model"]["source"],
                                                              config=man["model"]["config"], dtype=tdtype, **kw)
                 if a.torch_compile:
@@ -131,8 +160,9 @@ def main() -> int:
                     f"{k} {v[-1]['decode']['1']:.1f}" if "decode" in v[-1] else f"{k} failed"
                     for k, v in runs.items()) + " decode tok/s", flush=True)
             wb = weights_bytes(art)
-            row = {"preset": preset, "precision": prec, "weights_bytes": wb, "decode_limit": bw * 1e9 / wb,
-                   "sides": {}}
+            sb = state_read_bytes(art, 16 + a.decode_steps // 2)      # bench_engine decodes after 16 tokens
+            row = {"preset": preset, "precision": prec, "weights_bytes": wb, "state_read_bytes": sb,
+                   "decode_limit": bw * 1e9 / (wb + sb), "sides": {}}
             for name, rs in runs.items():
                 ok = [x for x in rs if "decode" in x]
                 if not ok:
@@ -150,7 +180,7 @@ def main() -> int:
     print(f"\nmedians of {a.rounds} alternating rounds; prefill {a.prefill} tokens; decode one sequence; "
           f"memory bandwidth {bw:.1f} GB/s")
     hdr = (f"{'model':<10}{'prec':<9}{'system':<22}{'prefill tok/s':>14}{'TTFT s':>8}{'decode tok/s':>13}"
-           f"{'peak MiB':>9}{'decode/llama':>13}{'prefill/llama':>14}{'decode/limit':>13}")
+           f"{'peak MiB':>9}{'decode/llama':>13}{'prefill/llama':>14}{'efficiency':>11}")
     print(hdr)
     for row in results:
         lc = next((v for k, v in row["sides"].items() if k.startswith("llama.cpp") and "decode_tps" in v), None)
@@ -164,11 +194,19 @@ def main() -> int:
             print(f"{row['preset'][5:]:<10}{row['precision']:<9}{name:<22}{v['prefill_tps']:>14.1f}{v['ttft_s']:>8.2f}"
                   f"{v['decode_tps']:>13.1f}{rss:>9}{r_dec:>13}{r_pre:>14}"
                   f"{v['decode_tps'] / row['decode_limit']:>13.0%}")
-        print(f"{'':<16}weights read per token {row['weights_bytes'] / 1e6:.0f} MB -> decode limit "
-              f"{row['decode_limit']:.1f} tok/s")
+        print(f"{'':<16}read per token: weights {row['weights_bytes'] / 1e6:.0f} MB + state "
+              f"{row['state_read_bytes'] / 1e6:.1f} MB -> decode limit {row['decode_limit']:.1f} tok/s")
+    by = {(r["preset"], r["precision"]): r["sides"].get("lfmc", {}) for r in results}
+    presets = list(dict.fromkeys(r["preset"] for r in results))
+    if len(presets) > 1:                     # decode efficiency of each model at each precision, side by side
+        print(f"\nlfmc decode efficiency (bytes read per step / step time / bandwidth): " + ", ".join(presets))
+        for prec in dict.fromkeys(r["precision"] for r in results):
+            eff = [by.get((p, prec), {}).get("decode_tps") for p in presets]
+            lim = [next(r["decode_limit"] for r in results if (r["preset"], r["precision"]) == (p, prec)) for p in presets]
+            print(f"  {prec:<9}" + "  ".join(f"{e / li:6.0%}" if e else "     -" for e, li in zip(eff, lim)))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"bandwidth_gbs": bw, "cpus": os.cpu_count(), "prefill": a.prefill,
+    out.write_text(json.dumps({"bandwidth_gbs": bw, "cpus": os.cpu_count(), "cpu": cpu_info(), "prefill": a.prefill,
                                "rounds": a.rounds, "results": results, "command": " ".join(sys.argv)}, indent=1))
     print(f"wrote {out}")
     return 0

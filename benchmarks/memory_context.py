@@ -1,6 +1,12 @@
-"""Memory and decode speed against context length: lfmc's LFM2 vs a transformer of the same size in PyTorch.
+"""Memory and decode speed against context length: lfmc's LFM2 / LFM3 vs a transformer of the same size in PyTorch.
 
     .venv/bin/python benchmarks/memory_context.py                       # LFM2-350M, contexts 512 ... 32k
+    .venv/bin/python benchmarks/memory_context.py --preset lfm3-1.7b --dtype f16    # LFM3-1.7B, 16-bit
+
+LFM3-1.7B keeps a growing KV cache in its 6 full-attention layers only: its 5 sliding-window layers keep a ring of
+their window (constant, like the 13 conv layers' state). Its same-size transformer has hidden 2048, 24 layers,
+16 / 4 heads of 128, FFN 7680, vocabulary 128,000, tied embeddings, a cache in all 24 layers. ``--dtype f16``
+compiles lfmc with f16 weights and an f16 KV cache and runs PyTorch in bfloat16 (2 bytes a number on both sides).
 
 LFM2 carries a KV cache in 6 of its 16 layers (the other 10 keep 2 x hidden numbers of conv state); a transformer
 of the same shape (Llama: hidden 1024, 16 layers, 16 / 8 heads, FFN 4608, vocabulary 65536, tied embeddings) keeps
@@ -66,6 +72,36 @@ def child_lfmc(a: dict) -> dict:
             "memory": eng.memory_bytes()}
 
 
+def cpu_info() -> dict:
+    """The CPU model and its vector features (results from other machines differ)."""
+    import os
+
+    from lfmc.targets.host import cpu_features
+
+    model = ""
+    try:
+        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"model": model, "cpus": os.cpu_count(), **cpu_features()}
+
+
+def transformer_shape(preset: str) -> dict:
+    """The Llama config of the same size as ``preset``: its hidden size, layers, heads, head_dim, SwiGLU width
+    and vocabulary, every layer attention."""
+    from lfmc.frontend.config import dense_ff_width
+    from lfmc.frontend.presets import preset as get
+
+    p = get(preset)
+    c = p["config"]
+    hd = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    ff = c["intermediate_size"] if p["architecture"] == "Lfm3ForCausalLM" else dense_ff_width(c)
+    return {"vocab_size": c["vocab_size"], "hidden_size": c["hidden_size"], "intermediate_size": ff,
+            "num_hidden_layers": c["num_hidden_layers"], "num_attention_heads": c["num_attention_heads"],
+            "num_key_value_heads": c["num_key_value_heads"], "head_dim": hd, "max_position_embeddings": 65536,
+            "rope_theta": 1e6, "tie_word_embeddings": True, "rms_norm_eps": 1e-5}
+
+
 def child_torch(a: dict) -> dict:
     import torch
 
@@ -75,16 +111,16 @@ def child_torch(a: dict) -> dict:
 
     torch.manual_seed(0)
     torch.set_num_threads(int(a.get("threads") or torch.get_num_threads()))
-    cfg = LlamaConfig(vocab_size=65536, hidden_size=1024, intermediate_size=4608, num_hidden_layers=16,
-                      num_attention_heads=16, num_key_value_heads=8, head_dim=64, max_position_embeddings=65536,
-                      rope_theta=1e6, tie_word_embeddings=True, rms_norm_eps=1e-5)
+    dt = torch.bfloat16 if a.get("dtype") == "f16" else torch.float32
+    torch.set_default_dtype(dt)
+    cfg = LlamaConfig(**transformer_shape(a["preset"]))
     model = LlamaForCausalLM(cfg).eval()
     n, steps = int(a["context"]), int(a["steps"])
     params = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         cache = DynamicCache()
         for layer in range(cfg.num_hidden_layers):
-            k = torch.randn(1, cfg.num_key_value_heads, n, cfg.head_dim)
+            k = torch.randn(1, cfg.num_key_value_heads, n, cfg.head_dim, dtype=dt)
             cache.update(k, torch.randn_like(k), layer)
         tok = torch.tensor([[1]])
         times = []
@@ -111,10 +147,12 @@ def run(kind: str, **kw) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="lfm2-350m")
+    ap.add_argument("--dtype", default="f32", choices=("f32", "f16"),
+                    help="f16: lfmc f16 weights and KV cache, PyTorch bfloat16")
     ap.add_argument("--contexts", default="512,2048,8192,32768")
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--build", default="build/memctx")
-    ap.add_argument("--out", default="benchmarks/results/memory-context.json")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/memory-context[-PRESET-DTYPE].json")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -124,16 +162,19 @@ def main() -> int:
     from lfmc.compile import compile_model, load_source
 
     ctxs = [int(x) for x in a.contexts.split(",")]
-    art = Path(a.build) / f"{a.preset}-ctx{max(ctxs) + 3 * a.steps + 2}.host"
+    tag = "" if (a.preset, a.dtype) == ("lfm2-350m", "f32") else f"-{a.preset}-{a.dtype}"
+    a.out = a.out or f"benchmarks/results/memory-context{tag}.json"
+    art = Path(a.build) / f"{a.preset}-{a.dtype}-ctx{max(ctxs) + 3 * a.steps + 2}.host"
     if not (art / "manifest.json").exists():
         t = time.perf_counter()
-        compile_model(load_source(a.preset), art, max_batch=1, max_context=max(ctxs) + 3 * a.steps + 2)
+        opts = {"dtype": "f16", "kv_dtype": "f16"} if a.dtype == "f16" else {}
+        compile_model(load_source(a.preset), art, max_batch=1, max_context=max(ctxs) + 3 * a.steps + 2, **opts)
         print(f"compiled {a.preset} in {time.perf_counter() - t:.0f} s -> {art}", flush=True)
     empty = {"lfmc": run("lfmc", empty=True)["peak_rss"], "torch": run("torch", empty=True)["peak_rss"]}
     rows = []
     for n in ctxs:
         lf = run("lfmc", artifact=str(art), context=n, steps=a.steps)
-        pt = run("torch", context=n, steps=a.steps)
+        pt = run("torch", context=n, steps=a.steps, preset=a.preset, dtype=a.dtype)
         rows.append({"context": n, "lfmc": lf, "torch": pt})
         print(f"context {n:>6}: lfmc {lf['decode_tps']:6.1f} tok/s, peak {lf['peak_rss'] / 2**20:7.0f} MiB | "
               f"PyTorch transformer {pt['decode_tps']:6.1f} tok/s, peak {pt['peak_rss'] / 2**20:7.0f} MiB", flush=True)
@@ -147,7 +188,8 @@ def main() -> int:
               f"{lf['memory']['state'] / 2**20:>11.0f}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"preset": a.preset, "steps": a.steps, "empty": empty, "rows": rows,
+    out.write_text(json.dumps({"preset": a.preset, "dtype": a.dtype, "steps": a.steps, "empty": empty, "rows": rows,
+                               "cpu": cpu_info(),
                                "command": " ".join(sys.argv)}, indent=1) + "\n")
     try:
         import matplotlib
@@ -159,8 +201,13 @@ def main() -> int:
         return 0
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = [r["context"] for r in rows]
-    for side, label, style in (("lfmc", f"lfmc {a.preset} (LFM2: 6 of 16 layers cache keys)", "o-"),
-                               ("torch", "PyTorch eager, same-size transformer (16 of 16)", "s--")):
+    ts = transformer_shape(a.preset)
+    grow = sum(1 for s_ in json.loads((art / "manifest.json").read_text())["plan"]["state"].values()
+               if "C" in s_["shape"]) // 2
+    for side, label, style in (("lfmc", f"lfmc {a.preset} ({grow} of {ts['num_hidden_layers']} layers grow a cache)",
+                                "o-"),
+                               ("torch", f"PyTorch eager, same-size transformer ({ts['num_hidden_layers']} of "
+                                         f"{ts['num_hidden_layers']})", "s--")):
         ax[0].plot(xs, [r[side]["rss"] / 2**30 for r in rows], style, label=label)
         ax[1].plot(xs, [r[side]["decode_tps"] for r in rows], style, label=label)
     for i, (t, y) in enumerate((("memory", "GiB resident after decoding (RSS)"), ("decode speed", "tokens/s"))):
@@ -170,7 +217,8 @@ def main() -> int:
         ax[i].set_title(t)
         ax[i].grid(alpha=0.3)
     ax[0].legend(fontsize=8)
-    fig.suptitle("memory and decode speed vs context, float32, 2 threads, this machine")
+    fig.suptitle(f"memory and decode speed vs context, {'16-bit' if a.dtype == 'f16' else 'float32'}, "
+                 f"{cpu_info()['cpus']} threads, this machine")
     fig.tight_layout()
     png = out.with_suffix(".png")
     fig.savefig(png, dpi=110)
