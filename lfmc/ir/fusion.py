@@ -7,6 +7,8 @@ unfused one. Keys:
   into the other operand (the residual stream) in place.
 - ``into = "%c"`` on an ``rmsnorm``: folded into the first projection(s) of its only consumer ``%c``: the norm
   weight is multiplied into the projection weights and the row scale 1/rms(x) is computed in that kernel.
+- ``post = "%a"`` on an ``rmsnorm``: a sandwich (post-) norm computed inside the residual add ``%a``, its only
+  user: the add's kernel normalizes the operand and adds it into the residual in one pass.
 - ``swiglu = true`` on a ``gated_mlp``: the gate and up projections and silu(gate) ⊙ up are one kernel.
 - ``rope = true`` on an ``attention``: QK-norm, RoPE and the KV-cache write happen inside the attention kernel.
 """
@@ -42,6 +44,13 @@ def check_fusion(g: Graph) -> None:
                                   f"{', '.join(RESIDUAL_PRODUCERS)}")
             if users.get(into) != [n.name]:
                 raise VerifyError(f"{where}: %{into} is also used elsewhere, so it cannot be accumulated away")
+        elif n.op == "rmsnorm" and "post" in n.fused:
+            a = producer.get(n.fused["post"])
+            if a is None or a.op != "add" or users.get(n.name) != [a.name] or n.name == a.inputs[0] == a.inputs[1]:
+                raise VerifyError(f"{where}: post-norm fused into %{n.fused['post']}, which must be a residual add "
+                                  "and its only user")
+            if len(n.fused) != 1:
+                raise VerifyError(f"{where}: a norm is folded into a projection or into an add, not both")
         elif n.op == "rmsnorm":
             into = n.fused["into"]
             c = producer.get(into)

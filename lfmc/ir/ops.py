@@ -164,7 +164,7 @@ NUM = (int, float)
 ACT = {"act_quant": int}       # int8 activations for the node's quantized projections, per group of this size
 SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
     OpSchema("embedding", 1, {}, ("weight",), _embedding, quant_roles=("weight",), doc="token ids -> rows of the embedding table"),
-    OpSchema("rmsnorm", 1, {"eps": NUM}, ("weight",), _rmsnorm, fusions=frozenset({"into"}), doc="weight * x / sqrt(mean(x^2) + eps)"),
+    OpSchema("rmsnorm", 1, {"eps": NUM}, ("weight",), _rmsnorm, fusions=frozenset({"into", "post"}), doc="weight * x / sqrt(mean(x^2) + eps)"),
     OpSchema("add", 2, {}, (), _add, fusions=frozenset({"into"}), doc="residual add"),
     OpSchema("linear", 1, {}, ("weight",), _linear_op, quant_roles=("weight",), residual_producer=True, optional_params=("weight_bias",), doc="dense x @ W^T",
              optional_attrs=ACT),

@@ -9,13 +9,13 @@ from ..ir.errors import LfmcError
 from ..ir.model import Model
 from ..ir.text import print_graph
 from ..ir.verify import verify
-from . import (dce, fuse_norm, fuse_residual, fuse_rope, fuse_swiglu, prune_experts, quantize,  # noqa: F401
-               quantize_act)  # (registers the passes)
+from . import (dce, fuse_norm, fuse_post_norm, fuse_residual, fuse_rope, fuse_swiglu,  # noqa: F401
+               prune_experts, quantize, quantize_act)  # (registers the passes)
 from .base import PHASES, REGISTRY
 
 DEFAULT: dict[str, list[str]] = {
     "canonicalize": ["dce"],
-    "fuse": ["fuse-norm", "fuse-swiglu", "fuse-rope", "fuse-residual"],
+    "fuse": ["fuse-norm", "fuse-swiglu", "fuse-rope", "fuse-residual", "fuse-post-norm"],
     "prune": ["prune-experts"],                          # a no-op unless options ask for pruning
     # no-ops unless options name a scheme / int8 activations / 16-bit dtypes
     "quantize": ["quantize", "quantize-activations", "cast-weights", "cast-kv"],

@@ -331,14 +331,18 @@ class _Lowering:
         # fusion decisions (from the fuse passes) that this lowering honours
         norm_of: dict[str, Node] = {}                   # consumer -> the rmsnorm folded into it
         acc_of: dict[str, tuple[Node, str]] = {}        # producer -> (add node, residual operand)
+        self.post_norm: dict[str, Node] = {}            # add -> the sandwich norm computed in its kernel
         for n in g.nodes:
             if n.op == "rmsnorm" and n.fused.get("into"):
                 norm_of[n.fused["into"]] = n
+            if n.op == "rmsnorm" and n.fused.get("post"):
+                self.post_norm[n.fused["post"]] = n
             if n.op == "add" and n.fused.get("into"):
                 other = next(v for v in n.inputs if v != n.fused["into"])
                 if last_use.get(other) == index[n.name]:          # the residual dies here: update it in place
                     acc_of[n.fused["into"]] = (n, other)
         skip_add = {a.name for a, _ in acc_of.values()}
+        post_names = {m.name for m in self.post_norm.values()}
         free: list[str] = []
         live: dict[str, int] = {}                       # slab -> number of live values in it
         count = [0]
@@ -354,7 +358,7 @@ class _Lowering:
             bar.update()
             self.node_name = n.name
             ins = [home.get(v) for v in n.inputs]
-            if n.op == "rmsnorm" and n.name in {m.name for m in norm_of.values()}:
+            if n.op == "rmsnorm" and (n.fused.get("into") or n.fused.get("post")):
                 out = ins[0]                               # folded into its consumer: no kernel, no buffer
             elif n.name in skip_add:
                 out = home[next(v for v in n.inputs if v != n.fused["into"])]
@@ -362,9 +366,10 @@ class _Lowering:
                 out = home[acc_of[n.name][1]]
                 getattr(self, "op_" + n.op)(n, ins, out, n.type.shape[1], norm=norm_of.get(n.name), accumulate=True)
             else:
-                if n.op == "add" and last_use[n.inputs[0]] == i:
-                    out = ins[0]                           # in place into the dying operand
-                elif n.op == "add" and last_use[n.inputs[1]] == i:
+                res = [v for v in n.inputs if v not in post_names] if n.op == "add" else []
+                if n.op == "add" and last_use[res[0]] == i:
+                    out = home[res[0]]                     # in place into the dying residual operand
+                elif n.op == "add" and len(res) == 2 and last_use[n.inputs[1]] == i:
                     out = ins[1]
                 else:
                     out = new_slab()
@@ -405,10 +410,17 @@ class _Lowering:
         self.both(k, [self.slab(ins[0], "n", D), p, self.slab(out, "n", D)])
 
     def op_add(self, n: Node, ins, out: str, D: int) -> None:
-        k = self.kernel(("add", D), "make_add", D=D, kn=self.loop)
         a, b = (ins[0], ins[1]) if out == ins[0] else (ins[1], ins[0])
         if out not in (a,):
             raise LfmcError(f"internal: add %{n.name} has no operand to update in place")
+        post = self.post_norm.get(n.name)
+        if post is not None:                          # residual += rmsnorm(y) * w, one pass
+            eps = post.attrs["eps"]
+            k = self.kernel(("add_rmsnorm", D, repr(eps)), "make_add_rmsnorm", D=D, eps=eps, kn=self.loop)
+            w = self.param("w." + post.params["weight"].name, lambda: self.w(post, "weight"))
+            self.both(k, [self.slab(a, "n", D), self.slab(b, "n", D), w])
+            return
+        k = self.kernel(("add", D), "make_add", D=D, kn=self.loop)
         self.both(k, [self.slab(a, "n", D), self.slab(b, "n", D)])
 
     def op_linear(self, n: Node, ins, out: str, N: int, norm: Node | None = None, accumulate: bool = False) -> None:

@@ -14,7 +14,7 @@ def test_lists_of_ops_come_from_the_traits():
     assert set(fusion.RESIDUAL_PRODUCERS) == {"short_conv", "attention", "gated_mlp", "linear",
                                               "linear_recurrence", "moe"}
     assert set(fusion.NORM_CONSUMERS) == {"short_conv", "attention", "gated_mlp", "linear_recurrence"}
-    assert fusion.KEYS == {"add": {"into"}, "rmsnorm": {"into"}, "gated_mlp": {"swiglu"}, "attention": {"rope"}}
+    assert fusion.KEYS == {"add": {"into"}, "rmsnorm": {"into", "post"}, "gated_mlp": {"swiglu"}, "attention": {"rope"}}
     assert ROLES["attention"] == ("q_proj", "k_proj", "v_proj", "out_proj", "g_proj") and "rmsnorm" not in ROLES
     assert set(ops_with("token_mixer")) == {"short_conv", "attention", "linear_recurrence"}
     for name, s in SCHEMAS.items():                 # quantizable roles are parameters of the op

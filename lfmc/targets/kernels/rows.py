@@ -88,6 +88,32 @@ def make_rmsnorm(name: str, D: int, eps: float, kn: Knobs = Knobs()) -> tvm.tirx
     return _named(f, name)
 
 
+def make_add_rmsnorm(name: str, D: int, eps: float, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
+    """H[n, D] += w * Y * rsqrt(mean(Y^2) + eps): a sandwich (post-) norm and its residual add in one pass, the
+    normalized rows never written (LFM3's post_operator_norm / post_ffn_norm). Args: H, Y, w."""
+
+    @T.prim_func
+    def f(h: T.handle, y: T.handle, w: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n = T.int32()
+        H = T.match_buffer(h, (n, D), "float32")
+        Y = T.match_buffer(y, (n, D), "float32")
+        Wt = T.match_buffer(w, (D,), "float32")
+        for bi in _grid(n, kn):
+            for ti in _lane(kn):
+                if _flat(bi, ti, kn) < n:
+                    i: T.let = _flat(bi, ti, kn)
+                    ss = T.decl_buffer((1,), "float32", scope=_scope(kn))
+                    ss[0] = T.float32(0)
+                    for d in T.serial(D):
+                        ss[0] = ss[0] + Y[i, d] * Y[i, d]
+                    ss[0] = T.float32(1) / T.sqrt(ss[0] / T.float32(D) + T.float32(eps))
+                    for d in T.serial(D):
+                        H[i, d] = H[i, d] + Wt[d] * (Y[i, d] * ss[0])
+
+    return _named(f, name)
+
+
 def make_add(name: str, D: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
     """A[n, D] += B[n, D] (in place: the residual stream). Args: A, B."""
 

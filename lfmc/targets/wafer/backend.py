@@ -18,7 +18,7 @@ class WaferBackend(Backend):
     tunable = False
     plan_report = True
     # the wafer's code generator decides its own fusions (gates on row-end PEs, norms where values live)
-    without_passes = frozenset({"fuse-norm", "fuse-swiglu", "fuse-rope", "fuse-residual"})
+    without_passes = frozenset({"fuse-norm", "fuse-swiglu", "fuse-rope", "fuse-residual", "fuse-post-norm"})
 
     def runs_here(self, profile) -> str:
         return "simulated (lfmc's mesh simulator: real numerics, estimated cycles)"
