@@ -188,3 +188,30 @@ def test_overload_is_429_and_the_server_survives(served_artifact):
         assert httpx.post(s.url + "/v1/completions", json={"prompt": "ok", "max_tokens": 2}, timeout=60).status_code == 200
     finally:
         s.stop()
+
+
+def test_lfm3_concurrent_clients_over_the_window(lfm3_models, tmp_path_factory):
+    """An LFM3 artifact (sliding window 8, ring state per slot) served to 8 concurrent clients, prompts shorter and
+    longer than the window and the prefill chunk, more clients than slots (slots reused): each completion equals
+    Engine.generate."""
+    from lfmc.compile import compile_model
+
+    art = compile_model(lfm3_models["lfm3-a"], tmp_path_factory.mktemp("lfm3srv") / "a", max_batch=3,
+                        max_context=256, prefill_chunk=8)
+    eng = Engine(art)
+    rng = np.random.default_rng(8)
+    prompts = ["".join(chr(int(c)) for c in rng.integers(97, 123, int(n))) for n in (3, 9, 30, 1, 17, 44, 8, 25)]
+    want = [eng.generate(p, 20).tokens for p in prompts]
+    s = Server(art)
+    try:
+        cl = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+        def one(i: int) -> list[int]:
+            r = cl.completions.create(model="tiny", prompt=prompts[i], max_tokens=20, temperature=0)
+            return r.choices[0].model_extra["tokens"]
+
+        with ThreadPoolExecutor(8) as ex:
+            got = list(ex.map(one, range(8)))
+    finally:
+        s.stop()
+    assert got == want

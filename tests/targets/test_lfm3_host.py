@@ -93,3 +93,18 @@ def test_every_precision_follows_its_quantized_interpreter(opts, lfm3_models, tm
     for plen in (9, 40):
         assert_follows_interpreter(it, eng, (np.arange(plen) * 13 % 256).tolist(), 12, where=(opts, plen),
                                    rtol=3e-2 if "act_quant" in opts else RTOL)
+
+
+def test_long_prefill_then_decode_equals_token_by_token(lfm3_models, tmp_path):
+    """On the artifact itself: a 45-token prompt (past the window and the 8-token prefill chunk) then 10 decode
+    steps gives the logits of feeding the same 55 tokens one at a time."""
+    m = lfm3_models["lfm3-b"]
+    eng = Engine(compile_model(m, tmp_path / "b", max_batch=1, max_context=128, prefill_chunk=8))
+    toks = (np.arange(55) * 23 % 256).tolist()
+    s = eng.new_sequence()
+    ref = [eng.prefill(s, [t]) if i == 0 else eng.decode([s], [t])[0] for i, t in enumerate(toks)]
+    eng.release(s)
+    s = eng.new_sequence()
+    got = [eng.prefill(s, toks[:45])] + [eng.decode([s], [t])[0] for t in toks[45:]]
+    for a, b in zip(got, ref[44:]):
+        assert np.abs(a - b).max() <= RTOL * max(1.0, np.abs(b).max())
