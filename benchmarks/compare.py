@@ -126,8 +126,17 @@ def main() -> int:
     print(f"memory read bandwidth: {bw:.1f} GB/s (2 threads, 1 GiB), {os.cpu_count()} CPUs", flush=True)
     kw = {"prefill_lens": [a.prefill], "decode_steps": a.decode_steps, "reps": a.reps}
     results = []
-    for preset in a.presets.split(","):
-        for prec in a.precisions.split(","):
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:                       # after every row: a crash or a kill keeps what was measured
+        out.write_text(json.dumps({"bandwidth_gbs": bw, "cpus": os.cpu_count(), "cpu": cpu_info(),
+                                   "prefill": a.prefill, "rounds": a.rounds, "results": results,
+                                   "command": " ".join(sys.argv)}, indent=1))
+
+    # precision-major: the models of one precision are measured next to each other
+    for prec in a.precisions.split(","):
+        for preset in a.presets.split(","):
             quant, dtype, tdtype, gtype, act = PRECISIONS[prec]
             art = Path(a.build) / f"{preset}-{prec}.host"
             if not (art / "manifest.json").exists():
@@ -177,6 +186,7 @@ def main() -> int:
                         x["memory"].get("peak_rss") for x in ok) else None,
                     "rounds": len(ok)}
             results.append(row)
+            save()
     print(f"\nmedians of {a.rounds} alternating rounds; prefill {a.prefill} tokens; decode one sequence; "
           f"memory bandwidth {bw:.1f} GB/s")
     hdr = (f"{'model':<10}{'prec':<9}{'system':<22}{'prefill tok/s':>14}{'TTFT s':>8}{'decode tok/s':>13}"
@@ -204,10 +214,7 @@ def main() -> int:
             eff = [by.get((p, prec), {}).get("decode_tps") for p in presets]
             lim = [next(r["decode_limit"] for r in results if (r["preset"], r["precision"]) == (p, prec)) for p in presets]
             print(f"  {prec:<9}" + "  ".join(f"{e / li:6.0%}" if e else "     -" for e, li in zip(eff, lim)))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"bandwidth_gbs": bw, "cpus": os.cpu_count(), "cpu": cpu_info(), "prefill": a.prefill,
-                               "rounds": a.rounds, "results": results, "command": " ".join(sys.argv)}, indent=1))
+    save()
     print(f"wrote {out}")
     return 0
 
