@@ -38,7 +38,7 @@ def cmd_import(a: argparse.Namespace) -> int:
     else:
         note = ""
     src = Path(a.source)
-    out = Path(a.output or f"{src.stem if src.suffix == '.onnx' else src.name}.lfm")
+    out = Path(a.output or f"{src.stem if src.suffix in ('.onnx', '.gguf') else src.name}.lfm")
     save_model(m, out)
     if a.json:
         print(json.dumps({"model": str(out), "name": m.graph.name, "nodes": len(m.graph.nodes),
@@ -46,6 +46,14 @@ def cmd_import(a: argparse.Namespace) -> int:
                           "source": m.provenance.get("source"), "architecture": m.provenance.get("architecture")}))
     elif not a.quiet:
         print(f"wrote {out}: {len(m.graph.nodes)} nodes, {m.graph.num_parameters():,} parameters{note}")
+        gg = m.provenance.get("gguf")
+        if gg:
+            kept = ", ".join(f"{n} {t}" for t, n in sorted(gg["kept"].items())) or "none"
+            print(f"GGUF {gg['architecture']}: quantized tensors kept as they are: {kept}"
+                  + (f" (lfmc weights {m.graph.attrs['quant']})" if m.graph.attrs.get("quant") else ""))
+            for t, names in sorted(gg["dequantized"].items()):
+                print(f"  {len(names)} {t} tensors dequantized to float32 (no lfmc format holds {t}): compile "
+                      "with --quant to quantize them again")
     return 0
 
 
@@ -528,11 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parser_import(sub) -> None:
-    p = sub.add_parser("import", help="import a preset, an HF checkpoint directory or an ONNX file into a saved "
-                       "model NAME.lfm")
+    p = sub.add_parser("import", help="import a preset, an HF checkpoint directory, an ONNX or a GGUF file into a "
+                       "saved model NAME.lfm")
     p.add_argument("source", help="a preset name (see `lfmc presets`), an HF checkpoint directory, or an .onnx "
                    "file exported by torch.onnx.export(..., dynamo=True) (a config.json / tokenizer.json beside "
-                   "it are used)")
+                   "it are used), or a .gguf file of llama.cpp's lfm2 / lfm2moe architectures (docs/gguf.md)")
     p.add_argument("-o", "--output", help="output directory (default: ./SOURCE.lfm)")
     p.add_argument("--random-weights", action="store_true", help="presets: seeded random weights (numpy)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default 0)")

@@ -1,5 +1,6 @@
 """Frontends: presets and transformers configs (no torch), torch models and HF checkpoint directories
-(torch.export + pattern lifting), ONNX files (pattern lifting of the dynamo exporter's graph). Produces :class:`lfmc.ir.Model`; never imports passes, targets or runtime."""
+(torch.export + pattern lifting), ONNX files (pattern lifting of the dynamo exporter's graph), GGUF files (llama.cpp's
+format, through the gguf package). Produces :class:`lfmc.ir.Model`; never imports passes, targets or runtime."""
 from __future__ import annotations
 
 import json
@@ -121,7 +122,7 @@ def _hf_conf(raw: dict[str, Any]):
 
 
 def import_source(source: str, weights: bool = False, seed: int = 0, std: float | None = None) -> Model:
-    """Whatever ``lfmc import`` accepts: a preset name, an HF checkpoint directory or an ONNX file."""
+    """Whatever ``lfmc import`` accepts: a preset name, an HF checkpoint directory, an ONNX or a GGUF file."""
     if source in PRESETS:
         return import_preset(source, weights, seed, std)
     p = Path(source)
@@ -131,8 +132,12 @@ def import_source(source: str, weights: bool = False, seed: int = 0, std: float 
         from .onnx_lift import import_onnx
 
         return import_onnx(p)
+    if p.suffix == ".gguf":
+        from .gguf import import_gguf
+
+        return import_gguf(p)
     raise LfmcError(f"{source!r} is neither a preset ({', '.join(sorted(PRESETS))}), an HF checkpoint "
-                    "directory nor an .onnx file")
+                    "directory, an .onnx nor a .gguf file")
 
 
 __all__ = ["PRESETS", "graph_from_config", "import_hf_dir", "import_preset", "import_source",

@@ -4,7 +4,8 @@ A weight role ``R`` of a node is quantized when the node also has ``R_scale`` (a
 ``R_zero``) parameters. ``R`` then holds integer codes; its value is, with ``g = K / G`` (group size) for
 ``R_scale`` of shape ``[..., N, G]``:
 
-- ``i8`` codes: ``W = q * scale`` (``G = 1``: per output channel),
+- ``i8`` codes: ``W = q * scale`` (``G = 1``: per output channel; else per group, float16 values like int4's:
+  GGUF's Q8_0 is ``i8`` with groups of 32),
 - ``u4`` codes 0..15 without a zero: ``W = (q - 8) * scale`` (symmetric),
 - ``u4`` codes with ``R_zero`` [..., N, G]: ``W = (q - zero) * scale`` (asymmetric).
 
@@ -25,6 +26,29 @@ def storage_dtype(ir_dtype: str) -> str:
     from .types import DTYPES
 
     return STORAGE.get(ir_dtype, DTYPES[ir_dtype])
+
+
+def quantized_params(name: str, shape: tuple[int, ...], code_dtype: str, scale_shape: tuple[int, ...],
+                     zero: bool = False) -> tuple:
+    """The IR params of a quantized weight named ``name``: (codes, scale, zero or None), named as every producer
+    (the quantize pass, the GGUF importer) and consumer (interpreter, targets) expects: ``name``, ``name.scale``,
+    ``name.zero``."""
+    from .graph import Param
+    from .types import TensorType
+
+    if code_dtype not in QUANT_DTYPES:
+        raise ValueError(f"unknown code dtype {code_dtype!r} (known: {', '.join(QUANT_DTYPES)})")
+    return (Param(name, TensorType(code_dtype, tuple(shape))),
+            Param(name + ".scale", TensorType("f32", tuple(scale_shape))),
+            Param(name + ".zero", TensorType("f32", tuple(scale_shape))) if zero else None)
+
+
+def set_quantized(node, role: str, params: tuple) -> None:
+    """Point ``node``'s weight ``role`` at quantized params (from :func:`quantized_params`)."""
+    qp, sp, zp = params
+    node.params[role], node.params[role + "_scale"] = qp, sp
+    if zp is not None:
+        node.params[role + "_zero"] = zp
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, ir_dtype: str) -> np.ndarray:
@@ -50,8 +74,8 @@ def quantize(w: np.ndarray, bits: int, group: int | None, asym: bool = False
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(codes, scale, zero or None) of float weight ``w`` [..., N, K]; round to nearest.
 
-    bits 8: symmetric per channel (``group`` None) or per group; bits 4: groups of ``group`` along K, scales
-    float16 values."""
+    bits 8: symmetric per channel (``group`` None) or per group (float16 scales); bits 4: groups of ``group``
+    along K, scales float16 values."""
     K = w.shape[-1]
     g = group or K
     if K % g:
@@ -60,6 +84,8 @@ def quantize(w: np.ndarray, bits: int, group: int | None, asym: bool = False
     if bits == 8:
         amax = np.abs(wg).max(-1)
         scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        if group is not None:           # grouped int8 keeps float16 scales, as GGUF's Q8_0 does
+            scale = _f16_up(scale)
         q = np.clip(np.rint(wg / scale[..., None]), -127, 127).astype(np.int8)
         return q.reshape(w.shape), scale, None
     if bits != 4:

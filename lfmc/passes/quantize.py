@@ -11,24 +11,25 @@ from ..ir.errors import LfmcError
 from ..ir.graph import Param
 from ..ir.model import Model
 from ..ir.ops import SCHEMAS
-from ..ir.quant import quantize
+from ..ir.quant import quantize, quantized_params, set_quantized
 from ..ir.types import TensorType
 from ..progress import task
 from .base import register
 
 # the weight roles quantized per op (the MoE router stays float32: it is small and decides the routing)
 ROLES = {name: s.quant_roles for name, s in SCHEMAS.items() if s.quant_roles}   # the op schemas' trait
-SCHEMES = "q8 (int8 per channel), q4gG (int4, symmetric, groups of G along the input), q4gGa (asymmetric)"
+SCHEMES = ("q8 (int8 per channel), q8gG (int8, groups of G along the input), q4gG (int4, symmetric, groups of G), "
+           "q4gGa (asymmetric)")
 
 
 def parse_scheme(scheme: str) -> tuple[int, int | None, bool]:
-    """'q8' -> (8, None, False); 'q4g32' -> (4, 32, False); 'q4g64a' -> (4, 64, True)."""
+    """'q8' -> (8, None, False); 'q8g32' -> (8, 32, False); 'q4g32' -> (4, 32, False); 'q4g64a' -> (4, 64, True)."""
     if scheme == "q8":
         return 8, None, False
-    m = re.fullmatch(r"q4g(\d+)(a?)", scheme or "")
-    if not m or int(m.group(1)) < 2 or int(m.group(1)) % 2:
+    m = re.fullmatch(r"q([48])g(\d+)(a?)", scheme or "")
+    if not m or int(m.group(2)) < 2 or int(m.group(2)) % 2 or (m.group(1) == "8" and m.group(3)):
         raise LfmcError(f"unknown quantization {scheme!r} (known: {SCHEMES})")
-    return 4, int(m.group(1)), bool(m.group(2))
+    return int(m.group(1)), int(m.group(2)), bool(m.group(3))
 
 
 @register("quantize", "quantize")
@@ -70,17 +71,12 @@ def _quantize_node(n, w: dict[str, np.ndarray], done: dict, skipped: list[str], 
                 skipped.append(p.name)
                 continue
             codes, scale, zero = quantize(w[p.name], bits, group, asym)
-            qp = Param(p.name, TensorType("i8" if bits == 8 else "u4", p.type.shape))
-            sp = Param(p.name + ".scale", TensorType("f32", tuple(scale.shape)))
-            zp = Param(p.name + ".zero", TensorType("f32", tuple(zero.shape))) if zero is not None else None
-            w[p.name], w[sp.name] = codes, scale
-            if zp is not None:
-                w[zp.name] = zero
-            done[p.name] = (qp, sp, zp)
-        qp, sp, zp = done[p.name]
-        n.params[role], n.params[role + "_scale"] = qp, sp
-        if zp is not None:
-            n.params[role + "_zero"] = zp
+            done[p.name] = qps = quantized_params(p.name, p.type.shape, "i8" if bits == 8 else "u4", scale.shape,
+                                                  zero is not None)
+            w[p.name], w[qps[1].name] = codes, scale
+            if zero is not None:
+                w[qps[2].name] = zero
+        set_quantized(n, role, done[p.name])
 
 
 @register("cast-kv", "quantize")

@@ -24,7 +24,7 @@ def act_quant_option(value: str | None) -> str | None:
 
 
 def eligible(n) -> bool:
-    """Whether every projection weight of ``n`` is int8 or int4 (int4 in groups of a multiple of 32): the
+    """Whether every projection weight of ``n`` is int8 or int4 (grouped ones in groups of a multiple of 32): the
     integer kernels take the node's input once for all its projections."""
     roles = [r for r in ROLES.get(n.op, ()) if r in n.params]
     if n.op in ("moe", "embedding") or not roles:
@@ -33,10 +33,9 @@ def eligible(n) -> bool:
         p = n.params[r]
         if p.type.dtype not in ("i8", "u4") or r + "_scale" not in n.params:
             return False
-        if p.type.dtype == "u4":
-            K, G = p.type.shape[-1], n.params[r + "_scale"].type.shape[-1]
-            if (K // G) % GROUP:
-                return False
+        K, G = p.type.shape[-1], n.params[r + "_scale"].type.shape[-1]
+        if G > 1 and (K // G) % GROUP:              # groups (int4; grouped int8) must be multiples of 32
+            return False
     return True
 
 

@@ -96,7 +96,7 @@ def pack_weight(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None
     if quant and quant[0] in ("q8", "q4"):
         G = scale.shape[-1]
         lead = (2, M // 2) if swiglu else (M,)
-        extra.append(np.ascontiguousarray(scale.reshape(*lead) if quant[0] == "q8" else scale.reshape(*lead, G),
+        extra.append(np.ascontiguousarray(scale.reshape(*lead) if quant == ("q8",) else scale.reshape(*lead, G),
                                           dtype=np.float32))
         if zero is not None:
             extra.append(np.ascontiguousarray(zero.reshape(*lead, G), dtype=np.float32))
@@ -124,22 +124,28 @@ def pack_weight_a8(w: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, qu
         m = c.shape[3]
         return c.reshape(H, NB // il, il, 8, m, 4).transpose(1, 4, 0, 2, 3, 5).reshape(NB // il, m, H, il, 32)
 
-    if quant[0] == "q4":
-        c = codes.reshape(H, NB, 8, Kp // 8, 2, 4)                       # [h, block, o, m, nibble, b]
-        packed = blocks((c[:, :, :, :, 0, :] | (c[:, :, :, :, 1, :] << 4)).astype(np.uint8))
+    def group_scales(arrays) -> list[np.ndarray]:
+        """Per-group scales / zeros as float16 [NB / il, G, H, il, 8] (exact: checked)."""
         G = scale.shape[-1]
-        extra = []
-        for a in (scale, zero):
+        out = []
+        for a in arrays:
             if a is None:
                 continue
             if not np.array_equal(np.asarray(a, np.float32).astype(np.float16).astype(np.float32), a):
-                raise LfmcError("int4 scales that are not float16 values (quantized by an older lfmc?): "
+                raise LfmcError("group scales that are not float16 values (quantized by an older lfmc?): "
                                 "quantize the model again for int8 activations")
             t = np.zeros((H, NB * 8, G), np.float16)
             t[:, :N] = a.reshape(H, N, G)
-            extra.append(np.ascontiguousarray(t.reshape(H, NB // il, il, 8, G).transpose(1, 4, 0, 2, 3)))
-        return np.ascontiguousarray(packed), extra
+            out.append(np.ascontiguousarray(t.reshape(H, NB // il, il, 8, G).transpose(1, 4, 0, 2, 3)))
+        return out
+
+    if quant[0] == "q4":
+        c = codes.reshape(H, NB, 8, Kp // 8, 2, 4)                       # [h, block, o, m, nibble, b]
+        packed = blocks((c[:, :, :, :, 0, :] | (c[:, :, :, :, 1, :] << 4)).astype(np.uint8))
+        return np.ascontiguousarray(packed), group_scales((scale, zero))
     packed = blocks(codes.reshape(H, NB, 8, Kp // 4, 4))                  # [h, block, o, m, b]
+    if quant != ("q8",):                                                  # int8 in groups (GGUF's Q8_0)
+        return np.ascontiguousarray(packed), group_scales((scale,))
     sc = np.zeros((H, NB * 8), np.float32)
     sc[:, :N] = scale.reshape(H, N)
     return np.ascontiguousarray(packed), [sc]
@@ -171,9 +177,7 @@ def quant_spec(n: Node, role: str) -> tuple | None:
     G = n.params[role + "_scale"].type.shape[-1]
     Kd = p.type.shape[-1]
     if p.type.dtype == "i8":
-        if G != 1:
-            raise LfmcError(f"%{n.name}: int8 weights with groups are not supported by this target (per channel only)")
-        return ("q8",)
+        return ("q8",) if G == 1 else ("q8", Kd // G)
     if p.type.dtype == "u4":
         return ("q4", Kd // G, role + "_zero" in n.params)
     raise LfmcError(f"%{n.name}: no kernel for {p.type.dtype} weights")
@@ -266,7 +270,9 @@ class _Lowering:
         lanes = self.knobs["decode"].lanes
         specs = {quant_spec(n, r) for n, r in srcs}
         if len(specs) != 1:
-            raise LfmcError(f"%{srcs[0][0].name}: projections fused into one kernel must share one quantization")
+            kinds = ", ".join(f"{n.params[r].name}: {quant_spec(n, r) or 'f32'}" for n, r in srcs)
+            raise LfmcError(f"%{srcs[0][0].name}: projections fused into one kernel must share one quantization "
+                            f"({kinds}); compile with --quant to give them one")
         quant = specs.pop()
         a8 = self.int8_activations(srcs[0][0], entries)
         name = "w." + "+".join(n.params[r].name for n, r in srcs) + ("/swiglu" if swiglu else "")

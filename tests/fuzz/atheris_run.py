@@ -4,7 +4,7 @@
 
 TARGET: ``ir`` (IR text -> parse_graph / verify), ``manifest`` (manifest JSON -> the runtime's structure and
 plan checks), ``onnx`` (ONNX protobuf bytes -> lift_onnx), ``chat`` (JSON messages -> render_chat with a random
-template). Any exception that is not one of lfmc's error types is a crash (libFuzzer writes the input to
+template), ``gguf`` (GGUF file bytes -> import_gguf). Any exception that is not one of lfmc's error types is a crash (libFuzzer writes the input to
 ``crash-*``). ``tests/fuzz/test_atheris.py`` runs each target for a bounded number of inputs.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 with atheris.instrument_imports():
+    from lfmc.frontend.gguf import import_gguf
     from lfmc.frontend.onnx_lift import lift_onnx
     from lfmc.ir.errors import LfmcError
     from lfmc.ir.text import parse_graph
@@ -79,7 +80,19 @@ def chat(data: bytes) -> None:
         pass
 
 
-TARGETS = {"ir": ir, "manifest": manifest, "onnx": onnx_target, "chat": chat}
+def gguf_target(data: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.gguf"
+        p.write_bytes(data)
+        try:
+            import_gguf(p)
+        except LfmcError:
+            pass
+
+
+TARGETS = {"ir": ir, "manifest": manifest, "onnx": onnx_target, "chat": chat, "gguf": gguf_target}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:

@@ -18,7 +18,7 @@ from tests.configs import ALL_CONFIGS  # noqa: E402
 RUNNER = Path(__file__).with_name("atheris_run.py")
 from tests.fuzz import SCALE  # noqa: E402
 
-RUNS = {"ir": 3000 * SCALE, "manifest": 3000 * SCALE, "chat": 2000 * SCALE}
+RUNS = {"ir": 3000 * SCALE, "manifest": 3000 * SCALE, "chat": 2000 * SCALE, "gguf": 300 * SCALE}
 
 
 def _seed(target: str, d: Path, served_artifact) -> None:
@@ -26,6 +26,11 @@ def _seed(target: str, d: Path, served_artifact) -> None:
     if target == "ir":
         for name in ("dense-c", "moe-b"):
             (d / name).write_text(print_graph(graph_from_config(ALL_CONFIGS[name], name)))
+    elif target == "gguf":
+        from tests.gguf_files import tiny_gguf
+
+        tiny_gguf(d / "q8.gguf", "Q8_0")
+        tiny_gguf(d / "q4.gguf", "Q4_0")
     elif target == "manifest":
         (d / "m").write_text(json.dumps(json.loads((Path(served_artifact) / "manifest.json").read_text())))
     else:
@@ -36,7 +41,7 @@ def _seed(target: str, d: Path, served_artifact) -> None:
 def test_atheris_run(target, tmp_path, served_artifact):
     corpus = tmp_path / "corpus"
     _seed(target, corpus, served_artifact)
-    r = subprocess.run([sys.executable, str(RUNNER), target, str(corpus), f"-runs={RUNS[target]}", "-max_len=20000",
+    r = subprocess.run([sys.executable, str(RUNNER), target, str(corpus), f"-runs={RUNS[target]}", "-max_len=40000",
                         "-timeout=20", f"-artifact_prefix={tmp_path}/"], capture_output=True, text=True, timeout=900,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]

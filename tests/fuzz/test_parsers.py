@@ -1,5 +1,5 @@
 """Property-based fuzzing (hypothesis) of everything that reads untrusted bytes: the IR parser, saved models,
-the artifact loader (manifest, parameters, tokenizer) and the ONNX importer. The property: no crash, no hang,
+the artifact loader (manifest, parameters, tokenizer), the ONNX and the GGUF importers. The property: no crash, no hang,
 only lfmc's own error types (LfmcError, RuntimeLoadError, EngineError)."""
 from __future__ import annotations
 
@@ -264,3 +264,49 @@ def test_onnx_untouched_still_lifts(onnx_model):
 
     g, w = lift_onnx(onnx_model, "m")
     assert len(g.nodes) > 5 and all(np.isfinite(v).all() for v in w.values())
+
+
+@pytest.fixture(scope="module")
+def gguf_bytes(tmp_path_factory):
+    pytest.importorskip("gguf")
+    from tests.gguf_files import tiny_gguf
+
+    return tiny_gguf(tmp_path_factory.mktemp("gguf") / "t.gguf", "Q4_0").read_bytes()
+
+
+@SLOWER
+@given(data=st.data())
+def test_gguf_importer_fuzzed(gguf_bytes, tmp_path_factory, data):
+    """Bytes of a valid GGUF overwritten, cut or zeroed (header, metadata, tensor infos, blocks): the importer
+    raises LfmcError or imports a model whose weights have the shapes its graph declares."""
+    from lfmc.frontend.gguf import import_gguf
+    from lfmc.ir.weights import check_weights
+
+    raw = bytearray(gguf_bytes)
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["byte", "zero", "cut", "int"]))
+        i = data.draw(st.integers(0, len(raw) - 1))
+        if kind == "byte":
+            raw[i] = data.draw(st.integers(0, 255))
+        elif kind == "zero":
+            raw[i:i + 8] = bytes(min(8, len(raw) - i))
+        elif kind == "cut":
+            del raw[i:]
+            break
+        else:                                                   # a count, length, offset or type made large
+            raw[i:i + 4] = data.draw(st.sampled_from([2**31 - 1, 2**32 - 1, 200, 65536])).to_bytes(4, "little")
+    p = tmp_path_factory.mktemp("g") / "m.gguf"
+    p.write_bytes(bytes(raw))
+    try:
+        m = import_gguf(p)
+    except LfmcError:
+        return
+    check_weights(m.graph, m.weights)
+
+
+def test_gguf_untouched_imports(gguf_bytes, tmp_path):
+    from lfmc.frontend.gguf import import_gguf
+
+    (tmp_path / "t.gguf").write_bytes(gguf_bytes)
+    m = import_gguf(tmp_path / "t.gguf")
+    assert m.graph.attrs["quant"] == "q4g32" and m.tokenizer

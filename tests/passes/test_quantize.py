@@ -14,10 +14,11 @@ from lfmc.runtime import Engine
 
 from tests.helpers import assert_follows_interpreter
 
-SCHEMES = ["q8", "q4g32", "q4g16a"]
+SCHEMES = ["q8", "q8g32", "q4g32", "q4g16a"]
 
 
-@pytest.mark.parametrize("bits,group,asym", [(8, None, False), (4, 32, False), (4, 16, True), (4, 64, False)])
+@pytest.mark.parametrize("bits,group,asym", [(8, None, False), (8, 32, False), (4, 32, False), (4, 16, True),
+                                             (4, 64, False)])
 def test_quantize_round_trip_error(bits, group, asym):
     w = np.random.default_rng(0).standard_normal((48, 128)).astype(np.float32)
     q, s, z = quantize(w, bits, group, asym)
@@ -25,14 +26,15 @@ def test_quantize_round_trip_error(bits, group, asym):
     step = np.repeat(s, 128 // s.shape[-1], axis=-1)
     assert np.all(np.abs(back - w) <= 0.5 * step + 1e-6)          # round to nearest: half a step at most
     assert q.dtype == (np.int8 if bits == 8 else np.uint8) and (bits == 8 or q.max() <= 15)
-    if bits == 4:                                                 # float16 values: targets may keep them in 16 bits
+    if bits == 4 or group:                                        # float16 values: targets may keep them in 16 bits
         assert np.array_equal(s.astype(np.float16).astype(np.float32), s) and (s > 0).all()
 
 
 def test_schemes():
     assert parse_scheme("q8") == (8, None, False)
     assert parse_scheme("q4g128a") == (4, 128, True)
-    for bad in ("q3", "q4g", "q4g7", "int8"):
+    assert parse_scheme("q8g32") == (8, 32, False)
+    for bad in ("q3", "q4g", "q4g7", "int8", "q8g32a", "q8g"):
         with pytest.raises(LfmcError, match="unknown quantization"):
             parse_scheme(bad)
 
@@ -45,7 +47,7 @@ def test_pass_ir_and_interpreter(scheme, name, tiny_models):
     verify(q.graph)
     text = print_graph(q.graph)
     assert print_graph(parse_graph(text)) == text
-    assert ("i8[" if scheme == "q8" else "u4[") in text and "in_proj_scale" in text
+    assert ("i8[" if scheme.startswith("q8") else "u4[") in text and "in_proj_scale" in text
     assert ("_zero" in text) == scheme.endswith("a")
     assert q.graph.attrs["quant"] == scheme
     # codes take one byte each in the IR's weights file (4-bit codes are packed by targets); dense models shrink
@@ -105,7 +107,7 @@ def test_compiled_quantized_equals_interpreter(scheme, name, tiny_models, tmp_pa
     man = json.loads((art / "manifest.json").read_text())
     assert man["quant"] == scheme
     dtypes = {v["dtype"] for v in man["plan"]["params"].values()}
-    assert ("int8" if scheme == "q8" else "uint8") in dtypes
+    assert ("int8" if scheme.startswith("q8") else "uint8") in dtypes
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
@@ -245,7 +247,7 @@ class _Ties:
 
 
 @pytest.mark.parametrize("name,scheme", [
-    ("dense-a", "q4g32"), ("dense-b", "q8"), pytest.param("lfm2-hybrid-tiny", "q8", marks=pytest.mark.slow),
+    ("dense-a", "q4g32"), ("dense-b", "q8"), ("dense-a", "q8g32"), pytest.param("lfm2-hybrid-tiny", "q8", marks=pytest.mark.slow),
     pytest.param("dense-a", "q8", marks=pytest.mark.slow), pytest.param("moe-a", "q4g32a", marks=pytest.mark.slow)])
 def test_compiled_int8_activations_equal_interpreter(name, scheme, tmp_path, monkeypatch):
     """W8A8 / W4A8 kernels (integer dot products) against the interpreter on the same marked graph: prefill,

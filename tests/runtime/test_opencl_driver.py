@@ -55,7 +55,8 @@ def test_decode_after_prefill_matches_interpreter(name, models, artifacts):
         assert_follows_interpreter(it, eng, prompt, 6, where=(name, plen))
 
 
-@pytest.mark.parametrize("opts", [{"quant": "q4g32"}, {"quant": "q8", "kv_dtype": "f16"}, {"dtype": "f16"}])
+@pytest.mark.parametrize("opts", [{"quant": "q4g32"}, {"quant": "q8", "kv_dtype": "f16"}, {"dtype": "f16"},
+                                  {"quant": "q8g32"}])
 def test_batched_decode_quantized_16bit(tmp_path, models, opts):
     m = models["dense-a"]
     art = compile_model(m, tmp_path / "q", target=TARGET, max_batch=2, max_context=64, prefill_chunk=16, **opts)

@@ -26,11 +26,12 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
     - ``swiglu``: two weights (gate, up) side by side per output block; the output is silu(gate) * up, N wide.
     - ``quant``: ``("f16",)`` / ``("bf16",)``: 16-bit weights widened in the inner loop (bf16 passed as uint16
       bits); or weight-only quantized W, dequantized in the inner loop: ``("q8",)`` int8 codes with a scale
-      per output channel (applied after the sum); ``("q4", g, asym)`` 4-bit codes packed two per byte along K,
-      scale (and zero when ``asym``, else 8) per group of g inputs.
+      per output channel (applied after the sum); ``("q8", g)`` int8 codes with a scale per group of g inputs
+      (GGUF's Q8_0: g = 32); ``("q4", g, asym)`` 4-bit codes packed two per byte along K, scale (and zero when
+      ``asym``, else 8) per group of g inputs.
 
     W layouts (l = vector lanes): f32 / q8 ``[N/l, (2,) K, l]``, q4 ``[N/l, (2,) K/2, l]`` uint8; scales
-    ``[(2,) N]`` (q8) or ``[(2,) N, K/g]`` (q4). Args: X, W, (scale), (zero), (NW), (bias), (Res), Out, nb — with
+    ``[(2,) N]`` (q8 per channel) or ``[(2,) N, K/g]`` (groups). Args: X, W, (scale), (zero), (NW), (bias), (Res), Out, nb — with
     ``accumulate`` the caller passes the residual buffer as both Res and Out.
 
     ``nb_static``: the row-block count fixed at this value (no ``nb`` argument): the shape a tuned variant is
@@ -42,8 +43,8 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
     X0 = te.placeholder((rows, K), name="X")
     w = _MatmulWeight(N, K, pick_lanes(N, knobs.lanes), swiglu, quant)
     X, NW = _rms_prologue(X0, K, rows, rms_eps)
-    if w.qkind == "q4" and not knobs.gpu:
-        Y = _q4_group_dot(X, w, N, K, rows, swiglu)
+    if w.g and not knobs.gpu:
+        Y = _group_dot(X, w, N, K, rows, swiglu)
     else:
         k = te.reduce_axis((0, K), name="k")
         if swiglu:      # gate and up in one block with a pair-valued sum, so one pass over X feeds both
@@ -76,7 +77,14 @@ class _MatmulWeight:
         self.l, self.qkind = l, (quant[0] if quant else None)
         H = (2,) if swiglu else ()
         self.Sc = self.Zp = None
-        if self.qkind == "q4":
+        self.g = 0                                      # the group size of grouped scales (0: none)
+        if self.qkind == "q8" and len(quant) > 1:
+            self.g = int(quant[1])
+            if K % self.g:
+                raise ValueError(f"q8 group {self.g} must divide K={K}")
+            self.W = te.placeholder((N // l, *H, K, l), name="W", dtype="int8")
+            self.Sc = te.placeholder((*H, N, K // self.g), name="scale")
+        elif self.qkind == "q4":
             self.g, asym = int(quant[1]), bool(quant[2])
             if K % self.g or K % 2:
                 raise ValueError(f"q4 group {self.g} must divide K={K} (and K be even)")
@@ -94,13 +102,17 @@ class _MatmulWeight:
         return [self.W] + [t for t in (self.Sc, self.Zp) if t is not None]
 
     def code(self, h: tuple, j, k):
-        """The 4-bit code at output j, input k (h: () or (half,)) as float32."""
+        """The integer code at output j, input k (h: () or (half,)) as float32 (grouped formats)."""
         l = self.l
+        if self.qkind == "q8":
+            return self.W[(j // l, *h, k, j % l)].astype("float32")
         return ((self.W[(j // l, *h, k // 2, j % l)] >> (4 * (k % 2)).astype("uint8"))
                 & tvm.tirx.const(15, "uint8")).astype("float32")
 
     def zero(self, h: tuple, j, q):
-        """The zero point of group q (8 when symmetric)."""
+        """The zero point of group q (8 for symmetric int4, None for int8: no zero)."""
+        if self.qkind == "q8":
+            return None
         return self.Zp[(*h, j, q)] if self.Zp is not None else tvm.tirx.const(8.0, "float32")
 
     def value(self, h, j, k):
@@ -108,13 +120,15 @@ class _MatmulWeight:
         per element here only for GPU families (one reduction dlight's GEMV rules take); CPUs take the
         per-group path (:func:`_q4_group_dot`)."""
         hh = () if h is None else (h,)
-        if self.qkind == "q4":
-            return (self.code(hh, j, k) - self.zero(hh, j, k // self.g)) * self.Sc[(*hh, j, k // self.g)]
+        if self.g:
+            z = self.zero(hh, j, k // self.g)
+            c = self.code(hh, j, k) if z is None else self.code(hh, j, k) - z
+            return c * self.Sc[(*hh, j, k // self.g)]
         return _widen(self.W[(j // self.l, *hh, k, j % self.l)], self.qkind)
 
     def post(self, h, j, v):
         """Per-channel scale of q8, applied once after the sum."""
-        if self.qkind != "q8":
+        if self.qkind != "q8" or self.g:
             return v
         return v * (self.Sc[j] if h is None else self.Sc[h, j])
 
@@ -136,13 +150,20 @@ def _rms_prologue(X0, K: int, rows, rms_eps: float | None):
                       name="Xs"), NW
 
 
-def _q4_group_dot(X, w: _MatmulWeight, N: int, K: int, rows, swiglu: bool) -> tuple:
-    """int4 on CPUs in two levels: raw code dot products per group (P), then scale and zero once per group:
-    sum_k x (c - z) s = sum_groups s (sum_group x c - z sum_group x)."""
+def _group_dot(X, w: _MatmulWeight, N: int, K: int, rows, swiglu: bool) -> tuple:
+    """Grouped codes (int4; int8 in groups) on CPUs in two levels: raw code dot products per group (P), then
+    scale and zero once per group: sum_k x (c - z) s = sum_groups s (sum_group x c - z sum_group x)."""
     g = w.g
     G = K // g
-    kg = te.reduce_axis((0, g), name="kg")
-    XS = te.compute((rows, G), lambda i, q: te.sum(X[i, q * g + kg], axis=kg), name="XS")
+    if w.zero((), 0, 0) is None:                         # int8: no zero point, no input sums
+        XS = None
+    else:
+        kg = te.reduce_axis((0, g), name="kg")
+        XS = te.compute((rows, G), lambda i, q: te.sum(X[i, q * g + kg], axis=kg), name="XS")
+
+    def grp(h: tuple, i, j, q, P):
+        z = w.zero(h, j, q)
+        return w.Sc[(*h, j, q)] * (P if z is None else P - z * XS[i, q])
     kp = te.reduce_axis((0, g), name="kp")
     q_ = te.reduce_axis((0, G), name="q")
     if swiglu:
@@ -150,12 +171,10 @@ def _q4_group_dot(X, w: _MatmulWeight, N: int, K: int, rows, swiglu: bool) -> tu
             (X[i, q * g + kp] * w.code((0,), j, q * g + kp), X[i, q * g + kp] * w.code((1,), j, q * g + kp)),
             axis=kp), name="P")
         return te.compute((rows, N), lambda i, j: _pair_sum()(
-            (w.Sc[0, j, q_] * (Pg[i, j, q_] - w.zero((0,), j, q_) * XS[i, q_]),
-             w.Sc[1, j, q_] * (Pu[i, j, q_] - w.zero((1,), j, q_) * XS[i, q_])), axis=q_), name="Y")
+            (grp((0,), i, j, q_, Pg[i, j, q_]), grp((1,), i, j, q_, Pu[i, j, q_])), axis=q_), name="Y")
     P = te.compute((rows, N, G), lambda i, j, q: te.sum(X[i, q * g + kp] * w.code((), j, q * g + kp), axis=kp),
                    name="P")
-    return (te.compute((rows, N), lambda i, j: te.sum(w.Sc[j, q_] * (P[i, j, q_] - w.zero((), j, q_) * XS[i, q_]),
-                                                      axis=q_), name="Y"),)
+    return (te.compute((rows, N), lambda i, j: te.sum(grp((), i, j, q_, P[i, j, q_]), axis=q_), name="Y"),)
 
 
 def _epilogue(Y: tuple, w: _MatmulWeight, Bv, Res):
@@ -185,6 +204,7 @@ def schedule_matmul(sch: s_tir.Schedule, N: int, K: int, knobs: Knobs, norm: boo
     R = knobs.rows
     l = pick_lanes(N, knobs.lanes)
     qkind = quant[0] if quant else None
+    grouped = qkind == "q4" or (qkind == "q8" and len(quant) > 1)
     J = _matmul_cols(N, l, knobs, swiglu, qkind)
     b = sch.get_sblock("Y")
     i, j, kk = sch.get_loops(b)
@@ -208,7 +228,7 @@ def schedule_matmul(sch: s_tir.Schedule, N: int, K: int, knobs: Knobs, norm: boo
         if l > 1 and K % l == 0:
             xo, xi = sch.split(xl[-1], [None, l])
             sch.vectorize(xi)
-    if qkind == "q4":
+    if grouped:
         # the per-group code dot products live next to the group loop, in registers
         bp = sch.get_sblock("P")
         sch.compute_at(bp, kk)
@@ -218,7 +238,7 @@ def schedule_matmul(sch: s_tir.Schedule, N: int, K: int, knobs: Knobs, norm: boo
         allp = sch.get_loops(bp)
         at = next(i for i, x in enumerate(allp) if sch.get_sref(x).same_as(sch.get_sref(kk)))
         pl = allp[at + 1:]                             # [rows of the tile (absent when 1)], its columns, group inputs
-        pko, pki = sch.split(pl[-1], [None, 2])        # the two nibbles of a byte: constant shifts once unrolled
+        pko, pki = sch.split(pl[-1], [None, 2])        # int4: the two nibbles of a byte: constant shifts once unrolled
         pjo, pji = sch.split(pl[-2], [None, l])
         sch.reorder(pko, pki, *pl[:-2], pjo, pji)
         sch.unroll(pki)
@@ -228,9 +248,10 @@ def schedule_matmul(sch: s_tir.Schedule, N: int, K: int, knobs: Knobs, norm: boo
         if l > 1:
             sch.vectorize(pji)
         sch.decompose_reduction(bp, pko)
-        xs = sch.get_loops(sch.get_sblock("XS"))
-        if knobs.parallel:
-            sch.parallel(xs[0])
+        if qkind == "q4":
+            xs = sch.get_loops(sch.get_sblock("XS"))
+            if knobs.parallel:
+                sch.parallel(xs[0])
     sch.unroll(ii)
     sch.unroll(jj)
     if l > 1:

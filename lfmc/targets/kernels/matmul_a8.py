@@ -31,12 +31,16 @@ def a8_layout(N: int, K: int, quant: tuple, swiglu: bool, il: int) -> dict:
     H = 2 if swiglu else 1
     NB = -(-N // (8 * il)) * il
     Kp = -(-K // A8_GROUP) * A8_GROUP
-    if quant[0] == "q4":
+    if len(quant) > 1:
         g = int(quant[1])
         if g % A8_GROUP or K % g:
-            raise ValueError(f"int8 activations with int4 weights need groups that are multiples of {A8_GROUP} "
+            raise ValueError(f"int8 activations with grouped weights need groups that are multiples of {A8_GROUP} "
                              f"dividing K (group {g}, K={K})")
+    if quant[0] == "q4":
         return {"W": ((NB // il, Kp // 8, H, il, 32), "uint8"), "S": ((NB // il, K // g, H, il, 8), "float16"),
+                "NB": NB, "Kp": Kp}
+    if quant[0] == "q8" and len(quant) > 1:            # int8 in groups (GGUF's Q8_0): float16 scales like int4's
+        return {"W": ((NB // il, Kp // 4, H, il, 32), "int8"), "S": ((NB // il, K // g, H, il, 8), "float16"),
                 "NB": NB, "Kp": Kp}
     if quant[0] == "q8":
         return {"W": ((NB // il, Kp // 4, H, il, 32), "int8"), "S": ((H, NB * 8), "float32"), "NB": NB, "Kp": Kp}
@@ -53,13 +57,14 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
     q = round-half-even(x / d) (lfmc/ir/quant.py says the same for the interpreter). Weights are packed in blocks
     of 8 outputs x 4 inputs (32 bytes, one AVX2 register), ``il`` blocks interleaved (:func:`.knobs.a8_interleave`;
     int8 codes are packed with il 1, and a decode tile reads several panels side by side):
-    int8 codes ``[N/8/il, K/4, H, il, 32]`` (q8), or two int4 codes per byte ``[N/8/il, K/8, H, il, 32]`` whose
-    low nibbles hold inputs 8m..8m+3 and high nibbles 8m+4..8m+7 (q4; scales / zeros ``[N/8/il, K/g, H, il, 8]``).
+    int8 codes ``[N/8/il, K/4, H, il, 32]`` (q8; grouped q8's scales ``[N/8/il, K/g, H, il, 8]``), or two int4
+    codes per byte ``[N/8/il, K/8, H, il, 32]`` whose low nibbles hold inputs 8m..8m+3 and high nibbles
+    8m+4..8m+7 (q4; scales / zeros ``[N/8/il, K/g, H, il, 8]``).
     H = 2 (gate, up) with ``swiglu``; N is padded up to 8 * il outputs and K to 32 inputs.
     One ``pmaddubsw`` multiplies a block by four broadcast activations and sums pairs; int4 sums stay in int16 for
     32 inputs (|15 * 127 * 2| * 8 < 2^15), int8 ones go to int32 at once (unsigned |w| times sign-carrying x).
     Per group the int32 sums become float: q4 ``scale * d * (sum - zero * sum(q))``, q8 ``d * sum`` (its channel
-    scale after the loop)."""
+    scale after the loop; grouped q8 ``scale * d * sum``)."""
     c = _A8(N, K, knobs, bias, rms_eps, accumulate, swiglu, quant, il)
     R, H, J, KB = c.R, c.H, c.J, c.KB
     (wshape, wdtype), (sshape, sdtype) = c.lay["W"], c.lay["S"]
@@ -116,13 +121,14 @@ class _A8:
         self.NB, self.Kp = self.lay["NB"], self.lay["Kp"]
         self.KB = self.Kp // A8_GROUP
         self.q4 = quant[0] == "q4"
+        self.q8g = quant[0] == "q8" and len(quant) > 1      # int8 codes with a scale per group of g inputs
         if self.q4:                                     # the interleaved blocks
             self.J = pick_cols(il, max(1, knobs.cols // 2 // self.H))
         else:                                           # int8 (il 1): one panel per block; decode tiles take twice as many
             self.J = pick_cols(self.NB, max(1, knobs.cols // (1 if self.R == 1 else 2) // self.H))
-        self.g = int(quant[1]) if self.q4 else A8_GROUP
+        self.g = int(quant[1]) if len(quant) > 1 else A8_GROUP
         self.asym = bool(quant[2]) if self.q4 else False
-        self.G, self.SB = (K // self.g, self.g // A8_GROUP) if self.q4 else (self.KB, 1)
+        self.G, self.SB = (K // self.g, self.g // A8_GROUP) if len(quant) > 1 else (self.KB, 1)
         self.norm = rms_eps is not None
         self.eps = float(rms_eps) if self.norm else 0.0
         self.padk, self.padn = K % A8_GROUP != 0, N % 8 != 0
@@ -234,8 +240,15 @@ def _q4_tile_macro(c: _A8):
 def _q8_tile_macro(c: _A8):
     """TIR macro: one register tile of int8 weights, accumulated into ``acc``: int32 sums per group of 32
     (unsigned |w| times sign-carrying x), times the group's activation scale."""
-    R, H, J, KB, ROW, Kp = c.R, c.H, c.J, c.KB, c.ROW, c.Kp
+    R, H, J, KB, ROW, Kp, SB, il = c.R, c.H, c.J, c.KB, c.ROW, c.Kp, c.SB, c.il
     use_pf = c.pf > 0
+
+    def scaled(S, Dx, a32, r, h, jj, blk, kb, row):
+        """A group's int32 sums as float: times the activation scale (and the weight group's scale)."""
+        v = T.Cast("float32x8", a32[r, h, jj, T.ramp(0, 1, 8)]) * T.broadcast(Dx[row, kb], 8)
+        if c.q8g:
+            v = v * T.Cast("float32x8", S[blk // il, kb // SB, h, blk % il, T.ramp(0, 1, 8)])
+        return v
 
     def q8dot(W, Xq, blk, m, h, row, k):
         v = _wblock(c, W, blk, m, h)
@@ -262,8 +275,8 @@ def _q8_tile_macro(c: _A8):
             for r in T.unroll(R):
                 for h in T.unroll(H):
                     for jj in T.unroll(J):
-                        acc[r, h, jj, T.ramp(0, 1, 8)] = acc[r, h, jj, T.ramp(0, 1, 8)] + T.Cast(
-                            "float32x8", a32[r, h, jj, T.ramp(0, 1, 8)]) * T.broadcast(Dx[ib * R + r, kb], 8)
+                        acc[r, h, jj, T.ramp(0, 1, 8)] = acc[r, h, jj, T.ramp(0, 1, 8)] + scaled(
+                            S, Dx, a32, r, h, jj, jb * J + jj, kb, ib * R + r)
 
     return tile
 
@@ -271,9 +284,10 @@ def _q8_tile_macro(c: _A8):
 def _finish(c: _A8):
     """The output element from the float tile: q8's channel scale, silu(gate) * up, bias, residual."""
     def finish(Res, Bv, S, acc, r, jj, t, row, o):
-        a0 = acc[r, 0, jj, t] * S[0, o] if not c.q4 else acc[r, 0, jj, t]
+        chan = not (c.q4 or c.q8g)                  # per-channel int8: its scale once, here
+        a0 = acc[r, 0, jj, t] * S[0, o] if chan else acc[r, 0, jj, t]
         if c.swiglu:
-            u = acc[r, 1, jj, t] * S[1, o] if not c.q4 else acc[r, 1, jj, t]
+            u = acc[r, 1, jj, t] * S[1, o] if chan else acc[r, 1, jj, t]
             a0 = T.sigmoid(a0) * a0 * u
         if c.bias:
             a0 = a0 + Bv[o]

@@ -24,6 +24,14 @@ def _expert_weight(E: int, N: int, K: int, l: int, quant: tuple | None, name: st
             code = (W[e, j // l, k // 2, j % l] >> (4 * (k % 2)).astype("uint8")) & tvm.tirx.const(15, "uint8")
             zero = Zp[e, j, k // g] if Zp is not None else tvm.tirx.const(8.0, "float32")
             return (code.astype("float32") - zero) * Sc[e, j, k // g]
+    elif qkind == "q8" and len(quant) > 1:             # int8 with a scale per group of g inputs (Q8_0)
+        g = int(quant[1])
+        W = te.placeholder((E, N // l, K, l), name=name, dtype="int8")
+        Sc = te.placeholder((E, N, K // g), name=name + "_scale")
+        extra = [Sc]
+
+        def wv(e, j, k):
+            return W[e, j // l, k, j % l].astype("float32") * Sc[e, j, k // g]
     elif qkind == "q8":
         W = te.placeholder((E, N // l, K, l), name=name, dtype="int8")
         Sc = te.placeholder((E, N), name=name + "_scale")

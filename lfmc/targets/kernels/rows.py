@@ -28,6 +28,9 @@ def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None
         def val(i, d):
             t = tok[i]
             blk, o = t // 8, t % 8
+            if qkind == "q8" and len(quant) > 1:      # int8 in groups: a float16 scale per (block, group)
+                at = (blk // il, d // int(quant[1]), 0, blk % il, o)
+                return W[blk // il, d // 4, 0, blk % il, o * 4 + d % 4].astype("float32") * Sc[at].astype("float32")
             if qkind == "q8":
                 return W[blk // il, d // 4, 0, blk % il, o * 4 + d % 4].astype("float32") * Sc[0, t]
             g = int(quant[1])
@@ -47,6 +50,13 @@ def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None
             code = (W[t // l, d // 2, t % l] >> (4 * (d % 2)).astype("uint8")) & tvm.tirx.const(15, "uint8")
             zero = Zp[t, d // g] if Zp is not None else tvm.tirx.const(8.0, "float32")
             return (code.astype("float32") - zero) * Sc[t, d // g]
+    elif qkind == "q8" and len(quant) > 1:
+        g = int(quant[1])
+        W = te.placeholder((V // l, D, l), name="W", dtype="int8")
+        Sc, Zp = te.placeholder((V, D // g), name="scale"), None
+
+        def val(i, d):
+            return W[tok[i] // l, d, tok[i] % l].astype("float32") * Sc[tok[i], d // g]
     elif qkind == "q8":
         W = te.placeholder((V // l, D, l), name="W", dtype="int8")
         Sc, Zp = te.placeholder((V,), name="scale"), None

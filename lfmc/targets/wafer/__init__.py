@@ -31,7 +31,8 @@ def lower_wafer(graph: Graph, weights: dict[str, np.ndarray] | None, prof, max_b
     for p in graph.params().values():
         if p.type.dtype != "f32":
             raise LfmcError(f"the wafer target runs float32 weights; {p.name} is {p.type.dtype} (compile without "
-                            "--quant / --dtype for the wafer)")
+                            "--quant / --dtype for the wafer, from a float model: a GGUF's Q4_0 / Q8_0 blocks are "
+                            "kept quantized)")
     m = Machine.from_profile(prof)
     pl = place(graph, m, max_batch, max_context, 2 if kv_dtype == "f16" else 4)
     prog, params = build_program(graph, pl, weights, max_batch, max_context, kv_dtype)
