@@ -3,12 +3,15 @@
 # source distribution into a benchmark environment outside the project's .venv.
 # Follows ../shared/recipes/llama-cpp-bench.md. About 15 minutes on 2 cores; done once per machine.
 #   benchmarks/build_llama_cpp.sh [DIR]      (default: $LFMC_LLAMA_CPP_DIR or ~/.cache/lfmc-bench/llama.cpp)
-# Leaves DIR/bin/llama-bench, DIR/bin/llama-quantize, DIR/convert_hf_to_gguf.py and DIR/venv (python with gguf).
+# Leaves DIR/bin/llama-bench, DIR/bin/llama-quantize, DIR/bin/llama-perplexity, DIR/convert_hf_to_gguf.py and
+# DIR/venv (python with gguf and llama_cpp, whose tokenizer benchmarks/quality.py compares with lfmc's).
 set -euo pipefail
 VER=0.3.36
 DIR="${1:-${LFMC_LLAMA_CPP_DIR:-$HOME/.cache/lfmc-bench/llama.cpp}}"
 mkdir -p "$DIR" && cd "$DIR"
-if [ -x bin/llama-bench ] && [ -x bin/llama-quantize ]; then echo "llama.cpp already built in $DIR"; exit 0; fi
+if [ -x bin/llama-bench ] && [ -x bin/llama-quantize ] && [ -x bin/llama-perplexity ]; then
+  echo "llama.cpp already built in $DIR"; exit 0
+fi
 PY="${PYTHON:-python3}"
 [ -d venv ] || "$PY" -m venv venv
 venv/bin/pip install -q --upgrade pip >/dev/null
@@ -17,7 +20,8 @@ if [ ! -d "llama_cpp_python-$VER" ]; then
   venv/bin/pip download -q --no-binary :all: --no-deps "llama-cpp-python==$VER" -d src
   tar xzf src/llama_cpp_python-$VER.tar.gz
 fi
-# The package's own build (shared libraries); build dir kept so a rerun is incremental.
+# The package's own build (shared libraries); build dir kept so a rerun is incremental (skipped once installed).
+venv/bin/python -c "import llama_cpp" 2>/dev/null || \
 CMAKE_BUILD_PARALLEL_LEVEL="${JOBS:-2}" venv/bin/pip install -q --no-deps --no-build-isolation \
   -C build-dir="$DIR/build" "./llama_cpp_python-$VER"
 L="llama_cpp_python-$VER/vendor/llama.cpp"
@@ -31,5 +35,7 @@ g++ -O2 -DNDEBUG -std=c++17 $INC -I$L/tools/llama-bench $L/tools/llama-bench/lla
   $( [ -f $L/tools/llama-bench/main.cpp ] && echo $L/tools/llama-bench/main.cpp ) $LIBS -o bin/llama-bench
 g++ -O2 -DNDEBUG -std=c++17 $INC -I$L/tools/quantize $L/tools/quantize/quantize.cpp \
   $( [ -f $L/tools/quantize/main.cpp ] && echo $L/tools/quantize/main.cpp ) $LIBS -o bin/llama-quantize
+g++ -O2 -DNDEBUG -std=c++17 $INC -I$L/tools/perplexity $L/tools/perplexity/perplexity.cpp \
+  $( [ -f $L/tools/perplexity/main.cpp ] && echo $L/tools/perplexity/main.cpp ) $LIBS -o bin/llama-perplexity
 ln -sf "$L/convert_hf_to_gguf.py" convert_hf_to_gguf.py
 echo "llama.cpp built in $DIR"

@@ -8,7 +8,8 @@
 For each preset and precision: lfmc's host artifact (seeded random weights), transformers in PyTorch on the same
 weights (float32 for f32 / q8 / q4; bf16 for the 16-bit row, which lfmc runs as ``--dtype f16``), and, with
 ``--llama-cpp``, llama-bench on the same weights converted to the matching GGUF type (F32, F16, Q8_0, Q4_0 with
-``--repack 0``; see benchmarks/llamacpp_peer.py). ``q8a8`` / ``q4g32a8`` compile lfmc with ``--act-quant i8``
+``--repack 0``; see benchmarks/llamacpp_peer.py); with it, the Q8_0 / Q4_0 rows also run lfmc on the very GGUF
+that llama.cpp runs (``lfmc import x.gguf``: the blocks kept as q8g32 / q4g32; side ``lfmc Q4_0 file``). ``q8a8`` / ``q4g32a8`` compile lfmc with ``--act-quant i8``
 (int8 activations, integer dot products), the like-for-like peer of llama.cpp's Q8_0 / Q4_0, whose CPU dot
 products quantize the activations to 8 bits as well. Sides alternate within each round, each in its own process;
 medians over ``--rounds``. Measured: prefill of 512 tokens (tokens/s), time to first token of a 512-token prompt
@@ -87,15 +88,9 @@ def state_read_bytes(art: Path, context: int) -> int:
 
 
 def cpu_info() -> dict:
-    """This CPU's model and vector features (figures from another machine differ)."""
-    from lfmc.targets.host import cpu_features
+    from lfmc.targets.host import cpu_info as info
 
-    model = ""
-    try:
-        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"model": model, "cpus": os.cpu_count(), **cpu_features()}
+    return info()
 
 
 def main() -> int:
@@ -158,6 +153,15 @@ def main() -> int:
                 model = llama_cpp.gguf(lc_dir, hf, gtype)
                 sides[f"llama.cpp {gtype}"] = lambda: llama_cpp.bench(lc_dir, model, prefill=a.prefill,
                                                                       decode=a.decode_steps, reps=a.reps)
+                if gtype in ("Q8_0", "Q4_0"):
+                    # lfmc on the very file llama.cpp runs: its Q8_0 / Q4_0 blocks kept (q8g32 / q4g32)
+                    gart = Path(a.build) / f"{preset}-{prec}-gguf.host"
+                    if not (gart / "manifest.json").exists():
+                        from lfmc.frontend.gguf import import_gguf
+
+                        compile_model(import_gguf(model), gart, max_batch=1, act_quant=act,
+                                      max_context=a.prefill + a.decode_steps + 64)
+                    sides[f"lfmc {gtype} file"] = lambda: run_child("lfmc", artifact=str(gart), **kw)
             runs: dict[str, list] = {k: [] for k in sides}
             for r in range(a.rounds):
                 for name, fn in sides.items():

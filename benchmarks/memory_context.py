@@ -73,17 +73,9 @@ def child_lfmc(a: dict) -> dict:
 
 
 def cpu_info() -> dict:
-    """The CPU model and its vector features (results from other machines differ)."""
-    import os
+    from lfmc.targets.host import cpu_info as info
 
-    from lfmc.targets.host import cpu_features
-
-    model = ""
-    try:
-        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"model": model, "cpus": os.cpu_count(), **cpu_features()}
+    return info()
 
 
 def transformer_shape(preset: str) -> dict:

@@ -41,10 +41,21 @@ class GgufError(LfmcError):
 def _reader(path: Path):
     import gguf
 
+    class Bounded(gguf.GGUFReader):
+        """The package's reader, refusing reads past the end of the file: a corrupt array length then stops at
+        the end of the file instead of looping (and allocating) for every element it claims."""
+
+        def _get(self, offset, dtype, count=1, override_order=None):
+            end = int(offset) + int(np.dtype(dtype).itemsize) * int(count)
+            if end > len(self.data):
+                raise ValueError(f"a field at byte {int(offset)} runs past the end of the file ({len(self.data)} "
+                                 "bytes)")
+            return super()._get(offset, dtype, count, override_order)
+
     if not path.is_file():
         raise GgufError(f"{path}: no such GGUF file")
     try:
-        return gguf.GGUFReader(str(path), "r")
+        return Bounded(str(path), "r")
     except Exception as e:                                # noqa: BLE001  truncated, not GGUF, unknown types
         raise GgufError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
 
@@ -90,6 +101,9 @@ def config_from_gguf(f: _File) -> dict[str, Any]:
     heads = max(heads) if isinstance(heads, list) else heads
     if len(kv) != n:
         raise GgufError(f"{f.path}: {f.arch}.attention.head_count_kv lists {len(kv)} layers, block_count is {n}")
+    blocks = {k.split(".")[1] for k in f.tensors if k.startswith("blk.")}
+    if blocks != {str(i) for i in range(n)}:
+        raise GgufError(f"{f.path}: {f.arch}.block_count is {n}, but the file has tensors for {len(blocks)} blocks")
     if "token_embd.weight" not in f.tensors:
         raise GgufError(f"{f.path}: tensor 'token_embd.weight' is missing")
     vocab = f.hp("vocab_size", None) or f.shape("token_embd.weight")[0]

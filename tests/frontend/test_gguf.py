@@ -293,3 +293,23 @@ def test_cli_import_reports_what_was_kept(files, tmp_path):
     r = subprocess.run([sys.executable, "-m", "lfmc", "import", str(bad)], capture_output=True, text=True)
     assert r.returncode != 0 and "bad.gguf" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "bad.lfm").exists()
+
+
+def test_huge_array_length_stops_at_the_end_of_the_file(files, tmp_path):
+    """A corrupt array length (2^40 elements in a 100 KB file) is an error at once, not a loop that allocates for
+    every element it claims (found by the atheris run: the gguf package's reader does not bound it)."""
+    path, _ = files["dense-a", "Q4_0"]
+    f = gguf.GGUFReader(str(path)).fields["lfm2.attention.head_count_kv"]
+    at = f.offset + sum(int(p.nbytes) for p in f.parts[:4])            # key length, key, type, item type
+    bad = _rewrite(path, tmp_path, lambda b: b.__setitem__(slice(at, at + 8), (2 ** 40).to_bytes(8, "little")))
+    with pytest.raises(GgufError, match="runs past the end of the file"):
+        import_gguf(bad)
+
+
+def test_block_count_must_match_the_tensors(files, tmp_path):
+    path, _ = files["dense-a", "Q4_0"]
+    f = gguf.GGUFReader(str(path)).fields["lfm2.block_count"]
+    at = f.offset + sum(int(p.nbytes) for p in f.parts[:3])            # key length, key, type
+    bad = _rewrite(path, tmp_path, lambda b: b.__setitem__(slice(at, at + 4), (2 ** 31).to_bytes(4, "little")))
+    with pytest.raises(GgufError, match="block_count"):
+        import_gguf(bad)

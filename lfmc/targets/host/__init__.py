@@ -31,6 +31,20 @@ def cpu_features() -> dict[str, Any]:
             "avx512": "avx512f" in flags, "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags}
 
 
+def cpu_info() -> dict[str, Any]:
+    """This CPU's model name, core count and :func:`cpu_features`: what a benchmark result records (figures from
+    another machine differ)."""
+    import os
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"model": model, "cpus": os.cpu_count(), **cpu_features()}
+
+
 def host_target():
     """The TVM target for this CPU (LLVM, -mcpu of the host)."""
     import tvm
