@@ -15,7 +15,7 @@ fi
 PY="${PYTHON:-python3}"
 [ -d venv ] || "$PY" -m venv venv
 venv/bin/pip install -q --upgrade pip >/dev/null
-venv/bin/pip install -q "numpy<3" gguf sentencepiece "transformers==5.24.0" scikit-build-core cmake ninja
+venv/bin/pip install -q "numpy<3" gguf sentencepiece "transformers==5.24.0" scikit-build-core cmake ninja diskcache jinja2 typing-extensions
 if [ ! -d "llama_cpp_python-$VER" ]; then
   venv/bin/pip download -q --no-binary :all: --no-deps "llama-cpp-python==$VER" -d src
   tar xzf src/llama_cpp_python-$VER.tar.gz

@@ -110,6 +110,14 @@ def nll_ppl(lp: np.ndarray, wins: list[list[int]]) -> tuple[float, float]:
     return float(nll.mean()), float(math.exp(nll.mean()))
 
 
+def ln_ratio(base: np.ndarray, lp: np.ndarray, wins: list[list[int]]) -> tuple[float, float]:
+    """ln(PPL(row) / PPL(base)) and its standard error over the scored positions (llama-perplexity's statistic)."""
+    first = len(wins[0]) // 2
+    tgt = np.array([w[first + 1:] for w in wins])[..., None]
+    d = (np.take_along_axis(base, tgt, -1) - np.take_along_axis(lp, tgt, -1)).reshape(-1)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
 def kl(base: np.ndarray, lp: np.ndarray) -> float:
     """Mean over positions of KL(base || row)."""
     return float((np.exp(base) * (base - lp)).sum(-1).mean())
@@ -142,14 +150,15 @@ def llama_perplexity(d: Path, gguf: Path, text: Path, ctx: int, chunks: int, bas
         raise RuntimeError(f"llama-perplexity failed ({r.returncode}): {log[-3000:]}")
     num = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 
-    def grab(label: str) -> float | None:
-        m = re.search(re.escape(label) + r"\s*:?\s*" + num, log)
-        return float(m.group(1)) if m else None
+    def grab(label: str, err: bool = False) -> float | None:
+        m = re.search(re.escape(label) + r"\s*:\s*" + num + r"(?:\s*±\s*" + num + ")?", log)
+        return None if not m else (float(m.group(2)) if m.group(2) else None) if err else float(m.group(1))
 
     if not kl_mode:
         m = re.search(r"Final estimate: PPL = " + num, log)
         return {"ppl": float(m.group(1)) if m else None, "log_tail": log[-1500:]}
     return {"ppl": grab("Mean PPL(Q)"), "ppl_base": grab("Mean PPL(base)"), "kl": grab("Mean    KLD"),
+            "ln_ratio": grab("Mean ln(PPL(Q)/PPL(base))"), "ln_ratio_err": grab("Mean ln(PPL(Q)/PPL(base))", True),
             "same_top_pct": grab("Same top p"), "log_tail": log[-1500:]}
 
 
@@ -231,7 +240,9 @@ def main() -> int:
         nll, ppl = nll_ppl(lp, wins)
         if base is None:
             base = lp
+        lr, lre = ln_ratio(base, lp, wins)
         row = {"ppl": ppl, "nll": nll, "kl": kl(base, lp), "same_top_pct": 100 * same_top(base, lp),
+               "ln_ratio": lr, "ln_ratio_err": lre,
                "options": opts, "source": src, "seconds": round(time.perf_counter() - t0, 1)}
         if src != "hf":
             row["gguf"] = sources[src].provenance["gguf"]
@@ -241,17 +252,23 @@ def main() -> int:
         save()
     lb, cb = results["lfmc"]["f32"]["ppl"], results["llama.cpp"]["F16"]["ppl"]
     print(f"\nbases: lfmc f32 PPL {lb:.4f}; llama.cpp F16 PPL {cb:.4f}")
-    print(f"{'lfmc row':<28}{'dPPL %':>9}{'KL':>10}   {'llama.cpp':<8}{'dPPL %':>9}{'KL':>10}   no worse?")
+    print(f"{'lfmc row':<28}{'dPPL %':>16}{'KL':>10}   {'llama.cpp':<8}{'dPPL %':>16}{'KL':>10}   no worse?")
     pairs = []
     for ours_name, t in PAIRS:
         if ours_name not in results["lfmc"]:
             continue
         o, c = results["lfmc"][ours_name], results["llama.cpp"][t]
         od, cd = 100 * (o["ppl"] / lb - 1), 100 * (c["ppl"] / cb - 1)
-        ok = od <= cd + 1e-9 and o["kl"] <= c["kl"] + 1e-12
-        pairs.append({"lfmc": ours_name, "llama.cpp": t, "lfmc_dppl_pct": od, "llama_dppl_pct": cd,
-                      "lfmc_kl": o["kl"], "llama_kl": c["kl"], "no_worse": ok})
-        print(f"{ours_name:<28}{od:>9.3f}{o['kl']:>10.5f}   {t:<8}{cd:>9.3f}{c['kl']:>10.5f}   {'yes' if ok else 'NO'}")
+        oe, ce = 100 * o["ln_ratio_err"], 100 * (c.get("ln_ratio_err") or 0.0)
+        strict = od <= cd + 1e-9 and o["kl"] <= c["kl"] + 1e-12
+        # within noise: the dPPL difference under two standard errors of the two estimates together
+        noise = o["kl"] <= c["kl"] + 1e-12 and od <= cd + 2 * float(np.hypot(oe, ce))
+        pairs.append({"lfmc": ours_name, "llama.cpp": t, "lfmc_dppl_pct": od, "lfmc_dppl_err_pct": oe,
+                      "llama_dppl_pct": cd, "llama_dppl_err_pct": ce, "lfmc_kl": o["kl"], "llama_kl": c["kl"],
+                      "no_worse": strict, "no_worse_within_noise": noise})
+        verdict = "yes" if strict else "within noise" if noise else "NO"
+        print(f"{ours_name:<28}{od:>8.3f} ±{oe:>6.3f}{o['kl']:>10.5f}   {t:<8}{cd:>8.3f} ±{ce:>6.3f}{c['kl']:>10.5f}"
+              f"   {verdict}")
     results["pairs"] = pairs
     act = {}
     for a8, w in (("W8A8 (q8)", "q8"), ("W8A8 (q8g32)", "q8g32"), ("W4A8 (q4g32)", "q4g32")):

@@ -237,8 +237,8 @@ def cmd_compile(a: argparse.Namespace) -> int:
 
     prof = get_profile(a.target, a.profiles)
     quant = prof.quant if a.quant is None else (None if a.quant in ("none", "f32") else a.quant)
-    opts = CompileOptions(quant=quant, dtype=a.dtype, act_quant=a.act_quant, kv_dtype=a.kv_dtype, passes=a.passes,
-                          prune=_prune_options(a, prof), max_batch=a.max_batch, max_context=a.max_context,
+    opts = CompileOptions(quant=quant, quant_head=a.quant_head, dtype=a.dtype, act_quant=a.act_quant,
+                          kv_dtype=a.kv_dtype, passes=a.passes, prune=_prune_options(a, prof), max_batch=a.max_batch, max_context=a.max_context,
                           prefill_chunk=a.prefill_chunk, tuned=a.tuned, profiles=a.profiles)
     if a.plan_only:
         return _plan_only(a, opts)
@@ -601,6 +601,9 @@ def _parser_compile(sub) -> None:
     p.add_argument("--dump-ir", default=None, metavar="DIR", help="write the IR after every phase into DIR")
     p.add_argument("--quant", default=None, help="weight quantization: q8, q4g32, q4g64, q4g128 (add 'a' for "
                    "asymmetric, e.g. q4g32a), or none; default: the target profile's (float32 for host)")
+    p.add_argument("--quant-head", default="auto", choices=["auto", "same"],
+                   help="with a 4-bit --quant: auto keeps the token embedding / LM head in 8-bit groups (the "
+                        "logits lose the most from 4 bits; llama.cpp keeps them at 6), same quantizes them as the rest")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"],
                    help="storage of the weights that are not quantized (activations stay float32)")
     p.add_argument("--act-quant", default=None, choices=["none", "i8"],

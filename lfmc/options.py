@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from .ir.errors import LfmcError
 
+QUANT_HEADS = ("auto", "same")
 DTYPES = ("f32", "f16", "bf16")
 KV_DTYPES = ("f32", "f16")
 ACT_QUANTS = ("i8",)
@@ -23,12 +24,15 @@ DEFAULT_PREFILL_CHUNK = 256
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """What a compile produces, besides the model and the target: weights (``quant`` q8 / q4gG[a] or None,
+    """What a compile produces, besides the model and the target: weights (``quant`` q8 / q4gG[a] or None;
+    ``quant_head``: the token embedding / LM head of a 4-bit scheme in 8-bit groups ("auto", as llama.cpp keeps
+    them at 6 bits) or in the scheme itself ("same"),
     ``dtype`` of the unquantized ones), int8 activations (``act_quant``), the KV cache's storage, the pass list
     (None = the target's default pipeline), MoE expert pruning (options of the prune-experts pass), the runtime
     limits, a tuning database (``tuned``) and a profiles file (``profiles``)."""
 
     quant: str | None = None
+    quant_head: str = "auto"
     dtype: str = "f32"
     act_quant: str | None = None
     kv_dtype: str = "f32"
@@ -53,6 +57,8 @@ class CompileOptions:
         for k in ("tuned", "profiles"):
             if getattr(self, k) is not None:
                 set_(k, os.fspath(getattr(self, k)))
+        if self.quant_head not in QUANT_HEADS:
+            raise LfmcError(f"--quant-head {self.quant_head!r}: expected one of {', '.join(QUANT_HEADS)}")
         if self.dtype not in DTYPES:
             raise LfmcError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
         if self.kv_dtype not in KV_DTYPES:
@@ -79,7 +85,7 @@ class CompileOptions:
 
     def pass_options(self) -> dict[str, Any]:
         """The options dict every pass reads (quantization, dtypes, pruning)."""
-        return {"quant": self.quant, "dtype": self.dtype, "kv_dtype": self.kv_dtype, "act_quant": self.act_quant,
+        return {"quant": self.quant, "quant_head": self.quant_head, "dtype": self.dtype, "kv_dtype": self.kv_dtype, "act_quant": self.act_quant,
                 **dict(self.prune or {})}
 
     def context(self, max_position_embeddings: int | None) -> tuple[int, int]:

@@ -129,7 +129,7 @@ def import_source(source: str, weights: bool = False, seed: int = 0, std: float 
     if p.is_dir():
         return import_hf_dir(p)
     if p.suffix == ".onnx":
-        from .onnx_lift import import_onnx
+        from .onnx import import_onnx
 
         return import_onnx(p)
     if p.suffix == ".gguf":

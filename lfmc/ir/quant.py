@@ -75,7 +75,7 @@ def quantize(w: np.ndarray, bits: int, group: int | None, asym: bool = False
     """(codes, scale, zero or None) of float weight ``w`` [..., N, K]; round to nearest.
 
     bits 8: symmetric per channel (``group`` None) or per group (float16 scales); bits 4: groups of ``group``
-    along K, scales float16 values."""
+    along K, scales float16 values (symmetric: see :func:`_q4_symmetric`; the scale may be negative)."""
     K = w.shape[-1]
     g = group or K
     if K % g:
@@ -96,10 +96,45 @@ def quantize(w: np.ndarray, bits: int, group: int | None, asym: bool = False
         zero = np.clip(np.rint(-lo / scale), 0, 15).astype(np.float32)
         q = np.clip(np.rint(wg / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8)
         return q.reshape(w.shape), scale, zero
-    amax = np.abs(wg).max(-1)
-    scale = _f16_up(np.where(amax > 0, amax / 7.0, 1.0))
-    q = (np.clip(np.rint(wg / scale[..., None]), -8, 7) + 8).astype(np.uint8)
+    q = np.empty(wg.shape, np.uint8)
+    scale = np.empty(wg.shape[:-1], np.float32)
+    flat_w, flat_q, flat_s = wg.reshape(-1, g), q.reshape(-1, g), scale.reshape(-1)
+    step = max(1, (1 << 22) // g)                       # groups a pass: bounded temporaries on big weights
+    for a in range(0, len(flat_w), step):
+        flat_q[a:a + step], flat_s[a:a + step] = _q4_symmetric(flat_w[a:a + step])
     return q.reshape(w.shape), scale, None
+
+
+# the code-range stretches tried per group: the extreme value maps to -(8 + t) (t = 0 is GGUF's Q4_0)
+_Q4_STRETCH = np.arange(-0.5, 0.51, 0.1, dtype=np.float32)
+
+
+def _q4_symmetric(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes (uint8, ``q + 8``) and float16-valued scales of groups ``x`` [n, g] with all 16 levels -8..7.
+
+    As llama.cpp's Q4_0, the value of largest magnitude ``m`` (with its sign) anchors the range at -8, so the
+    scale is negative when ``m`` is positive; as its K-quants, a few stretches of that range are tried and each
+    group keeps the codes whose least-squares scale leaves the smallest squared error. Never worse than Q4_0 on
+    a group (its codes are among those tried, with a scale at least as good)."""
+    idx = np.abs(x).argmax(-1)
+    m = np.take_along_axis(x, idx[:, None], -1)[:, 0]
+    m = np.where(m == 0, np.float32(1), m)
+    best_err = np.full(len(x), np.inf, np.float32)
+    best_q = np.zeros(x.shape, np.int8)
+    best_d = np.ones(len(x), np.float32)
+    for t in _Q4_STRETCH:
+        iscale = -(np.float32(8) + t) / m
+        q = np.clip(np.rint(x * iscale[:, None]), -8, 7)
+        qq = (q * q).sum(-1)
+        d = np.where(qq > 0, (x * q).sum(-1) / np.where(qq > 0, qq, 1), np.float32(1)).astype(np.float32)
+        d = d.astype(np.float16).astype(np.float32)      # the scale as it is stored
+        d = np.where(d == 0, np.float32(2.0 ** -24), d)
+        err = ((x - d[:, None] * q) ** 2).sum(-1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_q[better] = q[better].astype(np.int8)
+        best_d = np.where(better, d, best_d)
+    return (best_q + 8).astype(np.uint8), best_d
 
 
 # --- int8 activations (a node's ``act_quant`` attribute: the group size)

@@ -42,16 +42,22 @@ def bytes_per_weight(quant: str | None, dtype: str = "f32", K: int = 1) -> float
 
         bits, group, asym = parse_scheme(quant)
         if bits == 8:
-            return 1.0 + 4.0 / K
+            return 1.0 + 4.0 / (group or K)
         return 0.5 + (8.0 if asym else 4.0) / group
     return {"f32": 4.0, "f16": 2.0, "bf16": 2.0}[dtype]
 
 
-def weight_bytes(g: Graph, quant: str | None = None, dtype: str = "f32") -> dict[str, float]:
-    """Bytes of every parameter (tied ones once) as a target would store them: projections quantized or cast,
-    norms, biases and routers float32. Keys: parameter names."""
-    from .quantize import ROLES
+def weight_bytes(g: Graph, quant: str | None = None, dtype: str = "f32",
+                 quant_head: str = "auto") -> dict[str, float]:
+    """Bytes of every parameter (tied ones once) as a target would store them: projections quantized or cast
+    (a 4-bit scheme's embedding / LM head in 8-bit groups unless ``quant_head`` is "same"), norms, biases and
+    routers float32. Keys: parameter names."""
+    from .quantize import HEAD_OPS, ROLES, parse_scheme
 
+    head_q = quant
+    if quant and quant != "q8" and quant_head == "auto":
+        bits, group, _ = parse_scheme(quant)
+        head_q = f"q8g{group}" if bits == 4 else quant
     out: dict[str, float] = {}
     for n in g.nodes:
         proj = set(ROLES.get(n.op, ()))
@@ -60,7 +66,8 @@ def weight_bytes(g: Graph, quant: str | None = None, dtype: str = "f32") -> dict
                 continue
             numel = p.type.numel()
             if role in proj and p.type.dtype == "f32":
-                out[p.name] = numel * bytes_per_weight(quant, dtype, int(p.type.shape[-1]))
+                q = head_q if n.op in HEAD_OPS else quant
+                out[p.name] = numel * bytes_per_weight(q, dtype, int(p.type.shape[-1]))
             else:
                 out[p.name] = float(p.type.nbytes())
     return out

@@ -17,6 +17,7 @@ from ..progress import task
 from .base import register
 
 # the weight roles quantized per op (the MoE router stays float32: it is small and decides the routing)
+HEAD_OPS = ("embedding", "lm_head")
 ROLES = {name: s.quant_roles for name, s in SCHEMAS.items() if s.quant_roles}   # the op schemas' trait
 SCHEMES = ("q8 (int8 per channel), q8gG (int8, groups of G along the input), q4gG (int4, symmetric, groups of G), "
            "q4gGa (asymmetric)")
@@ -35,7 +36,8 @@ def parse_scheme(scheme: str) -> tuple[int, int | None, bool]:
 @register("quantize", "quantize")
 def quantize_weights(model: Model, options: dict[str, Any]) -> Model:
     """Replace the projection weights (dense, MoE experts, the embedding / LM head) by integer codes and scales, as
-    ``options["quant"]`` says (q8, q4g32, q4g64a, ...): the interpreter runs them dequantized, targets fuse the
+    ``options["quant"]`` says (q8, q4g32, q4g64a, ...; with a 4-bit scheme the embedding / LM head in 8-bit groups
+    unless ``options["quant_head"]`` is "same"): the interpreter runs them dequantized, targets fuse the
     dequantization into their GEMV / GEMM kernels. A weight whose input width the group does not divide stays
     float32 (listed in the graph's ``quant_skipped`` attribute)."""
     scheme = options.get("quant")
@@ -48,10 +50,16 @@ def quantize_weights(model: Model, options: dict[str, Any]) -> Model:
     w = dict(model.weights)
     done: dict[str, tuple[Param, Param, Param | None]] = {}
     skipped: list[str] = []
+    # a 4-bit scheme keeps the token embedding / LM head in 8-bit groups unless asked otherwise: the table that
+    # makes the logits loses the most from 4 bits (llama.cpp's Q4_0 / Q4_K files keep it at 6 bits)
+    head8 = bits == 4 and options.get("quant_head", "auto") == "auto"
     with task(f"quantizing weights ({scheme})", len(g.nodes), "node") as bar:
         for n in g.nodes:
             bar.update()
-            _quantize_node(n, w, done, skipped, bits, group, asym)
+            if head8 and n.op in HEAD_OPS:
+                _quantize_node(n, w, done, skipped, 8, group, False)
+            else:
+                _quantize_node(n, w, done, skipped, bits, group, asym)
     g.attrs = {**g.attrs, "quant": scheme}
     if skipped:
         g.attrs["quant_skipped"] = sorted(set(skipped))

@@ -13,7 +13,7 @@ import pytest
 from lfmc.check import compare
 from lfmc.frontend import import_source, import_torch_model
 from lfmc.frontend.config import graph_from_config
-from lfmc.frontend.onnx_lift import OnnxLiftError, import_onnx
+from lfmc.frontend.onnx import OnnxLiftError, import_onnx
 from lfmc.frontend.reference import build_hf_model
 from lfmc.ir.errors import LfmcError
 from lfmc.ir.interp import Interpreter
@@ -162,9 +162,16 @@ def test_bad_files_are_clear_errors(exported, tmp_path):
     with pytest.raises(LfmcError, match="no such ONNX file"):
         import_onnx(tmp_path / "missing.onnx")
 
-    def strip(mo):
-        for n in mo.graph.node:
+    def strip(mo):                         # no module scopes, node names scrambled: lifting is by data flow
+        for k, n in enumerate(mo.graph.node):
             del n.metadata_props[:]
+            n.name = f"n{len(mo.graph.node) - k}"
 
-    with pytest.raises(LfmcError, match="carry no module scopes"):
-        import_onnx(_tampered(path, tmp_path, strip))
+    assert print_graph(import_onnx(_tampered(path, tmp_path, strip), "m").graph) == \
+        print_graph(import_onnx(path, "m").graph)
+
+    def no_ids(mo):                        # the token ids input renamed to a float
+        mo.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+
+    with pytest.raises(LfmcError, match="expected one token-id input"):
+        import_onnx(_tampered(path, tmp_path, no_ids))

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 with atheris.instrument_imports():
     from lfmc.frontend.gguf import import_gguf
-    from lfmc.frontend.onnx_lift import lift_onnx
+    from lfmc.frontend.onnx import lift_onnx
     from lfmc.ir.errors import LfmcError
     from lfmc.ir.text import parse_graph
     from lfmc.ir.verify import verify

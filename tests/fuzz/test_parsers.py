@@ -225,7 +225,7 @@ OPS = ["Add", "Mul", "MatMul", "Sigmoid", "Tanh", "Relu", "Transpose", "Reshape"
 @SLOWER
 @given(data=st.data())
 def test_onnx_importer_fuzzed(onnx_model, data):
-    from lfmc.frontend.onnx_lift import lift_onnx
+    from lfmc.frontend.onnx import lift_onnx
 
     mo = type(onnx_model)()
     mo.CopyFrom(onnx_model)
@@ -258,9 +258,99 @@ def test_onnx_importer_fuzzed(onnx_model, data):
         pass
 
 
+@pytest.fixture(scope="module")
+def community_model():
+    """onnx-community's decoder layout (cache inputs / outputs, ONNX Runtime's fused ops), int4 MatMulNBits."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import logging
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from lfmc.ir.weights import random_weights
+    from tests.onnx_graphs import community_graph
+
+    cfg = ALL_CONFIGS["dense-c"]
+    logging.disable(logging.INFO)
+    try:
+        q = MatMulNBitsQuantizer(community_graph(cfg, random_weights(graph_from_config(cfg), seed=1, std=0.25)),
+                                 block_size=32, is_symmetric=True)
+        q.process()
+    finally:
+        logging.disable(logging.NOTSET)
+    return q.model.model
+
+
+@SLOWER
+@given(data=st.data())
+def test_onnx_community_graph_fuzzed(community_model, data):
+    """Renamed nodes and values, reordered or retyped inputs, missing initializers, wrong shapes, changed ops and
+    attributes: LfmcError or a lifted graph, never another exception."""
+    from lfmc.frontend.onnx import lift_onnx
+
+    mo = type(community_model)()
+    mo.CopyFrom(community_model)
+    g = mo.graph
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["op", "drop", "input", "attr", "rename", "reorder", "dims", "no_init",
+                                          "init_shape"]))
+        n = g.node[data.draw(st.integers(0, len(g.node) - 1))]
+        if kind == "op":
+            n.op_type = data.draw(st.sampled_from(OPS + ["GroupQueryAttention", "MatMulNBits",
+                                                         "SkipSimplifiedLayerNormalization"]))
+        elif kind == "drop":
+            g.node.remove(n)
+        elif kind == "input" and n.input:
+            n.input[data.draw(st.integers(0, len(n.input) - 1))] = data.draw(
+                st.sampled_from([x.name for x in g.initializer] + [o for m in g.node for o in m.output] + ["nope"]))
+        elif kind == "attr" and n.attribute:
+            a = n.attribute[data.draw(st.integers(0, len(n.attribute) - 1))]
+            if a.type == a.INT:
+                a.i = data.draw(st.integers(-5, 70))
+            elif a.type == a.FLOAT:
+                a.f = data.draw(st.sampled_from([0.0, -1.0, 1e30]))
+        elif kind == "rename":                          # a node and its first output renamed consistently
+            old, new = n.output[0], "renamed_" + n.output[0]
+            n.name = "x"
+            for m in g.node:
+                for k, i in enumerate(m.input):
+                    if i == old:
+                        m.input[k] = new
+            n.output[0] = new
+        elif kind == "reorder":
+            ins = list(g.input)
+            order = data.draw(st.permutations(range(len(ins))))
+            del g.input[:]
+            g.input.extend(ins[k] for k in order)
+        elif kind == "dims":
+            i = g.input[data.draw(st.integers(0, len(g.input) - 1))]
+            dims = i.type.tensor_type.shape.dim
+            if dims:
+                dims[data.draw(st.integers(0, len(dims) - 1))].dim_value = data.draw(st.integers(0, 9))
+            else:
+                i.type.tensor_type.elem_type = data.draw(st.integers(1, 16))
+        elif kind == "no_init" and g.initializer:
+            g.initializer.remove(g.initializer[data.draw(st.integers(0, len(g.initializer) - 1))])
+        elif kind == "init_shape" and g.initializer:
+            t = g.initializer[data.draw(st.integers(0, len(g.initializer) - 1))]
+            if t.dims:
+                t.dims[0] = max(1, t.dims[0] + data.draw(st.sampled_from([-1, 1])))
+    try:
+        lift_onnx(mo, "m")
+    except LfmcError:
+        pass
+
+
+def test_onnx_community_untouched_still_lifts(community_model):
+    from lfmc.frontend.onnx import lift_onnx
+
+    g, w = lift_onnx(community_model, "m")
+    assert sum(n.op == "attention" for n in g.nodes) == 1 and all(np.isfinite(v).all() for v in w.values())
+
+
 def test_onnx_untouched_still_lifts(onnx_model):
     """The fuzzer's starting point is valid (so the mutations above test the error paths, not a broken base)."""
-    from lfmc.frontend.onnx_lift import lift_onnx
+    from lfmc.frontend.onnx import lift_onnx
 
     g, w = lift_onnx(onnx_model, "m")
     assert len(g.nodes) > 5 and all(np.isfinite(v).all() for v in w.values())

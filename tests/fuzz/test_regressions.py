@@ -62,7 +62,7 @@ def test_truncated_onnx_initializer_is_an_lfmc_error():
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from lfmc.frontend.onnx_lift import lift_onnx
+    from lfmc.frontend.onnx import lift_onnx
 
     w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], b"\x00" * 64, raw=True)
     w.raw_data = b"\x00" * 10                                      # truncated after the fact

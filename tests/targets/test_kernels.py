@@ -183,7 +183,7 @@ def test_matmul_fused(rms, acc, bias, swiglu, quant, knobs):
     w = r(2 * N if swiglu else N, Kd)
     qargs = []
     if quant:
-        bits, group, asym = (8, None, False) if quant[0] == "q8" else (4, quant[1], quant[2])
+        bits, group, asym = (8, quant[1] if len(quant) > 1 else None, False) if quant[0] == "q8" else (4, quant[1], quant[2])
         codes, scale, zero = quantize(w, bits, group, asym)
         w = dequantize(codes, scale, zero, "i8" if bits == 8 else "u4")     # what the kernel must compute
         packed, qargs = pack_weight(codes, scale, zero, quant, 8, swiglu)
@@ -210,7 +210,7 @@ def test_embedding_quantized(quant):
     table = r(V, D)
     tok = np.array([0, 63, 9, 9, 17], np.int32)
     if quant:
-        bits, group, asym = (8, None, False) if quant[0] == "q8" else (4, quant[1], quant[2])
+        bits, group, asym = (8, quant[1] if len(quant) > 1 else None, False) if quant[0] == "q8" else (4, quant[1], quant[2])
         codes, scale, zero = quantize(table, bits, group, asym)
         table = dequantize(codes, scale, zero, "i8" if bits == 8 else "u4")
         packed, qargs = pack_weight(codes, scale, zero, quant, 8, False)
@@ -267,7 +267,7 @@ a8 = pytest.mark.skipif(not _a8_supported(), reason="int8-activation kernels nee
 def _qweights(w, quant):
     from lfmc.ir.quant import dequantize, quantize
 
-    bits, group, asym = (8, None, False) if quant[0] == "q8" else (4, quant[1], quant[2])
+    bits, group, asym = (8, quant[1] if len(quant) > 1 else None, False) if quant[0] == "q8" else (4, quant[1], quant[2])
     codes, scale, zero = quantize(w, bits, group, asym)
     return codes, scale, zero, dequantize(codes, scale, zero, "i8" if bits == 8 else "u4")
 
@@ -276,7 +276,7 @@ def _qweights(w, quant):
 @pytest.mark.parametrize("N,Kd,rms,acc,bias,swiglu", [
     (72, 64, False, False, False, False), (60, 96, True, False, True, False), (64, 70, False, True, False, False),
     (40, 64, True, False, False, True), (200, 128, False, True, True, False), (24, 32, True, True, False, True)])
-@pytest.mark.parametrize("quant", [("q8",), ("q4", 32, False), ("q4", 32, True), ("q4", 64, False)])
+@pytest.mark.parametrize("quant", [("q8",), ("q8", 32), ("q4", 32, False), ("q4", 32, True), ("q4", 64, False)])
 @pytest.mark.parametrize("knobs", [K.Knobs(8, 4, 3, idot=True), K.Knobs(8, 1, 8, idot=True)])
 def test_matmul_int8_activations(N, Kd, rms, acc, bias, swiglu, quant, knobs):
     """make_matmul_a8 against numpy on the interpreter's semantics (lfmc/ir/quant.py): inputs quantized per 32,
@@ -285,8 +285,8 @@ def test_matmul_int8_activations(N, Kd, rms, acc, bias, swiglu, quant, knobs):
     from lfmc.ir.quant import fake_quantize_activations, quantize_activations
     from lfmc.targets.lower import pack_weight_a8
 
-    if quant[0] == "q4" and Kd % quant[1]:
-        pytest.skip("int4 groups must divide K")
+    if len(quant) > 1 and Kd % quant[1]:
+        pytest.skip("weight groups must divide K")
     eps = 1e-5
     il = K.a8_interleave(N, swiglu, K.Knobs(8, 1, 8), quant)
     f = build(K.make_matmul_a8("mma8", N, Kd, knobs, bias, eps if rms else None, acc, swiglu, quant, il))
@@ -307,7 +307,7 @@ def test_matmul_int8_activations(N, Kd, rms, acc, bias, swiglu, quant, knobs):
 
 
 @a8
-@pytest.mark.parametrize("quant", [("q8",), ("q4", 32, False), ("q4", 32, True)])
+@pytest.mark.parametrize("quant", [("q8",), ("q8", 32), ("q4", 32, False), ("q4", 32, True)])
 def test_embedding_int8_activation_layout(quant):
     """A tied table packed for the int8-activation LM head is read by the embedding in that layout."""
     from lfmc.targets.lower import pack_weight_a8
