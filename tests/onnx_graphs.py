@@ -21,7 +21,8 @@ import numpy as np
 
 
 def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: int = 256):
-    """The ModelProto of a dense LFM2 (``cfg`` a transformers config dict, ``w`` its lfmc weights)."""
+    """The ModelProto of an LFM2 or LFM2-MoE (``cfg`` a transformers config dict, ``w`` its lfmc weights; MoE
+    layers as Liquid's ONNX builder writes them, which it says onnx-community's files are)."""
     import onnx
     from onnx import TensorProto as TP
     from onnx import helper as h
@@ -68,6 +69,38 @@ def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: i
 
     x = node("Gather", [init("model.embed_tokens.weight", w["model.embed_tokens.weight"]), "input_ids"],
              "/embed")[0]
+
+    def moe_block(normed: str, f: str, i: int) -> str:
+        """LFM2-MoE's routed experts as Liquid's ONNX builder writes them: sigmoid router scores, the expert bias for
+        the choice only, top-k, the chosen (unbiased) weights' logarithms scattered over float32-min into
+        ONNX Runtime's MoE (which softmaxes them: w / sum w), gate / up rows interleaved (swiglu_fusion 1)."""
+        E, k = cfg["num_experts"], cfg["num_experts_per_tok"]
+        flat = node("Reshape", [normed, init(f"/l{i}/moe/flat", np.array([-1, D], np.int64))], f"/l{i}/moe/x")[0]
+        logits = linear(flat, f + "gate.weight", f"/l{i}/moe/logits")
+        sc = node("Sigmoid", [logits], f"/l{i}/moe/scores")[0]
+        choice = sc
+        if cfg.get("use_expert_bias", True):
+            choice = node("Add", [sc, init(f + "expert_bias", w[f + "expert_bias"])], f"/l{i}/moe/biased")[0]
+        _, idx = node("TopK", [choice, init(f"/l{i}/moe/k", np.array([k], np.int64))],
+                      [f"/l{i}/moe/topv", f"/l{i}/moe/topi"], axis=-1)
+        wt = node("GatherElements", [sc, idx], f"/l{i}/moe/w", axis=1)[0]
+        lw = node("Log", [wt], f"/l{i}/moe/logw")[0]
+        shp = node("Shape", [logits], f"/l{i}/moe/shape")[0]
+        floor = node("Expand", [init(f"/l{i}/moe/min", np.array(np.finfo(np.float32).min, np.float32)), shp],
+                     f"/l{i}/moe/floor")[0]
+        probs = node("ScatterElements", [floor, idx, lw], f"/l{i}/moe/probs", axis=1)[0]
+        gu = w[f + "experts.gate_up_proj"]                     # [E, 2F, D]: gate rows then up rows
+        F = gu.shape[1] // 2
+        inter = np.empty_like(gu)
+        inter[:, 0::2], inter[:, 1::2] = gu[:, :F], gu[:, F:]
+        y = node("MoE", [flat, probs, init(f + "fc1", inter), "", init(f + "fc2", w[f + "experts.down_proj"])],
+                 f"/l{i}/moe/y", domain=ms, k=k, activation_type="swiglu", normalize_routing_weights=1,
+                 swiglu_fusion=1, activation_alpha=1.0, activation_beta=0.0)[0]
+        scale = float(cfg.get("routed_scaling_factor", 1.0))
+        if scale != 1.0:
+            y = node("Mul", [y, init(f"/l{i}/moe/scale", np.array(scale, np.float32))], f"/l{i}/moe/scaled")[0]
+        shp_in = node("Shape", [normed], f"/l{i}/moe/in_shape")[0]
+        return node("Reshape", [y, shp_in], f"/l{i}/moe/out")[0]
     res = None
     normed = None
 
@@ -133,11 +166,14 @@ def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: i
             y = linear(o, a + "out_proj.weight", f"/l{i}/o")
         normed, res = norm_in(y, p + "ffn_norm.weight", f"l{i}/ffn")
         f = p + "feed_forward."
-        g1 = linear(normed, f + "w1.weight", f"/l{i}/w1")
-        s = node("Sigmoid", [g1], f"/l{i}/sig")[0]
-        g1 = node("Mul", [g1, s], f"/l{i}/silu")[0]
-        u = linear(normed, f + "w3.weight", f"/l{i}/w3")
-        y = linear(node("Mul", [g1, u], f"/l{i}/gu")[0], f + "w2.weight", f"/l{i}/w2")
+        if f + "gate.weight" in w:
+            y = moe_block(normed, f, i)
+        else:
+            g1 = linear(normed, f + "w1.weight", f"/l{i}/w1")
+            s = node("Sigmoid", [g1], f"/l{i}/sig")[0]
+            g1 = node("Mul", [g1, s], f"/l{i}/silu")[0]
+            u = linear(normed, f + "w3.weight", f"/l{i}/w3")
+            y = linear(node("Mul", [g1, u], f"/l{i}/gu")[0], f + "w2.weight", f"/l{i}/w2")
         x = y
     final = node("SkipSimplifiedLayerNormalization", [x, res, init("model.embedding_norm.weight",
                                                                     w["model.embedding_norm.weight"])],

@@ -194,6 +194,30 @@ def _attention_layer(b: GraphBuilder, cfg: dict[str, Any], kind: str, a: str, x:
     return b.attention(x, params, H, KV, hd, extra.pop("rope_theta"), eps, **extra)
 
 
+def _lfm3_fields(att: list, names: set[str]) -> dict[str, Any]:
+    """The LFM3 config fields of a graph (attention nodes ``att``, parameter names ``names``): the window, head_dim,
+    the gate and sandwich norms, and rope_parameters per attention layer type (the inverse of :func:`rope_attrs`)."""
+    out: dict[str, Any] = {"architecture": "Lfm3ForCausalLM", "attention_bias": False,
+                           "use_attention_gate": any("g_proj" in n.params for n in att),
+                           "use_sandwich_norm": any(".post_operator_norm." in k for k in names)}
+    rope = dict(LFM3_ROPE)
+    for n in att:
+        kind = "sliding_attention" if "window" in n.attrs else "full_attention"
+        a = n.attrs
+        out["head_dim"] = a["head_dim"]
+        if "window" in a:
+            out["sliding_window"] = a["window"]
+        r: dict[str, Any] = {"rope_type": "default", "rope_theta": a["rope_theta"]}
+        if "rope_angles" in a or "rope_factor" in a:
+            r = {"rope_type": "proportional", "rope_theta": a["rope_theta"],
+                 "partial_rotary_factor": 2 * a.get("rope_angles", a["head_dim"] // 2) / a["head_dim"]}
+            if "rope_factor" in a:
+                r["factor"] = a["rope_factor"]
+        rope[kind] = r
+    out["rope_parameters"] = rope
+    return out
+
+
 def config_from_graph(g: Graph, extra: dict[str, Any] | None = None, where: str | None = None) -> dict[str, Any]:
     """The transformers config of an LFM2 / LFM2-MoE graph (the inverse of :func:`graph_from_config`), for
     imports that carry no config (ONNX). ``extra`` (a ``config.json`` found beside the file) is used instead
@@ -227,6 +251,11 @@ def config_from_graph(g: Graph, extra: dict[str, Any] | None = None, where: str 
             cfg["head_dim"] = a["head_dim"]
     else:
         cfg |= {"num_attention_heads": 1, "num_key_value_heads": 1}
+    names = {p.name for n in g.nodes for p in n.params.values()}
+    if any(".o_proj." in k or ".post_operator_norm." in k or ".post_ffn_norm." in k for k in names):
+        cfg |= _lfm3_fields(att, names)
+        cfg["layer_types"] = [("sliding_attention" if "window" in n.attrs else "full_attention")
+                              if n.op == "attention" else kinds[n.op] for n in mixers]
     conv = [n for n in mixers if n.op == "short_conv"]
     if conv:
         cfg |= {"conv_L_cache": conv[0].attrs["L_cache"], "conv_bias": "in_proj_bias" in conv[0].params}

@@ -64,6 +64,26 @@ def test_community_cache_graph_equals_onnxruntime(name):
     _agree(community_graph(cfg, w), "f32")
 
 
+@pytest.mark.parametrize("name", ["moe-a", pytest.param("moe-c", marks=pytest.mark.slow)])
+def test_community_moe_graph_equals_onnxruntime(name, tmp_path):
+    """LFM2-MoE with ONNX Runtime's MoE op (router scores, expert bias, top-k, log-probabilities scattered into
+    router_probs, interleaved SwiGLU experts): the interpreter and the compiled host artifact agree with ONNX
+    Runtime, greedy tokens equal for 16 steps after prefill."""
+    from lfmc.compile import compile_model
+    from lfmc.runtime import Engine
+
+    cfg, w = _weights(name)
+    mo = community_graph(cfg, w)
+    assert any(n.op_type == "MoE" for n in mo.graph.node)
+    toks = _agree(mo, "f32")
+    path = tmp_path / "m.onnx"
+    onnx.save(mo, str(path))
+    m = import_onnx(path)
+    assert m.provenance["config"]["architecture"] == "Lfm2MoeForCausalLM"
+    art = compile_model(m, tmp_path / "a.host", max_batch=1, max_context=64, prefill_chunk=8)
+    assert Engine(art).generate(PROMPT, max_new_tokens=STEPS + 1, stop=[]).tokens == toks
+
+
 def test_community_graph_compiled_for_the_host(tmp_path):
     """The same graph as a file with external data and config / tokenizer one folder up (onnx-community's onnx/
     folder), compiled for the host: greedy tokens equal ONNX Runtime's for 16 steps after prefill."""
@@ -188,6 +208,43 @@ def test_export_variants_lift_to_the_torch_ir(tmp_path, dynamic, wrap):
     want = sess.run(None, {sess.get_inputs()[0].name: np.repeat(ids, 2, 0)})[0][0]
     got = Interpreter(b.graph, b.weights).run(ids[0])
     np.testing.assert_allclose(got, want, atol=TOL["f32"] * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("name", ["lfm3-a", pytest.param("lfm3-b", marks=pytest.mark.slow),
+                                  pytest.param("lfm3-c", marks=pytest.mark.slow)])
+def test_lfm3_export_lifts_to_the_torch_ir(tmp_path, name):
+    """An LFM3 exported with a dynamic sequence axis: sliding windows (read from the mask at the probe length),
+    output gates, sandwich norms and RoPE per layer type (partial, scaled) lift to the torch frontend's IR and
+    weights; ONNX Runtime's logits on a prompt three times the window equal the interpreter's."""
+    from tests.configs import LFM3_CONFIGS
+
+    cfg = LFM3_CONFIGS[name]
+    w = random_weights(graph_from_config(cfg), seed=7, std=INIT_STD)
+    model = build_hf_model(cfg, w)
+    path = tmp_path / "m.onnx"
+    _export(model, path, dynamic=True)
+    a, b = import_torch_model(model, "m"), import_onnx(path, "m")
+    assert print_graph(b.graph) == print_graph(a.graph)
+    for k in a.weights:
+        np.testing.assert_array_equal(a.weights[k], b.weights[k])
+    assert b.provenance["config"]["architecture"] == "Lfm3ForCausalLM"
+    ids = (np.arange(3 * cfg["sliding_window"]) * 7 % cfg["vocab_size"]).astype(np.int64)
+    sess = ort_session(onnx.load(str(path)))
+    want = sess.run(None, {"input_ids": ids[None]})[0][0]
+    got = Interpreter(b.graph, b.weights).run(ids)
+    np.testing.assert_allclose(got, want, atol=TOL["f32"] * float(np.abs(want).max()))
+
+
+def test_lfm3_static_export_is_refused(tmp_path):
+    """A fixed-length LFM3 export cannot show its sliding windows: refused with what to do."""
+    from tests.configs import LFM3_CONFIGS
+
+    cfg = LFM3_CONFIGS["lfm3-a"]
+    model = build_hf_model(cfg, random_weights(graph_from_config(cfg), seed=7, std=INIT_STD))
+    path = tmp_path / "m.onnx"
+    _export(model, path)
+    with pytest.raises(OnnxLiftError, match="dynamic sequence axis"):
+        import_onnx(path)
 
 
 def test_onnxruntime_optimized_export_lifts(tmp_path):

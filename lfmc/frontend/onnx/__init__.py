@@ -29,9 +29,9 @@ from .net import Net, OnnxLiftError
 __all__ = ["OnnxLiftError", "import_onnx", "lift_onnx"]
 
 
-def _lift(mo, name: str, source: str, base: Path | None) -> Lifter:
+def _lift(mo, name: str, source: str, base: Path | None, lfm3: bool | None = None) -> Lifter:
     try:
-        return lift_net(Net(mo, source, base), name)
+        return lift_net(Net(mo, source, base), name, lfm3)
     except LfmcError:
         raise
     except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
@@ -60,7 +60,18 @@ def import_onnx(path: str | os.PathLike, name: str | None = None) -> Model:
 
     p = Path(path)
     mo = load_graph(p)
-    lf = _lift(mo, name or p.stem, str(p), p.parent)
+    side = next((d / "config.json" for d in (p.parent, p.parent.parent) if (d / "config.json").is_file()), None)
+    extra: dict[str, Any] = {}
+    if side is not None:
+        try:
+            extra = json.loads(side.read_text())
+        except ValueError as e:
+            raise LfmcError(f"{side}: not valid JSON ({e})") from None
+        if not isinstance(extra, dict):
+            raise LfmcError(f"{side}: not a JSON object")
+    lfm3 = True if (extra.get("model_type") == "lfm3" or "Lfm3ForCausalLM" in (extra.get("architectures") or [])
+                    or extra.get("architecture") == "Lfm3ForCausalLM") else None
+    lf = _lift(mo, name or p.stem, str(p), p.parent, lfm3)
     g = lf.graph
     weights = {k: v for k, v in lf.weights.items() if k not in lf.kept}
     schemes = set()
@@ -78,13 +89,6 @@ def import_onnx(path: str | os.PathLike, name: str | None = None) -> Model:
             weights[pname + ".zero"] = np.ascontiguousarray(zero, np.float32)
     if schemes:
         g.attrs = {**g.attrs, "quant": "+".join(sorted(schemes))}
-    side = next((d / "config.json" for d in (p.parent, p.parent.parent) if (d / "config.json").is_file()), None)
-    extra: dict[str, Any] = {}
-    if side is not None:
-        try:
-            extra = json.loads(side.read_text())
-        except ValueError as e:
-            raise LfmcError(f"{side}: not valid JSON ({e})") from None
     cfg = config_from_graph(g, extra, where=str(side) if side else None)
     prov: dict[str, Any] = {"source": "onnx", "path": str(p.resolve()), "architecture": cfg["architecture"],
                             "config": cfg, "opset": max((o.version for o in mo.opset_import if o.domain in

@@ -110,8 +110,9 @@ class Block:
 class Lifter:
     """Walks the residual stream, lifts each block and collects parameters under transformers' names."""
 
-    def __init__(self, net: Net, name: str):
-        self.net, self.b = net, GraphBuilder(name)
+    def __init__(self, net: Net, name: str, lfm3: bool = False):
+        self.net, self.b, self.lfm3 = net, GraphBuilder(name), lfm3
+        self.lfm3_features: set[str] = set()       # what only LFM3 has (then the names are LFM3's: a second pass)
         self.weights: dict[str, np.ndarray] = {}
         self.kept: dict[str, tuple] = {}
         self.notes: list[str] = []
@@ -204,7 +205,8 @@ class Lifter:
         gqa = g.of("GroupQueryAttention")
         if gqa:
             return self._attention_gqa(g, x, p, gqa)
-        g.expect({"Linear", "RMSNorm", "MatMul", "Mul", "Add", "Neg", "Softmax", "IsNaN", "Where", "Div"} | VIEWS,
+        g.expect({"Linear", "RMSNorm", "MatMul", "Mul", "Add", "Neg", "Softmax", "IsNaN", "Where", "Div", "Sigmoid"}
+                 | VIEWS,
                  {"Softmax": 1})
         sm = g.one("Softmax")
         mms = g.of("MatMul")
@@ -215,9 +217,11 @@ class Lifter:
         paths = {"q": g.ancestors(m1[0].input[0]), "k": g.ancestors(m1[0].input[1]), "v": g.ancestors(m2[0].input[1])}
         roles = self._qkvo(g, paths)
         hd, norms, eps = self._qk_norms(g, paths)
-        theta = self._rope_theta_tables(g, paths["q"] | paths["k"], hd)
-        self._check_scores(g, m1[0], sm, hd)
-        return self._emit_attention(g, x, p, roles, norms, eps, hd, theta)
+        rope = self._rope_tables(g, paths["q"] | paths["k"], hd)
+        window = self._check_scores(g, m1[0], sm, hd)
+        if "gate" in roles:
+            self._check_gate(g, roles["gate"], m2[0])
+        return self._emit_attention(g, x, p, roles, norms, eps, hd, rope, window)
 
     def _attention_gqa(self, g: Block, x: str, p: str, gqa: list[Op]) -> str:
         g.expect({"Linear", "RMSNorm", "GroupQueryAttention", "RotaryEmbedding"} | VIEWS, {"GroupQueryAttention": 1})
@@ -258,9 +262,11 @@ class Lifter:
         cos, sin = (self.net.const(t) if self.net.is_const(t) else None for t in tabs)
         if cos is None or sin is None:
             g.fail("the rotary cos / sin caches are not constants", rot or [a])
-        theta = _fit_theta(np.asarray(cos, np.float64), np.asarray(sin, np.float64), hd, g.fail,
-                           1e-3 if np.asarray(cos).dtype == np.float16 else 2e-6)
-        return self._emit_attention(g, x, p, roles, norms, eps, hd, theta)
+        rope = _fit_rope(np.asarray(cos, np.float64), np.asarray(sin, np.float64), hd, g.fail,
+                         1e-3 if np.asarray(cos).dtype == np.float16 else 2e-6)
+        if "gate" in roles:
+            g.fail("an output gate around GroupQueryAttention is not supported yet", [roles["gate"]])
+        return self._emit_attention(g, x, p, roles, norms, eps, hd, rope, None)
 
     def _qkvo(self, g: Block, paths: dict[str, set[int]]) -> dict[str, Op]:
         roles: dict[str, Op] = {}
@@ -269,11 +275,11 @@ class Lifter:
             hit = [r for r, a in paths.items() if id(t) in a]
             if len(hit) > 1:
                 g.fail("one projection feeds several of q, k, v", [t])
-            role = hit[0] if hit else "out"
+            role = hit[0] if hit else "gate" if g.from_x(t.input[0]) else "out"
             if role in roles:
                 g.fail(f"two projections feed {role}", [roles[role], t])
             roles[role] = t
-        if set(roles) != {"q", "k", "v", "out"} or any(t.weight.bias is not None for t in roles.values()):
+        if set(roles) - {"gate"} != {"q", "k", "v", "out"} or any(t.weight.bias is not None for t in roles.values()):
             g.fail(f"cannot find bias-free q, k, v and output projections (found {sorted(roles)})", lin)
         return roles
 
@@ -293,19 +299,43 @@ class Lifter:
         return hd, norms, eps
 
     def _emit_attention(self, g: Block, x: str, p: str, roles: dict[str, Op], norms: dict[str, np.ndarray],
-                        eps: float, hd: int, theta: float) -> str:
+                        eps: float, hd: int, rope: tuple[float | None, int | None, float | None],
+                        window: int | None) -> str:
         nq, nk = roles["q"].weight.out_features, roles["k"].weight.out_features
         if nq % hd or nk % hd or roles["v"].weight.out_features != nk:
             g.fail(f"q / k / v widths {nq} / {nk} / {roles['v'].weight.out_features} do not fit head_dim {hd}")
-        return self.b.attention(x, {"q_proj": self.linear(p + "q_proj.weight", roles["q"]),
-                                    "k_proj": self.linear(p + "k_proj.weight", roles["k"]),
-                                    "v_proj": self.linear(p + "v_proj.weight", roles["v"]),
-                                    "out_proj": self.linear(p + "out_proj.weight", roles["out"]),
-                                    "q_norm": self.param(p + "q_layernorm.weight", norms["q"]),
-                                    "k_norm": self.param(p + "k_layernorm.weight", norms["k"])},
-                                nq // hd, nk // hd, hd, theta, eps)
+        theta, angles, factor = rope
+        if theta is None:           # not in the tables (one rotated pair): transformers' default for the layer type
+            theta = 1e4 if window is not None else 1e6
+        if "gate" in roles or window is not None or angles is not None or factor is not None:
+            self.lfm3_features.add("attention gate" if "gate" in roles else "sliding window" if window
+                                   else "partial or scaled RoPE")
+        out, qn, kn = ("o_proj", "q_norm", "k_norm") if self.lfm3 else ("out_proj", "q_layernorm", "k_layernorm")
+        params = {"q_proj": self.linear(p + "q_proj.weight", roles["q"]),
+                  "k_proj": self.linear(p + "k_proj.weight", roles["k"]),
+                  "v_proj": self.linear(p + "v_proj.weight", roles["v"]),
+                  "out_proj": self.linear(p + out + ".weight", roles["out"]),
+                  "q_norm": self.param(p + qn + ".weight", norms["q"]),
+                  "k_norm": self.param(p + kn + ".weight", norms["k"])}
+        if "gate" in roles:
+            if roles["gate"].weight.out_features != nq // hd:
+                g.fail(f"the output gate has {roles['gate'].weight.out_features} outputs, not one per head "
+                       f"({nq // hd})", [roles["gate"]])
+            params["g_proj"] = self.linear(p + "g_proj.weight", roles["gate"])
+        return self.b.attention(x, params, nq // hd, nk // hd, hd, theta, eps, window=window, rope_angles=angles,
+                                rope_factor=factor)
 
-    def _rope_theta_tables(self, g: Block, qk: set[int], hd: int) -> float:
+    def _check_gate(self, g: Block, gate: Op, m2: Op) -> None:
+        """sigmoid(g_proj x), one value per head, multiplied into the attention output before o_proj."""
+        sig = g.users(gate.output[0])
+        if len(sig) != 1 or sig[0].op_type != "Sigmoid":
+            g.fail("the output gate is not sigmoid(g_proj x)", [gate] + sig)
+        down = g.descendants(sig[0].output[0])
+        muls = [n for n in g.of("Mul") if id(n) in down and id(n) in g.descendants(m2.output[0])]
+        if not muls:
+            g.fail("the output gate does not multiply the attention output", [gate, sig[0]])
+
+    def _rope_tables(self, g: Block, qk: set[int], hd: int) -> tuple[float | None, int | None, float | None]:
         """RoPE theta from the cos / sin tables multiplied into q and k (constants, or computed from positions:
         evaluated for the probe length)."""
         tabs = []
@@ -328,10 +358,11 @@ class Lifter:
             g.fail("the rotary tables are not cos / sin from position 0 (need an export with at least 2 tokens)")
         if not (np.allclose(cos[:, :hd // 2], cos[:, hd // 2:]) and np.allclose(sin[:, :hd // 2], sin[:, hd // 2:])):
             g.fail("the rotary tables are not rotate-half tables (both halves equal)")
-        return _fit_theta(cos[:, :hd // 2], sin[:, :hd // 2], hd, g.fail)
+        return _fit_rope(cos[:, :hd // 2], sin[:, :hd // 2], hd, g.fail)
 
-    def _check_scores(self, g: Block, m1: Op, sm: Op, hd: int) -> None:
-        """Scale 1/sqrt(hd) (possibly split as sqrt on q and k), a causal mask, softmax over the last axis."""
+    def _check_scores(self, g: Block, m1: Op, sm: Op, hd: int) -> int | None:
+        """Scale 1/sqrt(hd) (possibly split as sqrt on q and k), a causal mask (its sliding window, if the probe
+        length shows one, is returned), softmax over the last axis."""
         scale = 1.0
         for a in g.ancestors(m1.input[0]) | g.ancestors(m1.input[1]):
             n = next(n for n in g.ops if id(n) == a)
@@ -340,7 +371,7 @@ class Lifter:
                 if len(c) == 1 and c[0].size == 1:
                     scale *= float(c[0].reshape(-1)[0]) ** (1 if n.op_type == "Mul" else -1)
         v = m1.output[0]
-        masked = False
+        masked, window = False, None
         while True:
             us = g.users(v)
             if len(us) != 1 or us[0] is sm:
@@ -356,9 +387,16 @@ class Lifter:
                     g.fail("cannot evaluate the attention mask", [u])
                 m = np.asarray(m, np.float64)
                 m = m.reshape(-1, *m.shape[-2:]) if m.ndim >= 2 else None
-                if m is None or m.shape[1] != m.shape[2] or not all(
-                        np.all(np.tril(s) == 0) and np.all(s[np.triu_indices(len(s), 1)] < -1e30) for s in m):
-                    g.fail("the attention mask is not causal", [u])
+                if m is None or m.shape[1] != m.shape[2]:
+                    g.fail("the attention mask is not a square [queries, keys] mask", [u])
+                T = m.shape[1]
+                allowed = m[0] > -1e30
+                w = int(allowed[-1].sum())                     # keys the last query sees: the window if < T
+                i, j = np.indices((T, T))
+                want = (j <= i) & (j > i - w)
+                if not all(np.array_equal(s > -1e30, want) and np.all(s[want] == 0) for s in m):
+                    g.fail("the attention mask is not causal (nor a causal sliding window)", [u])
+                window = w if w < T else None
                 masked = True
             else:
                 g.fail(f"unexpected {u.op_type} between the scores and the Softmax", [u])
@@ -369,6 +407,7 @@ class Lifter:
             g.fail(f"attention scores are scaled by {scale:g}, not 1/sqrt(head_dim) = {hd ** -0.5:g}")
         if sm.attrs.get("axis", -1) not in (-1, 3):
             g.fail("the Softmax is not over the key axis", [sm])
+        return window
 
     def gated_mlp(self, g: Block, x: str, p: str) -> str:
         g.expect({"Linear", "Sigmoid", "Mul"} | VIEWS, {"Sigmoid": 1, "Mul": 2})
@@ -388,6 +427,11 @@ class Lifter:
                                     "w2": self.linear(p + "w2.weight", w2[0])})
 
     def moe(self, g: Block, x: str, p: str) -> str:
+        if g.of("QMoE"):
+            g.fail("QMoE (ONNX Runtime's MoE with quantized experts) is not supported yet: use the float graph",
+                   g.of("QMoE"))
+        if g.of("MoE"):
+            return self._moe_ort(g, x, p)
         g.expect({"Linear", "MatMul", "Sigmoid", "Softmax", "TopK", "GatherElements", "GatherND", "Gather",
                   "ReduceSum", "Add", "Div", "Mul"} | VIEWS, {"TopK": 1})
         lin = g.linears()
@@ -458,6 +502,74 @@ class Lifter:
             "use_expert_bias": bias is not None, "norm_topk_prob": norm, "routed_scaling_factor": scale,
             "topk_norm_eps": eps}, feat)
 
+    def _moe_ort(self, g: Block, x: str, p: str) -> str:
+        """ONNX Runtime's MoE op as Liquid's LFM2-MoE exports use it: sigmoid router scores, an expert bias for the
+        choice only, top-k, the chosen weights' logarithms scattered over a floor into ``router_probs`` (the op's
+        softmax of them is w / sum w: normalized top-k), SwiGLU experts with interleaved (1) or concatenated (2)
+        gate / up rows, an optional scale after."""
+        g.expect({"Linear", "Sigmoid", "Add", "TopK", "GatherElements", "Log", "ScatterElements", "MoE", "Mul",
+                  "Expand"} | VIEWS, {"MoE": 1, "TopK": 1})
+        moe, topk = g.one("MoE"), g.one("TopK")
+        at = moe.attrs
+        fusion = int(at.get("swiglu_fusion", 0))
+        if str(at.get("activation_type", "relu")) not in ("swiglu", "b'swiglu'") or fusion not in (1, 2) \
+                or float(at.get("activation_alpha", 1.0)) != 1.0 or float(at.get("activation_beta", 0.0)) != 0.0 \
+                or int(at.get("use_sparse_mixer", 0)) or "swiglu_limit" in at:
+            g.fail("an MoE whose experts are not silu(gate) * up with fused gate / up weights", [moe])
+        if any(i for i in list(moe.input[3:4]) + list(moe.input[5:])):
+            g.fail("MoE expert biases or a third expert weight are not LFM2-MoE's", [moe])
+        fc1, fc2 = g.const(moe.input[2]), g.const(moe.input[4])
+        if fc1 is None or fc2 is None or fc1.ndim != 3 or fc2.ndim != 3 or fc1.shape[1] % 2 \
+                or fc2.shape[0] != fc1.shape[0] or fc2.shape[2] * 2 != fc1.shape[1]:
+            g.fail("the MoE expert weights are not constants [E, 2F, D] and [E, D, F]", [moe])
+        E, F = fc1.shape[0], fc1.shape[1] // 2
+        gate, up = (fc1[:, 0::2], fc1[:, 1::2]) if fusion == 1 else (fc1[:, :F], fc1[:, F:])
+        lin = g.linears()
+        if len(lin) != 1 or lin[0].weight.bias is not None or lin[0].weight.out_features != E:
+            g.fail(f"expected one bias-free router projection to {E} experts", lin or [moe])
+        sig = [u for u in g.users(lin[0].output[0]) if u.op_type == "Sigmoid"]
+        sc = g.producer(moe.input[1])
+        chain = sc is not None and sc.op_type == "ScatterElements" and len(sig) == 1
+        if chain:
+            lg = g.producer(sc.input[2])
+            ge = g.producer(lg.input[0]) if lg is not None and lg.op_type == "Log" else None
+            chain = (ge is not None and ge.op_type == "GatherElements" and
+                     self.net.canon(ge.input[0]) == self.net.canon(sig[0].output[0]) and
+                     self.net.canon(ge.input[1]) == self.net.canon(topk.output[1]) and
+                     self.net.canon(sc.input[1]) == self.net.canon(topk.output[1]))
+        if not chain:
+            g.fail("router_probs is not log(sigmoid scores) of the top-k experts scattered over a floor (the "
+                   "LFM2-MoE export)", [moe, topk])
+        k = g.const(topk.input[1])
+        if k is None or int(np.asarray(k).reshape(-1)[0]) != int(at.get("k", 1)):
+            g.fail("TopK's k and the MoE's k differ", [topk, moe])
+        bias = None
+        src = self.net.canon(topk.input[0])
+        if src != self.net.canon(sig[0].output[0]):
+            add = g.producer(src)
+            b = None
+            if add is not None and add.op_type == "Add":
+                cs = [g.const(i) for i in add.input if g.const(i) is not None]
+                b = cs[0] if len(cs) == 1 and cs[0].size == E else None
+            if b is None:
+                g.fail("the top-k choice is neither the router scores nor the scores plus an expert bias", [topk])
+            bias = np.asarray(b, np.float32).reshape(E)
+        scale = 1.0
+        for n in g.of("Mul"):
+            c = [g.const(i) for i in n.input if g.const(i) is not None]
+            if len(c) == 1 and c[0].size == 1 and id(n) in g.descendants(moe.output[0]):
+                scale = _f32(c[0])
+        params = {"router": self.param(p + "gate.weight", lin[0].weight.dense()),
+                  "gate_up": self.param(p + "experts.gate_up_proj", np.concatenate([gate, up], axis=1)),
+                  "down": self.param(p + "experts.down_proj", fc2)}
+        if bias is not None:
+            params["expert_bias"] = self.param(p + "expert_bias", bias)
+        feat = {"router": Gate("router", act="sigmoid"), "gate": Gate("gate_up", 0, 2, "silu"),
+                "up": Gate("gate_up", 1, 2)}
+        return self.b.node("moe", [x], params, {
+            "num_experts": E, "top_k": int(at.get("k", 1)), "scoring": "sigmoid", "use_expert_bias": bias is not None,
+            "norm_topk_prob": True, "routed_scaling_factor": scale, "topk_norm_eps": 1e-6}, feat)
+
     # ------------------------------------------------------------------ the walk
     def kind(self, g: Block) -> str:
         ops = set(g.counts)
@@ -510,6 +622,12 @@ class Lifter:
                 if not ops:
                     raise OnnxLiftError(where, "the residual add does not add a block of the normalized value",
                                         add.src)
+                post = net.prod(other)
+                if post is not None and post.op_type == "RMSNorm" and post in ops:      # LFM3's sandwich norm
+                    ops = [o for o in ops if o is not post]
+                    self.lfm3_features.add("sandwich norms")
+                else:
+                    post = None
                 g = Block(net, where, ops, norm.output[0])
                 kind = self.kind(g)
                 if kind in ("conv", "attention"):
@@ -527,9 +645,13 @@ class Lifter:
                 xv = b.rmsnorm(hv, self.param(nname, self.norm_weight(g, norm)), norm.attrs["eps"])
                 yv = getattr(self, {"conv": "short_conv", "attention": "attention", "mlp": "gated_mlp",
                                     "moe": "moe"}[kind])(g, xv, p)
+                if post is not None:
+                    pn = "post_operator_norm" if kind in ("conv", "attention") else "post_ffn_norm"
+                    yv = b.rmsnorm(yv, self.param(f"model.layers.{layer}.{pn}.weight", self.norm_weight(g, post)),
+                                   post.attrs["eps"])
                 # the operand order of the model's code (and of the config builder): LFM2 adds the operator's
-                # output to the residual, the residual to the feed-forward's
-                hv = b.add(yv, hv) if kind in ("conv", "attention") else b.add(hv, yv)
+                # output to the residual and the residual to the feed-forward's; LFM3 the block's to the residual
+                hv = b.add(yv, hv) if kind in ("conv", "attention") and not self.lfm3 else b.add(hv, yv)
                 h = add.output[0]
                 continue
             if len(norms) == 1 and not adds and len(users) == 1:
@@ -586,37 +708,62 @@ def _upstream(net: Net, v: str, stop: str) -> set[int]:
     return out
 
 
-def _fit_theta(cos: np.ndarray, sin: np.ndarray, hd: int, fail, atol: float = 2e-6) -> float:
-    """RoPE theta from half-width tables ``[positions, hd / 2]`` of cos / sin(t * theta^(-2i/hd)); the round value
-    (4 significant digits) when it reproduces the tables to float32 precision."""
+def _fit_rope(cos: np.ndarray, sin: np.ndarray, hd: int, fail, atol: float = 2e-6
+              ) -> tuple[float | None, int | None, float | None]:
+    """(theta, rotated pairs or None if all, factor or None if 1) from half-width tables ``[positions, hd / 2]`` of
+    cos / sin(t * f_i): f_i = theta^(-2i/hd) / factor for the first ``angles`` pairs, 0 for the rest (LFM3's
+    "proportional" RoPE; LFM2's is the whole rotation, factor 1). The round values (4 significant digits) are
+    taken when they reproduce the tables to float32 precision."""
     cos, sin = cos.reshape(-1, cos.shape[-1]), sin.reshape(-1, sin.shape[-1])
     if cos.shape != sin.shape or cos.shape[-1] != hd // 2 or len(cos) < 2:
         fail(f"the rotary tables are not [positions, {hd // 2}] cos / sin tables")
-    freq = np.arctan2(sin[1], cos[1])
-    if np.any(freq < 0) or freq[0] <= 0:
+    still = np.all(sin == 0, axis=0) & np.all(cos == 1, axis=0)     # pairs never rotated
+    angles = int(np.argmax(still)) if still.any() else hd // 2
+    if still[angles:].sum() != hd // 2 - angles or angles == 0:
+        fail("the rotary tables rotate pairs that are not the first ones")
+    freq = np.arctan2(sin[1, :angles], cos[1, :angles])
+    if np.any(freq <= 0):
         fail("the rotary tables are not cos / sin(t * inv_freq) with positive frequencies")
-    i = np.arange(hd // 2)
-    sel = i[1:][np.abs(sin[1, 1:]) > 1e-2]             # frequencies the table resolves (float16 tables too)
-    log_theta = -np.sum(np.log(freq[sel]) * (2 * sel / hd)) / np.sum((2 * sel / hd) ** 2) if len(sel) else np.log(1e4)
+    i = np.arange(angles)
+    ok = np.abs(sin[1, :angles]) > 1e-2                           # frequencies the table resolves (float16 too)
+    x, y = (2 * i / hd)[ok], np.log(freq[ok])
+    if len(x) >= 2:                                               # log f = -log factor - x log theta
+        slope, icpt = np.polyfit(x, y, 1)
+        log_theta, factor = -slope, float(np.exp(-icpt))
+    else:                   # one rotated pair (or none resolved): theta^0 = 1, so theta is not in the tables
+        log_theta, factor = np.log(1e6), 1.0 / float(freq[0])
     P = min(len(cos), 4096)
     pos = np.arange(P)[:, None]
-    tol = atol * max(1, P / 64)
+    tol = atol * max(1, P / 16)                  # float32 angles lose precision with the position
 
-    def fits(theta: float) -> bool:
-        ang = pos * (1.0 / theta ** (np.arange(0, hd, 2) / hd))[None, :]
+    def fits(theta: float, fac: float) -> bool:
+        f = np.zeros(hd // 2)
+        f[:angles] = 1.0 / theta ** (np.arange(0, 2 * angles, 2) / hd) / fac
+        ang = pos * f[None, :]
         return bool(np.allclose(np.cos(ang), cos[:P], atol=tol) and np.allclose(np.sin(ang), sin[:P], atol=tol))
 
     theta = float(np.exp(log_theta))
-    nice = float(f"{theta:.4g}")
-    if fits(nice):
-        return nice
-    if fits(theta):
-        return theta
-    fail("rotary frequencies are not theta^(-2i/d) (scaled RoPE variants are not supported)")
+    if angles == 1:
+        theta = None        # any theta fits: the caller takes the model family's default for the layer type
+    for t, f in ((float(f"{(theta or 1e6):.4g}"), float(f"{factor:.4g}")), (float(f"{(theta or 1e6):.4g}"), 1.0),
+                 (theta or 1e6, factor)):
+        if fits(t, f):
+            return (t if theta is not None else None), (angles if angles != hd // 2 else None), (f if f != 1.0
+                                                                                                 else None)
+    fail("rotary frequencies are not theta^(-2i/d) / factor (other scaled RoPE variants are not supported)")
 
 
-def lift_net(net: Net, name: str) -> Lifter:
+def lift_net(net: Net, name: str, lfm3: bool | None = None) -> Lifter:
+    """Fuse and lift; ``lfm3`` None: LFM3's names when the graph shows an LFM3 feature (a second walk)."""
     fuse_all(net)
-    lf = Lifter(net, name)
+    lf = Lifter(net, name, bool(lfm3))
     lf.graph = lf.run()
+    if lfm3 is None and lf.lfm3_features:
+        lf = Lifter(net, name, True)
+        lf.graph = lf.run()
+    if lf.lfm3 and net.static_len() is not None and any(n.op == "attention" for n in lf.graph.nodes):
+        raise OnnxLiftError("the graph", f"an LFM3 graph traced for a fixed {net.static_len()} tokens cannot show "
+                            "which attention layers slide (a window of that many tokens or more looks like full "
+                            "attention): export it with a dynamic sequence axis (torch.onnx.export(..., "
+                            "dynamic_shapes=...))")
     return lf

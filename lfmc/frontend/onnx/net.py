@@ -254,9 +254,14 @@ class Net:
         return None
 
     # ------------------------------------------------------------------ side values
-    def probe_len(self) -> int:
+    PROBE = 520     # tokens a symbolic sequence axis is probed with: shows sliding windows up to 519
+
+    def static_len(self) -> int | None:
         dims = io_dims(self.inputs[self.tokens])
-        return dims[-1] if dims and isinstance(dims[-1], int) and dims[-1] > 0 else 16
+        return dims[-1] if dims and isinstance(dims[-1], int) and dims[-1] > 0 else None
+
+    def probe_len(self) -> int:
+        return self.static_len() or self.PROBE
 
     def side(self, v: str) -> np.ndarray | None:
         """The value of a non-token value (a rotary table, a mask) for a batch of one and :meth:`probe_len`
