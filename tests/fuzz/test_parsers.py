@@ -222,6 +222,17 @@ OPS = ["Add", "Mul", "MatMul", "Sigmoid", "Tanh", "Relu", "Transpose", "Reshape"
        "Identity", "TopK", "Neg", "Foo"]
 
 
+def _mutate_node(g, n, kind: str, data, ops: list[str]) -> None:
+    """The mutations both ONNX fuzzers share: an op renamed, a node dropped, an operand rewired."""
+    if kind == "op":
+        n.op_type = data.draw(st.sampled_from(ops))
+    elif kind == "drop":
+        g.node.remove(n)
+    elif kind == "input" and n.input:
+        n.input[data.draw(st.integers(0, len(n.input) - 1))] = data.draw(
+            st.sampled_from([x.name for x in g.initializer] + [o for m in g.node for o in m.output] + ["nope"]))
+
+
 @SLOWER
 @given(data=st.data())
 def test_onnx_importer_fuzzed(onnx_model, data):
@@ -233,14 +244,8 @@ def test_onnx_importer_fuzzed(onnx_model, data):
     for _ in range(data.draw(st.integers(1, 4))):
         kind = data.draw(st.sampled_from(["op", "drop", "input", "attr", "init", "scope"]))
         n = g.node[data.draw(st.integers(0, len(g.node) - 1))]
-        if kind == "op":
-            n.op_type = data.draw(st.sampled_from(OPS))
-        elif kind == "drop":
-            g.node.remove(n)
-        elif kind == "input" and n.input:
-            n.input[data.draw(st.integers(0, len(n.input) - 1))] = data.draw(
-                st.sampled_from([x.name for x in g.initializer] + [o for m in g.node for o in m.output] + ["nope"]))
-        elif kind == "attr" and n.attribute:
+        _mutate_node(g, n, kind, data, OPS)
+        if kind == "attr" and n.attribute:
             a = n.attribute[data.draw(st.integers(0, len(n.attribute) - 1))]
             if a.ints:
                 a.ints[0] = data.draw(st.integers(-5, 5))
@@ -295,15 +300,8 @@ def test_onnx_community_graph_fuzzed(community_model, data):
         kind = data.draw(st.sampled_from(["op", "drop", "input", "attr", "rename", "reorder", "dims", "no_init",
                                           "init_shape"]))
         n = g.node[data.draw(st.integers(0, len(g.node) - 1))]
-        if kind == "op":
-            n.op_type = data.draw(st.sampled_from(OPS + ["GroupQueryAttention", "MatMulNBits",
-                                                         "SkipSimplifiedLayerNormalization"]))
-        elif kind == "drop":
-            g.node.remove(n)
-        elif kind == "input" and n.input:
-            n.input[data.draw(st.integers(0, len(n.input) - 1))] = data.draw(
-                st.sampled_from([x.name for x in g.initializer] + [o for m in g.node for o in m.output] + ["nope"]))
-        elif kind == "attr" and n.attribute:
+        _mutate_node(g, n, kind, data, OPS + ["GroupQueryAttention", "MatMulNBits", "SkipSimplifiedLayerNormalization"])
+        if kind == "attr" and n.attribute:
             a = n.attribute[data.draw(st.integers(0, len(n.attribute) - 1))]
             if a.type == a.INT:
                 a.i = data.draw(st.integers(-5, 70))

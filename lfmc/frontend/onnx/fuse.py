@@ -161,14 +161,17 @@ def fuse_linears(net: Net) -> None:
             _fuse_dynamic_int8(net, n)
 
 
-def _with_bias(net: Net, out: str, N: int) -> tuple[np.ndarray | None, Op | None]:
+def _absorb_bias(net: Net, chain: list[Op], N: int) -> tuple[np.ndarray | None, str]:
+    """(bias, output) of the projection ending ``chain``: a following Add of a constant [N] joins the chain."""
+    out = chain[-1].output[0]
     a = _sole_user(net, out, "Add")
     if a is None:
-        return None, None
+        return None, out
     b, other = _const_operand(net, a)
-    if b is None or net.canon(other) != net.canon(out) or b.reshape(-1).shape != (N,) or b.size != N:
-        return None, None
-    return np.asarray(b, np.float32).reshape(-1), a
+    if b is None or net.canon(other) != net.canon(out) or b.size != N:
+        return None, out
+    chain.append(a)
+    return np.asarray(b, np.float32).reshape(-1), a.output[0]
 
 
 def _fuse_matmul(net: Net, n: Op) -> None:
@@ -190,10 +193,7 @@ def _fuse_matmul(net: Net, n: Op) -> None:
     N, K = (shape[0], shape[1]) if trans else (shape[1], shape[0])
     out = n.output[0]
     if bias is None:
-        bias, a = _with_bias(net, out, N)
-        if a is not None:
-            chain.append(a)
-            out = a.output[0]
+        bias, out = _absorb_bias(net, chain, N)
     src = net.const(wname)
     dt = {np.dtype(np.float16): "f16"}.get(np.asarray(src).dtype, "f32")
 
@@ -241,10 +241,7 @@ def _fuse_nbits(net: Net, n: Op) -> None:
     chain = [n]
     out = n.output[0]
     if bias is None:
-        bias, a = _with_bias(net, out, N)
-        if a is not None:
-            chain.append(a)
-            out = a.output[0]
+        bias, out = _absorb_bias(net, chain, N)
     else:
         bias = np.asarray(bias, np.float32).reshape(-1)
 
@@ -296,12 +293,8 @@ def _fuse_dynamic_int8(net: Net, dq: Op) -> None:
         if ws is None:
             continue
         K, N = wq.shape
-        chain = [mm, cast, mul, sm]
-        out = mul.output[0]
-        bias, a = _with_bias(net, out, N)
-        if a is not None:
-            chain.append(a)
-            out = a.output[0]
+        chain = [mm, cast, sm, mul]
+        bias, out = _absorb_bias(net, chain, N)
 
         def dense(wq=wq, wz=wz, ws=ws) -> np.ndarray:
             w = (wq.astype(np.float32) - np.asarray(wz, np.float32)) * np.asarray(ws, np.float32)
