@@ -73,6 +73,7 @@ def import_onnx(path: str | os.PathLike, name: str | None = None) -> Model:
                     or extra.get("architecture") == "Lfm3ForCausalLM") else None
     lf = _lift(mo, name or p.stem, str(p), p.parent, lfm3)
     g = lf.graph
+    cfg = config_from_graph(g, extra, where=str(side) if side else None)    # before the quantized params are marked
     weights = {k: v for k, v in lf.weights.items() if k not in lf.kept}
     schemes = set()
     for n in g.nodes:
@@ -89,7 +90,6 @@ def import_onnx(path: str | os.PathLike, name: str | None = None) -> Model:
             weights[pname + ".zero"] = np.ascontiguousarray(zero, np.float32)
     if schemes:
         g.attrs = {**g.attrs, "quant": "+".join(sorted(schemes))}
-    cfg = config_from_graph(g, extra, where=str(side) if side else None)
     prov: dict[str, Any] = {"source": "onnx", "path": str(p.resolve()), "architecture": cfg["architecture"],
                             "config": cfg, "opset": max((o.version for o in mo.opset_import if o.domain in
                                                          ("", "ai.onnx")), default=None)}

@@ -252,15 +252,10 @@ def _fuse_nbits(net: Net, n: Op) -> None:
     kept, note = None, None
     half = (1 << (bits - 1))
     sym = zp is None or bool(np.all(zeros == half))
-    s16 = scales.astype(np.float16).astype(np.float32)
     if K % bs == 0 and (bits == 4 or sym):
         c = codes[:, :K]
         c = c.astype(np.uint8) if bits == 4 else (c.astype(np.int16) - half).astype(np.int8)
-        kept = ("u4" if bits == 4 else "i8", np.ascontiguousarray(c), s16, None if sym else zeros)
-        if not np.array_equal(s16, scales):
-            err = float(np.max(np.abs(s16 - scales) / np.maximum(np.abs(scales), 1e-30)))
-            note = (f"MatMulNBits {bits}-bit block {bs}: kept, scales rounded to float16 (as lfmc stores them; "
-                    f"largest relative change {err:.1e})")
+        kept = ("u4" if bits == 4 else "i8", np.ascontiguousarray(c), scales, None if sym else zeros)
     else:
         why = (f"K {K} is not a multiple of the block {bs}" if K % bs else "8-bit codes with zero points")
         note = f"MatMulNBits {bits}-bit block {bs} dequantized to float32 ({why})"
