@@ -20,9 +20,19 @@ from typing import Any
 import numpy as np
 
 
-def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: int = 256):
+def _q4_experts(w: np.ndarray, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """[E, N, K] float -> QMoE's uint8 [E, N, K / 2] (low nibble first, code + 8) and scales [E, N, K / block]."""
+    E, N, K = w.shape
+    wg = w.reshape(E, N, K // block, block)
+    s = np.maximum(np.abs(wg).max(-1), 1e-8) / 7
+    q = (np.clip(np.rint(wg / s[..., None]), -8, 7).astype(np.int32) + 8).reshape(E, N, K)
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8), s.astype(np.float32)
+
+
+def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: int = 256, qmoe: bool = False):
     """The ModelProto of an LFM2 or LFM2-MoE (``cfg`` a transformers config dict, ``w`` its lfmc weights; MoE
-    layers as Liquid's ONNX builder writes them, which it says onnx-community's files are)."""
+    layers as Liquid's ONNX builder writes them, which it says onnx-community's files are; ``qmoe``: the experts
+    as 4-bit QMoE blocks)."""
     import onnx
     from onnx import TensorProto as TP
     from onnx import helper as h
@@ -93,9 +103,16 @@ def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: i
         F = gu.shape[1] // 2
         inter = np.empty_like(gu)
         inter[:, 0::2], inter[:, 1::2] = gu[:, :F], gu[:, F:]
-        y = node("MoE", [flat, probs, init(f + "fc1", inter), "", init(f + "fc2", w[f + "experts.down_proj"])],
-                 f"/l{i}/moe/y", domain=ms, k=k, activation_type="swiglu", normalize_routing_weights=1,
-                 swiglu_fusion=1, activation_alpha=1.0, activation_beta=0.0)[0]
+        if qmoe:                                       # 4-bit experts in blocks of 32 (Liquid's q4 export)
+            (q1, s1), (q2, s2) = _q4_experts(inter), _q4_experts(w[f + "experts.down_proj"])
+            y = node("QMoE", [flat, probs, init(f + "fc1_q", q1), init(f + "fc1_s", s1), "", init(f + "fc2_q", q2),
+                              init(f + "fc2_s", s2)], f"/l{i}/moe/y", domain=ms, k=k, activation_type="swiglu",
+                     expert_weight_bits=4, block_size=32, normalize_routing_weights=1, swiglu_fusion=1,
+                     activation_alpha=1.0, activation_beta=0.0)[0]
+        else:
+            y = node("MoE", [flat, probs, init(f + "fc1", inter), "", init(f + "fc2", w[f + "experts.down_proj"])],
+                     f"/l{i}/moe/y", domain=ms, k=k, activation_type="swiglu", normalize_routing_weights=1,
+                     swiglu_fusion=1, activation_alpha=1.0, activation_beta=0.0)[0]
         scale = float(cfg.get("routed_scaling_factor", 1.0))
         if scale != 1.0:
             y = node("Mul", [y, init(f"/l{i}/moe/scale", np.array(scale, np.float32))], f"/l{i}/moe/scaled")[0]

@@ -63,22 +63,26 @@ def test_community_cache_graph_equals_onnxruntime(name):
     _agree(community_graph(cfg, w), "f32")
 
 
-@pytest.mark.parametrize("name", ["moe-a", pytest.param("moe-c", marks=pytest.mark.slow)])
-def test_community_moe_graph_equals_onnxruntime(name, tmp_path):
+@pytest.mark.parametrize("name,qmoe", [("moe-a", False), ("moe-a", True),
+                                       pytest.param("moe-c", False, marks=pytest.mark.slow)])
+def test_community_moe_graph_equals_onnxruntime(name, qmoe, tmp_path):
     """LFM2-MoE with ONNX Runtime's MoE op (router scores, expert bias, top-k, log-probabilities scattered into
-    router_probs, interleaved SwiGLU experts): the interpreter and the compiled host artifact agree with ONNX
-    Runtime, greedy tokens equal for 16 steps after prefill."""
+    router_probs, interleaved SwiGLU experts), or QMoE with 4-bit experts (kept as lfmc int4): the interpreter and
+    the compiled host artifact agree with ONNX Runtime, greedy tokens equal for 16 steps after prefill."""
     from lfmc.compile import compile_model
     from lfmc.runtime import Engine
 
     cfg, w = _weights(name)
-    mo = community_graph(cfg, w)
-    assert any(n.op_type == "MoE" for n in mo.graph.node)
-    toks = _agree(mo, "f32")
+    mo = community_graph(cfg, w, qmoe=qmoe)
+    assert any(n.op_type == ("QMoE" if qmoe else "MoE") for n in mo.graph.node)
+    toks = _agree(mo, "q4" if qmoe else "f32")
     path = tmp_path / "m.onnx"
     onnx.save(mo, str(path))
     m = import_onnx(path)
     assert m.provenance["config"]["architecture"] == "Lfm2MoeForCausalLM"
+    if qmoe:
+        assert m.graph.attrs["quant"] == "q4g32" and m.weights[next(
+            k for k in m.weights if k.endswith("experts.gate_up_proj"))].dtype == np.uint8
     art = compile_model(m, tmp_path / "a.host", max_batch=1, max_context=64, prefill_chunk=8)
     assert Engine(art).generate(PROMPT, max_new_tokens=STEPS + 1, stop=[]).tokens == toks
 

@@ -427,10 +427,7 @@ class Lifter:
                                     "w2": self.linear(p + "w2.weight", w2[0])})
 
     def moe(self, g: Block, x: str, p: str) -> str:
-        if g.of("QMoE"):
-            g.fail("QMoE (ONNX Runtime's MoE with quantized experts) is not supported yet: use the float graph",
-                   g.of("QMoE"))
-        if g.of("MoE"):
+        if g.of("MoE") or g.of("QMoE"):
             return self._moe_ort(g, x, p)
         g.expect({"Linear", "MatMul", "Sigmoid", "Softmax", "TopK", "GatherElements", "GatherND", "Gather",
                   "ReduceSum", "Add", "Div", "Mul"} | VIEWS, {"TopK": 1})
@@ -507,24 +504,41 @@ class Lifter:
         choice only, top-k, the chosen weights' logarithms scattered over a floor into ``router_probs`` (the op's
         softmax of them is w / sum w: normalized top-k), SwiGLU experts with interleaved (1) or concatenated (2)
         gate / up rows, an optional scale after."""
-        g.expect({"Linear", "Sigmoid", "Add", "TopK", "GatherElements", "Log", "ScatterElements", "MoE", "Mul",
-                  "Expand"} | VIEWS, {"MoE": 1, "TopK": 1})
-        moe, topk = g.one("MoE"), g.one("TopK")
+        qmoe = bool(g.of("QMoE"))
+        op = "QMoE" if qmoe else "MoE"
+        g.expect({"Linear", "Sigmoid", "Add", "TopK", "GatherElements", "Log", "ScatterElements", op, "Mul",
+                  "Expand"} | VIEWS, {op: 1, "TopK": 1})
+        moe, topk = g.one(op), g.one("TopK")
         at = moe.attrs
         fusion = int(at.get("swiglu_fusion", 0))
         if str(at.get("activation_type", "relu")) not in ("swiglu", "b'swiglu'") or fusion not in (1, 2) \
                 or float(at.get("activation_alpha", 1.0)) != 1.0 or float(at.get("activation_beta", 0.0)) != 0.0 \
                 or int(at.get("use_sparse_mixer", 0)) or "swiglu_limit" in at:
             g.fail("an MoE whose experts are not silu(gate) * up with fused gate / up weights", [moe])
-        if any(i for i in list(moe.input[3:4]) + list(moe.input[5:])):
-            g.fail("MoE expert biases or a third expert weight are not LFM2-MoE's", [moe])
-        fc1, fc2 = g.const(moe.input[2]), g.const(moe.input[4])
-        if fc1 is None or fc2 is None or fc1.ndim != 3 or fc2.ndim != 3 or fc1.shape[1] % 2 \
-                or fc2.shape[0] != fc1.shape[0] or fc2.shape[2] * 2 != fc1.shape[1]:
-            g.fail("the MoE expert weights are not constants [E, 2F, D] and [E, D, F]", [moe])
-        E, F = fc1.shape[0], fc1.shape[1] // 2
-        gate, up = (fc1[:, 0::2], fc1[:, 1::2]) if fusion == 1 else (fc1[:, :F], fc1[:, F:])
         lin = g.linears()
+        if len(lin) != 1:
+            g.fail("expected one router projection", lin or [moe])
+        D = lin[0].weight.in_features
+        if qmoe:
+            if any(moe.input[k] for k in (4, 7, 8, 9, 10, 13) if k < len(moe.input)):
+                g.fail("QMoE expert biases or a third expert weight are not LFM2-MoE's", [moe])
+            fc1, fc2 = (self._qmoe_weight(g, moe, w, sc, zp, D, fc) for w, sc, zp, fc in ((2, 3, 11, True),
+                                                                                        (5, 6, 12, False)))
+            E, F = fc1[1].shape[0], fc1[1].shape[1] // 2
+        else:
+            if any(i for i in list(moe.input[3:4]) + list(moe.input[5:])):
+                g.fail("MoE expert biases or a third expert weight are not LFM2-MoE's", [moe])
+            w1, w2 = g.const(moe.input[2]), g.const(moe.input[4])
+            if w1 is None or w2 is None or w1.ndim != 3 or w2.ndim != 3 or w1.shape[1] % 2 \
+                    or w2.shape[0] != w1.shape[0] or w2.shape[2] * 2 != w1.shape[1]:
+                g.fail("the MoE expert weights are not constants [E, 2F, D] and [E, D, F]", [moe])
+            fc1, fc2 = (None, np.asarray(w1, np.float32)), (None, np.asarray(w2, np.float32))
+            E, F = w1.shape[0], w1.shape[1] // 2
+
+        def halves(a: np.ndarray | None) -> np.ndarray | None:       # [E, 2F, ...] -> gate rows then up rows
+            if a is None:
+                return None
+            return np.concatenate([a[:, 0::2], a[:, 1::2]], axis=1) if fusion == 1 else a
         if len(lin) != 1 or lin[0].weight.bias is not None or lin[0].weight.out_features != E:
             g.fail(f"expected one bias-free router projection to {E} experts", lin or [moe])
         sig = [u for u in g.users(lin[0].output[0]) if u.op_type == "Sigmoid"]
@@ -559,9 +573,10 @@ class Lifter:
             c = [g.const(i) for i in n.input if g.const(i) is not None]
             if len(c) == 1 and c[0].size == 1 and id(n) in g.descendants(moe.output[0]):
                 scale = _f32(c[0])
+        gu_kept = None if fc1[0] is None else (fc1[0][0], halves(fc1[0][1]), halves(fc1[0][2]), halves(fc1[0][3]))
         params = {"router": self.param(p + "gate.weight", lin[0].weight.dense()),
-                  "gate_up": self.param(p + "experts.gate_up_proj", np.concatenate([gate, up], axis=1)),
-                  "down": self.param(p + "experts.down_proj", fc2)}
+                  "gate_up": self.expert_param(p + "experts.gate_up_proj", halves(fc1[1]), gu_kept),
+                  "down": self.expert_param(p + "experts.down_proj", fc2[1], fc2[0])}
         if bias is not None:
             params["expert_bias"] = self.param(p + "expert_bias", bias)
         feat = {"router": Gate("router", act="sigmoid"), "gate": Gate("gate_up", 0, 2, "silu"),
@@ -569,6 +584,52 @@ class Lifter:
         return self.b.node("moe", [x], params, {
             "num_experts": E, "top_k": int(at.get("k", 1)), "scoring": "sigmoid", "use_expert_bias": bias is not None,
             "norm_topk_prob": True, "routed_scaling_factor": scale, "topk_norm_eps": 1e-6}, feat)
+
+    def expert_param(self, name: str, dense: np.ndarray, kept: tuple | None) -> tuple[str, tuple[int, ...]]:
+        """Stacked expert weights [E, N, K]: kept quantized (codes, scales, zeros) when given, else float32."""
+        if kept is None:
+            return self.param(name, dense)
+        self.kept[name] = kept
+        self.weights[name] = np.zeros((0,), np.float32)
+        return name, tuple(dense.shape)
+
+    def _qmoe_weight(self, g: Block, moe: Op, wi: int, si: int, zi: int, D: int, first: bool):
+        """((code dtype, codes, scales, zeros) or None, dequantized float32) of a QMoE expert weight:
+        ``[E, N, K * bits / 8]`` bytes (4-bit: low nibble first), scales ``[E, N, K / block]`` (or ``[E, N]``),
+        zero points packed like the codes (default 2^(bits-1))."""
+        at = moe.attrs
+        bits, bs = int(at.get("expert_weight_bits", 4)), int(at.get("block_size", 0))
+        W = g.const(moe.input[wi]) if wi < len(moe.input) and moe.input[wi] else None
+        S = g.const(moe.input[si]) if si < len(moe.input) and moe.input[si] else None
+        Z = g.const(moe.input[zi]) if zi < len(moe.input) and moe.input[zi] else None
+        if bits not in (4, 8) or W is None or S is None or W.dtype != np.uint8 or W.ndim != 3:
+            g.fail(f"QMoE weights are not constant {bits}-bit uint8 blocks with scales", [moe])
+        E, N = W.shape[:2]
+        K = W.shape[2] * (8 // bits)
+        if first and K != D:
+            g.fail(f"QMoE fc1 reads {K} inputs, the block's width is {D}", [moe])
+        codes = np.stack([W & 15, W >> 4], -1).reshape(E, N, K) if bits == 4 else np.asarray(W)
+        S = np.asarray(S, np.float32).reshape(E, N, -1)
+        G = S.shape[-1]
+        if K % G or (bs and K // G != bs):
+            g.fail(f"QMoE scales {list(S.shape)} do not fit {K} inputs in blocks of {bs}", [moe])
+        half = 1 << (bits - 1)
+        if Z is None:
+            zeros = None
+        else:
+            z = np.asarray(Z).reshape(E, N, -1)
+            zeros = (np.stack([z & 15, z >> 4], -1).reshape(E, N, -1)[..., :G] if bits == 4 and z.shape[-1] < G
+                     else z[..., :G]).astype(np.float32)
+            if np.all(zeros == half):
+                zeros = None
+        zf = np.full((E, N, G), half, np.float32) if zeros is None else zeros
+        dense = ((codes.astype(np.float32).reshape(E, N, G, K // G) - zf[..., None]) * S[..., None]).reshape(E, N, K)
+        if bits == 4:
+            return ("u4", np.ascontiguousarray(codes.astype(np.uint8)), S, zeros), dense
+        if zeros is None:
+            return ("i8", (codes.astype(np.int16) - half).astype(np.int8), S, None), dense
+        self.notes.append(f"QMoE 8-bit experts with zero points dequantized to float32 ({moe.name})")
+        return None, dense
 
     # ------------------------------------------------------------------ the walk
     def kind(self, g: Block) -> str:
