@@ -54,6 +54,17 @@ def cmd_import(a: argparse.Namespace) -> int:
             for t, names in sorted(gg["dequantized"].items()):
                 print(f"  {len(names)} {t} tensors dequantized to float32 (no lfmc format holds {t}): compile "
                       "with --quant to quantize them again")
+        ox = m.provenance.get("onnx")
+        if ox:
+            if ox["kept"]:
+                print(f"ONNX: {len(ox['kept'])} quantized weights kept as they are (lfmc weights "
+                      f"{m.graph.attrs.get('quant')})")
+            for line in ox["converted"][:8]:
+                print(f"  {line}")
+            if len(ox["converted"]) > 8:
+                print(f"  ... and {len(ox['converted']) - 8} more converted (lfmc show {out} lists them)")
+            if ox.get("hint"):
+                print(f"  {ox['hint']}")
     return 0
 
 

@@ -145,6 +145,29 @@ def test_matmulnbits_graph_equals_onnxruntime(block, sym, tmp_path):
         assert Engine(art).generate(PROMPT, max_new_tokens=STEPS + 1, stop=[]).tokens == toks
 
 
+def test_int8_matmulnbits_graph_equals_onnxruntime():
+    """8-bit MatMulNBits (the quantizer with bits=8, symmetric, blocks of 32): kept as lfmc int8 in groups (q8g32)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    cfg, w = _weights("dense-a")
+    logging.disable(logging.WARNING)
+    try:
+        q = MatMulNBitsQuantizer(community_graph(cfg, w), algo_config=DefaultWeightOnlyQuantConfig(
+            block_size=32, is_symmetric=True, bits=8))
+        q.process()
+    finally:
+        logging.disable(logging.NOTSET)
+    mo = q.model.model
+    assert any(n.op_type == "MatMulNBits" and any(a.name == "bits" and a.i == 8 for a in n.attribute)
+               for n in mo.graph.node)
+    _agree(mo, "q4")
+    from lfmc.frontend.onnx.lift import lift_net
+    from lfmc.frontend.onnx.net import Net
+
+    lf = lift_net(Net(mo, "q"), "m")
+    assert len(lf.kept) >= 20 and all(k[0] == "i8" for k in lf.kept.values())
+
+
 def test_int4_embedding_graph_equals_onnxruntime():
     """The quantizer run over Gather too (transformers.js' q4 files): the embedding as GatherBlockQuantized with
     int4 data (dequantized by lfmc, noted), the projections as MatMulNBits."""
@@ -167,7 +190,7 @@ def test_int4_embedding_graph_equals_onnxruntime():
     assert any("GatherBlockQuantized" in note for note in lift_net(Net(mo, "q"), "m").notes)
 
 
-def test_float16_graph_equals_onnxruntime():
+def test_float16_graph_equals_onnxruntime(tmp_path):
     """The cache graph converted to float16 weights and activations with float32 inputs / outputs (ONNX Runtime's
     float16 converter, keep_io_types), as transformers.js' fp16 files are written."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -176,10 +199,14 @@ def test_float16_graph_equals_onnxruntime():
     mo = convert_float_to_float16(community_graph(cfg, w), keep_io_types=True)
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in mo.graph.initializer)
     _agree(mo, "f16")
+    path = tmp_path / "f16.onnx"
+    onnx.save(mo, str(path))
+    assert import_onnx(path).provenance["onnx"]["weight_dtypes"] == ["f16"]
 
 
-@pytest.mark.parametrize("wtype", ["QUInt8", "QInt8"])
-def test_dynamic_int8_graph_equals_onnxruntime(tmp_path, wtype):
+@pytest.mark.parametrize("wtype,ops", [("QUInt8", ["MatMul", "Gather"]), ("QInt8", ["MatMul", "Gather"]),
+                                       ("QUInt8", None)])
+def test_dynamic_int8_graph_equals_onnxruntime(tmp_path, wtype, ops):
     """ONNX Runtime's quantize_dynamic on the cache graph (per-tensor int8 weights, uint8 ones with zero points;
     DynamicQuantizeLinear -> MatMulInteger, the embedding Gather + DequantizeLinear): imported dequantized, with a
     note per weight; the numbers agree with ONNX Runtime's up to its int8 activations."""
@@ -188,14 +215,15 @@ def test_dynamic_int8_graph_equals_onnxruntime(tmp_path, wtype):
     cfg, w = _weights("dense-a")
     src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
     onnx.save(community_graph(cfg, w), str(src))
-    quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, wtype), op_types_to_quantize=["MatMul", "Gather"],
+    quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, wtype), op_types_to_quantize=ops,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     mo = onnx.load(str(dst))
     assert sum(n.op_type == "MatMulInteger" for n in mo.graph.node) >= 20
+    assert (ops is None) == any(n.op_type == "ConvInteger" for n in mo.graph.node)   # every op: the conv too
     m = import_onnx(dst)
     assert len(m.provenance["onnx"]["converted"]) >= 20
     for k, v in w.items():                          # each weight within half a quantization step of the float one
-        if v.ndim == 2:
+        if v.ndim == 2 or (v.ndim == 3 and ops is None and k.endswith("conv.weight")):
             step = max(float(v.max() - v.min()) / 255, 2 * float(np.abs(v).max()) / 254)   # uint8 / int8
             assert np.abs(m.weights[k] - v).max() <= 0.5 * step * (1 + 1e-3) + 1e-7, k
     toks, lg = ort_generate(ort_session(mo), PROMPT, 4)

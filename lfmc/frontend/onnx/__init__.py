@@ -93,8 +93,9 @@ def import_onnx(path: str | os.PathLike, name: str | None = None) -> Model:
     prov: dict[str, Any] = {"source": "onnx", "path": str(p.resolve()), "architecture": cfg["architecture"],
                             "config": cfg, "opset": max((o.version for o in mo.opset_import if o.domain in
                                                          ("", "ai.onnx")), default=None)}
-    if lf.kept or lf.notes:
-        prov["onnx"] = {"kept": sorted(lf.kept), "converted": lf.notes}
+    prov["onnx"] = {"kept": sorted(lf.kept), "converted": lf.notes, "weight_dtypes": sorted(lf.dtypes)}
+    if lf.dtypes == {"f16"}:        # a float16 file: read as float32; `lfmc compile --dtype f16` stores 16 bits again
+        prov["onnx"]["hint"] = "float16 weights: compile with --dtype f16 to keep them in 16 bits"
     m = Model(g, {k: weights[k] for k in g.params()}, prov)
     from .. import chat_template_of
 

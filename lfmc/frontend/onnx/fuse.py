@@ -300,8 +300,37 @@ def _fuse_dynamic_int8(net: Net, dq: Op) -> None:
         net.replace(chain, [Op("Linear", [dq.input[0]], [out], {}, [o for c in chain for o in c.src],
                                weight=Weight(dense, N, K, bias, None,
                                              f"dynamic int8 ({per}{zero}) dequantized to float32", "q8"))])
+    for ci in [u for u in net.users.get(xq, []) if u.op_type == "ConvInteger"]:
+        _fuse_conv_integer(net, dq, ci)
     if not net.users.get(xq):
         net.replace([dq], [])
+
+
+def _fuse_conv_integer(net: Net, dq: Op, ci: Op) -> None:
+    """``DynamicQuantizeLinear(x) -> ConvInteger(xq, Wq, xz, Wz) -> Cast -> Mul(x_scale * W_scale)`` (the short conv
+    of a quantize_dynamic file): a float Conv of x with the dequantized kernel (noted)."""
+    if ci not in net.ops or not net.is_const(ci.input[1]):
+        return
+    xs = dq.output[1]
+    wq = np.asarray(net.const(ci.input[1]))
+    wz = net.const(ci.input[3]) if len(ci.input) > 3 and ci.input[3] else np.zeros((), wq.dtype)
+    cast = _sole_user(net, ci.output[0], "Cast")
+    mul = _sole_user(net, cast.output[0], "Mul") if cast is not None else None
+    if mul is None:
+        return
+    sm = net.prod(mul.input[1] if net.canon(mul.input[0]) == net.canon(cast.output[0]) else mul.input[0])
+    if sm is None or sm.op_type != "Mul" or xs not in sm.input:
+        return
+    other = sm.input[1] if sm.input[0] == xs else sm.input[0]
+    ws = net.const(other) if net.is_const(other) else None
+    if ws is None:
+        return
+    kname = ci.input[1] + "/dequantized"
+    net.add_const(kname, ((wq.astype(np.float32) - np.asarray(wz, np.float32)) * np.asarray(ws, np.float32)))
+    net.notes.append(f"{ci.input[1]}: dynamic int8 conv kernel dequantized to float32")
+    at = {k: v for k, v in ci.attrs.items() if k in ("group", "kernel_shape", "pads", "strides", "dilations")}
+    net.replace([ci, cast, sm, mul], [Op("Conv", [dq.input[0], kname], [mul.output[0]], at,
+                                         [o for c in (ci, cast, sm, mul) for o in c.src])])
 
 
 # ------------------------------------------------------------------------------------------------ Embedding

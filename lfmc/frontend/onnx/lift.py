@@ -113,6 +113,7 @@ class Lifter:
     def __init__(self, net: Net, name: str, lfm3: bool = False):
         self.net, self.b, self.lfm3 = net, GraphBuilder(name), lfm3
         self.lfm3_features: set[str] = set()       # what only LFM3 has (then the names are LFM3's: a second pass)
+        self.dtypes: set[str] = set()              # how the graph stores its projection weights (f32, f16, q4, q8)
         self.weights: dict[str, np.ndarray] = {}
         self.kept: dict[str, tuple] = {}
         self.notes: list[str] = []
@@ -126,6 +127,7 @@ class Lifter:
     def linear(self, name: str, lin: Op) -> tuple[str, tuple[int, ...]]:
         """A projection weight ``[out, in]``; a quantized one lfmc keeps is remembered for the importer."""
         w = lin.weight
+        self.dtypes.add(w.dtype)
         if w.note:
             self.notes.append(f"{name}: {w.note}")
         if w.kept is not None:
@@ -822,6 +824,7 @@ def lift_net(net: Net, name: str, lfm3: bool | None = None) -> Lifter:
     if lfm3 is None and lf.lfm3_features:
         lf = Lifter(net, name, True)
         lf.graph = lf.run()
+    lf.notes += net.notes
     if lf.lfm3 and net.static_len() is not None and any(n.op == "attention" for n in lf.graph.nodes):
         raise OnnxLiftError("the graph", f"an LFM3 graph traced for a fixed {net.static_len()} tokens cannot show "
                             "which attention layers slide (a window of that many tokens or more looks like full "

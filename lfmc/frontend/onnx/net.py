@@ -124,6 +124,7 @@ class Net:
             raise LfmcError(f"{source}: graph inputs {unknown} are neither the token ids, a cache (past_conv.N, "
                             "past_key_values.N.key / .value) nor attention_mask / position_ids / num_logits_to_keep")
         self.output = self._logits_output()
+        self.notes: list[str] = []                           # what a fusion converted (the lifter reports them)
         self.ops: list[Op] = []
         for n in g.node:
             if n.domain not in STD_DOMAINS + (MS,):
@@ -173,6 +174,10 @@ class Net:
         return bool(ins) and n.domain in STD_DOMAINS and n.op_type not in SHAPE_OPS | {"RandomNormalLike",
                                                                                         "RandomUniformLike"} \
             and all(self.is_const(i) for i in ins)
+
+    def add_const(self, name: str, value: np.ndarray) -> None:
+        """A constant a fusion made (a dequantized kernel)."""
+        self._consts[name] = value
 
     def is_const(self, v: str) -> bool:
         return v in self._consts or v in self._lazy or v in self.inits
