@@ -299,6 +299,28 @@ def test_lfm3_export_lifts_to_the_torch_ir(tmp_path, name):
     np.testing.assert_allclose(got, want, atol=TOL["f32"] * float(np.abs(want).max()))
 
 
+def test_lfm3_export_compiled_for_the_host_decodes_as_onnxruntime(tmp_path):
+    """The LFM3 export compiled for the host: greedy decode for 16 steps after a prompt longer than the window
+    equals ONNX Runtime's greedy decode on the file (the cache-less graph run on the whole sequence each step)."""
+    from lfmc.compile import compile_model
+    from lfmc.runtime import Engine
+    from tests.configs import LFM3_CONFIGS
+
+    cfg = LFM3_CONFIGS["lfm3-a"]
+    model = build_hf_model(cfg, random_weights(graph_from_config(cfg), seed=7, std=INIT_STD))
+    path = tmp_path / "m.onnx"
+    _export(model, path, dynamic=True)
+    sess = ort_session(onnx.load(str(path)))
+    seq = list((np.arange(11) * 7 % cfg["vocab_size"]).tolist())
+    prompt_len = len(seq)
+    for _ in range(STEPS + 1):
+        seq.append(int(np.argmax(sess.run(None, {"input_ids": np.array([seq], np.int64)})[0][0, -1])))
+    want = seq[prompt_len:]
+    assert len(set(want)) > 3
+    art = compile_model(import_onnx(path), tmp_path / "a.host", max_batch=1, max_context=64, prefill_chunk=8)
+    assert Engine(art).generate(seq[:prompt_len], max_new_tokens=STEPS + 1, stop=[]).tokens == want
+
+
 def test_lfm3_static_export_is_refused(tmp_path):
     """A fixed-length LFM3 export cannot show its sliding windows: refused with what to do."""
     from tests.configs import LFM3_CONFIGS
