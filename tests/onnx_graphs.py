@@ -39,7 +39,8 @@ def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: i
     from onnx import numpy_helper as nh
 
     D, H, KV = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hd = D // H
+    lfm3 = cfg.get("architecture") == "Lfm3ForCausalLM"
+    hd = int(cfg.get("head_dim") or D // H) if lfm3 else D // H
     L, eps, V = cfg["conv_L_cache"], float(cfg["norm_eps"]), w["model.embed_tokens.weight"].shape[0]
     theta = float(cfg.get("rope_theta", 1e6))
     nodes, inits = [], []
@@ -57,9 +58,22 @@ def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: i
     def linear(x: str, name: str, out: str) -> str:
         return node("MatMul", [x, init(name + ".T", w[name].T.astype(np.float32))], out)[0]
 
-    inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
-    ang = np.arange(cos_len)[:, None] * inv[None, :]
-    cos, sin = init("cos_cache", np.cos(ang).astype(np.float32)), init("sin_cache", np.sin(ang).astype(np.float32))
+    def rope_caches(kind: str) -> tuple[str, str]:
+        """cos / sin caches [positions, hd / 2] of a layer type (LFM3: its theta, rotated pairs and factor; the
+        pairs not rotated have frequency 0)."""
+        th, angles, fac = theta, hd // 2, 1.0
+        if lfm3:
+            from lfmc.frontend.config import rope_attrs
+
+            r = rope_attrs(cfg, kind, hd)
+            th, angles, fac = r["rope_theta"], r.get("rope_angles", hd // 2), r.get("rope_factor", 1.0)
+        inv = np.zeros(hd // 2)
+        inv[:angles] = 1.0 / th ** (np.arange(0, 2 * angles, 2, dtype=np.float64) / hd) / fac
+        ang = np.arange(cos_len)[:, None] * inv[None, :]
+        if f"cos_cache.{kind}" not in {t.name for t in inits}:
+            init(f"cos_cache.{kind}", np.cos(ang).astype(np.float32))
+            init(f"sin_cache.{kind}", np.sin(ang).astype(np.float32))
+        return f"cos_cache.{kind}", f"sin_cache.{kind}"
     ins = [h.make_tensor_value_info("input_ids", TP.INT64, ["batch_size", "sequence_length"]),
            h.make_tensor_value_info("attention_mask", TP.INT64, ["batch_size", "total_sequence_length"]),
            h.make_tensor_value_info("position_ids", TP.INT64, ["batch_size", "sequence_length"])]
@@ -132,7 +146,9 @@ def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: i
                      [f"/{tag}/norm", "", "", f"/{tag}/sum"], domain=ms, epsilon=eps)
         return outs_[0], outs_[3]
 
-    for i, kind in enumerate(cfg["layer_types"]):
+    from lfmc.frontend.config import layer_types
+
+    for i, kind in enumerate(layer_types(cfg)):
         p = f"model.layers.{i}."
         normed, res = norm_in(x if res is None else x, p + "operator_norm.weight", f"l{i}/op")
         if kind == "conv":
@@ -157,6 +173,11 @@ def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: i
             y = linear(y, c + "out_proj.weight", f"/l{i}/out_proj")
         else:
             a = p + "self_attn."
+            cos, sin = rope_caches(kind)
+            out_n, qn, kn = ("o_proj", "q_norm", "k_norm") if lfm3 else ("out_proj", "q_layernorm", "k_layernorm")
+            # ONNX Runtime's local_window_size counts the keys a query sees, itself included (checked against the
+            # interpreter: prefill and decode past the window agree to 3e-6)
+            lws = int(cfg["sliding_window"]) if kind == "sliding_attention" else -1
             for kv in ("key", "value"):
                 ins.append(h.make_tensor_value_info(f"past_key_values.{i}.{kv}", TP.FLOAT,
                                                     ["batch_size", KV, "past_sequence_length", hd]))
@@ -166,7 +187,7 @@ def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: i
             k = linear(normed, a + "k_proj.weight", f"/l{i}/k")
             v = linear(normed, a + "v_proj.weight", f"/l{i}/v")
             qk = []
-            for t, heads, nw in ((q, H, "q_layernorm"), (k, KV, "k_layernorm")):
+            for t, heads, nw in ((q, H, qn), (k, KV, kn)):
                 r = node("Reshape", [t, init(f"/l{i}/{nw}/shape", np.array([0, 0, heads, hd], np.int64))],
                          f"/l{i}/{nw}/r")[0]
                 r = node("SimplifiedLayerNormalization", [r, init(a + nw + ".weight", w[a + nw + ".weight"])],
@@ -179,8 +200,18 @@ def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: i
             o = node("GroupQueryAttention", [qk[0], qk[1], v, f"past_key_values.{i}.key",
                                              f"past_key_values.{i}.value", seqlens, total],
                      [f"/l{i}/attn", f"present.{i}.key", f"present.{i}.value"], domain=ms, num_heads=H,
-                     kv_num_heads=KV, scale=float(hd ** -0.5), do_rotary=0, local_window_size=-1)[0]
-            y = linear(o, a + "out_proj.weight", f"/l{i}/o")
+                     kv_num_heads=KV, scale=float(hd ** -0.5), do_rotary=0, local_window_size=lws)[0]
+            if a + "g_proj.weight" in w:                # LFM3's per-head output gate
+                gt = node("Sigmoid", [linear(normed, a + "g_proj.weight", f"/l{i}/g")], f"/l{i}/g_sig")[0]
+                gt = node("Unsqueeze", [gt, init(f"/l{i}/g_ax", np.array([-1], np.int64))], f"/l{i}/g_u")[0]
+                o4 = node("Reshape", [o, init(f"/l{i}/o4", np.array([0, 0, H, hd], np.int64))], f"/l{i}/o_r")[0]
+                o4 = node("Mul", [o4, gt], f"/l{i}/o_gated")[0]
+                o = node("Reshape", [o4, init(f"/l{i}/o3", np.array([0, 0, H * hd], np.int64))], f"/l{i}/o_b")[0]
+            y = linear(o, a + out_n + ".weight", f"/l{i}/o")
+        if p + "post_operator_norm.weight" in w:        # LFM3's sandwich norms
+            y = node("SimplifiedLayerNormalization", [y, init(p + "post_operator_norm.weight",
+                                                              w[p + "post_operator_norm.weight"])],
+                     f"/l{i}/post_op", axis=-1, epsilon=eps, stash_type=1)[0]
         normed, res = norm_in(y, p + "ffn_norm.weight", f"l{i}/ffn")
         f = p + "feed_forward."
         if f + "gate.weight" in w:
@@ -191,6 +222,9 @@ def community_graph(cfg: dict[str, Any], w: dict[str, np.ndarray], *, cos_len: i
             g1 = node("Mul", [g1, s], f"/l{i}/silu")[0]
             u = linear(normed, f + "w3.weight", f"/l{i}/w3")
             y = linear(node("Mul", [g1, u], f"/l{i}/gu")[0], f + "w2.weight", f"/l{i}/w2")
+        if p + "post_ffn_norm.weight" in w:
+            y = node("SimplifiedLayerNormalization", [y, init(p + "post_ffn_norm.weight", w[p + "post_ffn_norm.weight"])],
+                     f"/l{i}/post_ffn", axis=-1, epsilon=eps, stash_type=1)[0]
         x = y
     final = node("SkipSimplifiedLayerNormalization", [x, res, init("model.embedding_norm.weight",
                                                                     w["model.embedding_norm.weight"])],

@@ -226,7 +226,8 @@ class Lifter:
         return self._emit_attention(g, x, p, roles, norms, eps, hd, rope, window)
 
     def _attention_gqa(self, g: Block, x: str, p: str, gqa: list[Op]) -> str:
-        g.expect({"Linear", "RMSNorm", "GroupQueryAttention", "RotaryEmbedding"} | VIEWS, {"GroupQueryAttention": 1})
+        g.expect({"Linear", "RMSNorm", "GroupQueryAttention", "RotaryEmbedding", "Sigmoid", "Mul"} | VIEWS,
+                 {"GroupQueryAttention": 1})
         a = gqa[0]
         if len(a.input) < 3 or not a.input[1] or not a.input[2]:
             g.fail("GroupQueryAttention with packed QKV is not supported", [a])
@@ -237,9 +238,11 @@ class Lifter:
         H, KV = int(at["num_heads"]), int(at["kv_num_heads"])
         if roles["q"].weight.out_features != H * hd or roles["k"].weight.out_features != KV * hd:
             g.fail(f"GroupQueryAttention's num_heads {H} / kv_num_heads {KV} do not fit the projections", [a])
-        if int(at.get("local_window_size", -1)) != -1 or float(at.get("softcap", 0.0)) != 0.0 \
-                or int(at.get("smooth_softmax", 0)):
-            g.fail("GroupQueryAttention with a local window, softcap or smooth softmax is not LFM2 attention", [a])
+        if float(at.get("softcap", 0.0)) != 0.0 or int(at.get("smooth_softmax", 0)) or int(at.get("causal", 1)) != 1:
+            g.fail("GroupQueryAttention with softcap, smooth softmax or without the causal mask is not LFM attention",
+                   [a])
+        lws = int(at.get("local_window_size", -1))
+        window = lws if lws >= 0 else None            # ONNX Runtime's window: the keys a query sees, itself included
         scale = float(at.get("scale", 0.0)) or hd ** -0.5
         if not np.isclose(scale, hd ** -0.5, rtol=1e-5):
             g.fail(f"attention scores are scaled by {scale:g}, not 1/sqrt(head_dim) = {hd ** -0.5:g}", [a])
@@ -267,8 +270,8 @@ class Lifter:
         rope = _fit_rope(np.asarray(cos, np.float64), np.asarray(sin, np.float64), hd, g.fail,
                          1e-3 if np.asarray(cos).dtype == np.float16 else 2e-6)
         if "gate" in roles:
-            g.fail("an output gate around GroupQueryAttention is not supported yet", [roles["gate"]])
-        return self._emit_attention(g, x, p, roles, norms, eps, hd, rope, None)
+            self._check_gate(g, roles["gate"], a)
+        return self._emit_attention(g, x, p, roles, norms, eps, hd, rope, window)
 
     def _qkvo(self, g: Block, paths: dict[str, set[int]]) -> dict[str, Op]:
         roles: dict[str, Op] = {}
