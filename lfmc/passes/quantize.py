@@ -71,14 +71,14 @@ def _quantize_node(n, w: dict[str, np.ndarray], done: dict, skipped: list[str], 
     """Quantize ``n``'s projection weights in ``w`` (each weight once, shared by every node using it)."""
     for role in ROLES.get(n.op, ()):
         p = n.params.get(role)                      # an optional projection (an attention's gate) may be absent
-        if p is None or p.type.dtype != "f32":
+        if p is None or p.type.dtype not in ("f32", "f16", "bf16"):     # 16-bit: an imported float16 file
             continue
         if p.name not in done:
             K = p.type.shape[-1]
             if group is not None and K % group:
                 skipped.append(p.name)
                 continue
-            codes, scale, zero = quantize(w[p.name], bits, group, asym)
+            codes, scale, zero = quantize(np.asarray(w[p.name], np.float32), bits, group, asym)
             done[p.name] = qps = quantized_params(p.name, p.type.shape, "i8" if bits == 8 else "u4", scale.shape,
                                                   zero is not None)
             w[p.name], w[qps[1].name] = codes, scale

@@ -227,7 +227,17 @@ def test_float16_graph_equals_onnxruntime(tmp_path):
     _agree(mo, "f16")
     path = tmp_path / "f16.onnx"
     onnx.save(mo, str(path))
-    assert import_onnx(path).provenance["onnx"]["weight_dtypes"] == ["f16"]
+    m = import_onnx(path)
+    assert m.provenance["onnx"]["weight_dtypes"] == ["f16"] and m.graph.attrs["weight_dtype"] == "f16"
+    assert m.weights["model.layers.0.conv.in_proj.weight"].dtype == np.float16
+    from lfmc.compile import compile_model
+    from lfmc.runtime import Engine
+
+    toks, _ = ort_generate(ort_session(mo), PROMPT, STEPS)
+    art = compile_model(m, tmp_path / "a.host", max_batch=1, max_context=64, prefill_chunk=8)
+    assert Engine(art).generate(PROMPT, max_new_tokens=STEPS + 1, stop=[]).tokens == toks
+    q = compile_model(m, tmp_path / "q.host", max_batch=1, max_context=64, prefill_chunk=8, quant="q8")
+    assert "int8" in {v["dtype"] for v in json.loads((q / "manifest.json").read_text())["plan"]["params"].values()}
 
 
 @pytest.mark.parametrize("wtype,ops", [("QUInt8", ["MatMul", "Gather"]), ("QInt8", ["MatMul", "Gather"]),

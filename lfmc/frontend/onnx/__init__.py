@@ -83,6 +83,32 @@ def import_onnx(path: str | os.PathLike, name: str | None = None) -> Model:
                 set_quantized(n, role, quantized_params(prm.name, prm.type.shape, dt, scale.shape, zero is not None))
                 schemes.add(("q8g" if dt == "i8" else "q4g") + str(prm.type.shape[-1] // scale.shape[-1])
                             + ("a" if zero is not None else ""))
+    f16 = {k for k, d in lf.param_dtypes.items() if d == "f16" and k not in lf.kept}
+    if f16:                                      # a float16 file: its projections stay 16-bit (as --dtype f16 does)
+        from ...ir.graph import Param
+        from ...ir.types import TensorType
+        from ...ir.ops import SCHEMAS
+
+        for n in g.nodes:
+            for role in SCHEMAS[n.op].quant_roles or ():
+                prm = n.params.get(role)
+                if prm is not None and prm.name in f16 and prm.type.dtype == "f32":
+                    n.params[role] = Param(prm.name, TensorType("f16", prm.type.shape))
+                    weights[prm.name] = np.asarray(weights[prm.name], np.float16)
+        g.attrs = {**g.attrs, "weight_dtype": "f16"}
+    f16 = {k for k, d in lf.param_dtypes.items() if d == "f16" and k not in lf.kept}
+    if f16:                                      # a float16 file: its projections stay 16-bit (as --dtype f16 does)
+        from ...ir.graph import Param
+        from ...ir.types import TensorType
+        from ...ir.ops import SCHEMAS
+
+        for n in g.nodes:
+            for role in SCHEMAS[n.op].quant_roles or ():
+                prm = n.params.get(role)
+                if prm is not None and prm.name in f16 and prm.type.dtype == "f32":
+                    n.params[role] = Param(prm.name, TensorType("f16", prm.type.shape))
+                    weights[prm.name] = np.asarray(weights[prm.name], np.float16)
+        g.attrs = {**g.attrs, "weight_dtype": "f16"}
     for pname, (dt, codes, scale, zero) in lf.kept.items():
         weights[pname], weights[pname + ".scale"] = np.ascontiguousarray(codes), np.ascontiguousarray(scale,
                                                                                                      np.float32)
@@ -94,8 +120,8 @@ def import_onnx(path: str | os.PathLike, name: str | None = None) -> Model:
                             "config": cfg, "opset": max((o.version for o in mo.opset_import if o.domain in
                                                          ("", "ai.onnx")), default=None)}
     prov["onnx"] = {"kept": sorted(lf.kept), "converted": lf.notes, "weight_dtypes": sorted(lf.dtypes)}
-    if lf.dtypes == {"f16"}:        # a float16 file: read as float32; `lfmc compile --dtype f16` stores 16 bits again
-        prov["onnx"]["hint"] = "float16 weights: compile with --dtype f16 to keep them in 16 bits"
+    if f16:
+        prov["onnx"]["hint"] = f"{len(f16)} float16 weights kept in 16 bits (float32 activations, as --dtype f16)"
     m = Model(g, {k: weights[k] for k in g.params()}, prov)
     from .. import chat_template_of
 

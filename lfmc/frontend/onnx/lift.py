@@ -114,6 +114,7 @@ class Lifter:
         self.net, self.b, self.lfm3 = net, GraphBuilder(name), lfm3
         self.lfm3_features: set[str] = set()       # what only LFM3 has (then the names are LFM3's: a second pass)
         self.dtypes: set[str] = set()              # how the graph stores its projection weights (f32, f16, q4, q8)
+        self.param_dtypes: dict[str, str] = {}     # the same per parameter (float16 ones stay 16-bit)
         self.weights: dict[str, np.ndarray] = {}
         self.kept: dict[str, tuple] = {}
         self.notes: list[str] = []
@@ -128,6 +129,7 @@ class Lifter:
         """A projection weight ``[out, in]``; a quantized one lfmc keeps is remembered for the importer."""
         w = lin.weight
         self.dtypes.add(w.dtype)
+        self.param_dtypes[name] = w.dtype
         if w.note:
             self.notes.append(f"{name}: {w.note}")
         if w.kept is not None:
@@ -659,6 +661,7 @@ class Lifter:
         emb = embs[0]
         table = emb.weight.dense()
         name = "model.embed_tokens.weight"
+        self.param_dtypes[name] = emb.weight.dtype
         if emb.weight.note:
             self.notes.append(f"{name}: {emb.weight.note}")
         self.embedding = (name, table)
