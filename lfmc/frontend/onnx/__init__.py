@@ -96,19 +96,6 @@ def import_onnx(path: str | os.PathLike, name: str | None = None) -> Model:
                     n.params[role] = Param(prm.name, TensorType("f16", prm.type.shape))
                     weights[prm.name] = np.asarray(weights[prm.name], np.float16)
         g.attrs = {**g.attrs, "weight_dtype": "f16"}
-    f16 = {k for k, d in lf.param_dtypes.items() if d == "f16" and k not in lf.kept}
-    if f16:                                      # a float16 file: its projections stay 16-bit (as --dtype f16 does)
-        from ...ir.graph import Param
-        from ...ir.types import TensorType
-        from ...ir.ops import SCHEMAS
-
-        for n in g.nodes:
-            for role in SCHEMAS[n.op].quant_roles or ():
-                prm = n.params.get(role)
-                if prm is not None and prm.name in f16 and prm.type.dtype == "f32":
-                    n.params[role] = Param(prm.name, TensorType("f16", prm.type.shape))
-                    weights[prm.name] = np.asarray(weights[prm.name], np.float16)
-        g.attrs = {**g.attrs, "weight_dtype": "f16"}
     for pname, (dt, codes, scale, zero) in lf.kept.items():
         weights[pname], weights[pname + ".scale"] = np.ascontiguousarray(codes), np.ascontiguousarray(scale,
                                                                                                      np.float32)
