@@ -42,11 +42,11 @@ def _lift(mo, name: str, source: str, base: Path | None, lfm3: bool | None = Non
 def lift_onnx(mo, name: str = "model", source: str = "<onnx>",
               base: Path | None = None) -> tuple[Graph, dict[str, np.ndarray]]:
     """IR graph and float32 weights of an LFM2 / LFM2-MoE ONNX ModelProto (quantized blocks dequantized)."""
+    from ...ir.quant import dequantize
+
     lf = _lift(mo, name, source, base)
     weights = dict(lf.weights)
     for pname, (dt, codes, scale, zero) in lf.kept.items():
-        from ...ir.quant import dequantize
-
         weights[pname] = dequantize(codes, scale, zero, dt)
     return lf.graph, {p: weights[p] for p in lf.graph.params()}
 

@@ -87,16 +87,7 @@ class Block:
 
     def from_x(self, v: str) -> bool:
         """Whether ``v`` is the block input, through views."""
-        seen = 0
-        while seen < 32:
-            v = self.net.canon(v)
-            if v == self.net.canon(self.x):
-                return True
-            p = self.producer(v)
-            if p is None or p.op_type not in VIEWS - {"Concat", "Split"}:
-                return False
-            v, seen = p.input[0], seen + 1
-        return False
+        return self.net.through_views(v, self.producer, VIEWS - {"Concat", "Split"}, 32) == self.net.canon(self.x)
 
     def expect(self, allowed: set[str], required: dict[str, int]) -> None:
         extra = [n for n in self.ops if n.op_type not in allowed]
@@ -133,10 +124,14 @@ class Lifter:
         if w.note:
             self.notes.append(f"{name}: {w.note}")
         if w.kept is not None:
-            self.kept[name] = w.kept
-            self.weights[name] = np.zeros((0,), np.float32)          # placeholder: the importer swaps the codes in
-            return name, (w.out_features, w.in_features)
+            return self.keep(name, w.kept, (w.out_features, w.in_features))
         return self.param(name, w.dense())
+
+    def keep(self, name: str, kept: tuple, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+        """A weight kept quantized (code dtype, codes, scales, zeros): the importer stores the codes."""
+        self.kept[name] = kept
+        self.weights[name] = np.zeros((0,), np.float32)          # placeholder: the importer swaps the codes in
+        return name, tuple(shape)
 
     def norm_weight(self, blk: Block | None, n: Op, size: int | None = None) -> np.ndarray:
         w = self.net.const(n.input[1]) if self.net.is_const(n.input[1]) else None
@@ -196,14 +191,7 @@ class Lifter:
 
     def _through_views(self, g: Block, v: str) -> str:
         """The Split output ``v`` comes from, through views (a Transpose after the Split)."""
-        seen = 0
-        while seen < 8:
-            v = self.net.canon(v)
-            p = g.producer(v)
-            if p is None or p.op_type == "Split" or p.op_type not in VIEWS:
-                return v
-            v, seen = p.input[0], seen + 1
-        return v
+        return self.net.through_views(v, g.producer, VIEWS - {"Split"}, 8)
 
     def attention(self, g: Block, x: str, p: str) -> str:
         gqa = g.of("GroupQueryAttention")
@@ -594,11 +582,7 @@ class Lifter:
 
     def expert_param(self, name: str, dense: np.ndarray, kept: tuple | None) -> tuple[str, tuple[int, ...]]:
         """Stacked expert weights [E, N, K]: kept quantized (codes, scales, zeros) when given, else float32."""
-        if kept is None:
-            return self.param(name, dense)
-        self.kept[name] = kept
-        self.weights[name] = np.zeros((0,), np.float32)
-        return name, tuple(dense.shape)
+        return self.param(name, dense) if kept is None else self.keep(name, kept, dense.shape)
 
     def _qmoe_weight(self, g: Block, moe: Op, wi: int, si: int, zi: int, D: int, first: bool):
         """((code dtype, codes, scales, zeros) or None, dequantized float32) of a QMoE expert weight:

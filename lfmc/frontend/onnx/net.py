@@ -245,18 +245,20 @@ class Net:
                     out.append(u)
         return out
 
+    def through_views(self, v: str, producer: Callable[[str], Op | None], views: set[str], limit: int) -> str:
+        """The value ``v`` passes on unchanged from: its producers followed while they are ``views`` (input 0),
+        at most ``limit`` steps. ``producer``: which producers count (the whole graph's, or one block's)."""
+        for _ in range(limit):
+            v = self.canon(v)
+            p = producer(v)
+            if p is None or p.op_type not in views:
+                return v
+            v = p.input[0]
+        return self.canon(v)
+
     def cache_of(self, v: str) -> tuple[str, int, str] | None:
         """The cache a value comes from (a ``past_*`` input through views), or None."""
-        seen = 0
-        while seen < 16:
-            v = self.canon(v)
-            if v in self.caches:
-                return self.caches[v]
-            p = self.producer.get(v)
-            if p is None or p.op_type not in VIEWS - {"Concat"}:
-                return None
-            v, seen = p.input[0], seen + 1
-        return None
+        return self.caches.get(self.through_views(v, self.producer.get, VIEWS - {"Concat"}, 16))
 
     # ------------------------------------------------------------------ side values
     PROBE = 520     # tokens a symbolic sequence axis is probed with: shows sliding windows up to 519
