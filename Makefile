@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[compiler,test,opencl,plot,mlir,serve]'
+	$(BIN)/python -m pip install --quiet -e '.[compiler,test,opencl,plot,mlir,serve,vision]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -374,6 +374,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
     """An interactive terminal chat over an artifact, streaming each reply."""
     from .runtime import Engine
     from .runtime.chat import END_OF_TURN, TextStream, render_chat
+    from .runtime.errors import EngineError
 
     eng = Engine(a.artifact, device=a.device)
     if eng.tokenizer is None:
@@ -381,9 +382,12 @@ def cmd_chat(a: argparse.Namespace) -> int:
     chat = eng.chat or {}
     system = [{"role": "system", "content": a.system}] if a.system else []
     history = list(system)
+    images: list[bytes] = []            # every image of the conversation, in order
+    pending: list[bytes] = []           # attached with /image, sent with the next message
     print(f"lfmc chat with {eng.manifest['model']['name']} ({'its' if chat else 'the default ChatML'} chat "
           f"template, context {eng.max_context} tokens). /reset clears the conversation; /exit or Ctrl-D quits; "
-          "Ctrl-C stops a reply.", flush=True)
+          "Ctrl-C stops a reply." + (" /image PATH attaches an image to your next message." if eng.vision else ""),
+          flush=True)
     while True:
         try:
             line = input("you> ")
@@ -396,12 +400,34 @@ def cmd_chat(a: argparse.Namespace) -> int:
         if cmd in ("/exit", "/quit"):
             return 0
         if cmd == "/reset":
-            history = list(system)
+            history, images, pending = list(system), [], []
             print("(conversation cleared)", flush=True)
             continue
-        history.append({"role": "user", "content": line})
-        ids = eng.encode(render_chat(history, chat.get("template"), chat.get("bos_token", ""),
-                                     chat.get("eos_token", "")))
+        if cmd.startswith("/image"):
+            if eng.vision is None:
+                print("(this model takes no images)", flush=True)
+                continue
+            from .runtime.vision import ImageError, load_image
+
+            path = cmd[len("/image"):].strip()
+            try:
+                data = Path(path).expanduser().read_bytes()
+                load_image(data)                       # refuse a bad image now, not at the next message
+            except (OSError, ImageError) as e:
+                print(f"(cannot use {path!r}: {e})", flush=True)
+                continue
+            pending.append(data)
+            print(f"(image {path} attached to your next message)", flush=True)
+            continue
+        history.append({"role": "user", "content": "<image>" * len(pending) + line})
+        prompt = render_chat(history, chat.get("template"), chat.get("bos_token", ""), chat.get("eos_token", ""))
+        try:
+            ids, rows = eng.prepare(prompt, images + pending) if images or pending else (eng.encode(prompt), None)
+        except EngineError as e:
+            history.pop()
+            print(f"({e})", flush=True)
+            continue
+        images, pending = images + pending, []
         room = min(a.max_new_tokens, eng.max_context - len(ids))
         if room < 1:
             history.pop()
@@ -410,7 +436,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
         print("assistant> ", end="", flush=True)
         text = TextStream(eng.decode_text, [END_OF_TURN])
         t0 = time.perf_counter()
-        gen = eng.stream(ids, room, a.temperature, a.top_k, a.top_p, a.seed)
+        gen = eng.stream(ids, room, a.temperature, a.top_k, a.top_p, a.seed, image_rows=rows)
         try:
             for tok in gen:
                 print(_printable(text.push(tok)), end="", flush=True)
@@ -437,7 +463,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     print(f"lfmc serve: {a.artifact} as model {name!r} on http://{a.host}:{a.port}/v1 (completions, chat/completions, "
           f"models; /health); up to {eng.max_batch} sequences per decode step, {a.max_queue} waiting; Ctrl-C stops",
           flush=True)
-    serve(eng, a.host, a.port, name, a.max_queue, a.log_level)
+    serve(eng, a.host, a.port, name, a.max_queue, a.log_level, local_images=a.allow_local_images)
     return 0
 
 
@@ -449,14 +475,15 @@ def cmd_run(a: argparse.Namespace) -> int:
     eng = Engine(a.artifact, device=a.device)
     prompt = a.prompt if a.prompt is not None else [int(t) for t in a.tokens.replace(",", " ").split()]
     stop = [] if a.ignore_eos else None
+    images = [Path(p).read_bytes() if Path(p).is_file() else _no_image(p) for p in a.image or []]
     if a.json:
-        r = eng.generate(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop)
+        r = eng.generate(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop, images=images)
         print(json.dumps({"tokens": r.tokens, "text": r.text, "prompt_tokens": r.prompt_tokens,
                           "stop_reason": r.stop_reason, "prefill_s": r.prefill_s, "decode_s": r.decode_s,
                           "decode_tokens_per_s": r.decode_tokens_per_s}))
         return 0
     n, t0, toks, shown = 0, time.perf_counter(), [], ""
-    for tok in eng.stream(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop):
+    for tok in eng.stream(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop, images=images):
         toks.append(tok)
         n += 1
         text = eng.decode_text(toks)
@@ -478,6 +505,10 @@ def cmd_run(a: argparse.Namespace) -> int:
               f"{sim.m['clock_ghz']} GHz)]",
               file=sys.stderr)
     return 0
+
+
+def _no_image(path: str) -> bytes:
+    raise LfmcError(f"--image {path}: no such file")
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -704,6 +735,9 @@ def _parser_run(sub) -> None:
     p.add_argument("artifact")
     p.add_argument("--prompt", help="prompt text (needs a tokenizer in the artifact)")
     p.add_argument("--tokens", help="prompt token ids, comma or space separated")
+    p.add_argument("--image", action="append", metavar="PATH",
+                   help="an image for a vision-language artifact (repeatable): it takes the place of the prompt's "
+                        "n-th <image> placeholder (the image token id in --tokens), or goes in front")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
@@ -737,6 +771,9 @@ def _parser_serve(sub) -> None:
     p.add_argument("--model-name", default=None, help="the model id clients use (default: the model's name)")
     p.add_argument("--max-batch", type=int, default=None, help="sequences per decode step (default: the artifact's)")
     p.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait; beyond it: HTTP 429")
+    p.add_argument("--allow-local-images", metavar="DIR", default=None,
+                   help="vision models: chat requests may name image files under DIR (file:// URLs or paths); "
+                        "default: data: URLs only. Images are never fetched from the network")
     p.add_argument("--device", default=None, choices=driver_names(), help="runtime driver (default: the artifact's)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(fn=cmd_serve)

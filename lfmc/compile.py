@@ -116,7 +116,16 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = DEFAULT_TA
     before = be.kernels_per_layer(model.graph, prof)
     model = run_passes(model, be, opts, dump_ir)
     check_fits(prof, sum(p.type.nbytes() for p in model.graph.params().values()), model.graph)
-    built = be.lower(model.graph, model.weights, prof, opts, ctx)
+    if model.vision is not None:
+        verify(model.vision)
+        from .runtime.vision import ImageProcessor
+
+        proc = ImageProcessor(model.provenance.get("processor") or {})
+        built = be.lower(model.graph, model.weights, prof, opts, ctx, vision=model.vision,
+                         max_patches=proc.max_num_patches)
+        built.extra["processor"] = proc.config
+    else:
+        built = be.lower(model.graph, model.weights, prof, opts, ctx)
     after = be.kernels_per_layer(model.graph, prof, built.plan)
     if before is not None and after is not None:
         ctx.say(format_kernel_counts(before, after))

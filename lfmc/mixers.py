@@ -45,3 +45,45 @@ def rope(x: np.ndarray, pos: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
     cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]
     rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rot * sin
+
+
+def resize_weights(height: int, width: int, grid: int) -> np.ndarray:
+    """The weights [height * width, grid * grid] that resize a grid x grid table of learned position embeddings
+    to a height x width patch grid (row-major), as ``F.interpolate(mode="bilinear", align_corners=False,
+    antialias=True)`` does (SigLIP2 NaFlex): separable triangle filters, widened when shrinking. float32."""
+    def axis(size: int) -> np.ndarray:
+        scale = np.float32(grid) / np.float32(size)
+        support = max(scale, np.float32(1))
+        center = (np.arange(size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+        w = np.clip(1 - np.abs(np.arange(grid, dtype=np.float32)[None, :] - center[:, None]) / support, 0, None)
+        return (w / w.sum(-1, keepdims=True)).astype(np.float32)
+
+    r, c = axis(height), axis(width)
+    return (r[:, None, :, None] * c[None, :, None, :]).reshape(height * width, grid * grid).astype(np.float32)
+
+
+def merge_order(height: int, width: int, factor: int) -> np.ndarray:
+    """Patch indices (row-major in a height x width grid) in the order a pixel unshuffle by ``factor`` reads them:
+    blocks of factor x factor patches row-major, and within a block the patches row-major, so that each block's
+    patches, concatenated, form one image token. int32 [height * width]."""
+    if height % factor or width % factor:
+        raise ValueError(f"a {height} x {width} patch grid does not split into {factor} x {factor} blocks")
+    br, bc, a, b = np.meshgrid(np.arange(height // factor), np.arange(width // factor), np.arange(factor),
+                               np.arange(factor), indexing="ij")
+    return ((br * factor + a) * width + bc * factor + b).reshape(-1).astype(np.int32)
+
+
+def gelu(x: np.ndarray, approximate: bool = True) -> np.ndarray:
+    """GELU of ``x`` in float32: the tanh approximation (``gelu_pytorch_tanh``) or the exact erf form."""
+    x = x.astype(np.float32)
+    if approximate:
+        return (np.float32(0.5) * x * (1 + np.tanh(np.float32(0.7978845608028654)
+                                                   * (x + np.float32(0.044715) * x * x * x)))).astype(np.float32)
+    return (np.float32(0.5) * x * (1 + _erf(x / np.float32(np.sqrt(2.0))))).astype(np.float32)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf to about 1e-7 (float32 rounding), computed in float64: numpy has no erf."""
+    from math import erf
+
+    return np.vectorize(erf, otypes=[np.float64])(x.astype(np.float64)).astype(np.float32)

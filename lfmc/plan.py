@@ -1,7 +1,7 @@
 """The artifact's kernel plan as types that both sides share: the compiler writes it (``lfmc/targets``) and the
 runtime reads it (``lfmc/runtime``). Imports nothing of lfmc, so either side may import it.
 
-A plan entry (``prefill``, ``decode``) is a list of :class:`Launch` es, each a kernel and its :class:`Arg` s. In the
+A plan entry (``prefill``, ``decode``; ``vision`` for a vision-language model's image encoder) is a list of :class:`Launch` es, each a kernel and its :class:`Arg` s. In the
 manifest they are plain JSON: a launch ``{"kernel": name, "args": [...], "node": ir_node}``, an argument a short
 list (``["slab", name, rows, cols]``, ``["param", name]``, ``["state", name]``, ``["input", name, rows]``,
 ``["scalar", name]``, ``["const", value]``); :meth:`Launch.from_json` checks that form and says what is wrong.
@@ -17,9 +17,11 @@ SCHEMA_VERSION = 4      # 2: the target record names its family and backend, the
 PLAN_VERSION = 1
 ENTRIES = ("prefill", "decode")
 
-ROW_SPECS = ("n", "np", "nk")           # rows of a call, rounded up to the row tile, times experts per token
-INPUTS = ("tokens", "slots", "pos")     # int32 per row
-SCALARS = ("nb", "slot")                # row blocks of the call; the sequence slot of a prefill
+# rows of a call, rounded up to the row tile, times experts per token; in a vision entry (rows: one image's
+# patches) the image tokens they merge into (n / merge) and those rounded up to the row tile
+ROW_SPECS = ("n", "np", "nk", "m", "mp")
+INPUTS = ("tokens", "slots", "pos", "order")     # int32 per row (order: a vision entry's patch merge order)
+SCALARS = ("nb", "slot", "mb")          # row blocks of the call; the sequence slot of a prefill; blocks of "mp"
 ARG_KINDS = ("slab", "param", "state", "input", "scalar", "const")
 STATE_DIMS = ("S", "C", "R")            # state shapes: sequence slots, max context, ring slots of a sliding window
 

@@ -13,6 +13,7 @@ from ..ir.model import Model
 from ..ir.weights import random_weights
 from .config import architecture, graph_from_config
 from .presets import PRESETS, preset
+from .vision import VL_ARCHITECTURES, import_vl_dir, import_vl_torch, is_vl, vl_model
 
 _DROP = {"id2label", "label2id", "_name_or_path", "transformers_version", "architectures", "return_dict",
          "output_hidden_states", "output_attentions", "dtype", "torch_dtype", "chunk_size_feed_forward",
@@ -23,6 +24,11 @@ def import_preset(name: str, weights: bool = False, seed: int = 0, std: float | 
     """A preset as IR; config-only unless ``weights`` (seeded random, N(0, std))."""
     p = preset(name)
     cfg = p["config"]
+    if is_vl(cfg):
+        std = float(std if std is not None else 0.02)
+        prov = {"source": "preset", "preset": name, "assumed": p["assumed"],
+                "published_parameters": p["published_parameters"]} | ({"seed": seed, "init_std": std} if weights else {})
+        return vl_model(cfg, name, None, p.get("processor"), prov, seed if weights else None, std)
     g = graph_from_config(cfg, name)
     std = float(std if std is not None else cfg.get("initializer_range", 0.02))
     prov: dict[str, Any] = {"source": "preset", "preset": name, "architecture": p["architecture"], "config": cfg,
@@ -46,6 +52,8 @@ def import_torch_model(model, name: str = "model") -> Model:
     """Trace and lift a transformers Lfm2ForCausalLM / Lfm2MoeForCausalLM object."""
     from .torch_lift import lift
 
+    if type(model).__name__ in VL_ARCHITECTURES:
+        return import_vl_torch(model, name)
     cfg = dict(model.lfmc_config) if hasattr(model, "lfmc_config") else clean_config(model.config)
     cfg["architecture"] = type(model).__name__
     architecture(cfg)
@@ -64,8 +72,16 @@ def import_hf_dir(path: str | os.PathLike, name: str | None = None) -> Model:
         raw = json.loads(cfg_file.read_text())
     except ValueError as e:
         raise LfmcError(f"{cfg_file}: not valid JSON ({e})") from None
-    arch = architecture(raw)
     name = name or p.name
+    if is_vl(raw):
+        m = import_vl_dir(p, raw, name)
+        if (p / "tokenizer.json").is_file():
+            m.tokenizer = (p / "tokenizer.json").read_text()
+        chat = chat_template_of(p)
+        if chat:
+            m.provenance["chat"] = chat
+        return m
+    arch = architecture(raw)
     has_weights = any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
     tok = p / "tokenizer.json"
     if not has_weights:

@@ -14,9 +14,11 @@ from ..ir.verify import expected_featurizer
 
 
 class GraphBuilder:
-    def __init__(self, name: str, attrs: dict[str, Any] | None = None):
-        self.g = Graph(name, [("tokens", TensorType("i64", ("T",)))], [], [], dict(attrs or {}))
-        self._types: dict[str, TensorType] = {"tokens": self.g.inputs[0][1]}
+    def __init__(self, name: str, attrs: dict[str, Any] | None = None,
+                 inputs: list[tuple[str, TensorType]] | None = None):
+        """``inputs``: the graph's inputs (default: token ids ``tokens`` i64[T])."""
+        self.g = Graph(name, list(inputs or [("tokens", TensorType("i64", ("T",)))]), [], [], dict(attrs or {}))
+        self._types: dict[str, TensorType] = dict(self.g.inputs)
 
     @property
     def tokens(self) -> str:

@@ -72,6 +72,19 @@ def layer_types(cfg: dict[str, Any]) -> list[str]:
     return list(lt)
 
 
+def read_json_object(path) -> dict[str, Any]:
+    """A JSON file holding one object (a config.json, a processor config); a clear error naming the file."""
+    import json
+
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LfmcError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise LfmcError(f"{path}: not a JSON object")
+    return raw
+
+
 def architecture(cfg: dict[str, Any]) -> str:
     arch = cfg.get("architecture") or (cfg.get("architectures") or [None])[0]
     if arch is None:

@@ -311,6 +311,39 @@ _ASSUMED_AND_DERIVED["lfm3-tiny"] = {
         "layer_types": ["conv", "conv", "full_attention", "conv", "sliding_attention", "conv"]},
     "published_parameters": None, "assumed": ["everything: a test model"],
 }
+
+
+def _vl(text: str, vision: dict[str, Any], assumed: list[str], processor: dict[str, Any] | None = None,
+        **top: Any) -> dict[str, Any]:
+    """An LFM2-VL preset: a text preset's config as ``text_config``, a SigLIP2 NaFlex ``vision_config``."""
+    tc = {k: v for k, v in PRESETS_TEXT[text]["config"].items() if k != "architecture"} | {"model_type": "lfm2"}
+    cfg = {"model_type": "lfm2_vl", "text_config": tc, "vision_config": {"model_type": "siglip2_vision_model",
+                                                                         "vision_use_head": False, **vision},
+           "image_token_id": 396, "projector_hidden_act": "gelu", "projector_hidden_size": 2560,
+           "projector_bias": True, "projector_use_layernorm": True, "downsample_factor": 2,
+           "tie_word_embeddings": True, "eos_token_id": tc.get("eos_token_id"), "bos_token_id": tc.get("bos_token_id"),
+           "max_position_embeddings": tc.get("max_position_embeddings")} | top
+    return {"architecture": "Lfm2VlForConditionalGeneration", "config": cfg, "published_parameters": None,
+            "assumed": assumed, "processor": dict(processor or {})}
+
+
+PRESETS_TEXT = _PUBLISHED | _ASSUMED_AND_DERIVED
+_SIGLIP2_BASE = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                 "patch_size": 16, "num_patches": 256, "num_channels": 3, "hidden_act": "gelu_pytorch_tanh",
+                 "layer_norm_eps": 1e-6}
+_SIGLIP2_SO400M = _SIGLIP2_BASE | {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16,
+                                   "num_hidden_layers": 26}
+_VL_NOTE = ("published: LFM2-VL = a SigLIP2 NaFlex encoder (base 86M for 450M, shape-optimized 400M for 1.6B), "
+            "pixel unshuffle 2, a 2-layer GELU projector, into LFM2-{}; assumed: projector_hidden_size 2560, "
+            "the encoder's layer count ({} of SigLIP2's {}), image_token_id 396 and transformers' processor "
+            "defaults (no config.json recorded in ../shared/data)")
+_ASSUMED_AND_DERIVED["lfm2-vl-450m"] = _vl("lfm2-350m", _SIGLIP2_BASE, [_VL_NOTE.format("350M", 12, 12)])
+_ASSUMED_AND_DERIVED["lfm2-vl-1.6b"] = _vl("lfm2-1.2b", _SIGLIP2_SO400M, [_VL_NOTE.format("1.2B", 26, 27)])
+# a tiny VL model for tests and the demo: byte vocabulary, the image token is byte 255 (never in UTF-8 text)
+_ASSUMED_AND_DERIVED["lfm2-vl-tiny"] = _vl(
+    "lfm2-tiny", _SIGLIP2_BASE | {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                  "num_attention_heads": 2, "num_patches": 16},
+    ["everything: a test model"], image_token_id=255, projector_hidden_size=48)
 PRESETS: dict[str, dict[str, Any]] = _PUBLISHED | _ASSUMED_AND_DERIVED
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..mixers import causal_conv, rope, rope_inv_freq
+from ..mixers import causal_conv, gelu, rope, rope_inv_freq
 from .errors import LfmcError
 from .graph import Gate, Graph, Node
 from .ops import state_types
@@ -90,22 +90,45 @@ class Interpreter:
             "embedding": self._embedding, "rmsnorm": self._rmsnorm, "add": lambda n, a, s: a[0] + a[1],
             "linear": self._linear_op, "lm_head": self._linear_op, "short_conv": self._short_conv,
             "attention": self._attention, "gated_mlp": self._gated_mlp, "moe": self._moe,
-            "linear_recurrence": self._recurrence,
+            "linear_recurrence": self._recurrence, "layernorm": self._layernorm, "pos_embed": self._pos_embed,
+            "bidir_attention": self._bidir_attention, "mlp": self._mlp, "pixel_unshuffle": self._pixel_unshuffle,
+            "image_merge": self._image_merge,
         }
 
     def new_state(self) -> SequenceState:
         return SequenceState()
 
-    def run(self, tokens: np.ndarray | list[int], state: SequenceState | None = None) -> np.ndarray:
-        """Logits [T, vocab] for ``tokens``, continuing ``state`` (updated in place; fresh if None)."""
+    def run(self, tokens: np.ndarray | list[int], state: SequenceState | None = None,
+            image: np.ndarray | None = None) -> np.ndarray:
+        """Logits [T, vocab] for ``tokens``, continuing ``state`` (updated in place; fresh if None). ``image``: for a
+        vision-language decoder, image embeddings [T, D] aligned with the tokens (read at image-token positions)."""
         state = state if state is not None else self.new_state()
         toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if toks.size == 0:
             raise LfmcError("run() needs at least one token")
         env: dict[str, np.ndarray] = {self.graph.inputs[0][0]: toks}
+        if len(self.graph.inputs) > 1:              # a VL decoder's image rows, aligned with the tokens
+            name, t = self.graph.inputs[1]
+            rows = np.zeros((toks.size, int(t.shape[1])), F32) if image is None else np.asarray(image, F32)
+            if rows.shape != (toks.size, int(t.shape[1])):
+                raise LfmcError(f"image rows {rows.shape} do not match {toks.size} tokens of width {t.shape[1]}")
+            env[name] = rows
+        elif image is not None:
+            raise LfmcError(f"graph {self.graph.name} takes no image rows")
+        out = self._evaluate(env, state)
+        state.pos += len(toks)
+        return out
+
+    def evaluate(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's output for named ``inputs`` (a stateless graph: a vision encoder and its projector)."""
+        want = [n for n, _ in self.graph.inputs]
+        if sorted(inputs) != sorted(want):
+            raise LfmcError(f"graph {self.graph.name} takes inputs {want}, got {sorted(inputs)}")
+        return self._evaluate(dict(inputs), self.new_state())
+
+    def _evaluate(self, env: dict[str, np.ndarray], state: SequenceState) -> np.ndarray:
         for n in self.graph.nodes:
             env[n.name] = self._impl[n.op](n, [env[i] for i in n.inputs], state)
-        state.pos += len(toks)
         return env[self.graph.outputs[0]]
 
     # --- helpers
@@ -219,3 +242,39 @@ class Interpreter:
         if self.observe_moe is not None:
             self.observe_moe(n, sel, wts, norms)
         return out
+
+    # --- vision ops
+    def _layernorm(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        x = a[0]
+        mu = x.mean(axis=-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + F32(n.attrs["eps"])) * self._p(n, "weight") + self._p(n, "bias")
+
+    def _pos_embed(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        return a[0] + a[1] @ self._p(n, "table")
+
+    def _bidir_attention(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        x = a[0]
+        T = x.shape[0]
+        h, hd = n.attrs["heads"], n.attrs["head_dim"]
+        kv = n.attrs.get("kv_heads", h)
+        q = self._proj(n, "q_proj", x).reshape(T, kv, h // kv, hd)
+        k = self._proj(n, "k_proj", x).reshape(T, kv, hd)
+        v = self._proj(n, "v_proj", x).reshape(T, kv, hd)
+        p = _softmax(np.einsum("tkgd,ckd->kgtc", q, k) * F32(hd ** -0.5), axis=-1)
+        o = np.einsum("kgtc,ckd->tkgd", p, v).reshape(T, h * hd)
+        return self._proj(n, "out_proj", o.astype(F32))
+
+    def _mlp(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        return self._proj(n, "fc2", gelu(self._proj(n, "fc1", a[0]), n.attrs["act"] == "gelu_tanh"))
+
+    def _pixel_unshuffle(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        x, order = a
+        f2 = n.attrs["factor"] ** 2
+        if order.shape != (x.shape[0],) or x.shape[0] % f2 or order.min() < 0 or order.max() >= x.shape[0]:
+            raise LfmcError(f"%{n.name}: merge order of {order.shape} for {x.shape[0]} patches")
+        return x[order].reshape(x.shape[0] // f2, f2 * x.shape[1])
+
+    def _image_merge(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        emb, toks, img = a
+        return np.where((toks == n.attrs["image_token"])[:, None], img, emb).astype(F32)

@@ -21,21 +21,39 @@ from .weights import check_weights, load_weights, save_weights
 
 IR_FILE, WEIGHTS_FILE, PROVENANCE_FILE, TOKENIZER_FILE = ("model.lfmir", "weights.safetensors", "provenance.json",
                                                          "tokenizer.json")
+VISION_FILE = "vision.lfmir"        # a vision-language model's image encoder and projector
 
 
 @dataclass
 class Model:
-    """An IR graph, its weights (None when imported config-only) and where it came from."""
+    """An IR graph, its weights (None when imported config-only) and where it came from. A vision-language
+    model also has ``vision``: the graph that turns one image's patches into image-token embeddings (its
+    weights live in the same dict, under their own names)."""
 
     graph: Graph
     weights: dict[str, np.ndarray] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     tokenizer: str | None = None          # tokenizer.json text, when the source had one
+    vision: Graph | None = None
+
+    def graphs(self) -> list[Graph]:
+        return [self.graph] + ([self.vision] if self.vision is not None else [])
+
+    def weights_of(self, g: Graph) -> dict[str, np.ndarray]:
+        """The weights ``g`` reads (the decoder's or the vision graph's share of :attr:`weights`)."""
+        if self.weights is None:
+            raise LfmcError(f"model {self.graph.name} has no weights (imported config-only)")
+        names = g.params()
+        return {k: v for k, v in self.weights.items() if k in names}
 
     def check(self) -> "Model":
-        verify(self.graph)
+        for g in self.graphs():
+            verify(g)
         if self.weights is not None:
-            check_weights(self.graph, self.weights)
+            vis = set(self.vision.params()) - set(self.graph.params()) if self.vision is not None else set()
+            check_weights(self.graph, {k: v for k, v in self.weights.items() if k not in vis})   # extras reported
+            if self.vision is not None:
+                check_weights(self.vision, self.weights_of(self.vision))
         return self
 
 
@@ -109,6 +127,8 @@ def save_model(m: Model, path: str | os.PathLike) -> Path:
 
     def fill(tmp: Path) -> None:
         (tmp / IR_FILE).write_text(print_graph(m.graph))
+        if m.vision is not None:
+            (tmp / VISION_FILE).write_text(print_graph(m.vision))
         if m.weights is not None:
             save_weights(tmp / WEIGHTS_FILE, m.weights)
         if m.tokenizer is not None:
@@ -130,11 +150,14 @@ def load_model(path: str | os.PathLike, weights: bool = True) -> Model:
         text = ir.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{ir}: unreadable ({e})") from None
-    g = parse_graph(text, source=str(ir))
-    try:
-        verify(g)
-    except LfmcError as e:
-        raise type(e)(f"{ir}: {e}") from None
+    g = _read_graph(ir, text)
+    vis = None
+    if (p / VISION_FILE).exists():
+        try:
+            vtext = (p / VISION_FILE).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{p / VISION_FILE}: unreadable ({e})") from None
+        vis = _read_graph(p / VISION_FILE, vtext)
     prov: dict[str, Any] = {}
     if (p / PROVENANCE_FILE).is_file():
         try:
@@ -144,6 +167,20 @@ def load_model(path: str | os.PathLike, weights: bool = True) -> Model:
     w = None
     if weights and (p / WEIGHTS_FILE).exists():
         w = load_weights(p / WEIGHTS_FILE)
-        check_weights(g, w, source=str(p / WEIGHTS_FILE))
     tok = (p / TOKENIZER_FILE).read_text() if (p / TOKENIZER_FILE).is_file() else None
-    return Model(g, w, prov, tok)
+    m = Model(g, w, prov, tok, vis)
+    if w is not None:
+        try:
+            m.check()
+        except LfmcError as e:
+            raise type(e)(f"{p / WEIGHTS_FILE}: {e}") from None
+    return m
+
+
+def _read_graph(path: Path, text: str) -> Graph:
+    g = parse_graph(text, source=str(path))
+    try:
+        verify(g)
+    except LfmcError as e:
+        raise type(e)(f"{path}: {e}") from None
+    return g

@@ -47,9 +47,12 @@ def _shape(node: Node, role: str) -> tuple:
 
 
 def _hidden(t: TensorType) -> int:
-    _want(t.dtype == "f32" and len(t.shape) == 2 and t.shape[0] == "T" and isinstance(t.shape[1], int),
-          f"expected an activation f32[T, D], got {t}")
+    _want(t.dtype == "f32" and len(t.shape) == 2 and t.shape[0] in ROWS and isinstance(t.shape[1], int),
+          f"expected an activation f32[T, D] (or f32[M, D] after a pixel unshuffle), got {t}")
     return int(t.shape[1])
+
+
+ROWS = ("T", "M")     # rows of an activation: tokens (an image's patches in a vision graph), merged image tokens
 
 
 def _linear(node: Node, role: str, out: int | None, inp: int) -> int:
@@ -84,7 +87,7 @@ def _add(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
 
 
 def _linear_op(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
-    return f32("T", _linear(node, "weight", None, _hidden(ins[0]))), {}
+    return f32(ins[0].shape[0], _linear(node, "weight", None, _hidden(ins[0]))), {}
 
 
 def _short_conv(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
@@ -156,6 +159,64 @@ def _linear_recurrence(node: Node, ins: list[TensorType]) -> tuple[TensorType, d
     return ins[0], {"h": f32(d)}
 
 
+def _layernorm(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    for r in ("weight", "bias"):
+        _want(_shape(node, r) == (d,), f"layernorm {r} {list(_shape(node, r))} does not match width {d}")
+    _want(node.attrs["eps"] > 0, "eps must be positive")
+    return ins[0], {}
+
+
+def _pos_embed(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    g = _shape(node, "table")
+    _want(len(g) == 2 and g[1] == d, f"table {list(g)} must be [grid*grid, {d}]")
+    side = node.attrs["grid"]
+    _want(side * side == g[0], f"grid {side} does not fit a table of {g[0]} positions")
+    _want(ins[1] == f32(ins[0].shape[0], g[0]), f"the resize weights must be f32[{ins[0].shape[0]}, {g[0]}], got {ins[1]}")
+    return ins[0], {}
+
+
+def _bidir_attention(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    a = node.attrs
+    h, kv, hd = a["heads"], a.get("kv_heads", a["heads"]), a["head_dim"]
+    _want(h > 0 and kv > 0 and h % kv == 0, f"heads {h} must be a multiple of kv_heads {kv}")
+    _linear(node, "q_proj", h * hd, d)
+    _linear(node, "k_proj", kv * hd, d)
+    _linear(node, "v_proj", kv * hd, d)
+    _linear(node, "out_proj", d, h * hd)
+    return ins[0], {}
+
+
+MLP_ACTS = ("gelu_tanh", "gelu")
+
+
+def _mlp(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    _want(node.attrs["act"] in MLP_ACTS, f"act must be one of {', '.join(MLP_ACTS)}, not {node.attrs['act']!r}")
+    f = _linear(node, "fc1", None, d)
+    n = _linear(node, "fc2", None, f)
+    return f32(ins[0].shape[0], n), {}
+
+
+def _pixel_unshuffle(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    f = node.attrs["factor"]
+    _want(f >= 1, f"factor must be at least 1, not {f}")
+    _want(ins[0].shape[0] == "T" and ins[1] == TensorType("i32", ("T",)),
+          f"pixel_unshuffle takes patches f32[T, D] and their merge order i32[T], got {ins[0]}, {ins[1]}")
+    return f32("M", d * f * f), {}
+
+
+def _image_merge(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    _want(ins[1].dtype in ("i64", "i32") and ins[1].shape == ("T",), f"image_merge takes token ids, got {ins[1]}")
+    _want(ins[2] == f32("T", d), f"the image rows must be f32[T, {d}], got {ins[2]}")
+    _want(node.attrs["image_token"] >= 0, "image_token must be a token id")
+    return ins[0], {}
+
+
 def _lm_head(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
     return f32("T", _linear(node, "weight", None, _hidden(ins[0]))), {}
 
@@ -198,6 +259,25 @@ SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
     OpSchema("gated_mlp", 1, {}, ("w1", "w3", "w2"), _gated_mlp, liv_class="diagonal", gates=("gate", "up"),
              quant_roles=("w1", "w3", "w2"), residual_producer=True, norm_consumer=True, fusions=frozenset({"swiglu"}),
              doc="w2(silu(w1 x) * w3 x)", optional_attrs=ACT),
+    OpSchema("layernorm", 1, {"eps": NUM}, ("weight", "bias"), _layernorm,
+             doc="weight * (x - mean) / sqrt(var + eps) + bias (vision encoders, projectors)"),
+    OpSchema("pos_embed", 2, {"grid": int}, ("table",), _pos_embed,
+             doc="x + R @ table: learned 2-D position embeddings (a grid x grid table) resized to the image's patch "
+                 "grid; R [T, grid*grid] holds the resize weights of this image's grid (lfmc.mixers.resize_weights)"),
+    OpSchema("bidir_attention", 1, {"heads": int, "head_dim": int}, ("q_proj", "k_proj", "v_proj", "out_proj"),
+             _bidir_attention, liv_class="low_rank", gates=("q", "k", "v"),
+             optional_params=("q_proj_bias", "k_proj_bias", "v_proj_bias", "out_proj_bias"),
+             optional_attrs={"kv_heads": int},
+             doc="bidirectional (non-causal) softmax attention over one image's patches: no state, no position "
+                 "rotation (a vision encoder's; its positions come from pos_embed)"),
+    OpSchema("mlp", 1, {"act": str}, ("fc1", "fc2"), _mlp, optional_params=("fc1_bias", "fc2_bias"),
+             doc="fc2(act(fc1 x)), act gelu_tanh or gelu (erf): a vision encoder's or a projector's MLP"),
+    OpSchema("pixel_unshuffle", 2, {"factor": int}, (), _pixel_unshuffle,
+             doc="patches taken in merge order (factor x factor blocks, row-major within a block) and each block's "
+                 "factor^2 patches concatenated: f32[T, D] -> f32[M, D*factor^2], M = T / factor^2"),
+    OpSchema("image_merge", 3, {"image_token": int}, (), _image_merge,
+             doc="token embeddings with the rows at image-token positions replaced by the image's embeddings "
+                 "(inputs: embeddings, token ids, image rows aligned with the tokens)"),
     OpSchema("moe", 1, {"num_experts": int, "top_k": int, "scoring": str, "use_expert_bias": bool,
                         "norm_topk_prob": bool, "routed_scaling_factor": NUM, "topk_norm_eps": NUM},
              ("router", "gate_up", "down"), _moe, optional_params=("expert_bias",), liv_class="diagonal",
@@ -217,9 +297,10 @@ CANONICAL_FEATURIZERS: dict[str, dict[str, Gate]] = {
                           "c": Gate("in_proj", 2, 4), "x": Gate("in_proj", 3, 4)},
     "moe": {"router": Gate("router", act="sigmoid"), "gate": Gate("gate_up", 0, 2, "silu"),
             "up": Gate("gate_up", 1, 2)},
+    "bidir_attention": {"q": Gate("q_proj"), "k": Gate("k_proj"), "v": Gate("v_proj")},
 }
 LIV_MIXING = {"short_conv": "dense", "attention": "dense", "gated_mlp": "dense", "moe": "dense",
-              "linear_recurrence": "dense"}
+              "linear_recurrence": "dense", "bidir_attention": "dense"}
 
 
 def ops_with(trait: str) -> tuple[str, ...]:

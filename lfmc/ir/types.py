@@ -3,7 +3,8 @@
 Symbolic dimensions: ``T`` is the number of tokens in one call (the prefill length, or 1 for decode), ``ctx``
 is the number of tokens of context a sequence has seen (a KV cache grows along it), ``ring`` is the number of
 slots of a sliding-window attention's ring of keys (fixed when an artifact is loaded: the window plus the
-prefill chunk, :func:`lfmc.plan.ring_slots`; constant in the context length).
+prefill chunk, :func:`lfmc.plan.ring_slots`; constant in the context length). In a vision graph ``T`` counts one image's patches and ``M`` the image tokens
+they merge into (T / factor^2, after a pixel unshuffle).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ DTYPES: dict[str, str] = {
 }
 DTYPE_BITS: dict[str, int] = {"f32": 32, "f16": 16, "bf16": 16, "f64": 64, "i64": 64, "i32": 32, "i8": 8,
                               "u8": 8, "i4": 4, "u4": 4, "bool": 8}
-SYMBOLS = ("T", "ctx", "ring")  # tokens in this call, tokens of context seen so far, ring slots
+SYMBOLS = ("T", "ctx", "ring", "M")  # tokens in this call, tokens of context seen so far, ring slots, merged image tokens
 Dim = int | str
 
 

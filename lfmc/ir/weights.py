@@ -13,7 +13,7 @@ from .quant import storage_dtype
 from .types import DTYPES
 
 # Parameter roles that scale activations (norm weights): initialized around 1, not 0.
-_NORM_ROLES = {("rmsnorm", "weight"), ("attention", "q_norm"), ("attention", "k_norm")}
+_NORM_ROLES = {("rmsnorm", "weight"), ("attention", "q_norm"), ("attention", "k_norm"), ("layernorm", "weight")}
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:

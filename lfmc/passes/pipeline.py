@@ -49,6 +49,13 @@ def run_pipeline(model: Model, passes: Sequence[str] | str | None = None, option
     writes ``NN-PHASE.lfmir`` after every phase (``00-input.lfmir`` first)."""
     names = resolve(passes, without)
     options = options or {}
+    vision, vision_w = model.vision, None
+    if vision is not None:        # the passes rewrite the decoder; a VL model's image encoder goes through as is
+        vision_w = model.weights_of(vision) if model.weights is not None else None
+        keep = set(model.graph.params())
+        model = Model(model.graph, None if model.weights is None else
+                      {k: v for k, v in model.weights.items() if k in keep or k not in vision_w},
+                      model.provenance, model.tokenizer)
     dump = Path(dump_dir) if dump_dir else None
     if dump:
         dump.mkdir(parents=True, exist_ok=True)
@@ -64,6 +71,9 @@ def run_pipeline(model: Model, passes: Sequence[str] | str | None = None, option
                 log(f"pass {name} ({phase})")
         if dump:
             (dump / f"{i:02d}-{phase}.lfmir").write_text(print_graph(model.graph))
+    if vision is not None:
+        model = Model(model.graph, None if model.weights is None else {**model.weights, **vision_w},
+                      model.provenance, model.tokenizer, vision)
     return model
 
 

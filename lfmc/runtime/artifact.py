@@ -120,6 +120,21 @@ def check_structure(m: dict[str, Any], where: Any = MANIFEST) -> None:
         need(isinstance(lg, list) and len(lg) == 4 and lg[0] == "slab" and lg[1] in p["slabs"]
              and (isinstance(lg[2], int) or lg[2] in ("n", "np")) and isinstance(lg[3], int) and lg[3] >= 1,
              f"plan.logits.{e} must be [\"slab\", a declared slab, rows, columns]")
+    if "vision" in p or "vision" in p["entries"]:
+        v, im = p.get("vision"), p.get("image")
+        posint = lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1  # noqa: E731
+        need(isinstance(v, dict) and all(posint(v.get(k)) for k in ("max_patches", "merge", "patch_dim", "grid",
+                                                                     "factor"))
+             and v["merge"] == v["factor"] ** 2 and all(v.get(k) in p["slabs"] for k in ("patches", "pos_weights")),
+             "plan.vision needs max_patches, merge, patch_dim, grid, factor and its declared input slabs")
+        out = v.get("output")
+        need(isinstance(out, list) and len(out) == 4 and out[0] == "slab" and out[1] in p["slabs"]
+             and out[2] == "m" and posint(out[3]), "plan.vision.output must be [\"slab\", a declared slab, \"m\", columns]")
+        need(isinstance(p["entries"].get("vision"), list) and posint(p["row_tile"].get("vision")),
+             "plan.entries.vision must be a list of launches with a row tile")
+        need(isinstance(im, dict) and im.get("slab") in p["slabs"] and im.get("cols") == out[3]
+             and isinstance(im.get("image_token"), int) and 0 <= im["image_token"] < p["vocab_size"],
+             "plan.image must name the decoder's image-row slab, its width (the vision output's) and the image token")
 
 
 def check_plan(m: dict[str, Any], where: Any = MANIFEST) -> dict[str, int]:

@@ -41,6 +41,7 @@ class Request:
     top_p: float = 1.0
     seed: int | None = None
     stop_ids: frozenset[int] = frozenset()
+    images: list = field(default_factory=list)        # preprocessed images of the prompt's image tokens
     id: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: int = 0
@@ -151,7 +152,10 @@ class Batcher:
             try:
                 r.seq = self.engine.new_sequence()
                 self._active.append(r)
-                logits = self.engine.prefill(r.seq, r.prompt)
+                if r.images:            # a VL request: encode its images, prefill with their embeddings
+                    logits = self.engine.prefill(r.seq, r.prompt, self.engine.encode_images(r.images))
+                else:
+                    logits = self.engine.prefill(r.seq, r.prompt)
             except Exception as e:                         # noqa: BLE001  one bad request must not stop the rest
                 self._fail(r, e)
                 continue

@@ -9,15 +9,41 @@ from .errors import EngineError
 END_OF_TURN = "<|im_end|>"
 
 
+IMAGE_MARKER = "<image>"        # where an image part stood (lfmc.runtime.vision expands it into image tokens)
+
+
 def message_text(content: Any) -> str:
-    """OpenAI message content: a string, or a list of parts of which the text parts count."""
+    """OpenAI message content: a string, or a list of parts: text parts give their text, image parts
+    (``image_url``) the image placeholder ``<image>``."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+        out = []
+        for p in content:
+            if isinstance(p, dict) and p.get("type", "text") == "text":
+                out.append(str(p.get("text", "")))
+            elif isinstance(p, dict) and p.get("type") == "image_url":
+                out.append(IMAGE_MARKER)
+        return "".join(out)
     raise EngineError(f"message content must be a string or a list of parts, not {type(content).__name__}")
+
+
+def image_urls(messages: Sequence[Any]) -> list[str]:
+    """The ``image_url`` parts of chat messages, in order: ``{"type": "image_url", "image_url": {"url": ...}}``
+    (or the url as a plain string)."""
+    out = []
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        for p in content if isinstance(content, list) else []:
+            if isinstance(p, dict) and p.get("type") == "image_url":
+                u = p.get("image_url")
+                u = u.get("url") if isinstance(u, dict) else u
+                if not isinstance(u, str) or not u:
+                    raise EngineError("an image_url part needs {\"url\": \"data:image/...;base64,...\"}")
+                out.append(u)
+    return out
 
 
 def _default(messages: Sequence[dict[str, Any]], add_generation_prompt: bool, bos: str) -> str:

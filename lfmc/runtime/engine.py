@@ -114,15 +114,26 @@ class Engine:
         if isinstance(spec, int):
             return spec
         R = self.plan["row_tile"][entry]
+        if spec in ("m", "mp"):                 # a vision entry's merged image tokens
+            m = n // self.plan["vision"]["merge"]
+            return m if spec == "m" else -(-m // R) * R
         return {"n": n, "np": -(-n // R) * R, "nk": n * self.plan["topk"]}[spec]
 
     def _allocate(self) -> None:
         self._max_rows = max(self.prefill_chunk, self.max_batch)
-        big = max(self._rows(s, self._max_rows, e) for e in self.plan["entries"] for s in ("np",))
+        text = [e for e in self.plan["entries"] if e != "vision"]
+        big = max(self._rows(s, self._max_rows, e) for e in text for s in ("np",))
+        self.max_patches = int(self.plan["vision"]["max_patches"]) if "vision" in self.plan else 0
+
+        def rows(r: str | int, entry: str | None) -> int:       # a use's most rows
+            if entry == "vision":
+                return self._rows(r, self.max_patches, "vision") if r != "np" else self._rows(
+                    "np", self.max_patches, "vision")
+            return r if isinstance(r, int) else {"n": self._max_rows, "np": big,
+                                                 "nk": self._max_rows * self.plan["topk"]}[r]
+
         self.slabs = {}
-        slab_elems = {name: max((r if isinstance(r, int) else {"n": self._max_rows, "np": big,
-                                                               "nk": self._max_rows * self.plan["topk"]}[r]) * c
-                                for r, c in s["uses"])
+        slab_elems = {name: max(rows(r, s.get("entry")) * c for r, c in s["uses"])
                       for name, s in self.plan["slabs"].items()}
         shapes = {k: self._state_shape(s) for k, s in self.plan["state"].items()}
         # the budget is checked before anything is allocated: a huge max_context or a forged plan is an error,
@@ -141,6 +152,8 @@ class Engine:
             self.slabs[name] = self.driver.alloc((elems,), self.plan["slabs"][name]["dtype"])
         self.state = {k: self.driver.alloc(shapes[k], s["dtype"]) for k, s in self.plan["state"].items()}
         self.inputs = {k: self.driver.alloc((big,), "int32") for k in ("tokens", "slots", "pos")}
+        if self.max_patches:
+            self.inputs["order"] = self.driver.alloc((self._rows("np", self.max_patches, "vision"),), "int32")
 
     def _state_shape(self, spec: dict) -> tuple[int, ...]:
         """A state buffer's shape with its dimensions bound: S slots, C the max context, R a sliding window's
@@ -177,6 +190,8 @@ class Engine:
                 return self._rows("np", n, entry) // self.plan["row_tile"][entry]
             if name == "slot":
                 return slot
+            if name == "mb":
+                return self._rows("mp", n, entry) // self.plan["row_tile"][entry]
         if kind == "const":
             return name
         raise RuntimeLoadError(f"plan argument {a.to_json()!r} is not understood by this runtime")
@@ -299,10 +314,13 @@ class Engine:
             raise EngineError(f"token ids must lie in [0, {self.vocab_size})")
         return t.astype(np.int32)
 
-    def prefill(self, seq: int, tokens: Sequence[int]) -> np.ndarray:
-        """Feed ``tokens`` to ``seq`` (in chunks); returns the logits [vocab] after the last one."""
+    def prefill(self, seq: int, tokens: Sequence[int], image_rows: np.ndarray | None = None) -> np.ndarray:
+        """Feed ``tokens`` to ``seq`` (in chunks); returns the logits [vocab] after the last one. ``image_rows``:
+        a VL model's image embeddings [k, D] (:meth:`encode_image`), one per image token of ``tokens``, in
+        order."""
         s = self._seq(seq)
         t = self._check_tokens(tokens)
+        img_at = self._image_positions(t, image_rows)
         if t.size == 0:
             raise EngineError("prefill needs at least one token")
         if s.length + t.size > self.max_context:
@@ -314,9 +332,137 @@ class Engine:
             self.driver.write(self.inputs["tokens"], c)
             self.driver.write(self.inputs["slots"], np.full(n, s.slot, np.int32))
             self.driver.write(self.inputs["pos"], np.arange(s.length, s.length + n, dtype=np.int32))
+            if img_at is not None:
+                self._write_image_rows(image_rows, img_at[i:i + n])
             self._run("prefill", n, s.slot)
             s.length += n
         return self._logits("prefill", 0)[0]
+
+    # ------------------------------------------------------------------------------------------- images
+    @property
+    def vision(self) -> dict[str, Any] | None:
+        """A VL artifact's image geometry (patch_dim, grid, factor, max_patches, ...), or None."""
+        return self.plan.get("vision")
+
+    def encode_image(self, patches: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Image-token embeddings [height * width / factor^2, D] of one image (or tile) given as ``patches``
+        [height * width, patch_dim] (row-major in its height x width patch grid, :mod:`lfmc.runtime.vision`)."""
+        from ..mixers import merge_order, resize_weights
+
+        v = self.vision
+        if v is None:
+            raise EngineError(f"{self.root}: this artifact has no vision encoder (not a vision-language model)")
+        P = int(height) * int(width)
+        if min(height, width) < 1 or P > v["max_patches"]:
+            raise EngineError(f"an image of {height} x {width} patches: the artifact takes 1 to {v['max_patches']}")
+        p = np.ascontiguousarray(patches, np.float32)
+        if p.shape != (P, v["patch_dim"]):
+            raise EngineError(f"patches {p.shape} do not fit a {height} x {width} grid of {v['patch_dim']} values")
+        try:
+            order = merge_order(int(height), int(width), v["factor"])
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+        self.driver.write(self.slabs[v["patches"]], p.reshape(-1))
+        self.driver.write(self.slabs[v["pos_weights"]], resize_weights(int(height), int(width), v["grid"]).reshape(-1))
+        self.driver.write(self.inputs["order"], order)
+        self._run("vision", P)
+        a = Arg.from_json(v["output"])
+        return np.array(self.driver.read(self.slabs[a.name], (self._rows(a.rows, P, "vision"), a.cols)))
+
+    def processor(self):
+        """The artifact's image preprocessing (:class:`lfmc.runtime.vision.ImageProcessor`)."""
+        if self.vision is None:
+            raise EngineError(f"{self.root}: this artifact takes no images (not a vision-language model)")
+        if getattr(self, "_processor", None) is None:
+            from .vision import ImageProcessor
+
+            self._processor = ImageProcessor(self.manifest.get("processor") or {})
+        return self._processor
+
+    def prepare(self, prompt: str | Sequence[int], images: Sequence[Any] = ()) -> tuple[list[int], np.ndarray | None]:
+        """Token ids and image embeddings for a prompt with ``images`` (paths, bytes, PIL images or uint8
+        arrays): :meth:`expand_images`, then :meth:`encode_images`."""
+        if not images:
+            return self.encode(prompt), None
+        ids, processed = self.expand_images(prompt, images)
+        return ids, self.encode_images(processed)
+
+    def expand_images(self, prompt: str | Sequence[int], images: Sequence[Any]) -> tuple[list[int], list[Any]]:
+        """Preprocess ``images`` (:class:`lfmc.runtime.vision.ImageProcessor`; no kernel runs, so any thread may
+        call it) and expand the prompt: each image placeholder (``<image>`` in text; the image token id in a list
+        of ids) becomes its image's tokens; a prompt without placeholders gets the images in front."""
+        from .vision import IMAGE_MARKER
+
+        proc = self.processor()
+        tok = self.plan["image"]["image_token"]
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise EngineError("this artifact has no tokenizer: pass token ids")
+            parts = prompt.split(IMAGE_MARKER)
+            if len(parts) == 1:
+                parts = [""] * len(images) + parts
+            segs: list[list[int] | None] = []
+            for i, p in enumerate(parts):
+                if i:
+                    segs.append(None)
+                if p:
+                    segs.append(self.tokenizer.encode(p))
+        else:
+            ids = [int(t) for t in prompt]
+            if tok not in ids:
+                ids = [tok] * len(images) + ids
+            segs = []
+            for t in ids:
+                if t == tok:
+                    segs.append(None)
+                elif segs and segs[-1] is not None:
+                    segs[-1].append(t)
+                else:
+                    segs.append([t])
+        n_marks = sum(1 for x in segs if x is None)
+        if n_marks != len(images):
+            raise EngineError(f"the prompt has {n_marks} image placeholders for {len(images)} images")
+        token_id = getattr(self.tokenizer, "token_id", None)
+        out: list[int] = []
+        processed = []
+        it = iter(images)
+        for x in segs:
+            if x is not None:
+                out += x
+                continue
+            img = proc.process(next(it))
+            processed.append(img)
+            out += proc.image_token_ids(img, tok, token_id)
+        return out, processed
+
+    def encode_images(self, processed: Sequence[Any]) -> np.ndarray:
+        """The image-token embeddings of preprocessed images (:meth:`expand_images`), in prompt order."""
+        rows = [self.encode_image(p.patches, p.height, p.width) for img in processed for p in img.pieces]
+        return np.concatenate(rows).astype(np.float32)
+
+    def _image_positions(self, t: np.ndarray, image_rows: np.ndarray | None) -> np.ndarray | None:
+        """For each token, the index of its image row (-1: a text token), checked against ``image_rows``."""
+        im = self.plan.get("image")
+        if image_rows is None:
+            if im is not None and np.any(t == im["image_token"]):
+                raise EngineError(f"the prompt holds image tokens ({int(np.sum(t == im['image_token']))}) but no "
+                                  "image embeddings were given")
+            return None
+        if im is None:
+            raise EngineError(f"{self.root}: this artifact takes no images (not a vision-language model)")
+        is_img = t == im["image_token"]
+        k = int(is_img.sum())
+        if getattr(image_rows, "shape", None) != (k, im["cols"]):
+            raise EngineError(f"image embeddings {getattr(image_rows, 'shape', None)} do not fit the prompt's {k} "
+                              f"image tokens of width {im['cols']}")
+        at = np.full(t.size, -1, np.int64)
+        at[is_img] = np.arange(k)
+        return at
+
+    def _write_image_rows(self, image_rows: np.ndarray, at: np.ndarray) -> None:
+        rows = np.zeros((at.size, image_rows.shape[1]), np.float32)
+        rows[at >= 0] = image_rows[at[at >= 0]]
+        self.driver.write(self.slabs[self.plan["image"]["slab"]], rows.reshape(-1))
 
     def decode(self, seqs: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         """One token for each sequence in one batched call; returns logits [len(seqs), vocab]."""
@@ -352,10 +498,15 @@ class Engine:
 
     def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-               stop: Sequence[int] | None = None) -> Iterator[int]:
+               stop: Sequence[int] | None = None, images: Sequence[Any] = (),
+               image_rows: np.ndarray | None = None) -> Iterator[int]:
         """Yield new tokens as they are sampled. ``stop``: token ids that end generation (default: EOS;
-        pass ``[]`` to never stop early)."""
-        ids = self.encode(prompt)
+        pass ``[]`` to never stop early). ``images``: for a vision-language artifact (:meth:`prepare`);
+        ``image_rows``: embeddings already encoded for the image tokens of ``prompt`` (token ids)."""
+        if images:
+            ids, image_rows = self.prepare(prompt, images)
+        else:
+            ids = self.encode(prompt)
         if not ids:
             raise EngineError("the prompt is empty")
         if len(ids) + max_new_tokens > self.max_context:
@@ -365,7 +516,7 @@ class Engine:
         rng = np.random.default_rng(seed)
         seq = self.new_sequence()
         try:
-            logits = self.prefill(seq, ids)
+            logits = self.prefill(seq, ids) if image_rows is None else self.prefill(seq, ids, image_rows)
             for i in range(max_new_tokens):
                 tok = sample(logits, temperature, top_k, top_p, rng)
                 yield tok
@@ -377,14 +528,15 @@ class Engine:
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                 stop: Sequence[int] | None = None) -> GenerationResult:
-        """Generate up to ``max_new_tokens``; returns tokens, text (with a tokenizer) and timings."""
-        ids = self.encode(prompt)
-        out: list[int] = []
+                 stop: Sequence[int] | None = None, images: Sequence[Any] = ()) -> GenerationResult:
+        """Generate up to ``max_new_tokens``; returns tokens, text (with a tokenizer) and timings. ``images``:
+        for a vision-language artifact, the images of the prompt's ``<image>`` placeholders (or in front)."""
         t0 = time.perf_counter()
+        ids, rows = self.prepare(prompt, images) if images else (self.encode(prompt), None)
+        out: list[int] = []
         t1 = None
         stops = set(stop) if stop is not None else ({self.eos_token_id} if self.eos_token_id is not None else set())
-        for tok in self.stream(ids, max_new_tokens, temperature, top_k, top_p, seed, stop):
+        for tok in self.stream(ids, max_new_tokens, temperature, top_k, top_p, seed, stop, image_rows=rows):
             if t1 is None:
                 t1 = time.perf_counter()
             out.append(tok)

@@ -16,11 +16,12 @@ import uuid
 from typing import Any, AsyncIterator
 
 from .batcher import Batcher, Overloaded, Request
-from .chat import END_OF_TURN, TextStream, render_chat
+from .chat import END_OF_TURN, image_urls, TextStream, render_chat
 from .engine import Engine
 from .errors import EngineError
 
 MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES_VL = 16 << 20        # a vision-language artifact: requests carry images as data: URLs
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
@@ -34,14 +35,20 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
 MAX_JSON_DEPTH = 64
 
 
-def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_body_bytes: int = MAX_BODY_BYTES):
-    """The FastAPI application; the batcher starts with it and stops at shutdown."""
+def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_body_bytes: int | None = None,
+               local_images: str | None = None):
+    """The FastAPI application; the batcher starts with it and stops at shutdown. ``local_images``: a directory
+    whose files chat requests may name as images (``file://`` URLs or paths); without it only ``data:`` URLs are
+    accepted. Images are never fetched from the network."""
+    if max_body_bytes is None:
+        max_body_bytes = MAX_BODY_BYTES_VL if engine.vision is not None else MAX_BODY_BYTES
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request as HttpRequest
     from fastapi.exceptions import RequestValidationError
 
     api = _Api(engine, model_id, Batcher(engine, max_queue=max_queue), max_body_bytes)
+    api.local_images = local_images
 
     @asynccontextmanager
     async def lifespan(app):
@@ -103,6 +110,7 @@ class _Api:
         self.engine, self.model_id, self.batcher, self.max_body_bytes = engine, model_id, batcher, max_body_bytes
         self.created = int(time.time())
         self.chat = engine.chat or {}
+        self.local_images: str | None = None
 
     def models(self) -> dict[str, Any]:
         e = self.engine
@@ -172,13 +180,14 @@ class _Api:
             raise _Bad(400, "this artifact has no tokenizer: send the prompt as a list of token ids")
         return self.engine.tokenizer.encode(text)
 
-    def start(self, ids: list[int], sp: dict[str, Any], stops: list[str]) -> tuple[Request, asyncio.Queue, TextStream]:
+    def start(self, ids: list[int], sp: dict[str, Any], stops: list[str],
+              images: list | None = None) -> tuple[Request, asyncio.Queue, TextStream]:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         eos = self.engine.eos_token_id
         req = Request(ids, sp["max_tokens"], lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev),
                       temperature=sp["temperature"], top_k=sp["top_k"], top_p=sp["top_p"], seed=sp["seed"],
-                      stop_ids=frozenset({eos} if eos is not None else ()))
+                      stop_ids=frozenset({eos} if eos is not None else ()), images=list(images or []))
         try:
             self.batcher.submit(req)
         except Overloaded as e:
@@ -217,11 +226,14 @@ class _Api:
         return {"prompt_tokens": len(req.prompt), "completion_tokens": len(text.ids),
                 "total_tokens": len(req.prompt) + len(text.ids)}
 
-    async def respond(self, body: dict[str, Any], ids: list[int], chat_mode: bool, stops: list[str]):
+    async def respond(self, body: dict[str, Any], ids: list[int], chat_mode: bool, stops: list[str],
+                      images: list | None = None):
         ctx = self.engine.max_context
+        if len(ids) >= ctx:
+            raise _Bad(400, f"the prompt takes {len(ids)} tokens (images included), the context is {ctx}")
         sp = self.sampling(body, 16 if not chat_mode else ctx - len(ids))
         sp["max_tokens"] = min(sp["max_tokens"], max(1, ctx - len(ids)))
-        req, q, text = self.start(ids, sp, stops)
+        req, q, text = self.start(ids, sp, stops, images)
         rid = ("chatcmpl-" if chat_mode else "cmpl-") + uuid.uuid4().hex[:24]
         if body.get("stream"):
             from fastapi.responses import StreamingResponse
@@ -294,10 +306,59 @@ class _Api:
             raise _Bad(400, "messages must be a non-empty list of {role, content} objects")
         c = self.chat
         try:
+            urls = image_urls(msgs)
+        except EngineError as e:
+            raise _Bad(400, str(e)) from None
+        if urls and self.engine.vision is None:
+            raise _Bad(400, "this model takes no images (not a vision-language artifact)")
+        try:
             prompt = render_chat(msgs, c.get("template"), c.get("bos_token", ""), c.get("eos_token", ""))
         except EngineError as e:
             raise _Bad(400, str(e)) from None
-        return await self.respond(body, self.encode(prompt), True, self.stops_of(body) + [END_OF_TURN])
+        if not urls:
+            return await self.respond(body, self.encode(prompt), True, self.stops_of(body) + [END_OF_TURN])
+        data = [self.image_bytes(u) for u in urls]
+        try:            # decoding and preprocessing in a worker thread: the event loop keeps serving
+            ids, processed = await asyncio.to_thread(self.engine.expand_images, prompt, data)
+        except EngineError as e:
+            raise _Bad(400, str(e)) from None
+        return await self.respond(body, ids, True, self.stops_of(body) + [END_OF_TURN], processed)
+
+    def image_bytes(self, url: str) -> bytes:
+        """The encoded image of an ``image_url``: a base64 ``data:`` URL, or a file under the server's
+        ``--allow-local-images`` directory; never a network fetch."""
+        import base64
+        import binascii
+        import os
+
+        limit = self.max_body_bytes
+        if url.startswith("data:"):
+            head, sep, payload = url.partition(",")
+            if not sep or not head.endswith(";base64"):
+                raise _Bad(400, "an image data: URL must be base64 (data:image/png;base64,...)")
+            if len(payload) * 3 // 4 > limit:
+                raise _Bad(413, f"the image is larger than {limit} bytes")
+            try:
+                return base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError):
+                raise _Bad(400, "the image data: URL is not valid base64") from None
+        if url.startswith(("http://", "https://", "ftp://")):
+            raise _Bad(400, "images are not fetched from the network: send the image as a data: URL")
+        if self.local_images is None:
+            raise _Bad(400, "local image paths are off (start lfmc serve with --allow-local-images DIR); send a "
+                            "data: URL")
+        path = url[len("file://"):] if url.startswith("file://") else url
+        root = os.path.realpath(self.local_images)
+        real = os.path.realpath(path)
+        if os.path.commonpath([root, real]) != root:
+            raise _Bad(400, f"image path {path!r} is outside the allowed directory")
+        try:
+            if os.path.getsize(real) > limit:
+                raise _Bad(413, f"the image is larger than {limit} bytes")
+            with open(real, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise _Bad(400, f"image {path!r}: cannot read ({e.strerror or e})") from None
 
 
 class _Bad(Exception):
@@ -313,10 +374,11 @@ class _Bad(Exception):
 
 
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, model_id: str = "lfmc", max_queue: int = 64,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", local_images: str | None = None) -> None:
     """Run the server until interrupted."""
     try:
         import uvicorn
     except ImportError as e:
         raise EngineError(f"lfmc serve needs the serving extra ({e}): pip install 'lfmc[serve]'") from None
-    uvicorn.run(create_app(engine, model_id, max_queue), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(engine, model_id, max_queue, local_images=local_images), host=host, port=port,
+                log_level=log_level)

@@ -13,6 +13,10 @@ class BytesTokenizer:
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
+    def token_id(self, token: str) -> int | None:
+        """The id of a special token: a byte vocabulary has none."""
+        return None
+
 
 class JsonTokenizer:
     def __init__(self, path: Path):
@@ -25,6 +29,10 @@ class JsonTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids)
+
+    def token_id(self, token: str) -> int | None:
+        """The id of a (special) token, or None when the vocabulary lacks it."""
+        return self._tok.token_to_id(token)
 
 
 def load_tokenizer(root: Path, spec: dict) -> BytesTokenizer | JsonTokenizer | None:

@@ -84,9 +84,10 @@ class Backend:
                             "activations")
 
     def lower(self, graph: Graph, weights: dict[str, np.ndarray], profile, opts: CompileOptions,
-              ctx: BuildContext) -> Built:
+              ctx: BuildContext, vision: Graph | None = None, max_patches: int | None = None) -> Built:
         """Kernels, plan and packed parameters of ``graph`` (after the passes) for ``profile``. ``opts`` is
-        complete: ``max_context`` resolved."""
+        complete: ``max_context`` resolved. ``vision``: a VL model's image encoder (the plan's ``vision`` entry,
+        images of up to ``max_patches`` patches)."""
         raise NotImplementedError
 
     def kernels_per_layer(self, graph: Graph, profile, plan: dict[str, Any] | None = None) -> dict[str, int] | None:
@@ -201,11 +202,11 @@ class TvmBackend(Backend):
         return kernels_per_layer(plan if plan is not None else lower(graph, None, self.knobs(profile)).plan, graph)
 
     def lower(self, graph: Graph, weights: dict[str, np.ndarray], profile, opts: CompileOptions,
-              ctx: BuildContext) -> Built:
+              ctx: BuildContext, vision: Graph | None = None, max_patches: int | None = None) -> Built:
         from . import cache
         from .lower import lower
 
-        low = lower(graph, weights, self.knobs(profile))
+        low = lower(graph, weights, self.knobs(profile), vision, max_patches)
         extra: dict[str, Any] = {}
         if opts.tuned is not None:
             from .tune import apply_tuning_db

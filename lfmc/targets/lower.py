@@ -190,9 +190,13 @@ class _Lowering:
     params: dict[str, np.ndarray] = field(default_factory=dict)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     slabs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    entries: dict[str, list[Launch]] = field(default_factory=lambda: {e: [] for e in ENTRIES})
+    entry_names: tuple[str, ...] = ENTRIES            # ("vision",) for a VL model's image encoder
+    prefix: str = ""                                   # of slab names ("vis." for the image encoder)
     layouts: dict[str, int] = field(default_factory=dict)
     node_name: str = ""
+
+    def __post_init__(self) -> None:
+        self.entries: dict[str, list[Launch]] = {e: [] for e in self.entry_names}
 
     @property
     def loop(self) -> KN.Knobs:
@@ -228,7 +232,8 @@ class _Lowering:
                 + [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))])
 
     def slab(self, name: str, rows: str | int, cols: int, dtype: str = "float32") -> Arg:
-        s = self.slabs.setdefault(name, {"dtype": dtype, "uses": []})
+        name = self.prefix + name
+        s = self.slabs.setdefault(name, {"dtype": dtype, "uses": []} | ({"entry": "vision"} if self.prefix else {}))
         if s["dtype"] != dtype:
             raise LfmcError(f"internal: slab {name} used as {dtype} and {s['dtype']}")
         if [rows, cols] not in s["uses"]:
@@ -241,7 +246,7 @@ class _Lowering:
         self.entries[entry].append(Launch(kernel, tuple(args), self.node_name, flops_per_row))
 
     def both(self, kernel: str, args: list[Arg]) -> None:
-        for e in ENTRIES:
+        for e in self.entry_names:
             self.launch(e, kernel, args)
 
     def declare_state(self, n: Node) -> dict[str, str]:
@@ -260,11 +265,15 @@ class _Lowering:
 
     # --- shared pieces
     def matmul(self, x: tuple[str, int], srcs: list[tuple[Node, str]], N: int, Kd: int, out: tuple[str, int],
-               bias: tuple[Node, str] | None = None, entries: tuple[str, ...] = ENTRIES, rows: str | int = "np",
-               norm: Node | None = None, accumulate: bool = False, swiglu: bool = False) -> None:
+               bias: tuple[Node, str] | list[tuple[Node, str]] | None = None, entries: tuple[str, ...] | None = None,
+               rows: str | int = "np", norm: Node | None = None, accumulate: bool = False, swiglu: bool = False,
+               transposed: bool = False) -> None:
         """One projection launch per entry. ``srcs``: the (node, role) weights stacked along the output (q, k, v;
-        or gate, up with ``swiglu``). ``norm``: an RMSNorm applied to the input inside the kernel;
-        ``accumulate``: add into ``out`` in place; ``swiglu``: output silu(gate) * up, N = its width."""
+        or gate, up with ``swiglu``). ``bias``: one (node, role) or a list stacked like ``srcs``. ``norm``: an
+        RMSNorm applied to the input inside the kernel; ``accumulate``: add into ``out`` in place; ``swiglu``:
+        output silu(gate) * up, N = its width; ``transposed``: the parameter is stored [K, N] (a table).
+        ``rows`` "mp": the merged image-token rows of a vision entry (row blocks ``mb``)."""
+        entries = entries or self.entry_names
         lanes = self.knobs["decode"].lanes
         specs = {quant_spec(n, r) for n, r in srcs}
         if len(specs) != 1:
@@ -278,12 +287,16 @@ class _Lowering:
 
         def cat(suffix: str) -> np.ndarray | None:
             parts = [self.weights[n.params[r + suffix].name] for n, r in srcs if r + suffix in n.params]
+            if transposed and suffix == "" and parts:
+                parts = [np.ascontiguousarray(p.T) for p in parts]
             return np.concatenate(parts) if parts else None
 
         p, *extra = self.packed(name, quant, il, lambda: pack_any(cat(""), cat("_scale"), cat("_zero"), quant, lanes,
                                                                    swiglu, il))
         nw = [self.param("w." + norm.params["weight"].name, lambda: self.w(norm, "weight"))] if norm else []
-        b = [self.param("w." + bias[0].params[bias[1]].name, lambda: self.w(*bias))] if bias else []
+        biases = [bias] if isinstance(bias, tuple) else list(bias or [])
+        b = [self.param("w." + "+".join(m.params[r].name for m, r in biases),
+                        lambda: np.concatenate([self.w(m, r) for m, r in biases]))] if biases else []
         eps = norm.attrs["eps"] if norm else None
         for e in entries:
             kn = self.knobs[e]
@@ -296,7 +309,7 @@ class _Lowering:
             else:
                 kname = self.kernel(key, "make_matmul", N=N, K=Kd, knobs=kn, bias=bias is not None,
                                     rms_eps=eps, accumulate=accumulate, swiglu=swiglu, quant=quant)
-            nb = Arg.const(rows // kn.rows) if isinstance(rows, int) else Arg.scalar("nb")
+            nb = Arg.const(rows // kn.rows) if isinstance(rows, int) else Arg.scalar("mb" if rows == "mp" else "nb")
             o = self.slab(out[0], rows, N)
             self.launch(e, kname, [self.slab(x[0], rows, Kd), p] + extra + nw + b + ([o] if accumulate else [])
                         + [o, nb], flops_per_row=2 * (2 if swiglu else 1) * N * Kd)
@@ -350,6 +363,11 @@ class _Lowering:
         free: list[str] = []
         live: dict[str, int] = {}                       # slab -> number of live values in it
         count = [0]
+        for name, t in g.inputs:                        # float inputs (image rows, patches) live in slabs the
+            if t.dtype == "f32":                        # runtime writes before a call
+                home[name] = f"in.{name}"
+                live[home[name]] = 1
+        in_place = {"pos_embed", "image_merge"}         # ops that update their first operand when it dies there
 
         def new_slab() -> str:
             if free:
@@ -371,7 +389,12 @@ class _Lowering:
                 getattr(self, "op_" + n.op)(n, ins, out, n.type.shape[1], norm=norm_of.get(n.name), accumulate=True)
             else:
                 res = [v for v in n.inputs if v not in post_names] if n.op == "add" else []
-                if n.op == "add" and last_use[res[0]] == i:
+                if n.op in in_place:
+                    if last_use[n.inputs[0]] != i:
+                        raise LfmcError(f"%{n.name} ({n.op}): its first operand is read again later; the "
+                                        "lowering updates it in place")
+                    out = ins[0]
+                elif n.op == "add" and last_use[res[0]] == i:
                     out = home[res[0]]                     # in place into the dying residual operand
                 elif n.op == "add" and len(res) == 2 and last_use[n.inputs[1]] == i:
                     out = ins[1]
@@ -558,6 +581,62 @@ class _Lowering:
         o = self.slab(out, "n", D)
         self.both(kd, [self.slab("t_a", "nk", F)] + dn + [idx, wts] + ([o] if accumulate else []) + [o])
 
+    # --- vision encoders and VL decoders
+    def rows_of(self, n: Node) -> str:
+        """The row spec of ``n``'s value: "m" for merged image tokens (after a pixel unshuffle), else "n"."""
+        return "m" if n.type.shape[0] == "M" else "n"
+
+    def op_layernorm(self, n: Node, ins, out: str, D: int) -> None:
+        eps = n.attrs["eps"]
+        k = self.kernel(("layernorm", D, repr(eps)), "make_layernorm", D=D, eps=eps, kn=self.loop)
+        w = [self.param("w." + n.params[r].name, lambda r=r: self.w(n, r)) for r in ("weight", "bias")]
+        r = self.rows_of(n)
+        self.both(k, [self.slab(ins[0], r, D)] + w + [self.slab(out, r, D)])
+
+    def op_pos_embed(self, n: Node, ins, out: str, D: int) -> None:
+        G = n.params["table"].type.shape[0]
+        self.matmul((ins[1], G), [(n, "table")], D, G, (out, D), accumulate=True, transposed=True)
+
+    def op_bidir_attention(self, n: Node, ins, out: str, D: int, norm: Node | None = None,
+                           accumulate: bool = False) -> None:
+        a = n.attrs
+        H, hd = a["heads"], a["head_dim"]
+        KV = a.get("kv_heads", H)
+        roles = ("q_proj", "k_proj", "v_proj")
+        biased = [r + "_bias" in n.params for r in roles]
+        if any(biased) and not all(biased):
+            raise LfmcError(f"%{n.name}: q, k and v projections must all have biases or none")
+        Nq = (H + 2 * KV) * hd
+        self.matmul((ins[0], D), [(n, r) for r in roles], Nq, D, ("t_p", Nq),
+                    bias=[(n, r + "_bias") for r in roles] if all(biased) else None, norm=norm)
+        k = self.kernel(("enc_attn", H, KV, hd), "make_encoder_attention", H=H, KV=KV, hd=hd, kn=self.loop)
+        self.both(k, [self.slab("t_p", "n", Nq), self.slab("t_a", "n", H * hd)])
+        ob = (n, "out_proj_bias") if "out_proj_bias" in n.params else None
+        self.matmul(("t_a", H * hd), [(n, "out_proj")], D, H * hd, (out, D), bias=ob, accumulate=accumulate)
+
+    def op_mlp(self, n: Node, ins, out: str, N: int) -> None:
+        F, Kd = n.params["fc1"].type.shape
+        r = self.rows_of(n)
+        rp = "mp" if r == "m" else "np"
+        self.matmul((ins[0], Kd), [(n, "fc1")], F, Kd, ("t_f", F), rows=rp,
+                    bias=(n, "fc1_bias") if "fc1_bias" in n.params else None)
+        approx = n.attrs["act"] == "gelu_tanh"
+        k = self.kernel(("gelu", F, int(approx)), "make_gelu", F=F, approximate=approx, kn=self.loop)
+        self.both(k, [self.slab("t_f", r, F)])
+        self.matmul(("t_f", F), [(n, "fc2")], N, F, (out, N), rows=rp,
+                    bias=(n, "fc2_bias") if "fc2_bias" in n.params else None)
+
+    def op_pixel_unshuffle(self, n: Node, ins, out: str, N: int) -> None:
+        D = N // n.attrs["factor"] ** 2
+        k = self.kernel(("gather_rows", D), "make_gather_rows", D=D, kn=self.loop)
+        self.both(k, [self.slab(ins[0], "n", D), Arg.input("order", "n"), self.slab(out, "n", D)])
+
+    def op_image_merge(self, n: Node, ins, out: str, D: int) -> None:
+        tok = n.attrs["image_token"]
+        k = self.kernel(("image_merge", D, tok), "make_image_merge", D=D, image_token=tok, kn=self.loop)
+        self.launch("prefill", k, [self.slab(out, "n", D), Arg.input("tokens", "n"), self.slab(ins[2], "n", D)])
+        self.image = {"slab": self.prefix + ins[2], "cols": D, "image_token": tok}
+
     def experts(self, n: Node, role: str) -> tuple[list, tuple | None]:
         """Plan arguments (weight, scale, zero) of stacked expert weights, packed per expert, and their spec."""
         quant = quant_spec(n, role)
@@ -572,9 +651,12 @@ class _Lowering:
         return self.packed(name, quant, 0, pack), quant
 
 
-def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, KN.Knobs]) -> Lowered:
+def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, KN.Knobs],
+          vision: Graph | None = None, max_patches: int | None = None) -> Lowered:
     """Kernels, plan and packed parameters for ``graph``; ``knobs`` per entry point (the target's schedules).
-    Without ``weights`` only the plan is built (no packing): enough to count kernels."""
+    Without ``weights`` only the plan is built (no packing): enough to count kernels. ``vision``: a VL model's
+    image encoder, lowered into the ``vision`` entry (rows: one image's patches, at most ``max_patches``) with
+    the prefill's schedules."""
     lw = _Lowering(graph, weights, knobs)
     lw.lower()
     vocab = graph.nodes[-1].type.shape[1]
@@ -593,7 +675,36 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, 
                    "decode": Arg.slab(lw.output, "np", vocab).to_json()},
         "embedding_rows": first.params["weight"].type.shape[0] if first.op == "embedding" else vocab,
     }
+    if vision is not None:
+        _lower_vision(plan, lw, vision, weights, knobs, max_patches)
     return Lowered(plan, lw.kernels, lw.params)
+
+
+def _lower_vision(plan: dict[str, Any], lw: _Lowering, vision: Graph, weights: dict[str, np.ndarray] | None,
+                  knobs: dict[str, KN.Knobs], max_patches: int | None) -> None:
+    """Add the ``vision`` entry of a VL model to ``plan`` (kernels and parameters into ``lw``'s)."""
+    if not getattr(lw, "image", None):
+        raise LfmcError(f"graph {lw.graph.name} has a vision graph but no image_merge taking its embeddings")
+    if not max_patches or max_patches < 1:
+        raise LfmcError("a vision graph needs max_patches (the largest image, in patches, the artifact takes)")
+    vw = _Lowering(vision, weights, knobs | {"vision": knobs["prefill"]}, entry_names=("vision",), prefix="vis.")
+    vw.kernels, vw.params, vw.layouts = lw.kernels, lw.params, lw.layouts       # shared registries
+    vw.lower()
+    un = next(n for n in vision.nodes if n.op == "pixel_unshuffle")
+    out_dim = int(vision.nodes[-1].type.shape[1])
+    if out_dim != lw.image["cols"]:
+        raise LfmcError(f"the vision graph returns width {out_dim}, the decoder's image rows take {lw.image['cols']}")
+    plan["entries"]["vision"] = [L.to_json() for L in vw.entries["vision"]]
+    plan["row_tile"]["vision"] = knobs["prefill"].rows
+    plan["slabs"].update(vw.slabs)
+    plan["params"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in lw.params.items()}
+    pe = next(n for n in vision.nodes if n.op == "pos_embed")
+    plan["vision"] = {"max_patches": int(max_patches), "merge": int(un.attrs["factor"]) ** 2,
+                      "patch_dim": int(vision.inputs[0][1].shape[1]), "grid": int(pe.attrs["grid"]),
+                      "factor": int(un.attrs["factor"]),
+                      "patches": "vis.in.patches", "pos_weights": "vis.in.pos_weights",
+                      "output": Arg.slab(vw.prefix + vw.output, "m", out_dim).to_json()}
+    plan["image"] = lw.image
 
 
 def kernels_per_layer(plan: dict[str, Any], graph: Graph, entry: str = "decode") -> dict[str, int]:

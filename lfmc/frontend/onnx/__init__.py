@@ -12,7 +12,6 @@ note), dynamic int8 (dequantized with a note) and float16 weights; external data
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -56,19 +55,14 @@ def import_onnx(path: str | os.PathLike, name: str | None = None) -> Model:
     a chat template beside the file, or one folder up (onnx-community's ``onnx/`` layout), supply token ids,
     context length, tokenizer and chat template."""
     from ...ir.quant import quantized_params, set_quantized
-    from ..config import config_from_graph
+    from ..config import config_from_graph, read_json_object
 
     p = Path(path)
     mo = load_graph(p)
     side = next((d / "config.json" for d in (p.parent, p.parent.parent) if (d / "config.json").is_file()), None)
     extra: dict[str, Any] = {}
     if side is not None:
-        try:
-            extra = json.loads(side.read_text())
-        except ValueError as e:
-            raise LfmcError(f"{side}: not valid JSON ({e})") from None
-        if not isinstance(extra, dict):
-            raise LfmcError(f"{side}: not a JSON object")
+        extra = read_json_object(side)
     lfm3 = True if (extra.get("model_type") == "lfm3" or "Lfm3ForCausalLM" in (extra.get("architectures") or [])
                     or extra.get("architecture") == "Lfm3ForCausalLM") else None
     lf = _lift(mo, name or p.stem, str(p), p.parent, lfm3)

@@ -41,7 +41,11 @@ class WaferBackend(Backend):
         est = estimate(prog, ctx.driver_class(self.driver).Simulator, opts.max_batch)
         return prog, params, pl, est, report(prog, est)
 
-    def lower(self, graph: Graph, weights, profile, opts: CompileOptions, ctx: BuildContext) -> Built:
+    def lower(self, graph: Graph, weights, profile, opts: CompileOptions, ctx: BuildContext,
+              vision: Graph | None = None, max_patches: int | None = None) -> Built:
+        if vision is not None:
+            raise LfmcError(f"{profile.name}: the wafer target does not run vision encoders yet; compile a "
+                            "vision-language model for a cpu, opencl, cuda, metal or rocm target")
         from . import wafer_plan, write_wafer_files
 
         prog, params, pl, est, lines = self._place(graph, weights, profile, opts, ctx)

@@ -1,0 +1,258 @@
+"""Vision-language models (LFM2-VL): the decoder and the image encoder + projector as two IR graphs, built from a
+transformers config (no torch), with the checkpoint's weights mapped onto them by name.
+
+The decoder is the text model's graph (``graph_from_config``) with an ``image_merge`` after the embedding: a
+second input carries image embeddings aligned with the tokens, read at image-token positions. The vision graph
+takes one image's patches ``f32[T, C*p*p]`` (T patches, row-major in its patch grid), the weights that resize
+the learned position table to that grid (``lfmc.mixers.resize_weights``) and the patches' merge order
+(``lfmc.mixers.merge_order``), and returns the image-token embeddings ``f32[M, D_text]``. Weight names: the
+vision tower and projector keep transformers' names; the text model's are the LFM2 names
+(``model.language_model.X`` -> ``model.X``) so that every pass and lowering sees an ordinary LFM2 decoder.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pathlib import Path
+
+from ..ir.errors import LfmcError
+from ..ir.graph import Graph, Node
+from ..ir.model import Model
+from ..ir.weights import random_weights
+from ..ir.types import TensorType, f32
+from .build import GraphBuilder
+from .config import graph_from_config, read_json_object
+
+VL_ARCHITECTURES = ("Lfm2VlForConditionalGeneration",)
+# transformers 5.24's Siglip2VisionConfig and Lfm2VlConfig defaults, for fields a config leaves out
+SIGLIP2_DEFAULTS: dict[str, Any] = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                                    "num_attention_heads": 12, "num_channels": 3, "patch_size": 16,
+                                    "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "num_patches": 256}
+LFM2_VL_DEFAULTS: dict[str, Any] = {"image_token_id": 396, "projector_hidden_act": "gelu",
+                                    "projector_hidden_size": 2560, "projector_bias": True,
+                                    "projector_use_layernorm": True, "downsample_factor": 2,
+                                    "tie_word_embeddings": True}
+ACTS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+TEXT_PREFIX = "model.language_model."
+
+
+def is_vl(cfg: dict[str, Any]) -> bool:
+    arch = cfg.get("architecture") or (cfg.get("architectures") or [None])[0]
+    return arch in VL_ARCHITECTURES or cfg.get("model_type") == "lfm2_vl"
+
+
+def _vl(cfg: dict[str, Any], key: str) -> Any:
+    return cfg[key] if cfg.get(key) is not None else LFM2_VL_DEFAULTS[key]
+
+
+def text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The decoder's config (an LFM2 config) of a VL config; embeddings tied as the VL config says."""
+    t = dict(cfg.get("text_config") or {})
+    t.setdefault("model_type", "lfm2")
+    t["architecture"] = {"lfm2": "Lfm2ForCausalLM"}.get(t["model_type"])
+    if t["architecture"] is None:
+        raise LfmcError(f"VL text model type {t['model_type']!r} is not supported (supported: lfm2)")
+    t["tie_word_embeddings"] = bool(_vl(cfg, "tie_word_embeddings"))
+    return t
+
+
+def vision_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    v = dict(SIGLIP2_DEFAULTS) | {k: x for k, x in (cfg.get("vision_config") or {}).items() if x is not None}
+    if v.get("vision_use_head"):
+        raise LfmcError("a vision tower with a pooling head (vision_use_head) is not an LFM2-VL tower")
+    if v["hidden_act"] not in ACTS:
+        raise LfmcError(f"vision hidden_act {v['hidden_act']!r} is not supported (supported: {', '.join(ACTS)})")
+    return v
+
+
+def vl_graphs(cfg: dict[str, Any], name: str = "model") -> tuple[Graph, Graph]:
+    """(decoder, vision) graphs of an ``Lfm2VlForConditionalGeneration`` config."""
+    dec = graph_from_config(text_config(cfg), name)
+    return with_image_input(dec, int(_vl(cfg, "image_token_id"))), vision_graph(cfg, name + ".vision")
+
+
+def with_image_input(g: Graph, image_token: int) -> Graph:
+    """``g`` with a second input ``image`` f32[T, D] merged into the token embeddings at ``image_token``."""
+    emb = g.nodes[0]
+    if emb.op != "embedding":
+        raise LfmcError(f"graph {g.name} does not start with its token embedding")
+    D = int(emb.type.shape[1])
+    g.inputs.append(("image", f32("T", D)))
+    merge = Node("merge", "image_merge", [emb.name, g.inputs[0][0], "image"], emb.type, {"image_token": image_token})
+    for n in g.nodes[1:]:
+        n.inputs = ["merge" if i == emb.name else i for i in n.inputs]
+    g.outputs = ["merge" if o == emb.name else o for o in g.outputs]
+    g.nodes.insert(1, merge)
+    return g
+
+
+def vision_graph(cfg: dict[str, Any], name: str = "vision") -> Graph:
+    """The SigLIP2 NaFlex tower, pixel unshuffle and projector of an LFM2-VL config."""
+    v = vision_config(cfg)
+    D, F, H = int(v["hidden_size"]), int(v["intermediate_size"]), int(v["num_attention_heads"])
+    if D % H:
+        raise LfmcError(f"vision hidden_size {D} is not a multiple of its {H} heads")
+    C, p, eps = int(v["num_channels"]), int(v["patch_size"]), float(v["layer_norm_eps"])
+    npos = int(v["num_patches"])
+    grid = int(round(npos ** 0.5))
+    if grid * grid != npos:
+        raise LfmcError(f"vision num_patches {npos} is not a square grid")
+    f = int(_vl(cfg, "downsample_factor"))
+    Dt = int(text_config(cfg)["hidden_size"])
+    Ph = int(_vl(cfg, "projector_hidden_size"))
+    bias = bool(_vl(cfg, "projector_bias"))
+    b = GraphBuilder(name, inputs=[("patches", f32("T", C * p * p)), ("pos_weights", f32("T", grid * grid)),
+                                   ("order", TensorType("i32", ("T",)))])
+    t = "model.vision_tower."
+    e = t + "embeddings."
+    h = b.node("linear", ["patches"], {"weight": (e + "patch_embedding.weight", (D, C * p * p)),
+                                       "weight_bias": (e + "patch_embedding.bias", (D,))})
+    h = b.node("pos_embed", [h, "pos_weights"], {"table": (e + "position_embedding.weight", (npos, D))},
+               {"grid": grid})
+
+    def ln(x: str, w: str, width: int, eps: float) -> str:
+        return b.node("layernorm", [x], {"weight": (w + ".weight", (width,)), "bias": (w + ".bias", (width,))},
+                      {"eps": eps})
+
+    act = ACTS[v["hidden_act"]]
+    for i in range(int(v["num_hidden_layers"])):
+        L = f"{t}encoder.layers.{i}."
+        x = ln(h, L + "layer_norm1", D, eps)
+        a = L + "self_attn."
+        params = {}
+        for r in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            params[r] = (a + r + ".weight", (D, D))
+            params[r + "_bias"] = (a + r + ".bias", (D,))
+        y = b.node("bidir_attention", [x], params, {"heads": H, "head_dim": D // H})
+        h = b.add(h, y)
+        x = ln(h, L + "layer_norm2", D, eps)
+        m = L + "mlp."
+        y = b.node("mlp", [x], {"fc1": (m + "fc1.weight", (F, D)), "fc1_bias": (m + "fc1.bias", (F,)),
+                                "fc2": (m + "fc2.weight", (D, F)), "fc2_bias": (m + "fc2.bias", (D,))}, {"act": act})
+        h = b.add(h, y)
+    h = ln(h, t + "post_layernorm", D, eps)
+    h = b.node("pixel_unshuffle", [h, "order"], {}, {"factor": f})
+    pr = "model.multi_modal_projector."
+    if _vl(cfg, "projector_use_layernorm"):
+        h = ln(h, pr + "layer_norm", D * f * f, 1e-5)          # nn.LayerNorm's default eps
+    params = {"fc1": (pr + "linear_1.weight", (Ph, D * f * f)), "fc2": (pr + "linear_2.weight", (Dt, Ph))}
+    if bias:
+        params |= {"fc1_bias": (pr + "linear_1.bias", (Ph,)), "fc2_bias": (pr + "linear_2.bias", (Dt,))}
+    pact = _vl(cfg, "projector_hidden_act")
+    if pact not in ACTS:
+        raise LfmcError(f"projector_hidden_act {pact!r} is not supported (supported: {', '.join(ACTS)})")
+    return b.finish(b.node("mlp", [h], params, {"act": ACTS[pact]}))
+
+
+def vision_geometry(vision: Graph) -> dict[str, int]:
+    """What the runtime needs to feed a vision graph: patch width (C*p*p), the position table's grid side, the
+    merge factor and the image-token width it returns."""
+    pe = next(n for n in vision.nodes if n.op == "pos_embed")
+    un = next(n for n in vision.nodes if n.op == "pixel_unshuffle")
+    return {"patch_dim": int(vision.inputs[0][1].shape[1]), "grid": int(pe.attrs["grid"]),
+            "factor": int(un.attrs["factor"]), "out_dim": int(vision.nodes[-1].type.shape[1])}
+
+
+def map_hf_weights(sd: dict[str, np.ndarray], dec: Graph, vis: Graph, where: str) -> dict[str, np.ndarray]:
+    """A checkpoint's state dict under lfmc's names: text weights lose ``model.language_model.`` (and
+    ``lm_head.weight`` is dropped when the decoder ties it); missing or unexpected tensors are an error naming
+    ``where``."""
+    out: dict[str, np.ndarray] = {}
+    tied = "lm_head.weight" not in dec.params()
+    for k, v in sd.items():
+        if k.startswith(TEXT_PREFIX):
+            k = "model." + k[len(TEXT_PREFIX):]
+        elif k == "lm_head.weight" and tied:
+            continue
+        out[k] = np.asarray(v, dtype=np.float32) if np.asarray(v).dtype != np.float32 else np.asarray(v)
+    want = set(dec.params()) | set(vis.params())
+    missing, extra = sorted(want - set(out)), sorted(set(out) - want)
+    if missing or extra:
+        raise LfmcError(f"{where}: the weights do not fit the LFM2-VL config: missing {missing[:5]}, "
+                        f"unexpected {extra[:5]}")
+    return out
+
+
+def provenance_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The VL config as lfmc stores it: the text model's ids and context limit lifted to the top level (where the
+    manifest and ``lfmc run`` look for them)."""
+    out = {k: v for k, v in cfg.items() if k not in ("architectures",)}
+    out["architecture"] = "Lfm2VlForConditionalGeneration"
+    t = text_config(cfg)
+    for k in ("eos_token_id", "bos_token_id", "pad_token_id", "max_position_embeddings"):
+        if out.get(k) is None and t.get(k) is not None:
+            out[k] = t[k]
+    return out
+
+
+def vl_model(cfg: dict[str, Any], name: str, weights: dict[str, np.ndarray] | None = None,
+             processor: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
+             seed: int | None = None, std: float = 0.02) -> Model:
+    """A VL model: both graphs, ``weights`` (lfmc names) or seeded random ones when ``seed`` is given."""
+    dec, vis = vl_graphs(cfg, name)
+    if weights is None and seed is not None:
+        weights = random_weights(dec, seed, std) | random_weights(vis, seed, std)
+    prov = {"architecture": "Lfm2VlForConditionalGeneration", "config": provenance_config(cfg),
+            "processor": dict(processor or {})} | (provenance or {})
+    return Model(dec, weights, prov, vision=vis).check()
+
+
+def processor_config(d: Path) -> dict[str, Any]:
+    """The image processor settings of a checkpoint directory: ``preprocessor_config.json``, then
+    ``processor_config.json``'s (its own keys and its ``image_processor`` object)."""
+    out: dict[str, Any] = {}
+    for f in ("preprocessor_config.json", "processor_config.json"):
+        p = d / f
+        if p.is_file():
+            raw = read_json_object(p)
+            out |= {k: v for k, v in raw.items() if not isinstance(v, dict)}
+            if isinstance(raw.get("image_processor"), dict):
+                out |= raw["image_processor"]
+    return out
+
+
+def import_vl_dir(d: Path, raw: dict[str, Any], name: str) -> Model:
+    """An LFM2-VL checkpoint directory: config.json, the safetensors files (read without torch) and the
+    processor settings; config-only without weight files."""
+    files = sorted(d.glob("*.safetensors"))
+    w = None
+    if files:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        sd: dict[str, np.ndarray] = {}
+        for f in files:
+            try:
+                sd |= _load_any(f, load_file)
+            except (SafetensorError, OSError, ValueError) as e:
+                raise LfmcError(f"{f}: not a readable safetensors file ({e})") from None
+        dec, vis = vl_graphs(raw, name)
+        w = map_hf_weights(sd, dec, vis, str(d))
+    elif any(d.glob("*.bin")):
+        raise LfmcError(f"{d}: LFM2-VL weights are read from .safetensors files; this directory has only .bin")
+    return vl_model(raw, name, w, processor_config(d), {"source": "hf", "path": str(d.resolve())})
+
+
+def _load_any(f: Path, load_file) -> dict[str, np.ndarray]:
+    """A safetensors file's tensors as float32 numpy arrays (bf16 ones widened: numpy has no bfloat16)."""
+    try:
+        return load_file(str(f))
+    except (TypeError, ValueError):
+        pass
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(f), framework="numpy") as h:
+        for k in h.keys():
+            out[k] = h.get_tensor(k)
+    return out
+
+
+def import_vl_torch(model, name: str) -> Model:
+    """A transformers ``Lfm2VlForConditionalGeneration`` object (its config and state dict)."""
+    cfg = model.config.to_dict()
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    dec, vis = vl_graphs(cfg, name)
+    return vl_model(cfg, name, map_hf_weights(sd, dec, vis, type(model).__name__), provenance={"source": "torch"})
