@@ -118,9 +118,10 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = DEFAULT_TA
     check_fits(prof, sum(p.type.nbytes() for p in model.graph.params().values()), model.graph)
     if model.vision is not None:
         verify(model.vision)
-        from .runtime.vision import ImageProcessor
+        from .runtime.vision import make_processor
 
-        proc = ImageProcessor(model.provenance.get("processor") or {})
+        layout = "merge_blocks" if any(n.op == "merge_tokens" for n in model.vision.nodes) else "raster"
+        proc = make_processor(layout, model.provenance.get("processor") or {})
         built = be.lower(model.graph, model.weights, prof, opts, ctx, vision=model.vision,
                          max_patches=proc.max_num_patches)
         built.extra["processor"] = proc.config

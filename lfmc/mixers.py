@@ -87,3 +87,36 @@ def _erf(x: np.ndarray) -> np.ndarray:
     from math import erf
 
     return np.vectorize(erf, otypes=[np.float64])(x.astype(np.float64)).astype(np.float32)
+
+
+def merge_positions(height: int, width: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) in the patch grid of each patch in merge-block order (LFM3-VL's patch order)."""
+    o = merge_order(height, width, factor)
+    return o // width, o % width
+
+
+def grid_conv(x: np.ndarray, taps: np.ndarray, height: int, width: int, factor: int) -> np.ndarray:
+    """Depthwise K x K convolution, zero padded, of ``x`` [T, D] (patches in merge-block order of a height x width
+    grid) with ``taps`` [D, K, K]; the output in the same order."""
+    rows, cols = merge_positions(height, width, factor)
+    K = taps.shape[-1]
+    g = np.zeros((height + K - 1, width + K - 1, x.shape[1]), np.float32)
+    g[rows + K // 2, cols + K // 2] = x
+    out = np.zeros_like(x)
+    for dy in range(K):
+        for dx in range(K):
+            out += g[rows + dy, cols + dx] * taps[:, dy, dx]
+    return out
+
+
+def rope_2d(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, theta: float) -> np.ndarray:
+    """Axial 2-D rotary embedding of ``x`` [T, H, hd] (Qwen2/3-VL's vision rotary): head_dim / 4 frequencies
+    theta^(-4i/hd); the row's angles then the column's fill head_dim / 2, rotate-half pairing."""
+    hd = x.shape[-1]
+    q = hd // 2
+    inv = (np.float32(1.0) / (np.float32(theta) ** (np.arange(0, q, 2, dtype=np.float32) / np.float32(q))))
+    ang = np.concatenate([rows.astype(np.float32)[:, None] * inv, cols.astype(np.float32)[:, None] * inv], -1)
+    emb = np.concatenate([ang, ang], -1)
+    cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]
+    rot = np.concatenate([-x[..., hd // 2:], x[..., :hd // 2]], axis=-1)
+    return (x * cos + rot * sin).astype(np.float32)

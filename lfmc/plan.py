@@ -21,7 +21,8 @@ ENTRIES = ("prefill", "decode")
 # patches) the image tokens they merge into (n / merge) and those rounded up to the row tile
 ROW_SPECS = ("n", "np", "nk", "m", "mp")
 INPUTS = ("tokens", "slots", "pos", "order")     # int32 per row (order: a vision entry's patch merge order)
-SCALARS = ("nb", "slot", "mb")          # row blocks of the call; the sequence slot of a prefill; blocks of "mp"
+SCALARS = ("nb", "slot", "mb", "gh", "gw")   # row blocks of the call; the sequence slot of a prefill; blocks of "mp";
+                                             # a vision call's patch grid (rows, columns)
 ARG_KINDS = ("slab", "param", "state", "input", "scalar", "const")
 STATE_DIMS = ("S", "C", "R")            # state shapes: sequence slots, max context, ring slots of a sliding window
 

@@ -344,6 +344,27 @@ _ASSUMED_AND_DERIVED["lfm2-vl-tiny"] = _vl(
     "lfm2-tiny", _SIGLIP2_BASE | {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                                   "num_attention_heads": 2, "num_patches": 16},
     ["everything: a test model"], image_token_id=255, projector_hidden_size=48)
+
+
+def _vl3(text: str, vision: dict[str, Any], assumed: list[str], **top: Any) -> dict[str, Any]:
+    """An LFM3-VL preset: an LFM3 text preset's config as ``text_config``, an LFM3-VL ``vision_config``."""
+    tc = {k: v for k, v in _ASSUMED_AND_DERIVED[text]["config"].items() if k != "architecture"} | {"model_type": "lfm3"}
+    cfg = {"model_type": "lfm3_vl", "text_config": tc, "vision_config": {"model_type": "lfm3_vl_vision", **vision},
+           "image_token_id": 125_030, "projector_hidden_act": "gelu", "projector_hidden_size": 4096,
+           "projector_bias": True, "tie_word_embeddings": True, "eos_token_id": tc.get("eos_token_id"),
+           "bos_token_id": tc.get("bos_token_id"), "max_position_embeddings": tc.get("max_position_embeddings")} | top
+    return {"architecture": "Lfm3VlForConditionalGeneration", "config": cfg, "published_parameters": None,
+            "assumed": assumed, "processor": {"patch_size": vision.get("patch_size", 16)}}
+
+
+_ASSUMED_AND_DERIVED["lfm3-vl-2b"] = _vl3("lfm3-1.7b", {}, [
+    "every field: transformers 5.24's Lfm3VlConfig / Lfm3VlVisionConfig defaults (their docstrings name "
+    "LiquidAI/LFM3-VL-2B) with the lfm3-1.7b text config; the processor: Qwen2-VL's defaults with patch 16"])
+# a tiny LFM3-VL for tests: byte vocabulary, the image token is byte 255
+_ASSUMED_AND_DERIVED["lfm3-vl-tiny"] = _vl3(
+    "lfm3-tiny", {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
+                  "num_key_value_heads": 2}, ["everything: a test model"], image_token_id=255,
+    projector_hidden_size=48)
 PRESETS: dict[str, dict[str, Any]] = _PUBLISHED | _ASSUMED_AND_DERIVED
 
 

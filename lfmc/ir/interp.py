@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..mixers import causal_conv, gelu, rope, rope_inv_freq
+from ..mixers import causal_conv, gelu, grid_conv, merge_positions, rope, rope_2d, rope_inv_freq
 from .errors import LfmcError
 from .graph import Gate, Graph, Node
 from .ops import state_types
@@ -92,7 +92,8 @@ class Interpreter:
             "attention": self._attention, "gated_mlp": self._gated_mlp, "moe": self._moe,
             "linear_recurrence": self._recurrence, "layernorm": self._layernorm, "pos_embed": self._pos_embed,
             "bidir_attention": self._bidir_attention, "mlp": self._mlp, "pixel_unshuffle": self._pixel_unshuffle,
-            "image_merge": self._image_merge,
+            "image_merge": self._image_merge, "grid_conv": self._grid_conv,
+            "vision_attention": self._vision_attention, "merge_tokens": self._merge_tokens,
         }
 
     def new_state(self) -> SequenceState:
@@ -278,3 +279,30 @@ class Interpreter:
     def _image_merge(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
         emb, toks, img = a
         return np.where((toks == n.attrs["image_token"])[:, None], img, emb).astype(F32)
+
+    def _grid_conv(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        h, w = (int(v) for v in a[1])
+        proj = {"in_proj": self._proj(n, "in_proj", a[0])}
+        bx = self._gate(n, "B", proj) * self._gate(n, "x", proj)
+        conv = grid_conv(bx, self._p(n, "conv")[:, 0], h, w, n.attrs["merge"])
+        return self._proj(n, "out_proj", self._gate(n, "C", proj) * conv)
+
+    def _vision_attention(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        x = a[0]
+        T = x.shape[0]
+        h, kv, hd, eps = n.attrs["heads"], n.attrs["kv_heads"], n.attrs["head_dim"], n.attrs["eps"]
+        rows, cols = merge_positions(int(a[1][0]), int(a[1][1]), n.attrs["merge"])
+        q = _rmsnorm(self._proj(n, "q_proj", x).reshape(T, h, hd), self._p(n, "q_norm"), eps)
+        k = _rmsnorm(self._proj(n, "k_proj", x).reshape(T, kv, hd), self._p(n, "k_norm"), eps)
+        v = self._proj(n, "v_proj", x).reshape(T, kv, hd)
+        q = rope_2d(q, rows, cols, n.attrs["rope_theta"]).reshape(T, kv, h // kv, hd)
+        k = rope_2d(k, rows, cols, n.attrs["rope_theta"])
+        p = _softmax(np.einsum("tkgd,ckd->kgtc", q, k) * F32(hd ** -0.5), axis=-1)
+        o = np.einsum("kgtc,ckd->tkgd", p, v).reshape(T, h * hd)
+        return self._proj(n, "out_proj", o.astype(F32))
+
+    def _merge_tokens(self, n: Node, a: list[np.ndarray], s: SequenceState) -> np.ndarray:
+        f2 = n.attrs["factor"] ** 2
+        if a[0].shape[0] % f2:
+            raise LfmcError(f"%{n.name}: {a[0].shape[0]} patches do not split into tokens of {f2}")
+        return a[0].reshape(a[0].shape[0] // f2, f2 * a[0].shape[1])

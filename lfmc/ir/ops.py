@@ -102,20 +102,27 @@ def _short_conv(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
     return ins[0], {"conv": f32(d, L - 1)}
 
 
-def _attention(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
-    d = _hidden(ins[0])
+def _gqa(node: Node, d: int, rope_multiple: int = 2, qk_norm: bool = True) -> tuple[int, int, int]:
+    """Check a GQA operator's heads and projections (q, k, v, out; q / k norms): its (heads, kv_heads, head_dim)."""
     a = node.attrs
-    h, kv, hd = a["heads"], a["kv_heads"], a["head_dim"]
+    h, kv, hd = a["heads"], a.get("kv_heads", a["heads"]), a["head_dim"]
     _want(h > 0 and kv > 0 and h % kv == 0, f"heads {h} must be a multiple of kv_heads {kv}")
-    _want(hd % 2 == 0, f"head_dim {hd} must be even for rotary embeddings")
+    _want(hd % rope_multiple == 0, f"head_dim {hd} must be a multiple of {rope_multiple} for its rotary embedding")
     _linear(node, "q_proj", h * hd, d)
     _linear(node, "k_proj", kv * hd, d)
     _linear(node, "v_proj", kv * hd, d)
     _linear(node, "out_proj", d, h * hd)
+    for r in ("q_norm", "k_norm") if qk_norm else ():
+        _want(_shape(node, r) == (hd,), f"param {r} has shape {list(_shape(node, r))}, expected [{hd}]")
+    return h, kv, hd
+
+
+def _attention(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    a = node.attrs
+    h, kv, hd = _gqa(node, d)
     if "g_proj" in node.params:
         _linear(node, "g_proj", h, d)
-    for r in ("q_norm", "k_norm"):
-        _want(_shape(node, r) == (hd,), f"param {r} has shape {list(_shape(node, r))}, expected [{hd}]")
     _want(0 <= a.get("rope_angles", hd // 2) <= hd // 2,
           f"rope_angles {a.get('rope_angles')} must be in 0..head_dim/2 ({hd // 2})")
     _want(a.get("rope_factor", 1.0) > 0, f"rope_factor must be positive, not {a.get('rope_factor')}")
@@ -178,14 +185,7 @@ def _pos_embed(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
 
 
 def _bidir_attention(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
-    d = _hidden(ins[0])
-    a = node.attrs
-    h, kv, hd = a["heads"], a.get("kv_heads", a["heads"]), a["head_dim"]
-    _want(h > 0 and kv > 0 and h % kv == 0, f"heads {h} must be a multiple of kv_heads {kv}")
-    _linear(node, "q_proj", h * hd, d)
-    _linear(node, "k_proj", kv * hd, d)
-    _linear(node, "v_proj", kv * hd, d)
-    _linear(node, "out_proj", d, h * hd)
+    _gqa(node, _hidden(ins[0]), rope_multiple=1, qk_norm=False)
     return ins[0], {}
 
 
@@ -215,6 +215,36 @@ def _image_merge(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
     _want(ins[2] == f32("T", d), f"the image rows must be f32[T, {d}], got {ins[2]}")
     _want(node.attrs["image_token"] >= 0, "image_token must be a token id")
     return ins[0], {}
+
+
+def _grid(t: TensorType) -> None:
+    _want(t == TensorType("i32", (2,)), f"the patch grid input must be i32[2] (rows, columns), got {t}")
+
+
+def _grid_conv(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    _grid(ins[1])
+    K = node.attrs["kernel"]
+    _want(K >= 1 and K % 2 == 1, f"kernel must be odd, not {K}")
+    _want(node.attrs["merge"] >= 1, "merge must be at least 1")
+    _linear(node, "in_proj", 3 * d, d)
+    _linear(node, "out_proj", d, d)
+    _want(_shape(node, "conv") == (d, 1, K, K), f"param conv has shape {list(_shape(node, 'conv'))}, expected "
+                                                f"[{d}, 1, {K}, {K}]")
+    return ins[0], {}
+
+
+def _vision_attention(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    _grid(ins[1])
+    _gqa(node, _hidden(ins[0]), rope_multiple=4)          # an axial 2-D rotary embedding: 4 | head_dim
+    return ins[0], {}
+
+
+def _merge_tokens(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
+    d = _hidden(ins[0])
+    f = node.attrs["factor"]
+    _want(f >= 1 and ins[0].shape[0] == "T", f"merge_tokens takes patches f32[T, D] in merge-block order, factor >= 1")
+    return f32("M", d * f * f), {}
 
 
 def _lm_head(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
@@ -275,6 +305,21 @@ SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
     OpSchema("pixel_unshuffle", 2, {"factor": int}, (), _pixel_unshuffle,
              doc="patches taken in merge order (factor x factor blocks, row-major within a block) and each block's "
                  "factor^2 patches concatenated: f32[T, D] -> f32[M, D*factor^2], M = T / factor^2"),
+    OpSchema("grid_conv", 2, {"kernel": int, "merge": int}, ("in_proj", "conv", "out_proj"), _grid_conv,
+             liv_class="scaled_toeplitz", gates=("B", "C", "x"),
+             doc="out_proj(C * conv2d(B * x)): a gated depthwise kernel x kernel convolution over one image's patch "
+                 "grid (zero padded, no state); patches in merge-block order (blocks of merge x merge), the grid "
+                 "(rows, columns) from the second input (LFM3-VL)"),
+    OpSchema("vision_attention", 2, {"heads": int, "kv_heads": int, "head_dim": int, "eps": NUM, "rope_theta": NUM,
+                                     "merge": int},
+             ("q_proj", "k_proj", "v_proj", "out_proj", "q_norm", "k_norm"), _vision_attention, liv_class="low_rank",
+             gates=("q", "k", "v"),
+             doc="bidirectional GQA over one image's patches with per-head RMSNorm on q, k and an axial 2-D rotary "
+                 "embedding (row angles, then column angles, over head_dim / 4 frequencies each, rotate-half); "
+                 "patches in merge-block order, the grid from the second input (LFM3-VL)"),
+    OpSchema("merge_tokens", 1, {"factor": int}, (), _merge_tokens,
+             doc="patches already in merge-block order: each factor^2 consecutive rows become one image token "
+                 "(f32[T, D] -> f32[M, D*factor^2], a reshape)"),
     OpSchema("image_merge", 3, {"image_token": int}, (), _image_merge,
              doc="token embeddings with the rows at image-token positions replaced by the image's embeddings "
                  "(inputs: embeddings, token ids, image rows aligned with the tokens)"),
@@ -298,9 +343,13 @@ CANONICAL_FEATURIZERS: dict[str, dict[str, Gate]] = {
     "moe": {"router": Gate("router", act="sigmoid"), "gate": Gate("gate_up", 0, 2, "silu"),
             "up": Gate("gate_up", 1, 2)},
     "bidir_attention": {"q": Gate("q_proj"), "k": Gate("k_proj"), "v": Gate("v_proj")},
+    "grid_conv": {"B": Gate("in_proj", 0, 3), "C": Gate("in_proj", 1, 3), "x": Gate("in_proj", 2, 3)},
+    "vision_attention": {"q": Gate("q_proj", act="rmsnorm_rope"), "k": Gate("k_proj", act="rmsnorm_rope"),
+                         "v": Gate("v_proj")},
 }
 LIV_MIXING = {"short_conv": "dense", "attention": "dense", "gated_mlp": "dense", "moe": "dense",
-              "linear_recurrence": "dense", "bidir_attention": "dense"}
+              "linear_recurrence": "dense", "bidir_attention": "dense",
+              "grid_conv": "dense", "vision_attention": "dense"}
 
 
 def ops_with(trait: str) -> tuple[str, ...]:

@@ -123,10 +123,14 @@ def check_structure(m: dict[str, Any], where: Any = MANIFEST) -> None:
     if "vision" in p or "vision" in p["entries"]:
         v, im = p.get("vision"), p.get("image")
         posint = lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1  # noqa: E731
-        need(isinstance(v, dict) and all(posint(v.get(k)) for k in ("max_patches", "merge", "patch_dim", "grid",
-                                                                     "factor"))
-             and v["merge"] == v["factor"] ** 2 and all(v.get(k) in p["slabs"] for k in ("patches", "pos_weights")),
-             "plan.vision needs max_patches, merge, patch_dim, grid, factor and its declared input slabs")
+        raster = isinstance(v, dict) and v.get("layout") == "raster"
+        need(isinstance(v, dict) and v.get("layout") in ("raster", "merge_blocks")
+             and all(posint(v.get(k)) for k in ("max_patches", "merge", "patch_dim", "factor")
+                     + (("grid",) if raster else ()))
+             and v["merge"] == v["factor"] ** 2
+             and all(v.get(k) in p["slabs"] for k in ("patches",) + (("pos_weights",) if raster else ())),
+             "plan.vision needs a layout (raster, merge_blocks), max_patches, merge, patch_dim, factor (grid for "
+             "raster) and its declared input slabs")
         out = v.get("output")
         need(isinstance(out, list) and len(out) == 4 and out[0] == "slab" and out[1] in p["slabs"]
              and out[2] == "m" and posint(out[3]), "plan.vision.output must be [\"slab\", a declared slab, \"m\", columns]")

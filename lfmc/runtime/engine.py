@@ -104,6 +104,7 @@ class Engine:
         self._views: dict[tuple, Any] = {}
         self._seqs: dict[int, _Seq] = {}
         self._next_id = 0
+        self._grid: tuple[int, int] = (0, 0)
 
     # ------------------------------------------------------------------------------------------- loading
     def _load_params(self) -> None:
@@ -151,9 +152,10 @@ class Engine:
         for name, elems in slab_elems.items():
             self.slabs[name] = self.driver.alloc((elems,), self.plan["slabs"][name]["dtype"])
         self.state = {k: self.driver.alloc(shapes[k], s["dtype"]) for k, s in self.plan["state"].items()}
-        self.inputs = {k: self.driver.alloc((big,), "int32") for k in ("tokens", "slots", "pos")}
+        rows_in = max(big, self._rows("np", self.max_patches, "vision") if self.max_patches else 0)
+        self.inputs = {k: self.driver.alloc((rows_in,), "int32") for k in ("tokens", "slots", "pos")}
         if self.max_patches:
-            self.inputs["order"] = self.driver.alloc((self._rows("np", self.max_patches, "vision"),), "int32")
+            self.inputs["order"] = self.driver.alloc((rows_in,), "int32")
 
     def _state_shape(self, spec: dict) -> tuple[int, ...]:
         """A state buffer's shape with its dimensions bound: S slots, C the max context, R a sliding window's
@@ -192,6 +194,8 @@ class Engine:
                 return slot
             if name == "mb":
                 return self._rows("mp", n, entry) // self.plan["row_tile"][entry]
+            if name in ("gh", "gw"):
+                return self._grid[0 if name == "gh" else 1]
         if kind == "const":
             return name
         raise RuntimeLoadError(f"plan argument {a.to_json()!r} is not understood by this runtime")
@@ -212,7 +216,7 @@ class Engine:
         return out
 
     def _run(self, entry: str, n: int, slot: int = 0) -> None:
-        key = (entry, n, slot)
+        key = (entry, n, slot) + (self._grid if entry == "vision" else ())   # a vision call's scalars: its grid
         calls = self._calls.get(key)
         if calls is None:
             calls = [(self._funcs[k], [self._arg(a, n, entry, slot) for a in args])
@@ -363,8 +367,13 @@ class Engine:
         except ValueError as e:
             raise EngineError(str(e)) from None
         self.driver.write(self.slabs[v["patches"]], p.reshape(-1))
-        self.driver.write(self.slabs[v["pos_weights"]], resize_weights(int(height), int(width), v["grid"]).reshape(-1))
-        self.driver.write(self.inputs["order"], order)
+        if v["layout"] == "raster":         # LFM2-VL: positions resized to this grid, patches gathered into tokens
+            self.driver.write(self.slabs[v["pos_weights"]],
+                              resize_weights(int(height), int(width), v["grid"]).reshape(-1))
+            self.driver.write(self.inputs["order"], order)
+        self._grid = (int(height), int(width))          # LFM3-VL's kernels take the grid as scalars
+        self.driver.write(self.inputs["slots"], np.zeros(P, np.int32))          # attention over the image's rows:
+        self.driver.write(self.inputs["pos"], np.full(P, P - 1, np.int32))      # every row sees all of them
         self._run("vision", P)
         a = Arg.from_json(v["output"])
         return np.array(self.driver.read(self.slabs[a.name], (self._rows(a.rows, P, "vision"), a.cols)))
@@ -374,9 +383,9 @@ class Engine:
         if self.vision is None:
             raise EngineError(f"{self.root}: this artifact takes no images (not a vision-language model)")
         if getattr(self, "_processor", None) is None:
-            from .vision import ImageProcessor
+            from .vision import make_processor
 
-            self._processor = ImageProcessor(self.manifest.get("processor") or {})
+            self._processor = make_processor(self.vision["layout"], self.manifest.get("processor") or {})
         return self._processor
 
     def prepare(self, prompt: str | Sequence[int], images: Sequence[Any] = ()) -> tuple[list[int], np.ndarray | None]:

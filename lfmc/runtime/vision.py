@@ -268,6 +268,92 @@ class ImageProcessor:
         return out
 
 
+QWEN_DEFAULTS: dict[str, Any] = {   # transformers 5.24's Qwen2VLImageProcessorPil (LFM3-VL's), patch 16 as LFM3-VL's
+    "patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280,
+    "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+}
+
+
+class MergeBlockProcessor:
+    """LFM3-VL's preprocessing (transformers' Qwen2VLImageProcessorPil): resize (bicubic) so both sides are
+    multiples of patch x merge with min_pixels..max_pixels pixels, no tiles; CLIP mean / std; patches in
+    merge-block order, each patch's values ordered channel, frame (the image repeated temporal_patch_size
+    times), row, column. The prompt's placeholder becomes the image tokens alone (the chat template adds
+    ``<|vision_start|>`` / ``<|vision_end|>``)."""
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        c = dict(QWEN_DEFAULTS)
+        cfg = dict(config or {})
+        size = cfg.pop("size", None)
+        if isinstance(size, dict):
+            cfg.setdefault("min_pixels", size.get("shortest_edge"))
+            cfg.setdefault("max_pixels", size.get("longest_edge"))
+        for k, v in cfg.items():
+            if k in QWEN_DEFAULTS and v is not None:
+                c[k] = v
+        for k in ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels"):
+            if not isinstance(c[k], int) or isinstance(c[k], bool) or c[k] < 1:
+                raise ImageError(f"processor setting {k} must be a positive integer, not {c[k]!r}")
+        if c["min_pixels"] > c["max_pixels"]:
+            raise ImageError("processor setting min_pixels must not exceed max_pixels")
+        self.config = c
+
+    @property
+    def max_num_patches(self) -> int:
+        return self.config["max_pixels"] // self.config["patch_size"] ** 2
+
+    def smart_resize(self, height: int, width: int) -> tuple[int, int]:
+        c = self.config
+        f = c["patch_size"] * c["merge_size"]
+        if max(height, width) / min(height, width) > 200:
+            raise ImageError(f"a {width} x {height} image: the aspect ratio must be under 200")
+        h, w = round(height / f) * f, round(width / f) * f
+        if h * w > c["max_pixels"]:
+            beta = math.sqrt(height * width / c["max_pixels"])
+            h = max(f, math.floor(height / beta / f) * f)
+            w = max(f, math.floor(width / beta / f) * f)
+        elif h * w < c["min_pixels"]:
+            beta = math.sqrt(c["min_pixels"] / (height * width))
+            h = math.ceil(height * beta / f) * f
+            w = math.ceil(width * beta / f) * f
+        return h, w
+
+    def process(self, image: Any) -> ProcessedImage:
+        from PIL import Image
+
+        c = self.config
+        im = load_image(image)
+        h, w = self.smart_resize(im.size[1], im.size[0])
+        x = np.asarray(im.resize((w, h), Image.BICUBIC)).transpose(2, 0, 1)
+        if c["do_rescale"]:
+            x = (x.astype(np.float64) * c["rescale_factor"]).astype(np.float32)
+        if c["do_normalize"]:
+            x = ((x - np.asarray(c["image_mean"], np.float32)[:, None, None])
+                 / np.asarray(c["image_std"], np.float32)[:, None, None]).astype(np.float32)
+        p, m, tp = c["patch_size"], c["merge_size"], c["temporal_patch_size"]
+        gh, gw = h // p, w // p
+        x = x.reshape(3, gh // m, m, p, gw // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)
+        x = np.broadcast_to(x[:, :, :, :, :, None], (*x.shape[:5], tp, p, p))
+        piece = Piece(np.ascontiguousarray(x.reshape(gh * gw, 3 * tp * p * p), np.float32), gh, gw)
+        out = ProcessedImage([piece], 1, 1, 0, gh * gw // (m * m))
+        out._merge = m * m
+        return out
+
+    def image_token_ids(self, img: ProcessedImage, image_token: int, token_id=None) -> list[int]:
+        return [image_token] * img.tokens_for_image
+
+
+def make_processor(layout: str, config: dict[str, Any] | None = None):
+    """The preprocessing of a vision artifact by its patch layout: ``raster`` (LFM2-VL, :class:`ImageProcessor`)
+    or ``merge_blocks`` (LFM3-VL, :class:`MergeBlockProcessor`)."""
+    if layout == "merge_blocks":
+        return MergeBlockProcessor(config)
+    if layout == "raster":
+        return ImageProcessor(config)
+    raise ImageError(f"unknown vision patch layout {layout!r} (raster, merge_blocks)")
+
+
 @lru_cache(maxsize=32)
 def _ratios(lo: int, hi: int) -> list[tuple[int, int]]:
     """(cols, rows) grids with lo..hi tiles, fewest tiles first (transformers' order)."""

@@ -382,6 +382,8 @@ class _Lowering:
             ins = [home.get(v) for v in n.inputs]
             if n.op == "rmsnorm" and (n.fused.get("into") or n.fused.get("post")):
                 out = ins[0]                               # folded into its consumer: no kernel, no buffer
+            elif n.op == "merge_tokens":
+                out = ins[0]                               # a reshape: the same rows, viewed [n / f^2, f^2 D]
             elif n.name in skip_add:
                 out = home[next(v for v in n.inputs if v != n.fused["into"])]
             elif n.name in acc_of:
@@ -609,10 +611,52 @@ class _Lowering:
         Nq = (H + 2 * KV) * hd
         self.matmul((ins[0], D), [(n, r) for r in roles], Nq, D, ("t_p", Nq),
                     bias=[(n, r + "_bias") for r in roles] if all(biased) else None, norm=norm)
-        k = self.kernel(("enc_attn", H, KV, hd), "make_encoder_attention", H=H, KV=KV, hd=hd, kn=self.loop)
-        self.both(k, [self.slab("t_p", "n", Nq), self.slab("t_a", "n", H * hd)])
+        ks = self.kernel(("enc_qkv", H, KV, hd), "make_encoder_qkv", H=H, KV=KV, hd=hd, kn=self.loop)
+        self.encoder_attention(n, ks, [], [], out, D, H, KV, hd, accumulate)
+
+    def op_vision_attention(self, n: Node, ins, out: str, D: int) -> None:
+        a = n.attrs
+        H, KV, hd = a["heads"], a["kv_heads"], a["head_dim"]
+        Nq = (H + 2 * KV) * hd
+        self.matmul((ins[0], D), [(n, r) for r in ("q_proj", "k_proj", "v_proj")], Nq, D, ("t_p", Nq))
+        ks = self.kernel(("enc_qkv_rope", H, KV, hd, repr(a["eps"]), repr(a["rope_theta"]), a["merge"]),
+                         "make_encoder_qkv_rope", H=H, KV=KV, hd=hd, eps=a["eps"], theta=a["rope_theta"],
+                         merge=a["merge"], kn=self.loop)
+        norms = [self.param("w." + n.params[r].name, lambda r=r: self.w(n, r)) for r in ("q_norm", "k_norm")]
+        self.encoder_attention(n, ks, norms, [Arg.scalar("gw")], out, D, H, KV, hd)
+
+    def encoder_attention(self, n: Node, split: str, before: list[Arg], after: list[Arg], out: str, D: int, H: int,
+                          KV: int, hd: int, accumulate: bool = False) -> None:
+        """Bidirectional attention over one image's rows from the q | k | v projection in ``t_p``: ``split``
+        puts q into ``t_q`` and k, v into a scratch cache of the image's rows (args: t_p, ``before``, t_q, the
+        caches, ``after``), then the causal-prefill attention kernel runs with every row's position at the last
+        row, so each row sees all of them; the output projection follows."""
+        P = self.max_patches
+        for key in ("k", "v"):
+            self.state.setdefault(f"enc_{key}.{KV}x{hd}", {"shape": [1, P, KV, hd], "dtype": "float32",
+                                                           "kind": "scratch", "node": n.name})
+        cache = [Arg.state(f"enc_k.{KV}x{hd}"), Arg.state(f"enc_v.{KV}x{hd}")]
+        Nq = (H + 2 * KV) * hd
+        self.both(split, [self.slab("t_p", "n", Nq)] + before + [self.slab("t_q", "n", H * hd)] + cache + after)
+        kn = self.knobs["prefill"]
+        ka = self.kernel(("attn", H, KV, hd, kn.lanes, "float32"), "make_attention", H=H, KV=KV, hd=hd, kn=self.loop,
+                         kv="float32")
+        self.both(ka, [self.slab("t_q", "n", H * hd)] + cache + [self.slab("t_a", "n", H * hd),
+                                                                  Arg.input("slots", "n"), Arg.input("pos", "n")])
         ob = (n, "out_proj_bias") if "out_proj_bias" in n.params else None
         self.matmul(("t_a", H * hd), [(n, "out_proj")], D, H * hd, (out, D), bias=ob, accumulate=accumulate)
+
+    def op_grid_conv(self, n: Node, ins, out: str, D: int) -> None:
+        f = n.liv.featurizer
+        K, m = n.attrs["kernel"], n.attrs["merge"]
+        ib, ic, ix = (f[g].chunk for g in ("B", "C", "x"))
+        self.matmul((ins[0], D), [(n, "in_proj")], 3 * D, D, ("t_p", 3 * D))
+        taps = self.param("w." + n.params["conv"].name, lambda: self.w(n, "conv").reshape(D, K * K))
+        k = self.kernel(("grid_conv", D, K, m, ib, ic, ix), "make_grid_conv", D=D, K=K, merge=m, ib=ib, ic=ic, ix=ix,
+                        kn=self.loop)
+        self.both(k, [self.slab("t_p", "n", 3 * D), taps, self.slab("t_y", "n", D), Arg.scalar("gh"),
+                      Arg.scalar("gw")])
+        self.matmul(("t_y", D), [(n, "out_proj")], D, D, (out, D))
 
     def op_mlp(self, n: Node, ins, out: str, N: int) -> None:
         F, Kd = n.params["fc1"].type.shape
@@ -688,9 +732,12 @@ def _lower_vision(plan: dict[str, Any], lw: _Lowering, vision: Graph, weights: d
     if not max_patches or max_patches < 1:
         raise LfmcError("a vision graph needs max_patches (the largest image, in patches, the artifact takes)")
     vw = _Lowering(vision, weights, knobs | {"vision": knobs["prefill"]}, entry_names=("vision",), prefix="vis.")
-    vw.kernels, vw.params, vw.layouts = lw.kernels, lw.params, lw.layouts       # shared registries
+    vw.kernels, vw.params, vw.layouts, vw.state = lw.kernels, lw.params, lw.layouts, lw.state   # shared registries
+    vw.max_patches = int(max_patches)
     vw.lower()
-    un = next(n for n in vision.nodes if n.op == "pixel_unshuffle")
+    un = next((n for n in vision.nodes if n.op in ("pixel_unshuffle", "merge_tokens")), None)
+    if un is None:
+        raise LfmcError(f"vision graph {vision.name} merges no patches into image tokens")
     out_dim = int(vision.nodes[-1].type.shape[1])
     if out_dim != lw.image["cols"]:
         raise LfmcError(f"the vision graph returns width {out_dim}, the decoder's image rows take {lw.image['cols']}")
@@ -698,12 +745,16 @@ def _lower_vision(plan: dict[str, Any], lw: _Lowering, vision: Graph, weights: d
     plan["row_tile"]["vision"] = knobs["prefill"].rows
     plan["slabs"].update(vw.slabs)
     plan["params"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in lw.params.items()}
-    pe = next(n for n in vision.nodes if n.op == "pos_embed")
-    plan["vision"] = {"max_patches": int(max_patches), "merge": int(un.attrs["factor"]) ** 2,
-                      "patch_dim": int(vision.inputs[0][1].shape[1]), "grid": int(pe.attrs["grid"]),
-                      "factor": int(un.attrs["factor"]),
-                      "patches": "vis.in.patches", "pos_weights": "vis.in.pos_weights",
-                      "output": Arg.slab(vw.prefix + vw.output, "m", out_dim).to_json()}
+    f = int(un.attrs["factor"])
+    v: dict[str, Any] = {"max_patches": int(max_patches), "merge": f * f, "factor": f,
+                         "patch_dim": int(vision.inputs[0][1].shape[1]), "patches": "vis.in.patches",
+                         "output": Arg.slab(vw.prefix + vw.output, "m", out_dim).to_json()}
+    if un.op == "pixel_unshuffle":          # LFM2-VL: raster patches, learned positions resized per image
+        pe = next(n for n in vision.nodes if n.op == "pos_embed")
+        v |= {"layout": "raster", "grid": int(pe.attrs["grid"]), "pos_weights": "vis.in.pos_weights"}
+    else:                                   # LFM3-VL: merge-block patches, positions from the grid in the kernels
+        v |= {"layout": "merge_blocks"}
+    plan["vision"] = v
     plan["image"] = lw.image
 
 

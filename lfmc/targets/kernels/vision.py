@@ -3,6 +3,7 @@ attention over one image's patches, the pixel-unshuffle gather, and the merge of
 decoder's token embeddings. Loop kernels in the style of :mod:`.rows` (CPU threads or GPU blocks x threads)."""
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm.script import tirx as T
 
@@ -102,50 +103,126 @@ def make_image_merge(name: str, D: int, image_token: int, kn: Knobs = Knobs()) -
     return _named(f, name)
 
 
-def make_encoder_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
-    """Bidirectional softmax attention over the n rows of one image, one pass per (row, head) with an online
-    softmax. QKV [n, (H + 2 KV) hd] holds q | k | v; O [n, H hd]. Args: QKV, O."""
+def make_encoder_qkv(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
+    """Split one image's projected q | k | v rows: q into Q[n, H hd], k and v into the scratch caches
+    Kc / Vc[1, P, KV, hd] (row i at position i), so that the decoder's cache attention kernel
+    (:func:`lfmc.targets.kernels.make_attention`) attends every row to all n positions (each row's ``pos`` set to
+    n - 1): bidirectional attention with the blocked, vectorized kernels of causal prefill. Args: QKV, Q, Kc, Vc."""
     W = (H + 2 * KV) * hd
-    grp = H // KV
-    scale = float(hd) ** -0.5
 
     @T.prim_func
-    def f(qkv: T.handle, o: T.handle):
+    def f(qkv: T.handle, q: T.handle, kc: T.handle, vc: T.handle):
         T.func_attr({"tirx.noalias": True})
         n = T.int32()
-        Q = T.match_buffer(qkv, (n, W), "float32")
-        O = T.match_buffer(o, (n, H * hd), "float32")
-        for bi in _grid(n * H, kn):
+        P = T.int32()
+        X = T.match_buffer(qkv, (n, W), "float32")
+        Q = T.match_buffer(q, (n, H * hd), "float32")
+        Kc = T.match_buffer(kc, (1, P, KV, hd), "float32")
+        Vc = T.match_buffer(vc, (1, P, KV, hd), "float32")
+        for bi in _grid(n * W, kn):
             for ti in _lane(kn):
-                if _flat(bi, ti, kn) < n * H:
-                    it: T.let = _flat(bi, ti, kn)
-                    i: T.let = it // H
-                    h: T.let = it % H
-                    ko: T.let = H * hd + (h // grp) * hd
-                    vo: T.let = (H + KV) * hd + (h // grp) * hd
-                    acc = T.decl_buffer((hd,), "float32", scope=_scope(kn))
-                    st = T.decl_buffer((4,), "float32", scope=_scope(kn))      # max, sum, score, rescale
-                    st[0] = T.float32(-3.0e38)
-                    st[1] = T.float32(0)
-                    for d in T.serial(hd):
-                        acc[d] = T.float32(0)
-                    for j in T.serial(n):
-                        st[2] = T.float32(0)
+                if _flat(bi, ti, kn) < n * W:
+                    i: T.let = _flat(bi, ti, kn) // W
+                    c: T.let = _flat(bi, ti, kn) % W
+                    if c < H * hd:
+                        Q[i, c] = X[i, c]
+                    elif c < (H + KV) * hd:
+                        Kc[0, i, (c - H * hd) // hd, (c - H * hd) % hd] = X[i, c]
+                    else:
+                        Vc[0, i, (c - (H + KV) * hd) // hd, (c - (H + KV) * hd) % hd] = X[i, c]
+
+    return _named(f, name)
+
+
+def make_grid_conv(name: str, D: int, K: int, merge: int, ib: int, ic: int, ix: int,
+                   kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
+    """LFM3-VL's gated depthwise K x K convolution over one image's patch grid (zero padded), patches in
+    merge-block order: Y[t, d] = C[t, d] * sum_taps w[d, tap] * (B * x)[neighbour(t, tap), d], with B, C, x the
+    chunks ``ib``, ``ic``, ``ix`` of the projection P[n, 3D]; the grid's rows and columns are scalars. Args: P,
+    taps[D, K*K], Y, rows, cols."""
+    h = K // 2
+    mm = merge * merge
+
+    @T.prim_func
+    def f(p: T.handle, w: T.handle, y: T.handle, gh: T.int32, gw: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        n = T.int32()
+        P = T.match_buffer(p, (n, 3 * D), "float32")
+        Wt = T.match_buffer(w, (D, K * K), "float32")
+        Y = T.match_buffer(y, (n, D), "float32")
+        for bi in _grid(n * D, kn):
+            for ti in _lane(kn):
+                if _flat(bi, ti, kn) < n * D:
+                    t: T.let = _flat(bi, ti, kn) // D
+                    d: T.let = _flat(bi, ti, kn) % D
+                    bw: T.let = gw // merge
+                    r: T.let = (t // mm) // bw * merge + (t % mm) // merge
+                    c: T.let = (t // mm) % bw * merge + t % merge
+                    acc = T.decl_buffer((1,), "float32", scope=_scope(kn))
+                    acc[0] = T.float32(0)
+                    for dy in T.serial(K):
+                        for dx in T.serial(K):
+                            if (r + dy - h >= 0 and r + dy - h < gh and c + dx - h >= 0 and c + dx - h < gw):
+                                u: T.let = (((r + dy - h) // merge) * bw + (c + dx - h) // merge) * mm + (
+                                    (r + dy - h) % merge) * merge + (c + dx - h) % merge
+                                acc[0] = acc[0] + Wt[d, dy * K + dx] * P[u, ib * D + d] * P[u, ix * D + d]
+                    Y[t, d] = P[t, ic * D + d] * acc[0]
+
+    return _named(f, name)
+
+
+def make_encoder_qkv_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float, merge: int,
+                          kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
+    """:func:`make_encoder_qkv` with LFM3-VL's per-head RMSNorm on q and k and its axial 2-D rotary embedding
+    (row angles then column angles, head_dim / 4 frequencies theta^(-4i/hd), rotate-half), the patch's row and
+    column from its merge-block index and the grid's columns (a scalar). Args: QKV, qn, kn, Q, Kc, Vc, cols."""
+    W = (H + 2 * KV) * hd
+    half, quarter = hd // 2, hd // 4
+    mm = merge * merge
+    logt = float(np.log(theta))
+
+    @T.prim_func
+    def f(qkv: T.handle, qn: T.handle, knw: T.handle, q: T.handle, kc: T.handle, vc: T.handle, gw: T.int32):
+        T.func_attr({"tirx.noalias": True})
+        n = T.int32()
+        P = T.int32()
+        X = T.match_buffer(qkv, (n, W), "float32")
+        Qn = T.match_buffer(qn, (hd,), "float32")
+        Kn = T.match_buffer(knw, (hd,), "float32")
+        Q = T.match_buffer(q, (n, H * hd), "float32")
+        Kc = T.match_buffer(kc, (1, P, KV, hd), "float32")
+        Vc = T.match_buffer(vc, (1, P, KV, hd), "float32")
+        for bi in _grid(n * (H + 2 * KV), kn):
+            for ti in _lane(kn):
+                if _flat(bi, ti, kn) < n * (H + 2 * KV):
+                    i: T.let = _flat(bi, ti, kn) // (H + 2 * KV)
+                    hh: T.let = _flat(bi, ti, kn) % (H + 2 * KV)
+                    if hh >= H + KV:
                         for d in T.serial(hd):
-                            st[2] = st[2] + Q[i, h * hd + d] * Q[j, ko + d]
-                        st[2] = st[2] * T.float32(scale)
-                        if st[2] > st[0]:
-                            st[3] = T.exp(st[0] - st[2])
-                            st[1] = st[1] * st[3] + T.float32(1)
-                            for d in T.serial(hd):
-                                acc[d] = acc[d] * st[3] + Q[j, vo + d]
-                            st[0] = st[2]
-                        else:
-                            st[3] = T.exp(st[2] - st[0])
-                            st[1] = st[1] + st[3]
-                            for d in T.serial(hd):
-                                acc[d] = acc[d] + st[3] * Q[j, vo + d]
-                    for d in T.serial(hd):
-                        O[i, h * hd + d] = acc[d] / st[1]
+                            Vc[0, i, hh - H - KV, d] = X[i, hh * hd + d]
+                    else:
+                        bw: T.let = gw // merge
+                        row: T.let = (i // mm) // bw * merge + (i % mm) // merge
+                        col: T.let = (i // mm) % bw * merge + i % merge
+                        u = T.decl_buffer((hd,), "float32", scope=_scope(kn))
+                        ss = T.decl_buffer((1,), "float32", scope=_scope(kn))
+                        ss[0] = T.float32(0)
+                        for d in T.serial(hd):
+                            ss[0] = ss[0] + X[i, hh * hd + d] * X[i, hh * hd + d]
+                        ss[0] = T.float32(1) / T.sqrt(ss[0] / T.float32(hd) + T.float32(eps))
+                        for d in T.serial(hd):
+                            if hh < H:
+                                u[d] = X[i, hh * hd + d] * ss[0] * Qn[d]
+                            else:
+                                u[d] = X[i, hh * hd + d] * ss[0] * Kn[d]
+                        for d in T.serial(hd):
+                            j: T.let = d % half
+                            pos: T.let = T.Cast("float32", T.if_then_else(j < quarter, row, col))
+                            ang: T.let = pos * T.exp(T.float32(-4.0 * logt / hd) * T.Cast("float32", j % quarter))
+                            rot: T.let = T.if_then_else(d < half, -u[d + half], u[d - half])
+                            if hh < H:
+                                Q[i, hh * hd + d] = u[d] * T.cos(ang) + rot * T.sin(ang)
+                            else:
+                                Kc[0, i, hh - H, d] = u[d] * T.cos(ang) + rot * T.sin(ang)
 
     return _named(f, name)
