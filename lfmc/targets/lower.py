@@ -611,7 +611,9 @@ class _Lowering:
         Nq = (H + 2 * KV) * hd
         self.matmul((ins[0], D), [(n, r) for r in roles], Nq, D, ("t_p", Nq),
                     bias=[(n, r + "_bias") for r in roles] if all(biased) else None, norm=norm)
-        ks = self.kernel(("enc_qkv", H, KV, hd), "make_encoder_qkv", H=H, KV=KV, hd=hd, kn=self.loop)
+        kt = not self.loop.gpu
+        ks = self.kernel(("enc_qkv", H, KV, hd) + (("kt",) if kt else ()), "make_encoder_qkv", H=H, KV=KV, hd=hd,
+                         kn=self.loop, kt=kt)
         self.encoder_attention(n, ks, [], [], out, D, H, KV, hd, accumulate)
 
     def op_vision_attention(self, n: Node, ins, out: str, D: int) -> None:
@@ -619,30 +621,40 @@ class _Lowering:
         H, KV, hd = a["heads"], a["kv_heads"], a["head_dim"]
         Nq = (H + 2 * KV) * hd
         self.matmul((ins[0], D), [(n, r) for r in ("q_proj", "k_proj", "v_proj")], Nq, D, ("t_p", Nq))
-        ks = self.kernel(("enc_qkv_rope", H, KV, hd, repr(a["eps"]), repr(a["rope_theta"]), a["merge"]),
-                         "make_encoder_qkv_rope", H=H, KV=KV, hd=hd, eps=a["eps"], theta=a["rope_theta"],
-                         merge=a["merge"], kn=self.loop)
+        kt = not self.loop.gpu
+        ks = self.kernel(("enc_qkv_rope", H, KV, hd, repr(a["eps"]), repr(a["rope_theta"]), a["merge"])
+                         + (("kt",) if kt else ()), "make_encoder_qkv_rope", H=H, KV=KV, hd=hd, eps=a["eps"],
+                         theta=a["rope_theta"], merge=a["merge"], kn=self.loop, kt=kt)
         norms = [self.param("w." + n.params[r].name, lambda r=r: self.w(n, r)) for r in ("q_norm", "k_norm")]
         self.encoder_attention(n, ks, norms, [Arg.scalar("gw")], out, D, H, KV, hd)
 
     def encoder_attention(self, n: Node, split: str, before: list[Arg], after: list[Arg], out: str, D: int, H: int,
                           KV: int, hd: int, accumulate: bool = False) -> None:
         """Bidirectional attention over one image's rows from the q | k | v projection in ``t_p``: ``split``
-        puts q into ``t_q`` and k, v into a scratch cache of the image's rows (args: t_p, ``before``, t_q, the
-        caches, ``after``), then the causal-prefill attention kernel runs with every row's position at the last
-        row, so each row sees all of them; the output projection follows."""
-        P = self.max_patches
+        puts q into ``t_q`` and k, v into a scratch of the image's rows (args: t_p, ``before``, t_q, the
+        scratch, ``after``). On a CPU the keys go there transposed for :func:`make_encoder_attention` (query rows
+        blocked, scores vectorized along the keys); on a GPU the causal-prefill attention kernel runs over the
+        scratch as a cache with every row's position at the last row, so each row sees all of them. The output
+        projection follows."""
+        kt = not self.loop.gpu
+        P = -(-self.max_patches // 16) * 16            # make_encoder_attention reads whole blocks of 16 keys
+        shapes = {"k": [1, KV, hd, P] if kt else [1, P, KV, hd], "v": [1, P, KV, hd]}
+        names = {key: f"enc_{key}{'t' if key == 'k' and kt else ''}.{KV}x{hd}" for key in ("k", "v")}
         for key in ("k", "v"):
-            self.state.setdefault(f"enc_{key}.{KV}x{hd}", {"shape": [1, P, KV, hd], "dtype": "float32",
-                                                           "kind": "scratch", "node": n.name})
-        cache = [Arg.state(f"enc_k.{KV}x{hd}"), Arg.state(f"enc_v.{KV}x{hd}")]
+            self.state.setdefault(names[key], {"shape": shapes[key], "dtype": "float32", "kind": "scratch",
+                                               "node": n.name})
+        cache = [Arg.state(names["k"]), Arg.state(names["v"])]
         Nq = (H + 2 * KV) * hd
         self.both(split, [self.slab("t_p", "n", Nq)] + before + [self.slab("t_q", "n", H * hd)] + cache + after)
-        kn = self.knobs["prefill"]
-        ka = self.kernel(("attn", H, KV, hd, kn.lanes, "float32"), "make_attention", H=H, KV=KV, hd=hd, kn=self.loop,
-                         kv="float32")
-        self.both(ka, [self.slab("t_q", "n", H * hd)] + cache + [self.slab("t_a", "n", H * hd),
-                                                                  Arg.input("slots", "n"), Arg.input("pos", "n")])
+        if kt:
+            ka = self.kernel(("enc_attn", H, KV, hd), "make_encoder_attention", H=H, KV=KV, hd=hd, kn=self.loop)
+            self.both(ka, [self.slab("t_q", "n", H * hd)] + cache + [self.slab("t_a", "n", H * hd)])
+        else:
+            kn = self.knobs["prefill"]
+            ka = self.kernel(("attn", H, KV, hd, kn.lanes, "float32"), "make_attention", H=H, KV=KV, hd=hd,
+                             kn=self.loop, kv="float32")
+            self.both(ka, [self.slab("t_q", "n", H * hd)] + cache + [self.slab("t_a", "n", H * hd),
+                                                                      Arg.input("slots", "n"), Arg.input("pos", "n")])
         ob = (n, "out_proj_bias") if "out_proj_bias" in n.params else None
         self.matmul(("t_a", H * hd), [(n, "out_proj")], D, H * hd, (out, D), bias=ob, accumulate=accumulate)
 

@@ -103,11 +103,13 @@ def make_image_merge(name: str, D: int, image_token: int, kn: Knobs = Knobs()) -
     return _named(f, name)
 
 
-def make_encoder_qkv(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
+def make_encoder_qkv(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(),
+                     kt: bool = False) -> tvm.tirx.PrimFunc:
     """Split one image's projected q | k | v rows: q into Q[n, H hd], k and v into the scratch caches
     Kc / Vc[1, P, KV, hd] (row i at position i), so that the decoder's cache attention kernel
     (:func:`lfmc.targets.kernels.make_attention`) attends every row to all n positions (each row's ``pos`` set to
-    n - 1): bidirectional attention with the blocked, vectorized kernels of causal prefill. Args: QKV, Q, Kc, Vc."""
+    n - 1): bidirectional attention with the blocked, vectorized kernels of causal prefill. With ``kt`` the keys go
+    transposed into Kc[1, KV, hd, P] for :func:`make_encoder_attention`. Args: QKV, Q, Kc, Vc."""
     W = (H + 2 * KV) * hd
 
     @T.prim_func
@@ -117,7 +119,7 @@ def make_encoder_qkv(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs()) -
         P = T.int32()
         X = T.match_buffer(qkv, (n, W), "float32")
         Q = T.match_buffer(q, (n, H * hd), "float32")
-        Kc = T.match_buffer(kc, (1, P, KV, hd), "float32")
+        Kc = T.match_buffer(kc, (1, KV, hd, P) if kt else (1, P, KV, hd), "float32")
         Vc = T.match_buffer(vc, (1, P, KV, hd), "float32")
         for bi in _grid(n * W, kn):
             for ti in _lane(kn):
@@ -127,7 +129,10 @@ def make_encoder_qkv(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs()) -
                     if c < H * hd:
                         Q[i, c] = X[i, c]
                     elif c < (H + KV) * hd:
-                        Kc[0, i, (c - H * hd) // hd, (c - H * hd) % hd] = X[i, c]
+                        if kt:
+                            Kc[0, (c - H * hd) // hd, (c - H * hd) % hd, i] = X[i, c]
+                        else:
+                            Kc[0, i, (c - H * hd) // hd, (c - H * hd) % hd] = X[i, c]
                     else:
                         Vc[0, i, (c - (H + KV) * hd) // hd, (c - (H + KV) * hd) % hd] = X[i, c]
 
@@ -172,10 +177,11 @@ def make_grid_conv(name: str, D: int, K: int, merge: int, ib: int, ic: int, ix: 
 
 
 def make_encoder_qkv_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float, merge: int,
-                          kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
+                          kn: Knobs = Knobs(), kt: bool = False) -> tvm.tirx.PrimFunc:
     """:func:`make_encoder_qkv` with LFM3-VL's per-head RMSNorm on q and k and its axial 2-D rotary embedding
     (row angles then column angles, head_dim / 4 frequencies theta^(-4i/hd), rotate-half), the patch's row and
-    column from its merge-block index and the grid's columns (a scalar). Args: QKV, qn, kn, Q, Kc, Vc, cols."""
+    column from its merge-block index and the grid's columns (a scalar); ``kt``: keys transposed, as there.
+    Args: QKV, qn, kn, Q, Kc, Vc, cols."""
     W = (H + 2 * KV) * hd
     half, quarter = hd // 2, hd // 4
     mm = merge * merge
@@ -190,7 +196,7 @@ def make_encoder_qkv_rope(name: str, H: int, KV: int, hd: int, eps: float, theta
         Qn = T.match_buffer(qn, (hd,), "float32")
         Kn = T.match_buffer(knw, (hd,), "float32")
         Q = T.match_buffer(q, (n, H * hd), "float32")
-        Kc = T.match_buffer(kc, (1, P, KV, hd), "float32")
+        Kc = T.match_buffer(kc, (1, KV, hd, P) if kt else (1, P, KV, hd), "float32")
         Vc = T.match_buffer(vc, (1, P, KV, hd), "float32")
         for bi in _grid(n * (H + 2 * KV), kn):
             for ti in _lane(kn):
@@ -222,7 +228,83 @@ def make_encoder_qkv_rope(name: str, H: int, KV: int, hd: int, eps: float, theta
                             rot: T.let = T.if_then_else(d < half, -u[d + half], u[d - half])
                             if hh < H:
                                 Q[i, hh * hd + d] = u[d] * T.cos(ang) + rot * T.sin(ang)
+                            elif kt:
+                                Kc[0, hh - H, d, i] = u[d] * T.cos(ang) + rot * T.sin(ang)
                             else:
                                 Kc[0, i, hh - H, d] = u[d] * T.cos(ang) + rot * T.sin(ang)
+
+    return _named(f, name)
+
+
+def make_encoder_attention(name: str, H: int, KV: int, hd: int, R: int = 16, B: int = 16,
+                           kn: Knobs = Knobs()) -> tvm.tirx.PrimFunc:
+    """CPU: bidirectional attention of one image's rows over all of them, from q rows and a scratch of the keys
+    transposed (Kt[1, KV, hd, P]) and the values (V[1, P, KV, hd]): ``R`` query rows of one head per iteration
+    share every key and value they read; scores for ``B`` keys at a time are vector FMAs along the keys (no
+    horizontal sums), an online softmax per row (one max and rescale per block, exponentials vectorized), the
+    values accumulated along head_dim. The scratch's P is a multiple of ``B`` (its columns past n are read and
+    masked). Args: Q[n, H hd], Kt, V, O[n, H hd]."""
+    from .attention import _fast_exp
+
+    G = H // KV
+    scale = float(hd) ** -0.5
+    NEGV = -3.0e38
+
+    @T.prim_func
+    def f(q: T.handle, kt: T.handle, v: T.handle, o: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n = T.int32()
+        P = T.int32()
+        Q = T.match_buffer(q, (n, H * hd), "float32")
+        Kt = T.match_buffer(kt, (1, KV, hd, P), "float32")
+        V = T.match_buffer(v, (1, P, KV, hd), "float32")
+        O = T.match_buffer(o, (n, H * hd), "float32")
+        for it in T.parallel(((n + R - 1) // R) * H):
+            rb: T.let = it // H
+            h: T.let = it % H
+            g: T.let = h // G
+            acc = T.decl_buffer((R * hd,), "float32", scope="global")
+            sc = T.decl_buffer((R * B,), "float32", scope="global")
+            st = T.decl_buffer((2 * R + 3,), "float32", scope="global")     # max, sum per row; block max, rescale, sum
+            qv = T.decl_buffer((R * hd,), "float32", scope="global")
+            for r in T.serial(R):
+                st[r] = T.float32(NEGV)
+                st[R + r] = T.float32(0)
+                for d in T.serial(hd):
+                    qv[r * hd + d] = Q[T.min(rb * R + r, n - 1), h * hd + d] * T.float32(scale)
+                    acc[r * hd + d] = T.float32(0)
+            for jb in T.serial((n + B - 1) // B):
+                for r in T.serial(R):
+                    for j in T.vectorized(B):
+                        sc[r * B + j] = T.float32(0)
+                for d in T.serial(hd):
+                    for r in T.serial(R):
+                        for j in T.vectorized(B):
+                            sc[r * B + j] = sc[r * B + j] + qv[r * hd + d] * Kt[0, g, d, jb * B + j]
+                for r in T.serial(R):
+                    for j in T.vectorized(B):
+                        sc[r * B + j] = T.if_then_else(jb * B + j < n, sc[r * B + j], T.float32(NEGV))
+                    st[2 * R] = st[r]
+                    for j in T.serial(B):
+                        st[2 * R] = T.max(st[2 * R], sc[r * B + j])
+                    st[2 * R + 1] = _fast_exp(st[r] - st[2 * R])          # rescale of what came before
+                    for j in T.vectorized(B):
+                        sc[r * B + j] = _fast_exp(sc[r * B + j] - st[2 * R])
+                    st[2 * R + 2] = T.float32(0)
+                    for j in T.serial(B):
+                        st[2 * R + 2] = st[2 * R + 2] + sc[r * B + j]
+                    st[R + r] = st[R + r] * st[2 * R + 1] + st[2 * R + 2]
+                    st[r] = st[2 * R]
+                    for d in T.vectorized(hd):
+                        acc[r * hd + d] = acc[r * hd + d] * st[2 * R + 1]
+                for j in T.serial(B):
+                    if jb * B + j < n:
+                        for r in T.serial(R):
+                            for d in T.vectorized(hd):
+                                acc[r * hd + d] = acc[r * hd + d] + sc[r * B + j] * V[0, jb * B + j, g, d]
+            for r in T.serial(R):
+                if rb * R + r < n:
+                    for d in T.serial(hd):
+                        O[rb * R + r, h * hd + d] = acc[r * hd + d] / st[R + r]
 
     return _named(f, name)
