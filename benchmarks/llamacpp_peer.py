@@ -56,9 +56,6 @@ def save_hf(preset: str, seed: int, out: Path) -> Path:
     tokenizer (256 tokens, one merge) so that the GGUF converter has one to read."""
     if (out / "config.json").exists():
         return out
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from lfmc.compile import load_source
     from lfmc.frontend.reference import build_hf_model
 
@@ -66,16 +63,83 @@ def save_hf(preset: str, seed: int, out: Path) -> Path:
     model = build_hf_model(m.provenance["config"], m.weights)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     model.save_pretrained(tmp)
-    # llama.cpp refuses a BPE vocabulary without merges: one merge, in the last id, keeps it within 256 ids
+    _byte_tokenizer(tmp)        # llama.cpp refuses a BPE vocabulary without merges: one merge, in the last id
+    tmp.rename(out)
+    return out
+
+
+def _byte_tokenizer(out: Path) -> None:
+    """A byte-level BPE tokenizer (256 tokens, one merge) beside a checkpoint: the GGUF converter needs one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {c: i for i, c in enumerate(alphabet[:255])}
     vocab["Ġt"] = 255
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "t")]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="Ġ", eos_token="Ġ").save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="Ġ", eos_token="Ġ").save_pretrained(out)
+
+
+def save_hf_vl(hf_model, model, out: Path) -> tuple[Path, Path]:
+    """A transformers LFM2-VL model (lfmc's seeded weights; ``model`` the lfmc Model) as the two checkpoint
+    directories llama.cpp's converter reads: the VL one (for ``--mmproj``: the vision tower and projector, with
+    transformers' default image processor settings) and the decoder alone as ``Lfm2ForCausalLM`` (the text GGUF:
+    the converter has no text class for the VL architecture); each with a byte tokenizer."""
+    from lfmc.frontend.reference import build_hf_model
+    from lfmc.frontend.vision import text_config
+    from lfmc.runtime.vision import DEFAULTS
+
+    text = out.with_name(out.name + "-text")
+    if not (out / "config.json").exists():
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+        hf_model.save_pretrained(tmp)
+        _byte_tokenizer(tmp)
+        proc = {k: v for k, v in DEFAULTS.items() if k != "use_image_special_tokens"}
+        (tmp / "preprocessor_config.json").write_text(json.dumps(
+            proc | {"image_processor_type": "Lfm2VlImageProcessor", "size": {"height": 512, "width": 512}}))
+        tmp.rename(out)
+    if not (text / "config.json").exists():
+        tmp = Path(tempfile.mkdtemp(prefix=text.name + ".", dir=text.parent))
+        build_hf_model(text_config(model.provenance["config"]), model.weights_of(model.graph)).save_pretrained(tmp)
+        _byte_tokenizer(tmp)
+        tmp.rename(text)
+    return out, text
+
+
+def gguf_vl(d: Path, hf: Path, text: Path) -> tuple[Path, Path]:
+    """(text model F32 GGUF, vision projector F32 GGUF ``--mmproj``) of an LFM2-VL checkpoint, cached beside it."""
+    out, mm = hf.parent / f"{hf.name}-F32.gguf", hf.parent / f"{hf.name}-mmproj-F32.gguf"
+    for dst, src, extra in ((out, text, []), (mm, hf, ["--mmproj"])):
+        if dst.exists():
+            continue
+        tmp = dst.with_suffix(".tmp")
+        code = _CONVERT_WRAPPER.format(src=str(_src(d)), args=[str(src), "--outtype", "f32", "--outfile", str(tmp)]
+                                       + extra)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"convert_hf_to_gguf {' '.join(extra)} failed:\n{r.stderr[-3000:]}")
+        tmp.rename(dst)
+    return out, mm
+
+
+def mtmd(d: Path, model: Path, mmproj: Path, image: Path, prompt: str, n: int, threads: int = 2) -> dict:
+    """One llama-mtmd-cli run (greedy, ``n`` new tokens): image encode ms (every slice), image-token decode ms,
+    text prompt ms, and decode tokens/s, from its log."""
+    cmd = [str(d / "bin" / "llama-mtmd-cli"), "-m", str(model), "--mmproj", str(mmproj), "--image", str(image),
+           "-p", prompt, "-n", str(n), "-t", str(threads), "--temp", "0", "-c", "4096", "--ignore-eos",
+           "--no-warmup"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"llama-mtmd-cli failed ({p.returncode}): {p.stderr[-2000:]}")
+    log = p.stdout + p.stderr
+    enc = sum(int(x) for x in re.findall(r"slice encoded in (\d+) ms", log))
+    dec = sum(int(x) for x in re.findall(r"decoded \(batch \d+/\d+\) in (\d+) ms", log))
+    ev = re.search(r"(?<!prompt )eval time =\s*([0-9.]+) ms /\s*(\d+) runs.*?([0-9.]+) tokens per second", log)
+    pe = re.search(r"prompt eval time =\s*([0-9.]+) ms", log)
+    return {"encode_s": enc / 1e3, "image_decode_s": dec / 1e3, "prompt_eval_s": float(pe.group(1)) / 1e3 if pe else None,
+            "decode_tok_s": float(ev.group(3)) if ev else None, "log_tail": log[-1500:]}
 
 
 def gguf(d: Path, hf: Path, gtype: str) -> Path:

@@ -9,8 +9,10 @@ processor needs torchvision, which does not import beside this project's torch):
 ``--quant`` for the decoder; the encoder is f32) and transformers' Lfm2VlForConditionalGeneration in float32,
 eager. Rounds alternate the sides; medians. Measured per image size: preprocessing (lfmc; the same for both),
 encode (vision tower + projector, every tile), image-to-first-token (encode + prefill of the prompt with the image
-tokens + the first sampled token), and decode tokens/s for ``--new-tokens`` tokens after it. llama.cpp's mtmd is
-not measured here (see BENCHMARKS.md). Writes JSON (benchmarks/results/vision_encode.json) with the CPU model and
+tokens + the first sampled token), and decode tokens/s for ``--new-tokens`` tokens after it. With ``--llama-cpp``
+llama.cpp's llama-mtmd-cli joins each round on the same weights (converted to F32 GGUF + an F32 ``--mmproj``
+projector, benchmarks/llamacpp_peer.py) and the same image file, preprocessed by its own code: its image encode
+(every slice), the image tokens' decode + the text prompt, and its decode rate, from its log. Writes JSON (benchmarks/results/vision_encode.json) with the CPU model and
 its features.
 """
 from __future__ import annotations
@@ -55,6 +57,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--quant", default=None, help="the decoder's quantization (lfmc compile --quant)")
+    ap.add_argument("--llama-cpp", action="store_true", help="also run llama.cpp's llama-mtmd-cli (build it with "
+                    "benchmarks/build_llama_cpp.sh)")
     ap.add_argument("--out", default="benchmarks/results/vision_encode.json")
     a = ap.parse_args()
 
@@ -75,6 +79,17 @@ def main() -> None:
     compile_s = time.perf_counter() - t
     m = import_preset(a.preset, weights=True, seed=0)      # the same seeded weights (compile's default seed)
     hf = _hf_model(m)
+    peer = None
+    if a.llama_cpp:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import llamacpp_peer as lp
+
+        d = lp.find()
+        if d is None or not (d / "bin" / "llama-mtmd-cli").exists():
+            raise SystemExit("llama.cpp with llama-mtmd-cli is not built: run benchmarks/build_llama_cpp.sh")
+        work = lp.DEFAULT_DIR.parent / "models"
+        work.mkdir(parents=True, exist_ok=True)
+        peer = (lp, d) + lp.gguf_vl(d, *lp.save_hf_vl(hf, m, work / f"{a.preset}-s0.hf"))
     eng = Engine(art)
     prompt = [1] + [eng.plan["image"]["image_token"]] + [10, 11, 12, 13]
     res: dict = {"preset": a.preset, "quant": a.quant or "f32", "compile_s": compile_s, "cpu": cpu_info(),
@@ -114,12 +129,32 @@ def main() -> None:
             rows.setdefault("torch_encode_s", []).append(t1 - t0)
             rows.setdefault("torch_image_to_first_token_s", []).append(t2 - t1)
             rows.setdefault("torch_decode_tok_s", []).append(a.new_tokens / ((t3 - t2) - (t2 - t1)))
-        med = {k: statistics.median(v) for k, v in rows.items()}
+            if peer is not None:           # llama.cpp on the same image file, preprocessed by its own code
+                lp, d, model, mmproj = peer
+                png = tmp / f"{size}.png"
+                if not png.exists():
+                    from PIL import Image
+
+                    Image.fromarray(img).save(png)
+                r = lp.mtmd(d, model, mmproj, png, "Describe.", a.new_tokens + 1)
+                rows.setdefault("llama_encode_s", []).append(r["encode_s"])
+                rows.setdefault("llama_image_to_first_token_s", []).append(
+                    r["encode_s"] + r["image_decode_s"] + (r["prompt_eval_s"] or 0.0))
+                rows.setdefault("llama_decode_tok_s", []).append(r["decode_tok_s"])
+                res.setdefault("llama_log_tail", r["log_tail"])
+        med = {k: statistics.median([x for x in v if x is not None] or [float("nan")]) for k, v in rows.items()}
         med["image_tokens"] = int(sum(p.height * p.width for x in processed for p in x.pieces) // 4)
         med["pieces"] = sum(len(x.pieces) for x in processed)
         med["encode_speedup"] = med["torch_encode_s"] / med["lfmc_encode_s"]
         med["first_token_speedup"] = med["torch_image_to_first_token_s"] / med["lfmc_image_to_first_token_s"]
         med["decode_ratio"] = med["lfmc_decode_tok_s"] / med["torch_decode_tok_s"]
+        if peer is not None:
+            med["encode_vs_llama"] = med["llama_encode_s"] / med["lfmc_encode_s"]
+            med["first_token_vs_llama"] = med["llama_image_to_first_token_s"] / med["lfmc_image_to_first_token_s"]
+            med["decode_vs_llama"] = med["lfmc_decode_tok_s"] / med["llama_decode_tok_s"]
+            print(f"  llama.cpp mtmd: encode {med['llama_encode_s']:.2f} s ({med['encode_vs_llama']:.2f}x), image->first"
+                  f" token {med['llama_image_to_first_token_s']:.2f} s ({med['first_token_vs_llama']:.2f}x), decode "
+                  f"{med['llama_decode_tok_s']:.1f} tok/s ({med['decode_vs_llama']:.2f}x)", flush=True)
         res["sizes"][size] = med
         print(f"{a.preset} {size}: {med['pieces']} pieces, {med['image_tokens']} image tokens | encode lfmc "
               f"{med['lfmc_encode_s']:.2f} s, torch {med['torch_encode_s']:.2f} s ({med['encode_speedup']:.2f}x) | "

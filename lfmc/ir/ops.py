@@ -296,24 +296,26 @@ SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
                  "grid; R [T, grid*grid] holds the resize weights of this image's grid (lfmc.mixers.resize_weights)"),
     OpSchema("bidir_attention", 1, {"heads": int, "head_dim": int}, ("q_proj", "k_proj", "v_proj", "out_proj"),
              _bidir_attention, liv_class="low_rank", gates=("q", "k", "v"),
+             quant_roles=("q_proj", "k_proj", "v_proj", "out_proj"),
              optional_params=("q_proj_bias", "k_proj_bias", "v_proj_bias", "out_proj_bias"),
              optional_attrs={"kv_heads": int},
              doc="bidirectional (non-causal) softmax attention over one image's patches: no state, no position "
                  "rotation (a vision encoder's; its positions come from pos_embed)"),
     OpSchema("mlp", 1, {"act": str}, ("fc1", "fc2"), _mlp, optional_params=("fc1_bias", "fc2_bias"),
+             quant_roles=("fc1", "fc2"),
              doc="fc2(act(fc1 x)), act gelu_tanh or gelu (erf): a vision encoder's or a projector's MLP"),
     OpSchema("pixel_unshuffle", 2, {"factor": int}, (), _pixel_unshuffle,
              doc="patches taken in merge order (factor x factor blocks, row-major within a block) and each block's "
                  "factor^2 patches concatenated: f32[T, D] -> f32[M, D*factor^2], M = T / factor^2"),
     OpSchema("grid_conv", 2, {"kernel": int, "merge": int}, ("in_proj", "conv", "out_proj"), _grid_conv,
-             liv_class="scaled_toeplitz", gates=("B", "C", "x"),
+             liv_class="scaled_toeplitz", gates=("B", "C", "x"), quant_roles=("in_proj", "out_proj"),
              doc="out_proj(C * conv2d(B * x)): a gated depthwise kernel x kernel convolution over one image's patch "
                  "grid (zero padded, no state); patches in merge-block order (blocks of merge x merge), the grid "
                  "(rows, columns) from the second input (LFM3-VL)"),
     OpSchema("vision_attention", 2, {"heads": int, "kv_heads": int, "head_dim": int, "eps": NUM, "rope_theta": NUM,
                                      "merge": int},
              ("q_proj", "k_proj", "v_proj", "out_proj", "q_norm", "k_norm"), _vision_attention, liv_class="low_rank",
-             gates=("q", "k", "v"),
+             gates=("q", "k", "v"), quant_roles=("q_proj", "k_proj", "v_proj", "out_proj"),
              doc="bidirectional GQA over one image's patches with per-head RMSNorm on q, k and an axial 2-D rotary "
                  "embedding (row angles, then column angles, over head_dim / 4 frequencies each, rotate-half); "
                  "patches in merge-block order, the grid from the second input (LFM3-VL)"),

@@ -50,7 +50,7 @@ def run_pipeline(model: Model, passes: Sequence[str] | str | None = None, option
     names = resolve(passes, without)
     options = options or {}
     vision, vision_w = model.vision, None
-    if vision is not None:        # the passes rewrite the decoder; a VL model's image encoder goes through as is
+    if vision is not None:        # the passes rewrite the decoder; a VL model's image encoder is only cast
         vision_w = model.weights_of(vision) if model.weights is not None else None
         keep = set(model.graph.params())
         model = Model(model.graph, None if model.weights is None else
@@ -72,6 +72,10 @@ def run_pipeline(model: Model, passes: Sequence[str] | str | None = None, option
         if dump:
             (dump / f"{i:02d}-{phase}.lfmir").write_text(print_graph(model.graph))
     if vision is not None:
+        if "cast-weights" in names and vision_w is not None:     # the encoder in 16 bits too (--dtype f16 / bf16)
+            vm = REGISTRY["cast-weights"].run(Model(vision, vision_w), options)
+            vision, vision_w = vm.graph, vm.weights
+            verify(vision)
         model = Model(model.graph, None if model.weights is None else {**model.weights, **vision_w},
                       model.provenance, model.tokenizer, vision)
     return model

@@ -139,3 +139,31 @@ def test_hf_checkpoint_directory(pair, tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(Exception, match="safetensors"):
         import_hf_dir(tmp_path)
+
+
+@pytest.mark.parametrize("preset", ["lfm2-vl-tiny", "lfm3-vl-tiny"])
+def test_encoder_in_16_bits(preset, tmp_path):
+    """--dtype f16 stores the encoder's projections in f16 too (biases, norms, tables stay f32); the compiled
+    encoder equals the interpreter on the same cast weights."""
+    import json
+
+    from lfmc.compile import compile_model
+    from lfmc.frontend import import_preset
+    from lfmc.passes import run_pipeline
+    from lfmc.runtime import Engine
+
+    m = import_preset(preset, weights=True, seed=7, std=0.25)
+    art = compile_model(m, tmp_path / "a", target="host", dtype="f16", max_context=2048, prefill_chunk=64)
+    params = json.loads((art / "manifest.json").read_text())["plan"]["params"]
+    assert any(k.startswith("w.model.vision_tower") and v["dtype"] == "float16" for k, v in params.items())
+    cast = run_pipeline(m, ["cast-weights"], {"dtype": "f16"})
+    assert cast.vision.nodes[0].params["weight"].type.dtype == "f16"
+    eng = Engine(art)
+    vis = Interpreter(cast.vision, cast.weights_of(cast.vision))
+    p = eng.processor().process(image(300, 500)).pieces[0]
+    got = eng.encode_image(p.patches, p.height, p.width)
+    feed = ({"patches": p.patches, "grid": np.array([p.height, p.width], np.int32)} if preset.startswith("lfm3") else
+            {"patches": p.patches, "pos_weights": resize_weights(p.height, p.width, 4),
+             "order": merge_order(p.height, p.width, 2)})
+    ref = vis.evaluate(feed)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()

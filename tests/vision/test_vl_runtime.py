@@ -144,3 +144,40 @@ def test_openai_client_sends_an_image(vl_artifact, tmp_path):
             assert res.status_code == status and what in res.json()["error"]["message"], (bad, res.text)
         body["messages"][0]["content"][0]["image_url"]["url"] = str(tmp_path / "ok" / "pic.png")
         assert tc.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def test_lfmc_chat_with_an_image(vl_artifact, tmp_path):
+    """`/image PATH` in `lfmc chat` attaches the image to the next message: the reply's token count is what
+    Engine.generate gives for the same rendered prompt and image; a bad file is refused and the chat goes on."""
+    pexpect = pytest.importorskip("pexpect")
+    from lfmc.runtime import Engine
+    from lfmc.runtime.chat import END_OF_TURN, TextStream, render_chat
+
+    pic = tmp_path / "pic.png"
+    pic.write_bytes(_real_png())
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    eng = Engine(vl_artifact)
+    child = pexpect.spawn(sys.executable, ["-m", "lfmc", "chat", str(vl_artifact), "--max-new-tokens", "10"],
+                          encoding="utf-8", timeout=120)
+    try:
+        child.expect("you> ")
+        child.sendline(f"/image {tmp_path / 'bad.png'}")
+        child.expect("not an image")
+        child.expect("you> ")
+        child.sendline(f"/image {pic}")
+        child.expect("attached to your next message")
+        child.expect("you> ")
+        child.sendline("what is this")
+        child.expect(r"\[(\d+) tokens, [0-9.]+ tokens/s\]")
+        ids, rows = eng.prepare(render_chat([{"role": "user", "content": "<image>what is this"}]), [pic.read_bytes()])
+        ts = TextStream(eng.decode_text, [END_OF_TURN])
+        for tok in eng.stream(ids, 10, image_rows=rows):
+            ts.push(tok)
+            if ts.stopped:
+                break
+        assert int(child.match.group(1)) == len(ts.ids)
+        child.expect("you> ")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
