@@ -93,8 +93,17 @@ def save_hf_vl(hf_model, model, out: Path) -> tuple[Path, Path]:
 
     text = out.with_name(out.name + "-text")
     if not (out / "config.json").exists():
+        from safetensors.torch import save_file
+
         tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-        hf_model.save_pretrained(tmp)
+        hf_model.config.architectures = [type(hf_model).__name__]
+        hf_model.config.save_pretrained(tmp)
+        # the vision tower and projector only, under the hub checkpoints' names (transformers 5 renames
+        # `vision_tower.vision_model.` on load; llama.cpp's converter reads the hub names)
+        sd = {k.replace("model.vision_tower.", "model.vision_tower.vision_model."): v.contiguous()
+              for k, v in hf_model.state_dict().items() if k.startswith(("model.vision_tower.",
+                                                                         "model.multi_modal_projector."))}
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _byte_tokenizer(tmp)
         proc = {k: v for k, v in DEFAULTS.items() if k != "use_image_special_tokens"}
         (tmp / "preprocessor_config.json").write_text(json.dumps(
@@ -125,21 +134,22 @@ def gguf_vl(d: Path, hf: Path, text: Path) -> tuple[Path, Path]:
 
 
 def mtmd(d: Path, model: Path, mmproj: Path, image: Path, prompt: str, n: int, threads: int = 2) -> dict:
-    """One llama-mtmd-cli run (greedy, ``n`` new tokens): image encode ms (every slice), image-token decode ms,
-    text prompt ms, and decode tokens/s, from its log."""
+    """One llama-mtmd-cli run (greedy, ``n`` new tokens, ChatML), timings from its verbose log: image encode
+    (every slice or batch), the prompt's prefill (image tokens and the template's text tokens, as
+    ``n_prompt``), and decode tokens/s."""
     cmd = [str(d / "bin" / "llama-mtmd-cli"), "-m", str(model), "--mmproj", str(mmproj), "--image", str(image),
            "-p", prompt, "-n", str(n), "-t", str(threads), "--temp", "0", "-c", "4096", "--ignore-eos",
-           "--no-warmup"]
+           "--chat-template", "chatml", "--perf", "-v"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"llama-mtmd-cli failed ({p.returncode}): {p.stderr[-2000:]}")
     log = p.stdout + p.stderr
-    enc = sum(int(x) for x in re.findall(r"slice encoded in (\d+) ms", log))
-    dec = sum(int(x) for x in re.findall(r"decoded \(batch \d+/\d+\) in (\d+) ms", log))
+    enc = sum(int(x) for x in re.findall(r"(?:slice encoded in|mtmd batch encoding done in) (\d+) ms", log))
+    pe = re.search(r"prompt eval time =\s*([0-9.]+) ms /\s*(\d+) tokens", log)
     ev = re.search(r"(?<!prompt )eval time =\s*([0-9.]+) ms /\s*(\d+) runs.*?([0-9.]+) tokens per second", log)
-    pe = re.search(r"prompt eval time =\s*([0-9.]+) ms", log)
-    return {"encode_s": enc / 1e3, "image_decode_s": dec / 1e3, "prompt_eval_s": float(pe.group(1)) / 1e3 if pe else None,
-            "decode_tok_s": float(ev.group(3)) if ev else None, "log_tail": log[-1500:]}
+    return {"encode_s": enc / 1e3, "prompt_eval_s": float(pe.group(1)) / 1e3 if pe else None,
+            "n_prompt": int(pe.group(2)) if pe else None, "decode_tok_s": float(ev.group(3)) if ev else None,
+            "log_tail": "\n".join(x for x in log.splitlines() if "ms" in x)[-1500:]}
 
 
 def gguf(d: Path, hf: Path, gtype: str) -> Path:

@@ -136,12 +136,20 @@ def main() -> None:
                     from PIL import Image
 
                     Image.fromarray(img).save(png)
-                r = lp.mtmd(d, model, mmproj, png, "Describe.", a.new_tokens + 1)
+                try:
+                    r = lp.mtmd(d, model, mmproj, png, "Describe.", a.new_tokens + 1)
+                except RuntimeError as e:      # recorded, not fatal: the other sides' figures still stand
+                    res.setdefault("llama_errors", {})[size] = str(e)[-800:]
+                    print(f"  llama.cpp failed on {size}: {str(e).splitlines()[-1][:200]}", flush=True)
+                    r = {"encode_s": None, "prompt_eval_s": None, "n_prompt": None, "decode_tok_s": None,
+                         "log_tail": ""}
                 rows.setdefault("llama_encode_s", []).append(r["encode_s"])
                 rows.setdefault("llama_image_to_first_token_s", []).append(
-                    r["encode_s"] + r["image_decode_s"] + (r["prompt_eval_s"] or 0.0))
+                    None if r["prompt_eval_s"] is None else r["encode_s"] + r["prompt_eval_s"])
+                rows.setdefault("llama_prompt_tokens", []).append(r["n_prompt"])
                 rows.setdefault("llama_decode_tok_s", []).append(r["decode_tok_s"])
-                res.setdefault("llama_log_tail", r["log_tail"])
+                if r["log_tail"]:
+                    res.setdefault("llama_log_tail", {})[size] = r["log_tail"]
         med = {k: statistics.median([x for x in v if x is not None] or [float("nan")]) for k, v in rows.items()}
         med["image_tokens"] = int(sum(p.height * p.width for x in processed for p in x.pieces) // 4)
         med["pieces"] = sum(len(x.pieces) for x in processed)

@@ -341,7 +341,7 @@ _ASSUMED_AND_DERIVED["lfm2-vl-450m"] = _vl("lfm2-350m", _SIGLIP2_BASE, [_VL_NOTE
 _ASSUMED_AND_DERIVED["lfm2-vl-1.6b"] = _vl("lfm2-1.2b", _SIGLIP2_SO400M, [_VL_NOTE.format("1.2B", 26, 27)])
 # a tiny VL model for tests and the demo: byte vocabulary, the image token is byte 255 (never in UTF-8 text)
 _ASSUMED_AND_DERIVED["lfm2-vl-tiny"] = _vl(
-    "lfm2-tiny", _SIGLIP2_BASE | {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    "lfm2-tiny", _SIGLIP2_BASE | {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
                                   "num_attention_heads": 2, "num_patches": 16},
     ["everything: a test model"], image_token_id=255, projector_hidden_size=48)
 
