@@ -181,3 +181,29 @@ def test_lfmc_chat_with_an_image(vl_artifact, tmp_path):
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
+
+
+@pytest.mark.parametrize("opts", [{"quant": "q4g32"}, {"quant": "q8", "act_quant": "i8"}], ids=["q4g32", "w8a8"])
+def test_quantized_decoder_with_images(opts, tmp_path):
+    """The decoder of a VL artifact takes every quantization while the encoder stays f32: the compiled image
+    prompt follows the interpreter on the same quantized decoder (the passes' own output), logits within 3e-2."""
+    from lfmc.compile import compile_model
+    from lfmc.frontend import import_preset
+    from lfmc.ir.interp import Interpreter
+    from lfmc.options import CompileOptions
+    from lfmc.passes import run_pipeline
+    from lfmc.runtime import Engine
+
+    m = import_preset("lfm2-vl-tiny", weights=True, seed=9, std=0.25)
+    eng = Engine(compile_model(m, tmp_path / "q", target="host", max_context=2048, prefill_chunk=64, **opts))
+    q = run_pipeline(m, None, CompileOptions(**opts).pass_options())
+    assert any(p.type.dtype in ("i8", "u4") for p in q.graph.params().values())
+    assert all(p.type.dtype == "f32" for p in q.vision.params().values())
+    ids, rows = eng.prepare([1, 2, 3], [_real_png()])
+    seq = eng.new_sequence()
+    got = eng.prefill(seq, ids, rows)
+    dec = Interpreter(q.graph, q.weights_of(q.graph))
+    img = np.zeros((len(ids), rows.shape[1]), np.float32)
+    img[np.asarray(ids) == 255] = rows
+    ref = dec.run(ids, dec.new_state(), img)[-1]
+    assert np.abs(got - ref).max() <= 3e-2 * max(1.0, np.abs(ref).max())
