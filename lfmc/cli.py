@@ -43,9 +43,12 @@ def cmd_import(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps({"model": str(out), "name": m.graph.name, "nodes": len(m.graph.nodes),
                           "parameters": m.graph.num_parameters(), "weights": m.weights is not None,
+                          "vision_parameters": m.vision.num_parameters() if m.vision is not None else 0,
                           "source": m.provenance.get("source"), "architecture": m.provenance.get("architecture")}))
     elif not a.quiet:
-        print(f"wrote {out}: {len(m.graph.nodes)} nodes, {m.graph.num_parameters():,} parameters{note}")
+        vis = (f" + an image encoder of {len(m.vision.nodes)} nodes, {m.vision.num_parameters():,} parameters"
+               if m.vision is not None else "")
+        print(f"wrote {out}: {len(m.graph.nodes)} nodes, {m.graph.num_parameters():,} parameters{vis}{note}")
         gg = m.provenance.get("gguf")
         if gg:
             kept = ", ".join(f"{n} {t}" for t, n in sorted(gg["kept"].items())) or "none"
@@ -74,15 +77,20 @@ def cmd_show(a: argparse.Namespace) -> int:
 
     m = _load(a.model)
     if a.ir:
-        print(print_graph(m.graph), end="")
+        print("".join(print_graph(g) for g in m.graphs()), end="")
         return 0
     s = summarize(m.graph)
     s["provenance"] = {k: v for k, v in m.provenance.items() if k != "config"}
     s["has_weights"] = m.weights is not None
+    if m.vision is not None:                # a VL model: its image encoder and projector too
+        s["vision"] = summarize(m.vision)
     if a.json:
         print(json.dumps(s, indent=1, default=str))
     else:
         print(format_summary(s))
+        if m.vision is not None:
+            print("\nimage encoder and projector (one image's patches in, image-token embeddings out):")
+            print(format_summary(s["vision"]))
         for k in ("assumed",):
             if m.provenance.get(k):
                 print(f"assumed fields: {', '.join(m.provenance[k])}")

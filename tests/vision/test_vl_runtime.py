@@ -207,3 +207,19 @@ def test_quantized_decoder_with_images(opts, tmp_path):
     img[np.asarray(ids) == 255] = rows
     ref = dec.run(ids, dec.new_state(), img)[-1]
     assert np.abs(got - ref).max() <= 3e-2 * max(1.0, np.abs(ref).max())
+
+
+def test_import_and_show_list_the_image_encoder(tmp_path):
+    out = tmp_path / "vl.lfm"
+    r = subprocess.run([sys.executable, "-m", "lfmc", "import", "lfm3-vl-tiny", "--random-weights", "-o", str(out),
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["vision_parameters"] > 0 and (out / "vision.lfmir").is_file()
+    r = subprocess.run([sys.executable, "-m", "lfmc", "show", str(out), "--json"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    ops = {n["op"] for n in json.loads(r.stdout)["vision"]["nodes"]}
+    assert {"grid_conv", "vision_attention", "merge_tokens"} <= ops
+    r = subprocess.run([sys.executable, "-m", "lfmc", "show", str(out), "--ir"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.count("graph \"") == 2
