@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--quant", default=None, help="the decoder's quantization (lfmc compile --quant)")
     ap.add_argument("--llama-cpp", action="store_true", help="also run llama.cpp's llama-mtmd-cli (build it with "
                     "benchmarks/build_llama_cpp.sh)")
+    ap.add_argument("--profile", action="store_true", help="only lfmc: seconds per kernel of one encode per size "
+                    "(Engine.profile_image, median of 3), no peers")
     ap.add_argument("--out", default="benchmarks/results/vision_encode.json")
     a = ap.parse_args()
 
@@ -69,6 +71,9 @@ def main() -> None:
     from lfmc.targets.host import cpu_info
 
     import subprocess
+
+    if a.profile:
+        return _profile(a)
 
     tmp = Path(tempfile.mkdtemp(prefix="lfmc-vision-bench."))
     art = tmp / "vl.art"
@@ -175,6 +180,30 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"wrote {out}")
+
+
+def _profile(a) -> None:
+    """``--profile``: where one encode's time goes, per kernel, for each size (the lfmc artifact alone)."""
+    import subprocess
+
+    from lfmc.runtime import Engine
+
+    art = Path(tempfile.mkdtemp(prefix="lfmc-vision-profile.")) / "vl.art"
+    subprocess.run([sys.executable, "-m", "lfmc", "compile", a.preset, "-o", str(art), "--target", "host",
+                    "--max-batch", "1", "--max-context", "4096", "--prefill-chunk", "256", "--quiet"], check=True)
+    eng = Engine(art)
+    out = {}
+    for size in a.sizes.split(","):
+        W, H = (int(v) for v in size.lower().split("x"))
+        piece = eng.processor().process(_image(H, W)).pieces[0]
+        prof = eng.profile_image(piece.patches, piece.height, piece.width)
+        total = sum(prof.values())
+        out[size] = {"patches": piece.height * piece.width, "total_s": total, "kernels": prof}
+        print(f"{a.preset} {size} (first piece, {piece.height} x {piece.width} patches): {total:.2f} s")
+        for k, v in list(prof.items())[:8]:
+            print(f"  {v:7.3f} s {100 * v / total:5.1f}%  {k}")
+    Path(a.out).write_text(json.dumps({"preset": a.preset, "profile": out}, indent=1))
+    print(f"wrote {a.out}")
 
 
 def _hf_inputs(processed) -> dict:

@@ -119,9 +119,9 @@ def compile_model(model: Model, out: str | os.PathLike, target: str = DEFAULT_TA
     if model.vision is not None:
         verify(model.vision)
         from .runtime.vision import make_processor
+        from .targets.lower import vision_layout
 
-        layout = "merge_blocks" if any(n.op == "merge_tokens" for n in model.vision.nodes) else "raster"
-        proc = make_processor(layout, model.provenance.get("processor") or {})
+        proc = make_processor(vision_layout(model.vision), model.provenance.get("processor") or {})
         built = be.lower(model.graph, model.weights, prof, opts, ctx, vision=model.vision,
                          max_patches=proc.max_num_patches)
         built.extra["processor"] = proc.config

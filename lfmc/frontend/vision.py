@@ -310,18 +310,28 @@ def import_vl_dir(d: Path, raw: dict[str, Any], name: str) -> Model:
     return vl_model(raw, name, w, processor_config(d), {"source": "hf", "path": str(d.resolve())})
 
 
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+                      "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
 def _load_any(f: Path, load_file) -> dict[str, np.ndarray]:
-    """A safetensors file's tensors as float32 numpy arrays (bf16 ones widened: numpy has no bfloat16)."""
+    """A safetensors file's tensors as numpy arrays; bf16 ones (what checkpoints ship) widened to float32, exactly:
+    numpy has no bfloat16, so safetensors' numpy reader refuses those files and they are decoded here."""
     try:
         return load_file(str(f))
-    except (TypeError, ValueError):
+    except TypeError:                       # "data type 'bfloat16' not understood"
         pass
-    from safetensors import safe_open
+    from safetensors import deserialize
 
     out = {}
-    with safe_open(str(f), framework="numpy") as h:
-        for k in h.keys():
-            out[k] = h.get_tensor(k)
+    for name, t in deserialize(f.read_bytes()):
+        if t["dtype"] == "BF16":
+            a = (np.frombuffer(t["data"], np.uint16).astype(np.uint32) << 16).view(np.float32)
+        elif t["dtype"] in _SAFETENSORS_DTYPES:
+            a = np.frombuffer(t["data"], _SAFETENSORS_DTYPES[t["dtype"]])
+        else:
+            raise ValueError(f"tensor {name}: dtype {t['dtype']} is not supported")
+        out[name] = a.reshape(t["shape"]).copy()
     return out
 
 

@@ -105,6 +105,7 @@ class Engine:
         self._seqs: dict[int, _Seq] = {}
         self._next_id = 0
         self._grid: tuple[int, int] = (0, 0)
+        self._processor = None
 
     # ------------------------------------------------------------------------------------------- loading
     def _load_params(self) -> None:
@@ -128,8 +129,7 @@ class Engine:
 
         def rows(r: str | int, entry: str | None) -> int:       # a use's most rows
             if entry == "vision":
-                return self._rows(r, self.max_patches, "vision") if r != "np" else self._rows(
-                    "np", self.max_patches, "vision")
+                return self._rows(r, self.max_patches, "vision")
             return r if isinstance(r, int) else {"n": self._max_rows, "np": big,
                                                  "nk": self._max_rows * self.plan["topk"]}[r]
 
@@ -239,7 +239,18 @@ class Engine:
         self.driver.write(self.inputs["slots"], np.zeros(n, np.int32))
         self.driver.write(self.inputs["pos"], np.arange(n, dtype=np.int32))
         self._run(entry, n)
-        calls = self._calls[(entry, n, 0)]
+        return self._time_calls(entry, n, (entry, n, 0), reps)
+
+    def profile_image(self, patches: np.ndarray, height: int, width: int, reps: int = 3) -> dict[str, float]:
+        """Seconds per kernel of the ``vision`` entry (:meth:`profile`'s measure) for one image of ``height`` x
+        ``width`` patches (:meth:`encode_image`'s arguments)."""
+        self.encode_image(patches, height, width)
+        P = int(height) * int(width)
+        return self._time_calls("vision", P, ("vision", P, 0) + self._grid, reps)
+
+    def _time_calls(self, entry: str, n: int, key: tuple, reps: int) -> dict[str, float]:
+        """Time each launch of the cached calls ``key`` of ``entry`` (summed per kernel, median of ``reps``)."""
+        calls = self._calls[key]
         names = [k for k, _ in self._launches(entry, n)]
         times: dict[str, list[float]] = {}
         for _ in range(reps):
@@ -362,15 +373,14 @@ class Engine:
         p = np.ascontiguousarray(patches, np.float32)
         if p.shape != (P, v["patch_dim"]):
             raise EngineError(f"patches {p.shape} do not fit a {height} x {width} grid of {v['patch_dim']} values")
-        try:
-            order = merge_order(int(height), int(width), v["factor"])
-        except ValueError as e:
-            raise EngineError(str(e)) from None
+        if height % v["factor"] or width % v["factor"]:
+            raise EngineError(f"a {height} x {width} patch grid does not split into {v['factor']} x {v['factor']} "
+                              "blocks")
         self.driver.write(self.slabs[v["patches"]], p.reshape(-1))
         if v["layout"] == "raster":         # LFM2-VL: positions resized to this grid, patches gathered into tokens
             self.driver.write(self.slabs[v["pos_weights"]],
                               resize_weights(int(height), int(width), v["grid"]).reshape(-1))
-            self.driver.write(self.inputs["order"], order)
+            self.driver.write(self.inputs["order"], merge_order(int(height), int(width), v["factor"]))
         self._grid = (int(height), int(width))          # LFM3-VL's kernels take the grid as scalars
         self.driver.write(self.inputs["slots"], np.zeros(P, np.int32))          # attention over the image's rows:
         self.driver.write(self.inputs["pos"], np.full(P, P - 1, np.int32))      # every row sees all of them
@@ -382,7 +392,7 @@ class Engine:
         """The artifact's image preprocessing (:class:`lfmc.runtime.vision.ImageProcessor`)."""
         if self.vision is None:
             raise EngineError(f"{self.root}: this artifact takes no images (not a vision-language model)")
-        if getattr(self, "_processor", None) is None:
+        if self._processor is None:
             from .vision import make_processor
 
             self._processor = make_processor(self.vision["layout"], self.manifest.get("processor") or {})

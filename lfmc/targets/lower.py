@@ -715,6 +715,8 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, 
     the prefill's schedules."""
     lw = _Lowering(graph, weights, knobs)
     lw.lower()
+    if vision is not None:              # into the same kernel, parameter and state registries, before the plan
+        vision_plan, vw = _lower_vision(lw, vision, weights, knobs, max_patches)
     vocab = graph.nodes[-1].type.shape[1]
     first = graph.nodes[0]
     topk = max([n.attrs["top_k"] for n in graph.nodes if n.op == "moe"], default=1)
@@ -732,13 +734,23 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, 
         "embedding_rows": first.params["weight"].type.shape[0] if first.op == "embedding" else vocab,
     }
     if vision is not None:
-        _lower_vision(plan, lw, vision, weights, knobs, max_patches)
+        plan["entries"]["vision"] = [L.to_json() for L in vw.entries["vision"]]
+        plan["row_tile"]["vision"] = knobs["prefill"].rows
+        plan["slabs"].update(vw.slabs)
+        plan["vision"], plan["image"] = vision_plan, lw.image
     return Lowered(plan, lw.kernels, lw.params)
 
 
-def _lower_vision(plan: dict[str, Any], lw: _Lowering, vision: Graph, weights: dict[str, np.ndarray] | None,
-                  knobs: dict[str, KN.Knobs], max_patches: int | None) -> None:
-    """Add the ``vision`` entry of a VL model to ``plan`` (kernels and parameters into ``lw``'s)."""
+def vision_layout(vision: Graph) -> str:
+    """How a vision graph takes its patches: ``raster`` (row-major, merged by a pixel unshuffle: LFM2-VL) or
+    ``merge_blocks`` (already in merge-block order: LFM3-VL); what the runtime's preprocessing follows."""
+    return "merge_blocks" if any(n.op == "merge_tokens" for n in vision.nodes) else "raster"
+
+
+def _lower_vision(lw: _Lowering, vision: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, KN.Knobs],
+                  max_patches: int | None) -> tuple[dict[str, Any], _Lowering]:
+    """Lower a VL model's image encoder into the ``vision`` entry (kernels, parameters and scratch state into
+    ``lw``'s registries): the plan's ``vision`` record and the entry's lowering (its launches and slabs)."""
     if not getattr(lw, "image", None):
         raise LfmcError(f"graph {lw.graph.name} has a vision graph but no image_merge taking its embeddings")
     if not max_patches or max_patches < 1:
@@ -753,21 +765,14 @@ def _lower_vision(plan: dict[str, Any], lw: _Lowering, vision: Graph, weights: d
     out_dim = int(vision.nodes[-1].type.shape[1])
     if out_dim != lw.image["cols"]:
         raise LfmcError(f"the vision graph returns width {out_dim}, the decoder's image rows take {lw.image['cols']}")
-    plan["entries"]["vision"] = [L.to_json() for L in vw.entries["vision"]]
-    plan["row_tile"]["vision"] = knobs["prefill"].rows
-    plan["slabs"].update(vw.slabs)
-    plan["params"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in lw.params.items()}
     f = int(un.attrs["factor"])
-    v: dict[str, Any] = {"max_patches": int(max_patches), "merge": f * f, "factor": f,
-                         "patch_dim": int(vision.inputs[0][1].shape[1]), "patches": "vis.in.patches",
+    v: dict[str, Any] = {"layout": vision_layout(vision), "max_patches": int(max_patches), "merge": f * f,
+                         "factor": f, "patch_dim": int(vision.inputs[0][1].shape[1]), "patches": "vis.in.patches",
                          "output": Arg.slab(vw.prefix + vw.output, "m", out_dim).to_json()}
-    if un.op == "pixel_unshuffle":          # LFM2-VL: raster patches, learned positions resized per image
+    if v["layout"] == "raster":             # LFM2-VL: learned positions resized per image
         pe = next(n for n in vision.nodes if n.op == "pos_embed")
-        v |= {"layout": "raster", "grid": int(pe.attrs["grid"]), "pos_weights": "vis.in.pos_weights"}
-    else:                                   # LFM3-VL: merge-block patches, positions from the grid in the kernels
-        v |= {"layout": "merge_blocks"}
-    plan["vision"] = v
-    plan["image"] = lw.image
+        v |= {"grid": int(pe.attrs["grid"]), "pos_weights": "vis.in.pos_weights"}
+    return v, vw
 
 
 def kernels_per_layer(plan: dict[str, Any], graph: Graph, entry: str = "decode") -> dict[str, int]:

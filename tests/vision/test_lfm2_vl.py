@@ -167,3 +167,26 @@ def test_encoder_in_16_bits(preset, tmp_path):
              "order": merge_order(p.height, p.width, 2)})
     ref = vis.evaluate(feed)
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_bf16_checkpoint_and_image_profile(pair, tmp_path):
+    """Checkpoints ship bf16 weights (numpy has none): they import widened exactly; and Engine.profile_image
+    times every kernel of the vision entry."""
+    import torch
+
+    from lfmc.compile import compile_model
+    from lfmc.frontend import import_hf_dir
+    from lfmc.runtime import Engine
+
+    m, hf = pair
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "ck")
+    hf.to(torch.float32)
+    got = import_hf_dir(tmp_path / "ck")
+    for k, v in m.weights.items():
+        want = torch.from_numpy(v).to(torch.bfloat16).float().numpy()
+        assert got.weights[k].dtype == np.float32 and np.array_equal(got.weights[k], want), k
+    eng = Engine(compile_model(m, tmp_path / "a", target="host", max_context=2048, prefill_chunk=64))
+    p = eng.processor().process(image(300, 500)).pieces[0]
+    prof = eng.profile_image(p.patches, p.height, p.width)
+    names = {L["kernel"] for L in eng.plan["entries"]["vision"]}
+    assert set(prof) == names and all(t > 0 for t in prof.values())
