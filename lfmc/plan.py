@@ -16,6 +16,9 @@ SCHEMA_VERSION = 4      # 2: the target record names its family and backend, the
                         # 4: sliding-window KV state: shape dim "R" (ring slots) and the state's "window"
 PLAN_VERSION = 1
 ENTRIES = ("prefill", "decode")
+# The manifest's ``kernels`` key of a CPU artifact's step runner (a native function that runs a whole step's launches
+# in one call; not a plan kernel): lfmc/targets/host/step_runner.c, loaded by the cpu driver.
+STEP_RUNNER = "lfmc_run_step"
 
 # rows of a call, rounded up to the row tile, times experts per token; in a vision entry (rows: one image's
 # patches) the image tokens they merge into (n / merge) and those rounded up to the row tile

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..plan import Arg, launches, ring_slots
+from ..plan import STEP_RUNNER, Arg, launches, ring_slots
 from .artifact import check_device, load_manifest
 from .drivers import get_driver
 from .errors import EngineError, RuntimeLoadError
@@ -57,12 +57,15 @@ class Engine:
 
     def __init__(self, path: str | Path, device: str | None = None, max_batch: int | None = None,
                  max_context: int | None = None, prefill_chunk: int | None = None, num_threads: int | None = None,
-                 verify: bool = True, use_graphs: bool = True, memory_budget: int | None = None):
+                 verify: bool = True, use_graphs: bool = True, memory_budget: int | None = None,
+                 one_call: bool = True):
         """``device``: the driver (``cpu``, ``opencl``, ``cuda``); default: the one the artifact was built for.
         ``use_graphs``: capture decode steps as device graphs where the driver can (CUDA). ``memory_budget``:
         bytes the caches and activations may take (default: the machine's physical memory), checked before
-        anything is allocated."""
+        anything is allocated. ``one_call``: run each step as one native call where the artifact has a step runner
+        (the cpu driver); False calls the kernels one by one (what profiling times)."""
         self.root = Path(path)
+        self.one_call = one_call
         self.memory_budget = memory_budget
         self.use_graphs = use_graphs
         m = load_manifest(self.root, verify_hashes=verify)
@@ -100,6 +103,11 @@ class Engine:
             raise RuntimeLoadError(f"{self.root}: the plan uses kernels without a library: {missing[:5]}")
         self._libs = {f: self.driver.load_library(self.root / f) for f in sorted({m["kernels"][k] for k in names})}
         self._funcs = {k: self.driver.function(self._libs[m["kernels"][k]], k) for k in sorted(names)}
+        runner = m["kernels"].get(STEP_RUNNER)
+        load_runner = getattr(self.driver, "load_step_runner", None)
+        self._runner = load_runner(self.root / runner) if runner and load_runner and self.one_call else None
+        self._steps: dict[tuple, Any] = {}
+        self._logit_args: dict[str, Arg] = {}
         self._calls: dict[tuple, list] = {}
         self._views: dict[tuple, Any] = {}
         self._seqs: dict[int, _Seq] = {}
@@ -222,6 +230,14 @@ class Engine:
             calls = [(self._funcs[k], [self._arg(a, n, entry, slot) for a in args])
                      for k, args in self._launches(entry, n)]
             self._calls[key] = calls
+        if self._runner is not None:               # the whole step in one native call
+            step = self._steps.get(key)
+            if step is None:
+                step = self._steps[key] = self._runner.prepare(
+                    [(self.root / self.manifest["kernels"][k], k, args)
+                     for (k, _), (_, args) in zip(self._launches(entry, n), calls)])
+            step()
+            return
         run_graph = getattr(self.driver, "run_graph", None)
         if run_graph is not None and entry == "decode" and self.use_graphs:
             run_graph(key, lambda: [f(*args) for f, args in calls])   # one launch per decode step (CUDA graphs)
@@ -280,7 +296,9 @@ class Engine:
         return out
 
     def _logits(self, entry: str, n: int) -> np.ndarray:
-        a = Arg.from_json(self.plan["logits"][entry])
+        a = self._logit_args.get(entry)
+        if a is None:
+            a = self._logit_args[entry] = Arg.from_json(self.plan["logits"][entry])
         return self.driver.read(self.slabs[a.name], (self._rows(a.rows, n, entry), a.cols))
 
     # ----------------------------------------------------------------------------------------- sequences
@@ -315,6 +333,20 @@ class Engine:
         s = self._seq(seq)
         s.length = 0
         self._clear_slot(s.slot)
+
+    def fork(self, seq: int) -> int:
+        """A new sequence holding a copy of ``seq``'s state (its conv windows, recurrences and KV cache up to its
+        length): both continue from the same prompt without prefilling it twice (OpenAI's ``n``)."""
+        s = self._seq(seq)
+        new = self.new_sequence()
+        d = self._seqs[new]
+        for name, spec in self.plan["state"].items():
+            if spec["kind"] == "scratch":
+                continue
+            rows = s.length if len(spec["shape"]) > 1 and spec["shape"][1] == "C" else None
+            self.driver.copy_slot(self.state[name], s.slot, d.slot, rows)
+        d.length = s.length
+        return new
 
     def release(self, seq: int) -> None:
         self._seq(seq)
@@ -484,21 +516,30 @@ class Engine:
         self.driver.write(self.slabs[self.plan["image"]["slab"]], rows.reshape(-1))
 
     def decode(self, seqs: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
-        """One token for each sequence in one batched call; returns logits [len(seqs), vocab]."""
-        if len(seqs) != len(tokens) or not seqs:
+        """One token for each sequence in one batched call; returns logits [len(seqs), vocab]. Its Python side is
+        kept to a few microseconds: for small models it is a real share of the step."""
+        n = len(seqs)
+        if n != len(tokens) or not n:
             raise EngineError("decode needs one token per sequence, and at least one sequence")
-        if len(set(seqs)) != len(seqs):
+        if n > self.max_batch:
+            raise EngineError(f"decode batch {n} exceeds max_batch {self.max_batch}")
+        try:
+            ss = [self._seqs[q] for q in seqs]
+        except (KeyError, TypeError):
+            raise EngineError(f"unknown sequence among {list(seqs)!r}") from None
+        slots = np.array([s.slot for s in ss], np.int32)
+        pos = np.array([s.length for s in ss], np.int32)
+        if n > 1 and np.unique(slots).size != n:
             raise EngineError("a sequence appears twice in one decode batch")
-        if len(seqs) > self.max_batch:
-            raise EngineError(f"decode batch {len(seqs)} exceeds max_batch {self.max_batch}")
-        ss = [self._seq(q) for q in seqs]
-        for q, s in zip(seqs, ss):
-            if s.length >= self.max_context:
-                raise EngineError(f"sequence {q} reached the max context {self.max_context}")
-        n = len(ss)
-        self.driver.write(self.inputs["tokens"], self._check_tokens(tokens))
-        self.driver.write(self.inputs["slots"], np.array([s.slot for s in ss], np.int32))
-        self.driver.write(self.inputs["pos"], np.array([s.length for s in ss], np.int32))
+        if pos.max() >= self.max_context:
+            q = seqs[int(np.argmax(pos >= self.max_context))]
+            raise EngineError(f"sequence {q} reached the max context {self.max_context}")
+        t = np.array(tokens, np.int64)
+        if t.min() < 0 or t.max() >= self.vocab_size:
+            raise EngineError(f"token ids must lie in [0, {self.vocab_size})")
+        self.driver.write(self.inputs["tokens"], t.astype(np.int32))
+        self.driver.write(self.inputs["slots"], slots)
+        self.driver.write(self.inputs["pos"], pos)
         self._run("decode", n)
         for s in ss:
             s.length += 1

@@ -21,6 +21,13 @@ class Knobs:
     prefetch: int = 0         # int8-activation GEMVs: software prefetch this many bytes ahead (0: none)
 
 
+# Decode GEMVs with at most this many weights run on one thread: a parallel launch wakes the pool and joins it
+# (about 1 us per launch on a 2-core host), more than such a GEMV takes alone (lfm2-tiny's decode step: ~2x).
+SERIAL_GEMV_WEIGHTS = 1 << 16
+# Decode-only loop kernels (conv window, recurrence step) over at most this many channels: one thread too.
+SERIAL_LOOP_CHANNELS = 256
+
+
 def pick_lanes(n: int, lanes: int) -> int:
     """The widest vector width <= lanes that divides n (packed layouts need N % lanes == 0)."""
     for l in (lanes, 16, 8, 4, 2, 1):

@@ -15,6 +15,7 @@ The plan is plain JSON that the runtime executes without any compiler import:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -203,6 +204,17 @@ class _Lowering:
         """Knobs of the loop kernels (conv, scan, attention, router, elementwise): the family's, from prefill."""
         return self.knobs["prefill"]
 
+    def decode_loop(self, D: int) -> KN.Knobs:
+        """Knobs of a decode-only loop kernel over ``D`` channels: one thread when D is too small to pay for a
+        parallel launch (:data:`lfmc.targets.knobs.SERIAL_LOOP_CHANNELS`)."""
+        kn = self.loop
+        return dataclasses.replace(kn, parallel=False) if self.decode_key(D) else kn
+
+    def decode_key(self, D: int) -> tuple[str, ...]:
+        """The kernel-key suffix of :meth:`decode_loop`'s choice: ``("1t",)`` for one thread."""
+        kn = self.loop
+        return ("1t",) if kn.parallel and not kn.gpu and D <= KN.SERIAL_LOOP_CHANNELS else ()
+
     # --- registries
     def kernel(self, key: tuple, maker: str, **kw: Any) -> str:
         """Register the kernel ``maker(**kw)`` under a name made from ``key``; its name."""
@@ -300,8 +312,12 @@ class _Lowering:
         eps = norm.attrs["eps"] if norm else None
         for e in entries:
             kn = self.knobs[e]
+            serial = e == "decode" and kn.parallel and not kn.gpu and N * Kd <= KN.SERIAL_GEMV_WEIGHTS
+            if serial:          # too little work to pay for waking the other threads
+                kn = dataclasses.replace(kn, parallel=False)
             key = ("mm", N, Kd, "b" if bias else "", "n" if norm else "", "a" if accumulate else "",
                    "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
+            key += ("1t",) if serial else ()
             if a8:
                 kname = self.kernel(key + ("a8", il, kn.prefetch), "make_matmul_a8", N=N, K=Kd, knobs=kn,
                                     bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu,
@@ -478,8 +494,8 @@ class _Lowering:
               if "conv_bias" in n.params else self.param(f"zeros.{D}", lambda: np.zeros(D, np.float32)))
         kp = self.kernel(("conv_prefill", D, L, ib, ic, ix), "make_conv_prefill", D=D, L=L, ib=ib, ic=ic,
                         ix=ix, kn=self.loop)
-        kd = self.kernel(("conv_decode", D, L, ib, ic, ix), "make_conv_decode", D=D, L=L, ib=ib, ic=ic,
-                        ix=ix, kn=self.loop)
+        kd = self.kernel(("conv_decode", D, L, ib, ic, ix) + self.decode_key(D), "make_conv_decode", D=D, L=L,
+                         ib=ib, ic=ic, ix=ix, kn=self.decode_loop(D))
         base = [self.slab("t_p", "n", 3 * D), Arg.state(st), cw, cb, self.slab("t_y", "n", D)]
         self.launch("prefill", kp, base + [Arg.scalar("slot")])
         self.launch("decode", kd, base + [Arg.input("slots", "n")])
@@ -498,8 +514,8 @@ class _Lowering:
         else:                   # channels already fill the CPU's cores; one pass over the chunk per channel
             kp = self.kernel(("rec_prefill", D, ia, ib, ic, ix), "make_recurrence_prefill", D=D, ia=ia, ib=ib,
                              ic=ic, ix=ix, kn=self.loop)
-        kd = self.kernel(("rec_decode", D, ia, ib, ic, ix), "make_recurrence_decode", D=D, ia=ia, ib=ib, ic=ic,
-                         ix=ix, kn=self.loop)
+        kd = self.kernel(("rec_decode", D, ia, ib, ic, ix) + self.decode_key(D), "make_recurrence_decode", D=D,
+                         ia=ia, ib=ib, ic=ic, ix=ix, kn=self.decode_loop(D))
         base = [self.slab("t_p", "n", 4 * D), Arg.state(st), self.slab("t_y", "n", D)]
         self.launch("prefill", kp, base + [Arg.scalar("slot")])
         self.launch("decode", kd, base + [Arg.input("slots", "n")])

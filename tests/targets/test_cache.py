@@ -32,7 +32,7 @@ def cold(tmp_path, monkeypatch):
 def test_recompile_builds_nothing_and_writes_the_same_artifact(tiny_models, tmp_path, cold, monkeypatch):
     m = tiny_models["dense-a"]
     a = compile_model(m, tmp_path / "a", "host", **KW)
-    n = len(list(a.glob("kernels/*.so")))
+    n = len([p for p in a.glob("kernels/*.so") if p.name != "lfmc_step.so"])      # the step runner is not cached
     assert n > 5 and len(list(cold.glob("*.so"))) == n
     import tvm
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RuntimeLoadError
+from ..errors import EngineError, RuntimeLoadError
 from .host import HostMemory
 
 
@@ -39,6 +39,73 @@ class CpuDriver(HostMemory):
     def device_view(self, buf: np.ndarray, shape: tuple[int, ...]) -> Any:
         """The kernel-argument form of the first prod(shape) elements of ``buf``, shaped ``shape``."""
         return self._tvm.runtime.from_dlpack(HostMemory.device_view(self, buf, shape))
+
+    def load_step_runner(self, path: Path) -> "StepRunner":
+        """The artifact's step runner (``lfmc_step.so``): runs a whole step's launches in one native call."""
+        return StepRunner(path)
+
+
+_TENSOR, _INT = 70, 1        # TVM-FFI type indices (tvm/ffi/c_api.h: kTVMFFITensor, kTVMFFIInt)
+
+
+class StepRunner:
+    """One native call per step: the launches of a step laid out once as a table of TVM-FFI calls (each kernel's
+    ``__tvm_ffi_NAME`` symbol in its already loaded library, its arguments as tensor handles and integers) that
+    ``lfmc_run_step`` walks in order. Bit-identical to calling the kernels one by one: the same functions on the
+    same buffers; only the Python call per kernel is gone."""
+
+    ABI = 1
+
+    def __init__(self, path: Path):
+        import ctypes
+
+        self._ct = ctypes
+        try:
+            lib = ctypes.CDLL(str(path))
+            if lib.lfmc_step_runner_abi() != self.ABI:
+                raise RuntimeLoadError(f"{path}: step runner ABI {lib.lfmc_step_runner_abi()}, this runtime "
+                                       f"speaks {self.ABI}: recompile the model")
+            self._run = lib.lfmc_run_step
+        except (OSError, AttributeError) as e:
+            raise RuntimeLoadError(f"{path}: cannot load the step runner ({e})") from None
+        self._run.argtypes = [ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self._run.restype = ctypes.c_int
+        self._libs: dict[str, Any] = {}
+
+    def prepare(self, launches: list[tuple[Path, str, list[Any]]]) -> Any:
+        """A callable running ``launches`` ((library, kernel, arguments) each, arguments as the driver's kernel
+        arguments: tensors and integers) in one call. The tensors must outlive it (the engine caches both)."""
+        ct = self._ct
+        fns, table, offsets = [], [], [0]
+        for path, name, args in launches:
+            lib = self._libs.get(str(path))
+            if lib is None:   # dlopen of a loaded library: the same handle, its TVM backend hooks already bound
+                lib = self._libs[str(path)] = ct.CDLL(str(path))
+            try:
+                fns.append(ct.cast(getattr(lib, "__tvm_ffi_" + name), ct.c_void_p).value)
+            except AttributeError:
+                raise RuntimeLoadError(f"{path.name}: no symbol for kernel {name!r}") from None
+            for a in args:
+                if isinstance(a, (int, np.integer)) and not isinstance(a, bool):
+                    table.append((_INT, int(a)))
+                elif hasattr(a, "__chandle__"):
+                    table.append((_TENSOR, int(a.__chandle__())))
+                else:
+                    raise RuntimeLoadError(f"kernel {name}: argument {a!r} cannot go through the step runner")
+            offsets.append(len(table))
+        F = (ct.c_void_p * max(1, len(fns)))(*fns)
+        A = np.array(table or [(0, 0)], np.int64).reshape(-1, 2)
+        O = np.array(offsets, np.int32)
+        names = [n for _, n, _ in launches]
+        run, n, pa, po = self._run, len(fns), A.ctypes.data, O.ctypes.data
+
+        def step() -> None:
+            rc = run(n, F, pa, po)
+            if rc:
+                raise EngineError(f"kernel {names[rc - 1]} failed (launch {rc - 1} of the step)")
+
+        step.keep = (F, A, O)        # the tables live as long as the callable
+        return step
 
 
 def _import_tvm_without_torch():

@@ -103,6 +103,14 @@ class CudaDriver:
         with self.stream:
             buf[index] = value
 
+    def copy_slot(self, buf: Any, src: int, dst: int, rows: int | None = None) -> None:
+        """``buf[dst] = buf[src]`` (one slot of a state tensor), only its first ``rows`` rows when given."""
+        with self.stream:
+            if rows is None:
+                buf[dst] = buf[src]
+            else:
+                buf[dst, :rows] = buf[src, :rows]
+
     def sync(self) -> None:
         self.stream.synchronize()
 

@@ -46,5 +46,12 @@ class HostMemory:
         """Set ``buf[index]`` (one slot of a state tensor) to ``value``."""
         buf[index] = value
 
+    def copy_slot(self, buf: np.ndarray, src: int, dst: int, rows: int | None = None) -> None:
+        """``buf[dst] = buf[src]`` (one slot of a state tensor), only its first ``rows`` rows when given."""
+        if rows is None:
+            buf[dst] = buf[src]
+        else:
+            buf[dst, :rows] = buf[src, :rows]
+
     def sync(self) -> None:
         pass

@@ -146,5 +146,13 @@ class OpenCLDriver:
         if per:
             self.cl.enqueue_fill_buffer(self.queue, buf.buf, buf.dtype.type(value), index * per, per)
 
+    def copy_slot(self, buf: ClArray, src: int, dst: int, rows: int | None = None) -> None:
+        """``buf[dst] = buf[src]`` (one slot of a state tensor), only its first ``rows`` rows when given."""
+        per = int(np.prod(buf.shape[1:], dtype=np.int64)) * buf.dtype.itemsize
+        n = per if rows is None else int(np.prod(buf.shape[2:], dtype=np.int64)) * buf.dtype.itemsize * rows
+        if n:
+            self.cl.enqueue_copy(self.queue, buf.buf, buf.buf, byte_count=n, src_offset=src * per,
+                                 dst_offset=dst * per)
+
     def sync(self) -> None:
         self.queue.finish()

@@ -92,6 +92,13 @@ def build_arm(kernels: dict, profile, out_dir, progress=None) -> dict[str, str]:
             if progress:
                 progress(i, len(names), n)
     cache.trim("cpu")
+    if ext == "so":             # Linux / Android: the step runner too (Apple builds have no C compiler here)
+        from ...plan import STEP_RUNNER
+        from ..host import build_step_runner
+
+        runner = build_step_runner(Path(out_dir), ["aarch64-linux-gnu-gcc"])
+        if runner:
+            files[STEP_RUNNER] = runner
     return files
 
 

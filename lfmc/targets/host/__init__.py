@@ -9,6 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from ...plan import STEP_RUNNER
 from ..knobs import Knobs
 
 
@@ -123,4 +124,28 @@ def build_host(kernels: dict, out_dir, progress=None, target=None) -> dict[str, 
         if progress:
             progress(i + 1, len(kernels), name)
     cache.trim("cpu")
+    runner = build_step_runner(out_dir, ["cc", "gcc", "clang"])
+    if runner:
+        files[STEP_RUNNER] = runner
     return files
+
+
+def build_step_runner(out_dir: Path, compilers: list[str], flags: tuple[str, ...] = ()) -> str | None:
+    """Compile the step runner (``step_runner.c``: one native call runs every kernel launch of a step) into
+    ``out_dir/kernels/lfmc_step.so`` with the first of ``compilers`` found; its file, or None without a compiler
+    (the runtime then calls the kernels one by one). Plain C, built without -march: it only loops over calls."""
+    import shutil
+    import subprocess
+
+    from ...ir.errors import LfmcError
+
+    cc = next((shutil.which(c) for c in compilers if shutil.which(c)), None)
+    if cc is None:
+        return None
+    src = Path(__file__).with_name("step_runner.c")
+    out = Path(out_dir) / "kernels" / "lfmc_step.so"
+    r = subprocess.run([cc, "-O2", "-shared", "-fPIC", *flags, "-o", str(out), str(src)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise LfmcError(f"building the step runner with {cc} failed: {r.stderr.strip()[:1000]}")
+    return "kernels/lfmc_step.so"
