@@ -463,15 +463,20 @@ def cmd_chat(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     """The OpenAI-compatible server over an artifact."""
-    from .runtime import Engine
-    from .runtime.server import serve
+    import os
 
+    from .runtime import Engine
+    from .runtime.server import check_bind, serve
+
+    key = a.api_key or os.environ.get("LFMC_API_KEY") or None
+    check_bind(a.host, key)                 # before loading: refuse an open port at once
     eng = Engine(a.artifact, device=a.device, max_batch=a.max_batch)
     name = a.model_name or eng.manifest["model"]["name"]
     print(f"lfmc serve: {a.artifact} as model {name!r} on http://{a.host}:{a.port}/v1 (completions, chat/completions, "
-          f"models; /health); up to {eng.max_batch} sequences per decode step, {a.max_queue} waiting; Ctrl-C stops",
-          flush=True)
-    serve(eng, a.host, a.port, name, a.max_queue, a.log_level, local_images=a.allow_local_images)
+          f"models; /health, /metrics); up to {eng.max_batch} sequences per decode step, {a.max_queue} waiting"
+          f"{'; API key required' if key else ''}; Ctrl-C stops", flush=True)
+    serve(eng, a.host, a.port, name, a.max_queue, a.log_level, local_images=a.allow_local_images, api_key=key,
+          prefill_budget=a.prefill_budget)
     return 0
 
 
@@ -782,6 +787,11 @@ def _parser_serve(sub) -> None:
     p.add_argument("--allow-local-images", metavar="DIR", default=None,
                    help="vision models: chat requests may name image files under DIR (file:// URLs or paths); "
                         "default: data: URLs only. Images are never fetched from the network")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 and /metrics "
+                   "(default: $LFMC_API_KEY; required when --host is beyond loopback)")
+    p.add_argument("--prefill-budget", type=int, default=None, metavar="TOKENS",
+                   help="prompt tokens prefilled per step while other requests generate (chunked prefill; default: "
+                        "the artifact's prefill chunk). Smaller: steadier streams, slower first tokens")
     p.add_argument("--device", default=None, choices=driver_names(), help="runtime driver (default: the artifact's)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(fn=cmd_serve)

@@ -1,11 +1,18 @@
 """Continuous batching over one Engine: requests join and leave the shared decode step between steps.
 
-One worker thread owns the engine (engines are not thread-safe). Each step it admits waiting requests while slots
-are free (a prefill each; its first token is sampled at once), then runs one batched decode for every live
-request and samples each one's next token with its own settings. A request ends on a stop token, its token
-limit, the context limit or cancellation (a client that went away); its slot is released at once and the next
-waiting request takes it. The waiting queue is bounded: a full queue is :class:`Overloaded`, which a server
-turns into HTTP 429 rather than piling up work it cannot finish.
+One worker thread owns the engine (engines are not thread-safe). Each step runs one batched decode for every
+request that is generating, samples each one's next token with its own settings, then spends a prefill budget
+(``prefill_budget`` prompt tokens per step, the chunked prefill of vLLM and llama.cpp's server) on the requests
+still reading their prompts, oldest first, so that a long prompt arriving does not stall the running streams for
+its whole prefill. A request's first token is sampled when its prompt is done. A request ends on a stop token,
+the end of its grammar, its token limit, the context limit or cancellation (a client that went away); its slot
+is released at once and the next waiting request takes it. The waiting queue is bounded: a full queue is
+:class:`Overloaded`, which a server turns into HTTP 429 rather than piling up work it cannot finish.
+
+Sampling per request: logit bias, presence / frequency / repetition penalties, a grammar's token mask
+(:mod:`lfmc.runtime.structured`), then temperature / top-k / top-p; log-probabilities are of the model's own
+distribution (log-softmax of the engine's logits). ``n`` > 1: sibling requests (``forks``) share the first
+request's prefill through :meth:`Engine.fork`.
 """
 from __future__ import annotations
 
@@ -14,15 +21,15 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .engine import Engine
 from .errors import EngineError
-from .sampling import sample
+from .sampling import log_softmax, penalize, sample, top_logprobs
 
-Event = tuple  # ("token", id) | ("done", reason) | ("error", message)
+Event = tuple  # ("token", id, logprobs | None) | ("done", reason) | ("error", message)
 
 
 class Overloaded(EngineError):
@@ -31,7 +38,10 @@ class Overloaded(EngineError):
 
 @dataclass
 class Request:
-    """One generation: prompt ids, limits and sampling; events go to ``sink`` (called from the worker thread)."""
+    """One generation: prompt ids, limits and sampling; events go to ``sink`` (called from the worker thread).
+    ``logprobs``: None, or how many top alternatives to report with each token's log-probability.
+    ``constraint``: a :class:`lfmc.runtime.structured.Constraint` masking every step. ``forks``: sibling requests
+    with the same prompt (OpenAI's ``n``) that start from this one's prefill."""
 
     prompt: list[int]
     max_tokens: int
@@ -42,6 +52,13 @@ class Request:
     seed: int | None = None
     stop_ids: frozenset[int] = frozenset()
     images: list = field(default_factory=list)        # preprocessed images of the prompt's image tokens
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None
+    constraint: Any = None
+    forks: list["Request"] = field(default_factory=list)
     id: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: int = 0
@@ -49,24 +66,47 @@ class Request:
     last: int = -1
     rng: np.random.Generator | None = None
     submitted: float = 0.0
+    prefilled: int = 0                  # prompt tokens read so far
+    counts: dict[int, int] = field(default_factory=dict)
+    first_token_at: float = 0.0
+    last_token_at: float = 0.0
+    image_rows: Any = None
 
     def cancel(self) -> None:
         """Ask the worker to end this request at its next step (safe from any thread)."""
         self.cancelled.set()
 
 
+class Observer:
+    """What a server's metrics want to hear from the worker (every method is called from the worker thread)."""
+
+    def first_token(self, seconds: float) -> None: ...
+    def next_token(self, seconds: float) -> None: ...
+    def step(self, decode_rows: int, prefill_tokens: int, seconds: float) -> None: ...
+    def finished(self, reason: str, prompt_tokens: int, generated: int) -> None: ...
+
+
 class Batcher:
     """Serve many :class:`Request` objects through ``engine`` with one worker thread."""
 
-    def __init__(self, engine: Engine, max_queue: int = 64):
+    def __init__(self, engine: Engine, max_queue: int = 64, prefill_budget: int | None = None,
+                 observer: Observer | None = None):
+        """``prefill_budget``: prompt tokens prefilled per step while other requests generate (default: the
+        engine's prefill chunk); with nothing generating, a prompt is read whole."""
         self.engine = engine
         self.max_queue = int(max_queue)
+        self.prefill_budget = int(prefill_budget or engine.prefill_chunk)
+        if self.prefill_budget < 1:
+            raise EngineError("prefill_budget must be at least 1")
+        self.observer = observer or Observer()
         self._waiting: collections.deque[Request] = collections.deque()
+        self._prefilling: list[Request] = []
         self._active: list[Request] = []
         self._cv = threading.Condition()
         self._stop = False
         self._ids = itertools.count(1)
-        self.stats = {"steps": 0, "decode_rows": 0, "completed": 0, "cancelled": 0, "rejected": 0, "errors": 0}
+        self.stats = {"steps": 0, "decode_rows": 0, "completed": 0, "cancelled": 0, "rejected": 0, "errors": 0,
+                      "prefill_tokens": 0, "prefill_calls": 0, "mixed_steps": 0}
         self._thread = threading.Thread(target=self._loop, name="lfmc-batcher", daemon=True)
         self._thread.start()
 
@@ -86,22 +126,28 @@ class Batcher:
         bad = [t for t in req.prompt if not 0 <= int(t) < self.engine.vocab_size]
         if bad:
             raise EngineError(f"token id {bad[0]} is outside [0, {self.engine.vocab_size})")
+        if 1 + len(req.forks) > self.engine.max_batch:
+            raise EngineError(f"n = {1 + len(req.forks)} sequences exceed the server's {self.engine.max_batch} "
+                              "slots")
         with self._cv:
             if self._stop:
                 raise EngineError("the batcher is shut down")
             if len(self._waiting) >= self.max_queue:
                 self.stats["rejected"] += 1
                 raise Overloaded(f"{len(self._waiting)} requests are already waiting (limit {self.max_queue})")
-            req.id = next(self._ids)
-            req.rng = np.random.default_rng(req.seed)
-            req.submitted = time.perf_counter()
+            now = time.perf_counter()
+            for r in [req, *req.forks]:
+                r.id = next(self._ids)
+                r.rng = np.random.default_rng(r.seed)
+                r.submitted = now
             self._waiting.append(req)
             self._cv.notify()
         return req
 
     def load(self) -> dict[str, int]:
         with self._cv:
-            return {"waiting": len(self._waiting), "active": len(self._active), "max_batch": self.engine.max_batch,
+            return {"waiting": len(self._waiting), "active": len(self._active) + len(self._prefilling),
+                    "prefilling": len(self._prefilling), "max_batch": self.engine.max_batch,
                     "max_queue": self.max_queue}
 
     def close(self, timeout: float = 10.0) -> None:
@@ -119,73 +165,164 @@ class Batcher:
             except EngineError:
                 pass
             r.seq = None
-        if r in self._active:
-            self._active.remove(r)
+        for group in (self._active, self._prefilling):
+            if r in group:
+                group.remove(r)
         self.stats[{"cancelled": "cancelled", "error": "errors"}.get(reason, "completed")] += 1
+        self.observer.finished(reason, len(r.prompt), r.generated)
         r.sink(("done", reason))
 
     def _fail(self, r: Request, e: Exception) -> None:
         r.sink(("error", f"{type(e).__name__}: {e}"))
         self._finish(r, "error")
 
-    def _emit(self, r: Request, tok: int) -> None:
+    def _emit(self, r: Request, tok: int, info: Any) -> None:
+        now = time.perf_counter()
+        if r.generated == 0:
+            r.first_token_at = now
+            self.observer.first_token(now - r.submitted)
+        else:
+            self.observer.next_token(now - r.last_token_at)
+        r.last_token_at = now
         r.generated += 1
         r.last = tok
-        r.sink(("token", tok))
-        if tok in r.stop_ids:
+        r.counts[tok] = r.counts.get(tok, 0) + 1
+        r.sink(("token", tok, info))
+        # under a grammar the grammar decides the end (a stop id may be an ordinary byte inside a string)
+        if (r.constraint.finished if r.constraint is not None else tok in r.stop_ids):
             self._finish(r, "stop")
         elif r.generated >= r.max_tokens or self.engine.length(r.seq) >= self.engine.max_context:
             self._finish(r, "length")
 
-    def _sample(self, r: Request, logits: np.ndarray) -> int:
-        return sample(logits, r.temperature, r.top_k, r.top_p, r.rng)
+    def _choose(self, r: Request, logits: np.ndarray) -> tuple[int, Any]:
+        """The next token of ``r`` from the model's ``logits`` [V] and, when asked, its log-probabilities."""
+        x = logits
+        if r.logit_bias:
+            x = x.astype(np.float32, copy=True)
+            ids = np.fromiter(r.logit_bias.keys(), np.int64)
+            x[ids] += np.fromiter(r.logit_bias.values(), np.float32)
+        x = penalize(x, r.counts, frozenset(r.prompt) if r.repetition_penalty != 1.0 else frozenset(),
+                     r.presence_penalty, r.frequency_penalty, r.repetition_penalty)
+        if r.constraint is not None:
+            x = r.constraint.apply(x, r.max_tokens - r.generated)
+        tok = sample(x, r.temperature, r.top_k, r.top_p, r.rng)
+        if r.constraint is not None:
+            r.constraint.consume(tok)
+        info = None
+        if r.logprobs is not None:
+            lp = log_softmax(logits)
+            info = (float(lp[tok]), top_logprobs(lp, r.logprobs))
+        return tok, info
+
+    def _next(self, r: Request, logits: np.ndarray) -> None:
+        try:
+            tok, info = self._choose(r, logits)
+        except Exception as e:                             # noqa: BLE001  a grammar error ends this request only
+            self._fail(r, e)
+            return
+        self._emit(r, tok, info)
+
+    def _free_slots(self) -> int:
+        return self.engine.max_batch - len(self._active) - len(self._prefilling) \
+            - sum(len(r.forks) for r in self._prefilling)
 
     def _admit(self) -> None:
-        while self._waiting and len(self._active) < self.engine.max_batch:
+        """Move waiting requests to prefilling while slots are free (a request with forks takes one for each)."""
+        while True:
             with self._cv:
-                if not self._waiting:
+                if not self._waiting or 1 + len(self._waiting[0].forks) > self._free_slots():
                     return
                 r = self._waiting.popleft()
-            if r.cancelled.is_set():
-                self._finish(r, "cancelled")
+            if r.cancelled.is_set() and all(f.cancelled.is_set() for f in r.forks):
+                for x in [r, *r.forks]:
+                    self._finish(x, "cancelled")
                 continue
             try:
                 r.seq = self.engine.new_sequence()
-                self._active.append(r)
-                if r.images:            # a VL request: encode its images, prefill with their embeddings
-                    logits = self.engine.prefill(r.seq, r.prompt, self.engine.encode_images(r.images))
-                else:
-                    logits = self.engine.prefill(r.seq, r.prompt)
+                self._prefilling.append(r)
             except Exception as e:                         # noqa: BLE001  one bad request must not stop the rest
-                self._fail(r, e)
-                continue
-            self._emit(r, self._sample(r, logits))
+                for x in [r, *r.forks]:
+                    self._fail(x, e)
+
+    def _prefill(self, r: Request, budget: int | None) -> int:
+        """Read up to ``budget`` more prompt tokens of ``r`` (all with None); tokens read. When the prompt is done,
+        its forks take copies of its state and every one of them samples its first token."""
+        e = self.engine
+        if r.images and r.image_rows is None:           # a VL request: its images encoded before its first chunk
+            r.image_rows = e.encode_images(r.images)
+        take = len(r.prompt) - r.prefilled if budget is None else min(budget, len(r.prompt) - r.prefilled)
+        chunk = r.prompt[r.prefilled:r.prefilled + take]
+        rows = None
+        if r.image_rows is not None:
+            tok = e.plan["image"]["image_token"]
+            k0 = sum(1 for t in r.prompt[:r.prefilled] if t == tok)
+            rows = r.image_rows[k0:k0 + sum(1 for t in chunk if t == tok)]
+        logits = e.prefill(r.seq, chunk) if rows is None or not len(rows) else e.prefill(r.seq, chunk, rows)
+        r.prefilled += take
+        self.stats["prefill_tokens"] += take
+        self.stats["prefill_calls"] += 1
+        if r.prefilled == len(r.prompt):
+            self._prefilling.remove(r)
+            group = [r]
+            for f in r.forks:                           # OpenAI's n: the prompt's state copied, not re-read
+                if f.cancelled.is_set():
+                    self._finish(f, "cancelled")
+                    continue
+                f.seq = e.fork(r.seq)
+                f.prefilled = r.prefilled
+                group.append(f)
+            r.forks = []
+            for x in group:
+                self._active.append(x)
+                self._next(x, logits)
+        return take
 
     def _step(self) -> None:
-        for r in [r for r in self._active if r.cancelled.is_set()]:
+        t0 = time.perf_counter()
+        for r in [r for r in self._active + self._prefilling if r.cancelled.is_set()]:
+            if r.forks and not all(f.cancelled.is_set() for f in r.forks):
+                continue                                # its siblings still want the prefill
+            for f in r.forks:
+                self._finish(f, "cancelled")
             self._finish(r, "cancelled")
         live = list(self._active)
-        if not live:
-            return
-        try:
-            logits = self.engine.decode([r.seq for r in live], [r.last for r in live])
-        except Exception as e:                             # noqa: BLE001
-            for r in live:
-                self._fail(r, e)
-            return
-        self.stats["steps"] += 1
-        self.stats["decode_rows"] += len(live)
-        for r, lg in zip(live, logits):
-            if r in self._active:
-                self._emit(r, self._sample(r, lg))
+        if live:
+            try:
+                logits = self.engine.decode([r.seq for r in live], [r.last for r in live])
+            except Exception as e:                         # noqa: BLE001
+                for r in live:
+                    self._fail(r, e)
+                return
+            self.stats["steps"] += 1
+            self.stats["decode_rows"] += len(live)
+            for r, lg in zip(live, logits):
+                if r in self._active:
+                    self._next(r, lg)
+        budget = self.prefill_budget if live else None  # nothing generating: read a whole prompt at once
+        spent = 0
+        for r in list(self._prefilling):
+            if budget is not None and spent >= budget:
+                break
+            try:
+                spent += self._prefill(r, None if budget is None else budget - spent)
+            except Exception as e:                         # noqa: BLE001
+                for x in [r, *r.forks]:
+                    self._fail(x, e)
+            if budget is None:
+                break
+        if live and spent:
+            self.stats["mixed_steps"] += 1
+        if live or spent:
+            self.observer.step(len(live), spent, time.perf_counter() - t0)
 
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and not self._waiting and not self._active:
+                while not self._stop and not self._waiting and not self._active and not self._prefilling:
                     self._cv.wait()
                 if self._stop:
-                    pending = list(self._waiting) + list(self._active)
+                    pending = list(self._waiting) + list(self._active) + list(self._prefilling)
+                    pending += [f for r in list(self._waiting) + list(self._prefilling) for f in r.forks]
                     self._waiting.clear()
                     break
             self._admit()

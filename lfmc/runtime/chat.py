@@ -46,25 +46,43 @@ def image_urls(messages: Sequence[Any]) -> list[str]:
     return out
 
 
+def _turn_text(m: dict[str, Any]) -> str:
+    """A message's text; an assistant turn's earlier ``tool_calls`` written back in LFM2's call format."""
+    text = message_text(m.get("content"))
+    calls = m.get("tool_calls") if m.get("role") == "assistant" else None
+    if calls:
+        from .tools import calls_text
+
+        text += calls_text(calls)
+    return text
+
+
 def _default(messages: Sequence[dict[str, Any]], add_generation_prompt: bool, bos: str) -> str:
     out = [bos]
     for m in messages:
-        out.append(f"<|im_start|>{m['role']}\n{message_text(m.get('content'))}{END_OF_TURN}\n")
+        out.append(f"<|im_start|>{m['role']}\n{_turn_text(m)}{END_OF_TURN}\n")
     if add_generation_prompt:
         out.append("<|im_start|>assistant\n")
     return "".join(out)
 
 
 def render_chat(messages: Sequence[dict[str, Any]], template: str | None = None, bos_token: str = "",
-                eos_token: str = "", add_generation_prompt: bool = True) -> str:
+                eos_token: str = "", add_generation_prompt: bool = True,
+                tools: list[dict[str, Any]] | None = None) -> str:
     """The prompt text for ``messages`` ([{role, content}]). A checkpoint template runs in Jinja's immutable
-    sandbox (it is data from the artifact, never trusted as code)."""
+    sandbox (it is data from the artifact, never trusted as code). ``tools``: OpenAI tool definitions, handed to
+    the template as ``tools`` (LFM2's templates list them in the system turn); without a template they go into the
+    system turn in LFM2's layout (:func:`lfmc.runtime.tools.with_tools`)."""
     for m in messages:
         if not isinstance(m, dict) or "role" not in m:
             raise EngineError("every message needs a role and a content")
         if m["role"] not in ("system", "user", "assistant", "tool"):
             raise EngineError(f"unknown message role {m['role']!r}")
     if not template:
+        if tools:
+            from .tools import with_tools
+
+            messages = with_tools(list(messages), [t["function"] for t in tools])
         return _default(messages, add_generation_prompt, bos_token)
     try:
         from jinja2 import TemplateError
@@ -78,9 +96,10 @@ def render_chat(messages: Sequence[dict[str, Any]], template: str | None = None,
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     msgs = [dict(m, content=message_text(m.get("content"))) for m in messages]
+    extra = {"tools": tools} if tools else {}
     try:
         return env.from_string(template).render(messages=msgs, add_generation_prompt=add_generation_prompt,
-                                                bos_token=bos_token, eos_token=eos_token)
+                                                bos_token=bos_token, eos_token=eos_token, **extra)
     except TemplateError as e:
         raise EngineError(f"chat template failed: {e}") from None
     except RecursionError:              # a template nested deeper than Jinja's recursive parser goes

@@ -24,3 +24,40 @@ def sample(logits: np.ndarray, temperature: float = 0.0, top_k: int = 0, top_p: 
         p = mask / mask.sum()
     rng = rng or np.random.default_rng()
     return int(rng.choice(p.size, p=p))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log p of every token under ``logits`` [V] (float64)."""
+    z = logits.astype(np.float64)
+    m = np.max(z)
+    return z - (m + np.log(np.sum(np.exp(z - m))))
+
+
+def penalize(logits: np.ndarray, counts: dict[int, int], prompt: set[int] | frozenset[int] = frozenset(),
+             presence: float = 0.0, frequency: float = 0.0, repetition: float = 1.0) -> np.ndarray:
+    """OpenAI's presence / frequency penalties over the generated tokens (``counts``: token -> times generated):
+    logit - presence * [count > 0] - frequency * count; and the repetition penalty of CTRL / transformers over
+    the prompt's and the generated tokens: a seen token's positive logit divided by it, a negative one
+    multiplied."""
+    if not (counts or prompt) or (presence == 0.0 and frequency == 0.0 and repetition == 1.0):
+        return logits
+    out = logits.astype(np.float32, copy=True)
+    if repetition != 1.0:
+        seen = np.fromiter(set(counts) | set(prompt), np.int64)
+        if seen.size:
+            v = out[seen]
+            out[seen] = np.where(v > 0, v / repetition, v * repetition)
+    if counts and (presence or frequency):
+        ids = np.fromiter(counts.keys(), np.int64, len(counts))
+        c = np.fromiter(counts.values(), np.float32, len(counts))
+        out[ids] -= presence + frequency * c
+    return out
+
+
+def top_logprobs(lp: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The ``k`` most likely tokens and their log-probabilities, best first (ties: lower id first)."""
+    if k <= 0:
+        return []
+    idx = np.argpartition(-lp, min(k, lp.size - 1))[:k] if k < lp.size else np.arange(lp.size)
+    idx = idx[np.lexsort((idx, -lp[idx]))]
+    return [(int(i), float(lp[i])) for i in idx]

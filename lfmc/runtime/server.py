@@ -1,5 +1,12 @@
 """An OpenAI-compatible HTTP server over the runtime (FastAPI + uvicorn): ``/v1/completions``,
-``/v1/chat/completions`` (streaming as server-sent events), ``/v1/models``, ``/health``.
+``/v1/chat/completions`` (streaming as server-sent events), ``/v1/models``, ``/health``, ``/metrics``
+(Prometheus).
+
+Beyond text: ``response_format`` (``json_object``, ``json_schema``) and tools (``tools``, ``tool_choice``, in
+LFM2's call format) through a grammar applied as a token mask (:mod:`lfmc.runtime.structured`,
+:mod:`lfmc.runtime.tools`); ``logprobs`` / ``top_logprobs``; ``n`` choices sharing one prefill;
+``stream_options.include_usage``; ``logit_bias``, ``presence_penalty``, ``frequency_penalty`` and
+``repetition_penalty``. ``--api-key``: every ``/v1`` route and ``/metrics`` want ``Authorization: Bearer KEY``.
 
 Concurrent requests share decode steps through :class:`~lfmc.runtime.batcher.Batcher`; a full waiting queue is
 HTTP 429, a request that can never fit (prompt + max_tokens over the context) is 400, a body over the size limit
@@ -11,12 +18,14 @@ generated token ids (``tokens``, an lfmc extension) so that clients without a to
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from typing import Any, AsyncIterator
 
 from .batcher import Batcher, Overloaded, Request
 from .chat import END_OF_TURN, image_urls, TextStream, render_chat
+from .metrics import Metrics
 from .engine import Engine
 from .errors import EngineError
 
@@ -36,19 +45,24 @@ MAX_JSON_DEPTH = 64
 
 
 def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_body_bytes: int | None = None,
-               local_images: str | None = None):
+               local_images: str | None = None, api_key: str | None = None, prefill_budget: int | None = None):
     """The FastAPI application; the batcher starts with it and stops at shutdown. ``local_images``: a directory
     whose files chat requests may name as images (``file://`` URLs or paths); without it only ``data:`` URLs are
-    accepted. Images are never fetched from the network."""
+    accepted. Images are never fetched from the network. ``api_key``: required as a bearer token on ``/v1`` and
+    ``/metrics``. ``prefill_budget``: prompt tokens prefilled per step beside running decodes."""
     if max_body_bytes is None:
         max_body_bytes = MAX_BODY_BYTES_VL if engine.vision is not None else MAX_BODY_BYTES
+    import hmac
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request as HttpRequest
     from fastapi.exceptions import RequestValidationError
 
-    api = _Api(engine, model_id, Batcher(engine, max_queue=max_queue), max_body_bytes)
+    metrics = Metrics()
+    api = _Api(engine, model_id, Batcher(engine, max_queue=max_queue, prefill_budget=prefill_budget,
+                                         observer=metrics), max_body_bytes)
     api.local_images = local_images
+    metrics.watch(api.batcher)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -57,6 +71,18 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
 
     app = FastAPI(title="lfmc", lifespan=lifespan)
     app.state.batcher = api.batcher
+
+    if api_key:
+        want = api_key.encode()
+
+        @app.middleware("http")
+        async def check_key(request, call_next):
+            if request.url.path.startswith("/v1") or request.url.path == "/metrics":
+                got = request.headers.get("authorization", "")
+                if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip().encode(), want)):
+                    return _error(401, "missing or wrong API key (Authorization: Bearer KEY)",
+                                  "invalid_request_error", "invalid_api_key")
+            return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
@@ -71,6 +97,13 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
     @app.get("/v1/models")
     async def models():
         return api.models()
+
+    @app.get("/metrics")
+    async def prometheus():
+        from fastapi.responses import Response
+
+        body, kind = metrics.render()
+        return Response(body, media_type=kind)
 
     @app.post("/v1/completions")
     async def completions(request: HttpRequest):
@@ -111,6 +144,8 @@ class _Api:
         self.created = int(time.time())
         self.chat = engine.chat or {}
         self.local_images: str | None = None
+        self._vocab = None
+        self._vocab_lock = threading.Lock()
 
     def models(self) -> dict[str, Any]:
         e = self.engine
@@ -156,14 +191,47 @@ class _Api:
                 raise _Bad(400, f"{k} must be an integer")
             return kind(v)
 
-        if body.get("n", 1) not in (1, None):
-            raise _Bad(400, "only n = 1 is supported")
         limit = self.engine.max_context
+        V = self.engine.vocab_size
+        bias = body.get("logit_bias") or {}
+        if not isinstance(bias, dict) or len(bias) > V:
+            raise _Bad(400, "logit_bias must map token ids to numbers in [-100, 100]")
+        logit_bias = {}
+        for k, v in bias.items():
+            if not str(k).isdigit() or not 0 <= int(k) < V:
+                raise _Bad(400, f"logit_bias: {k!r} is not a token id in [0, {V})")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
+                raise _Bad(400, f"logit_bias[{k}] must be a number in [-100, 100]")
+            logit_bias[int(k)] = float(v)
         return {"max_tokens": num("max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
                                   default_max, 1, limit, int),
                 "temperature": num("temperature", 1.0, 0.0, 100.0), "top_p": num("top_p", 1.0, 0.0, 1.0),
-                "top_k": num("top_k", 0, 0, self.engine.vocab_size, int),
-                "seed": num("seed", 0, 0, 2 ** 63 - 1, int) if body.get("seed") is not None else None}
+                "top_k": num("top_k", 0, 0, V, int),
+                "seed": num("seed", 0, 0, 2 ** 63 - 1, int) if body.get("seed") is not None else None,
+                "presence_penalty": num("presence_penalty", 0.0, -2.0, 2.0),
+                "frequency_penalty": num("frequency_penalty", 0.0, -2.0, 2.0),
+                "repetition_penalty": num("repetition_penalty", 1.0, 0.01, 10.0),
+                "logit_bias": logit_bias, "n": num("n", 1, 1, self.engine.max_batch, int)}
+
+    @staticmethod
+    def logprobs_of(body: dict[str, Any], chat_mode: bool) -> int | None:
+        """How many alternatives each token reports (None: no logprobs). Chat: ``logprobs: true`` with
+        ``top_logprobs`` 0-20; completions: ``logprobs`` 0-20."""
+        if chat_mode:
+            on, k = body.get("logprobs"), body.get("top_logprobs")
+            if on not in (None, True, False):
+                raise _Bad(400, "logprobs must be true or false")
+            if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 20):
+                raise _Bad(400, "top_logprobs must be an integer in [0, 20]")
+            if k is not None and not on:
+                raise _Bad(400, "top_logprobs needs logprobs: true")
+            return (k or 0) if on else None
+        k = body.get("logprobs")
+        if k is None:
+            return None
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 20:
+            raise _Bad(400, "logprobs must be an integer in [0, 20]")
+        return k
 
     @staticmethod
     def stops_of(body: dict[str, Any]) -> list[str]:
@@ -180,110 +248,219 @@ class _Api:
             raise _Bad(400, "this artifact has no tokenizer: send the prompt as a list of token ids")
         return self.engine.tokenizer.encode(text)
 
-    def start(self, ids: list[int], sp: dict[str, Any], stops: list[str],
-              images: list | None = None) -> tuple[Request, asyncio.Queue, TextStream]:
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-        eos = self.engine.eos_token_id
-        req = Request(ids, sp["max_tokens"], lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev),
-                      temperature=sp["temperature"], top_k=sp["top_k"], top_p=sp["top_p"], seed=sp["seed"],
-                      stop_ids=frozenset({eos} if eos is not None else ()), images=list(images or []))
+    def grammar_vocab(self):
+        """The vocabulary for grammars, built on first use (about a second for a 65k vocabulary)."""
+        from .structured import GrammarVocab
+
+        with self._vocab_lock:
+            if self._vocab is None:
+                self._vocab = GrammarVocab(self.engine)
+            return self._vocab
+
+    async def constraints(self, grammar: str | None, n: int) -> list[Any]:
+        """One grammar state per choice (None without a grammar), built off the event loop."""
+        if grammar is None:
+            return [None] * n
+        from .structured import Constraint
+
+        def build():
+            vocab = self.grammar_vocab()
+            return [Constraint(vocab, grammar) for _ in range(n)]
+
         try:
-            self.batcher.submit(req)
+            return await asyncio.to_thread(build)
+        except EngineError as e:
+            raise _Bad(400, str(e)) from None
+
+    def start(self, ids: list[int], sp: dict[str, Any], stops: list[str], images: list | None = None,
+              logprobs: int | None = None, constraints: list[Any] | None = None) -> list["_Choice"]:
+        """Submit the request (its ``n`` choices as one request with forks); the choices' event streams."""
+        loop = asyncio.get_running_loop()
+        eos = self.engine.eos_token_id
+        choices, reqs = [], []
+        n = sp["n"]
+        for i in range(n):
+            q: asyncio.Queue = asyncio.Queue()
+            seed = sp["seed"] + i if sp["seed"] is not None else None
+            req = Request(ids, sp["max_tokens"], (lambda q: lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))(q),
+                          temperature=sp["temperature"], top_k=sp["top_k"], top_p=sp["top_p"], seed=seed,
+                          stop_ids=frozenset({eos} if eos is not None else ()),
+                          images=list(images or []) if i == 0 else [], logit_bias=sp["logit_bias"],
+                          presence_penalty=sp["presence_penalty"], frequency_penalty=sp["frequency_penalty"],
+                          repetition_penalty=sp["repetition_penalty"], logprobs=logprobs,
+                          constraint=(constraints or [None] * n)[i])
+            reqs.append(req)
+            choices.append(_Choice(i, req, q, TextStream(self.engine.decode_text, stops)))
+        reqs[0].forks = reqs[1:]
+        try:
+            self.batcher.submit(reqs[0])
         except Overloaded as e:
             raise _Bad(429, f"server busy: {e}; retry later", "rate_limit_exceeded", "server_busy",
                        {"Retry-After": "1"}) from None
         except EngineError as e:
             raise _Bad(400, str(e)) from None
-        return req, q, TextStream(self.engine.decode_text, stops)
+        return choices
+
+    def token_text(self, tok: int) -> tuple[str, list[int]]:
+        """A token's text and bytes (logprobs entries); a token that is not UTF-8 on its own (part of a
+        character) is written ``bytes:\\xNN...`` as OpenAI does, and an id without text (vocabulary padding)
+        ``<|id|>``, so that distinct tokens keep distinct keys."""
+        t = self.engine.tokenizer
+        if t is None:
+            return str(tok), []
+        if hasattr(t, "token_bytes"):
+            b = t.token_bytes(tok)
+            if not b:
+                return f"<|{tok}|>", []
+            try:
+                return b.decode("utf-8"), list(b)
+            except UnicodeDecodeError:
+                return "bytes:" + "".join(f"\\x{c:02x}" for c in b), list(b)
+        s = t.decode([tok]) or ""
+        return s, list(s.encode("utf-8"))
+
+    def logprob_entry(self, tok: int, info: tuple[float, list[tuple[int, float]]]) -> dict[str, Any]:
+        text, b = self.token_text(tok)
+        tops = []
+        for t, lp in info[1]:
+            tt, tb = self.token_text(t)
+            tops.append({"token": tt, "logprob": lp, "bytes": tb, "id": t})
+        return {"token": text, "logprob": info[0], "bytes": b, "id": tok, "top_logprobs": tops}
 
     @staticmethod
-    async def events(req: Request, q: asyncio.Queue, text: TextStream) -> AsyncIterator[tuple[str, str | None]]:
-        """(delta text, finish reason or None) until the request ends; cancels it if the consumer goes away."""
-        try:
-            while True:
-                ev = await q.get()
-                if ev[0] == "token":
-                    delta = text.push(int(ev[1]))
-                    if text.stopped:
-                        req.cancel()
-                        yield delta, "stop"
-                        return
-                    if delta:
-                        yield delta, None
-                elif ev[0] == "error":
-                    raise EngineError(ev[1])
-                else:
-                    reason = ev[1]
-                    tail = text.push(None, final=True)
-                    yield tail, ("stop" if reason in ("stop", "cancelled") else reason)
-                    return
-        finally:
-            req.cancel()
-
-    @staticmethod
-    def usage(req: Request, text: TextStream) -> dict[str, int]:
-        return {"prompt_tokens": len(req.prompt), "completion_tokens": len(text.ids),
-                "total_tokens": len(req.prompt) + len(text.ids)}
+    def completion_logprobs(entries: list[dict[str, Any]], offset0: int = 0) -> dict[str, Any]:
+        """The legacy completions shape of logprobs entries."""
+        offs, o = [], offset0
+        for e in entries:
+            offs.append(o)
+            o += len(e["token"])
+        return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+                "text_offset": offs}
 
     async def respond(self, body: dict[str, Any], ids: list[int], chat_mode: bool, stops: list[str],
-                      images: list | None = None):
+                      images: list | None = None, tools: dict[str, Any] | None = None):
         ctx = self.engine.max_context
         if len(ids) >= ctx:
             raise _Bad(400, f"the prompt takes {len(ids)} tokens (images included), the context is {ctx}")
         sp = self.sampling(body, 16 if not chat_mode else ctx - len(ids))
         sp["max_tokens"] = min(sp["max_tokens"], max(1, ctx - len(ids)))
-        req, q, text = self.start(ids, sp, stops, images)
+        logprobs = self.logprobs_of(body, chat_mode)
+        grammar = tools.get("grammar") if tools else None
+        if grammar is None:
+            from .structured import json_grammar
+
+            try:
+                grammar = json_grammar(body.get("response_format"))
+            except EngineError as e:
+                raise _Bad(400, str(e)) from None
+        constraints = await self.constraints(grammar, sp["n"])
+        choices = self.start(ids, sp, stops, images, logprobs, constraints)
+        if tools and tools.get("parse"):
+            for c in choices:
+                c.tool_filter(self.engine)
         rid = ("chatcmpl-" if chat_mode else "cmpl-") + uuid.uuid4().hex[:24]
+        opts = body.get("stream_options") or {}
         if body.get("stream"):
             from fastapi.responses import StreamingResponse
 
-            return StreamingResponse(self.sse(req, q, text, rid, chat_mode), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        reason = None
+            usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
+            return StreamingResponse(self.sse(choices, rid, chat_mode, usage, len(ids)),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        out = []
         try:
-            async for _, r in self.events(req, q, text):
-                reason = r or reason
+            for c in choices:
+                async for _ in c.events():
+                    pass
         except EngineError as e:
+            for c in choices:
+                c.req.cancel()
             return _error(500, f"generation failed: {e}", "server_error")
-        choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None, "tokens": text.ids}
-        if chat_mode:
-            choice["message"] = {"role": "assistant", "content": text.text}
-        else:
-            choice["text"] = text.text
-        return {"id": rid, "object": "chat.completion" if chat_mode else "text_completion", "created": int(time.time()),
-                "model": self.model_id, "choices": [choice], "usage": self.usage(req, text)}
-
-    async def sse(self, req: Request, q: asyncio.Queue, text: TextStream, rid: str,
-                  chat_mode: bool) -> AsyncIterator[bytes]:
-        """The server-sent events of a streamed answer, ending with ``data: [DONE]``."""
-        now = int(time.time())
-
-        def chunk(delta: str | None, reason: str | None, first: bool = False) -> bytes:
-            if chat_mode:
-                d: dict[str, Any] = {"role": "assistant", "content": ""} if first else \
-                    ({"content": delta} if delta else {})
-                c = {"index": 0, "delta": d, "finish_reason": reason, "logprobs": None}
-                o = "chat.completion.chunk"
-            else:
-                c = {"index": 0, "text": delta or "", "finish_reason": reason, "logprobs": None}
-                o = "text_completion"
-            return f"data: {json.dumps({'id': rid, 'object': o, 'created': now, 'model': self.model_id, 'choices': [c]})}\n\n".encode()
-
-        if chat_mode:
-            yield chunk(None, None, first=True)
-        try:  # a client that goes away closes this generator: the finally cancels its request
-            async for delta, reason in self.events(req, q, text):
-                if reason is None:
-                    yield chunk(delta, None)
-                else:
-                    if delta:
-                        yield chunk(delta, None)
-                    yield chunk(None, reason)
-        except EngineError as e:
-            yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n".encode()
         finally:
-            req.cancel()
+            for c in choices:
+                c.req.cancel()
+        for c in choices:
+            choice: dict[str, Any] = {"index": c.index, "finish_reason": c.finish, "tokens": c.ids}
+            entries = [self.logprob_entry(t, info) for t, info in c.logprobs]
+            if chat_mode:
+                msg: dict[str, Any] = {"role": "assistant", "content": c.text.text}
+                if c.calls:
+                    msg["tool_calls"] = c.calls
+                    msg["content"] = c.text.text.strip() or None
+                choice["message"] = msg
+                choice["logprobs"] = {"content": entries} if logprobs is not None else None
+            else:
+                choice["text"] = c.text.text
+                choice["logprobs"] = self.completion_logprobs(entries) if logprobs is not None else None
+            out.append(choice)
+        gen = sum(len(c.ids) for c in choices)
+        return {"id": rid, "object": "chat.completion" if chat_mode else "text_completion", "created": int(time.time()),
+                "model": self.model_id, "choices": out,
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": gen, "total_tokens": len(ids) + gen}}
+
+    async def sse(self, choices: list["_Choice"], rid: str, chat_mode: bool, include_usage: bool,
+                  prompt_tokens: int) -> AsyncIterator[bytes]:
+        """The server-sent events of a streamed answer (its choices interleaved as their tokens come), ending
+        with the usage chunk when asked and ``data: [DONE]``."""
+        now = int(time.time())
+        o = "chat.completion.chunk" if chat_mode else "text_completion"
+
+        def frame(cs: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+            d: dict[str, Any] = {"id": rid, "object": o, "created": now, "model": self.model_id, "choices": cs}
+            if include_usage:
+                d["usage"] = usage
+            return f"data: {json.dumps(d)}\n\n".encode()
+
+        def piece(c: "_Choice", ev: tuple) -> dict[str, Any]:
+            kind, delta, reason, entries, calls = ev
+            lp = None
+            if entries is not None:
+                es = [self.logprob_entry(t, info) for t, info in entries]
+                lp = {"content": es} if chat_mode else self.completion_logprobs(es)
+            if chat_mode:
+                d: dict[str, Any] = {"role": "assistant", "content": ""} if kind == "first" else {}
+                if delta:
+                    d["content"] = delta
+                if calls:
+                    d["tool_calls"] = [dict(x, index=i) for i, x in enumerate(calls, len(c.calls) - len(calls))]
+                return {"index": c.index, "delta": d, "finish_reason": reason, "logprobs": lp}
+            return {"index": c.index, "text": delta or "", "finish_reason": reason, "logprobs": lp}
+
+        merged: asyncio.Queue = asyncio.Queue()
+
+        async def pump(c: "_Choice") -> None:
+            try:
+                async for ev in c.events():
+                    await merged.put((c, ev))
+            except EngineError as e:
+                await merged.put((c, ("error", str(e))))
+            finally:
+                await merged.put((c, None))
+
+        tasks = [asyncio.create_task(pump(c)) for c in choices]
+        try:  # a client that goes away closes this generator: the finally cancels its requests
+            if chat_mode:
+                for c in choices:
+                    yield frame([piece(c, ("first", None, None, None, None))])
+            open_ = len(choices)
+            while open_:
+                c, ev = await merged.get()
+                if ev is None:
+                    open_ -= 1
+                    continue
+                if ev[0] == "error":
+                    yield f"data: {json.dumps({'error': {'message': ev[1], 'type': 'server_error'}})}\n\n".encode()
+                    continue
+                yield frame([piece(c, ev)])
+            if include_usage:
+                gen = sum(len(c.ids) for c in choices)
+                yield frame([], {"prompt_tokens": prompt_tokens, "completion_tokens": gen,
+                                 "total_tokens": prompt_tokens + gen})
+        finally:
+            for c in choices:
+                c.req.cancel()
+            for t in tasks:
+                t.cancel()
         yield b"data: [DONE]\n\n"
 
     async def completions(self, body: dict[str, Any]):
@@ -300,11 +477,36 @@ class _Api:
             raise _Bad(400, "the prompt is empty")
         return await self.respond(body, ids, False, self.stops_of(body))
 
+    def tools_of(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
+        """The request's tools for the template and how the reply is handled: ``parse`` (tool-call blocks become
+        ``tool_calls``) and ``grammar`` (tool_choice required / named: only calls of the offered tools)."""
+        if body.get("tools") is None:
+            if body.get("tool_choice") not in (None, "none", "auto"):
+                raise _Bad(400, "tool_choice needs tools")
+            return None, None
+        from .tools import call_grammar, check_tools
+
+        try:
+            functions, choice = check_tools(body["tools"], body.get("tool_choice"), self.engine.tokenizer)
+        except EngineError as e:
+            raise _Bad(400, str(e)) from None
+        if choice == "none":
+            return None, None
+        if body.get("response_format") not in (None, {"type": "text"}) and choice != "auto":
+            raise _Bad(400, "response_format and a required tool_choice cannot both constrain the reply")
+        how: dict[str, Any] = {"parse": True}
+        if choice != "auto":
+            from .structured import lark_grammar
+
+            how["grammar"] = lark_grammar(call_grammar(functions, choice))
+        return body["tools"], how
+
     async def chat_completions(self, body: dict[str, Any]):
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
             raise _Bad(400, "messages must be a non-empty list of {role, content} objects")
         c = self.chat
+        tools, how = self.tools_of(body)
         try:
             urls = image_urls(msgs)
         except EngineError as e:
@@ -312,17 +514,19 @@ class _Api:
         if urls and self.engine.vision is None:
             raise _Bad(400, "this model takes no images (not a vision-language artifact)")
         try:
-            prompt = render_chat(msgs, c.get("template"), c.get("bos_token", ""), c.get("eos_token", ""))
+            prompt = render_chat(msgs, c.get("template"), c.get("bos_token", ""), c.get("eos_token", ""),
+                                 tools=tools)
         except EngineError as e:
             raise _Bad(400, str(e)) from None
+        stops = self.stops_of(body) + [END_OF_TURN]
         if not urls:
-            return await self.respond(body, self.encode(prompt), True, self.stops_of(body) + [END_OF_TURN])
+            return await self.respond(body, self.encode(prompt), True, stops, tools=how)
         data = [self.image_bytes(u) for u in urls]
         try:            # decoding and preprocessing in a worker thread: the event loop keeps serving
             ids, processed = await asyncio.to_thread(self.engine.expand_images, prompt, data)
         except EngineError as e:
             raise _Bad(400, str(e)) from None
-        return await self.respond(body, ids, True, self.stops_of(body) + [END_OF_TURN], processed)
+        return await self.respond(body, ids, True, stops, processed, tools=how)
 
     def image_bytes(self, url: str) -> bytes:
         """The encoded image of an ``image_url``: a base64 ``data:`` URL, or a file under the server's
@@ -361,6 +565,66 @@ class _Api:
             raise _Bad(400, f"image {path!r}: cannot read ({e.strerror or e})") from None
 
 
+class _Choice:
+    """One choice of an answer: its request, its event queue, its text so far, and what it collected (every
+    token, log-probabilities, tool calls, the finish reason)."""
+
+    def __init__(self, index: int, req: Request, q: asyncio.Queue, text: TextStream):
+        self.index, self.req, self.q, self.text = index, req, q, text
+        self.ids: list[int] = []
+        self.logprobs: list[tuple[int, Any]] = []
+        self.calls: list[dict[str, Any]] = []
+        self.finish: str | None = None
+        self.filter: Any = None
+
+    def tool_filter(self, engine: Engine) -> None:
+        """Tool-call blocks of the reply become ``calls`` instead of text."""
+        from .tools import CALL_END, CALL_START, CallFilter
+
+        tok = engine.tokenizer
+        self.filter = CallFilter(tok.token_id(CALL_START), tok.token_id(CALL_END), engine.decode_text)
+
+    async def events(self) -> AsyncIterator[tuple]:
+        """("delta", text, finish reason or None, new (token, logprobs) pairs or None, new tool calls) until the
+        request ends; cancels it if the consumer goes away."""
+        want_lp = self.req.logprobs is not None
+        try:
+            while True:
+                ev = await self.q.get()
+                if ev[0] == "token":
+                    tok = int(ev[1])
+                    self.ids.append(tok)
+                    lp = None
+                    if want_lp:
+                        self.logprobs.append((tok, ev[2]))
+                        lp = [(tok, ev[2])]
+                    show, calls = ([tok], []) if self.filter is None else self.filter.push(tok)
+                    self.calls += calls
+                    delta = ""
+                    for t in show:
+                        delta += self.text.push(t)
+                        if self.text.stopped:
+                            break
+                    if self.text.stopped:
+                        self.req.cancel()
+                        self.finish = "tool_calls" if self.calls else "stop"
+                        yield ("delta", delta, self.finish, lp, calls)
+                        return
+                    if delta or calls or lp:
+                        yield ("delta", delta, None, lp, calls)
+                elif ev[0] == "error":
+                    raise EngineError(ev[1])
+                else:
+                    tail = "".join(self.text.push(t) for t in (self.filter.flush() if self.filter else []))
+                    tail += self.text.push(None, final=True)
+                    reason = "stop" if ev[1] in ("stop", "cancelled") else ev[1]
+                    self.finish = "tool_calls" if self.calls and reason == "stop" else reason
+                    yield ("delta", tail, self.finish, None, [])
+                    return
+        finally:
+            self.req.cancel()
+
+
 class _Bad(Exception):
     """An HTTP error answer raised inside a handler."""
 
@@ -373,12 +637,24 @@ class _Bad(Exception):
         return _error(*self.args_)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse to listen beyond this machine without an API key."""
+    if host not in LOOPBACK and not host.startswith("127.") and not api_key:
+        raise EngineError(f"listening on {host} (beyond this machine) needs an API key: pass --api-key KEY or set "
+                          "LFMC_API_KEY")
+
+
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, model_id: str = "lfmc", max_queue: int = 64,
-          log_level: str = "warning", local_images: str | None = None) -> None:
+          log_level: str = "warning", local_images: str | None = None, api_key: str | None = None,
+          prefill_budget: int | None = None) -> None:
     """Run the server until interrupted."""
+    check_bind(host, api_key)
     try:
         import uvicorn
     except ImportError as e:
         raise EngineError(f"lfmc serve needs the serving extra ({e}): pip install 'lfmc[serve]'") from None
-    uvicorn.run(create_app(engine, model_id, max_queue, local_images=local_images), host=host, port=port,
-                log_level=log_level)
+    uvicorn.run(create_app(engine, model_id, max_queue, local_images=local_images, api_key=api_key,
+                           prefill_budget=prefill_budget), host=host, port=port, log_level=log_level)

@@ -154,7 +154,10 @@ def test_bad_requests_get_openai_errors(server):
     post = lambda body, **kw: httpx.post(server.url + "/v1/completions", timeout=30, **({"json": body} | kw))  # noqa: E731
     cases = [({"prompt": "x", "max_tokens": "many"}, 400, "max_tokens"),
              ({"prompt": "x", "temperature": -1}, 400, "temperature"),
-             ({"prompt": "x", "n": 3}, 400, "n = 1"),
+             ({"prompt": "x", "n": 9}, 400, "n must be"),
+             ({"prompt": "x", "logit_bias": {"99999": 1}}, 400, "logit_bias"),
+             ({"prompt": "x", "response_format": {"type": "xml"}}, 400, "response_format"),
+             ({"prompt": "x", "logprobs": 50}, 400, "logprobs"),
              ({"prompt": ""}, 400, "empty"),
              ({"prompt": [1, 2, 9999]}, 400, "outside"),
              ({"prompt": "x" * 600, "max_tokens": 1}, 400, "context"),
