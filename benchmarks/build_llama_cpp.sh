@@ -3,14 +3,15 @@
 # source distribution into a benchmark environment outside the project's .venv.
 # Follows ../shared/recipes/llama-cpp-bench.md. About 15 minutes on 2 cores; done once per machine.
 #   benchmarks/build_llama_cpp.sh [DIR]      (default: $LFMC_LLAMA_CPP_DIR or ~/.cache/lfmc-bench/llama.cpp)
-# Leaves DIR/bin/llama-bench, DIR/bin/llama-quantize, DIR/bin/llama-perplexity, DIR/bin/llama-mtmd-cli (images:
+# Leaves DIR/bin/llama-bench, DIR/bin/llama-batched-bench, DIR/bin/llama-quantize, DIR/bin/llama-perplexity, DIR/bin/llama-mtmd-cli (images:
 # benchmarks/vision_encode.py --llama-cpp), DIR/convert_hf_to_gguf.py and
 # DIR/venv (python with gguf and llama_cpp, whose tokenizer benchmarks/quality.py compares with lfmc's).
 set -euo pipefail
 VER=0.3.36
 DIR="${1:-${LFMC_LLAMA_CPP_DIR:-$HOME/.cache/lfmc-bench/llama.cpp}}"
 mkdir -p "$DIR" && cd "$DIR"
-if [ -x bin/llama-bench ] && [ -x bin/llama-quantize ] && [ -x bin/llama-perplexity ] && [ -x bin/llama-mtmd-cli ]; then
+if [ -x bin/llama-bench ] && [ -x bin/llama-quantize ] && [ -x bin/llama-perplexity ] && [ -x bin/llama-mtmd-cli ] \
+   && [ -x bin/llama-batched-bench ]; then
   echo "llama.cpp already built in $DIR"; exit 0
 fi
 PY="${PYTHON:-python3}"
@@ -38,6 +39,10 @@ g++ -O2 -DNDEBUG -std=c++17 $INC -I$L/tools/quantize $L/tools/quantize/quantize.
   $( [ -f $L/tools/quantize/main.cpp ] && echo $L/tools/quantize/main.cpp ) $LIBS -o bin/llama-quantize
 g++ -O2 -DNDEBUG -std=c++17 $INC -I$L/tools/perplexity $L/tools/perplexity/perplexity.cpp \
   $( [ -f $L/tools/perplexity/main.cpp ] && echo $L/tools/perplexity/main.cpp ) $LIBS -o bin/llama-perplexity
+# aggregate decode of parallel sequences (benchmarks/batched_decode.py)
+[ -x bin/llama-batched-bench ] || g++ -O2 -DNDEBUG -std=c++17 $INC -I$L/tools/batched-bench \
+  $L/tools/batched-bench/batched-bench.cpp $( [ -f $L/tools/batched-bench/main.cpp ] && echo $L/tools/batched-bench/main.cpp ) \
+  $LIBS -o bin/llama-batched-bench
 # the multimodal CLI (LFM2-VL through its mtmd library, built by the package as libmtmd)
 M="$(dirname "$(find "$DIR/build" -name 'libmtmd.so' | head -1)")"
 [ -x bin/llama-mtmd-cli ] || g++ -O2 -DNDEBUG -std=c++17 $INC -I$L/tools/mtmd $L/tools/mtmd/mtmd-cli.cpp \

@@ -197,6 +197,22 @@ def bench(d: Path, model: Path, prefill: int = 512, decode: int = 64, reps: int 
     return out
 
 
+def batched_bench(d: Path, model: Path, npp: int = 128, ntg: int = 128, npl: tuple[int, ...] = (1, 2, 4, 8, 16),
+                  threads: int = 2, repack: bool = False) -> dict[int, float]:
+    """One llama-batched-bench run (``-c 4096 -b 2048 -ub 512``, as issue 28 names it): aggregate decode tokens/s
+    (its S_TG: ``npl`` sequences x ``ntg`` tokens over the decode time, prefill excluded) per sequence count."""
+    cmd = [str(d / "bin" / "llama-batched-bench"), "-m", str(model), "-c", "4096", "-b", "2048", "-ub", "512",
+           "-npp", str(npp), "-ntg", str(ntg), "-npl", ",".join(map(str, npl)), "-t", str(threads),
+           "--output-format", "jsonl"]
+    if not repack:
+        cmd += ["--repack", "0"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"llama-batched-bench failed ({p.returncode}): {p.stderr[-2000:]}")
+    rows = [json.loads(x) for x in (p.stdout + "\n" + p.stderr).splitlines() if x.startswith('{"n_kv_max"')]
+    return {int(r["pl"]): float(r["speed_tg"]) for r in rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="lfm2-350m")

@@ -112,6 +112,11 @@ def check_structure(m: dict[str, Any], where: Any = MANIFEST) -> None:
     need(isinstance(m["model"].get("eos_token_id"), (int, type(None))) and not isinstance(m["model"].get(
         "eos_token_id"), bool), "model.eos_token_id must be an integer or null")
     need(isinstance(p.get("variants", {}), dict), "plan.variants must be an object")
+    rv = p.get("row_variants", {})
+    need(isinstance(rv, dict) and set(rv) <= {"decode"} and all(
+        isinstance(v, dict) and isinstance(v.get("rows"), int) and not isinstance(v["rows"], bool)
+        and 1 <= v["rows"] <= 64 and isinstance(v.get("kernels"), dict) and strmap(v["kernels"])
+        for v in rv.values()), "plan.row_variants must map decode to {rows: 1-64, kernels: {kernel: kernel}}")
     need(isinstance(p.get("topk", 1), int) and p.get("topk", 1) >= 1, "plan.topk must be a positive integer")
     for e in ("prefill", "decode"):
         need(isinstance(p["entries"].get(e), list), f"plan.entries.{e} must be a list of launches")

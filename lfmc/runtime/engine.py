@@ -93,11 +93,13 @@ class Engine:
         self.tokenizer = load_tokenizer(self.root, m.get("tokenizer", {}))
         self.chat: dict[str, str] | None = (m.get("tokenizer") or {}).get("chat")   # checkpoint chat template
         self.driver = get_driver(device, num_threads=num_threads)
+        self._row_variants: dict[str, dict] = self.plan.get("row_variants", {})
         self._load_params()
         self._allocate()
         self.launches = {e: launches(self.plan, e) for e in self.plan["entries"]}
         names = {L.kernel for e in self.launches.values() for L in e}
         names |= {k for v in self.plan.get("variants", {}).values() for k in v.values()}
+        names |= {k for v in self._row_variants.values() for k in v["kernels"].values()}
         missing = sorted(names - set(m["kernels"]))
         if missing:
             raise RuntimeLoadError(f"{self.root}: the plan uses kernels without a library: {missing[:5]}")
@@ -120,10 +122,16 @@ class Engine:
         self.params = read_params(self.root / "params.safetensors", self.plan["params"], self.driver.alloc_host)
         self.params = {k: self.driver.to_device(v) for k, v in self.params.items()}
 
+    def _tile(self, entry: str, n: int) -> int:
+        """The row tile of an ``entry`` call of ``n`` rows: a decode step of several sequences takes the plan's
+        taller row variants when it has them (``plan.row_variants``)."""
+        rv = self._row_variants.get(entry)
+        return rv["rows"] if rv is not None and n > 1 else self.plan["row_tile"][entry]
+
     def _rows(self, spec: str | int, n: int, entry: str) -> int:
         if isinstance(spec, int):
             return spec
-        R = self.plan["row_tile"][entry]
+        R = self._tile(entry, n)
         if spec in ("m", "mp"):                 # a vision entry's merged image tokens
             m = n // self.plan["vision"]["merge"]
             return m if spec == "m" else -(-m // R) * R
@@ -197,11 +205,11 @@ class Engine:
             return self._view(("input", name), self.inputs[name], (self._rows(a.rows, n, entry),))
         if kind == "scalar":
             if name == "nb":
-                return self._rows("np", n, entry) // self.plan["row_tile"][entry]
+                return self._rows("np", n, entry) // self._tile(entry, n)
             if name == "slot":
                 return slot
             if name == "mb":
-                return self._rows("mp", n, entry) // self.plan["row_tile"][entry]
+                return self._rows("mp", n, entry) // self._tile(entry, n)
             if name in ("gh", "gw"):
                 return self._grid[0 if name == "gh" else 1]
         if kind == "const":
@@ -212,9 +220,11 @@ class Engine:
         """(kernel, args) of each launch of ``entry`` for ``n`` rows: a tuned variant replaces a matmul where the
         plan has one for the launch's row-block count (it takes no ``nb``: its shape is fixed)."""
         variants = self.plan.get("variants", {})
+        taller = self._row_variants[entry]["kernels"] if self._tile(entry, n) != self.plan["row_tile"][entry] \
+            else {}
         out = []
         for L in self.launches[entry]:
-            k, args = L.kernel, L.args
+            k, args = taller.get(L.kernel, L.kernel), L.args
             v = variants.get(k)
             if v and args and args[-1].kind in ("scalar", "const"):
                 nb = self._arg(args[-1], n, entry, 0)

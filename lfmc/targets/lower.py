@@ -195,6 +195,7 @@ class _Lowering:
     prefix: str = ""                                   # of slab names ("vis." for the image encoder)
     layouts: dict[str, int] = field(default_factory=dict)
     node_name: str = ""
+    row_variants: dict[str, str] = field(default_factory=dict)   # decode matmul -> its batch_rows-tall twin
 
     def __post_init__(self) -> None:
         self.entries: dict[str, list[Launch]] = {e: [] for e in self.entry_names}
@@ -310,8 +311,7 @@ class _Lowering:
         b = [self.param("w." + "+".join(m.params[r].name for m, r in biases),
                         lambda: np.concatenate([self.w(m, r) for m, r in biases]))] if biases else []
         eps = norm.attrs["eps"] if norm else None
-        for e in entries:
-            kn = self.knobs[e]
+        def make(e: str, kn: KN.Knobs) -> str:
             serial = e == "decode" and kn.parallel and not kn.gpu and N * Kd <= KN.SERIAL_GEMV_WEIGHTS
             if serial:          # too little work to pay for waking the other threads
                 kn = dataclasses.replace(kn, parallel=False)
@@ -319,12 +319,20 @@ class _Lowering:
                    "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
             key += ("1t",) if serial else ()
             if a8:
-                kname = self.kernel(key + ("a8", il, kn.prefetch), "make_matmul_a8", N=N, K=Kd, knobs=kn,
-                                    bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu,
-                                    quant=quant, il=il)
-            else:
-                kname = self.kernel(key, "make_matmul", N=N, K=Kd, knobs=kn, bias=bias is not None,
-                                    rms_eps=eps, accumulate=accumulate, swiglu=swiglu, quant=quant)
+                return self.kernel(key + ("a8", il, kn.prefetch), "make_matmul_a8", N=N, K=Kd, knobs=kn,
+                                   bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu,
+                                   quant=quant, il=il)
+            return self.kernel(key, "make_matmul", N=N, K=Kd, knobs=kn, bias=bias is not None, rms_eps=eps,
+                               accumulate=accumulate, swiglu=swiglu, quant=quant)
+
+        for e in entries:
+            kn = self.knobs[e]
+            kname = make(e, kn)
+            if e == "decode" and rows == "np" and kn.batch_rows > kn.rows:
+                # the same projection with a taller register tile for decode steps of several sequences: each
+                # weight vector loaded feeds batch_rows rows (a 1-row GEMV reloads it for every row)
+                self.row_variants[kname] = make(e, dataclasses.replace(kn, rows=kn.batch_rows,
+                                                                       cols=kn.batch_cols or kn.cols))
             nb = Arg.const(rows // kn.rows) if isinstance(rows, int) else Arg.scalar("mb" if rows == "mp" else "nb")
             o = self.slab(out[0], rows, N)
             self.launch(e, kname, [self.slab(x[0], rows, Kd), p] + extra + nw + b + ([o] if accumulate else [])
@@ -749,6 +757,8 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, 
                    "decode": Arg.slab(lw.output, "np", vocab).to_json()},
         "embedding_rows": first.params["weight"].type.shape[0] if first.op == "embedding" else vocab,
     }
+    if lw.row_variants:     # decode calls of 2 or more rows take these kernels, rows padded to the taller tile
+        plan["row_variants"] = {"decode": {"rows": knobs["decode"].batch_rows, "kernels": lw.row_variants}}
     if vision is not None:
         plan["entries"]["vision"] = [L.to_json() for L in vw.entries["vision"]]
         plan["row_tile"]["vision"] = knobs["prefill"].rows

@@ -26,8 +26,11 @@ from ..knobs import Knobs
 
 
 def arm_knobs(entry: str) -> Knobs:
-    """NEON: 4 f32 lanes per register, 32 registers: GEMV tiles of 8 vectors, GEMM tiles of 4 rows x 4 vectors."""
-    return Knobs(lanes=4, rows=1, cols=8) if entry == "decode" else Knobs(lanes=4, rows=4, cols=4)
+    """NEON: 4 f32 lanes per register, 32 registers: GEMV tiles of 8 vectors, GEMM tiles of 4 rows x 4 vectors
+    (prefill, and decode steps of several sequences)."""
+    if entry == "decode":
+        return Knobs(lanes=4, rows=1, cols=8, batch_rows=4, batch_cols=4)
+    return Knobs(lanes=4, rows=4, cols=4)
 
 
 def _tool(*names: str) -> str:

@@ -93,7 +93,8 @@ def host_knobs(entry: str, feats: dict[str, Any] | None = None) -> Knobs:
     idot = bool(feats["avx2"]) and feats["arch"] in ("x86_64", "AMD64")
     if entry == "decode":
         # prefetch: 8 KB ahead took 350M W4A8 decode from ~59 to ~65 tok/s (4 KB and 32 KB alike; BENCHMARKS.md)
-        return Knobs(lanes=lanes, rows=1, cols=8, idot=idot, prefetch=8192)
+        # batch_rows: a decode step of several sequences reads each weight vector once per 4 rows, not per row
+        return Knobs(lanes=lanes, rows=1, cols=8, idot=idot, prefetch=8192, batch_rows=4, batch_cols=3)
     return Knobs(lanes=lanes, rows=4, cols=3, idot=idot)
 
 
