@@ -544,10 +544,7 @@ class Engine:
         if pos.max() >= self.max_context:
             q = seqs[int(np.argmax(pos >= self.max_context))]
             raise EngineError(f"sequence {q} reached the max context {self.max_context}")
-        t = np.array(tokens, np.int64)
-        if t.min() < 0 or t.max() >= self.vocab_size:
-            raise EngineError(f"token ids must lie in [0, {self.vocab_size})")
-        self.driver.write(self.inputs["tokens"], t.astype(np.int32))
+        self.driver.write(self.inputs["tokens"], self._check_tokens(tokens))
         self.driver.write(self.inputs["slots"], slots)
         self.driver.write(self.inputs["pos"], pos)
         self._run("decode", n)
