@@ -2,9 +2,12 @@
 
 One worker thread owns the engine (engines are not thread-safe). Each step runs one batched decode for every
 request that is generating, samples each one's next token with its own settings, then spends a prefill budget
-(``prefill_budget`` prompt tokens per step, the chunked prefill of vLLM and llama.cpp's server) on the requests
-still reading their prompts, oldest first, so that a long prompt arriving does not stall the running streams for
-its whole prefill. A request's first token is sampled when its prompt is done. A request ends on a stop token,
+(prompt tokens per step, the chunked prefill of vLLM and llama.cpp's server) on the requests still reading their
+prompts, oldest first, so that a long prompt arriving does not stall the running streams for its whole prefill.
+The default budget follows the measured costs: as many prompt tokens as take about ``PREFILL_SHARE`` times the
+step's decode time at the prefill rate seen so far (at least ``MIN_CHUNK``), so that a step carrying prefill
+takes about 2.5x a plain decode step however big the model, the batch or the CPU; a fixed number of tokens can
+be set instead. A request's first token is sampled when its prompt is done. A request ends on a stop token,
 the end of its grammar, its token limit, the context limit or cancellation (a client that went away); its slot
 is released at once and the next waiting request takes it. The waiting queue is bounded: a full queue is
 :class:`Overloaded`, which a server turns into HTTP 429 rather than piling up work it cannot finish.
@@ -86,18 +89,28 @@ class Observer:
     def finished(self, reason: str, prompt_tokens: int, generated: int) -> None: ...
 
 
+PREFILL_SHARE = 1.5     # "auto" budget: prefill time per step, as a multiple of the step's decode time
+MIN_CHUNK = 16          # ... but at least this many prompt tokens per step, so that arrivals always progress
+
+
 class Batcher:
     """Serve many :class:`Request` objects through ``engine`` with one worker thread."""
 
-    def __init__(self, engine: Engine, max_queue: int = 64, prefill_budget: int | None = None,
+    def __init__(self, engine: Engine, max_queue: int = 64, prefill_budget: int | str | None = "auto",
                  observer: Observer | None = None):
-        """``prefill_budget``: prompt tokens prefilled per step while other requests generate (default: the
-        engine's prefill chunk); with nothing generating, a prompt is read whole."""
+        """``prefill_budget``: prompt tokens prefilled per step while other requests generate: a number, or
+        ``"auto"`` / None (the default: sized from the measured decode step and prefill rate, see the module
+        docstring); with nothing generating, a prompt is read whole."""
         self.engine = engine
         self.max_queue = int(max_queue)
-        self.prefill_budget = int(prefill_budget or engine.prefill_chunk)
-        if self.prefill_budget < 1:
-            raise EngineError("prefill_budget must be at least 1")
+        if prefill_budget is None or prefill_budget == "auto":
+            self.prefill_budget: int | None = None
+        elif isinstance(prefill_budget, bool) or not isinstance(prefill_budget, int) or prefill_budget < 1:
+            raise EngineError(f"prefill_budget must be a positive number of tokens or 'auto', not {prefill_budget!r}")
+        else:
+            self.prefill_budget = prefill_budget
+        self._decode_s = 0.0            # running averages behind the "auto" budget: last decode steps' seconds,
+        self._token_s = 0.0             # and seconds per prompt token in chunked prefill
         self.observer = observer or Observer()
         self._waiting: collections.deque[Request] = collections.deque()
         self._prefilling: list[Request] = []
@@ -257,7 +270,10 @@ class Batcher:
             tok = e.plan["image"]["image_token"]
             k0 = sum(1 for t in r.prompt[:r.prefilled] if t == tok)
             rows = r.image_rows[k0:k0 + sum(1 for t in chunk if t == tok)]
+        t0 = time.perf_counter()
         logits = e.prefill(r.seq, chunk) if rows is None or not len(rows) else e.prefill(r.seq, chunk, rows)
+        per = (time.perf_counter() - t0) / max(take, 1)
+        self._token_s = per if not self._token_s else 0.7 * self._token_s + 0.3 * per
         r.prefilled += take
         self.stats["prefill_tokens"] += take
         self.stats["prefill_calls"] += 1
@@ -277,6 +293,14 @@ class Batcher:
                 self._next(x, logits)
         return take
 
+    def step_budget(self) -> int:
+        """Prompt tokens to prefill in a step that also decodes: the fixed budget, or the "auto" one."""
+        if self.prefill_budget is not None:
+            return self.prefill_budget
+        if not self._token_s:
+            return MIN_CHUNK
+        return max(MIN_CHUNK, min(self.engine.prefill_chunk, int(PREFILL_SHARE * self._decode_s / self._token_s)))
+
     def _step(self) -> None:
         t0 = time.perf_counter()
         for r in [r for r in self._active + self._prefilling if r.cancelled.is_set()]:
@@ -287,18 +311,21 @@ class Batcher:
             self._finish(r, "cancelled")
         live = list(self._active)
         if live:
+            t1 = time.perf_counter()
             try:
                 logits = self.engine.decode([r.seq for r in live], [r.last for r in live])
             except Exception as e:                         # noqa: BLE001
                 for r in live:
                     self._fail(r, e)
                 return
+            dt = time.perf_counter() - t1
+            self._decode_s = dt if not self._decode_s else 0.7 * self._decode_s + 0.3 * dt
             self.stats["steps"] += 1
             self.stats["decode_rows"] += len(live)
             for r, lg in zip(live, logits):
                 if r in self._active:
                     self._next(r, lg)
-        budget = self.prefill_budget if live else None  # nothing generating: read a whole prompt at once
+        budget = self.step_budget() if live else None   # nothing generating: read a whole prompt at once
         spent = 0
         for r in list(self._prefilling):
             if budget is not None and spent >= budget:

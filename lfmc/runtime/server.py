@@ -45,11 +45,11 @@ MAX_JSON_DEPTH = 64
 
 
 def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_body_bytes: int | None = None,
-               local_images: str | None = None, api_key: str | None = None, prefill_budget: int | None = None):
+               local_images: str | None = None, api_key: str | None = None, prefill_budget: int | str | None = "auto"):
     """The FastAPI application; the batcher starts with it and stops at shutdown. ``local_images``: a directory
     whose files chat requests may name as images (``file://`` URLs or paths); without it only ``data:`` URLs are
     accepted. Images are never fetched from the network. ``api_key``: required as a bearer token on ``/v1`` and
-    ``/metrics``. ``prefill_budget``: prompt tokens prefilled per step beside running decodes."""
+    ``/metrics``. ``prefill_budget``: prompt tokens prefilled per step beside running decodes (a number, or "auto")."""
     if max_body_bytes is None:
         max_body_bytes = MAX_BODY_BYTES_VL if engine.vision is not None else MAX_BODY_BYTES
     import hmac
@@ -151,7 +151,7 @@ class _Api:
         e = self.engine
         return {"object": "list", "data": [{"id": self.model_id, "object": "model", "created": self.created,
                                             "owned_by": "lfmc", "max_context": e.max_context,
-                                            "vocab_size": e.vocab_size}]}
+                                            "vocab_size": e.vocab_size, "eos_token_id": e.eos_token_id}]}
 
     async def answer(self, handler, request):
         try:
@@ -649,7 +649,7 @@ def check_bind(host: str, api_key: str | None) -> None:
 
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, model_id: str = "lfmc", max_queue: int = 64,
           log_level: str = "warning", local_images: str | None = None, api_key: str | None = None,
-          prefill_budget: int | None = None) -> None:
+          prefill_budget: int | str | None = "auto") -> None:
     """Run the server until interrupted."""
     check_bind(host, api_key)
     try:

@@ -78,3 +78,32 @@ def test_a_failing_request_does_not_stop_the_others(engine, monkeypatch):
         assert b.stats["errors"] == 1 and not engine._seqs
     finally:
         b.close()
+
+
+def test_auto_prefill_budget_follows_measured_costs(engine):
+    """The default ("auto") chunk is sized from the measured decode step and prefill rate: 1.5x the decode time
+    worth of prompt tokens, at least MIN_CHUNK and at most a prefill chunk; bad fixed budgets are refused."""
+    from lfmc.runtime import batcher as B
+
+    b = Batcher(engine)
+    try:
+        assert b.prefill_budget is None and b.step_budget() == B.MIN_CHUNK        # nothing measured yet
+        b._decode_s, b._token_s = 0.040, 0.001                                   # 40 ms steps, 1 ms per token
+        assert b.step_budget() == min(engine.prefill_chunk, int(B.PREFILL_SHARE * 40))
+        b._decode_s = 0.001
+        assert b.step_budget() == B.MIN_CHUNK
+        b._decode_s = 10.0
+        assert b.step_budget() == engine.prefill_chunk
+        # a real run measures both: long prompts arriving beside running streams
+        rng = np.random.default_rng(1)
+        prompts = [rng.integers(0, 256, n).tolist() for n in (3, 4, 150, 120)]
+        assert generate_all(b, prompts, 20) == [engine.generate(p, 20).tokens for p in prompts]
+        assert b._decode_s > 0 and b._token_s > 0 and b.stats["mixed_steps"] > 0
+    finally:
+        b.close()
+    fixed = Batcher(engine, prefill_budget=24)
+    fixed.close()
+    assert fixed.step_budget() == 24
+    for bad in (0, -3, "lots", 2.5, True):
+        with pytest.raises(EngineError, match="prefill_budget"):
+            Batcher(engine, prefill_budget=bad)

@@ -73,8 +73,10 @@ def client(server):
 PROMPTS = ["Hello", "The weather today", "a", "0123456789", "Liquid models are", "zz top"]
 
 
-def test_models_and_health(client, server):
-    assert [m.id for m in client.models.list().data] == ["tiny"]
+def test_models_and_health(client, server, engine):
+    models = client.models.list().data
+    assert [m.id for m in models] == ["tiny"]
+    assert models[0].model_extra["eos_token_id"] == engine.eos_token_id
     h = server.health()
     assert h["status"] == "ok" and h["max_batch"] == 4
 
