@@ -205,7 +205,7 @@ def batched_bench(d: Path, model: Path, npp: int = 128, ntg: int = 128, npl: tup
            "-npp", str(npp), "-ntg", str(ntg), "-npl", ",".join(map(str, npl)), "-t", str(threads),
            "--output-format", "jsonl"]
     if not repack:
-        cmd += ["--repack", "0"]
+        cmd += ["--no-repack"]          # (batched-bench takes a flag; llama-bench takes --repack 0)
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"llama-batched-bench failed ({p.returncode}): {p.stderr[-2000:]}")

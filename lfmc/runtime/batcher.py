@@ -13,7 +13,8 @@ is released at once and the next waiting request takes it. The waiting queue is 
 :class:`Overloaded`, which a server turns into HTTP 429 rather than piling up work it cannot finish.
 
 Sampling per request: logit bias, presence / frequency / repetition penalties, a grammar's token mask
-(:mod:`lfmc.runtime.structured`), then temperature / top-k / top-p; log-probabilities are of the model's own
+(:mod:`lfmc.runtime.structured`; the masks of a step's constrained requests computed in one batched call while
+the engine decodes), then temperature / top-k / top-p; log-probabilities are of the model's own
 distribution (log-softmax of the engine's logits). ``n`` > 1: sibling requests (``forks``) share the first
 request's prefill through :meth:`Engine.fork`.
 """
@@ -293,6 +294,24 @@ class Batcher:
                 self._next(x, logits)
         return take
 
+    @staticmethod
+    def _start_masks(constraints: list) -> threading.Thread | None:
+        """Compute the next-token masks of ``constraints`` in one batched call, in a thread (None: none to do).
+        A failure is left for the request's own sampling to meet (it computes its mask alone and reports)."""
+        if not constraints:
+            return None
+        from .structured import compute_masks
+
+        def run() -> None:
+            try:
+                compute_masks(constraints)
+            except Exception:                              # noqa: BLE001  reported by the request's sampling
+                pass
+
+        t = threading.Thread(target=run, name="lfmc-masks", daemon=True)
+        t.start()
+        return t
+
     def step_budget(self) -> int:
         """Prompt tokens to prefill in a step that also decodes: the fixed budget, or the "auto" one."""
         if self.prefill_budget is not None:
@@ -312,12 +331,17 @@ class Batcher:
         live = list(self._active)
         if live:
             t1 = time.perf_counter()
+            # grammar masks of this step, batched, computed while the engine decodes
+            masks = self._start_masks([r.constraint for r in live if r.constraint is not None])
             try:
                 logits = self.engine.decode([r.seq for r in live], [r.last for r in live])
             except Exception as e:                         # noqa: BLE001
                 for r in live:
                     self._fail(r, e)
                 return
+            finally:
+                if masks is not None:
+                    masks.join()
             dt = time.perf_counter() - t1
             self._decode_s = dt if not self._decode_s else 0.7 * self._decode_s + 0.3 * dt
             self.stats["steps"] += 1

@@ -10,10 +10,15 @@ A grammar must also *end*: a random or weak model sampled at temperature 1 can k
 forever, and an answer cut at ``max_tokens`` inside the JSON does not parse. So each constraint knows the budget
 left, and when what remains is only enough to close, it steers: it follows the shortest closing path it finds by
 a greedy walk over the grammar (closing quotes and brackets first, then separators, then short values).
+
+Masks are batched: :func:`compute_masks` fills the next-token masks of every constrained sequence of a step in
+one call to llguidance's parallel executor (its Rust threads, the GIL released), which the batcher runs in a
+background thread while the engine's decode step runs, so that grammars cost little wall time per step.
 """
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -124,11 +129,14 @@ class Constraint:
         self.m = vocab.matcher(grammar)
         self._closing = False
         self._zone = 64             # measure the closing path once the budget falls to this
+        self._mask: np.ndarray | None = None      # the next token's mask when computed ahead (compute_masks)
 
     def allowed(self) -> np.ndarray:
-        """Boolean mask [vocab] of the tokens the grammar allows next."""
-        words = np.frombuffer(self.m.compute_bitmask(), np.uint8)
-        return np.unpackbits(words, bitorder="little")[: self.vocab.vocab_size].astype(bool)
+        """Boolean mask [vocab] of the tokens the grammar allows next (computed ahead by :func:`compute_masks`
+        when the batcher did, else now)."""
+        if self._mask is not None:
+            return self._mask
+        return _unpack(np.frombuffer(self.m.compute_bitmask(), np.uint8), self.vocab.vocab_size)
 
     def apply(self, logits: np.ndarray, remaining: int) -> np.ndarray:
         """``logits`` with disallowed tokens at -inf; when ``remaining`` tokens are only enough to close, every
@@ -151,6 +159,7 @@ class Constraint:
         return out
 
     def consume(self, tok: int) -> None:
+        self._mask = None
         if not self.m.consume_token(int(tok)):
             raise EngineError(f"token {tok} breaks the grammar: {self.m.get_error()}")
 
@@ -178,10 +187,43 @@ class Constraint:
         for n in range(limit + 1):
             if c.is_accepting():
                 return n
-            words = np.frombuffer(c.compute_bitmask(), np.uint8)
-            allowed = np.unpackbits(words, bitorder="little")[: self.vocab.vocab_size].astype(bool)
+            allowed = _unpack(np.frombuffer(c.compute_bitmask(), np.uint8), self.vocab.vocab_size)
             if not allowed.any():
                 return None
             if not c.consume_token(self._close_step(c, allowed)):
                 return None
         return None
+
+
+def _unpack(words: np.ndarray, V: int) -> np.ndarray:
+    """llguidance's bitmask (bit i of the little-endian words = token i allowed) as a boolean [V]."""
+    return np.unpackbits(words.view(np.uint8), bitorder="little")[:V].astype(bool)
+
+
+_executor: Any = None
+_executor_lock = threading.Lock()
+
+
+def compute_masks(constraints: Sequence[Constraint]) -> None:
+    """Compute the next-token masks of ``constraints`` in one batched call (llguidance's ``LLExecutor``, in
+    parallel across its threads); each constraint's next :meth:`Constraint.allowed` returns its row. Equal to
+    computing each alone. Safe to run in a background thread while the engine decodes (the matchers are not
+    touched by anything else until the step's sampling, which waits for this)."""
+    global _executor
+    groups: dict[int, list[Constraint]] = {}
+    for c in constraints:
+        if c._mask is None and not c.m.is_stopped():
+            groups.setdefault(id(c.vocab), []).append(c)
+    if not groups:
+        return
+    with _executor_lock:
+        if _executor is None:
+            _executor = _llguidance().LLExecutor()
+    for todo in groups.values():                      # one call per vocabulary (a server has one)
+        V = todo[0].vocab.vocab_size
+        words = (V + 31) // 32
+        bits = np.full((len(todo), words), -1, np.int32)
+        _executor.unsafe_compute_mask_ptr([(c.m, i) for i, c in enumerate(todo)], bits.ctypes.data, words * 4,
+                                          len(todo))
+        for i, c in enumerate(todo):
+            c._mask = _unpack(bits[i], V)
