@@ -48,9 +48,11 @@ def pct(xs: list[float], q: float) -> float | None:
 
 
 class Server:
-    """``lfmc serve ART`` on a free loopback port, and an openai client for it."""
+    """A server process on a free loopback port (``lfmc serve ART`` by default, or ``cmd`` given the port), and an
+    openai client for it."""
 
-    def __init__(self, art: Path, max_batch: int, *extra: str):
+    def __init__(self, art: Path, max_batch: int, *extra: str, cmd=None, vocab: int | None = None,
+                 eos: int | None = None):
         import httpx
         import openai
 
@@ -58,24 +60,25 @@ class Server:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "lfmc", "serve", str(art), "--port", str(port),
-                                      "--model-name", "m", "--max-batch", str(max_batch), "--max-queue", "256",
-                                      *extra])
+        argv = cmd(port) if cmd else [sys.executable, "-m", "lfmc", "serve", str(art), "--port", str(port),
+                                      "--model-name", "m", "--max-batch", str(max_batch), "--max-queue", "256", *extra]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(1200):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"lfmc serve exited with {self.proc.returncode}")
+                raise RuntimeError(f"{argv[0]} exited with {self.proc.returncode}")
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         else:
-            raise RuntimeError("lfmc serve did not come up in 4 minutes")
+            raise RuntimeError("the server did not come up in 4 minutes")
         self.http = httpx
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="-", max_retries=0, timeout=600)
-        info = self.client.models.list().data[0].model_extra
-        self.vocab = int(info.get("vocab_size") or 256)
-        self.eos = info.get("eos_token_id")
+        info = self.client.models.list().data[0].model_extra if cmd is None else {}
+        self.vocab = int(vocab or info.get("vocab_size") or 256)
+        self.eos = eos if cmd is not None else info.get("eos_token_id")
 
     def steps(self) -> dict[str, float]:
         """Engine steps so far by kind (decode, mixed, prefill), from /metrics."""
@@ -93,8 +96,12 @@ class Server:
             s = self.client.completions.create(model="m", prompt=ids, max_tokens=max_tokens, temperature=0,
                                                stream=True, logprobs=0, logit_bias=bias)
             for chunk in s:
-                lp = chunk.choices[0].logprobs if chunk.choices else None
-                n = len(lp.tokens) if lp is not None and lp.tokens else 0
+                if not chunk.choices:
+                    continue
+                lp = chunk.choices[0].logprobs
+                # one chunk per token: lfmc tells by the token's log-probability entry (a random-weight preset has
+                # no text), llama-server by the token's text
+                n = len(lp.tokens) if lp is not None and lp.tokens else int(bool(chunk.choices[0].text))
                 now = time.perf_counter()
                 times += [now] * n
                 if (stop_after is not None and len(times) >= stop_after) or (halt is not None and halt.is_set()):
@@ -221,6 +228,9 @@ def main() -> int:
     ap.add_argument("--rate-concurrency", default="8", help="concurrencies of the rate scenario")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of the rate scenario")
     ap.add_argument("--serve-args", default="", help="extra lfmc serve arguments, e.g. '--prefill-budget 64'")
+    ap.add_argument("--llama-server", action="store_true",
+                    help="also the mixed scenario against llama-server -np 8 (benchmarks/build_llama_cpp.sh builds it) "
+                         "on the same weights at the matching GGUF type, concurrencies up to 8")
     ap.add_argument("--build", default="build/batched")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/loadgen.json")
@@ -274,6 +284,34 @@ def main() -> int:
                       f"{row['ratio']:.0%}", flush=True)
     finally:
         srv.close()
+    if a.llama_server and "mixed" in scen:
+        import llamacpp_peer as llama_cpp
+
+        d = llama_cpp.find()
+        if d is None or not (d / "bin" / "llama-server").exists():
+            raise SystemExit("llama-server is not built: run benchmarks/build_llama_cpp.sh")
+        gtype = compare.PRECISIONS[a.precision][3]
+        model = llama_cpp.gguf(d, llama_cpp.save_hf(a.preset, a.seed, Path(a.build) / f"{a.preset}-s{a.seed}.hf"), gtype)
+        from lfmc.runtime.engine import Engine
+
+        e = Engine(art)
+        vocab, eos = e.vocab_size, e.eos_token_id
+        del e
+        ls = Server(art, 8, cmd=lambda port: [str(d / "bin" / "llama-server"), "-m", str(model), "--port", str(port),
+                                              "-np", "8", "-c", str(8 * 2304), "-t", "2", "--no-repack", "-cb"],
+                    vocab=vocab, eos=eos)
+        try:
+            ls.stream([5, 6, 7], 4)
+            res["llama_server"] = {"gguf": gtype, "mixed": []}
+            for c in [c for c in map(int, a.concurrency.split(",")) if c <= 8]:
+                r = mixed(ls, c, a.duration, a.seed)
+                res["llama_server"]["mixed"].append(r)
+                save()
+                print(f"llama-server {gtype} mixed c={c}: {r['tok_s']:.1f} tok/s, {r['requests']} requests "
+                      f"({r['errors']} failed), TTFT p50/p99 {r['ttft_p50']:.2f}/{r['ttft_p99']:.2f} s, ITL p50/p99 "
+                      f"{r['itl_p50'] * 1e3:.0f}/{r['itl_p99'] * 1e3:.0f} ms", flush=True)
+        finally:
+            ls.close()
     save()
     print(f"wrote {out}")
     return 0

@@ -550,7 +550,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.profile:
         from .bench import profile_engine
 
-        res["profile"] = profile_engine(eng, "decode", 1)
+        if not 1 <= a.profile_batch <= eng.max_batch:
+            raise LfmcError(f"--profile-batch {a.profile_batch}: {a.artifact} decodes 1 to {eng.max_batch} sequences "
+                            "per step (compile with --max-batch)")
+        res["profile"] = profile_engine(eng, "decode", a.profile_batch)
         res["profile_prefill"] = profile_engine(eng, "prefill", min(max(lens), eng.prefill_chunk), reps=3)
     if a.baseline == "torch":
         res["torch"] = run_torch_baseline(eng.manifest, prefill_lens=lens, decode_steps=a.decode_steps,
@@ -827,6 +830,8 @@ def _parser_bench(sub) -> None:
     p.add_argument("--contexts", default="128,512,2048", help="context lengths for --plot (default 128,512,2048)")
     p.add_argument("--profile", action="store_true", help="also time one decode step and one prefill chunk kernel "
                    "by kernel, with the rate each dense matmul reads its weights at (GB/s) and computes at (GFLOP/s)")
+    p.add_argument("--profile-batch", type=int, default=1, metavar="N",
+                   help="--profile's decode step: of N sequences (default 1; up to the artifact's max batch)")
     p.set_defaults(fn=cmd_bench)
 
 

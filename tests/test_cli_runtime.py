@@ -99,3 +99,20 @@ def test_compile_refuses_config_only(tmp_path, capsys):
     assert "no weights" in capsys.readouterr().err
     assert main(["compile", "lfm2-tiny", "--target", "vax", "-o", str(tmp_path / "y"), "-q"]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_bench_profile_batch_uses_the_batched_tiles(served_artifact, capsys):
+    """--profile-batch N profiles a decode step of N sequences: the plan's taller row variants replace the 1-row
+    GEMVs (every launch still counted once); N beyond the artifact's batch is a clear error."""
+    plan = json.loads((served_artifact / "manifest.json").read_text())["plan"]
+    twins = plan["row_variants"]["decode"]["kernels"]
+    capsys.readouterr()
+    assert main(["bench", str(served_artifact), "--prefill", "8", "--decode-steps", "2", "--reps", "1", "--profile",
+                 "--profile-batch", "3", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)["profile"]
+    names = {r["kernel"] for r in p["kernels"]}
+    assert p["rows_per_call"] == 3 and p["launches"] == len(plan["entries"]["decode"])
+    assert set(twins.values()) <= names and not set(twins) & names
+    assert main(["bench", str(served_artifact), "--prefill", "8", "--decode-steps", "2", "--reps", "1", "--profile",
+                 "--profile-batch", "9"]) == 2
+    assert "--profile-batch 9" in capsys.readouterr().err
