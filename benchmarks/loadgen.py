@@ -43,6 +43,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+CONTEXT = 2304          # the served artifact's context: 2,000-token prompts and the streams beside them
+
+
 def pct(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
@@ -157,13 +160,13 @@ def mixed(srv: Server, conc: int, duration: float, seed: int) -> dict:
             "first_error": next((r["error"] for r in recs if "error" in r), None)}
 
 
-def arrivals(srv: Server, streams: int, n_arrivals: int, prompt: int, seed: int) -> dict:
+def arrivals(srv: Server, streams: int, n_arrivals: int, prompt: int, seed: int, ctx: int) -> dict:
     rng = np.random.default_rng(seed)
     halt = threading.Event()
     run: list[dict] = [{} for _ in range(streams)]
 
     def runner(i: int) -> None:
-        run[i] = srv.stream(rng.integers(3, srv.vocab, 32).tolist(), 4000, halt=halt)
+        run[i] = srv.stream(rng.integers(3, srv.vocab, 32).tolist(), ctx - 64, halt=halt)
 
     ths = [threading.Thread(target=runner, args=(i,)) for i in range(streams)]
     for t in ths:
@@ -179,7 +182,8 @@ def arrivals(srv: Server, streams: int, n_arrivals: int, prompt: int, seed: int)
         t.join()
     late = [i for i, r in enumerate(run) if not r.get("times") or r["times"][0] > t0]
     if late:
-        raise RuntimeError(f"streams {late} had not started decoding when the arrivals began")
+        raise RuntimeError(f"streams {late} had not started decoding when the arrivals began "
+                           f"({next((r['error'] for r in run if 'error' in r), 'no error')})")
     gaps = [b - a for r in run for a, b in zip(r.get("times", []), r.get("times", [])[1:]) if t0 <= a and b <= t1]
     d = {k: after.get(k, 0) - before.get(k, 0) for k in ("decode", "mixed", "prefill")}
     total = sum(d.values())
@@ -240,7 +244,7 @@ def main() -> int:
     if not (art / "manifest.json").exists():
         t = time.perf_counter()
         compile_model(load_source(a.preset, seed=a.seed), art, max_batch=16, quant=quant, dtype=dtype, act_quant=act,
-                      max_context=2304)
+                      max_context=CONTEXT)
         print(f"compiled {a.preset} {a.precision} in {time.perf_counter() - t:.0f} s", flush=True)
     scen = a.scenarios.split(",")
     res: dict = {"preset": a.preset, "precision": a.precision, "cpu": compare.cpu_info(), "command": " ".join(sys.argv)}
@@ -263,7 +267,7 @@ def main() -> int:
                       f"{r['errors']} failed), TTFT p50/p99 {r['ttft_p50']:.2f}/{r['ttft_p99']:.2f} s, ITL p50/p99 "
                       f"{r['itl_p50'] * 1e3:.0f}/{r['itl_p99'] * 1e3:.0f} ms", flush=True)
         if "arrivals" in scen:
-            r = res["arrivals"] = arrivals(srv, 8, a.arrivals, 2000, a.seed)
+            r = res["arrivals"] = arrivals(srv, 8, a.arrivals, 2000, a.seed, CONTEXT)
             save()
             print(f"arrivals: running streams' ITL p50 {r['itl_p50'] * 1e3:.0f} ms, p99 {r['itl_p99'] * 1e3:.0f} ms "
                   f"({r['p99_over_p50']:.2f}x), steps with prefill {r['prefill_step_share']:.0%}, arriving 2,000-token "
@@ -298,7 +302,7 @@ def main() -> int:
         vocab, eos = e.vocab_size, e.eos_token_id
         del e
         ls = Server(art, 8, cmd=lambda port: [str(d / "bin" / "llama-server"), "-m", str(model), "--port", str(port),
-                                              "-np", "8", "-c", str(8 * 2304), "-t", "2", "--no-repack", "-cb"],
+                                              "-np", "8", "-c", str(8 * CONTEXT), "-t", "2", "--no-repack", "-cb"],
                     vocab=vocab, eos=eos)
         try:
             ls.stream([5, 6, 7], 4)

@@ -31,7 +31,7 @@ import numpy as np
 
 from .engine import Engine
 from .errors import EngineError
-from .sampling import log_softmax, penalize, sample, top_logprobs
+from .sampling import log_softmax, penalize, sample, token_logprob, top_logprobs
 
 Event = tuple  # ("token", id, logprobs | None) | ("done", reason) | ("error", message)
 
@@ -113,6 +113,7 @@ class Batcher:
         self._decode_s = 0.0            # running averages behind the "auto" budget: last decode steps' seconds,
         self._token_s = 0.0             # and seconds per prompt token in chunked prefill
         self.observer = observer or Observer()
+        self.on_step_end: Callable[[], None] | None = None   # after every step (a server hands its events over)
         self._waiting: collections.deque[Request] = collections.deque()
         self._prefilling: list[Request] = []
         self._active: list[Request] = []
@@ -223,9 +224,11 @@ class Batcher:
         if r.constraint is not None:
             r.constraint.consume(tok)
         info = None
-        if r.logprobs is not None:
+        if r.logprobs:
             lp = log_softmax(logits)
             info = (float(lp[tok]), top_logprobs(lp, r.logprobs))
+        elif r.logprobs is not None:                    # the token's own only: no alternatives to rank
+            info = (token_logprob(logits, tok), [])
         return tok, info
 
     def _next(self, r: Request, logits: np.ndarray) -> None:
@@ -378,6 +381,7 @@ class Batcher:
                     break
             self._admit()
             self._step()
+            self._step_end()
         for r in pending:
             if r.seq is not None:
                 try:
@@ -385,6 +389,14 @@ class Batcher:
                 except EngineError:
                     pass
             r.sink(("error", "the server is shutting down"))
+        self._step_end()
+
+    def _step_end(self) -> None:
+        if self.on_step_end is not None:
+            try:
+                self.on_step_end()
+            except Exception:                              # noqa: BLE001  a consumer's failure must not stop the worker
+                pass
 
 
 def generate_all(batcher: Batcher, prompts: Sequence[Sequence[int]], max_tokens: int, **sampling) -> list[list[int]]:

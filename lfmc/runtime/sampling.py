@@ -33,6 +33,13 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - (m + np.log(np.sum(np.exp(z - m))))
 
 
+def token_logprob(logits: np.ndarray, tok: int) -> float:
+    """``log_softmax(logits)[tok]`` without building the whole array (the same float64 arithmetic)."""
+    z = logits.astype(np.float64)
+    m = np.max(z)
+    return float(z[tok] - (m + np.log(np.sum(np.exp(z - m)))))
+
+
 def penalize(logits: np.ndarray, counts: dict[int, int], prompt: set[int] | frozenset[int] = frozenset(),
              presence: float = 0.0, frequency: float = 0.0, repetition: float = 1.0) -> np.ndarray:
     """OpenAI's presence / frequency penalties over the generated tokens (``counts``: token -> times generated):

@@ -44,6 +44,41 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
 MAX_JSON_DEPTH = 64
 
 
+class _Mailbox:
+    """Events from the batcher's worker thread to the event loop, handed over once per engine step: one loop
+    wake-up per step instead of one per token, so the loop's work interrupts the engine's parallel kernels (which
+    wait for their slowest thread) less often."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Any, asyncio.Queue, Any]] = []
+        self._lock = threading.Lock()
+
+    def sink(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue):
+        """The batcher's sink for one request's queue ``q`` on ``loop`` (called from the worker thread)."""
+        def put(ev: Any) -> None:
+            with self._lock:
+                self._items.append((loop, q, ev))
+        return put
+
+    def flush(self) -> None:
+        """Deliver what the step produced (the batcher calls this after every step)."""
+        with self._lock:
+            items, self._items = self._items, []
+        by_loop: dict[Any, list] = {}
+        for loop, q, ev in items:
+            by_loop.setdefault(loop, []).append((q, ev))
+        for loop, evs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(self._deliver, evs)
+            except RuntimeError:                        # the loop is closed: its clients are gone
+                pass
+
+    @staticmethod
+    def _deliver(evs: list) -> None:
+        for q, ev in evs:
+            q.put_nowait(ev)
+
+
 def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_body_bytes: int | None = None,
                local_images: str | None = None, api_key: str | None = None, prefill_budget: int | str | None = "auto"):
     """The FastAPI application; the batcher starts with it and stops at shutdown. ``local_images``: a directory
@@ -63,6 +98,7 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
                                          observer=metrics), max_body_bytes)
     api.local_images = local_images
     metrics.watch(api.batcher)
+    api.batcher.on_step_end = api.mailbox.flush
 
     @asynccontextmanager
     async def lifespan(app):
@@ -146,6 +182,7 @@ class _Api:
         self.local_images: str | None = None
         self._vocab = None
         self._vocab_lock = threading.Lock()
+        self.mailbox = _Mailbox()
 
     def models(self) -> dict[str, Any]:
         e = self.engine
@@ -282,7 +319,7 @@ class _Api:
         for i in range(n):
             q: asyncio.Queue = asyncio.Queue()
             seed = sp["seed"] + i if sp["seed"] is not None else None
-            req = Request(ids, sp["max_tokens"], (lambda q: lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))(q),
+            req = Request(ids, sp["max_tokens"], self.mailbox.sink(loop, q),
                           temperature=sp["temperature"], top_k=sp["top_k"], top_p=sp["top_p"], seed=seed,
                           stop_ids=frozenset({eos} if eos is not None else ()),
                           images=list(images or []) if i == 0 else [], logit_bias=sp["logit_bias"],
