@@ -82,6 +82,9 @@ class Server:
         info = self.client.models.list().data[0].model_extra if cmd is None else {}
         self.vocab = int(vocab or info.get("vocab_size") or 256)
         self.eos = eos if cmd is not None else info.get("eos_token_id")
+        # logprobs asked with every request: one entry per streamed token is how tokens are counted (lfmc gives
+        # the sampled token's with 0; llama-server gives entries only for 1 or more)
+        self.logprobs = 0 if cmd is None else 1
 
     def steps(self) -> dict[str, float]:
         """Engine steps so far by kind (decode, mixed, prefill), from /metrics."""
@@ -97,14 +100,14 @@ class Server:
         bias = {str(self.eos): -100} if self.eos is not None else None
         try:
             s = self.client.completions.create(model="m", prompt=ids, max_tokens=max_tokens, temperature=0,
-                                               stream=True, logprobs=0, logit_bias=bias)
+                                               stream=True, logprobs=self.logprobs, logit_bias=bias)
             for chunk in s:
                 if not chunk.choices:
                     continue
                 lp = chunk.choices[0].logprobs
-                # one chunk per token: lfmc tells by the token's log-probability entry (a random-weight preset has
-                # no text), llama-server by the token's text
-                n = len(lp.tokens) if lp is not None and lp.tokens else int(bool(chunk.choices[0].text))
+                # tokens of the chunk: its log-probability entries (a random-weight preset has no text); lfmc
+                # sends OpenAI's legacy completions shape (tokens), llama-server a chat-style content list
+                n = 0 if lp is None else len(lp.tokens or []) or len((lp.model_extra or {}).get("content") or [])
                 now = time.perf_counter()
                 times += [now] * n
                 if (stop_after is not None and len(times) >= stop_after) or (halt is not None and halt.is_set()):
@@ -120,6 +123,14 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def ms(x: float | None) -> str:
+    return f"{x * 1e3:.0f}" if x is not None else "-"
+
+
+def sec(x: float | None) -> str:
+    return f"{x:.2f}" if x is not None else "-"
 
 
 def latency(recs: list[dict]) -> dict:
@@ -225,7 +236,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="lfm2-350m")
     ap.add_argument("--precision", default="q4g32a8", help=f"of {', '.join(compare.PRECISIONS)}")
-    ap.add_argument("--scenarios", default="mixed,arrivals,rate")
+    ap.add_argument("--scenarios", default="mixed,arrivals,rate", help="of lfmc serve ('' for none: "
+                    "--llama-server alone)")
     ap.add_argument("--concurrency", default="1,2,4,8,16")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per concurrency in the mixed scenario")
     ap.add_argument("--arrivals", type=int, default=3, help="2,000-token prompts arriving in the arrivals scenario")
@@ -233,7 +245,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of the rate scenario")
     ap.add_argument("--serve-args", default="", help="extra lfmc serve arguments, e.g. '--prefill-budget 64'")
     ap.add_argument("--llama-server", action="store_true",
-                    help="also the mixed scenario against llama-server -np 8 (benchmarks/build_llama_cpp.sh builds it) "
+                    help="also the mixed scenario against llama-server -np 8 (logprobs 1 to count its tokens) (benchmarks/build_llama_cpp.sh builds it) "
                          "on the same weights at the matching GGUF type, concurrencies up to 8")
     ap.add_argument("--build", default="build/batched")
     ap.add_argument("--seed", type=int, default=0)
@@ -246,7 +258,7 @@ def main() -> int:
         compile_model(load_source(a.preset, seed=a.seed), art, max_batch=16, quant=quant, dtype=dtype, act_quant=act,
                       max_context=CONTEXT)
         print(f"compiled {a.preset} {a.precision} in {time.perf_counter() - t:.0f} s", flush=True)
-    scen = a.scenarios.split(",")
+    scen = [x for x in a.scenarios.split(",") if x]
     res: dict = {"preset": a.preset, "precision": a.precision, "cpu": compare.cpu_info(), "command": " ".join(sys.argv)}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -254,9 +266,10 @@ def main() -> int:
     def save() -> None:
         out.write_text(json.dumps(res, indent=1))
 
-    srv = Server(art, 16, *a.serve_args.split())
+    srv = Server(art, 16, *a.serve_args.split()) if scen else None
     try:
-        srv.stream([5, 6, 7], 4)                                               # warm-up
+        if srv is not None:
+            srv.stream([5, 6, 7], 4)                                           # warm-up
         if "mixed" in scen:
             res["mixed"] = []
             for c in map(int, a.concurrency.split(",")):
@@ -264,8 +277,8 @@ def main() -> int:
                 res["mixed"].append(r)
                 save()
                 print(f"mixed c={c}: {r['tok_s']:.1f} tok/s, {r['requests']} requests ({r['disconnected']} left, "
-                      f"{r['errors']} failed), TTFT p50/p99 {r['ttft_p50']:.2f}/{r['ttft_p99']:.2f} s, ITL p50/p99 "
-                      f"{r['itl_p50'] * 1e3:.0f}/{r['itl_p99'] * 1e3:.0f} ms", flush=True)
+                      f"{r['errors']} failed), TTFT p50/p99 {sec(r['ttft_p50'])}/{sec(r['ttft_p99'])} s, ITL p50/p99 "
+                      f"{ms(r['itl_p50'])}/{ms(r['itl_p99'])} ms", flush=True)
         if "arrivals" in scen:
             r = res["arrivals"] = arrivals(srv, 8, a.arrivals, 2000, a.seed, CONTEXT)
             save()
@@ -287,8 +300,9 @@ def main() -> int:
                 print(f"rate c={c}: serve {row['serve_tok_s']:.1f} tok/s, engine {row['engine_tok_s']:.1f} tok/s: "
                       f"{row['ratio']:.0%}", flush=True)
     finally:
-        srv.close()
-    if a.llama_server and "mixed" in scen:
+        if srv is not None:
+            srv.close()
+    if a.llama_server:
         import llamacpp_peer as llama_cpp
 
         d = llama_cpp.find()
@@ -312,8 +326,8 @@ def main() -> int:
                 res["llama_server"]["mixed"].append(r)
                 save()
                 print(f"llama-server {gtype} mixed c={c}: {r['tok_s']:.1f} tok/s, {r['requests']} requests "
-                      f"({r['errors']} failed), TTFT p50/p99 {r['ttft_p50']:.2f}/{r['ttft_p99']:.2f} s, ITL p50/p99 "
-                      f"{r['itl_p50'] * 1e3:.0f}/{r['itl_p99'] * 1e3:.0f} ms", flush=True)
+                      f"({r['errors']} failed), TTFT p50/p99 {sec(r['ttft_p50'])}/{sec(r['ttft_p99'])} s, ITL p50/p99 "
+                      f"{ms(r['itl_p50'])}/{ms(r['itl_p99'])} ms", flush=True)
         finally:
             ls.close()
     save()
