@@ -25,9 +25,34 @@ from .tokenizer import load_tokenizer
 
 
 @dataclass
+class _History:
+    """What :meth:`Engine.rollback` needs of a tracked sequence: checkpoints (length, its fixed-size states: conv
+    windows, recurrences) after each call, and the tokens fed since the oldest one."""
+    depth: int
+    base: int                                                     # the length where ``tokens`` starts
+    checkpoints: list[tuple[int, dict[str, np.ndarray]]]
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
 class _Seq:
     slot: int
     length: int = 0
+    history: _History | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A sequence's state at a token position, copied to host memory by :meth:`Engine.snapshot`: every state
+    tensor's slot (a KV cache, or any context-long tensor, only up to the position). :meth:`Engine.restore` puts it
+    into any free slot of an engine of the same artifact, however long ago it was taken."""
+
+    length: int
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.arrays.values())
 
 
 @dataclass
@@ -358,6 +383,94 @@ class Engine:
         d.length = s.length
         return new
 
+    # ------------------------------------------------------------------------------ state operations
+    def _held(self) -> list[tuple[str, bool]]:
+        """The state tensors a sequence owns (not scratch), and whether each grows with the context (KV caches:
+        only the rows up to a sequence's length matter)."""
+        return [(k, len(v["shape"]) > 1 and v["shape"][1] == "C") for k, v in self.plan["state"].items()
+                if v["kind"] != "scratch"]
+
+    def snapshot(self, seq: int) -> Snapshot:
+        """``seq``'s state now, on the host: restoring it and continuing gives what continuing ``seq`` gives."""
+        s = self._seq(seq)
+        return Snapshot(s.length, {k: self.driver.read_slot(self.state[k], s.slot, s.length if grows else None)
+                                   for k, grows in self._held()})
+
+    def restore(self, snap: Snapshot, seq: int | None = None) -> int:
+        """A sequence holding ``snap``'s state: a new one, or ``seq`` overwritten (its history dropped). Refuses a
+        snapshot of another artifact or one longer than this engine's context."""
+        want = dict(self._held())
+        if set(snap.arrays) != set(want):
+            raise EngineError("the snapshot holds other state tensors than this artifact's: taken from another model")
+        for k, grows in want.items():
+            a, buf = snap.arrays[k], self.state[k]
+            shape = tuple(buf.shape[2:] if grows else buf.shape[1:])
+            if a.dtype != np.dtype(buf.dtype) or tuple(a.shape[1:] if grows else a.shape) != shape \
+                    or (grows and a.shape[0] != snap.length):
+                raise EngineError(f"the snapshot's {k!r} is {a.dtype}{list(a.shape)}, this artifact's state per "
+                                  f"sequence is {np.dtype(buf.dtype)}{list(buf.shape[1:])}: taken from another model")
+        if snap.length > self.max_context:
+            raise EngineError(f"the snapshot holds {snap.length} tokens, more than this engine's max context "
+                              f"{self.max_context}")
+        new = self.new_sequence() if seq is None else seq
+        s = self._seq(new)
+        for k in want:
+            self.driver.write_slot(self.state[k], s.slot, snap.arrays[k])
+        s.length, s.history = snap.length, None
+        return new
+
+    def track(self, seq: int, depth: int) -> None:
+        """Keep what :meth:`rollback` needs to take ``seq`` back by up to ``depth`` tokens (speculative
+        decoding's rejected drafts): its fixed-size states after each call and the tokens fed. Sliding-window
+        rings hold window - 1 + prefill chunk keys, so ``depth`` may not exceed the prefill chunk on such models."""
+        s = self._seq(seq)
+        if depth < 1:
+            raise EngineError("track depth must be at least 1")
+        if depth > self.prefill_chunk and any("window" in v for v in self.plan["state"].values()):
+            raise EngineError(f"rollback depth {depth} exceeds the prefill chunk {self.prefill_chunk}: the "
+                              "sliding-window rings would have lost keys")
+        s.history = _History(depth, s.length, [(s.length, self._small(s))])
+
+    def _small(self, s: _Seq) -> dict[str, np.ndarray]:
+        return {k: self.driver.read_slot(self.state[k], s.slot) for k, grows in self._held()
+                if not grows and "window" not in self.plan["state"][k]}
+
+    def _record(self, s: _Seq, tokens: Sequence[int]) -> None:
+        """After a call fed ``tokens`` to tracked ``s``: a checkpoint, the tokens, the history trimmed to depth."""
+        h = s.history
+        h.tokens.extend(int(t) for t in tokens)
+        h.checkpoints.append((s.length, self._small(s)))
+        floor = s.length - h.depth                      # keep the newest checkpoint at or before it, and all after
+        keep = max(i for i, (n, _) in enumerate(h.checkpoints) if n <= floor) if h.checkpoints[0][0] <= floor else 0
+        if keep:
+            del h.checkpoints[:keep]
+            cut = h.checkpoints[0][0] - h.base
+            del h.tokens[:cut]
+            h.base += cut
+
+    def rollback(self, seq: int, n: int) -> None:
+        """Take ``seq`` back by ``n`` tokens, as if the last ``n`` had never been fed (it must be tracked,
+        :meth:`track`, deep enough). KV caches and rings just forget the positions; conv windows and recurrences
+        come back from the newest checkpoint at or before the target, and the tokens between it and the target
+        (a chunk's accepted part) are fed again."""
+        s = self._seq(seq)
+        h = s.history
+        if h is None:
+            raise EngineError(f"sequence {seq} is not tracked: Engine.track(seq, depth) first")
+        target = s.length - int(n)
+        if n < 0 or target < h.checkpoints[0][0]:
+            raise EngineError(f"sequence {seq} can go back {s.length - h.checkpoints[0][0]} tokens, not {n}")
+        i = max(j for j, (m, _) in enumerate(h.checkpoints) if m <= target)
+        at, small = h.checkpoints[i]
+        for k, a in small.items():
+            self.driver.write_slot(self.state[k], s.slot, a)
+        refeed = h.tokens[at - h.base:target - h.base]
+        del h.checkpoints[i + 1:]
+        del h.tokens[at - h.base:]
+        s.length = at
+        if refeed:
+            self.prefill(seq, refeed)
+
     def release(self, seq: int) -> None:
         self._seq(seq)
         del self._seqs[seq]
@@ -378,6 +491,8 @@ class Engine:
         s = self._seq(seq)
         t = self._check_tokens(tokens)
         img_at = self._image_positions(t, image_rows)
+        if img_at is not None:
+            s.history = None                # image rows cannot be fed again: no rollback across them
         if t.size == 0:
             raise EngineError("prefill needs at least one token")
         if s.length + t.size > self.max_context:
@@ -393,6 +508,8 @@ class Engine:
                 self._write_image_rows(image_rows, img_at[i:i + n])
             self._run("prefill", n, s.slot)
             s.length += n
+        if s.history is not None:
+            self._record(s, t.tolist())
         return self._logits("prefill", 0)[0]
 
     # ------------------------------------------------------------------------------------------- images
@@ -548,8 +665,10 @@ class Engine:
         self.driver.write(self.inputs["slots"], slots)
         self.driver.write(self.inputs["pos"], pos)
         self._run("decode", n)
-        for s in ss:
+        for s, t in zip(ss, tokens):
             s.length += 1
+            if s.history is not None:
+                self._record(s, (t,))
         return self._logits("decode", n)[:n]
 
     # --------------------------------------------------------------------------------------- generation

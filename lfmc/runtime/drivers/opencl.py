@@ -154,5 +154,20 @@ class OpenCLDriver:
             self.cl.enqueue_copy(self.queue, buf.buf, buf.buf, byte_count=n, src_offset=src * per,
                                  dst_offset=dst * per)
 
+    def read_slot(self, buf: ClArray, slot: int, rows: int | None = None) -> np.ndarray:
+        """A host copy of ``buf[slot]`` (one slot of a state tensor), only its first ``rows`` rows when given."""
+        per = int(np.prod(buf.shape[1:], dtype=np.int64)) * buf.dtype.itemsize
+        out = np.empty(buf.shape[1:] if rows is None else (rows,) + tuple(buf.shape[2:]), buf.dtype)
+        if out.size:
+            self.cl.enqueue_copy(self.queue, out, buf.buf, src_offset=slot * per)
+        return out
+
+    def write_slot(self, buf: ClArray, slot: int, data: np.ndarray) -> None:
+        """``buf[slot][:len(data)] = data``: a slot (or its first rows) from a host copy (:meth:`read_slot`)."""
+        per = int(np.prod(buf.shape[1:], dtype=np.int64)) * buf.dtype.itemsize
+        data = np.ascontiguousarray(data, dtype=buf.dtype)
+        if data.size:
+            self.cl.enqueue_copy(self.queue, buf.buf, data, dst_offset=slot * per)
+
     def sync(self) -> None:
         self.queue.finish()
