@@ -470,13 +470,15 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     key = a.api_key or os.environ.get("LFMC_API_KEY") or None
     check_bind(a.host, key)                 # before loading: refuse an open port at once
+    if a.prefix_cache_bytes < 0:
+        raise LfmcError(f"--prefix-cache-bytes {a.prefix_cache_bytes}: a size in bytes, or 0 for no cache")
     eng = Engine(a.artifact, device=a.device, max_batch=a.max_batch)
     name = a.model_name or eng.manifest["model"]["name"]
     print(f"lfmc serve: {a.artifact} as model {name!r} on http://{a.host}:{a.port}/v1 (completions, chat/completions, "
           f"models; /health, /metrics); up to {eng.max_batch} sequences per decode step, {a.max_queue} waiting"
           f"{'; API key required' if key else ''}; Ctrl-C stops", flush=True)
     serve(eng, a.host, a.port, name, a.max_queue, a.log_level, local_images=a.allow_local_images, api_key=key,
-          prefill_budget=a.prefill_budget)
+          prefill_budget=a.prefill_budget, prefix_cache_bytes=a.prefix_cache_bytes)
     return 0
 
 
@@ -797,6 +799,10 @@ def _parser_serve(sub) -> None:
                         "(default): as many as take about 1.5x the step's decode time at the measured prefill rate "
                         "(at least 16), so steps with prefill take about 2.5x plain ones. Smaller: steadier streams, "
                         "slower first tokens")
+    p.add_argument("--prefix-cache-bytes", type=int, default=1 << 30, metavar="BYTES",
+                   help="host memory for the prefix cache: requests resume from the longest cached prefix of their "
+                        "prompt (states stored every 64 prompt tokens and at each request's end; least recently "
+                        "used out first). Default 1 GiB; 0 turns it off")
     p.add_argument("--device", default=None, choices=driver_names(), help="runtime driver (default: the artifact's)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(fn=cmd_serve)

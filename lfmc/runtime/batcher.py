@@ -72,6 +72,8 @@ class Request:
     submitted: float = 0.0
     prefilled: int = 0                  # prompt tokens read so far
     counts: dict[int, int] = field(default_factory=dict)
+    output: list[int] = field(default_factory=list)   # the tokens generated so far
+    cached: int = 0                     # prompt tokens restored from the prefix cache
     first_token_at: float = 0.0
     last_token_at: float = 0.0
     image_rows: Any = None
@@ -98,11 +100,14 @@ class Batcher:
     """Serve many :class:`Request` objects through ``engine`` with one worker thread."""
 
     def __init__(self, engine: Engine, max_queue: int = 64, prefill_budget: int | str | None = "auto",
-                 observer: Observer | None = None):
+                 observer: Observer | None = None, prefix_cache: Any = None):
         """``prefill_budget``: prompt tokens prefilled per step while other requests generate: a number, or
         ``"auto"`` / None (the default: sized from the measured decode step and prefill rate, see the module
-        docstring); with nothing generating, a prompt is read whole."""
+        docstring); with nothing generating, a prompt is read whole. ``prefix_cache``: a
+        :class:`lfmc.runtime.prefix_cache.PrefixCache` of ``engine``: requests resume from the longest cached
+        prefix of their prompt, and their states are stored at every block of the prompt and at their end."""
         self.engine = engine
+        self.prefix_cache = prefix_cache
         self.max_queue = int(max_queue)
         if prefill_budget is None or prefill_budget == "auto":
             self.prefill_budget: int | None = None
@@ -174,6 +179,13 @@ class Batcher:
 
     # ------------------------------------------------------------------ worker
     def _finish(self, r: Request, reason: str) -> None:
+        if r.seq is not None and self.prefix_cache is not None and reason != "error":
+            # the state holds the prompt and every generated token but the last (sampled, not fed yet)
+            fed = r.prompt[:r.prefilled] + (r.output[:-1] if r.prefilled == len(r.prompt) else [])
+            try:
+                self.prefix_cache.store(r.seq, fed)
+            except Exception:                              # noqa: BLE001  a cache failure never fails a request
+                pass
         if r.seq is not None:
             try:
                 self.engine.release(r.seq)
@@ -200,6 +212,7 @@ class Batcher:
             self.observer.next_token(now - r.last_token_at)
         r.last_token_at = now
         r.generated += 1
+        r.output.append(tok)
         r.last = tok
         r.counts[tok] = r.counts.get(tok, 0) + 1
         r.sink(("token", tok, info))
@@ -256,6 +269,13 @@ class Batcher:
                 continue
             try:
                 r.seq = self.engine.new_sequence()
+                if self.prefix_cache is not None and not r.images:
+                    snap = self.prefix_cache.lookup(r.prompt)
+                    if snap is not None:
+                        self.engine.restore(snap, r.seq)
+                        r.prefilled = r.cached = snap.length
+                        for f in r.forks:
+                            f.cached = snap.length
                 self._prefilling.append(r)
             except Exception as e:                         # noqa: BLE001  one bad request must not stop the rest
                 for x in [r, *r.forks]:
@@ -268,6 +288,9 @@ class Batcher:
         if r.images and r.image_rows is None:           # a VL request: its images encoded before its first chunk
             r.image_rows = e.encode_images(r.images)
         take = len(r.prompt) - r.prefilled if budget is None else min(budget, len(r.prompt) - r.prefilled)
+        pc = self.prefix_cache
+        if pc is not None and not r.images:         # stop at the next block boundary: its state is cached there
+            take = min(take, (r.prefilled // pc.block + 1) * pc.block - r.prefilled)
         chunk = r.prompt[r.prefilled:r.prefilled + take]
         rows = None
         if r.image_rows is not None:
@@ -281,6 +304,11 @@ class Batcher:
         r.prefilled += take
         self.stats["prefill_tokens"] += take
         self.stats["prefill_calls"] += 1
+        if pc is not None and not r.images and r.prefilled % pc.block == 0 and r.prefilled < len(r.prompt):
+            try:
+                pc.store(r.seq, r.prompt[:r.prefilled])
+            except Exception:                              # noqa: BLE001  a cache failure never fails a request
+                pass
         if r.prefilled == len(r.prompt):
             self._prefilling.remove(r)
             group = [r]

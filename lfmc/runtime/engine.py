@@ -49,6 +49,7 @@ class Snapshot:
 
     length: int
     arrays: dict[str, np.ndarray]
+    start: int = 0          # context-long tensors hold rows [start, length) (a partial snapshot: a prefix cache's)
 
     @property
     def nbytes(self) -> int:
@@ -384,22 +385,29 @@ class Engine:
         return new
 
     # ------------------------------------------------------------------------------ state operations
-    def _held(self) -> list[tuple[str, bool]]:
+    def held_state(self) -> list[tuple[str, bool]]:
         """The state tensors a sequence owns (not scratch), and whether each grows with the context (KV caches:
         only the rows up to a sequence's length matter)."""
         return [(k, len(v["shape"]) > 1 and v["shape"][1] == "C") for k, v in self.plan["state"].items()
                 if v["kind"] != "scratch"]
 
-    def snapshot(self, seq: int) -> Snapshot:
-        """``seq``'s state now, on the host: restoring it and continuing gives what continuing ``seq`` gives."""
+    def snapshot(self, seq: int, since: int = 0) -> Snapshot:
+        """``seq``'s state now, on the host: restoring it and continuing gives what continuing ``seq`` gives.
+        ``since``: context-long tensors (KV caches) only from that position on (a prefix cache that holds the
+        earlier rows already); such a partial snapshot is not restorable by itself."""
         s = self._seq(seq)
-        return Snapshot(s.length, {k: self.driver.read_slot(self.state[k], s.slot, s.length if grows else None)
-                                   for k, grows in self._held()})
+        if not 0 <= since <= s.length:
+            raise EngineError(f"snapshot since {since}: sequence {seq} holds {s.length} tokens")
+        return Snapshot(s.length, {k: self.driver.read_slot(self.state[k], s.slot, s.length, since) if grows
+                                   else self.driver.read_slot(self.state[k], s.slot)
+                                   for k, grows in self.held_state()}, since)
 
     def restore(self, snap: Snapshot, seq: int | None = None) -> int:
         """A sequence holding ``snap``'s state: a new one, or ``seq`` overwritten (its history dropped). Refuses a
         snapshot of another artifact or one longer than this engine's context."""
-        want = dict(self._held())
+        want = dict(self.held_state())
+        if snap.start:
+            raise EngineError(f"a partial snapshot (rows from {snap.start}) cannot be restored by itself")
         if set(snap.arrays) != set(want):
             raise EngineError("the snapshot holds other state tensors than this artifact's: taken from another model")
         for k, grows in want.items():
@@ -432,7 +440,7 @@ class Engine:
         s.history = _History(depth, s.length, [(s.length, self._small(s))])
 
     def _small(self, s: _Seq) -> dict[str, np.ndarray]:
-        return {k: self.driver.read_slot(self.state[k], s.slot) for k, grows in self._held()
+        return {k: self.driver.read_slot(self.state[k], s.slot) for k, grows in self.held_state()
                 if not grows and "window" not in self.plan["state"][k]}
 
     def _record(self, s: _Seq, tokens: Sequence[int]) -> None:

@@ -44,6 +44,7 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
 
 MAX_JSON_DEPTH = 64
 GIL_SWITCH_S = 0.0002   # lfmc serve's GIL switch interval (see serve)
+PREFIX_CACHE_BYTES = 1 << 30
 
 
 class _Mailbox:
@@ -82,11 +83,13 @@ class _Mailbox:
 
 
 def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_body_bytes: int | None = None,
-               local_images: str | None = None, api_key: str | None = None, prefill_budget: int | str | None = "auto"):
+               local_images: str | None = None, api_key: str | None = None, prefill_budget: int | str | None = "auto",
+               prefix_cache_bytes: int = PREFIX_CACHE_BYTES):
     """The FastAPI application; the batcher starts with it and stops at shutdown. ``local_images``: a directory
     whose files chat requests may name as images (``file://`` URLs or paths); without it only ``data:`` URLs are
     accepted. Images are never fetched from the network. ``api_key``: required as a bearer token on ``/v1`` and
-    ``/metrics``. ``prefill_budget``: prompt tokens prefilled per step beside running decodes (a number, or "auto")."""
+    ``/metrics``. ``prefill_budget``: prompt tokens prefilled per step beside running decodes (a number, or "auto").
+    ``prefix_cache_bytes``: host memory for the prefix cache (:mod:`lfmc.runtime.prefix_cache`; 0: none)."""
     if max_body_bytes is None:
         max_body_bytes = MAX_BODY_BYTES_VL if engine.vision is not None else MAX_BODY_BYTES
     import hmac
@@ -96,8 +99,11 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
     from fastapi.exceptions import RequestValidationError
 
     metrics = Metrics()
+    from .prefix_cache import PrefixCache
+
+    cache = PrefixCache(engine, prefix_cache_bytes) if prefix_cache_bytes > 0 else None
     api = _Api(engine, model_id, Batcher(engine, max_queue=max_queue, prefill_budget=prefill_budget,
-                                         observer=metrics), max_body_bytes)
+                                         observer=metrics, prefix_cache=cache), max_body_bytes)
     api.local_images = local_images
     metrics.watch(api.batcher)
     api.batcher.on_step_end = api.mailbox.flush
@@ -435,7 +441,8 @@ class _Api:
         gen = sum(len(c.ids) for c in choices)
         return {"id": rid, "object": "chat.completion" if chat_mode else "text_completion", "created": int(time.time()),
                 "model": self.model_id, "choices": out,
-                "usage": {"prompt_tokens": len(ids), "completion_tokens": gen, "total_tokens": len(ids) + gen}}
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": gen, "total_tokens": len(ids) + gen,
+                          "prompt_tokens_details": {"cached_tokens": choices[0].req.cached}}}
 
     async def sse(self, choices: list["_Choice"], rid: str, chat_mode: bool, include_usage: bool,
                   prompt_tokens: int) -> AsyncIterator[bytes]:
@@ -494,7 +501,8 @@ class _Api:
             if include_usage:
                 gen = sum(len(c.ids) for c in choices)
                 yield frame([], {"prompt_tokens": prompt_tokens, "completion_tokens": gen,
-                                 "total_tokens": prompt_tokens + gen})
+                                 "total_tokens": prompt_tokens + gen,
+                                 "prompt_tokens_details": {"cached_tokens": choices[0].req.cached}})
         finally:
             for c in choices:
                 c.req.cancel()
@@ -688,7 +696,7 @@ def check_bind(host: str, api_key: str | None) -> None:
 
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, model_id: str = "lfmc", max_queue: int = 64,
           log_level: str = "warning", local_images: str | None = None, api_key: str | None = None,
-          prefill_budget: int | str | None = "auto") -> None:
+          prefill_budget: int | str | None = "auto", prefix_cache_bytes: int = PREFIX_CACHE_BYTES) -> None:
     """Run the server until interrupted."""
     check_bind(host, api_key)
     # the batcher's worker comes back from each native engine step wanting the GIL while the event loop thread
@@ -700,4 +708,5 @@ def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, model_id: s
     except ImportError as e:
         raise EngineError(f"lfmc serve needs the serving extra ({e}): pip install 'lfmc[serve]'") from None
     uvicorn.run(create_app(engine, model_id, max_queue, local_images=local_images, api_key=api_key,
-                           prefill_budget=prefill_budget), host=host, port=port, log_level=log_level)
+                           prefill_budget=prefill_budget, prefix_cache_bytes=prefix_cache_bytes), host=host, port=port,
+                log_level=log_level)

@@ -111,10 +111,10 @@ class CudaDriver:
             else:
                 buf[dst, :rows] = buf[src, :rows]
 
-    def read_slot(self, buf: Any, slot: int, rows: int | None = None) -> np.ndarray:
-        """A host copy of ``buf[slot]`` (one slot of a state tensor), only its first ``rows`` rows when given."""
+    def read_slot(self, buf: Any, slot: int, rows: int | None = None, start: int = 0) -> np.ndarray:
+        """A host copy of ``buf[slot]`` (one slot of a state tensor), only its rows [start, rows) when given."""
         self.stream.synchronize()
-        return (buf[slot] if rows is None else buf[slot, :rows]).get()
+        return (buf[slot] if rows is None else buf[slot, start:rows]).get()
 
     def write_slot(self, buf: Any, slot: int, data: np.ndarray) -> None:
         """``buf[slot][:len(data)] = data``: a slot (or its first rows) from a host copy (:meth:`read_slot`)."""

@@ -53,9 +53,9 @@ class HostMemory:
         else:
             buf[dst, :rows] = buf[src, :rows]
 
-    def read_slot(self, buf: np.ndarray, slot: int, rows: int | None = None) -> np.ndarray:
-        """A host copy of ``buf[slot]`` (one slot of a state tensor), only its first ``rows`` rows when given."""
-        return (buf[slot] if rows is None else buf[slot, :rows]).copy()
+    def read_slot(self, buf: np.ndarray, slot: int, rows: int | None = None, start: int = 0) -> np.ndarray:
+        """A host copy of ``buf[slot]`` (one slot of a state tensor), only its rows [start, rows) when given."""
+        return (buf[slot] if rows is None else buf[slot, start:rows]).copy()
 
     def write_slot(self, buf: np.ndarray, slot: int, data: np.ndarray) -> None:
         """``buf[slot][:len(data)] = data``: a slot (or its first rows) from a host copy (:meth:`read_slot`)."""

@@ -154,12 +154,13 @@ class OpenCLDriver:
             self.cl.enqueue_copy(self.queue, buf.buf, buf.buf, byte_count=n, src_offset=src * per,
                                  dst_offset=dst * per)
 
-    def read_slot(self, buf: ClArray, slot: int, rows: int | None = None) -> np.ndarray:
-        """A host copy of ``buf[slot]`` (one slot of a state tensor), only its first ``rows`` rows when given."""
+    def read_slot(self, buf: ClArray, slot: int, rows: int | None = None, start: int = 0) -> np.ndarray:
+        """A host copy of ``buf[slot]`` (one slot of a state tensor), only its rows [start, rows) when given."""
         per = int(np.prod(buf.shape[1:], dtype=np.int64)) * buf.dtype.itemsize
-        out = np.empty(buf.shape[1:] if rows is None else (rows,) + tuple(buf.shape[2:]), buf.dtype)
+        row = int(np.prod(buf.shape[2:], dtype=np.int64)) * buf.dtype.itemsize
+        out = np.empty(buf.shape[1:] if rows is None else (rows - start,) + tuple(buf.shape[2:]), buf.dtype)
         if out.size:
-            self.cl.enqueue_copy(self.queue, out, buf.buf, src_offset=slot * per)
+            self.cl.enqueue_copy(self.queue, out, buf.buf, src_offset=slot * per + (start * row if rows else 0))
         return out
 
     def write_slot(self, buf: ClArray, slot: int, data: np.ndarray) -> None:
