@@ -693,10 +693,12 @@ class Engine:
     def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                stop: Sequence[int] | None = None, images: Sequence[Any] = (),
-               image_rows: np.ndarray | None = None) -> Iterator[int]:
+               image_rows: np.ndarray | None = None, prefix_cache: Any = None) -> Iterator[int]:
         """Yield new tokens as they are sampled. ``stop``: token ids that end generation (default: EOS;
         pass ``[]`` to never stop early). ``images``: for a vision-language artifact (:meth:`prepare`);
-        ``image_rows``: embeddings already encoded for the image tokens of ``prompt`` (token ids)."""
+        ``image_rows``: embeddings already encoded for the image tokens of ``prompt`` (token ids).
+        ``prefix_cache``: a :class:`lfmc.runtime.prefix_cache.PrefixCache` of this engine: the prompt resumes
+        from its longest cached prefix, and the state at the end (prompt and answer) is stored in it."""
         if images:
             ids, image_rows = self.prepare(prompt, images)
         else:
@@ -709,28 +711,40 @@ class Engine:
         stops = set(stop) if stop is not None else ({self.eos_token_id} if self.eos_token_id is not None else set())
         rng = np.random.default_rng(seed)
         seq = self.new_sequence()
+        cache = prefix_cache if image_rows is None else None
+        fed = list(ids)
         try:
-            logits = self.prefill(seq, ids) if image_rows is None else self.prefill(seq, ids, image_rows)
+            snap = cache.lookup(ids) if cache is not None else None
+            if snap is not None:
+                self.restore(snap, seq)
+            start = snap.length if snap is not None else 0
+            logits = self.prefill(seq, ids[start:]) if image_rows is None else self.prefill(seq, ids, image_rows)
             for i in range(max_new_tokens):
                 tok = sample(logits, temperature, top_k, top_p, rng)
                 yield tok
                 if tok in stops or i == max_new_tokens - 1:
                     return
                 logits = self.decode([seq], [tok])[0]
+                fed.append(tok)
         finally:
+            if cache is not None and self.length(seq) == len(fed):
+                cache.store(seq, fed)
             self.release(seq)
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                 stop: Sequence[int] | None = None, images: Sequence[Any] = ()) -> GenerationResult:
+                 stop: Sequence[int] | None = None, images: Sequence[Any] = (),
+                 prefix_cache: Any = None) -> GenerationResult:
         """Generate up to ``max_new_tokens``; returns tokens, text (with a tokenizer) and timings. ``images``:
-        for a vision-language artifact, the images of the prompt's ``<image>`` placeholders (or in front)."""
+        for a vision-language artifact, the images of the prompt's ``<image>`` placeholders (or in front).
+        ``prefix_cache``: as :meth:`stream`'s."""
         t0 = time.perf_counter()
         ids, rows = self.prepare(prompt, images) if images else (self.encode(prompt), None)
         out: list[int] = []
         t1 = None
         stops = set(stop) if stop is not None else ({self.eos_token_id} if self.eos_token_id is not None else set())
-        for tok in self.stream(ids, max_new_tokens, temperature, top_k, top_p, seed, stop, image_rows=rows):
+        for tok in self.stream(ids, max_new_tokens, temperature, top_k, top_p, seed, stop, image_rows=rows,
+                               prefix_cache=prefix_cache):
             if t1 is None:
                 t1 = time.perf_counter()
             out.append(tok)

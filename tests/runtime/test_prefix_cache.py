@@ -109,3 +109,15 @@ def test_server_reports_cached_tokens(served_artifact):
         assert r2.usage.prompt_tokens_details.cached_tokens >= 128
     finally:
         s.stop()
+
+
+def test_engine_generate_uses_the_cache(engine):
+    """Engine.generate(prefix_cache=...): the second turn resumes from the first turn's end; same tokens."""
+    pc = PrefixCache(engine, 1 << 26)
+    p1 = np.random.default_rng(4).integers(0, 256, 90).tolist()
+    r1 = engine.generate(p1, 12, stop=[], prefix_cache=pc)
+    assert r1.tokens == engine.generate(p1, 12, stop=[]).tokens and pc.info()["stored"] == 1
+    p2 = p1 + r1.tokens + [5, 6, 7]
+    r2 = engine.generate(p2, 12, stop=[], prefix_cache=pc)
+    assert pc.stats["hit_tokens"] == len(p1) + len(r1.tokens) - 1
+    assert r2.tokens == engine.generate(p2, 12, stop=[]).tokens
