@@ -520,6 +520,27 @@ class Engine:
             self._record(s, t.tolist())
         return self._logits("prefill", 0)[0]
 
+    def verify(self, seq: int, tokens: Sequence[int]) -> np.ndarray:
+        """Feed ``tokens`` (at most a prefill chunk) and return the logits after each of them [n, vocab]:
+        speculative decoding's check of drafted tokens in one call. A prefill of the chunk, then the decode
+        entry's LM head over the chunk's n final hidden rows (which the prefill leaves in place)."""
+        t = self._check_tokens(tokens)
+        n = t.size
+        if not 1 <= n <= self.prefill_chunk:
+            raise EngineError(f"verify takes 1 to {self.prefill_chunk} tokens (the prefill chunk), not {n}")
+        head = self._calls.get(("head", n))
+        if head is None:
+            k, args = self._launches("decode", n)[-1]
+            out = Arg.from_json(self.plan["logits"]["decode"])
+            if not any(a.kind == "slab" and a.name == out.name for a in args):
+                raise EngineError(f"{self.root}: the decode entry does not end with the LM head: cannot verify")
+            head = self._calls[("head", n)] = [(self._funcs[k], [self._arg(a, n, "decode", 0) for a in args])]
+        self.prefill(seq, t)
+        for f, args in head:
+            f(*args)
+        self.driver.sync()
+        return self._logits("decode", n)[:n]
+
     # ------------------------------------------------------------------------------------------- images
     @property
     def vision(self) -> dict[str, Any] | None:
@@ -693,12 +714,17 @@ class Engine:
     def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                stop: Sequence[int] | None = None, images: Sequence[Any] = (),
-               image_rows: np.ndarray | None = None, prefix_cache: Any = None) -> Iterator[int]:
+               image_rows: np.ndarray | None = None, prefix_cache: Any = None, speculate: str | None = None,
+               draft_k: int = 4) -> Iterator[int]:
         """Yield new tokens as they are sampled. ``stop``: token ids that end generation (default: EOS;
         pass ``[]`` to never stop early). ``images``: for a vision-language artifact (:meth:`prepare`);
         ``image_rows``: embeddings already encoded for the image tokens of ``prompt`` (token ids).
         ``prefix_cache``: a :class:`lfmc.runtime.prefix_cache.PrefixCache` of this engine: the prompt resumes
-        from its longest cached prefix, and the state at the end (prompt and answer) is stored in it."""
+        from its longest cached prefix, and the state at the end (prompt and answer) is stored in it.
+        ``speculate="ngram"``: greedy speculative decoding with prompt-lookup drafts (up to ``draft_k`` tokens that
+        followed the latest earlier occurrence of the context's last 3, 2 or 1 tokens), verified in one call
+        (:meth:`verify`) and the rejected ones rolled back: the same tokens as plain greedy decoding, fewer calls
+        when the text repeats itself. Counts in ``self.last_speculation``."""
         if images:
             ids, image_rows = self.prepare(prompt, images)
         else:
@@ -709,6 +735,12 @@ class Engine:
             raise EngineError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the max "
                               f"context {self.max_context}")
         stops = set(stop) if stop is not None else ({self.eos_token_id} if self.eos_token_id is not None else set())
+        if speculate not in (None, "ngram"):
+            raise EngineError(f"unknown speculation {speculate!r} (known: ngram)")
+        if speculate and temperature > 0:
+            raise EngineError("speculative decoding is greedy only for now (temperature 0)")
+        if speculate and not 1 <= draft_k < self.prefill_chunk:
+            raise EngineError(f"draft_k must lie in [1, {self.prefill_chunk - 1}] (the prefill chunk less one)")
         rng = np.random.default_rng(seed)
         seq = self.new_sequence()
         cache = prefix_cache if image_rows is None else None
@@ -719,6 +751,9 @@ class Engine:
                 self.restore(snap, seq)
             start = snap.length if snap is not None else 0
             logits = self.prefill(seq, ids[start:]) if image_rows is None else self.prefill(seq, ids, image_rows)
+            if speculate:
+                yield from self._speculate(seq, fed, int(np.argmax(logits)), max_new_tokens, stops, draft_k)
+                return
             for i in range(max_new_tokens):
                 tok = sample(logits, temperature, top_k, top_p, rng)
                 yield tok
@@ -731,20 +766,70 @@ class Engine:
                 cache.store(seq, fed)
             self.release(seq)
 
+    @staticmethod
+    def ngram_draft(context: Sequence[int], k: int, max_n: int = 3) -> list[int]:
+        """Prompt-lookup drafting: the up to ``k`` tokens that followed the latest earlier occurrence of the
+        context's last ``max_n`` (then fewer) tokens; [] when the context never repeated them."""
+        L = len(context)
+        for n in range(min(max_n, L - 1), 0, -1):
+            tail = list(context[L - n:])
+            for i in range(L - n - 1, -1, -1):
+                if list(context[i:i + n]) == tail:
+                    return list(context[i + n:i + n + k])
+        return []
+
+    def _speculate(self, seq: int, fed: list[int], tok: int, max_new: int, stops: set[int],
+                   k: int) -> Iterator[int]:
+        """Greedy decoding with n-gram drafts: ``fed`` are the tokens in ``seq``'s state (kept up to date),
+        ``tok`` the first generated token (not fed yet)."""
+        stats = self.last_speculation = {"verify_calls": 0, "decode_calls": 0, "drafted": 0, "accepted": 0}
+        self.track(seq, k + 1)
+        count = 0
+        while True:
+            yield tok
+            count += 1
+            if tok in stops or count == max_new:
+                return
+            draft = self.ngram_draft(fed + [tok], min(k, max_new - count - 1))
+            if not draft:
+                logits = self.decode([seq], [tok])[0]
+                fed.append(tok)
+                stats["decode_calls"] += 1
+                tok = int(np.argmax(logits))
+                continue
+            rows = self.verify(seq, [tok] + draft)
+            stats["verify_calls"] += 1
+            stats["drafted"] += len(draft)
+            best = np.argmax(rows, axis=1)
+            j = 0
+            while j < len(draft) and int(best[j]) == draft[j]:
+                j += 1
+            stats["accepted"] += j
+            if j < len(draft):
+                self.rollback(seq, len(draft) - j)
+            fed.append(tok)
+            fed.extend(draft[:j])
+            for d in draft[:j]:
+                yield d
+                count += 1
+                if d in stops or count == max_new:
+                    return
+            tok = int(best[j])
+
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                  stop: Sequence[int] | None = None, images: Sequence[Any] = (),
-                 prefix_cache: Any = None) -> GenerationResult:
+                 prefix_cache: Any = None, speculate: str | None = None, draft_k: int = 4) -> GenerationResult:
         """Generate up to ``max_new_tokens``; returns tokens, text (with a tokenizer) and timings. ``images``:
         for a vision-language artifact, the images of the prompt's ``<image>`` placeholders (or in front).
-        ``prefix_cache``: as :meth:`stream`'s."""
+        ``prefix_cache``, ``speculate``, ``draft_k``: as :meth:`stream`'s."""
         t0 = time.perf_counter()
         ids, rows = self.prepare(prompt, images) if images else (self.encode(prompt), None)
         out: list[int] = []
         t1 = None
         stops = set(stop) if stop is not None else ({self.eos_token_id} if self.eos_token_id is not None else set())
         for tok in self.stream(ids, max_new_tokens, temperature, top_k, top_p, seed, stop, image_rows=rows,
-                               prefix_cache=prefix_cache):
+                               prefix_cache=prefix_cache, speculate=speculate, draft_k=draft_k):
             if t1 is None:
                 t1 = time.perf_counter()
             out.append(tok)

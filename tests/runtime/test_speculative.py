@@ -1,0 +1,78 @@
+"""Speculative decoding (issue 29, first part): ``Engine.verify`` returns the logits after every token of a chunk,
+equal to decoding them one by one, on dense, MoE, hybrid and LFM3 models (cpu) and on opencl; greedy decoding
+with n-gram drafts (verify + rollback) gives exactly the tokens of plain greedy decoding."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lfmc.runtime import Engine
+from lfmc.runtime.errors import EngineError
+
+from .test_state_ops import CASES, TOL, artifacts, models, vocab  # noqa: F401  (fixtures)
+
+
+@pytest.mark.parametrize("name,device", CASES)
+def test_verify_equals_decoding_one_by_one(name, device, artifacts):  # noqa: F811
+    e = Engine(artifacts(name, device))
+    rng = np.random.default_rng(3)
+    prompt = rng.integers(0, vocab(e), 21).tolist()
+    chunk = rng.integers(0, vocab(e), 6).tolist()
+    a, b = e.new_sequence(), e.new_sequence()
+    e.prefill(a, prompt)
+    got = e.verify(a, chunk)
+    assert got.shape == (len(chunk), e.vocab_size) and e.length(a) == len(prompt) + len(chunk)
+    e.prefill(b, prompt)
+    want = [e.decode([b], [t])[0] for t in chunk]
+    for x, y in zip(got, want):
+        np.testing.assert_allclose(x, y, **TOL)
+    with pytest.raises(EngineError, match="verify takes"):
+        e.verify(a, [])
+
+
+def test_ngram_draft():
+    assert Engine.ngram_draft([1, 2, 3, 4, 1, 2, 3], 3) == [4, 1, 2]
+    assert Engine.ngram_draft([5, 6, 7], 2) == []
+    assert Engine.ngram_draft([9, 1, 9], 4) == [1, 9]                # a 1-gram match, to the end
+
+
+@pytest.mark.parametrize("name", ["dense-a", "moe-b", "hybrid", "lfm3-b"])
+def test_speculative_greedy_equals_plain_greedy(name, artifacts):  # noqa: F811
+    e = Engine(artifacts(name, "cpu"))
+    rng = np.random.default_rng(4)
+    part = rng.integers(0, vocab(e), 12).tolist()
+    prompt = part + rng.integers(0, vocab(e), 5).tolist() + part[:8]  # an input-copying prompt
+    plain = e.generate(prompt, 48, stop=[]).tokens
+    spec = e.generate(prompt, 48, stop=[], speculate="ngram", draft_k=4)
+    assert spec.tokens == plain
+    st = e.last_speculation
+    assert st["verify_calls"] > 0 and st["drafted"] >= st["accepted"] >= 0
+    assert st["verify_calls"] + st["decode_calls"] + 1 + st["accepted"] >= len(plain)   # every token accounted
+    with pytest.raises(EngineError, match="greedy only"):
+        e.generate(prompt, 4, temperature=0.7, speculate="ngram")
+    with pytest.raises(EngineError, match="unknown speculation"):
+        e.generate(prompt, 4, speculate="draft-model")
+
+
+@pytest.mark.parametrize("name", ["dense-a", "hybrid", "lfm3-b"])
+def test_accepted_drafts_and_partial_rollbacks(name, artifacts, monkeypatch):  # noqa: F811
+    """Random weights never repeat their input, so the drafts are made to be right: an oracle proposes the plain
+    run's next tokens, one of them wrong every other call (accepted prefixes of 0-3 tokens, rollbacks into the
+    verify chunk's middle); the output is still plain greedy's, and fewer calls made it."""
+    e = Engine(artifacts(name, "cpu"))
+    prompt = np.random.default_rng(5).integers(0, vocab(e), 17).tolist()
+    plain = e.generate(prompt, 40, stop=[]).tokens
+    calls = [0]
+
+    def oracle(context, k, max_n=3):
+        p = len(context) - len(prompt)
+        d = list(plain[p:p + k])
+        calls[0] += 1
+        if calls[0] % 2 and len(d) > 1:
+            d[calls[0] % len(d)] = (d[calls[0] % len(d)] + 1) % vocab(e)
+        return d
+
+    monkeypatch.setattr(Engine, "ngram_draft", staticmethod(oracle))
+    assert e.generate(prompt, 40, stop=[], speculate="ngram", draft_k=4).tokens == plain
+    st = e.last_speculation
+    assert st["accepted"] > 10 and st["verify_calls"] + st["decode_calls"] < len(plain) - 10
