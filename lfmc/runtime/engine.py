@@ -20,7 +20,7 @@ from .artifact import check_device, load_manifest
 from .drivers import get_driver
 from .errors import EngineError, RuntimeLoadError
 from .params import read_params
-from .sampling import sample
+from .sampling import accept_drafts, probs, sample
 from .tokenizer import load_tokenizer
 
 
@@ -721,10 +721,11 @@ class Engine:
         ``image_rows``: embeddings already encoded for the image tokens of ``prompt`` (token ids).
         ``prefix_cache``: a :class:`lfmc.runtime.prefix_cache.PrefixCache` of this engine: the prompt resumes
         from its longest cached prefix, and the state at the end (prompt and answer) is stored in it.
-        ``speculate="ngram"``: greedy speculative decoding with prompt-lookup drafts (up to ``draft_k`` tokens that
+        ``speculate="ngram"``: speculative decoding with prompt-lookup drafts (up to ``draft_k`` tokens that
         followed the latest earlier occurrence of the context's last 3, 2 or 1 tokens), verified in one call
-        (:meth:`verify`) and the rejected ones rolled back: the same tokens as plain greedy decoding, fewer calls
-        when the text repeats itself. Counts in ``self.last_speculation``."""
+        (:meth:`verify`) and the rejected ones rolled back: at temperature 0 the same tokens as plain greedy
+        decoding, with sampling the same distribution (speculative sampling); fewer calls when the text repeats
+        itself. Counts in ``self.last_speculation``."""
         if images:
             ids, image_rows = self.prepare(prompt, images)
         else:
@@ -737,8 +738,6 @@ class Engine:
         stops = set(stop) if stop is not None else ({self.eos_token_id} if self.eos_token_id is not None else set())
         if speculate not in (None, "ngram"):
             raise EngineError(f"unknown speculation {speculate!r} (known: ngram)")
-        if speculate and temperature > 0:
-            raise EngineError("speculative decoding is greedy only for now (temperature 0)")
         if speculate and not 1 <= draft_k < self.prefill_chunk:
             raise EngineError(f"draft_k must lie in [1, {self.prefill_chunk - 1}] (the prefill chunk less one)")
         rng = np.random.default_rng(seed)
@@ -752,7 +751,9 @@ class Engine:
             start = snap.length if snap is not None else 0
             logits = self.prefill(seq, ids[start:]) if image_rows is None else self.prefill(seq, ids, image_rows)
             if speculate:
-                yield from self._speculate(seq, fed, int(np.argmax(logits)), max_new_tokens, stops, draft_k)
+                sp = (temperature, top_k, top_p)
+                yield from self._speculate(seq, fed, sample(logits, *sp, rng), max_new_tokens, stops, draft_k, sp,
+                                           rng)
                 return
             for i in range(max_new_tokens):
                 tok = sample(logits, temperature, top_k, top_p, rng)
@@ -778,10 +779,11 @@ class Engine:
                     return list(context[i + n:i + n + k])
         return []
 
-    def _speculate(self, seq: int, fed: list[int], tok: int, max_new: int, stops: set[int],
-                   k: int) -> Iterator[int]:
-        """Greedy decoding with n-gram drafts: ``fed`` are the tokens in ``seq``'s state (kept up to date),
-        ``tok`` the first generated token (not fed yet)."""
+    def _speculate(self, seq: int, fed: list[int], tok: int, max_new: int, stops: set[int], k: int,
+                   sp: tuple[float, int, float], rng: np.random.Generator) -> Iterator[int]:
+        """Decoding with n-gram drafts: ``fed`` are the tokens in ``seq``'s state (kept up to date), ``tok`` the
+        first generated token (not fed yet), ``sp`` the sampling settings (temperature, top-k, top-p): greedy
+        verification at temperature 0, speculative sampling (:func:`lfmc.runtime.sampling.accept_drafts`) else."""
         stats = self.last_speculation = {"verify_calls": 0, "decode_calls": 0, "drafted": 0, "accepted": 0}
         self.track(seq, k + 1)
         count = 0
@@ -795,15 +797,13 @@ class Engine:
                 logits = self.decode([seq], [tok])[0]
                 fed.append(tok)
                 stats["decode_calls"] += 1
-                tok = int(np.argmax(logits))
+                tok = sample(logits, *sp, rng)
                 continue
             rows = self.verify(seq, [tok] + draft)
             stats["verify_calls"] += 1
             stats["drafted"] += len(draft)
-            best = np.argmax(rows, axis=1)
-            j = 0
-            while j < len(draft) and int(best[j]) == draft[j]:
-                j += 1
+            got = accept_drafts([probs(r, *sp) for r in rows], draft, rng)
+            j = len(got) - 1                            # drafts accepted; got[-1] is the next token
             stats["accepted"] += j
             if j < len(draft):
                 self.rollback(seq, len(draft) - j)
@@ -814,7 +814,7 @@ class Engine:
                 count += 1
                 if d in stops or count == max_new:
                     return
-            tok = int(best[j])
+            tok = got[-1]
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None,

@@ -4,11 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def sample(logits: np.ndarray, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-           rng: np.random.Generator | None = None) -> int:
-    """One token from ``logits`` [V]. temperature 0 is greedy (argmax, first index on ties)."""
+def probs(logits: np.ndarray, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """The distribution [V] (float64) that :func:`sample` draws from: one-hot at the argmax for temperature 0,
+    else softmax(logits / temperature) cut to the top ``k`` and then to the top-``p`` mass, renormalized."""
     if temperature <= 0:
-        return int(np.argmax(logits))
+        p = np.zeros(logits.size)
+        p[int(np.argmax(logits))] = 1.0
+        return p
     z = logits.astype(np.float64) / temperature
     if top_k and top_k < z.size:
         kth = np.partition(z, -top_k)[-top_k]
@@ -22,8 +24,38 @@ def sample(logits: np.ndarray, temperature: float = 0.0, top_k: int = 0, top_p: 
         mask = np.zeros_like(p)
         mask[keep] = p[keep]
         p = mask / mask.sum()
+    return p
+
+
+def sample(logits: np.ndarray, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+           rng: np.random.Generator | None = None) -> int:
+    """One token from ``logits`` [V]. temperature 0 is greedy (argmax, first index on ties)."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    p = probs(logits, temperature, top_k, top_p)
     rng = rng or np.random.default_rng()
     return int(rng.choice(p.size, p=p))
+
+
+def accept_drafts(ps: list[np.ndarray], draft: list[int], rng: np.random.Generator) -> list[int]:
+    """Speculative sampling with a deterministic drafter (n-gram lookup: the draft distribution is one-hot):
+    ``ps[i]`` is the target's distribution (:func:`probs`) after the context and ``draft[:i]``. Draft ``d`` is
+    accepted with probability ``ps[i][d]``; the first rejected one is replaced by a sample of ``ps[i]`` without
+    ``d`` (renormalized); when all are accepted one more token comes from ``ps[-1]``. The tokens returned are
+    distributed exactly as sampling the target token by token (Leviathan et al. 2023, Chen et al. 2023); at
+    temperature 0 (one-hot ``ps``) this is greedy verification."""
+    out: list[int] = []
+    for i, d in enumerate(draft):
+        p = ps[i]
+        if p[d] >= 1.0 or rng.random() < p[d]:
+            out.append(int(d))
+            continue
+        r = p.copy()
+        r[d] = 0.0
+        out.append(int(np.argmax(r)) if r.max() >= r.sum() else int(rng.choice(r.size, p=r / r.sum())))
+        return out
+    out.append(int(rng.choice(ps[-1].size, p=ps[-1])) if ps[-1].max() < 1.0 else int(np.argmax(ps[-1])))
+    return out
 
 
 def _logsumexp(logits: np.ndarray) -> float:

@@ -48,8 +48,8 @@ def test_speculative_greedy_equals_plain_greedy(name, artifacts):  # noqa: F811
     st = e.last_speculation
     assert st["verify_calls"] > 0 and st["drafted"] >= st["accepted"] >= 0
     assert st["verify_calls"] + st["decode_calls"] + 1 + st["accepted"] >= len(plain)   # every token accounted
-    with pytest.raises(EngineError, match="greedy only"):
-        e.generate(prompt, 4, temperature=0.7, speculate="ngram")
+    sampled = e.generate(prompt, 24, stop=[], temperature=0.8, top_k=20, seed=1, speculate="ngram")
+    assert len(sampled.tokens) == 24 and all(0 <= t < e.vocab_size for t in sampled.tokens)
     with pytest.raises(EngineError, match="unknown speculation"):
         e.generate(prompt, 4, speculate="draft-model")
 
@@ -76,3 +76,34 @@ def test_accepted_drafts_and_partial_rollbacks(name, artifacts, monkeypatch):  #
     assert e.generate(prompt, 40, stop=[], speculate="ngram", draft_k=4).tokens == plain
     st = e.last_speculation
     assert st["accepted"] > 10 and st["verify_calls"] + st["decode_calls"] < len(plain) - 10
+
+
+def test_speculative_sampling_matches_the_target_distribution():
+    """accept_drafts on a 5-token vocabulary, 40,000 trials, fixed seed: the first token's distribution is the
+    target's whether the draft is likely, unlikely or impossible, and the second token's (given the first draft
+    accepted) is the target's next distribution; Pearson's chi-square, each at significance 0.001."""
+    from lfmc.runtime.sampling import accept_drafts
+
+    crit = {3: 16.266, 4: 18.467}                  # chi-square quantiles at 0.999 for 3 and 4 degrees of freedom
+
+    def fits(counts: np.ndarray, p: np.ndarray) -> bool:
+        want = p * counts.sum()
+        return float(((counts - want) ** 2 / want).sum()) < crit[counts.size - 1]
+
+    rng = np.random.default_rng(0)
+    p0 = np.array([0.1, 0.4, 0.2, 0.25, 0.05])
+    p1 = np.array([0.3, 0.0, 0.3, 0.2, 0.2])
+    p2 = np.array([0.2, 0.2, 0.2, 0.2, 0.2])
+    N = 40_000
+    for d0 in (1, 4, 3):
+        first, second = np.zeros(5), np.zeros(5)
+        for _ in range(N):
+            out = accept_drafts([p0, p1, p2], [d0, 1], rng)            # draft 1 is impossible under p1
+            first[out[0]] += 1
+            if out[0] == d0 and len(out) > 1:
+                second[out[1]] += 1
+        assert fits(first, p0)
+        nz = p1 > 0
+        assert second[~nz].sum() == 0 and fits(second[nz], p1[nz])
+    greedy = [np.eye(5)[2], np.eye(5)[0]]
+    assert accept_drafts(greedy, [2], rng) == [2, 0] and accept_drafts(greedy, [3], rng) == [2]
