@@ -41,6 +41,39 @@ class _Seq:
     history: _History | None = None
 
 
+class _SpecControl:
+    """How many tokens to draft next, from what speculation measurably gains: tokens per verify call (drafts
+    accepted + 1) per second of verify against plain decode's one token per step (running averages). It drafts
+    fewer when none is accepted and more when all are; when it loses to plain decoding it stops drafting for a
+    while (8 steps, doubling each time) and then tries again. ``adaptive=False``: always ``k_max``."""
+
+    def __init__(self, k_max: int, adaptive: bool = True):
+        self.k_max, self.adaptive, self.k = k_max, adaptive, k_max
+        self.t_decode = self.t_verify = 0.0
+        self.gain, self.verifies, self.off, self.backoff = 1.0, 0, 0, 8
+
+    def want(self) -> int:
+        if not self.adaptive:
+            return self.k_max
+        if not self.t_decode:                       # a plain step first: what drafting has to beat
+            return 0
+        if self.off:
+            self.off -= 1
+            return 0
+        return self.k
+
+    def decoded(self, seconds: float) -> None:
+        self.t_decode = seconds if not self.t_decode else 0.8 * self.t_decode + 0.2 * seconds
+
+    def verified(self, seconds: float, drafted: int, accepted: int) -> None:
+        self.t_verify = seconds if not self.t_verify else 0.7 * self.t_verify + 0.3 * seconds
+        self.gain = 0.7 * self.gain + 0.3 * (accepted + 1) if self.verifies else accepted + 1.0
+        self.verifies += 1
+        self.k = min(self.k_max, self.k + 1) if accepted == drafted else max(1, self.k - 1) if not accepted else self.k
+        if self.adaptive and self.verifies >= 3 and self.gain / self.t_verify < 1.0 / self.t_decode:
+            self.off, self.backoff, self.verifies = self.backoff, min(2 * self.backoff, 256), 0
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A sequence's state at a token position, copied to host memory by :meth:`Engine.snapshot`: every state
@@ -715,7 +748,7 @@ class Engine:
                top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                stop: Sequence[int] | None = None, images: Sequence[Any] = (),
                image_rows: np.ndarray | None = None, prefix_cache: Any = None, speculate: str | None = None,
-               draft_k: int = 4) -> Iterator[int]:
+               draft_k: int = 4, adaptive: bool = True) -> Iterator[int]:
         """Yield new tokens as they are sampled. ``stop``: token ids that end generation (default: EOS;
         pass ``[]`` to never stop early). ``images``: for a vision-language artifact (:meth:`prepare`);
         ``image_rows``: embeddings already encoded for the image tokens of ``prompt`` (token ids).
@@ -725,7 +758,8 @@ class Engine:
         followed the latest earlier occurrence of the context's last 3, 2 or 1 tokens), verified in one call
         (:meth:`verify`) and the rejected ones rolled back: at temperature 0 the same tokens as plain greedy
         decoding, with sampling the same distribution (speculative sampling); fewer calls when the text repeats
-        itself. Counts in ``self.last_speculation``."""
+        itself. The draft length adapts to the measured gain, and drafting pauses while it does not pay
+        (``adaptive=False``: always ``draft_k``). Counts in ``self.last_speculation``."""
         if images:
             ids, image_rows = self.prepare(prompt, images)
         else:
@@ -753,7 +787,7 @@ class Engine:
             if speculate:
                 sp = (temperature, top_k, top_p)
                 yield from self._speculate(seq, fed, sample(logits, *sp, rng), max_new_tokens, stops, draft_k, sp,
-                                           rng)
+                                           rng, adaptive)
                 return
             for i in range(max_new_tokens):
                 tok = sample(logits, temperature, top_k, top_p, rng)
@@ -780,11 +814,13 @@ class Engine:
         return []
 
     def _speculate(self, seq: int, fed: list[int], tok: int, max_new: int, stops: set[int], k: int,
-                   sp: tuple[float, int, float], rng: np.random.Generator) -> Iterator[int]:
+                   sp: tuple[float, int, float], rng: np.random.Generator, adaptive: bool = True) -> Iterator[int]:
         """Decoding with n-gram drafts: ``fed`` are the tokens in ``seq``'s state (kept up to date), ``tok`` the
         first generated token (not fed yet), ``sp`` the sampling settings (temperature, top-k, top-p): greedy
-        verification at temperature 0, speculative sampling (:func:`lfmc.runtime.sampling.accept_drafts`) else."""
+        verification at temperature 0, speculative sampling (:func:`lfmc.runtime.sampling.accept_drafts`) else;
+        the draft length from :class:`_SpecControl`."""
         stats = self.last_speculation = {"verify_calls": 0, "decode_calls": 0, "drafted": 0, "accepted": 0}
+        ctl = _SpecControl(k, adaptive)
         self.track(seq, k + 1)
         count = 0
         while True:
@@ -792,21 +828,25 @@ class Engine:
             count += 1
             if tok in stops or count == max_new:
                 return
-            draft = self.ngram_draft(fed + [tok], min(k, max_new - count - 1))
+            want = min(ctl.want(), max_new - count - 1)
+            draft = self.ngram_draft(fed + [tok], want) if want > 0 else []
+            t = time.perf_counter()
             if not draft:
                 logits = self.decode([seq], [tok])[0]
+                ctl.decoded(time.perf_counter() - t)
                 fed.append(tok)
                 stats["decode_calls"] += 1
                 tok = sample(logits, *sp, rng)
                 continue
             rows = self.verify(seq, [tok] + draft)
-            stats["verify_calls"] += 1
-            stats["drafted"] += len(draft)
             got = accept_drafts([probs(r, *sp) for r in rows], draft, rng)
             j = len(got) - 1                            # drafts accepted; got[-1] is the next token
-            stats["accepted"] += j
             if j < len(draft):
                 self.rollback(seq, len(draft) - j)
+            ctl.verified(time.perf_counter() - t, len(draft), j)
+            stats["verify_calls"] += 1
+            stats["drafted"] += len(draft)
+            stats["accepted"] += j
             fed.append(tok)
             fed.extend(draft[:j])
             for d in draft[:j]:
@@ -819,17 +859,19 @@ class Engine:
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                  stop: Sequence[int] | None = None, images: Sequence[Any] = (),
-                 prefix_cache: Any = None, speculate: str | None = None, draft_k: int = 4) -> GenerationResult:
+                 prefix_cache: Any = None, speculate: str | None = None, draft_k: int = 4,
+                 adaptive: bool = True) -> GenerationResult:
         """Generate up to ``max_new_tokens``; returns tokens, text (with a tokenizer) and timings. ``images``:
         for a vision-language artifact, the images of the prompt's ``<image>`` placeholders (or in front).
-        ``prefix_cache``, ``speculate``, ``draft_k``: as :meth:`stream`'s."""
+        ``prefix_cache``, ``speculate``, ``draft_k``, ``adaptive``: as :meth:`stream`'s."""
         t0 = time.perf_counter()
         ids, rows = self.prepare(prompt, images) if images else (self.encode(prompt), None)
         out: list[int] = []
         t1 = None
         stops = set(stop) if stop is not None else ({self.eos_token_id} if self.eos_token_id is not None else set())
         for tok in self.stream(ids, max_new_tokens, temperature, top_k, top_p, seed, stop, image_rows=rows,
-                               prefix_cache=prefix_cache, speculate=speculate, draft_k=draft_k):
+                               prefix_cache=prefix_cache, speculate=speculate, draft_k=draft_k,
+                               adaptive=adaptive):
             if t1 is None:
                 t1 = time.perf_counter()
             out.append(tok)

@@ -43,11 +43,16 @@ def test_speculative_greedy_equals_plain_greedy(name, artifacts):  # noqa: F811
     part = rng.integers(0, vocab(e), 12).tolist()
     prompt = part + rng.integers(0, vocab(e), 5).tolist() + part[:8]  # an input-copying prompt
     plain = e.generate(prompt, 48, stop=[]).tokens
-    spec = e.generate(prompt, 48, stop=[], speculate="ngram", draft_k=4)
+    spec = e.generate(prompt, 48, stop=[], speculate="ngram", draft_k=4, adaptive=False)
     assert spec.tokens == plain
     st = e.last_speculation
     assert st["verify_calls"] > 0 and st["drafted"] >= st["accepted"] >= 0
     assert st["verify_calls"] + st["decode_calls"] + 1 + st["accepted"] >= len(plain)   # every token accounted
+    # adaptive (the default): random weights accept nothing, so drafting pauses and plain decoding takes over
+    assert e.generate(prompt, 64, stop=[], speculate="ngram").tokens == e.generate(prompt, 64, stop=[]).tokens
+    st = e.last_speculation
+    if st["accepted"] == 0:
+        assert st["decode_calls"] > 2 * st["verify_calls"]
     sampled = e.generate(prompt, 24, stop=[], temperature=0.8, top_k=20, seed=1, speculate="ngram")
     assert len(sampled.tokens) == 24 and all(0 <= t < e.vocab_size for t in sampled.tokens)
     with pytest.raises(EngineError, match="unknown speculation"):
@@ -73,7 +78,7 @@ def test_accepted_drafts_and_partial_rollbacks(name, artifacts, monkeypatch):  #
         return d
 
     monkeypatch.setattr(Engine, "ngram_draft", staticmethod(oracle))
-    assert e.generate(prompt, 40, stop=[], speculate="ngram", draft_k=4).tokens == plain
+    assert e.generate(prompt, 40, stop=[], speculate="ngram", draft_k=4, adaptive=False).tokens == plain
     st = e.last_speculation
     assert st["accepted"] > 10 and st["verify_calls"] + st["decode_calls"] < len(plain) - 10
 
@@ -107,3 +112,21 @@ def test_speculative_sampling_matches_the_target_distribution():
         assert second[~nz].sum() == 0 and fits(second[nz], p1[nz])
     greedy = [np.eye(5)[2], np.eye(5)[0]]
     assert accept_drafts(greedy, [2], rng) == [2, 0] and accept_drafts(greedy, [3], rng) == [2]
+
+
+def test_draft_control_adapts_and_turns_itself_off():
+    from lfmc.runtime.engine import _SpecControl
+
+    c = _SpecControl(4)
+    assert c.want() == 0                          # a plain step first
+    c.decoded(0.010)
+    assert c.want() == 4
+    for _ in range(3):                            # nothing accepted, a verify costs 1.5 steps: it does not pay
+        c.verified(0.015, c.want(), 0)
+    assert c.k == 1 and [c.want() for _ in range(8)] == [0] * 8 and c.want() == 1   # paused 8 steps, then again
+    c = _SpecControl(4)
+    c.decoded(0.010)
+    for _ in range(5):                            # all accepted: 5 tokens per 1.5 steps, it pays
+        c.verified(0.015, c.want(), c.want())
+    assert c.want() == 4 and c.off == 0
+    assert _SpecControl(3, adaptive=False).want() == 3
