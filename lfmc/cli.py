@@ -491,14 +491,18 @@ def cmd_run(a: argparse.Namespace) -> int:
     prompt = a.prompt if a.prompt is not None else [int(t) for t in a.tokens.replace(",", " ").split()]
     stop = [] if a.ignore_eos else None
     images = [Path(p).read_bytes() if Path(p).is_file() else _no_image(p) for p in a.image or []]
+    spec = {"speculate": a.speculate, "draft_k": a.draft_k} if a.speculate else {}
     if a.json:
-        r = eng.generate(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop, images=images)
+        r = eng.generate(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop, images=images,
+                         **spec)
         print(json.dumps({"tokens": r.tokens, "text": r.text, "prompt_tokens": r.prompt_tokens,
                           "stop_reason": r.stop_reason, "prefill_s": r.prefill_s, "decode_s": r.decode_s,
-                          "decode_tokens_per_s": r.decode_tokens_per_s}))
+                          "decode_tokens_per_s": r.decode_tokens_per_s}
+                         | ({"speculation": eng.last_speculation} if spec else {})))
         return 0
     n, t0, toks, shown = 0, time.perf_counter(), [], ""
-    for tok in eng.stream(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop, images=images):
+    for tok in eng.stream(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop, images=images,
+                          **spec):
         toks.append(tok)
         n += 1
         text = eng.decode_text(toks)
@@ -510,6 +514,10 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(_printable(piece), end="", flush=True)
     dt = time.perf_counter() - t0
     print(f"\n[{n} tokens in {dt:.2f} s, {n / dt:.1f} tokens/s]", file=sys.stderr)
+    if spec:
+        st = eng.last_speculation
+        print(f"[speculation: {st['accepted']} of {st['drafted']} drafted tokens accepted over {st['verify_calls']} "
+              f"verify calls; {st['decode_calls']} plain decode steps]", file=sys.stderr)
     sim = getattr(eng.driver, "sim", None)
     if sim is not None and sim.calls:                 # the wafer simulator: its estimate, not this machine's time
         dec = [c for c in sim.calls if c["entry"] == "decode"]
@@ -762,6 +770,11 @@ def _parser_run(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
+    p.add_argument("--speculate", choices=["ngram"], default=None,
+                   help="speculative decoding: ngram = drafts looked up in the prompt and output so far, verified "
+                        "in one call (same tokens as without at temperature 0, same distribution with sampling)")
+    p.add_argument("--draft-k", type=int, default=4, help="--speculate: most tokens drafted per step (default 4; "
+                   "adapts to what is accepted, and drafting pauses while it does not pay)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default=None, choices=driver_names(),
                    help="runtime driver (default: the one the artifact was compiled for)")

@@ -116,3 +116,16 @@ def test_bench_profile_batch_uses_the_batched_tiles(served_artifact, capsys):
     assert main(["bench", str(served_artifact), "--prefill", "8", "--decode-steps", "2", "--reps", "1", "--profile",
                  "--profile-batch", "9"]) == 2
     assert "--profile-batch 9" in capsys.readouterr().err
+
+
+def test_run_speculate_gives_the_plain_tokens(served_artifact, capsys):
+    """lfmc run --speculate ngram: the same greedy tokens as without, and the speculation counts in --json."""
+    args = ["run", str(served_artifact), "--tokens", "5,6,7,8,5,6,7", "--max-new-tokens", "20", "--ignore-eos",
+            "--json"]
+    capsys.readouterr()
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(args + ["--speculate", "ngram", "--draft-k", "3"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["tokens"] == plain["tokens"] and spec["speculation"]["verify_calls"] + \
+        spec["speculation"]["decode_calls"] >= 1
