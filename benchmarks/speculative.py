@@ -1,0 +1,122 @@
+"""Speculative decoding on this CPU: what verifying k drafted tokens costs against one decode step, the speed-up
+that implies at a given acceptance rate, and n-gram drafting measured end to end (with its adaptive fallback).
+
+    .venv/bin/python benchmarks/speculative.py                                 # LFM2-350M, f32 and W4A8
+    .venv/bin/python benchmarks/speculative.py --presets lfm2-350m,lfm2-1.2b --precisions q4g32a8
+
+For each preset and precision (seeded random weights):
+- cost: ``Engine.verify`` of 1 + k tokens (the last token and k drafts) against ``Engine.decode`` of one, at a
+  context of 256, k = 1..8, medians of alternating repetitions;
+- projection: with acceptance rate a per drafted token, a verify of k drafts yields (1 - a^(k+1)) / (1 - a)
+  tokens; speed-up = that x decode time / verify time, for a = 0.5, 0.7, 0.8 (the published LFM2.5 drafters'
+  range) at the best k;
+- n-gram drafting end to end: tokens/s of ``Engine.generate(speculate="ngram")`` against plain greedy on an
+  input-copying prompt (a 64-token passage repeated), with its acceptance; random weights do not copy their
+  input, so this measures the adaptive fallback (drafting pauses when it does not pay), not a real gain.
+Writes JSON (default benchmarks/results/speculative.json) with the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def cost(e, ks: list[int], context: int = 256, reps: int = 7) -> dict:
+    rng = np.random.default_rng(0)
+    s = e.new_sequence()
+    e.prefill(s, rng.integers(3, e.vocab_size, context).tolist())
+    e.track(s, max(ks) + 1)
+    dec: list[float] = []
+    ver: dict[int, list[float]] = {k: [] for k in ks}
+    for _ in range(reps):
+        t = time.perf_counter()
+        e.decode([s], [5])
+        dec.append(time.perf_counter() - t)
+        e.rollback(s, 1)
+        for k in ks:
+            t = time.perf_counter()
+            e.verify(s, [5] * (k + 1))
+            ver[k].append(time.perf_counter() - t)
+            e.rollback(s, k + 1)
+    e.release(s)
+    d = statistics.median(dec)
+    return {"decode_s": d, "verify_s": {k: statistics.median(v) for k, v in ver.items()},
+            "ratio": {k: statistics.median(v) / d for k, v in ver.items()}}
+
+
+def project(c: dict, rates=(0.5, 0.7, 0.8)) -> dict:
+    out = {}
+    for a in rates:
+        best = max(((1 - a ** (k + 1)) / (1 - a) / r, k) for k, r in c["ratio"].items())
+        out[str(a)] = {"speedup": best[0], "k": best[1]}
+    return out
+
+
+def ngram(e, steps: int = 96) -> dict:
+    rng = np.random.default_rng(1)
+    passage = rng.integers(3, e.vocab_size, 64).tolist()
+    prompt = passage + rng.integers(3, e.vocab_size, 8).tolist() + passage[:16]
+    res = {}
+    for name, kw in (("plain", {}), ("ngram", {"speculate": "ngram"})):
+        ts = []
+        for _ in range(2):
+            r = e.generate(prompt, steps, stop=[], **kw)
+            ts.append(r.decode_tokens_per_s)
+        res[name] = statistics.median(ts)
+        if kw:
+            res["stats"] = dict(e.last_speculation)
+    res["speedup"] = res["ngram"] / res["plain"]
+    return res
+
+
+def main() -> int:
+    import compare
+    from lfmc.compile import compile_model, load_source
+    from lfmc.runtime import Engine
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default="lfm2-350m")
+    ap.add_argument("--precisions", default="f32,q4g32a8")
+    ap.add_argument("--build", default="build/batched")
+    ap.add_argument("--out", default="benchmarks/results/speculative.json")
+    a = ap.parse_args()
+    res: dict = {"cpu": compare.cpu_info(), "command": " ".join(sys.argv), "runs": []}
+    ks = [1, 2, 3, 4, 6, 8]
+    for preset in a.presets.split(","):
+        for prec in a.precisions.split(","):
+            quant, dtype, _, _, act = compare.PRECISIONS[prec]
+            art = Path(a.build) / f"{preset}-{prec}-b16.host"
+            if not (art / "manifest.json").exists():
+                compile_model(load_source(preset), art, max_batch=16, quant=quant, dtype=dtype, act_quant=act,
+                              max_context=512)
+            e = Engine(art, max_batch=1)
+            c = cost(e, ks)
+            row = {"preset": preset, "precision": prec, "cost": c, "projection": project(c), "ngram": ngram(e)}
+            res["runs"].append(row)
+            print(f"{preset} {prec}: decode {c['decode_s'] * 1e3:.1f} ms; verify of 1+k / decode: " +
+                  ", ".join(f"k={k} {r:.2f}" for k, r in c["ratio"].items()), flush=True)
+            print("  projected speed-up at acceptance " + ", ".join(
+                f"{x}: {p['speedup']:.2f}x (k={p['k']})" for x, p in row["projection"].items()), flush=True)
+            n = row["ngram"]
+            print(f"  n-gram drafting, input-copying prompt: {n['ngram']:.1f} vs {n['plain']:.1f} tok/s plain "
+                  f"({n['speedup']:.2f}x); {n['stats']}", flush=True)
+            del e
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
