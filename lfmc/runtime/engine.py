@@ -406,6 +406,7 @@ class Engine:
     def fork(self, seq: int) -> int:
         """A new sequence holding a copy of ``seq``'s state (its conv windows, recurrences and KV cache up to its
         length): both continue from the same prompt without prefilling it twice (OpenAI's ``n``)."""
+        self._need_state_ops("fork")
         s = self._seq(seq)
         new = self.new_sequence()
         d = self._seqs[new]
@@ -424,10 +425,22 @@ class Engine:
         return [(k, len(v["shape"]) > 1 and v["shape"][1] == "C") for k, v in self.plan["state"].items()
                 if v["kind"] != "scratch"]
 
+    @property
+    def state_ops(self) -> bool:
+        """Whether this engine can copy sequence state (fork, snapshot, restore, rollback, verify): not where the
+        driver keeps the state itself (the wafer simulator holds it in its PEs)."""
+        return not getattr(self.driver, "keeps_state", False)
+
+    def _need_state_ops(self, what: str) -> None:
+        if not self.state_ops:
+            raise EngineError(f"{what} is not available on the {self.driver.name} driver: it keeps sequence state "
+                              "inside the device (the simulated mesh), where the engine cannot copy it")
+
     def snapshot(self, seq: int, since: int = 0) -> Snapshot:
         """``seq``'s state now, on the host: restoring it and continuing gives what continuing ``seq`` gives.
         ``since``: context-long tensors (KV caches) only from that position on (a prefix cache that holds the
         earlier rows already); such a partial snapshot is not restorable by itself."""
+        self._need_state_ops("snapshot")
         s = self._seq(seq)
         if not 0 <= since <= s.length:
             raise EngineError(f"snapshot since {since}: sequence {seq} holds {s.length} tokens")
@@ -438,6 +451,7 @@ class Engine:
     def restore(self, snap: Snapshot, seq: int | None = None) -> int:
         """A sequence holding ``snap``'s state: a new one, or ``seq`` overwritten (its history dropped). Refuses a
         snapshot of another artifact or one longer than this engine's context."""
+        self._need_state_ops("restore")
         want = dict(self.held_state())
         if snap.start:
             raise EngineError(f"a partial snapshot (rows from {snap.start}) cannot be restored by itself")
@@ -464,6 +478,7 @@ class Engine:
         """Keep what :meth:`rollback` needs to take ``seq`` back by up to ``depth`` tokens (speculative
         decoding's rejected drafts): its fixed-size states after each call and the tokens fed. Sliding-window
         rings hold window - 1 + prefill chunk keys, so ``depth`` may not exceed the prefill chunk on such models."""
+        self._need_state_ops("rollback")
         s = self._seq(seq)
         if depth < 1:
             raise EngineError("track depth must be at least 1")
@@ -557,6 +572,7 @@ class Engine:
         """Feed ``tokens`` (at most a prefill chunk) and return the logits after each of them [n, vocab]:
         speculative decoding's check of drafted tokens in one call. A prefill of the chunk, then the decode
         entry's LM head over the chunk's n final hidden rows (which the prefill leaves in place)."""
+        self._need_state_ops("verify")
         t = self._check_tokens(tokens)
         n = t.size
         if not 1 <= n <= self.prefill_chunk:

@@ -101,7 +101,7 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
     metrics = Metrics()
     from .prefix_cache import PrefixCache
 
-    cache = PrefixCache(engine, prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+    cache = PrefixCache(engine, prefix_cache_bytes) if prefix_cache_bytes > 0 and engine.state_ops else None
     api = _Api(engine, model_id, Batcher(engine, max_queue=max_queue, prefill_budget=prefill_budget,
                                          observer=metrics, prefix_cache=cache), max_body_bytes)
     api.local_images = local_images

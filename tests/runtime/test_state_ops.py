@@ -2,7 +2,8 @@
 it was taken from, at positions inside and at the end of a prefill chunk, for conv + attention (dense), MoE,
 recurrence (hybrid) and sliding-window (LFM3) models, on the cpu and opencl drivers; a tracked sequence rolled
 back by n tokens (across decode steps and into the middle of a chunk) and decoded again equals the straight run;
-bad snapshots and rollbacks are refused by name."""
+bad snapshots and rollbacks are refused by name; the wafer simulator, which keeps sequence state inside its
+mesh, refuses them all by name."""
 from __future__ import annotations
 
 import numpy as np
@@ -34,7 +35,7 @@ def artifacts(tmp_path_factory, models):
         if (name, device) not in cache:
             if device == "opencl" and not has_opencl():
                 pytest.skip("no OpenCL device (apt install pocl-opencl-icd)")
-            target = "snapdragon-8gen3" if device == "opencl" else "host"
+            target = {"opencl": "snapdragon-8gen3", "wafer": "wafer-small"}.get(device, "host")
             cache[name, device] = compile_model(models[name], root / f"{name}-{device}", target=target, max_batch=2,
                                                 max_context=96, prefill_chunk=CHUNK)
         return cache[name, device]
@@ -55,9 +56,10 @@ def run(e: Engine, seq: int, rest: list[int], steps: int = 4) -> list[np.ndarray
 
 CASES = [("dense-a", "cpu"), ("moe-b", "cpu"), ("hybrid", "cpu"), ("lfm3-b", "cpu"),
          ("dense-a", "opencl"), ("moe-b", "opencl"), ("hybrid", "opencl")]
+STATE_CASES = CASES
 
 
-@pytest.mark.parametrize("name,device", CASES)
+@pytest.mark.parametrize("name,device", STATE_CASES)
 def test_snapshot_restored_continues_as_if_never_stopped(name, device, artifacts):
     e = Engine(artifacts(name, device))
     toks = np.random.default_rng(1).integers(0, vocab(e), 40).tolist()
@@ -83,7 +85,7 @@ def test_snapshot_restored_continues_as_if_never_stopped(name, device, artifacts
         e.release(other)
 
 
-@pytest.mark.parametrize("name,device", CASES)
+@pytest.mark.parametrize("name,device", STATE_CASES)
 def test_rollback_then_redecode_equals_straight_run(name, device, artifacts):
     e = Engine(artifacts(name, device))
     rng = np.random.default_rng(2)
@@ -140,3 +142,13 @@ def test_bad_snapshots_and_depths_are_refused(artifacts):
     # a KV snapshot grows with the tokens it holds; fixed-size state does not
     dense.prefill(s, list(range(4, 40)))
     assert dense.snapshot(s).nbytes > snap.nbytes
+
+
+def test_wafer_refuses_state_operations(artifacts):
+    e = Engine(artifacts("dense-a", "wafer"))
+    assert not e.state_ops
+    s = e.new_sequence()
+    e.prefill(s, [1, 2, 3])
+    for op in (lambda: e.snapshot(s), lambda: e.fork(s), lambda: e.track(s, 2), lambda: e.verify(s, [4])):
+        with pytest.raises(EngineError, match="wafer driver"):
+            op()

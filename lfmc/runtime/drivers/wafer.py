@@ -736,6 +736,7 @@ class WaferDriver(HostMemory):
     """The plan executor's view of the simulator: host numpy memory, one 'kernel' per entry (a whole step)."""
 
     name = "wafer"
+    keeps_state = True           # sequence state lives in the simulated PEs, not in the engine's state buffers
     Simulator = MeshSim          # the compile flow estimates decode steps with it (targets may not import runtime)
 
     def __init__(self, trace: bool = False):
