@@ -228,10 +228,25 @@ def serve_rate(srv: Server, conc: int, npp: int, ntg: int, seed: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------------- driver
+def serve_artifact(build: str, preset: str, precision: str, seed: int) -> Path:
+    """The served artifact of the load benchmarks (this one and prefix_cache.py): ``preset`` at ``precision``
+    (compare.py's names), 16 sequences, CONTEXT tokens; compiled once into ``build``."""
+    import compare
+    from lfmc.compile import compile_model, load_source
+
+    quant, dtype, _, _, act = compare.PRECISIONS[precision]
+    art = Path(build) / f"{preset}-{precision}-serve.host"
+    if not (art / "manifest.json").exists():
+        t = time.perf_counter()
+        compile_model(load_source(preset, seed=seed), art, max_batch=16, quant=quant, dtype=dtype, act_quant=act,
+                      max_context=CONTEXT)
+        print(f"compiled {preset} {precision} in {time.perf_counter() - t:.0f} s", flush=True)
+    return art
+
+
 def main() -> int:
     import compare
     from batched_decode import run_lfmc
-    from lfmc.compile import compile_model, load_source
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="lfm2-350m")
@@ -245,19 +260,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of the rate scenario")
     ap.add_argument("--serve-args", default="", help="extra lfmc serve arguments, e.g. '--prefill-budget 64'")
     ap.add_argument("--llama-server", action="store_true",
-                    help="also the mixed scenario against llama-server -np 8 (logprobs 1 to count its tokens) (benchmarks/build_llama_cpp.sh builds it) "
-                         "on the same weights at the matching GGUF type, concurrencies up to 8")
+                    help="also the mixed scenario against llama-server -np 8 (benchmarks/build_llama_cpp.sh builds it) on "
+                         "the same weights at the matching GGUF type, concurrencies up to 8 (logprobs 1 to count "
+                         "its tokens)")
     ap.add_argument("--build", default="build/batched")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/loadgen.json")
     a = ap.parse_args()
-    quant, dtype, _, _, act = compare.PRECISIONS[a.precision]
-    art = Path(a.build) / f"{a.preset}-{a.precision}-serve.host"
-    if not (art / "manifest.json").exists():
-        t = time.perf_counter()
-        compile_model(load_source(a.preset, seed=a.seed), art, max_batch=16, quant=quant, dtype=dtype, act_quant=act,
-                      max_context=CONTEXT)
-        print(f"compiled {a.preset} {a.precision} in {time.perf_counter() - t:.0f} s", flush=True)
+    art = serve_artifact(a.build, a.preset, a.precision, a.seed)
     scen = [x for x in a.scenarios.split(",") if x]
     res: dict = {"preset": a.preset, "precision": a.precision, "cpu": compare.cpu_info(), "command": " ".join(sys.argv)}
     out = Path(a.out)

@@ -83,8 +83,7 @@ def chat(srv, clients: int, turns: int, seed: int) -> float:
 
 def main() -> int:
     import compare
-    from loadgen import Server
-    from lfmc.compile import compile_model, load_source
+    from loadgen import Server, serve_artifact
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="lfm2-350m")
@@ -94,11 +93,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/prefix-cache.json")
     a = ap.parse_args()
-    quant, dtype, _, _, act = compare.PRECISIONS[a.precision]
-    art = Path(a.build) / f"{a.preset}-{a.precision}-serve.host"
-    if not (art / "manifest.json").exists():
-        compile_model(load_source(a.preset, seed=a.seed), art, max_batch=16, quant=quant, dtype=dtype, act_quant=act,
-                      max_context=2304)
+    art = serve_artifact(a.build, a.preset, a.precision, a.seed)
     res: dict = {"preset": a.preset, "precision": a.precision, "cpu": compare.cpu_info(), "command": " ".join(sys.argv)}
 
     # memory per cached token, in-process

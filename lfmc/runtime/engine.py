@@ -410,11 +410,8 @@ class Engine:
         s = self._seq(seq)
         new = self.new_sequence()
         d = self._seqs[new]
-        for name, spec in self.plan["state"].items():
-            if spec["kind"] == "scratch":
-                continue
-            rows = s.length if len(spec["shape"]) > 1 and spec["shape"][1] == "C" else None
-            self.driver.copy_slot(self.state[name], s.slot, d.slot, rows)
+        for name, grows in self.held_state():
+            self.driver.copy_slot(self.state[name], s.slot, d.slot, s.length if grows else None)
         d.length = s.length
         return new
 
