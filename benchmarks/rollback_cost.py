@@ -1,0 +1,33 @@
+"""What rollback costs (issue 29): a decode step of a tracked sequence (a checkpoint of its conv state after each
+call) against an untracked one, a rollback to a checkpoint, a rollback into the middle of a verify chunk (the
+accepted tokens fed again) and a snapshot, for LFM2-350M W4A8 and f32 artifacts built by batched_decode.py.
+
+    .venv/bin/python benchmarks/rollback_cost.py          # after benchmarks/batched_decode.py built the artifacts
+"""
+import sys, time, statistics
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
+import numpy as np
+from lfmc.runtime.engine import Engine
+for art in ('build/batched/lfm2-350m-q4g32a8-b16.host', 'build/batched/lfm2-350m-f32-b16.host'):
+    e = Engine(art, max_batch=1)
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(3, e.vocab_size, 128).tolist()
+    def run(track):
+        s = e.new_sequence(); e.prefill(s, prompt)
+        if track: e.track(s, 16)
+        tok = 5; ts = []
+        for _ in range(48):
+            t = time.perf_counter(); tok = int(np.argmax(e.decode([s], [tok])[0])); ts.append(time.perf_counter() - t)
+        # a verify-sized chunk then rollbacks
+        r = {}
+        if track:
+            e.prefill(s, [7] * 8)
+            t = time.perf_counter(); e.rollback(s, 8); r["rollback_to_checkpoint"] = time.perf_counter() - t
+            e.prefill(s, [7] * 8)
+            t = time.perf_counter(); e.rollback(s, 5); r["rollback_into_chunk_refeed3"] = time.perf_counter() - t
+            t = time.perf_counter(); e.snapshot(s); r["snapshot"] = time.perf_counter() - t
+        e.release(s)
+        return statistics.median(ts), r
+    for _ in range(2):
+        a, _ = run(False); b, r = run(True)
+    print(art.split('/')[-1], f"decode step {a*1e3:.2f} ms plain, {b*1e3:.2f} ms tracked ({(b/a-1)*100:+.1f}%)", {k: f"{v*1e3:.2f} ms" for k, v in r.items()}, flush=True)
