@@ -3,6 +3,8 @@
 
     .venv/bin/python benchmarks/train_lfm2.py --out build/trained/lfm2-stdlib          # about 20 minutes, 2 cores
     .venv/bin/python benchmarks/train_lfm2.py --out DIR --minutes 5 --layers C,A,C --hidden 256
+    .venv/bin/python benchmarks/train_lfm2.py --out build/trained/lfm2-stdlib-draft --minutes 8 \
+        --hidden 128 --ff 256 --layers C,A,C --heads 2 --kv-heads 1          # the speculative-decoding draft
 
 The corpus: every ``.py`` file of this Python's standard library (``sysconfig``'s stdlib path, without
 site-packages, tests and idlelib), sorted by path; files whose path hashes into the last 5% form the held-out split
@@ -90,9 +92,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     a = ap.parse_args()
     for w in (a.hidden, a.ff):
-        if w % 256:
-            print(f"widths must be multiples of 256 (llama-quantize's K-quants): {w}", file=sys.stderr)
+        if w % 32:
+            print(f"widths must be multiples of 32 (lfmc's quantization groups): {w}", file=sys.stderr)
             return 2
+        if w % 256:
+            print(f"note: width {w} is not a multiple of 256: llama-quantize's K-quants will not apply",
+                  file=sys.stderr)
 
     import numpy as np
     import torch

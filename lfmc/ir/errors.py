@@ -19,6 +19,12 @@ class VerifyError(LfmcError):
     """A structurally invalid IR graph; the message names the node."""
 
 
+class ShapeError(VerifyError, ValueError):
+    """An operator whose attributes or parameter shapes do not fit together (heads vs kv_heads, a weight's
+    width vs the hidden size): raised while a graph is built, so that a config or file describing such a model is
+    refused as bad input (an LfmcError), and still a ValueError for callers that catch that."""
+
+
 class WeightsError(LfmcError):
     """Missing, corrupt or mismatched weights; the message names the file and the parameter."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .errors import ShapeError
 from .graph import Gate, Node
 from .types import TensorType, f32
 
@@ -39,7 +40,7 @@ class OpSchema:
 
 def _want(cond: bool, msg: str) -> None:
     if not cond:
-        raise ValueError(msg)
+        raise ShapeError(msg)
 
 
 def _shape(node: Node, role: str) -> tuple:

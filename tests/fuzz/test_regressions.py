@@ -119,3 +119,26 @@ def test_forged_param_header_entries_are_load_errors(served_artifact, tmp_path, 
     for fn in (lambda: verify_artifact(d), lambda: Engine(d)):
         with pytest.raises(RuntimeLoadError, match=name.replace(".", r"\.")):
             fn()
+
+
+def test_gguf_with_heads_not_a_multiple_of_kv_heads_is_a_gguf_error(tmp_path):
+    """atheris (gguf): head_count_kv 256 beside head_count 2 raised a bare ValueError from the op's shape check
+    while the graph was built."""
+    pytest.importorskip("gguf")
+    from lfmc.frontend.config import graph_from_config
+    from lfmc.frontend.gguf import GgufError, import_gguf
+    from lfmc.ir.errors import ShapeError
+    from lfmc.ir.model import Model
+    from lfmc.ir.weights import random_weights
+    from tests.gguf_files import tiny_gguf, write_gguf
+
+    good = import_gguf(tiny_gguf(tmp_path / "good.gguf", "Q8_0"))
+    cfg = dict(good.provenance["config"])
+    g = graph_from_config(cfg, "tiny")
+    bad = Model(g, random_weights(g, seed=0), {"config": {**cfg, "num_key_value_heads": 256}})
+    path = write_gguf(bad, tmp_path / "bad.gguf", "F32")
+    with pytest.raises(GgufError, match=r"bad\.gguf: the metadata does not describe .*multiple of kv_heads 256"):
+        import_gguf(path)
+    with pytest.raises(ShapeError) as e:                  # the op check itself: an LfmcError and a ValueError
+        graph_from_config({**cfg, "num_key_value_heads": 256}, "tiny")
+    assert isinstance(e.value, LfmcError) and isinstance(e.value, ValueError)
