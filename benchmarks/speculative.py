@@ -21,7 +21,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,37 +28,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
-
-def cost(e, ks: list[int], context: int = 256, reps: int = 7) -> dict:
-    rng = np.random.default_rng(0)
-    s = e.new_sequence()
-    e.prefill(s, rng.integers(3, e.vocab_size, context).tolist())
-    e.track(s, max(ks) + 1)
-    dec: list[float] = []
-    ver: dict[int, list[float]] = {k: [] for k in ks}
-    for _ in range(reps):
-        t = time.perf_counter()
-        e.decode([s], [5])
-        dec.append(time.perf_counter() - t)
-        e.rollback(s, 1)
-        for k in ks:
-            t = time.perf_counter()
-            e.verify(s, [5] * (k + 1))
-            ver[k].append(time.perf_counter() - t)
-            e.rollback(s, k + 1)
-    e.release(s)
-    d = statistics.median(dec)
-    return {"decode_s": d, "verify_s": {k: statistics.median(v) for k, v in ver.items()},
-            "ratio": {k: statistics.median(v) / d for k, v in ver.items()}}
-
-
-def project(c: dict, rates=(0.5, 0.7, 0.8)) -> dict:
-    out = {}
-    for a in rates:
-        best = max(((1 - a ** (k + 1)) / (1 - a) / r, k) for k, r in c["ratio"].items())
-        out[str(a)] = {"speedup": best[0], "k": best[1]}
-    return out
 
 
 def ngram(e, steps: int = 96) -> dict:
@@ -81,6 +49,7 @@ def ngram(e, steps: int = 96) -> dict:
 
 def main() -> int:
     import compare
+    from lfmc.bench import project_speedup, verify_cost
     from lfmc.compile import compile_model, load_source
     from lfmc.runtime import Engine
 
@@ -100,8 +69,9 @@ def main() -> int:
                 compile_model(load_source(preset), art, max_batch=16, quant=quant, dtype=dtype, act_quant=act,
                               max_context=512)
             e = Engine(art, max_batch=1)
-            c = cost(e, ks)
-            row = {"preset": preset, "precision": prec, "cost": c, "projection": project(c), "ngram": ngram(e)}
+            c = verify_cost(e, ks)
+            row = {"preset": preset, "precision": prec, "cost": c, "ngram": ngram(e),
+                   "projection": {str(x): project_speedup(c, x) for x in (0.5, 0.7, 0.8)}}
             res["runs"].append(row)
             print(f"{preset} {prec}: decode {c['decode_s'] * 1e3:.1f} ms; verify of 1+k / decode: " +
                   ", ".join(f"k={k} {r:.2f}" for k, r in c["ratio"].items()), flush=True)

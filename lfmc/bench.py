@@ -74,6 +74,65 @@ def bench_engine(engine, prefill_lens=(128, 512), decode_steps: int = 64, reps: 
     return out
 
 
+def verify_cost(engine, ks: Sequence[int], context: int = 256, reps: int = 7, seed: int = 0) -> dict[str, Any]:
+    """What verifying k drafted tokens costs: ``Engine.verify`` of 1 + k tokens against ``Engine.decode`` of one,
+    in decode steps, at a context of ``context`` (medians of alternating repetitions; each call rolled back)."""
+    rng = np.random.default_rng(seed)
+    context = min(context, engine.max_context - max(ks) - 2)
+    s = engine.new_sequence()
+    engine.prefill(s, rng.integers(3, engine.vocab_size, context).tolist())
+    engine.track(s, max(ks) + 1)
+    dec: list[float] = []
+    ver: dict[int, list[float]] = {k: [] for k in ks}
+    for _ in range(reps):
+        t = time.perf_counter()
+        engine.decode([s], [5])
+        dec.append(time.perf_counter() - t)
+        engine.rollback(s, 1)
+        for k in ks:
+            t = time.perf_counter()
+            engine.verify(s, [5] * (k + 1))
+            ver[k].append(time.perf_counter() - t)
+            engine.rollback(s, k + 1)
+    engine.release(s)
+    d = statistics.median(dec)
+    return {"context": context, "decode_s": d, "verify_s": {str(k): statistics.median(v) for k, v in ver.items()},
+            "ratio": {str(k): statistics.median(v) / d for k, v in ver.items()}}
+
+
+def project_speedup(cost: dict[str, Any], rate: float, draft_step: float = 0.0) -> dict[str, float]:
+    """The speed-up speculative decoding gives at acceptance ``rate`` per drafted token, from measured verify
+    costs (:func:`verify_cost`) and a draft step's cost in target decode steps (0 for n-gram lookup): k drafts
+    yield (1 - a^(k+1)) / (1 - a) tokens for k draft steps and one verify; the best k."""
+    a = min(max(rate, 0.0), 0.999)
+    best = max(((1 - a ** (int(k) + 1)) / (1 - a) / (r + int(k) * draft_step), int(k))
+               for k, r in cost["ratio"].items())
+    return {"speedup": best[0], "k": best[1]}
+
+
+def bench_speculation(engine, prompt: Sequence[int], speculate: Any, steps: int = 64, draft_k: int = 4,
+                      reps: int = 3, temperature: float = 0.0) -> dict[str, Any]:
+    """Speculative decoding end to end against plain decoding on the same prompt, alternating (medians of
+    ``reps``): decode tokens/s of each, the speed-up, and what the drafts did (acceptance, calls, time drafting
+    and verifying). ``speculate``: "ngram" or a draft Engine. Adaptive draft length, as users get it."""
+    plain_ts, spec_ts, stats = [], [], []
+    for i in range(reps + 1):                                       # the first round warms up
+        kw = {"stop": [], "temperature": temperature, "seed": i}
+        p = engine.generate(prompt, steps, **kw)
+        q = engine.generate(prompt, steps, speculate=speculate, draft_k=draft_k, **kw)
+        if i:
+            plain_ts.append(p.decode_tokens_per_s)
+            spec_ts.append(q.decode_tokens_per_s)
+            stats.append(dict(engine.last_speculation))
+    tot = {k: sum(st[k] for st in stats) for k in stats[0]}
+    return {"plain_tok_s": statistics.median(plain_ts), "speculative_tok_s": statistics.median(spec_ts),
+            "speedup": statistics.median(spec_ts) / statistics.median(plain_ts),
+            "acceptance": tot["accepted"] / tot["drafted"] if tot["drafted"] else 0.0,
+            "tokens_per_verify": (tot["accepted"] + tot["verify_calls"]) / tot["verify_calls"]
+            if tot["verify_calls"] else 0.0, "totals": tot, "steps": steps, "draft_k": draft_k,
+            "temperature": temperature}
+
+
 def profile_engine(engine, entry: str = "decode", n: int = 1, reps: int = 7) -> dict[str, Any]:
     """Where one ``entry`` call of ``n`` rows spends its time, kernel by kernel (each launch timed on its own,
     medians of ``reps``; the sum is a little above an untimed step's). Dense matmuls (kernels ``k_mm_*``, which

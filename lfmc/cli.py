@@ -473,13 +473,28 @@ def cmd_serve(a: argparse.Namespace) -> int:
     if a.prefix_cache_bytes < 0:
         raise LfmcError(f"--prefix-cache-bytes {a.prefix_cache_bytes}: a size in bytes, or 0 for no cache")
     eng = Engine(a.artifact, device=a.device, max_batch=a.max_batch)
+    spec = _speculation(a, eng, max_batch=eng.max_batch)    # a draft holds a sequence per speculating request
     name = a.model_name or eng.manifest["model"]["name"]
     print(f"lfmc serve: {a.artifact} as model {name!r} on http://{a.host}:{a.port}/v1 (completions, chat/completions, "
           f"models; /health, /metrics); up to {eng.max_batch} sequences per decode step, {a.max_queue} waiting"
           f"{'; API key required' if key else ''}; Ctrl-C stops", flush=True)
     serve(eng, a.host, a.port, name, a.max_queue, a.log_level, local_images=a.allow_local_images, api_key=key,
-          prefill_budget=a.prefill_budget, prefix_cache_bytes=a.prefix_cache_bytes)
+          prefill_budget=a.prefill_budget, prefix_cache_bytes=a.prefix_cache_bytes, **spec)
     return 0
+
+
+def _speculation(a: argparse.Namespace, eng, max_batch: int | None = None) -> dict:
+    """``Engine.generate``'s speculation arguments from --speculate / --draft / --draft-k (a draft artifact is
+    loaded on the target's driver and checked against its tokenizer at the first use)."""
+    from .runtime import Engine
+
+    if a.speculate and a.draft:
+        raise LfmcError("give one of --speculate ngram or --draft ART, not both")
+    if a.draft:
+        if not Path(a.draft).is_dir():
+            raise LfmcError(f"--draft {a.draft}: no such artifact directory")
+        return {"speculate": Engine(a.draft, device=eng.driver.name, max_batch=max_batch), "draft_k": a.draft_k}
+    return {"speculate": a.speculate, "draft_k": a.draft_k} if a.speculate else {}
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -491,7 +506,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     prompt = a.prompt if a.prompt is not None else [int(t) for t in a.tokens.replace(",", " ").split()]
     stop = [] if a.ignore_eos else None
     images = [Path(p).read_bytes() if Path(p).is_file() else _no_image(p) for p in a.image or []]
-    spec = {"speculate": a.speculate, "draft_k": a.draft_k} if a.speculate else {}
+    spec = _speculation(a, eng)
     if a.json:
         r = eng.generate(prompt, a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.seed, stop, images=images,
                          **spec)
@@ -541,6 +556,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     lens = tuple(int(x) for x in a.prefill.split(","))
     ctxs = tuple(int(x) for x in a.contexts.split(",")) if a.plot else ()
     need = max([max(lens) + 1, a.decode_steps + 17] + [c + a.decode_steps + 2 for c in ctxs])
+    if a.speculate or a.draft:                 # the speculation prompt (at most a token per character), decode, drafts
+        need = max(need, max(88, len(a.spec_prompt or "") + 2) + a.decode_steps + a.draft_k + 2)
     if ctxs:
         from .runtime.artifact import load_manifest
 
@@ -565,6 +582,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
                             "per step (compile with --max-batch)")
         res["profile"] = profile_engine(eng, "decode", a.profile_batch)
         res["profile_prefill"] = profile_engine(eng, "prefill", min(max(lens), eng.prefill_chunk), reps=3)
+    if a.speculate or a.draft:
+        res["speculation"] = _bench_speculation(a, eng)
     if a.baseline == "torch":
         res["torch"] = run_torch_baseline(eng.manifest, prefill_lens=lens, decode_steps=a.decode_steps,
                                           reps=a.reps)
@@ -591,7 +610,51 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
         print(format_profile(res["profile"]))
         print(format_profile(res["profile_prefill"]))
+    if "speculation" in res:
+        sp = res["speculation"]
+        c, m = sp["cost"], sp["measured"]
+        print(f"speculation ({sp['drafter']}, prompt: {sp['prompt']}): verify of 1+k tokens in decode steps "
+              f"(context {c['context']}): " + ", ".join(f"k={k} {r:.2f}" for k, r in c["ratio"].items()))
+        if sp.get("draft_step") is not None:
+            print(f"  a draft step costs {sp['draft_step']:.2f} target decode steps")
+        print(f"  measured: {m['speculative_tok_s']:.1f} vs {m['plain_tok_s']:.1f} tokens/s plain "
+              f"({m['speedup']:.2f}x); {m['acceptance']:.0%} of {m['totals']['drafted']} drafted tokens accepted, "
+              f"{m['tokens_per_verify']:.2f} tokens per verify, {m['totals']['decode_calls']} plain steps")
+        print("  projected at acceptance " + ", ".join(f"{a_}: {p['speedup']:.2f}x (k={p['k']})"
+                                                       for a_, p in sp["projected"].items()))
     return 0
+
+
+def _bench_speculation(a: argparse.Namespace, eng) -> dict:
+    """lfmc bench --speculate / --draft: verify cost, speculative vs plain decoding on one prompt (measured,
+    alternating) and the speed-up projected from the verify cost at the measured and at typical acceptances."""
+    import numpy as np
+
+    from .bench import bench_speculation, verify_cost, project_speedup
+
+    spec = _speculation(a, eng)
+    if a.spec_prompt is not None:
+        prompt, what = eng.encode(a.spec_prompt), f"{a.spec_prompt[:40]!r}"
+    else:                                          # an input-copying prompt: a passage, then its beginning again
+        rng = np.random.default_rng(1)
+        passage = rng.integers(3, eng.vocab_size, 64).tolist()
+        prompt, what = passage + rng.integers(3, eng.vocab_size, 8).tolist() + passage[:16], \
+            "a random 64-token passage, then its first 16 tokens again"
+    steps = min(a.decode_steps, eng.max_context - len(prompt) - 1)
+    if steps < 2:
+        raise LfmcError(f"the speculation prompt ({len(prompt)} tokens) leaves no room to decode in the context "
+                        f"of {eng.max_context}")
+    ks = sorted({1, 2, 3, 4, a.draft_k} & set(range(1, eng.prefill_chunk)))
+    cost = verify_cost(eng, ks, reps=max(3, a.reps))
+    draft = spec["speculate"]
+    step = None
+    if not isinstance(draft, str):                 # a draft model: its decode step in target steps
+        step = verify_cost(draft, [1], reps=max(3, a.reps))["decode_s"] / cost["decode_s"]
+    m = bench_speculation(eng, prompt, draft, steps, a.draft_k, a.reps)
+    rates = {"measured": m["acceptance"], "0.5": 0.5, "0.7": 0.7, "0.8": 0.8}
+    return {"drafter": "ngram" if isinstance(draft, str) else f"draft {a.draft}", "prompt": what, "cost": cost,
+            "draft_step": step, "measured": m,
+            "projected": {k: project_speedup(cost, r, step or 0.0) for k, r in rates.items()}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -773,8 +836,11 @@ def _parser_run(sub) -> None:
     p.add_argument("--speculate", choices=["ngram"], default=None,
                    help="speculative decoding: ngram = drafts looked up in the prompt and output so far, verified "
                         "in one call (same tokens as without at temperature 0, same distribution with sampling)")
-    p.add_argument("--draft-k", type=int, default=4, help="--speculate: most tokens drafted per step (default 4; "
-                   "adapts to what is accepted, and drafting pauses while it does not pay)")
+    p.add_argument("--draft", metavar="ART", default=None,
+                   help="speculative decoding with drafts sampled from this (smaller) artifact, which must share "
+                        "the model's tokenizer")
+    p.add_argument("--draft-k", type=int, default=4, help="--speculate / --draft: most tokens drafted per step "
+                   "(default 4; adapts to what is accepted, and drafting pauses while it does not pay)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default=None, choices=driver_names(),
                    help="runtime driver (default: the one the artifact was compiled for)")
@@ -812,6 +878,13 @@ def _parser_serve(sub) -> None:
                         "(default): as many as take about 1.5x the step's decode time at the measured prefill rate "
                         "(at least 16), so steps with prefill take about 2.5x plain ones. Smaller: steadier streams, "
                         "slower first tokens")
+    p.add_argument("--speculate", choices=["ngram"], default=None,
+                   help="speculative decoding with n-gram (prompt-lookup) drafts, per request inside the batch; "
+                        "each request's draft length adapts and drafting switches itself off where it does not pay "
+                        "(a full batch)")
+    p.add_argument("--draft", metavar="ART", default=None,
+                   help="speculative decoding with drafts from this smaller artifact (same tokenizer)")
+    p.add_argument("--draft-k", type=int, default=4, help="--speculate / --draft: most tokens drafted per step")
     p.add_argument("--prefix-cache-bytes", type=int, default=1 << 30, metavar="BYTES",
                    help="host memory for the prefix cache: requests resume from the longest cached prefix of their "
                         "prompt (states stored every 64 prompt tokens and at each request's end; least recently "
@@ -849,6 +922,13 @@ def _parser_bench(sub) -> None:
     p.add_argument("--contexts", default="128,512,2048", help="context lengths for --plot (default 128,512,2048)")
     p.add_argument("--profile", action="store_true", help="also time one decode step and one prefill chunk kernel "
                    "by kernel, with the rate each dense matmul reads its weights at (GB/s) and computes at (GFLOP/s)")
+    p.add_argument("--speculate", choices=["ngram"], default=None,
+                   help="also measure speculative decoding with n-gram drafts: the cost of verifying k tokens "
+                        "against a decode step, speculative vs plain tokens/s on one prompt, the speed-up projected")
+    p.add_argument("--draft", metavar="ART", default=None, help="as --speculate, with drafts from this artifact")
+    p.add_argument("--draft-k", type=int, default=4, help="--speculate / --draft: most tokens drafted per step")
+    p.add_argument("--spec-prompt", metavar="TEXT", default=None,
+                   help="--speculate / --draft: the prompt (default: an input-copying prompt of random tokens)")
     p.add_argument("--profile-batch", type=int, default=1, metavar="N",
                    help="--profile's decode step: of N sequences (default 1; up to the artifact's max batch)")
     p.set_defaults(fn=cmd_bench)

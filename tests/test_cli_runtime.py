@@ -129,3 +129,26 @@ def test_run_speculate_gives_the_plain_tokens(served_artifact, capsys):
     spec = json.loads(capsys.readouterr().out)
     assert spec["tokens"] == plain["tokens"] and spec["speculation"]["verify_calls"] + \
         spec["speculation"]["decode_calls"] >= 1
+    assert main(args + ["--draft", str(served_artifact), "--draft-k", "3"]) == 0   # the model drafting for itself
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["tokens"] == plain["tokens"] and spec["speculation"]["accepted"] == spec["speculation"]["drafted"] > 0
+    assert main(args + ["--draft", str(served_artifact), "--speculate", "ngram"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(args + ["--draft", "/no/such/draft"]) == 2
+    assert "--draft /no/such/draft: no such artifact directory" in capsys.readouterr().err
+
+
+def test_bench_speculation(served_artifact, capsys):
+    """lfmc bench --speculate / --draft: verify costs for each k, speculative against plain decoding, acceptance
+    and projections; the model drafting for itself accepts every draft."""
+    base = ["bench", str(served_artifact), "--prefill", "8", "--decode-steps", "12", "--reps", "1", "--json"]
+    capsys.readouterr()
+    assert main(base + ["--draft", str(served_artifact), "--draft-k", "3", "--spec-prompt", "abcabcabc"]) == 0
+    sp = json.loads(capsys.readouterr().out)["speculation"]
+    assert sorted(sp["cost"]["ratio"]) == ["1", "2", "3", "4"] and all(r > 0 for r in sp["cost"]["ratio"].values())
+    m = sp["measured"]
+    assert m["acceptance"] == 1.0 and m["totals"]["drafted"] > 0 and m["plain_tok_s"] > 0 and sp["draft_step"] > 0
+    assert 0 < sp["projected"]["0.5"]["speedup"] < sp["projected"]["0.8"]["speedup"]
+    assert main(base[:-1] + ["--speculate", "ngram"]) == 0
+    out = capsys.readouterr().out
+    assert "speculation (ngram, prompt: a random 64-token passage" in out and "projected at acceptance" in out

@@ -17,6 +17,13 @@ Sampling per request: logit bias, presence / frequency / repetition penalties, a
 the engine decodes), then temperature / top-k / top-p; log-probabilities are of the model's own
 distribution (log-softmax of the engine's logits). ``n`` > 1: sibling requests (``forks``) share the first
 request's prefill through :meth:`Engine.fork`.
+
+Speculative decoding (``speculate="ngram"`` or a draft Engine): a generating request with plain sampling (no
+grammar, bias or penalties) may, instead of taking a row of the batched decode, verify its drafts in one call of
+its own (:meth:`Engine.verify`) and emit every accepted token at once; requests of one step accept different
+counts, and the rest decode together as usual. Each request's draft length adapts (``SpecControl``), weighing
+its tokens per second of drafting + verifying against the batch's aggregate rate per decode step: with one or two
+sequences it can pay, with a full batch (where a row costs a fraction of a step) it switches itself off.
 """
 from __future__ import annotations
 
@@ -29,9 +36,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .drafting import Drafter, ModelDrafter, NgramDrafter, SpecControl, check_draft
 from .engine import Engine
 from .errors import EngineError
-from .sampling import log_softmax, penalize, sample, token_logprob, top_logprobs
+from .sampling import accept_drafts, log_softmax, penalize, probs, sample, token_logprob, top_logprobs
 
 Event = tuple  # ("token", id, logprobs | None) | ("done", reason) | ("error", message)
 
@@ -77,6 +85,8 @@ class Request:
     first_token_at: float = 0.0
     last_token_at: float = 0.0
     image_rows: Any = None
+    drafter: Drafter | None = None      # speculative decoding: this request's drafter and draft-length control
+    spec: SpecControl | None = None
 
     def cancel(self) -> None:
         """Ask the worker to end this request at its next step (safe from any thread)."""
@@ -90,6 +100,7 @@ class Observer:
     def next_token(self, seconds: float) -> None: ...
     def step(self, decode_rows: int, prefill_tokens: int, seconds: float) -> None: ...
     def finished(self, reason: str, prompt_tokens: int, generated: int) -> None: ...
+    def speculated(self, drafted: int, accepted: int, emitted: int) -> None: ...
 
 
 PREFILL_SHARE = 1.5     # "auto" budget: prefill time per step, as a multiple of the step's decode time
@@ -100,13 +111,28 @@ class Batcher:
     """Serve many :class:`Request` objects through ``engine`` with one worker thread."""
 
     def __init__(self, engine: Engine, max_queue: int = 64, prefill_budget: int | str | None = "auto",
-                 observer: Observer | None = None, prefix_cache: Any = None):
+                 observer: Observer | None = None, prefix_cache: Any = None,
+                 speculate: str | Engine | None = None, draft_k: int = 4, adaptive: bool = True):
         """``prefill_budget``: prompt tokens prefilled per step while other requests generate: a number, or
         ``"auto"`` / None (the default: sized from the measured decode step and prefill rate, see the module
         docstring); with nothing generating, a prompt is read whole. ``prefix_cache``: a
         :class:`lfmc.runtime.prefix_cache.PrefixCache` of ``engine``: requests resume from the longest cached
-        prefix of their prompt, and their states are stored at every block of the prompt and at their end."""
+        prefix of their prompt, and their states are stored at every block of the prompt and at their end.
+        ``speculate``: "ngram" or a draft :class:`Engine` sharing ``engine``'s tokenizer (checked here), with up to
+        ``draft_k`` tokens drafted per request and step (see the module docstring); ``adaptive=False``: always
+        ``draft_k``, whether it pays or not."""
         self.engine = engine
+        self.speculate, self.draft_k, self.adaptive = speculate, int(draft_k), adaptive
+        if speculate is not None:
+            if not engine.state_ops:
+                raise EngineError(f"speculative decoding needs rollback, which the {engine.driver.name} driver "
+                                  "does not give")
+            if not 1 <= self.draft_k < engine.prefill_chunk:
+                raise EngineError(f"draft_k must lie in [1, {engine.prefill_chunk - 1}] (the prefill chunk less one)")
+            if isinstance(speculate, Engine):
+                check_draft(engine, speculate)
+            elif speculate != "ngram":
+                raise EngineError(f"unknown speculation {speculate!r} (known: 'ngram', or a draft Engine)")
         self.prefix_cache = prefix_cache
         self.max_queue = int(max_queue)
         if prefill_budget is None or prefill_budget == "auto":
@@ -126,7 +152,8 @@ class Batcher:
         self._stop = False
         self._ids = itertools.count(1)
         self.stats = {"steps": 0, "decode_rows": 0, "completed": 0, "cancelled": 0, "rejected": 0, "errors": 0,
-                      "prefill_tokens": 0, "prefill_calls": 0, "mixed_steps": 0}
+                      "prefill_tokens": 0, "prefill_calls": 0, "mixed_steps": 0, "verify_calls": 0, "drafted": 0,
+                      "accepted": 0}
         self._thread = threading.Thread(target=self._loop, name="lfmc-batcher", daemon=True)
         self._thread.start()
 
@@ -180,12 +207,17 @@ class Batcher:
     # ------------------------------------------------------------------ worker
     def _finish(self, r: Request, reason: str) -> None:
         if r.seq is not None and self.prefix_cache is not None and reason != "error":
-            # the state holds the prompt and every generated token but the last (sampled, not fed yet)
+            # the state holds the prompt and every generated token but the last (sampled, not fed yet); not so
+            # when a stop came among accepted drafts (the state holds drafts past it): nothing stored then
             fed = r.prompt[:r.prefilled] + (r.output[:-1] if r.prefilled == len(r.prompt) else [])
             try:
-                self.prefix_cache.store(r.seq, fed)
+                if self.engine.length(r.seq) == len(fed):
+                    self.prefix_cache.store(r.seq, fed)
             except Exception:                              # noqa: BLE001  a cache failure never fails a request
                 pass
+        if r.drafter is not None:
+            r.drafter.close()
+            r.drafter = None
         if r.seq is not None:
             try:
                 self.engine.release(r.seq)
@@ -236,13 +268,17 @@ class Batcher:
         tok = sample(x, r.temperature, r.top_k, r.top_p, r.rng)
         if r.constraint is not None:
             r.constraint.consume(tok)
-        info = None
+        return tok, self._info(r, logits, tok)
+
+    @staticmethod
+    def _info(r: Request, logits: np.ndarray, tok: int) -> Any:
+        """What ``r`` asked to hear about ``tok`` besides its id: its log-probability and the top alternatives."""
         if r.logprobs:
             lp = log_softmax(logits)
-            info = (float(lp[tok]), top_logprobs(lp, r.logprobs))
-        elif r.logprobs is not None:                    # the token's own only: no alternatives to rank
-            info = (token_logprob(logits, tok), [])
-        return tok, info
+            return float(lp[tok]), top_logprobs(lp, r.logprobs)
+        if r.logprobs is not None:                      # the token's own only: no alternatives to rank
+            return token_logprob(logits, tok), []
+        return None
 
     def _next(self, r: Request, logits: np.ndarray) -> None:
         try:
@@ -322,8 +358,63 @@ class Batcher:
             r.forks = []
             for x in group:
                 self._active.append(x)
+                self._start_speculation(x)
                 self._next(x, logits)
         return take
+
+    def _start_speculation(self, r: Request) -> None:
+        """Give ``r`` a drafter if the batcher speculates and its sampling allows (a grammar, a logit bias and
+        penalties change the distribution token by token, which the drafts' verification does not follow)."""
+        if self.speculate is None or r.constraint is not None or r.logit_bias or r.images \
+                or (r.presence_penalty, r.frequency_penalty, r.repetition_penalty) != (0.0, 0.0, 1.0):
+            return
+        self.engine.track(r.seq, self.draft_k + 1)
+        r.drafter = NgramDrafter() if self.speculate == "ngram" else \
+            ModelDrafter(self.speculate, self.engine, self.draft_k, check=False)
+        r.spec = SpecControl(self.draft_k, self.adaptive)
+
+    def _speculate(self, r: Request) -> bool:
+        """One speculative step of ``r``: drafts verified in one call, the accepted ones and the next token
+        emitted, the rest rolled back. False when it drafted nothing (then ``r`` decodes with the batch)."""
+        e, ctl = self.engine, r.spec
+        want = min(ctl.want(), r.max_tokens - r.generated - 1, e.max_context - e.length(r.seq) - 2)
+        if want < 1:
+            return False
+        sp = (r.temperature, r.top_k, r.top_p)
+        t = time.perf_counter()
+        context = r.prompt + r.output
+        try:
+            draft, qs = r.drafter.draft(context, want, sp, r.rng)
+        except EngineError:                                # the draft engine is full: this request decodes plainly
+            r.drafter.close()
+            r.drafter = None
+            return False
+        if not draft:
+            return False
+        rows = e.verify(r.seq, [r.last] + draft)
+        got = accept_drafts([probs(x, *sp) for x in rows], draft, r.rng, qs or None)
+        j = len(got) - 1
+        if j < len(draft):
+            e.rollback(r.seq, len(draft) - j)
+        ctl.verified(time.perf_counter() - t, len(draft), j)
+        self.stats["verify_calls"] += 1
+        self.stats["drafted"] += len(draft)
+        self.stats["accepted"] += j
+        emitted = 0
+        for i, tok in enumerate(got):
+            self._emit(r, tok, self._info(r, rows[i], tok))
+            emitted += 1
+            if r not in self._active:
+                break
+        self.observer.speculated(len(draft), j, emitted)
+        return True
+
+    def _speculate_safely(self, r: Request) -> bool:
+        try:
+            return self._speculate(r)
+        except Exception as e:                             # noqa: BLE001  one request's failure ends it alone
+            self._fail(r, e)
+            return True
 
     @staticmethod
     def _start_masks(constraints: list) -> threading.Thread | None:
@@ -359,7 +450,7 @@ class Batcher:
             for f in r.forks:
                 self._finish(f, "cancelled")
             self._finish(r, "cancelled")
-        live = list(self._active)
+        live = [r for r in self._active if r.drafter is None or not self._speculate_safely(r)]
         if live:
             t1 = time.perf_counter()
             # grammar masks of this step, batched, computed while the engine decodes
@@ -375,6 +466,9 @@ class Batcher:
                     masks.join()
             dt = time.perf_counter() - t1
             self._decode_s = dt if not self._decode_s else 0.7 * self._decode_s + 0.3 * dt
+            for r in self._active:                      # what a speculating request has to beat: a token per
+                if r.spec is not None:                  # row of this step, the batch's aggregate rate
+                    r.spec.decoded(dt / len(live))
             self.stats["steps"] += 1
             self.stats["decode_rows"] += len(live)
             for r, lg in zip(live, logits):

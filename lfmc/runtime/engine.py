@@ -18,6 +18,7 @@ import numpy as np
 from ..plan import STEP_RUNNER, Arg, launches, ring_slots
 from .artifact import check_device, load_manifest
 from .drivers import get_driver
+from .drafting import Drafter, ModelDrafter, NgramDrafter, SpecControl, ngram_draft
 from .errors import EngineError, RuntimeLoadError
 from .params import read_params
 from .sampling import accept_drafts, probs, sample
@@ -39,39 +40,6 @@ class _Seq:
     slot: int
     length: int = 0
     history: _History | None = None
-
-
-class _SpecControl:
-    """How many tokens to draft next, from what speculation measurably gains: tokens per verify call (drafts
-    accepted + 1) per second of verify against plain decode's one token per step (running averages). It drafts
-    fewer when none is accepted and more when all are; when it loses to plain decoding it stops drafting for a
-    while (8 steps, doubling each time) and then tries again. ``adaptive=False``: always ``k_max``."""
-
-    def __init__(self, k_max: int, adaptive: bool = True):
-        self.k_max, self.adaptive, self.k = k_max, adaptive, k_max
-        self.t_decode = self.t_verify = 0.0
-        self.gain, self.verifies, self.off, self.backoff = 1.0, 0, 0, 8
-
-    def want(self) -> int:
-        if not self.adaptive:
-            return self.k_max
-        if not self.t_decode:                       # a plain step first: what drafting has to beat
-            return 0
-        if self.off:
-            self.off -= 1
-            return 0
-        return self.k
-
-    def decoded(self, seconds: float) -> None:
-        self.t_decode = seconds if not self.t_decode else 0.8 * self.t_decode + 0.2 * seconds
-
-    def verified(self, seconds: float, drafted: int, accepted: int) -> None:
-        self.t_verify = seconds if not self.t_verify else 0.7 * self.t_verify + 0.3 * seconds
-        self.gain = 0.7 * self.gain + 0.3 * (accepted + 1) if self.verifies else accepted + 1.0
-        self.verifies += 1
-        self.k = min(self.k_max, self.k + 1) if accepted == drafted else max(1, self.k - 1) if not accepted else self.k
-        if self.adaptive and self.verifies >= 3 and self.gain / self.t_verify < 1.0 / self.t_decode:
-            self.off, self.backoff, self.verifies = self.backoff, min(2 * self.backoff, 256), 0
 
 
 @dataclass(frozen=True)
@@ -760,8 +728,8 @@ class Engine:
     def stream(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                stop: Sequence[int] | None = None, images: Sequence[Any] = (),
-               image_rows: np.ndarray | None = None, prefix_cache: Any = None, speculate: str | None = None,
-               draft_k: int = 4, adaptive: bool = True) -> Iterator[int]:
+               image_rows: np.ndarray | None = None, prefix_cache: Any = None,
+               speculate: str | Engine | None = None, draft_k: int = 4, adaptive: bool = True) -> Iterator[int]:
         """Yield new tokens as they are sampled. ``stop``: token ids that end generation (default: EOS;
         pass ``[]`` to never stop early). ``images``: for a vision-language artifact (:meth:`prepare`);
         ``image_rows``: embeddings already encoded for the image tokens of ``prompt`` (token ids).
@@ -771,8 +739,10 @@ class Engine:
         followed the latest earlier occurrence of the context's last 3, 2 or 1 tokens), verified in one call
         (:meth:`verify`) and the rejected ones rolled back: at temperature 0 the same tokens as plain greedy
         decoding, with sampling the same distribution (speculative sampling); fewer calls when the text repeats
-        itself. The draft length adapts to the measured gain, and drafting pauses while it does not pay
-        (``adaptive=False``: always ``draft_k``). Counts in ``self.last_speculation``."""
+        itself. ``speculate=<Engine>``: drafts sampled from that (smaller) model, which must share this one's
+        tokenizer (:class:`lfmc.runtime.drafting.ModelDrafter`). The draft length adapts to the measured gain
+        (drafting and verifying against plain decode steps), and drafting pauses while it does not pay
+        (``adaptive=False``: always ``draft_k``). Counts and times in ``self.last_speculation``."""
         if images:
             ids, image_rows = self.prepare(prompt, images)
         else:
@@ -783,10 +753,7 @@ class Engine:
             raise EngineError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the max "
                               f"context {self.max_context}")
         stops = set(stop) if stop is not None else ({self.eos_token_id} if self.eos_token_id is not None else set())
-        if speculate not in (None, "ngram"):
-            raise EngineError(f"unknown speculation {speculate!r} (known: ngram)")
-        if speculate and not 1 <= draft_k < self.prefill_chunk:
-            raise EngineError(f"draft_k must lie in [1, {self.prefill_chunk - 1}] (the prefill chunk less one)")
+        drafter = self._drafter(speculate, draft_k)
         rng = np.random.default_rng(seed)
         seq = self.new_sequence()
         cache = prefix_cache if image_rows is None else None
@@ -797,10 +764,10 @@ class Engine:
                 self.restore(snap, seq)
             start = snap.length if snap is not None else 0
             logits = self.prefill(seq, ids[start:]) if image_rows is None else self.prefill(seq, ids, image_rows)
-            if speculate:
+            if drafter is not None:
                 sp = (temperature, top_k, top_p)
-                yield from self._speculate(seq, fed, sample(logits, *sp, rng), max_new_tokens, stops, draft_k, sp,
-                                           rng, adaptive)
+                yield from self._speculate(seq, fed, sample(logits, *sp, rng), max_new_tokens, stops, drafter,
+                                           draft_k, sp, rng, adaptive)
                 return
             for i in range(max_new_tokens):
                 tok = sample(logits, temperature, top_k, top_p, rng)
@@ -810,30 +777,38 @@ class Engine:
                 logits = self.decode([seq], [tok])[0]
                 fed.append(tok)
         finally:
+            if drafter is not None:
+                drafter.close()
             if cache is not None and self.length(seq) == len(fed):
                 cache.store(seq, fed)
             self.release(seq)
 
-    @staticmethod
-    def ngram_draft(context: Sequence[int], k: int, max_n: int = 3) -> list[int]:
-        """Prompt-lookup drafting: the up to ``k`` tokens that followed the latest earlier occurrence of the
-        context's last ``max_n`` (then fewer) tokens; [] when the context never repeated them."""
-        L = len(context)
-        for n in range(min(max_n, L - 1), 0, -1):
-            tail = list(context[L - n:])
-            for i in range(L - n - 1, -1, -1):
-                if list(context[i:i + n]) == tail:
-                    return list(context[i + n:i + n + k])
-        return []
+    ngram_draft = staticmethod(ngram_draft)
 
-    def _speculate(self, seq: int, fed: list[int], tok: int, max_new: int, stops: set[int], k: int,
-                   sp: tuple[float, int, float], rng: np.random.Generator, adaptive: bool = True) -> Iterator[int]:
-        """Decoding with n-gram drafts: ``fed`` are the tokens in ``seq``'s state (kept up to date), ``tok`` the
-        first generated token (not fed yet), ``sp`` the sampling settings (temperature, top-k, top-p): greedy
-        verification at temperature 0, speculative sampling (:func:`lfmc.runtime.sampling.accept_drafts`) else;
-        the draft length from :class:`_SpecControl`."""
-        stats = self.last_speculation = {"verify_calls": 0, "decode_calls": 0, "drafted": 0, "accepted": 0}
-        ctl = _SpecControl(k, adaptive)
+    def _drafter(self, speculate: str | Engine | None, k: int) -> Drafter | None:
+        """The drafter ``speculate`` names (None: no speculation), refusing what cannot draft for this engine."""
+        if speculate is None:
+            return None
+        self._need_state_ops("speculative decoding")
+        if not 1 <= k < self.prefill_chunk:
+            raise EngineError(f"draft_k must lie in [1, {self.prefill_chunk - 1}] (the prefill chunk less one)")
+        if isinstance(speculate, Engine):
+            return ModelDrafter(speculate, self, k)
+        if speculate == "ngram":
+            return NgramDrafter()
+        raise EngineError(f"unknown speculation {speculate!r} (known: 'ngram', or a draft Engine)")
+
+    def _speculate(self, seq: int, fed: list[int], tok: int, max_new: int, stops: set[int], drafter: Drafter,
+                   k: int, sp: tuple[float, int, float], rng: np.random.Generator,
+                   adaptive: bool = True) -> Iterator[int]:
+        """Speculative decoding: ``fed`` are the tokens in ``seq``'s state (kept up to date), ``tok`` the first
+        generated token (not fed yet), ``sp`` the sampling settings (temperature, top-k, top-p): the drafter
+        proposes, :meth:`verify` checks in one call, :func:`lfmc.runtime.sampling.accept_drafts` accepts (greedy
+        at temperature 0, speculative sampling else) and the rejected tail is rolled back; the draft length from
+        :class:`SpecControl`, which weighs drafting + verifying against plain decode steps."""
+        stats = self.last_speculation = {"verify_calls": 0, "decode_calls": 0, "drafted": 0, "accepted": 0,
+                                         "draft_s": 0.0, "verify_s": 0.0, "decode_s": 0.0}
+        ctl = SpecControl(k, adaptive)
         self.track(seq, k + 1)
         count = 0
         while True:
@@ -842,21 +817,26 @@ class Engine:
             if tok in stops or count == max_new:
                 return
             want = min(ctl.want(), max_new - count - 1)
-            draft = self.ngram_draft(fed + [tok], want) if want > 0 else []
             t = time.perf_counter()
+            draft, qs = drafter.draft(fed + [tok], want, sp, rng) if want > 0 else ([], None)
+            t_draft = time.perf_counter()
             if not draft:
                 logits = self.decode([seq], [tok])[0]
-                ctl.decoded(time.perf_counter() - t)
+                ctl.decoded(time.perf_counter() - t_draft)
+                stats["decode_s"] += time.perf_counter() - t_draft
                 fed.append(tok)
                 stats["decode_calls"] += 1
                 tok = sample(logits, *sp, rng)
                 continue
             rows = self.verify(seq, [tok] + draft)
-            got = accept_drafts([probs(r, *sp) for r in rows], draft, rng)
+            got = accept_drafts([probs(r, *sp) for r in rows], draft, rng, qs or None)
             j = len(got) - 1                            # drafts accepted; got[-1] is the next token
             if j < len(draft):
                 self.rollback(seq, len(draft) - j)
-            ctl.verified(time.perf_counter() - t, len(draft), j)
+            t_end = time.perf_counter()
+            ctl.verified(t_end - t, len(draft), j)
+            stats["draft_s"] += t_draft - t
+            stats["verify_s"] += t_end - t_draft
             stats["verify_calls"] += 1
             stats["drafted"] += len(draft)
             stats["accepted"] += j
@@ -872,7 +852,7 @@ class Engine:
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                  stop: Sequence[int] | None = None, images: Sequence[Any] = (),
-                 prefix_cache: Any = None, speculate: str | None = None, draft_k: int = 4,
+                 prefix_cache: Any = None, speculate: str | Engine | None = None, draft_k: int = 4,
                  adaptive: bool = True) -> GenerationResult:
         """Generate up to ``max_new_tokens``; returns tokens, text (with a tokenizer) and timings. ``images``:
         for a vision-language artifact, the images of the prompt's ``<image>`` placeholders (or in front).

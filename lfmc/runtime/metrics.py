@@ -27,6 +27,8 @@ class Metrics(Observer):
         self.prompt = Counter("lfmc_prompt_tokens", "prompt tokens of finished requests", registry=r)
         self.prefilled = Counter("lfmc_prefill_tokens", "prompt tokens prefilled (n > 1 choices share one)",
                                  registry=r)
+        self.drafted = Counter("lfmc_speculative_drafted_tokens", "tokens drafted for verification", registry=r)
+        self.accepted = Counter("lfmc_speculative_accepted_tokens", "drafted tokens the model accepted", registry=r)
         self.requests = Counter("lfmc_requests", "finished requests by reason", ["reason"], registry=r)
         self.steps = Counter("lfmc_steps", "engine steps by kind", ["kind"], registry=r)
         self.ttft = Histogram("lfmc_time_to_first_token_seconds", "submission to first token",
@@ -55,11 +57,19 @@ class Metrics(Observer):
         self.step_time.observe(seconds)
         self.prefilled.inc(prefill_tokens)
         if decode_rows:
-            self.generated.inc(decode_rows)
-            now = time.monotonic()
-            self._recent.append((now, decode_rows))
-            while self._recent and self._recent[0][0] < now - 10.0:
-                self._recent.pop(0)
+            self._count(decode_rows)
+
+    def speculated(self, drafted: int, accepted: int, emitted: int) -> None:
+        self.drafted.inc(drafted)
+        self.accepted.inc(accepted)
+        self._count(emitted)
+
+    def _count(self, tokens: int) -> None:
+        self.generated.inc(tokens)
+        now = time.monotonic()
+        self._recent.append((now, tokens))
+        while self._recent and self._recent[0][0] < now - 10.0:
+            self._recent.pop(0)
 
     def finished(self, reason: str, prompt_tokens: int, generated: int) -> None:
         self.requests.labels(reason).inc()

@@ -37,21 +37,27 @@ def sample(logits: np.ndarray, temperature: float = 0.0, top_k: int = 0, top_p: 
     return int(rng.choice(p.size, p=p))
 
 
-def accept_drafts(ps: list[np.ndarray], draft: list[int], rng: np.random.Generator) -> list[int]:
-    """Speculative sampling with a deterministic drafter (n-gram lookup: the draft distribution is one-hot):
-    ``ps[i]`` is the target's distribution (:func:`probs`) after the context and ``draft[:i]``. Draft ``d`` is
-    accepted with probability ``ps[i][d]``; the first rejected one is replaced by a sample of ``ps[i]`` without
-    ``d`` (renormalized); when all are accepted one more token comes from ``ps[-1]``. The tokens returned are
-    distributed exactly as sampling the target token by token (Leviathan et al. 2023, Chen et al. 2023); at
-    temperature 0 (one-hot ``ps``) this is greedy verification."""
+def accept_drafts(ps: list[np.ndarray], draft: list[int], rng: np.random.Generator,
+                  qs: list[np.ndarray] | None = None) -> list[int]:
+    """Speculative sampling: ``ps[i]`` is the target's distribution (:func:`probs`) after the context and
+    ``draft[:i]``, ``qs[i]`` the drafter's, from which ``draft[i]`` was sampled (None: a deterministic drafter
+    such as n-gram lookup, one-hot distributions). Draft ``d`` is accepted with probability
+    min(1, p(d) / q(d)); the first rejected one is replaced by a sample of max(0, p - q) (renormalized); when all
+    are accepted one more token comes from ``ps[-1]``. The tokens returned are distributed exactly as sampling the
+    target token by token (Leviathan et al. 2023, Chen et al. 2023); at temperature 0 (one-hot ``ps`` and
+    ``qs``) this is greedy verification."""
     out: list[int] = []
     for i, d in enumerate(draft):
         p = ps[i]
-        if p[d] >= 1.0 or rng.random() < p[d]:
+        q = 1.0 if qs is None else float(qs[i][d])
+        if p[d] >= q or rng.random() * q < p[d]:
             out.append(int(d))
             continue
-        r = p.copy()
-        r[d] = 0.0
+        if qs is None:
+            r = p.copy()
+            r[d] = 0.0
+        else:
+            r = np.maximum(p - qs[i], 0.0)
         out.append(int(np.argmax(r)) if r.max() >= r.sum() else int(rng.choice(r.size, p=r / r.sum())))
         return out
     out.append(int(rng.choice(ps[-1].size, p=ps[-1])) if ps[-1].max() < 1.0 else int(np.argmax(ps[-1])))

@@ -84,12 +84,15 @@ class _Mailbox:
 
 def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_body_bytes: int | None = None,
                local_images: str | None = None, api_key: str | None = None, prefill_budget: int | str | None = "auto",
-               prefix_cache_bytes: int = PREFIX_CACHE_BYTES):
+               prefix_cache_bytes: int = PREFIX_CACHE_BYTES, speculate: str | Engine | None = None,
+               draft_k: int = 4):
     """The FastAPI application; the batcher starts with it and stops at shutdown. ``local_images``: a directory
     whose files chat requests may name as images (``file://`` URLs or paths); without it only ``data:`` URLs are
     accepted. Images are never fetched from the network. ``api_key``: required as a bearer token on ``/v1`` and
     ``/metrics``. ``prefill_budget``: prompt tokens prefilled per step beside running decodes (a number, or "auto").
-    ``prefix_cache_bytes``: host memory for the prefix cache (:mod:`lfmc.runtime.prefix_cache`; 0: none)."""
+    ``prefix_cache_bytes``: host memory for the prefix cache (:mod:`lfmc.runtime.prefix_cache`; 0: none).
+    ``speculate`` / ``draft_k``: speculative decoding in the batcher ("ngram" or a draft Engine; see
+    :mod:`lfmc.runtime.batcher`)."""
     if max_body_bytes is None:
         max_body_bytes = MAX_BODY_BYTES_VL if engine.vision is not None else MAX_BODY_BYTES
     import hmac
@@ -103,7 +106,8 @@ def create_app(engine: Engine, model_id: str = "lfmc", max_queue: int = 64, max_
 
     cache = PrefixCache(engine, prefix_cache_bytes) if prefix_cache_bytes > 0 and engine.state_ops else None
     api = _Api(engine, model_id, Batcher(engine, max_queue=max_queue, prefill_budget=prefill_budget,
-                                         observer=metrics, prefix_cache=cache), max_body_bytes)
+                                         observer=metrics, prefix_cache=cache, speculate=speculate,
+                                         draft_k=draft_k), max_body_bytes)
     api.local_images = local_images
     metrics.watch(api.batcher)
     api.batcher.on_step_end = api.mailbox.flush
@@ -696,7 +700,8 @@ def check_bind(host: str, api_key: str | None) -> None:
 
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, model_id: str = "lfmc", max_queue: int = 64,
           log_level: str = "warning", local_images: str | None = None, api_key: str | None = None,
-          prefill_budget: int | str | None = "auto", prefix_cache_bytes: int = PREFIX_CACHE_BYTES) -> None:
+          prefill_budget: int | str | None = "auto", prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
+          speculate: str | Engine | None = None, draft_k: int = 4) -> None:
     """Run the server until interrupted."""
     check_bind(host, api_key)
     # the batcher's worker comes back from each native engine step wanting the GIL while the event loop thread
@@ -708,5 +713,6 @@ def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000, model_id: s
     except ImportError as e:
         raise EngineError(f"lfmc serve needs the serving extra ({e}): pip install 'lfmc[serve]'") from None
     uvicorn.run(create_app(engine, model_id, max_queue, local_images=local_images, api_key=api_key,
-                           prefill_budget=prefill_budget, prefix_cache_bytes=prefix_cache_bytes), host=host, port=port,
+                           prefill_budget=prefill_budget, prefix_cache_bytes=prefix_cache_bytes,
+                           speculate=speculate, draft_k=draft_k), host=host, port=port,
                 log_level=log_level)

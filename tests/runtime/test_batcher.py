@@ -107,3 +107,68 @@ def test_auto_prefill_budget_follows_measured_costs(engine):
     for bad in (0, -3, "lots", 2.5, True):
         with pytest.raises(EngineError, match="prefill_budget"):
             Batcher(engine, prefill_budget=bad)
+
+
+def test_speculative_batches_accept_different_counts_and_equal_plain_greedy(engine, monkeypatch):
+    """Speculation inside continuous batching: drafts are made right (an oracle proposing each request's plain
+    greedy continuation, with one wrong token at a position that differs by request and call), so requests of
+    one step accept different counts, verify in calls of their own and roll back in different places, while the
+    others decode together; every output is still plain greedy's. Then a draft model (the same artifact: all
+    accepted), ngram lookup with adaptive control, and requests whose sampling cannot speculate."""
+    from lfmc.runtime import batcher as batcher_mod
+    from lfmc.runtime import drafting
+
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(0, 256, n).tolist() for n in (3, 9, 17, 5, 12, 2, 8)]
+    plain = {tuple(p): engine.generate(p, 24, stop=[]).tokens for p in prompts}
+    calls = [0]
+
+    def oracle(context, k, max_n=3):
+        for p, out in plain.items():
+            if tuple(context[:len(p)]) == p:
+                d = list(out[len(context) - len(p):][:k])
+                calls[0] += 1
+                if len(d) > 1 and calls[0] % 3:
+                    d[(calls[0] + len(p)) % len(d)] ^= 1
+                return d
+        raise AssertionError("a context of no prompt")
+
+    counts: list[int] = []
+    real = batcher_mod.accept_drafts
+
+    def recording(ps, draft, rng, qs=None):
+        got = real(ps, draft, rng, qs)
+        counts.append(len(got) - 1)
+        return got
+
+    monkeypatch.setattr(drafting, "ngram_draft", oracle)
+    monkeypatch.setattr(batcher_mod, "accept_drafts", recording)
+    b = Batcher(engine, speculate="ngram", draft_k=4, adaptive=False)
+    try:
+        assert generate_all(b, prompts, 24) == [plain[tuple(p)] for p in prompts]
+        st = b.stats
+        assert st["verify_calls"] == len(counts) > 10 and st["accepted"] == sum(counts) > 20
+        assert len(set(counts)) >= 3                       # different requests, different counts accepted
+        assert st["decode_rows"] > 0                       # the plain steps (each request's first) stayed batched
+    finally:
+        b.close()
+    monkeypatch.undo()
+    draft = Engine(engine.root)
+    b = Batcher(engine, speculate=draft, draft_k=3, adaptive=False)
+    try:
+        assert generate_all(b, prompts, 24, stop_ids=frozenset()) == [plain[tuple(p)] for p in prompts]
+        assert b.stats["accepted"] == b.stats["drafted"] > 0
+        # a logit bias or a penalty changes the distribution token by token: those requests decode plainly
+        got = generate_all(b, prompts[:2], 8, logit_bias={5: 100.0})
+        assert got == [[5] * 8, [5] * 8]
+    finally:
+        b.close()
+    for s in [draft.new_sequence() for _ in range(draft.max_batch)]:   # every draft sequence was released
+        draft.release(s)
+    b = Batcher(engine, speculate="ngram")                 # adaptive: random weights, drafting pauses itself
+    try:
+        assert generate_all(b, prompts, 24) == [plain[tuple(p)] for p in prompts]
+    finally:
+        b.close()
+    with pytest.raises(EngineError, match="unknown speculation"):
+        Batcher(engine, speculate="eagle")

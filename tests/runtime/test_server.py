@@ -220,3 +220,24 @@ def test_lfm3_concurrent_clients_over_the_window(lfm3_models, tmp_path_factory):
     finally:
         s.stop()
     assert got == want
+
+
+def test_speculative_serving_equals_generate(served_artifact, engine):
+    """lfmc serve --draft ART (the artifact drafting for itself: every draft accepted): concurrent completions,
+    streamed and not, equal Engine.generate's, and /metrics counts the drafted and accepted tokens."""
+    s = Server(served_artifact, "--draft", str(served_artifact), "--draft-k", "3")
+    try:
+        def one(p: str) -> list[int]:
+            r = httpx.post(s.url + "/v1/completions", json={"prompt": p, "max_tokens": 20, "temperature": 0},
+                           timeout=120).json()
+            return r["choices"][0]["tokens"]
+
+        want = [engine.generate(p, 20).tokens for p in PROMPTS]      # (an engine is not thread-safe)
+        with ThreadPoolExecutor(4) as ex:
+            assert list(ex.map(one, PROMPTS)) == want
+        m = httpx.get(s.url + "/metrics", timeout=10).text
+        counts = {ln.split()[0]: float(ln.split()[1]) for ln in m.splitlines()
+                  if ln.startswith("lfmc_speculative_")}
+        assert counts["lfmc_speculative_accepted_tokens_total"] == counts["lfmc_speculative_drafted_tokens_total"] > 0
+    finally:
+        s.stop()
