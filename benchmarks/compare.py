@@ -87,6 +87,15 @@ def state_read_bytes(art: Path, context: int) -> int:
     return total
 
 
+def write_results(path: str | Path, res: dict) -> Path:
+    """A benchmark's results as JSON at ``path`` (its folder made), announced on stdout."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f"wrote {out}")
+    return out
+
+
 def cpu_info() -> dict:
     from lfmc.targets.host import cpu_info as info
 

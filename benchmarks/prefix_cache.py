@@ -22,7 +22,6 @@ Writes JSON (default benchmarks/results/prefix-cache.json) with the CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -143,10 +142,7 @@ def main() -> int:
     t = res["ttft"]
     print(f"\nTTFT of 50 new tokens after a cached 2,000-token prefix: {t['cached_s']:.3f} s cached vs "
           f"{t['cold_s']:.3f} s cold ({t['speedup']:.1f}x)")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    print(f"wrote {out}")
+    compare.write_results(a.out, res)
     return 0
 
 

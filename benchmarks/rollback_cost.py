@@ -1,6 +1,8 @@
 """What rollback costs (issue 29): a decode step of a tracked sequence (a checkpoint of its conv state after each
 call) against an untracked one, a rollback to a checkpoint, a rollback into the middle of a verify chunk (the
-accepted tokens fed again) and a snapshot, for LFM2-350M W4A8 and f32 artifacts built by batched_decode.py.
+accepted tokens left to be fed again), the next verify of 1 + 3 tokens after each (the refeed rides in its
+chunk) against feeding the accepted tokens at once in a call of their own (what rollback did before), and a
+snapshot, for LFM2-350M W4A8 and f32 artifacts built by batched_decode.py.
 
     .venv/bin/python benchmarks/rollback_cost.py          # after benchmarks/batched_decode.py built the artifacts
 """
@@ -23,8 +25,15 @@ for art in ('build/batched/lfm2-350m-q4g32a8-b16.host', 'build/batched/lfm2-350m
         if track:
             e.prefill(s, [7] * 8)
             t = time.perf_counter(); e.rollback(s, 8); r["rollback_to_checkpoint"] = time.perf_counter() - t
+            t = time.perf_counter(); e.verify(s, [7] * 4); r["next_verify_1+3"] = time.perf_counter() - t
+            e.rollback(s, 4)
             e.prefill(s, [7] * 8)
-            t = time.perf_counter(); e.rollback(s, 5); r["rollback_into_chunk_refeed3"] = time.perf_counter() - t
+            t = time.perf_counter(); e.rollback(s, 5); r["rollback_into_chunk_3_left"] = time.perf_counter() - t
+            t = time.perf_counter(); e.verify(s, [7] * 4); r["next_verify_1+3_with_the_3"] = time.perf_counter() - t
+            e.rollback(s, 7)
+            e.prefill(s, [7] * 8)
+            e.rollback(s, 5)
+            t = time.perf_counter(); e._flushed(s); r["the_3_fed_alone"] = time.perf_counter() - t
             t = time.perf_counter(); e.snapshot(s); r["snapshot"] = time.perf_counter() - t
         e.release(s)
         return statistics.median(ts), r

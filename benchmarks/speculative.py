@@ -18,7 +18,6 @@ Writes JSON (default benchmarks/results/speculative.json) with the CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -49,7 +48,7 @@ def ngram(e, steps: int = 96) -> dict:
 
 def main() -> int:
     import compare
-    from lfmc.bench import project_speedup, verify_cost
+    from lfmc.bench import format_verify_cost, project_speedup, verify_cost
     from lfmc.compile import compile_model, load_source
     from lfmc.runtime import Engine
 
@@ -73,18 +72,14 @@ def main() -> int:
             row = {"preset": preset, "precision": prec, "cost": c, "ngram": ngram(e),
                    "projection": {str(x): project_speedup(c, x) for x in (0.5, 0.7, 0.8)}}
             res["runs"].append(row)
-            print(f"{preset} {prec}: decode {c['decode_s'] * 1e3:.1f} ms; verify of 1+k / decode: " +
-                  ", ".join(f"k={k} {r:.2f}" for k, r in c["ratio"].items()), flush=True)
+            print(f"{preset} {prec}: {format_verify_cost(c)}", flush=True)
             print("  projected speed-up at acceptance " + ", ".join(
                 f"{x}: {p['speedup']:.2f}x (k={p['k']})" for x, p in row["projection"].items()), flush=True)
             n = row["ngram"]
             print(f"  n-gram drafting, input-copying prompt: {n['ngram']:.1f} vs {n['plain']:.1f} tok/s plain "
                   f"({n['speedup']:.2f}x); {n['stats']}", flush=True)
             del e
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    print(f"wrote {out}")
+    compare.write_results(a.out, res)
     return 0
 
 

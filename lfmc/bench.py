@@ -100,6 +100,12 @@ def verify_cost(engine, ks: Sequence[int], context: int = 256, reps: int = 7, se
             "ratio": {str(k): statistics.median(v) / d for k, v in ver.items()}}
 
 
+def format_verify_cost(cost: dict[str, Any]) -> str:
+    """One line: the decode step and each verify's cost in decode steps."""
+    return f"decode {cost['decode_s'] * 1e3:.2f} ms; verify of 1+k in decode steps: " + \
+        ", ".join(f"k={k} {r:.2f}" for k, r in cost["ratio"].items())
+
+
 def project_speedup(cost: dict[str, Any], rate: float, draft_step: float = 0.0) -> dict[str, float]:
     """The speed-up speculative decoding gives at acceptance ``rate`` per drafted token, from measured verify
     costs (:func:`verify_cost`) and a draft step's cost in target decode steps (0 for n-gram lookup): k drafts

@@ -611,10 +611,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
         print(format_profile(res["profile"]))
         print(format_profile(res["profile_prefill"]))
     if "speculation" in res:
+        from .bench import format_verify_cost
+
         sp = res["speculation"]
         c, m = sp["cost"], sp["measured"]
-        print(f"speculation ({sp['drafter']}, prompt: {sp['prompt']}): verify of 1+k tokens in decode steps "
-              f"(context {c['context']}): " + ", ".join(f"k={k} {r:.2f}" for k, r in c["ratio"].items()))
+        print(f"speculation ({sp['drafter']}, prompt: {sp['prompt']}), context {c['context']}: "
+              f"{format_verify_cost(c)}")
         if sp.get("draft_step") is not None:
             print(f"  a draft step costs {sp['draft_step']:.2f} target decode steps")
         print(f"  measured: {m['speculative_tok_s']:.1f} vs {m['plain_tok_s']:.1f} tokens/s plain "

@@ -38,8 +38,9 @@ class _History:
 @dataclass
 class _Seq:
     slot: int
-    length: int = 0
+    length: int = 0                 # tokens in the state (``pending`` not included)
     history: _History | None = None
+    pending: list[int] = field(default_factory=list)    # rolled back to a checkpoint: fed again with the next call
 
 
 @dataclass(frozen=True)
@@ -368,14 +369,14 @@ class Engine:
     def reset(self, seq: int) -> None:
         """Forget what ``seq`` has seen (its conv state and KV cache), keeping its slot."""
         s = self._seq(seq)
-        s.length = 0
+        s.length, s.pending = 0, []
         self._clear_slot(s.slot)
 
     def fork(self, seq: int) -> int:
         """A new sequence holding a copy of ``seq``'s state (its conv windows, recurrences and KV cache up to its
         length): both continue from the same prompt without prefilling it twice (OpenAI's ``n``)."""
         self._need_state_ops("fork")
-        s = self._seq(seq)
+        s = self._flushed(seq)
         new = self.new_sequence()
         d = self._seqs[new]
         for name, grows in self.held_state():
@@ -406,7 +407,7 @@ class Engine:
         ``since``: context-long tensors (KV caches) only from that position on (a prefix cache that holds the
         earlier rows already); such a partial snapshot is not restorable by itself."""
         self._need_state_ops("snapshot")
-        s = self._seq(seq)
+        s = self._flushed(seq)
         if not 0 <= since <= s.length:
             raise EngineError(f"snapshot since {since}: sequence {seq} holds {s.length} tokens")
         return Snapshot(s.length, {k: self.driver.read_slot(self.state[k], s.slot, s.length, since) if grows
@@ -436,7 +437,7 @@ class Engine:
         s = self._seq(new)
         for k in want:
             self.driver.write_slot(self.state[k], s.slot, snap.arrays[k])
-        s.length, s.history = snap.length, None
+        s.length, s.history, s.pending = snap.length, None, []
         return new
 
     def track(self, seq: int, depth: int) -> None:
@@ -444,7 +445,7 @@ class Engine:
         decoding's rejected drafts): its fixed-size states after each call and the tokens fed. Sliding-window
         rings hold window - 1 + prefill chunk keys, so ``depth`` may not exceed the prefill chunk on such models."""
         self._need_state_ops("rollback")
-        s = self._seq(seq)
+        s = self._flushed(seq)
         if depth < 1:
             raise EngineError("track depth must be at least 1")
         if depth > self.prefill_chunk and any("window" in v for v in self.plan["state"].values()):
@@ -473,31 +474,47 @@ class Engine:
         """Take ``seq`` back by ``n`` tokens, as if the last ``n`` had never been fed (it must be tracked,
         :meth:`track`, deep enough). KV caches and rings just forget the positions; conv windows and recurrences
         come back from the newest checkpoint at or before the target, and the tokens between it and the target
-        (a chunk's accepted part) are fed again."""
+        (a chunk's accepted part) are fed again, with the sequence's next call (a verify or prefill takes them
+        in its chunk: speculative decoding's next verify re-reads them at almost no cost; a batched decode feeds
+        them first)."""
         s = self._seq(seq)
         h = s.history
         if h is None:
             raise EngineError(f"sequence {seq} is not tracked: Engine.track(seq, depth) first")
-        target = s.length - int(n)
+        n = int(n)
+        if 0 <= n <= len(s.pending):                      # only tokens not fed yet: nothing to undo in the state
+            del s.pending[len(s.pending) - n:]
+            return
+        n -= len(s.pending)
+        s.pending = []
+        target = s.length - n
         if n < 0 or target < h.checkpoints[0][0]:
             raise EngineError(f"sequence {seq} can go back {s.length - h.checkpoints[0][0]} tokens, not {n}")
         i = max(j for j, (m, _) in enumerate(h.checkpoints) if m <= target)
         at, small = h.checkpoints[i]
         for k, a in small.items():
             self.driver.write_slot(self.state[k], s.slot, a)
-        refeed = h.tokens[at - h.base:target - h.base]
+        s.pending = h.tokens[at - h.base:target - h.base]
         del h.checkpoints[i + 1:]
         del h.tokens[at - h.base:]
         s.length = at
-        if refeed:
-            self.prefill(seq, refeed)
+
+    def _flushed(self, seq: int) -> _Seq:
+        """``seq`` with the tokens a rollback left pending fed, for what reads its state as it is."""
+        s = self._seq(seq)
+        if s.pending:
+            p, s.pending = s.pending, []
+            self.prefill(seq, p)
+        return s
 
     def release(self, seq: int) -> None:
         self._seq(seq)
         del self._seqs[seq]
 
     def length(self, seq: int) -> int:
-        return self._seq(seq).length
+        """Tokens the sequence holds (those a rollback left to be fed again included)."""
+        s = self._seq(seq)
+        return s.length + len(s.pending)
 
     def _check_tokens(self, tokens: Sequence[int]) -> np.ndarray:
         t = np.asarray(tokens, dtype=np.int64).reshape(-1)
@@ -511,6 +528,12 @@ class Engine:
         order."""
         s = self._seq(seq)
         t = self._check_tokens(tokens)
+        if s.pending:                       # tokens a rollback left: fed in front, in the same calls
+            if image_rows is not None:
+                self._flushed(seq)
+            else:
+                t = np.concatenate([np.asarray(s.pending, np.int32), t])
+                s.pending = []
         img_at = self._image_positions(t, image_rows)
         if img_at is not None:
             s.history = None                # image rows cannot be fed again: no rollback across them
@@ -536,24 +559,29 @@ class Engine:
     def verify(self, seq: int, tokens: Sequence[int]) -> np.ndarray:
         """Feed ``tokens`` (at most a prefill chunk) and return the logits after each of them [n, vocab]:
         speculative decoding's check of drafted tokens in one call. A prefill of the chunk, then the decode
-        entry's LM head over the chunk's n final hidden rows (which the prefill leaves in place)."""
+        entry's LM head over the chunk's final hidden rows (which the prefill leaves in place). Tokens a rollback
+        left pending go in front, in the same chunk where they fit."""
         self._need_state_ops("verify")
         t = self._check_tokens(tokens)
         n = t.size
         if not 1 <= n <= self.prefill_chunk:
             raise EngineError(f"verify takes 1 to {self.prefill_chunk} tokens (the prefill chunk), not {n}")
-        head = self._calls.get(("head", n))
+        s = self._seq(seq)
+        if len(s.pending) + n > self.prefill_chunk:
+            self._flushed(seq)
+        m = len(s.pending) + n
+        head = self._calls.get(("head", m))
         if head is None:
-            k, args = self._launches("decode", n)[-1]
+            k, args = self._launches("decode", m)[-1]
             out = Arg.from_json(self.plan["logits"]["decode"])
             if not any(a.kind == "slab" and a.name == out.name for a in args):
                 raise EngineError(f"{self.root}: the decode entry does not end with the LM head: cannot verify")
-            head = self._calls[("head", n)] = [(self._funcs[k], [self._arg(a, n, "decode", 0) for a in args])]
+            head = self._calls[("head", m)] = [(self._funcs[k], [self._arg(a, m, "decode", 0) for a in args])]
         self.prefill(seq, t)
         for f, args in head:
             f(*args)
         self.driver.sync()
-        return self._logits("decode", n)[:n]
+        return self._logits("decode", m)[m - n:m]
 
     # ------------------------------------------------------------------------------------------- images
     @property
@@ -697,6 +725,11 @@ class Engine:
             ss = [self._seqs[q] for q in seqs]
         except (KeyError, TypeError):
             raise EngineError(f"unknown sequence among {list(seqs)!r}") from None
+        if any(s.pending for s in ss):
+            if n == 1 and len(ss[0].pending) < self.prefill_chunk:     # one sequence: its refeed and the token
+                return self.verify(seqs[0], tokens)[-1:]              # in one call
+            for q in seqs:
+                self._flushed(q)
         slots = np.array([s.slot for s in ss], np.int32)
         pos = np.array([s.length for s in ss], np.int32)
         if n > 1 and np.unique(slots).size != n:

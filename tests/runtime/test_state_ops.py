@@ -123,6 +123,48 @@ def test_rollback_then_redecode_equals_straight_run(name, device, artifacts):
         e.rollback(c, 1)
 
 
+@pytest.mark.parametrize("name,device", [("dense-a", "cpu"), ("hybrid", "cpu"), ("lfm3-b", "cpu"), ("hybrid", "opencl")])
+def test_tokens_a_rollback_leaves_are_fed_with_the_next_call(name, device, artifacts):
+    """A rollback into a chunk's middle feeds the accepted part again with the sequence's next call, whatever it
+    is: a verify or prefill takes it in its chunk, a batched decode feeds it first, a snapshot or fork first;
+    rolling back within those tokens touches no state. Each gives the straight run's logits."""
+    e = Engine(artifacts(name, device))
+    rng = np.random.default_rng(9)
+    prompt = rng.integers(0, vocab(e), 21).tolist()
+    chunk = rng.integers(0, vocab(e), 6).tolist()
+    nxt = rng.integers(0, vocab(e), 3).tolist()
+    ref = e.new_sequence()
+    e.prefill(ref, prompt + chunk[:4])
+    want = [e.decode([ref], [t])[0] for t in nxt]
+    e.release(ref)
+
+    def rolled() -> int:
+        a = e.new_sequence()
+        e.prefill(a, prompt)
+        e.track(a, 8)
+        e.verify(a, chunk)
+        e.rollback(a, 1)                            # all but one accepted ...
+        e.rollback(a, 1)                            # ... then one fewer: back within the pending tokens
+        assert e.length(a) == len(prompt) + 4
+        return a
+
+    a = rolled()
+    for x, w in zip(e.verify(a, nxt), want):         # the pending tokens in the verify's chunk
+        np.testing.assert_allclose(x, w, **TOL)
+    e.release(a)
+    a, b = rolled(), e.new_sequence()
+    e.prefill(b, prompt)
+    got = e.decode([a, b], [nxt[0], nxt[0]])         # a batched decode feeds them first
+    np.testing.assert_allclose(got[0], want[0], **TOL)
+    e.release(b)
+    e.release(a)
+    a = rolled()
+    snap = e.snapshot(a)                             # the state as the sequence's tokens say
+    assert snap.length == len(prompt) + 4
+    c = e.restore(snap)
+    np.testing.assert_allclose(e.decode([c], [nxt[0]])[0], want[0], **TOL)
+
+
 def test_bad_snapshots_and_depths_are_refused(artifacts):
     dense, moe = Engine(artifacts("dense-a", "cpu")), Engine(artifacts("moe-b", "cpu"))
     s = dense.new_sequence()
