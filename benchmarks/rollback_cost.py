@@ -4,13 +4,15 @@ accepted tokens left to be fed again), the next verify of 1 + 3 tokens after eac
 chunk) against feeding the accepted tokens at once in a call of their own (what rollback did before), and a
 snapshot, for LFM2-350M W4A8 and f32 artifacts built by batched_decode.py.
 
-    .venv/bin/python benchmarks/rollback_cost.py          # after benchmarks/batched_decode.py built the artifacts
+    .venv/bin/python benchmarks/rollback_cost.py [BUILD]  # after benchmarks/batched_decode.py (or speculative.py,
+                                                          # speculative_pair.py) built the artifacts in BUILD
 """
 import sys, time, statistics
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
 import numpy as np
 from lfmc.runtime.engine import Engine
-for art in ('build/batched/lfm2-350m-q4g32a8-b16.host', 'build/batched/lfm2-350m-f32-b16.host'):
+build = sys.argv[1] if len(sys.argv) > 1 else 'build/batched'
+for art in (f'{build}/lfm2-350m-q4g32a8-b16.host', f'{build}/lfm2-350m-f32-b16.host'):
     e = Engine(art, max_batch=1)
     rng = np.random.default_rng(0)
     prompt = rng.integers(3, e.vocab_size, 128).tolist()

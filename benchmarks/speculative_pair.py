@@ -16,11 +16,13 @@ users get); n-gram lookup (adaptive). Acceptance: accepted / drafted drafts at f
 (temperature 0.8, top-p 0.95). Costs: ``Engine.verify`` of 1 + k tokens in target decode steps, and a draft
 decode step in target decode steps.
 
-Projection at a shape: k drafts yield (1 - a^(k+1)) / (1 - a) tokens for one verify and k draft steps; with the
-verify cost measured at that shape, the acceptance a of the trained pair, and a draft step costing c target
-steps: c = the draft's share of the bytes a step reads (``--draft-share``, default 0.1: a draft a tenth of the
-target's size, decode at the bandwidth limit), and c = 0 for n-gram lookup at its measured acceptance. The same
-formula with the pair's own measured costs is printed beside its measured speed-up, as a check of the model.
+Projection at a shape, from the verify cost measured there: the pair's fixed-k runs replayed at that shape's
+prices (their tokens over their calls: each verify at the shape's cost for that draft length, each plain step
+one decode step, each draft step c target steps) and, for the draft model, the formula (1 - a^(k+1)) / (1 - a)
+tokens per verify and k draft steps at the pair's greedy acceptance a, at the best k. c = the draft's share of
+the bytes a step reads (``--draft-share``, default 0.1: a draft a tenth of the target's size, decode at the
+bandwidth limit); 0 for n-gram lookup. The formula with the pair's own costs is printed beside its measured
+speed-up, as a check of the model.
 Writes JSON (default benchmarks/results/speculative_pair.json) with the CPU.
 """
 from __future__ import annotations
@@ -89,7 +91,7 @@ def acceptance(t, d, prompts: list[list[int]], steps: int, k: int, **sampling) -
 
 def main() -> int:
     import compare
-    from lfmc.bench import format_verify_cost, project_speedup, verify_cost
+    from lfmc.bench import format_verify_cost, project_speedup, replay_speedup, verify_cost
     from lfmc.compile import compile_model, load_source
     from lfmc.runtime import Engine
 
@@ -135,7 +137,9 @@ def main() -> int:
         a_greedy = acceptance(t, d, prompts, a.steps, a.k)
         a_sampled = acceptance(t, d, prompts, a.steps, a.k, temperature=0.8, top_p=0.95)
         methods = {"plain": {}, f"draft k={a.k}": {"speculate": d, "draft_k": a.k, "adaptive": False},
-                   "draft adaptive": {"speculate": d, "draft_k": 6}, "ngram adaptive": {"speculate": "ngram"}}
+                   "draft adaptive": {"speculate": d, "draft_k": 6},
+                   f"ngram k={a.k}": {"speculate": "ngram", "draft_k": a.k, "adaptive": False},
+                   "ngram adaptive": {"speculate": "ngram"}}
         m = run_methods(t, methods, prompts, a.steps, a.rounds)
         row = {"precision": prec, "verify_cost": c_t, "draft_step": c_d, "acceptance_greedy": a_greedy,
                "acceptance_sampled": a_sampled, "measured": m,
@@ -143,7 +147,8 @@ def main() -> int:
                                / (c_t["ratio"][str(a.k)] + a.k * c_d) if a_greedy < 1 else None,
                                "measured_at_k": m[f"draft k={a.k}"]["speedup"]}}
         res["pair"].append(row)
-        rate0 = rate0 or {"draft": a_greedy, "ngram": m["ngram adaptive"]["acceptance"] or 0.0}
+        rate0 = rate0 or {"draft": a_greedy, "draft_run": m[f"draft k={a.k}"]["totals"],
+                          "ngram_run": m[f"ngram k={a.k}"]["totals"]}
         print(f"pair {prec}: {format_verify_cost(c_t)}; a draft step {c_d:.2f} target steps", flush=True)
         print(f"  acceptance at k={a.k}: greedy {a_greedy:.2f}, sampled (T 0.8, top-p 0.95) {a_sampled:.2f}; "
               f"model predicts {row['model_check']['projected_at_k']:.2f}x at k={a.k}", flush=True)
@@ -161,14 +166,16 @@ def main() -> int:
                           max_context=512)
         e = Engine(art, max_batch=1)
         c = verify_cost(e, ks)
-        proj = {"draft": project_speedup(c, rate0["draft"], a.draft_share),
-                "ngram": project_speedup(c, rate0["ngram"], 0.0)}
+        proj = {"draft_formula": project_speedup(c, rate0["draft"], a.draft_share),
+                "draft_replay": replay_speedup(rate0["draft_run"], c, a.draft_share),
+                "ngram_replay": replay_speedup(rate0["ngram_run"], c, 0.0)}
         res["shapes"].append({"preset": preset, "precision": prec, "verify_cost": c, "draft_share": a.draft_share,
-                              "acceptance": rate0, "projected": proj})
-        print(f"{preset} {prec}: {format_verify_cost(c)}"
-              + f"; projected: draft (a={rate0['draft']:.2f}, c={a.draft_share}) {proj['draft']['speedup']:.2f}x "
-              f"(k={proj['draft']['k']}), ngram (a={rate0['ngram']:.2f}) {proj['ngram']['speedup']:.2f}x "
-              f"(k={proj['ngram']['k']})", flush=True)
+                              "projected": proj})
+        print(f"{preset} {prec}: {format_verify_cost(c)}\n  projected: draft model (acceptance "
+              f"{rate0['draft']:.2f}, a draft step {a.draft_share} of a target step) {proj['draft_replay']:.2f}x "
+              f"replaying the pair's k={a.k} run ({proj['draft_formula']['speedup']:.2f}x by the formula at its "
+              f"best k={proj['draft_formula']['k']}); n-gram {proj['ngram_replay']:.2f}x replaying its k={a.k} run",
+              flush=True)
         del e
     compare.write_results(a.out, res)
     return 0

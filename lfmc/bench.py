@@ -116,6 +116,21 @@ def project_speedup(cost: dict[str, Any], rate: float, draft_step: float = 0.0) 
     return {"speedup": best[0], "k": best[1]}
 
 
+def replay_speedup(totals: dict[str, Any], cost: dict[str, Any], draft_step: float = 0.0) -> float:
+    """The speed-up a measured speculative run (its counts: verify and decode calls, drafted and accepted) would
+    have at another model's costs: its tokens over its calls priced in that model's decode steps (a verify of
+    1 + k at the measured ratio for the nearest k at or above the run's mean draft length, a draft step at
+    ``draft_step``)."""
+    v, d = totals.get("verify_calls", 0), totals.get("decode_calls", 0)
+    tokens = totals.get("accepted", 0) + v + d
+    if not tokens:
+        return 0.0
+    ks = sorted(int(k) for k in cost["ratio"])
+    mean = totals["drafted"] / v if v else 0.0
+    k = next((k for k in ks if k >= mean - 1e-9), ks[-1])
+    return tokens / (d + v * cost["ratio"][str(k)] + totals.get("drafted", 0) * draft_step)
+
+
 def bench_speculation(engine, prompt: Sequence[int], speculate: Any, steps: int = 64, draft_k: int = 4,
                       reps: int = 3, temperature: float = 0.0) -> dict[str, Any]:
     """Speculative decoding end to end against plain decoding on the same prompt, alternating (medians of

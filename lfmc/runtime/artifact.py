@@ -113,10 +113,12 @@ def check_structure(m: dict[str, Any], where: Any = MANIFEST) -> None:
         "eos_token_id"), bool), "model.eos_token_id must be an integer or null")
     need(isinstance(p.get("variants", {}), dict), "plan.variants must be an object")
     rv = p.get("row_variants", {})
-    need(isinstance(rv, dict) and set(rv) <= {"decode"} and all(
+    need(isinstance(rv, dict) and set(rv) <= {"decode", "prefill"} and all(
         isinstance(v, dict) and isinstance(v.get("rows"), int) and not isinstance(v["rows"], bool)
         and 1 <= v["rows"] <= 64 and isinstance(v.get("kernels"), dict) and strmap(v["kernels"])
-        for v in rv.values()), "plan.row_variants must map decode to {rows: 1-64, kernels: {kernel: kernel}}")
+        and type(v.get("max_rows", 1)) is int and 1 <= v.get("max_rows", 1) <= 4096
+        for v in rv.values()), "plan.row_variants must map decode / prefill to {rows: 1-64, [max_rows: rows], "
+         "kernels: {kernel: kernel}}")
     need(isinstance(p.get("topk", 1), int) and p.get("topk", 1) >= 1, "plan.topk must be a positive integer")
     for e in ("prefill", "decode"):
         need(isinstance(p["entries"].get(e), list), f"plan.entries.{e} must be a list of launches")

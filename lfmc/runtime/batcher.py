@@ -28,6 +28,7 @@ sequences it can pay, with a full batch (where a row costs a fraction of a step)
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 import threading
 import time
@@ -123,6 +124,7 @@ class Batcher:
         ``draft_k``, whether it pays or not."""
         self.engine = engine
         self.speculate, self.draft_k, self.adaptive = speculate, int(draft_k), adaptive
+        self._spec_prior: SpecControl | None = None     # the last finished request's control: where the next starts
         if speculate is not None:
             if not engine.state_ops:
                 raise EngineError(f"speculative decoding needs rollback, which the {engine.driver.name} driver "
@@ -218,6 +220,8 @@ class Batcher:
         if r.drafter is not None:
             r.drafter.close()
             r.drafter = None
+        if r.spec is not None:
+            self._spec_prior, r.spec = r.spec, None
         if r.seq is not None:
             try:
                 self.engine.release(r.seq)
@@ -371,7 +375,8 @@ class Batcher:
         self.engine.track(r.seq, self.draft_k + 1)
         r.drafter = NgramDrafter() if self.speculate == "ngram" else \
             ModelDrafter(self.speculate, self.engine, self.draft_k, check=False)
-        r.spec = SpecControl(self.draft_k, self.adaptive)
+        r.spec = copy.copy(self._spec_prior) if self._spec_prior is not None else \
+            SpecControl(self.draft_k, self.adaptive)
 
     def _speculate(self, r: Request) -> bool:
         """One speculative step of ``r``: drafts verified in one call, the accepted ones and the next token

@@ -37,13 +37,18 @@ class Drafter(Protocol):
 
 def ngram_draft(context: Sequence[int], k: int, max_n: int = 3) -> list[int]:
     """Prompt-lookup drafting: the up to ``k`` tokens that followed the latest earlier occurrence of the
-    context's last ``max_n`` (then fewer) tokens; [] when the context never repeated them."""
+    context's last ``max_n`` (then fewer) tokens; [] when the context never repeated them. One vectorized pass
+    per n-gram length (a server runs this for every speculating request each step, over contexts of thousands)."""
     L = len(context)
+    if L < 2 or k < 1:
+        return []
+    a = np.asarray(context, dtype=np.int64)
     for n in range(min(max_n, L - 1), 0, -1):
-        tail = list(context[L - n:])
-        for i in range(L - n - 1, -1, -1):
-            if list(context[i:i + n]) == tail:
-                return list(context[i + n:i + n + k])
+        windows = np.lib.stride_tricks.sliding_window_view(a[:L - 1], n)     # starts 0 .. L - n - 1
+        hits = np.flatnonzero((windows == a[L - n:]).all(axis=1))
+        if hits.size:
+            i = int(hits[-1]) + n
+            return [int(t) for t in a[i:i + k]]
     return []
 
 

@@ -139,6 +139,7 @@ class Engine:
         self._steps: dict[tuple, Any] = {}
         self._logit_args: dict[str, Arg] = {}
         self._calls: dict[tuple, list] = {}
+        self._spec: dict[tuple, SpecControl] = {}       # draft-length control per drafter, kept across generations
         self._views: dict[tuple, Any] = {}
         self._seqs: dict[int, _Seq] = {}
         self._next_id = 0
@@ -150,11 +151,19 @@ class Engine:
         self.params = read_params(self.root / "params.safetensors", self.plan["params"], self.driver.alloc_host)
         self.params = {k: self.driver.to_device(v) for k, v in self.params.items()}
 
-    def _tile(self, entry: str, n: int) -> int:
-        """The row tile of an ``entry`` call of ``n`` rows: a decode step of several sequences takes the plan's
-        taller row variants when it has them (``plan.row_variants``)."""
+    def _variant(self, entry: str, n: int) -> dict | None:
+        """The plan's row variants (``plan.row_variants``) an ``entry`` call of ``n`` rows takes, or None: a decode
+        step of several sequences takes the taller batched tiles, and so does a prefill of up to ``max_rows``
+        rows (a verify of drafts)."""
         rv = self._row_variants.get(entry)
-        return rv["rows"] if rv is not None and n > 1 else self.plan["row_tile"][entry]
+        if rv is None or n < 1:
+            return None
+        return rv if (n > 1 if entry == "decode" else n <= rv.get("max_rows", 0)) else None
+
+    def _tile(self, entry: str, n: int) -> int:
+        """The row tile of an ``entry`` call of ``n`` rows (its row variants' where it takes them)."""
+        rv = self._variant(entry, n)
+        return rv["rows"] if rv is not None else self.plan["row_tile"][entry]
 
     def _rows(self, spec: str | int, n: int, entry: str) -> int:
         if isinstance(spec, int):
@@ -168,7 +177,10 @@ class Engine:
     def _allocate(self) -> None:
         self._max_rows = max(self.prefill_chunk, self.max_batch)
         text = [e for e in self.plan["entries"] if e != "vision"]
-        big = max(self._rows(s, self._max_rows, e) for e in text for s in ("np",))
+        # the most rows a call pads to: the longest call of each entry, and the longest that takes row variants
+        longest = [(e, m) for e in text for m in (self._max_rows, min(self._max_rows, max(
+            self._row_variants.get(e, {}).get("max_rows", 1), self.max_batch if e == "decode" else 1)))]
+        big = max(self._rows("np", m, e) for e, m in longest)
         self.max_patches = int(self.plan["vision"]["max_patches"]) if "vision" in self.plan else 0
 
         def rows(r: str | int, entry: str | None) -> int:       # a use's most rows
@@ -248,8 +260,8 @@ class Engine:
         """(kernel, args) of each launch of ``entry`` for ``n`` rows: a tuned variant replaces a matmul where the
         plan has one for the launch's row-block count (it takes no ``nb``: its shape is fixed)."""
         variants = self.plan.get("variants", {})
-        taller = self._row_variants[entry]["kernels"] if self._tile(entry, n) != self.plan["row_tile"][entry] \
-            else {}
+        rv = self._variant(entry, n)
+        taller = rv["kernels"] if rv is not None else {}
         out = []
         for L in self.launches[entry]:
             k, args = taller.get(L.kernel, L.kernel), L.args
@@ -774,8 +786,10 @@ class Engine:
         decoding, with sampling the same distribution (speculative sampling); fewer calls when the text repeats
         itself. ``speculate=<Engine>``: drafts sampled from that (smaller) model, which must share this one's
         tokenizer (:class:`lfmc.runtime.drafting.ModelDrafter`). The draft length adapts to the measured gain
-        (drafting and verifying against plain decode steps), and drafting pauses while it does not pay
-        (``adaptive=False``: always ``draft_k``). Counts and times in ``self.last_speculation``."""
+        (drafting and verifying against plain decode steps; what it learnt carries over to the next call), and
+        drafting pauses while it does not pay (``adaptive=False``: always ``draft_k``). With sampling the tokens
+        follow the model's distribution either way, but a seed reproduces them only at a fixed draft length
+        (``adaptive=False``). Counts and times in ``self.last_speculation``."""
         if images:
             ids, image_rows = self.prepare(prompt, images)
         else:
@@ -840,8 +854,12 @@ class Engine:
         at temperature 0, speculative sampling else) and the rejected tail is rolled back; the draft length from
         :class:`SpecControl`, which weighs drafting + verifying against plain decode steps."""
         stats = self.last_speculation = {"verify_calls": 0, "decode_calls": 0, "drafted": 0, "accepted": 0,
+                                         "paused_steps": 0,
                                          "draft_s": 0.0, "verify_s": 0.0, "decode_s": 0.0}
-        ctl = SpecControl(k, adaptive)
+        key = ("ngram" if isinstance(drafter, NgramDrafter) else id(getattr(drafter, "e", drafter)), k, adaptive)
+        ctl = self._spec.get(key)
+        if ctl is None:                                # what it learnt (draft length, pauses) carries over
+            ctl = self._spec[key] = SpecControl(k, adaptive)
         self.track(seq, k + 1)
         count = 0
         while True:
@@ -849,11 +867,13 @@ class Engine:
             count += 1
             if tok in stops or count == max_new:
                 return
-            want = min(ctl.want(), max_new - count - 1)
+            w = ctl.want()
+            want = min(w, max_new - count - 1)
             t = time.perf_counter()
             draft, qs = drafter.draft(fed + [tok], want, sp, rng) if want > 0 else ([], None)
             t_draft = time.perf_counter()
             if not draft:
+                stats["paused_steps"] += w == 0
                 logits = self.decode([seq], [tok])[0]
                 ctl.decoded(time.perf_counter() - t_draft)
                 stats["decode_s"] += time.perf_counter() - t_draft

@@ -30,6 +30,7 @@ from ..progress import task
 from . import knobs as KN
 
 SYMBOLIC_DIMS = {"ctx": "C", "ring": "R"}      # IR state dims -> the plan's (lfmc.plan.STATE_DIMS)
+SHORT_PREFILL = 16     # prefill calls of up to this many rows (a verify of drafts) take the batched-decode matmuls
 
 
 @dataclass
@@ -196,6 +197,7 @@ class _Lowering:
     layouts: dict[str, int] = field(default_factory=dict)
     node_name: str = ""
     row_variants: dict[str, str] = field(default_factory=dict)   # decode matmul -> its batch_rows-tall twin
+    short_prefill: dict[str, str] = field(default_factory=dict)  # prefill matmul -> that twin (verify-sized calls)
 
     def __post_init__(self) -> None:
         self.entries: dict[str, list[Launch]] = {e: [] for e in self.entry_names}
@@ -325,9 +327,10 @@ class _Lowering:
             return self.kernel(key, "make_matmul", N=N, K=Kd, knobs=kn, bias=bias is not None, rms_eps=eps,
                                accumulate=accumulate, swiglu=swiglu, quant=quant)
 
+        made: dict[str, str] = {}
         for e in entries:
             kn = self.knobs[e]
-            kname = make(e, kn)
+            kname = made[e] = make(e, kn)
             if e == "decode" and rows == "np" and kn.batch_rows > kn.rows:
                 # the same projection with a taller register tile for decode steps of several sequences: each
                 # weight vector loaded feeds batch_rows rows (a 1-row GEMV reloads it for every row)
@@ -337,6 +340,11 @@ class _Lowering:
             o = self.slab(out[0], rows, N)
             self.launch(e, kname, [self.slab(x[0], rows, Kd), p] + extra + nw + b + ([o] if accumulate else [])
                         + [o, nb], flops_per_row=2 * (2 if swiglu else 1) * N * Kd)
+        if rows == "np" and "prefill" in made and made.get("decode") in self.row_variants:
+            # a prefill of a few rows (speculative decoding's verify) takes the batched-decode twin: parallel
+            # over the output columns, every weight read once for all rows, where the prefill tiles parallelize
+            # over row blocks (one or two for a verify: a core idle) and are shaped for long prompts
+            self.short_prefill[made["prefill"]] = self.row_variants[made["decode"]]
 
     def int8_activations(self, n: Node, entries: tuple[str, ...] = ENTRIES) -> bool:
         """Whether ``n``'s projections take int8 activations (``act_quant``), checked against the target."""
@@ -759,6 +767,9 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, 
     }
     if lw.row_variants:     # decode calls of 2 or more rows take these kernels, rows padded to the taller tile
         plan["row_variants"] = {"decode": {"rows": knobs["decode"].batch_rows, "kernels": lw.row_variants}}
+    if lw.short_prefill:    # ... and so do prefill calls of up to SHORT_PREFILL rows (a verify of drafts)
+        plan["row_variants"]["prefill"] = {"rows": knobs["decode"].batch_rows, "max_rows": SHORT_PREFILL,
+                                           "kernels": lw.short_prefill}
     if vision is not None:
         plan["entries"]["vision"] = [L.to_json() for L in vw.entries["vision"]]
         plan["row_tile"]["vision"] = knobs["prefill"].rows

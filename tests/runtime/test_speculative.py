@@ -36,6 +36,19 @@ def test_ngram_draft():
     assert Engine.ngram_draft([5, 6, 7], 2) == []
     assert Engine.ngram_draft([9, 1, 9], 4) == [1, 9]                # a 1-gram match, to the end
 
+    def plain(context, k, max_n=3):                                   # the definition, position by position
+        for n in range(min(max_n, len(context) - 1), 0, -1):
+            for i in range(len(context) - n - 1, -1, -1):
+                if context[i:i + n] == context[len(context) - n:]:
+                    return context[i + n:i + n + k]
+        return []
+
+    rng = np.random.default_rng(8)
+    for _ in range(2000):                                           # the vectorized search agrees with it
+        c = rng.integers(0, 4, int(rng.integers(0, 30))).tolist()
+        k = int(rng.integers(1, 6))
+        assert Engine.ngram_draft(c, k) == plain(c, k), (c, k)
+
 
 @pytest.mark.parametrize("name", ["dense-a", "moe-b", "hybrid", "lfm3-b"])
 def test_speculative_greedy_equals_plain_greedy(name, artifacts):  # noqa: F811
@@ -77,9 +90,9 @@ def test_draft_model_greedy_equals_plain_greedy(name, draft, artifacts):  # noqa
             assert st["accepted"] == st["drafted"]
     for s in [d.new_sequence() for _ in range(d.max_batch)]:     # the draft let go of its sequences
         d.release(s)
-    sampled = e.generate(prompt, 24, stop=[], temperature=0.9, top_p=0.9, seed=2, speculate=d, draft_k=3)
-    again = e.generate(prompt, 24, stop=[], temperature=0.9, top_p=0.9, seed=2, speculate=d, draft_k=3)
-    assert sampled.tokens == again.tokens and len(sampled.tokens) == 24          # seeded: reproducible
+    kw = dict(stop=[], temperature=0.9, top_p=0.9, seed=2, speculate=d, draft_k=3, adaptive=False)
+    sampled, again = e.generate(prompt, 24, **kw), e.generate(prompt, 24, **kw)
+    assert sampled.tokens == again.tokens and len(sampled.tokens) == 24          # seeded, fixed k: reproducible
 
 
 def test_a_draft_with_another_tokenizer_is_refused(artifacts, tmp_path):  # noqa: F811
