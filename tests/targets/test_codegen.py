@@ -161,6 +161,27 @@ def test_avx512_builds_are_avx512_code_and_refused_without_it(target, built):
             Engine(art)
 
 
+def test_vnni_artifacts_are_refused_by_name_without_vnni(monkeypatch):
+    """An artifact whose int8 kernels use vpdpbusd (the manifest records AVX512-VNNI or AVX-VNNI) is refused on a
+    CPU without it, naming the feature, instead of dying of SIGILL; the x86 profiles say which have it."""
+    import platform
+
+    from lfmc.runtime import RuntimeLoadError
+    from lfmc.runtime.drivers import cpu
+    from lfmc.targets.host import host_knobs, x86_features
+    from lfmc.targets.profiles import get_profile
+
+    base = {"arch": platform.machine(), "mcpu": "sapphirerapids", "avx2": True, "fma": True}
+    monkeypatch.setattr(cpu, "_cpu_flags", lambda: {"avx2", "fma"})
+    for key, flag in (("avx512_vnni", "AVX512_VNNI"), ("avxvnni", "AVX_VNNI")):
+        with pytest.raises(RuntimeLoadError, match=f"CPUs with {flag} .*this CPU lacks it"):
+            cpu.check_artifact({"target": {"features": {**base, key: True}}})
+    cpu.check_artifact({"target": {"features": base}})                 # without: loads
+    spr, v3 = x86_features(get_profile("xeon-sapphirerapids")), x86_features(get_profile("x86-64-v3"))
+    assert spr["avx512_vnni"] and not v3["avx512_vnni"] and not v3["avxvnni"]
+    assert host_knobs("prefill", spr).vnni and not host_knobs("prefill", v3).vnni
+
+
 @pytest.mark.parametrize("target", ["apple-m2:cpu", "apple-m4:cpu"])
 def test_macos_dylibs(target, built):
     if not shutil.which("ld64.lld-22") and not shutil.which("ld64.lld"):

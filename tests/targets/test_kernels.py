@@ -341,3 +341,52 @@ def test_cpu_loop_kernels_call_no_workspace_allocator():
         mod = tvm.IRModule({f.attrs["global_symbol"]: f})
         asm = tvm.compile(mod, target=host_target()).mod.inspect_source("asm")
         assert "TVMBackendAllocWorkspace" not in asm, f.attrs["global_symbol"]
+
+
+def _has_vnni() -> bool:
+    from lfmc.targets.host import cpu_features
+
+    f = cpu_features()
+    return bool(f.get("avx512_vnni") or f.get("avxvnni"))
+
+
+@a8
+@pytest.mark.skipif(not _has_vnni(), reason="the VNNI kernels need AVX512-VNNI or AVX-VNNI to run (their code is "
+                                            "checked by test_int8_kernels_use_their_isas_dot_product)")
+@pytest.mark.parametrize("N,Kd,rms,acc,bias,swiglu", [(60, 96, True, False, True, False), (40, 64, True, True, False, True)])
+@pytest.mark.parametrize("quant", [("q8",), ("q8", 32), ("q4", 32, False), ("q4", 32, True), ("q4", 64, False)])
+@pytest.mark.parametrize("rows,cols", [(4, 3), (1, 8)])
+def test_vnni_matmul_equals_the_avx2_one(N, Kd, rms, acc, bias, swiglu, quant, rows, cols):
+    """The vpdpbusd kernel computes the same integer sums as pmaddubsw + pmaddwd: equal outputs, bit for bit."""
+    from lfmc.targets.lower import pack_weight_a8
+
+    if Kd % (quant[1] if len(quant) > 1 else 32):
+        pytest.skip("weight groups must divide K")
+    il = K.a8_interleave(N, swiglu, K.Knobs(8, 1, 8), quant)
+    x, nw, b, res = r(8, Kd), r(Kd), r(N), r(8, N)
+    codes, scale, zero, _ = _qweights(r(2 * N if swiglu else N, Kd) * 0.1, quant)
+    packed, qargs = pack_weight_a8(codes, scale, zero, quant, swiglu, il)
+    outs = []
+    for vnni in (False, True):
+        kn = K.Knobs(8, rows, cols, idot=True, vnni=vnni)
+        f = build(K.make_matmul_a8("mma8", N, Kd, kn, bias, 1e-5 if rms else None, acc, swiglu, quant, il))
+        ot = tvm.runtime.tensor(res.copy())
+        args = [x, packed] + qargs + ([nw] if rms else []) + ([b] if bias else []) + ([ot] if acc else [])
+        call(f, *(args + [ot, 8 // rows]))
+        outs.append(ot.numpy())
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
+@pytest.mark.parametrize("quant", [("q8",), ("q4", 32, False)])
+def test_int8_kernels_use_their_isas_dot_product(quant):
+    """Each int8-activation kernel family has its instruction in the inner loop: vpdpbusd with VNNI (compiled for
+    a Sapphire Rapids CPU, which need not be this one: only the code is checked), pmaddubsw without."""
+    from lfmc.targets.profiles import get_profile
+
+    spr = get_profile("xeon-sapphirerapids").target()
+    hsw = get_profile("x86-64-v3").target()
+    for vnni, target, want, not_want in ((True, spr, "vpdpbusd", "vpmaddubsw"), (False, hsw, "vpmaddubsw", "vpdpbusd")):
+        kn = K.Knobs(8, 4, 3, idot=True, vnni=vnni)
+        f = K.make_matmul_a8("mma8", 64, 128, kn, False, None, False, False, quant, 1)
+        asm = tvm.compile(tvm.IRModule({"mma8": f}), target=target).mod.inspect_source("asm")
+        assert want in asm and not_want not in asm, (vnni, quant)

@@ -127,7 +127,8 @@ def check_artifact(m: dict[str, Any]) -> None:
     if feats.get("arch") and feats["arch"] != platform.machine():
         raise RuntimeLoadError(f"artifact was compiled for {feats['arch']} CPUs, this is {platform.machine()}")
     flags = _cpu_flags()
-    for want, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("fma", "fma")):
+    for want, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("fma", "fma"), ("avx512_vnni", "avx512_vnni"),
+                       ("avxvnni", "avx_vnni")):
         if feats.get(want) and flags is not None and flag not in flags:
             raise RuntimeLoadError(f"artifact was compiled for CPUs with {flag.upper()} "
                                    f"({feats.get('mcpu')}); this CPU lacks it: recompile here")

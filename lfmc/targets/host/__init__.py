@@ -29,7 +29,8 @@ def cpu_features() -> dict[str, Any]:
         pass
     mcpu = str(tvm.target.codegen.llvm_get_system_cpu())
     return {"arch": platform.machine(), "mcpu": mcpu, "avx2": "avx2" in flags, "fma": "fma" in flags,
-            "avx512": "avx512f" in flags, "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags}
+            "avx512": "avx512f" in flags, "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "avx512_vnni": "avx512_vnni" in flags and "avx512vl" in flags, "avxvnni": "avx_vnni" in flags}
 
 
 def cpu_info() -> dict[str, Any]:
@@ -53,7 +54,8 @@ def host_target():
     return tvm.target.Target({"kind": "llvm", "mcpu": cpu_features()["mcpu"]})
 
 
-_LLVM_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512": "avx512f", "amx": "amx-tile", "avx512_bf16": "avx512bf16"}
+_LLVM_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512": "avx512f", "amx": "amx-tile", "avx512_bf16": "avx512bf16",
+                  "avx512_vnni": "avx512vnni", "avxvnni": "avxvnni"}
 
 
 def x86_features(profile) -> dict[str, Any]:
@@ -87,15 +89,16 @@ def x86_runs_here(profile) -> str:
 def host_knobs(entry: str, feats: dict[str, Any] | None = None) -> Knobs:
     """Schedules for an x86 CPU (``feats``: :func:`x86_features`; default this one): AVX-512 gets 16 lanes;
     decode matmuls are GEMVs (1 row tile, 8 vectors); AVX2 brings the integer dot kernels of int8-activation
-    matmuls."""
+    matmuls (``pmaddubsw`` + ``pmaddwd``), AVX512-VNNI or AVX-VNNI their ``vpdpbusd`` family."""
     feats = feats or cpu_features()
     lanes = 16 if feats["avx512"] else 8
     idot = bool(feats["avx2"]) and feats["arch"] in ("x86_64", "AMD64")
+    vnni = idot and bool(feats.get("avx512_vnni") or feats.get("avxvnni"))
     if entry == "decode":
         # prefetch: 8 KB ahead took 350M W4A8 decode from ~59 to ~65 tok/s (4 KB and 32 KB alike; BENCHMARKS.md)
         # batch_rows: a decode step of several sequences reads each weight vector once per 4 rows, not per row
-        return Knobs(lanes=lanes, rows=1, cols=8, idot=idot, prefetch=8192, batch_rows=4, batch_cols=3)
-    return Knobs(lanes=lanes, rows=4, cols=3, idot=idot)
+        return Knobs(lanes=lanes, rows=1, cols=8, idot=idot, vnni=vnni, prefetch=8192, batch_rows=4, batch_cols=3)
+    return Knobs(lanes=lanes, rows=4, cols=3, idot=idot, vnni=vnni)
 
 
 def build_host(kernels: dict, out_dir, progress=None, target=None) -> dict[str, str]:

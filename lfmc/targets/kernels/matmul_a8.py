@@ -1,4 +1,6 @@
-"""The int8-activation matmul (x86 AVX2 integer dot products) and its packed weight layout."""
+"""The int8-activation matmul (x86 integer dot products) and its packed weight layout. One kernel, two instruction
+families chosen by the target's knobs: AVX2's ``pmaddubsw`` + ``pmaddwd`` (two instructions per 4-input block,
+int16 intermediate sums) and AVX512-VNNI / AVX-VNNI's ``vpdpbusd`` (one, accumulating in int32): the same sums."""
 from __future__ import annotations
 
 import tvm
@@ -14,6 +16,12 @@ def _x86(name: str, dtype: str, *args):
 def _dot4(w_u8, x_i8):
     """pmaddubsw: unsigned 8-bit w times signed 8-bit x, adjacent pairs summed into int16 lanes."""
     return _x86("llvm.x86.avx2.pmadd.ub.sw", "int16x16", w_u8, x_i8)
+
+
+def _dpbusd(acc, w_u8, x_i8):
+    """vpdpbusd: ``acc`` plus, per int32 lane, the sum of 4 adjacent unsigned w times signed x products (the 256-bit
+    form: AVX512-VNNI with AVX512-VL, or AVX-VNNI; LLVM picks the encoding from the target's features)."""
+    return _x86("llvm.x86.avx512.vpdpbusd.256", "int32x8", acc, w_u8, x_i8)
 
 
 def _widen16(v):
@@ -63,6 +71,7 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
     H = 2 (gate, up) with ``swiglu``; N is padded up to 8 * il outputs and K to 32 inputs.
     One ``pmaddubsw`` multiplies a block by four broadcast activations and sums pairs; int4 sums stay in int16 for
     32 inputs (|15 * 127 * 2| * 8 < 2^15), int8 ones go to int32 at once (unsigned |w| times sign-carrying x).
+    With ``knobs.vnni`` one ``vpdpbusd`` does both steps and accumulates in int32 (the same integer sums).
     Per group the int32 sums become float: q4 ``scale * d * (sum - zero * sum(q))``, q8 ``d * sum`` (its channel
     scale after the loop; grouped q8 ``scale * d * sum``)."""
     c = _A8(N, K, knobs, bias, rms_eps, accumulate, swiglu, quant, il)
@@ -133,6 +142,7 @@ class _A8:
         self.eps = float(rms_eps) if self.norm else 0.0
         self.padk, self.padn = K % A8_GROUP != 0, N % 8 != 0
         self.par = knobs.parallel
+        self.vnni = bool(knobs.vnni)
         self.ROW = self.H * il * 32                     # bytes of one packed row (4 inputs, or 8 for int4)
         self.WBYTES = self.NB // il * self.lay["W"][0][1] * self.ROW
         # software prefetch ``knobs.prefetch`` bytes ahead when one call streams whole interleaved rows (decode):
@@ -196,38 +206,45 @@ def _q4_tile_macro(c: _A8):
     32 inputs per ``pmaddubsw`` pair, then per group scale * d * (sum - zero * code sum) as float."""
     R, H, J, il, G, SB, ROW, Kp = c.R, c.H, c.J, c.il, c.G, c.SB, c.ROW, c.Kp
     use_pf = c.pf > 0
+    V, ACC, acc_t = (8, "int32x8", "int32") if c.vnni else (16, "int16x16", "int16")   # the group's sums
 
     def q4group(S, Zp, Xs, Dx, a16, r, h, jj, blk, q, kb, row):
         at = (blk // il, q, h, blk % il, T.ramp(0, 1, 8))
-        s32 = _widen16(a16[r, h, jj, T.ramp(0, 1, 16)])
+        s32 = a16[r, h, jj, T.ramp(0, 1, 8)] if c.vnni else _widen16(a16[r, h, jj, T.ramp(0, 1, 16)])
         if c.asym:
             v = T.Cast("float32x8", s32) - T.Cast("float32x8", Zp[at]) * T.broadcast(T.Cast("float32", Xs[row, kb]), 8)
         else:
             v = T.Cast("float32x8", s32 - T.broadcast(Xs[row, kb] * 8, 8))
         return v * (T.Cast("float32x8", S[at]) * T.broadcast(Dx[row, kb], 8))
 
+    def q4dot(a, lo, xlo, hi, xhi):
+        """The group's running sums plus a block's low-nibble and high-nibble products."""
+        if c.vnni:
+            return _dpbusd(_dpbusd(a, lo, xlo), hi, xhi)
+        return a + _dot4(lo, xlo) + _dot4(hi, xhi)
+
     @T.macro
     def tile(W, Wf, S, Zp, Xq, Dx, Xs, acc, jb, ib):
         for q in T.serial(G):
             for sb in T.serial(SB):
-                a16 = T.decl_buffer((R, H, J, 16), "int16")
+                a16 = T.decl_buffer((R, H, J, V), acc_t)
                 if use_pf:
                     for cc in T.unroll(ROW * 4 // 64):
                         _prefetch(c, Wf, ((jb * (Kp // 8) + (q * SB + sb) * 4) * ROW) + c.pf + cc * 64)
                 for r in T.unroll(R):
                     for h in T.unroll(H):
                         for jj in T.unroll(J):
-                            a16[r, h, jj, T.ramp(0, 1, 16)] = T.broadcast(T.int16(0), 16)
+                            a16[r, h, jj, T.ramp(0, 1, V)] = T.broadcast(T.Cast(acc_t, 0), V)
                 for m in T.unroll(4):
                     for h in T.unroll(H):
                         for jj in T.unroll(J):
                             for r in T.unroll(R):
-                                a16[r, h, jj, T.ramp(0, 1, 16)] = (
-                                    a16[r, h, jj, T.ramp(0, 1, 16)]
-                                    + _dot4(_nib(c, W, jb * J + jj, (q * SB + sb) * 4 + m, h, False),
-                                            _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8))
-                                    + _dot4(_nib(c, W, jb * J + jj, (q * SB + sb) * 4 + m, h, True),
-                                            _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8 + 4)))
+                                a16[r, h, jj, T.ramp(0, 1, V)] = q4dot(
+                                    a16[r, h, jj, T.ramp(0, 1, V)],
+                                    _nib(c, W, jb * J + jj, (q * SB + sb) * 4 + m, h, False),
+                                    _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8),
+                                    _nib(c, W, jb * J + jj, (q * SB + sb) * 4 + m, h, True),
+                                    _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8 + 4))
                 for r in T.unroll(R):
                     for h in T.unroll(H):
                         for jj in T.unroll(J):
@@ -250,10 +267,11 @@ def _q8_tile_macro(c: _A8):
             v = v * T.Cast("float32x8", S[blk // il, kb // SB, h, blk % il, T.ramp(0, 1, 8)])
         return v
 
-    def q8dot(W, Xq, blk, m, h, row, k):
+    def q8dot(a, W, Xq, blk, m, h, row, k):
+        """The group's running int32 sums plus one block's products (|w| unsigned, its sign moved onto x)."""
         v = _wblock(c, W, blk, m, h)
         xs = _x86("llvm.x86.avx2.psign.b", "int8x32", _xquad(Xq, row, k), v)
-        return _widen16(_dot4(T.abs(v), xs))
+        return _dpbusd(a, T.abs(v), xs) if c.vnni else a + _widen16(_dot4(T.abs(v), xs))
 
     @T.macro
     def tile(W, Wf, S, Zp, Xq, Dx, Xs, acc, jb, ib):
@@ -270,8 +288,9 @@ def _q8_tile_macro(c: _A8):
                 for h in T.unroll(H):
                     for jj in T.unroll(J):
                         for r in T.unroll(R):
-                            a32[r, h, jj, T.ramp(0, 1, 8)] = a32[r, h, jj, T.ramp(0, 1, 8)] + q8dot(
-                                W, Xq, jb * J + jj, kb * 8 + m, h, ib * R + r, kb * 32 + m * 4)
+                            a32[r, h, jj, T.ramp(0, 1, 8)] = q8dot(
+                                a32[r, h, jj, T.ramp(0, 1, 8)], W, Xq, jb * J + jj, kb * 8 + m, h, ib * R + r,
+                                kb * 32 + m * 4)
             for r in T.unroll(R):
                 for h in T.unroll(H):
                     for jj in T.unroll(J):
