@@ -30,8 +30,9 @@ def _widen16(v):
 
 
 def _xquad(Xq, i, k):
-    """x[i, k:k+4] (int8) repeated for each of the 8 outputs of a weight block: one broadcast 32-bit load."""
-    return T.reinterpret("int8x32", T.broadcast(T.reinterpret("int32", Xq[i, T.ramp(k, 1, 4)]), 8))
+    """x[i, k:k+4] (int8, or uint8 offset by 128) repeated for each of the 8 outputs of a weight block: one
+    broadcast 32-bit load."""
+    return T.reinterpret(Xq.dtype + "x32", T.broadcast(T.reinterpret("int32", Xq[i, T.ramp(k, 1, 4)]), 8))
 
 
 def a8_layout(N: int, K: int, quant: tuple, swiglu: bool, il: int) -> dict:
@@ -91,7 +92,7 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
         Res = T.match_buffer(res, (nb * R, N), "float32")
         Y = T.match_buffer(y, (nb * R, N), "float32")
         Wf = T.decl_buffer((c.WBYTES,), wdtype, data=W.data)
-        Xq = T.alloc_buffer((nb * R, c.Kp), "int8")
+        Xq = T.alloc_buffer((nb * R, c.Kp), c.xdtype)
         Dx = T.alloc_buffer((nb * R, KB), "float32")
         Xs = T.alloc_buffer((nb * R, KB), "int32")
         Rn = T.alloc_buffer((nb * R,), "float32")
@@ -143,6 +144,11 @@ class _A8:
         self.padk, self.padn = K % A8_GROUP != 0, N % 8 != 0
         self.par = knobs.parallel
         self.vnni = bool(knobs.vnni)
+        # int8 weights with vpdpbusd: the activations are the unsigned operand, stored offset by 128, and each
+        # group's sums corrected by 128 x the weights' sum (one vpdpbusd per block, shared by the tile's rows)
+        # instead of moving every weight's sign onto x (vpsignb per row and block)
+        self.xoff = self.vnni and not self.q4
+        self.xdtype = "uint8" if self.xoff else "int8"
         self.ROW = self.H * il * 32                     # bytes of one packed row (4 inputs, or 8 for int4)
         self.WBYTES = self.NB // il * self.lay["W"][0][1] * self.ROW
         # software prefetch ``knobs.prefetch`` bytes ahead when one call streams whole interleaved rows (decode):
@@ -170,6 +176,13 @@ def _quantize_macro(c: _A8):
     32 (Xq), each group's scale (Dx) and its code sum (Xs)."""
     K, KB, par, norm = c.K, c.KB, c.par, c.norm
 
+    def code(v):
+        """A rounded activation as stored: int8, or uint8 offset by 128."""
+        return T.Cast("uint8", T.Cast("int32", v) + 128) if c.xoff else T.Cast("int8", v)
+
+    def signed(q):
+        return T.Cast("int32", q) - 128 if c.xoff else T.Cast("int32", q)
+
     def xval(X, NW, Rn, i, k):
         v = X[i, k] * NW[k] * Rn[i] if norm else X[i, k]
         return T.if_then_else(k < K, v, T.float32(0)) if c.padk else v
@@ -193,9 +206,9 @@ def _quantize_macro(c: _A8):
             Dx[ig // KB, ig % KB] = am[0] / T.float32(127)
             cs[0] = 0
             for t in T.serial(A8_GROUP):
-                Xq[ig // KB, ig % KB * A8_GROUP + t] = T.Cast("int8", T.nearbyint(
+                Xq[ig // KB, ig % KB * A8_GROUP + t] = code(T.nearbyint(
                     xval(X, NW, Rn, ig // KB, ig % KB * A8_GROUP + t) * am[1]))
-                cs[0] = cs[0] + T.Cast("int32", Xq[ig // KB, ig % KB * A8_GROUP + t])
+                cs[0] = cs[0] + signed(Xq[ig // KB, ig % KB * A8_GROUP + t])
             Xs[ig // KB, ig % KB] = cs[0]
 
     return quantize
@@ -260,16 +273,23 @@ def _q8_tile_macro(c: _A8):
     R, H, J, KB, ROW, Kp, SB, il = c.R, c.H, c.J, c.KB, c.ROW, c.Kp, c.SB, c.il
     use_pf = c.pf > 0
 
-    def scaled(S, Dx, a32, r, h, jj, blk, kb, row):
-        """A group's int32 sums as float: times the activation scale (and the weight group's scale)."""
-        v = T.Cast("float32x8", a32[r, h, jj, T.ramp(0, 1, 8)]) * T.broadcast(Dx[row, kb], 8)
+    def scaled(S, Dx, a32, ws, r, h, jj, blk, kb, row):
+        """A group's int32 sums as float: times the activation scale (and the weight group's scale); offset
+        activations first lose 128 x the weights' sum."""
+        s32 = a32[r, h, jj, T.ramp(0, 1, 8)]
+        if c.xoff:
+            s32 = s32 - ws[h, jj, T.ramp(0, 1, 8)] * T.broadcast(T.int32(128), 8)
+        v = T.Cast("float32x8", s32) * T.broadcast(Dx[row, kb], 8)
         if c.q8g:
             v = v * T.Cast("float32x8", S[blk // il, kb // SB, h, blk % il, T.ramp(0, 1, 8)])
         return v
 
     def q8dot(a, W, Xq, blk, m, h, row, k):
-        """The group's running int32 sums plus one block's products (|w| unsigned, its sign moved onto x)."""
+        """The group's running int32 sums plus one block's products: with VNNI offset x (unsigned) times w
+        (signed); else |w| (unsigned) times x carrying w's sign."""
         v = _wblock(c, W, blk, m, h)
+        if c.xoff:
+            return _dpbusd(a, _xquad(Xq, row, k), v)
         xs = _x86("llvm.x86.avx2.psign.b", "int8x32", _xquad(Xq, row, k), v)
         return _dpbusd(a, T.abs(v), xs) if c.vnni else a + _widen16(_dot4(T.abs(v), xs))
 
@@ -280,13 +300,22 @@ def _q8_tile_macro(c: _A8):
             if use_pf:
                 for cc in T.unroll(ROW * 8 // 64):
                     _prefetch(c, Wf, ((jb * (Kp // 4) + kb * 8) * ROW) + c.pf + cc * 64)
+            ws = T.decl_buffer((H, J, 8), "int32")          # the group's weight sums (offset activations)
             for r in T.unroll(R):
                 for h in T.unroll(H):
                     for jj in T.unroll(J):
                         a32[r, h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.int32(0), 8)
+            if c.xoff:
+                for h in T.unroll(H):
+                    for jj in T.unroll(J):
+                        ws[h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.int32(0), 8)
             for m in T.unroll(8):
                 for h in T.unroll(H):
                     for jj in T.unroll(J):
+                        if c.xoff:
+                            ws[h, jj, T.ramp(0, 1, 8)] = _dpbusd(ws[h, jj, T.ramp(0, 1, 8)],
+                                                                 T.broadcast(T.uint8(1), 32),
+                                                                 _wblock(c, W, jb * J + jj, kb * 8 + m, h))
                         for r in T.unroll(R):
                             a32[r, h, jj, T.ramp(0, 1, 8)] = q8dot(
                                 a32[r, h, jj, T.ramp(0, 1, 8)], W, Xq, jb * J + jj, kb * 8 + m, h, ib * R + r,
@@ -295,7 +324,7 @@ def _q8_tile_macro(c: _A8):
                 for h in T.unroll(H):
                     for jj in T.unroll(J):
                         acc[r, h, jj, T.ramp(0, 1, 8)] = acc[r, h, jj, T.ramp(0, 1, 8)] + scaled(
-                            S, Dx, a32, r, h, jj, jb * J + jj, kb, ib * R + r)
+                            S, Dx, a32, ws, r, h, jj, jb * J + jj, kb, ib * R + r)
 
     return tile
 
