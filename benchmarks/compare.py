@@ -18,7 +18,8 @@ run (two threads streaming a 1 GiB buffer) and gives each precision's decode lim
 token, the weights (the LM head included) plus the state a decode step reads (conv state, each sliding window's
 ring, the full layers' KV cache at the mean context of the decode measurement). Decode efficiency = those bytes
 per step / step time / the bandwidth. Prints a table with every figure as a ratio to llama.cpp and to that limit;
-writes JSON (benchmarks/results/compare.json) with the CPU model and its features.
+writes JSON (benchmarks/results/compare.json) with the CPU model and its features. An artifact already in
+``--build`` is reused only when the current compiler sources compiled it (``compiled``: a stamp of their digest).
 """
 from __future__ import annotations
 
@@ -87,6 +88,30 @@ def state_read_bytes(art: Path, context: int) -> int:
     return total
 
 
+def compiler_digest() -> str:
+    """A digest of lfmc's compiler sources (everything but the runtime): what an artifact in a benchmark's build
+    folder was compiled by."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1] / "lfmc"
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*.py") if "runtime" not in p.relative_to(root).parts):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def compiled(art: Path, build) -> Path:
+    """``art``, compiled by ``build()`` unless it is there already and was compiled by the current compiler
+    sources (a stamp beside its manifest): a benchmark never measures an artifact of older kernels."""
+    stamp = Path(art) / ".lfmc-compiler"
+    digest = compiler_digest()
+    if not ((Path(art) / "manifest.json").exists() and stamp.exists() and stamp.read_text() == digest):
+        build()
+        stamp.write_text(digest)
+    return Path(art)
+
+
 def write_results(path: str | Path, res: dict) -> Path:
     """A benchmark's results as JSON at ``path`` (its folder made), announced on stdout."""
     out = Path(path)
@@ -143,11 +168,13 @@ def main() -> int:
         for preset in a.presets.split(","):
             quant, dtype, tdtype, gtype, act = PRECISIONS[prec]
             art = Path(a.build) / f"{preset}-{prec}.host"
-            if not (art / "manifest.json").exists():
+            def build(preset=preset, art=art, quant=quant, dtype=dtype, act=act, prec=prec) -> None:
                 t = time.perf_counter()
                 compile_model(load_source(preset, seed=a.seed), art, max_batch=1, quant=quant, dtype=dtype,
                               max_context=a.prefill + a.decode_steps + 64, act_quant=act)
                 print(f"compiled {preset} {prec} in {time.perf_counter() - t:.0f} s", flush=True)
+
+            compiled(art, build)
             man = json.loads((art / "manifest.json").read_text())
             sides = {"lfmc": lambda: run_child("lfmc", artifact=str(art), **kw)}
             if not a.no_torch and (a.torch_for is None or prec in a.torch_for.split(",")):
@@ -165,11 +192,10 @@ def main() -> int:
                 if gtype in ("Q8_0", "Q4_0"):
                     # lfmc on the very file llama.cpp runs: its Q8_0 / Q4_0 blocks kept (q8g32 / q4g32)
                     gart = Path(a.build) / f"{preset}-{prec}-gguf.host"
-                    if not (gart / "manifest.json").exists():
-                        from lfmc.frontend.gguf import import_gguf
+                    from lfmc.frontend.gguf import import_gguf
 
-                        compile_model(import_gguf(model), gart, max_batch=1, act_quant=act,
-                                      max_context=a.prefill + a.decode_steps + 64)
+                    compiled(gart, lambda: compile_model(import_gguf(model), gart, max_batch=1, act_quant=act,
+                                                         max_context=a.prefill + a.decode_steps + 64))
                     sides[f"lfmc {gtype} file"] = lambda: run_child("lfmc", artifact=str(gart), **kw)
             runs: dict[str, list] = {k: [] for k in sides}
             for r in range(a.rounds):

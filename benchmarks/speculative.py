@@ -64,9 +64,8 @@ def main() -> int:
         for prec in a.precisions.split(","):
             quant, dtype, _, _, act = compare.PRECISIONS[prec]
             art = Path(a.build) / f"{preset}-{prec}-b16.host"
-            if not (art / "manifest.json").exists():
-                compile_model(load_source(preset), art, max_batch=16, quant=quant, dtype=dtype, act_quant=act,
-                              max_context=512)
+            compare.compiled(art, lambda: compile_model(load_source(preset), art, max_batch=16, quant=quant,
+                                                        dtype=dtype, act_quant=act, max_context=512))
             e = Engine(art, max_batch=1)
             c = verify_cost(e, ks)
             row = {"preset": preset, "precision": prec, "cost": c, "ngram": ngram(e),

@@ -127,9 +127,9 @@ def main() -> int:
         arts = {}
         for name, src in (("target", tdir), ("draft", ddir)):
             arts[name] = Path(a.build) / f"trained-{src.name}-{prec}.host"
-            if not (arts[name] / "manifest.json").exists():
-                compile_model(load_source(str(src)), arts[name], max_batch=4, quant=quant, dtype=dtype,
-                              act_quant=act, max_context=1024)
+            compare.compiled(arts[name], lambda: compile_model(load_source(str(src)), arts[name], max_batch=4,
+                                                               quant=quant, dtype=dtype, act_quant=act,
+                                                               max_context=1024))
         t, d = Engine(arts["target"], max_batch=2), Engine(arts["draft"], max_batch=2)
         prompts = [t.encode(x.decode("utf-8", "replace")) for x in texts]
         c_t = verify_cost(t, ks)
@@ -161,9 +161,8 @@ def main() -> int:
         preset, prec = shape.split(":")
         quant, dtype, _, _, act = compare.PRECISIONS[prec]
         art = Path(a.build) / f"{preset}-{prec}-b16.host"
-        if not (art / "manifest.json").exists():
-            compile_model(load_source(preset), art, max_batch=16, quant=quant, dtype=dtype, act_quant=act,
-                          max_context=512)
+        compare.compiled(art, lambda: compile_model(load_source(preset), art, max_batch=16, quant=quant,
+                                                    dtype=dtype, act_quant=act, max_context=512))
         e = Engine(art, max_batch=1)
         c = verify_cost(e, ks)
         proj = {"draft_formula": project_speedup(c, rate0["draft"], a.draft_share),

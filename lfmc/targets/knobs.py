@@ -19,6 +19,7 @@ class Knobs:
     threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
     idot: bool = False        # x86 AVX2 integer dot products: matmuls with int8 activations (act_quant nodes)
     vnni: bool = False        # ... as vpdpbusd (AVX512-VNNI / AVX-VNNI): one instruction per 4-input block
+    a8_cols: int = 0          # int8-activation matmuls: `cols` of their register tile (0: cols)
     prefetch: int = 0         # int8-activation GEMVs: software prefetch this many bytes ahead (0: none)
     batch_rows: int = 0       # decode: matmul tile rows for steps of 2+ sequences (0: the 1-row GEMVs for all)
     batch_cols: int = 0       # ... and its vectors per row (0: cols)

@@ -321,7 +321,8 @@ class _Lowering:
                    "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
             key += ("1t",) if serial else ()
             if a8:
-                return self.kernel(key + ("a8", il, kn.prefetch) + (("vnni",) if kn.vnni else ()), "make_matmul_a8",
+                return self.kernel(key + ("a8", il, kn.prefetch) + (("vnni",) if kn.vnni else ())
+                                   + ((f"c{kn.a8_cols}",) if kn.a8_cols else ()), "make_matmul_a8",
                                    N=N, K=Kd, knobs=kn,
                                    bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu,
                                    quant=quant, il=il)

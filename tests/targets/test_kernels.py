@@ -355,7 +355,7 @@ def _has_vnni() -> bool:
                                             "checked by test_int8_kernels_use_their_isas_dot_product)")
 @pytest.mark.parametrize("N,Kd,rms,acc,bias,swiglu", [(60, 96, True, False, True, False), (40, 64, True, True, False, True)])
 @pytest.mark.parametrize("quant", [("q8",), ("q8", 32), ("q4", 32, False), ("q4", 32, True), ("q4", 64, False)])
-@pytest.mark.parametrize("rows,cols", [(4, 3), (1, 8)])
+@pytest.mark.parametrize("rows,cols", [(4, 3), (4, 6), (1, 8)])
 def test_vnni_matmul_equals_the_avx2_one(N, Kd, rms, acc, bias, swiglu, quant, rows, cols):
     """The vpdpbusd kernel computes the same integer sums as pmaddubsw + pmaddwd: equal outputs, bit for bit."""
     from lfmc.targets.lower import pack_weight_a8

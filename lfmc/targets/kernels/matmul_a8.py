@@ -128,14 +128,15 @@ class _A8:
         self.lay = a8_layout(N, K, quant, swiglu, il)
         self.H = 2 if swiglu else 1
         self.R = knobs.rows
+        cols = knobs.a8_cols or knobs.cols
         self.NB, self.Kp = self.lay["NB"], self.lay["Kp"]
         self.KB = self.Kp // A8_GROUP
         self.q4 = quant[0] == "q4"
         self.q8g = quant[0] == "q8" and len(quant) > 1      # int8 codes with a scale per group of g inputs
         if self.q4:                                     # the interleaved blocks
-            self.J = pick_cols(il, max(1, knobs.cols // 2 // self.H))
+            self.J = pick_cols(il, max(1, cols // 2 // self.H))
         else:                                           # int8 (il 1): one panel per block; decode tiles take twice as many
-            self.J = pick_cols(self.NB, max(1, knobs.cols // (1 if self.R == 1 else 2) // self.H))
+            self.J = pick_cols(self.NB, max(1, cols // (1 if self.R == 1 else 2) // self.H))
         self.g = int(quant[1]) if len(quant) > 1 else A8_GROUP
         self.asym = bool(quant[2]) if self.q4 else False
         self.G, self.SB = (K // self.g, self.g // A8_GROUP) if len(quant) > 1 else (self.KB, 1)
