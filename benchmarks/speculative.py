@@ -22,17 +22,28 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+def shape_artifact(build: str, preset: str, prec: str) -> Path:
+    """The host artifact of ``preset`` (seeded random weights) at ``prec`` whose verify cost is measured: 16
+    sequences, 512 tokens of context; compiled unless the current compiler already built it."""
+    import compare
+    from lfmc.compile import compile_model, load_source
+
+    quant, dtype, _, _, act = compare.PRECISIONS[prec]
+    art = Path(build) / f"{preset}-{prec}-b16.host"
+    return compare.compiled(art, lambda: compile_model(load_source(preset), art, max_batch=16, quant=quant,
+                                                       dtype=dtype, act_quant=act, max_context=512))
+
+
 def ngram(e, steps: int = 96) -> dict:
-    rng = np.random.default_rng(1)
-    passage = rng.integers(3, e.vocab_size, 64).tolist()
-    prompt = passage + rng.integers(3, e.vocab_size, 8).tolist() + passage[:16]
+    from lfmc.bench import copying_prompt
+
+    prompt = copying_prompt(e.vocab_size)
     res = {}
     for name, kw in (("plain", {}), ("ngram", {"speculate": "ngram"})):
         ts = []
@@ -49,7 +60,6 @@ def ngram(e, steps: int = 96) -> dict:
 def main() -> int:
     import compare
     from lfmc.bench import format_verify_cost, project_speedup, verify_cost
-    from lfmc.compile import compile_model, load_source
     from lfmc.runtime import Engine
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,11 +72,7 @@ def main() -> int:
     ks = [1, 2, 3, 4, 6, 8]
     for preset in a.presets.split(","):
         for prec in a.precisions.split(","):
-            quant, dtype, _, _, act = compare.PRECISIONS[prec]
-            art = Path(a.build) / f"{preset}-{prec}-b16.host"
-            compare.compiled(art, lambda: compile_model(load_source(preset), art, max_batch=16, quant=quant,
-                                                        dtype=dtype, act_quant=act, max_context=512))
-            e = Engine(art, max_batch=1)
+            e = Engine(shape_artifact(a.build, preset, prec), max_batch=1)
             c = verify_cost(e, ks)
             row = {"preset": preset, "precision": prec, "cost": c, "ngram": ngram(e),
                    "projection": {str(x): project_speedup(c, x) for x in (0.5, 0.7, 0.8)}}

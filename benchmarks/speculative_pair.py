@@ -91,6 +91,8 @@ def acceptance(t, d, prompts: list[list[int]], steps: int, k: int, **sampling) -
 
 def main() -> int:
     import compare
+    from speculative import shape_artifact
+
     from lfmc.bench import format_verify_cost, project_speedup, replay_speedup, verify_cost
     from lfmc.compile import compile_model, load_source
     from lfmc.runtime import Engine
@@ -143,8 +145,8 @@ def main() -> int:
         m = run_methods(t, methods, prompts, a.steps, a.rounds)
         row = {"precision": prec, "verify_cost": c_t, "draft_step": c_d, "acceptance_greedy": a_greedy,
                "acceptance_sampled": a_sampled, "measured": m,
-               "model_check": {"projected_at_k": (1 - a_greedy ** (a.k + 1)) / (1 - a_greedy)
-                               / (c_t["ratio"][str(a.k)] + a.k * c_d) if a_greedy < 1 else None,
+               "model_check": {"projected_at_k": ((1 - a_greedy ** (a.k + 1)) / (1 - a_greedy) if a_greedy < 1
+                                                  else a.k + 1.0) / (c_t["ratio"][str(a.k)] + a.k * c_d),
                                "measured_at_k": m[f"draft k={a.k}"]["speedup"]}}
         res["pair"].append(row)
         rate0 = rate0 or {"draft": a_greedy, "draft_run": m[f"draft k={a.k}"]["totals"],
@@ -159,11 +161,7 @@ def main() -> int:
         del t, d
     for shape in filter(None, a.shapes.split(",")):
         preset, prec = shape.split(":")
-        quant, dtype, _, _, act = compare.PRECISIONS[prec]
-        art = Path(a.build) / f"{preset}-{prec}-b16.host"
-        compare.compiled(art, lambda: compile_model(load_source(preset), art, max_batch=16, quant=quant,
-                                                    dtype=dtype, act_quant=act, max_context=512))
-        e = Engine(art, max_batch=1)
+        e = Engine(shape_artifact(a.build, preset, prec), max_batch=1)
         c = verify_cost(e, ks)
         proj = {"draft_formula": project_speedup(c, rate0["draft"], a.draft_share),
                 "draft_replay": replay_speedup(rate0["draft_run"], c, a.draft_share),

@@ -74,6 +74,14 @@ def bench_engine(engine, prefill_lens=(128, 512), decode_steps: int = 64, reps: 
     return out
 
 
+def copying_prompt(vocab_size: int, seed: int = 1) -> list[int]:
+    """An input-copying prompt of random tokens (a 64-token passage, 8 others, then the passage's first 16
+    again): where prompt-lookup drafting has something to propose."""
+    rng = np.random.default_rng(seed)
+    passage = rng.integers(3, vocab_size, 64).tolist()
+    return passage + rng.integers(3, vocab_size, 8).tolist() + passage[:16]
+
+
 def verify_cost(engine, ks: Sequence[int], context: int = 256, reps: int = 7, seed: int = 0) -> dict[str, Any]:
     """What verifying k drafted tokens costs: ``Engine.verify`` of 1 + k tokens against ``Engine.decode`` of one,
     in decode steps, at a context of ``context`` (medians of alternating repetitions; each call rolled back)."""

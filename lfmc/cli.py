@@ -630,18 +630,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def _bench_speculation(a: argparse.Namespace, eng) -> dict:
     """lfmc bench --speculate / --draft: verify cost, speculative vs plain decoding on one prompt (measured,
     alternating) and the speed-up projected from the verify cost at the measured and at typical acceptances."""
-    import numpy as np
-
-    from .bench import bench_speculation, verify_cost, project_speedup
+    from .bench import bench_speculation, copying_prompt, project_speedup, verify_cost
 
     spec = _speculation(a, eng)
     if a.spec_prompt is not None:
         prompt, what = eng.encode(a.spec_prompt), f"{a.spec_prompt[:40]!r}"
-    else:                                          # an input-copying prompt: a passage, then its beginning again
-        rng = np.random.default_rng(1)
-        passage = rng.integers(3, eng.vocab_size, 64).tolist()
-        prompt, what = passage + rng.integers(3, eng.vocab_size, 8).tolist() + passage[:16], \
-            "a random 64-token passage, then its first 16 tokens again"
+    else:
+        prompt, what = copying_prompt(eng.vocab_size), "a random 64-token passage, then its first 16 tokens again"
     steps = min(a.decode_steps, eng.max_context - len(prompt) - 1)
     if steps < 2:
         raise LfmcError(f"the speculation prompt ({len(prompt)} tokens) leaves no room to decode in the context "
@@ -821,6 +816,17 @@ def _parser_passes(sub) -> None:
     p.set_defaults(fn=cmd_passes)
 
 
+def _speculation_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--speculate ngram / --draft ART / --draft-k K, as run, serve and bench take them (:func:`_speculation`)."""
+    p.add_argument("--speculate", choices=["ngram"], default=None,
+                   help=f"{what}; ngram: drafts looked up in the prompt and output so far")
+    p.add_argument("--draft", metavar="ART", default=None,
+                   help="as --speculate, with drafts sampled from this (smaller) artifact, which must share the "
+                        "model's tokenizer")
+    p.add_argument("--draft-k", type=int, default=4, help="--speculate / --draft: most tokens drafted per step "
+                   "(default 4; adapts to what is accepted, and drafting pauses while it does not pay)")
+
+
 def _parser_run(sub) -> None:
     p = sub.add_parser("run", help="generate with a compiled artifact")
     p.add_argument("artifact")
@@ -835,14 +841,8 @@ def _parser_run(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
-    p.add_argument("--speculate", choices=["ngram"], default=None,
-                   help="speculative decoding: ngram = drafts looked up in the prompt and output so far, verified "
-                        "in one call (same tokens as without at temperature 0, same distribution with sampling)")
-    p.add_argument("--draft", metavar="ART", default=None,
-                   help="speculative decoding with drafts sampled from this (smaller) artifact, which must share "
-                        "the model's tokenizer")
-    p.add_argument("--draft-k", type=int, default=4, help="--speculate / --draft: most tokens drafted per step "
-                   "(default 4; adapts to what is accepted, and drafting pauses while it does not pay)")
+    _speculation_args(p, "speculative decoding: verified in one call, the same tokens as without at temperature 0 "
+                         "and the same distribution with sampling")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", default=None, choices=driver_names(),
                    help="runtime driver (default: the one the artifact was compiled for)")
@@ -880,13 +880,8 @@ def _parser_serve(sub) -> None:
                         "(default): as many as take about 1.5x the step's decode time at the measured prefill rate "
                         "(at least 16), so steps with prefill take about 2.5x plain ones. Smaller: steadier streams, "
                         "slower first tokens")
-    p.add_argument("--speculate", choices=["ngram"], default=None,
-                   help="speculative decoding with n-gram (prompt-lookup) drafts, per request inside the batch; "
-                        "each request's draft length adapts and drafting switches itself off where it does not pay "
-                        "(a full batch)")
-    p.add_argument("--draft", metavar="ART", default=None,
-                   help="speculative decoding with drafts from this smaller artifact (same tokenizer)")
-    p.add_argument("--draft-k", type=int, default=4, help="--speculate / --draft: most tokens drafted per step")
+    _speculation_args(p, "speculative decoding per request inside the batch; drafting switches itself off where "
+                         "it does not pay (a full batch)")
     p.add_argument("--prefix-cache-bytes", type=int, default=1 << 30, metavar="BYTES",
                    help="host memory for the prefix cache: requests resume from the longest cached prefix of their "
                         "prompt (states stored every 64 prompt tokens and at each request's end; least recently "
@@ -924,11 +919,8 @@ def _parser_bench(sub) -> None:
     p.add_argument("--contexts", default="128,512,2048", help="context lengths for --plot (default 128,512,2048)")
     p.add_argument("--profile", action="store_true", help="also time one decode step and one prefill chunk kernel "
                    "by kernel, with the rate each dense matmul reads its weights at (GB/s) and computes at (GFLOP/s)")
-    p.add_argument("--speculate", choices=["ngram"], default=None,
-                   help="also measure speculative decoding with n-gram drafts: the cost of verifying k tokens "
-                        "against a decode step, speculative vs plain tokens/s on one prompt, the speed-up projected")
-    p.add_argument("--draft", metavar="ART", default=None, help="as --speculate, with drafts from this artifact")
-    p.add_argument("--draft-k", type=int, default=4, help="--speculate / --draft: most tokens drafted per step")
+    _speculation_args(p, "also measure speculative decoding: the cost of verifying k tokens against a decode step, "
+                         "speculative vs plain tokens/s on one prompt, the speed-up projected")
     p.add_argument("--spec-prompt", metavar="TEXT", default=None,
                    help="--speculate / --draft: the prompt (default: an input-copying prompt of random tokens)")
     p.add_argument("--profile-batch", type=int, default=1, metavar="N",

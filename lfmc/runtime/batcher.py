@@ -37,10 +37,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .drafting import Drafter, ModelDrafter, NgramDrafter, SpecControl, check_draft
+from .drafting import Drafter, SpecControl, new_drafter
 from .engine import Engine
 from .errors import EngineError
-from .sampling import accept_drafts, log_softmax, penalize, probs, sample, token_logprob, top_logprobs
+from .sampling import log_softmax, penalize, sample, token_logprob, top_logprobs
 
 Event = tuple  # ("token", id, logprobs | None) | ("done", reason) | ("error", message)
 
@@ -123,18 +123,9 @@ class Batcher:
         ``draft_k`` tokens drafted per request and step (see the module docstring); ``adaptive=False``: always
         ``draft_k``, whether it pays or not."""
         self.engine = engine
-        self.speculate, self.draft_k, self.adaptive = speculate, int(draft_k), adaptive
+        self.draft_k, self.adaptive = int(draft_k), adaptive
+        self._new_drafter = new_drafter(engine, speculate, self.draft_k) if speculate is not None else None
         self._spec_prior: SpecControl | None = None     # the last finished request's control: where the next starts
-        if speculate is not None:
-            if not engine.state_ops:
-                raise EngineError(f"speculative decoding needs rollback, which the {engine.driver.name} driver "
-                                  "does not give")
-            if not 1 <= self.draft_k < engine.prefill_chunk:
-                raise EngineError(f"draft_k must lie in [1, {engine.prefill_chunk - 1}] (the prefill chunk less one)")
-            if isinstance(speculate, Engine):
-                check_draft(engine, speculate)
-            elif speculate != "ngram":
-                raise EngineError(f"unknown speculation {speculate!r} (known: 'ngram', or a draft Engine)")
         self.prefix_cache = prefix_cache
         self.max_queue = int(max_queue)
         if prefill_budget is None or prefill_budget == "auto":
@@ -369,12 +360,11 @@ class Batcher:
     def _start_speculation(self, r: Request) -> None:
         """Give ``r`` a drafter if the batcher speculates and its sampling allows (a grammar, a logit bias and
         penalties change the distribution token by token, which the drafts' verification does not follow)."""
-        if self.speculate is None or r.constraint is not None or r.logit_bias or r.images \
+        if self._new_drafter is None or r.constraint is not None or r.logit_bias or r.images \
                 or (r.presence_penalty, r.frequency_penalty, r.repetition_penalty) != (0.0, 0.0, 1.0):
             return
         self.engine.track(r.seq, self.draft_k + 1)
-        r.drafter = NgramDrafter() if self.speculate == "ngram" else \
-            ModelDrafter(self.speculate, self.engine, self.draft_k, check=False)
+        r.drafter = self._new_drafter()
         r.spec = copy.copy(self._spec_prior) if self._spec_prior is not None else \
             SpecControl(self.draft_k, self.adaptive)
 
@@ -396,11 +386,8 @@ class Batcher:
             return False
         if not draft:
             return False
-        rows = e.verify(r.seq, [r.last] + draft)
-        got = accept_drafts([probs(x, *sp) for x in rows], draft, r.rng, qs or None)
+        got, rows = e.check_drafts(r.seq, r.last, draft, sp, r.rng, qs)
         j = len(got) - 1
-        if j < len(draft):
-            e.rollback(r.seq, len(draft) - j)
         ctl.verified(time.perf_counter() - t, len(draft), j)
         self.stats["verify_calls"] += 1
         self.stats["drafted"] += len(draft)

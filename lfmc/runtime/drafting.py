@@ -8,14 +8,14 @@
   seen) and samples each draft token from its distribution under the request's temperature / top-k / top-p,
   which the target's speculative sampling needs (:func:`lfmc.runtime.sampling.accept_drafts`).
 
-Both answer ``draft(context, k, sp, rng) -> (tokens, distributions or None)``. :class:`SpecControl` decides how
-many to ask for.
+Both answer ``draft(context, k, sp, rng) -> (tokens, distributions or None)``; :func:`new_drafter` checks what a
+``speculate`` argument names once and makes them. :class:`SpecControl` decides how many to ask for.
 """
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
@@ -29,6 +29,8 @@ Sampling = tuple[float, int, float]                  # temperature, top-k, top-p
 
 
 class Drafter(Protocol):
+    key: Any                                          # what a draft-length control is kept per (SpecControl)
+
     def draft(self, context: Sequence[int], k: int, sp: Sampling,
               rng: np.random.Generator) -> tuple[list[int], list[np.ndarray] | None]: ...
 
@@ -54,6 +56,8 @@ def ngram_draft(context: Sequence[int], k: int, max_n: int = 3) -> list[int]:
 
 class NgramDrafter:
     """Drafts looked up in the context itself (:func:`ngram_draft`); one-hot draft distributions (None)."""
+
+    key = "ngram"
 
     def draft(self, context: Sequence[int], k: int, sp: Sampling,
               rng: np.random.Generator) -> tuple[list[int], list[np.ndarray] | None]:
@@ -124,12 +128,9 @@ class ModelDrafter:
     follows the target's context lazily: each :meth:`draft` rolls back the tokens the context no longer has (the
     rejected drafts it fed itself), feeds what it has not seen (one call) and then decodes ``k - 1`` more."""
 
-    def __init__(self, draft: Engine, target: Engine, k_max: int, check: bool = True):
-        if check:                                         # (a batcher checks once, not per request)
-            check_draft(target, draft)
-        if not 1 <= k_max < draft.prefill_chunk:
-            raise EngineError(f"draft_k must lie in [1, {draft.prefill_chunk - 1}] for the draft {draft.root}")
-        self.e, self.k_max = draft, k_max
+    def __init__(self, draft: Engine, k_max: int):
+        """``draft``: checked against the target by :func:`new_drafter`."""
+        self.e, self.k_max, self.key = draft, k_max, id(draft)
         self.seq: int | None = None
         self.fed: list[int] = []
 
@@ -177,3 +178,22 @@ class ModelDrafter:
         if self.seq is not None:
             self.e.release(self.seq)
             self.seq, self.fed = None, []
+
+
+def new_drafter(target: Engine, speculate: str | Engine, k: int) -> Callable[[], Drafter]:
+    """What makes the drafters ``speculate`` names for ``target`` ("ngram", or a draft :class:`Engine`), each
+    drafting up to ``k`` tokens; checked here, once: the target can roll back, ``k`` fits a verify chunk (and the
+    draft's), the draft shares the target's tokenizer."""
+    from .engine import Engine
+
+    target._need_state_ops("speculative decoding")
+    if not 1 <= k < target.prefill_chunk:
+        raise EngineError(f"draft_k must lie in [1, {target.prefill_chunk - 1}] (the prefill chunk less one)")
+    if isinstance(speculate, Engine):
+        check_draft(target, speculate)
+        if not k < speculate.prefill_chunk:
+            raise EngineError(f"draft_k must lie in [1, {speculate.prefill_chunk - 1}] for the draft {speculate.root}")
+        return lambda: ModelDrafter(speculate, k)
+    if speculate == "ngram":
+        return NgramDrafter
+    raise EngineError(f"unknown speculation {speculate!r} (known: 'ngram', or a draft Engine)")

@@ -18,7 +18,7 @@ import numpy as np
 from ..plan import STEP_RUNNER, Arg, launches, ring_slots
 from .artifact import check_device, load_manifest
 from .drivers import get_driver
-from .drafting import Drafter, ModelDrafter, NgramDrafter, SpecControl, ngram_draft
+from .drafting import Drafter, SpecControl, new_drafter, ngram_draft
 from .errors import EngineError, RuntimeLoadError
 from .params import read_params
 from .sampling import accept_drafts, probs, sample
@@ -122,6 +122,11 @@ class Engine:
         self.chat: dict[str, str] | None = (m.get("tokenizer") or {}).get("chat")   # checkpoint chat template
         self.driver = get_driver(device, num_threads=num_threads)
         self._row_variants: dict[str, dict] = self.plan.get("row_variants", {})
+        # the state tensors a sequence owns, and the fixed-size ones a rollback checkpoint keeps (read once here:
+        # a tracked sequence checkpoints them after every call)
+        self._held = [(k, len(v["shape"]) > 1 and v["shape"][1] == "C") for k, v in self.plan["state"].items()
+                      if v["kind"] != "scratch"]
+        self._small_keys = [k for k, grows in self._held if not grows and "window" not in self.plan["state"][k]]
         self._load_params()
         self._allocate()
         self.launches = {e: launches(self.plan, e) for e in self.plan["entries"]}
@@ -400,8 +405,7 @@ class Engine:
     def held_state(self) -> list[tuple[str, bool]]:
         """The state tensors a sequence owns (not scratch), and whether each grows with the context (KV caches:
         only the rows up to a sequence's length matter)."""
-        return [(k, len(v["shape"]) > 1 and v["shape"][1] == "C") for k, v in self.plan["state"].items()
-                if v["kind"] != "scratch"]
+        return list(self._held)
 
     @property
     def state_ops(self) -> bool:
@@ -466,8 +470,7 @@ class Engine:
         s.history = _History(depth, s.length, [(s.length, self._small(s))])
 
     def _small(self, s: _Seq) -> dict[str, np.ndarray]:
-        return {k: self.driver.read_slot(self.state[k], s.slot) for k, grows in self.held_state()
-                if not grows and "window" not in self.plan["state"][k]}
+        return {k: self.driver.read_slot(self.state[k], s.slot) for k in self._small_keys}
 
     def _record(self, s: _Seq, tokens: Sequence[int]) -> None:
         """After a call fed ``tokens`` to tracked ``s``: a checkpoint, the tokens, the history trimmed to depth."""
@@ -594,6 +597,18 @@ class Engine:
             f(*args)
         self.driver.sync()
         return self._logits("decode", m)[m - n:m]
+
+    def check_drafts(self, seq: int, last: int, draft: Sequence[int], sampling: tuple[float, int, float],
+                     rng: np.random.Generator, qs: list[np.ndarray] | None = None) -> tuple[list[int], np.ndarray]:
+        """One speculative step of ``seq``: feed ``last`` (the newest token, not fed yet) and ``draft`` in one
+        :meth:`verify`, accept drafts by speculative sampling under ``sampling`` (temperature, top-k, top-p;
+        ``qs``: the drafter's distributions, None for a deterministic drafter) and roll the rejected ones back.
+        Returns the accepted drafts followed by the next token (not fed yet), and the verify's logits rows."""
+        rows = self.verify(seq, [last, *draft])
+        got = accept_drafts([probs(r, *sampling) for r in rows], list(draft), rng, qs or None)
+        if len(got) - 1 < len(draft):
+            self.rollback(seq, len(draft) - len(got) + 1)
+        return got, rows
 
     # ------------------------------------------------------------------------------------------- images
     @property
@@ -738,8 +753,8 @@ class Engine:
         except (KeyError, TypeError):
             raise EngineError(f"unknown sequence among {list(seqs)!r}") from None
         if any(s.pending for s in ss):
-            if n == 1 and len(ss[0].pending) < self.prefill_chunk:     # one sequence: its refeed and the token
-                return self.verify(seqs[0], tokens)[-1:]              # in one call
+            if n == 1:                              # one sequence: its refeed and the token in one call
+                return self.verify(seqs[0], tokens)[-1:]
             for q in seqs:
                 self._flushed(q)
         slots = np.array([s.slot for s in ss], np.int32)
@@ -800,7 +815,7 @@ class Engine:
             raise EngineError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the max "
                               f"context {self.max_context}")
         stops = set(stop) if stop is not None else ({self.eos_token_id} if self.eos_token_id is not None else set())
-        drafter = self._drafter(speculate, draft_k)
+        drafter = new_drafter(self, speculate, draft_k)() if speculate is not None else None
         rng = np.random.default_rng(seed)
         seq = self.new_sequence()
         cache = prefix_cache if image_rows is None else None
@@ -832,19 +847,6 @@ class Engine:
 
     ngram_draft = staticmethod(ngram_draft)
 
-    def _drafter(self, speculate: str | Engine | None, k: int) -> Drafter | None:
-        """The drafter ``speculate`` names (None: no speculation), refusing what cannot draft for this engine."""
-        if speculate is None:
-            return None
-        self._need_state_ops("speculative decoding")
-        if not 1 <= k < self.prefill_chunk:
-            raise EngineError(f"draft_k must lie in [1, {self.prefill_chunk - 1}] (the prefill chunk less one)")
-        if isinstance(speculate, Engine):
-            return ModelDrafter(speculate, self, k)
-        if speculate == "ngram":
-            return NgramDrafter()
-        raise EngineError(f"unknown speculation {speculate!r} (known: 'ngram', or a draft Engine)")
-
     def _speculate(self, seq: int, fed: list[int], tok: int, max_new: int, stops: set[int], drafter: Drafter,
                    k: int, sp: tuple[float, int, float], rng: np.random.Generator,
                    adaptive: bool = True) -> Iterator[int]:
@@ -856,7 +858,7 @@ class Engine:
         stats = self.last_speculation = {"verify_calls": 0, "decode_calls": 0, "drafted": 0, "accepted": 0,
                                          "paused_steps": 0,
                                          "draft_s": 0.0, "verify_s": 0.0, "decode_s": 0.0}
-        key = ("ngram" if isinstance(drafter, NgramDrafter) else id(getattr(drafter, "e", drafter)), k, adaptive)
+        key = (drafter.key, k, adaptive)
         ctl = self._spec.get(key)
         if ctl is None:                                # what it learnt (draft length, pauses) carries over
             ctl = self._spec[key] = SpecControl(k, adaptive)
@@ -881,11 +883,8 @@ class Engine:
                 stats["decode_calls"] += 1
                 tok = sample(logits, *sp, rng)
                 continue
-            rows = self.verify(seq, [tok] + draft)
-            got = accept_drafts([probs(r, *sp) for r in rows], draft, rng, qs or None)
+            got, _ = self.check_drafts(seq, tok, draft, sp, rng, qs)
             j = len(got) - 1                            # drafts accepted; got[-1] is the next token
-            if j < len(draft):
-                self.rollback(seq, len(draft) - j)
             t_end = time.perf_counter()
             ctl.verified(t_end - t, len(draft), j)
             stats["draft_s"] += t_draft - t

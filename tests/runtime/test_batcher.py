@@ -115,8 +115,8 @@ def test_speculative_batches_accept_different_counts_and_equal_plain_greedy(engi
     one step accept different counts, verify in calls of their own and roll back in different places, while the
     others decode together; every output is still plain greedy's. Then a draft model (the same artifact: all
     accepted), ngram lookup with adaptive control, and requests whose sampling cannot speculate."""
-    from lfmc.runtime import batcher as batcher_mod
     from lfmc.runtime import drafting
+    from lfmc.runtime import engine as engine_mod
 
     rng = np.random.default_rng(11)
     prompts = [rng.integers(0, 256, n).tolist() for n in (3, 9, 17, 5, 12, 2, 8)]
@@ -134,7 +134,7 @@ def test_speculative_batches_accept_different_counts_and_equal_plain_greedy(engi
         raise AssertionError("a context of no prompt")
 
     counts: list[int] = []
-    real = batcher_mod.accept_drafts
+    real = engine_mod.accept_drafts
 
     def recording(ps, draft, rng, qs=None):
         got = real(ps, draft, rng, qs)
@@ -142,7 +142,7 @@ def test_speculative_batches_accept_different_counts_and_equal_plain_greedy(engi
         return got
 
     monkeypatch.setattr(drafting, "ngram_draft", oracle)
-    monkeypatch.setattr(batcher_mod, "accept_drafts", recording)
+    monkeypatch.setattr(engine_mod, "accept_drafts", recording)   # Engine.check_drafts
     b = Batcher(engine, speculate="ngram", draft_k=4, adaptive=False)
     try:
         assert generate_all(b, prompts, 24) == [plain[tuple(p)] for p in prompts]
