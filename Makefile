@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all fuzz venv clean system-deps
+.PHONY: demo test test-all test-arm arm-env arm-env-best-effort fuzz venv clean system-deps
 
 venv: $(STAMP)
 
@@ -30,11 +30,23 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || echo "apt-get failed: some device tests will skip"; \
 	  else echo "not installed (device tests that need them will skip): $$missing"; fi; fi
 
-test: $(STAMP) system-deps
+# Arm artifacts executed under qemu-aarch64: Debian's qemu-user, an arm64 Debian root with its python3 and the
+# runtime's aarch64 wheels, all in build/ (tests/targets/arm/setup.sh). Best effort for `make test` (the Arm smoke
+# test skips and says why without it); `make test-arm` needs it and runs the whole Arm matrix.
+arm-env: $(STAMP)
+	sh tests/targets/arm/setup.sh
+
+arm-env-best-effort: $(STAMP)
+	@sh tests/targets/arm/setup.sh || echo "arm-env failed: the Arm execution tests will skip"
+
+test: $(STAMP) system-deps arm-env-best-effort
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-all: $(STAMP) system-deps
+test-all: $(STAMP) system-deps arm-env-best-effort
 	$(BIN)/python -m pytest -q -m '' $(PYTEST_ARGS)
+
+test-arm: arm-env
+	$(BIN)/python -m pytest -q -m '' tests/targets/arm $(PYTEST_ARGS)
 
 # The fuzz suite twenty times as long as in `make test` (hypothesis examples, atheris runs, random models).
 fuzz: $(STAMP)

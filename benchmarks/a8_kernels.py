@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SHAPES = [(3072, 1024, False), (4608, 1024, True), (1024, 4608, False)]
 QUANTS = {"q8": ("q8",), "q4g32": ("q4", 32, False)}
-VARIANTS = {"avx2 4x1": dict(vnni=False), "vnni 4x1": dict(vnni=True), "vnni 4x3": dict(vnni=True, a8_cols=6)}
+VARIANTS = {"avx2 4x1": dict(dot="avx2"), "vnni 4x1": dict(dot="vnni"), "vnni 4x3": dict(dot="vnni", a8_cols=6)}
 
 
 def kernel(N: int, Kd: int, swiglu: bool, quant: tuple, knobs, rows: int = 512):
@@ -69,7 +69,7 @@ def main() -> int:
     res: dict = {"cpu": compare.cpu_info(), "command": " ".join(sys.argv), "rows": []}
     for qname, quant in QUANTS.items():
         for N, Kd, swiglu in SHAPES:
-            calls = {v: kernel(N, Kd, swiglu, quant, K.Knobs(base.lanes, 4, 3, idot=True, **kw))
+            calls = {v: kernel(N, Kd, swiglu, quant, K.Knobs(base.lanes, 4, 3, **kw))
                      for v, kw in variants.items()}
             ts: dict[str, list[float]] = {v: [] for v in calls}
             for _ in range(a.reps):

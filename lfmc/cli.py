@@ -736,7 +736,7 @@ def _parser_compile(sub) -> None:
                    help="storage of the weights that are not quantized (activations stay float32)")
     p.add_argument("--act-quant", default=None, choices=["none", "i8"],
                    help="i8: int8 activations for the int8 / int4 projections (with --quant q8 or q4gG, G a "
-                        "multiple of 32), multiplied with integer dot products (x86 AVX2 hosts); default none")
+                        "multiple of 32), multiplied with integer dot products (x86 AVX2 / VNNI, Arm dotprod); default none")
     p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"],
                    help="storage of the KV cache (attention computes in float32 either way)")
     p.add_argument("--experts-keep", type=int, default=None, metavar="K",

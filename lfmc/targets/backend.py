@@ -79,9 +79,9 @@ class Backend:
     def check(self, profile, opts: CompileOptions) -> None:
         """Refuse options this family cannot build, before any work."""
         if opts.act_quant and not self.int8_activations:
-            raise LfmcError(f"target {profile.name}: int8 activations (--act-quant) are implemented for x86 CPUs "
-                            f"with AVX2 (the host target); the {profile.family} family computes with float "
-                            "activations")
+            raise LfmcError(f"target {profile.name}: int8 activations (--act-quant) are implemented for CPUs with "
+                            f"integer dot products (x86 AVX2, Arm dotprod); the {profile.family} family computes "
+                            "with float activations")
 
     def lower(self, graph: Graph, weights: dict[str, np.ndarray], profile, opts: CompileOptions,
               ctx: BuildContext, vision: Graph | None = None, max_patches: int | None = None) -> Built:

@@ -17,8 +17,8 @@ class Knobs:
     parallel: bool = True
     gpu: bool = False         # GPU family: TE kernels left unscheduled for dlight, parallel loops become threads
     threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
-    idot: bool = False        # x86 AVX2 integer dot products: matmuls with int8 activations (act_quant nodes)
-    vnni: bool = False        # ... as vpdpbusd (AVX512-VNNI / AVX-VNNI): one instruction per 4-input block
+    dot: str = ""             # integer dot-product family of int8-activation matmuls (act_quant nodes): a key of
+                              # kernels/matmul_a8.DOT ("avx2", "vnni", "sdot"); "": the target has none
     a8_cols: int = 0          # int8-activation matmuls: `cols` of their register tile (0: cols)
     prefetch: int = 0         # int8-activation GEMVs: software prefetch this many bytes ahead (0: none)
     batch_rows: int = 0       # decode: matmul tile rows for steps of 2+ sequences (0: the 1-row GEMVs for all)

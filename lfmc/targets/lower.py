@@ -321,7 +321,7 @@ class _Lowering:
                    "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
             key += ("1t",) if serial else ()
             if a8:
-                return self.kernel(key + ("a8", il, kn.prefetch) + (("vnni",) if kn.vnni else ())
+                return self.kernel(key + ("a8", il, kn.prefetch) + ((kn.dot,) if kn.dot != "avx2" else ())
                                    + ((f"c{kn.a8_cols}",) if kn.a8_cols else ()), "make_matmul_a8",
                                    N=N, K=Kd, knobs=kn,
                                    bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu,
@@ -356,9 +356,9 @@ class _Lowering:
             raise LfmcError(f"%{n.name}: int8 activations in groups of {n.attrs['act_quant']}: the kernels take "
                             f"groups of {KN.A8_GROUP}")
         for e in entries:
-            if not self.knobs[e].idot:
-                raise LfmcError(f"%{n.name}: int8 activations need integer dot-product kernels (x86 AVX2); this "
-                                f"target has none: compile without --act-quant")
+            if not self.knobs[e].dot:
+                raise LfmcError(f"%{n.name}: int8 activations need integer dot-product instructions (x86 AVX2, "
+                                f"Arm dotprod); this target has none: compile without --act-quant")
         return True
 
     def layout(self, name: str, il: int) -> None:

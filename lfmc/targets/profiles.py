@@ -100,8 +100,9 @@ class Profile:
         return d
 
 
-_ARM_LINUX = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm", "+fullfp16"]}
-_ARM_ANDROID = {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon", "+dotprod", "+i8mm",
+_ARM_LINUX = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm", "+bf16",
+                                                                         "+fullfp16"]}
+_ARM_ANDROID = {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon", "+dotprod", "+i8mm", "+bf16",
                                                                                "+fullfp16"]}
 
 

@@ -325,13 +325,19 @@ def test_compiled_int8_activations_equal_interpreter(name, scheme, tmp_path, mon
 
 
 def test_int8_activations_refused_where_no_kernels(tiny_models, tmp_path):
+    """GPU and wafer families compute with float activations; an arm64 CPU without dotprod (a Cortex-A53,
+    ARMv8.0) has no integer dot products: each refused by name. Arm CPUs with dotprod take the sdot kernels."""
     m = tiny_models["dense-a"]
-    with pytest.raises(LfmcError, match="int8 activations .* implemented for x86"):
+    with pytest.raises(LfmcError, match="int8 activations .* implemented for CPUs with integer dot products"):
         compile_model(m, tmp_path / "g", target="snapdragon-8gen3", quant="q8", act_quant="i8")
-    with pytest.raises(LfmcError, match="int8 activations .* implemented for x86"):
+    with pytest.raises(LfmcError, match="int8 activations .* implemented for CPUs with integer dot products"):
         compile_model(m, tmp_path / "w", target="wafer-small", act_quant="i8")
     from lfmc.compile import lower_for_target
 
-    with pytest.raises(LfmcError, match="integer dot-product kernels"):
-        lower_for_target(m, "snapdragon-8gen3:cpu", quant="q8", act_quant="i8")
+    toml = tmp_path / "a53.toml"
+    toml.write_text('[cortex-a53]\nfamily = "cpu"\nmtriple = "aarch64-linux-gnu"\nmcpu = "cortex-a53"\n')
+    with pytest.raises(LfmcError, match="integer dot-product instructions"):
+        lower_for_target(m, "cortex-a53", quant="q8", act_quant="i8", profiles=toml)
+    _, low = lower_for_target(m, "snapdragon-8gen3:cpu", quant="q8", act_quant="i8")
+    assert any("_a8_" in k and k.endswith("_sdot_c2") for k in low.kernels)
     assert not (tmp_path / "g").exists() and not (tmp_path / "w").exists()

@@ -277,7 +277,7 @@ def _qweights(w, quant):
     (72, 64, False, False, False, False), (60, 96, True, False, True, False), (64, 70, False, True, False, False),
     (40, 64, True, False, False, True), (200, 128, False, True, True, False), (24, 32, True, True, False, True)])
 @pytest.mark.parametrize("quant", [("q8",), ("q8", 32), ("q4", 32, False), ("q4", 32, True), ("q4", 64, False)])
-@pytest.mark.parametrize("knobs", [K.Knobs(8, 4, 3, idot=True), K.Knobs(8, 1, 8, idot=True)])
+@pytest.mark.parametrize("knobs", [K.Knobs(8, 4, 3, dot="avx2"), K.Knobs(8, 1, 8, dot="avx2")])
 def test_matmul_int8_activations(N, Kd, rms, acc, bias, swiglu, quant, knobs):
     """make_matmul_a8 against numpy on the interpreter's semantics (lfmc/ir/quant.py): inputs quantized per 32,
     weights dequantized; N not a multiple of 8 / of the interleave, K not a multiple of 32 (int8), every fusion.
@@ -368,7 +368,7 @@ def test_vnni_matmul_equals_the_avx2_one(N, Kd, rms, acc, bias, swiglu, quant, r
     packed, qargs = pack_weight_a8(codes, scale, zero, quant, swiglu, il)
     outs = []
     for vnni in (False, True):
-        kn = K.Knobs(8, rows, cols, idot=True, vnni=vnni)
+        kn = K.Knobs(8, rows, cols, dot="vnni" if vnni else "avx2")
         f = build(K.make_matmul_a8("mma8", N, Kd, kn, bias, 1e-5 if rms else None, acc, swiglu, quant, il))
         ot = tvm.runtime.tensor(res.copy())
         args = [x, packed] + qargs + ([nw] if rms else []) + ([b] if bias else []) + ([ot] if acc else [])
@@ -377,16 +377,19 @@ def test_vnni_matmul_equals_the_avx2_one(N, Kd, rms, acc, bias, swiglu, quant, r
     np.testing.assert_array_equal(outs[1], outs[0])
 
 
-@pytest.mark.parametrize("quant", [("q8",), ("q4", 32, False)])
-def test_int8_kernels_use_their_isas_dot_product(quant):
-    """Each int8-activation kernel family has its instruction in the inner loop: vpdpbusd with VNNI (compiled for
-    a Sapphire Rapids CPU, which need not be this one: only the code is checked), pmaddubsw without."""
+@pytest.mark.parametrize("quant", [("q8",), ("q8", 32), ("q4", 32, False)])
+@pytest.mark.parametrize("dot,profile,lanes", [("avx2", "x86-64-v3", 8), ("vnni", "xeon-sapphirerapids", 8),
+                                               ("sdot", "snapdragon-8gen3:cpu", 4)])
+def test_int8_kernels_use_their_isas_dot_product(quant, dot, profile, lanes):
+    """Each int8-activation kernel family (matmul_a8.DOT) has its instruction in its code and no other family's:
+    vpdpbusd with VNNI (compiled for a Sapphire Rapids CPU, which need not be this one: only the code is checked),
+    pmaddubsw with AVX2, sdot on arm64 (its numerics run under qemu: tests/targets/arm)."""
+    from lfmc.targets.kernels.matmul_a8 import DOT
     from lfmc.targets.profiles import get_profile
 
-    spr = get_profile("xeon-sapphirerapids").target()
-    hsw = get_profile("x86-64-v3").target()
-    for vnni, target, want, not_want in ((True, spr, "vpdpbusd", "vpmaddubsw"), (False, hsw, "vpmaddubsw", "vpdpbusd")):
-        kn = K.Knobs(8, 4, 3, idot=True, vnni=vnni)
-        f = K.make_matmul_a8("mma8", 64, 128, kn, False, None, False, False, quant, 1)
-        asm = tvm.compile(tvm.IRModule({"mma8": f}), target=target).mod.inspect_source("asm")
-        assert want in asm and not_want not in asm, (vnni, quant)
+    kn = K.Knobs(lanes, 4, 3, dot=dot)
+    f = K.make_matmul_a8("mma8", 64, 128, kn, False, None, False, False, quant, 1)
+    asm = tvm.compile(tvm.IRModule({"mma8": f}), target=get_profile(profile).target()).mod.inspect_source("asm")
+    ops = {w for ln in asm.splitlines() if ln.startswith("\t") for w in ln.split()[:2]}   # "{vex} vpdpbusd" too
+    assert DOT[dot].instruction in ops, (dot, quant)
+    assert not ops & {d.instruction for k, d in DOT.items() if k != dot}, (dot, quant)

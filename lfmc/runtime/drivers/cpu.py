@@ -128,13 +128,32 @@ def check_artifact(m: dict[str, Any]) -> None:
         raise RuntimeLoadError(f"artifact was compiled for {feats['arch']} CPUs, this is {platform.machine()}")
     flags = _cpu_flags()
     for want, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("fma", "fma"), ("avx512_vnni", "avx512_vnni"),
-                       ("avxvnni", "avx_vnni")):
+                       ("avxvnni", "avx_vnni"), ("dotprod", "asimddp"), ("i8mm", "i8mm"), ("bf16", "bf16")):
         if feats.get(want) and flags is not None and flag not in flags:
-            raise RuntimeLoadError(f"artifact was compiled for CPUs with {flag.upper()} "
+            raise RuntimeLoadError(f"artifact was compiled for CPUs with {_SHOWN.get(flag, flag.upper())} "
                                    f"({feats.get('mcpu')}); this CPU lacks it: recompile here")
 
 
+# aarch64 Linux: the kernel's hardware capability bits (asm/hwcap.h), read with getauxval as ggml does; qemu-user
+# reports its emulated CPU's here (its /proc/cpuinfo is the host's)
+_AT_HWCAP, _AT_HWCAP2 = 16, 26
+_SHOWN = {"asimddp": "DOTPROD (asimddp)", "asimdhp": "FP16 (asimdhp)"}
+_ARM_HWCAPS = {"asimddp": (_AT_HWCAP, 1 << 20), "asimdhp": (_AT_HWCAP, 1 << 10), "i8mm": (_AT_HWCAP2, 1 << 13),
+               "bf16": (_AT_HWCAP2, 1 << 14)}
+
+
 def _cpu_flags() -> set[str] | None:
+    """This CPU's feature flags by their Linux names (x86: /proc/cpuinfo's flags; aarch64: the hwcap bits); None
+    where unknown (macOS)."""
+    if platform.machine() == "aarch64":
+        try:
+            import ctypes
+
+            aux = ctypes.CDLL(None).getauxval
+            aux.restype, aux.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+            return {n for n, (at, bit) in _ARM_HWCAPS.items() if aux(at) & bit}
+        except (OSError, AttributeError):
+            return None
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -25,12 +25,22 @@ from .. import cache
 from ..knobs import Knobs
 
 
-def arm_knobs(entry: str) -> Knobs:
+def arm_knobs(entry: str, dot: str = "") -> Knobs:
     """NEON: 4 f32 lanes per register, 32 registers: GEMV tiles of 8 vectors, GEMM tiles of 4 rows x 4 vectors
-    (prefill, and decode steps of several sequences)."""
+    (prefill, and decode steps of several sequences). ``dot``: the integer dot-product family (:func:`arm_dot`);
+    its int8 tiles hold two 128-bit int32 and two float accumulators per 8-output block, so they take fewer blocks
+    (a8_cols) than the float tiles take vectors."""
     if entry == "decode":
-        return Knobs(lanes=4, rows=1, cols=8, batch_rows=4, batch_cols=4)
-    return Knobs(lanes=4, rows=4, cols=4)
+        return Knobs(lanes=4, rows=1, cols=8, batch_rows=4, batch_cols=4, dot=dot, a8_cols=4)
+    return Knobs(lanes=4, rows=4, cols=4, dot=dot, a8_cols=2)
+
+
+def arm_dot(profile) -> str:
+    """The integer dot-product family of an arm64 profile: ``sdot`` where LLVM says its CPU (``-mcpu`` or
+    ``-mattr``) has the dotprod extension (ARMv8.2+: every Snapdragon and Apple profile), else none."""
+    from tvm.target.codegen import target_has_features
+
+    return "sdot" if target_has_features("dotprod", profile.target()) else ""
 
 
 def _tool(*names: str) -> str:
@@ -106,6 +116,11 @@ def build_arm(kernels: dict, profile, out_dir, progress=None) -> dict[str, str]:
 
 
 def arm_features(profile) -> dict[str, Any]:
-    t = profile.tvm
+    """What the manifest records of an arm64 profile's CPU; the ``cpu`` driver refuses a CPU that lacks dotprod,
+    i8mm or bf16 where the profile has them (LLVM may use them in any kernel)."""
+    from tvm.target.codegen import target_has_features
+
+    t, tgt = profile.tvm, profile.target()
     return {"arch": "arm64" if "apple" in str(t.get("mtriple", "")) else "aarch64", "mcpu": t.get("mcpu"),
-            "mtriple": t.get("mtriple"), "mattr": t.get("mattr", []), "avx2": False, "avx512": False, "fma": False}
+            "mtriple": t.get("mtriple"), "mattr": t.get("mattr", []), "avx2": False, "avx512": False, "fma": False,
+            **{f: bool(target_has_features(f, tgt)) for f in ("dotprod", "i8mm", "bf16")}}

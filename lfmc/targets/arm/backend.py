@@ -18,6 +18,7 @@ class ArmBackend(TvmBackend):
     families = ("cpu",)
     driver = "cpu"
     reports_cache = True
+    int8_activations = True                 # NEON sdot (dotprod); lowering names a profile without it
 
     def accepts(self, profile) -> bool:
         return profile.family in self.families and _is_arm64(profile)
@@ -26,12 +27,13 @@ class ArmBackend(TvmBackend):
         return "no (arm64: cross-compiled, objects checked)"
 
     def check(self, profile, opts) -> None:
-        """``--act-quant`` is left to lowering, which names the missing integer dot-product kernels."""
+        """``--act-quant`` is left to lowering, which names a profile without integer dot products."""
 
     def knobs(self, profile) -> dict[str, Any]:
-        from . import arm_knobs
+        from . import arm_dot, arm_knobs
 
-        return {e: arm_knobs(e) for e in ENTRIES}
+        dot = arm_dot(profile)
+        return {e: arm_knobs(e, dot) for e in ENTRIES}
 
     def target_info(self, profile) -> dict[str, Any]:
         from . import arm_features

@@ -94,13 +94,14 @@ def host_knobs(entry: str, feats: dict[str, Any] | None = None) -> Knobs:
     lanes = 16 if feats["avx512"] else 8
     idot = bool(feats["avx2"]) and feats["arch"] in ("x86_64", "AMD64")
     vnni = idot and bool(feats.get("avx512_vnni") or feats.get("avxvnni"))
+    dot = "vnni" if vnni else "avx2" if idot else ""
     if entry == "decode":
         # prefetch: 8 KB ahead took 350M W4A8 decode from ~59 to ~65 tok/s (4 KB and 32 KB alike; BENCHMARKS.md)
         # batch_rows: a decode step of several sequences reads each weight vector once per 4 rows, not per row
-        return Knobs(lanes=lanes, rows=1, cols=8, idot=idot, vnni=vnni, prefetch=8192, batch_rows=4, batch_cols=3)
+        return Knobs(lanes=lanes, rows=1, cols=8, dot=dot, prefetch=8192, batch_rows=4, batch_cols=3)
     # a8_cols 6: with vpdpbusd the int8 tile has registers for 3 weight blocks per row (4 x 3 blocks against
     # 4 x 1: +0-19% per projection of LFM2-350M at 512 rows; 4 x 3 float vectors stay the float tile)
-    return Knobs(lanes=lanes, rows=4, cols=3, idot=idot, vnni=vnni, a8_cols=6 if vnni else 0)
+    return Knobs(lanes=lanes, rows=4, cols=3, dot=dot, a8_cols=6 if vnni else 0)
 
 
 def build_host(kernels: dict, out_dir, progress=None, target=None) -> dict[str, str]:

@@ -13,7 +13,7 @@ class X86Backend(TvmBackend):
     name = "x86"
     families = ("cpu",)
     driver = "cpu"
-    int8_activations = True                 # AVX2 integer dot products (knobs.idot)
+    int8_activations = True                 # AVX2 / VNNI integer dot products (knobs.dot)
     reports_cache = True
 
     def accepts(self, profile) -> bool:

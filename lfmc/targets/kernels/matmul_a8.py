@@ -1,7 +1,12 @@
-"""The int8-activation matmul (x86 integer dot products) and its packed weight layout. One kernel, two instruction
-families chosen by the target's knobs: AVX2's ``pmaddubsw`` + ``pmaddwd`` (two instructions per 4-input block,
-int16 intermediate sums) and AVX512-VNNI / AVX-VNNI's ``vpdpbusd`` (one, accumulating in int32): the same sums."""
+"""The int8-activation matmul (integer dot products) and its packed weight layout. One kernel; the instruction
+family is the target's (``knobs.dot``, a key of :data:`DOT`): x86 AVX2's ``pmaddubsw`` + ``pmaddwd`` (two
+instructions per 4-input block, int16 intermediate sums), AVX512-VNNI / AVX-VNNI's ``vpdpbusd`` (one, accumulating
+in int32) and Arm's ``sdot`` (dotprod; signed times signed, two per 32-byte block on 128-bit NEON registers): the
+same integer sums."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import tvm
 from tvm.script import tirx as T
@@ -18,10 +23,43 @@ def _dot4(w_u8, x_i8):
     return _x86("llvm.x86.avx2.pmadd.ub.sw", "int16x16", w_u8, x_i8)
 
 
-def _dpbusd(acc, w_u8, x_i8):
-    """vpdpbusd: ``acc`` plus, per int32 lane, the sum of 4 adjacent unsigned w times signed x products (the 256-bit
+def _dpbusd(acc, u8, s8):
+    """vpdpbusd: ``acc`` plus, per int32 lane, the sum of 4 adjacent unsigned times signed products (the 256-bit
     form: AVX512-VNNI with AVX512-VL, or AVX-VNNI; LLVM picks the encoding from the target's features)."""
-    return _x86("llvm.x86.avx512.vpdpbusd.256", "int32x8", acc, w_u8, x_i8)
+    return _x86("llvm.x86.avx512.vpdpbusd.256", "int32x8", acc, u8, s8)
+
+
+def _half(v, lo: int, n: int):
+    """Lanes lo..lo+n-1 of vector ``v`` (a shufflevector; free once LLVM splits the 256-bit value in registers)."""
+    return tvm.tirx.Shuffle([v], [tvm.tirx.IntImm("int32", lo + i) for i in range(n)])
+
+
+def _sdot(acc, a, b):
+    """Arm sdot on a 32-byte block: ``acc`` (8 int32 lanes) plus the sums of 4 adjacent signed times signed
+    products, as two 128-bit ``sdot v.4s, v.16b, v.16b`` (NEON registers are 128 bits)."""
+    a, b = T.reinterpret("int8x32", a), T.reinterpret("int8x32", b)
+    halves = [T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", _half(acc, 4 * i, 4),
+                                      _half(a, 16 * i, 16), _half(b, 16 * i, 16)) for i in range(2)]
+    return tvm.tirx.Shuffle(halves, [tvm.tirx.IntImm("int32", i) for i in range(8)])
+
+
+@dataclass(frozen=True)
+class DotFamily:
+    """One ISA's integer dot product as the kernel uses it. ``quad(acc, a, b)``: ``acc`` (int32 x 8) plus, per
+    lane, the sum of 4 adjacent products of a 32-byte block (None: the AVX2 path, pairs summed in int16 by
+    ``pmaddubsw``). ``unsigned_a``: quad's first operand is unsigned (then int8 weights take the activations,
+    stored offset by 128, as that operand); ``instruction``: what its inner loop must contain (tests check it)."""
+
+    quad: Callable | None
+    unsigned_a: bool
+    instruction: str
+
+
+DOT: dict[str, DotFamily] = {
+    "avx2": DotFamily(None, True, "vpmaddubsw"),
+    "vnni": DotFamily(_dpbusd, True, "vpdpbusd"),
+    "sdot": DotFamily(_sdot, False, "sdot"),
+}
 
 
 def _widen16(v):
@@ -59,7 +97,7 @@ def a8_layout(N: int, K: int, quant: tuple, swiglu: bool, il: int) -> dict:
 def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
                    accumulate: bool = False, swiglu: bool = False, quant: tuple = ("q8",),
                    il: int = 1) -> tvm.tirx.PrimFunc:
-    """:func:`make_matmul` with int8 activations and integer dot products (x86 AVX2): same arguments, same
+    """:func:`make_matmul` with int8 activations and integer dot products (``knobs.dot``): same arguments, same
     prologue / epilogues, different weight layout.
 
     The rows of X (RMS-normalized first when ``rms_eps``) are quantized per group of 32 inputs: d = max|x| / 127,
@@ -72,7 +110,8 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
     H = 2 (gate, up) with ``swiglu``; N is padded up to 8 * il outputs and K to 32 inputs.
     One ``pmaddubsw`` multiplies a block by four broadcast activations and sums pairs; int4 sums stay in int16 for
     32 inputs (|15 * 127 * 2| * 8 < 2^15), int8 ones go to int32 at once (unsigned |w| times sign-carrying x).
-    With ``knobs.vnni`` one ``vpdpbusd`` does both steps and accumulates in int32 (the same integer sums).
+    With a quad family (``vpdpbusd``, ``sdot``: :data:`DOT`) one instruction does both steps and accumulates in
+    int32 (the same integer sums).
     Per group the int32 sums become float: q4 ``scale * d * (sum - zero * sum(q))``, q8 ``d * sum`` (its channel
     scale after the loop; grouped q8 ``scale * d * sum``)."""
     c = _A8(N, K, knobs, bias, rms_eps, accumulate, swiglu, quant, il)
@@ -144,11 +183,14 @@ class _A8:
         self.eps = float(rms_eps) if self.norm else 0.0
         self.padk, self.padn = K % A8_GROUP != 0, N % 8 != 0
         self.par = knobs.parallel
-        self.vnni = bool(knobs.vnni)
-        # int8 weights with vpdpbusd: the activations are the unsigned operand, stored offset by 128, and each
-        # group's sums corrected by 128 x the weights' sum (one vpdpbusd per block, shared by the tile's rows)
-        # instead of moving every weight's sign onto x (vpsignb per row and block)
-        self.xoff = self.vnni and not self.q4
+        if knobs.dot not in DOT:
+            raise ValueError(f"no integer dot-product family {knobs.dot!r} (have {', '.join(DOT)})")
+        self.dot = DOT[knobs.dot]
+        self.quad = self.dot.quad                       # None: AVX2 pairs (pmaddubsw) summed in int16
+        # int8 weights with an unsigned-times-signed quad (vpdpbusd): the activations are the unsigned operand,
+        # stored offset by 128, and each group's sums corrected by 128 x the weights' sum (one quad per block,
+        # shared by the tile's rows) instead of moving every weight's sign onto x (vpsignb per row and block)
+        self.xoff = self.quad is not None and self.dot.unsigned_a and not self.q4
         self.xdtype = "uint8" if self.xoff else "int8"
         self.ROW = self.H * il * 32                     # bytes of one packed row (4 inputs, or 8 for int4)
         self.WBYTES = self.NB // il * self.lay["W"][0][1] * self.ROW
@@ -220,11 +262,12 @@ def _q4_tile_macro(c: _A8):
     32 inputs per ``pmaddubsw`` pair, then per group scale * d * (sum - zero * code sum) as float."""
     R, H, J, il, G, SB, ROW, Kp = c.R, c.H, c.J, c.il, c.G, c.SB, c.ROW, c.Kp
     use_pf = c.pf > 0
-    V, ACC, acc_t = (8, "int32x8", "int32") if c.vnni else (16, "int16x16", "int16")   # the group's sums
+    quad = c.quad
+    V, ACC, acc_t = (8, "int32x8", "int32") if quad else (16, "int16x16", "int16")   # the group's sums
 
     def q4group(S, Zp, Xs, Dx, a16, r, h, jj, blk, q, kb, row):
         at = (blk // il, q, h, blk % il, T.ramp(0, 1, 8))
-        s32 = a16[r, h, jj, T.ramp(0, 1, 8)] if c.vnni else _widen16(a16[r, h, jj, T.ramp(0, 1, 16)])
+        s32 = a16[r, h, jj, T.ramp(0, 1, 8)] if quad else _widen16(a16[r, h, jj, T.ramp(0, 1, 16)])
         if c.asym:
             v = T.Cast("float32x8", s32) - T.Cast("float32x8", Zp[at]) * T.broadcast(T.Cast("float32", Xs[row, kb]), 8)
         else:
@@ -233,8 +276,8 @@ def _q4_tile_macro(c: _A8):
 
     def q4dot(a, lo, xlo, hi, xhi):
         """The group's running sums plus a block's low-nibble and high-nibble products."""
-        if c.vnni:
-            return _dpbusd(_dpbusd(a, lo, xlo), hi, xhi)
+        if quad:                                    # nibbles 0..15: unsigned or signed alike
+            return quad(quad(a, lo, xlo), hi, xhi)
         return a + _dot4(lo, xlo) + _dot4(hi, xhi)
 
     @T.macro
@@ -286,13 +329,14 @@ def _q8_tile_macro(c: _A8):
         return v
 
     def q8dot(a, W, Xq, blk, m, h, row, k):
-        """The group's running int32 sums plus one block's products: with VNNI offset x (unsigned) times w
-        (signed); else |w| (unsigned) times x carrying w's sign."""
+        """The group's running int32 sums plus one block's products: offset x (unsigned) times w (signed) with
+        an unsigned-times-signed quad (VNNI); x times w with a signed one (sdot); else (AVX2) |w| (unsigned)
+        times x carrying w's sign."""
         v = _wblock(c, W, blk, m, h)
-        if c.xoff:
-            return _dpbusd(a, _xquad(Xq, row, k), v)
+        if c.quad is not None:                      # x offset to unsigned where the quad wants it (c.xoff)
+            return c.quad(a, _xquad(Xq, row, k), v)
         xs = _x86("llvm.x86.avx2.psign.b", "int8x32", _xquad(Xq, row, k), v)
-        return _dpbusd(a, T.abs(v), xs) if c.vnni else a + _widen16(_dot4(T.abs(v), xs))
+        return a + _widen16(_dot4(T.abs(v), xs))
 
     @T.macro
     def tile(W, Wf, S, Zp, Xq, Dx, Xs, acc, jb, ib):
@@ -314,7 +358,7 @@ def _q8_tile_macro(c: _A8):
                 for h in T.unroll(H):
                     for jj in T.unroll(J):
                         if c.xoff:
-                            ws[h, jj, T.ramp(0, 1, 8)] = _dpbusd(ws[h, jj, T.ramp(0, 1, 8)],
+                            ws[h, jj, T.ramp(0, 1, 8)] = c.quad(ws[h, jj, T.ramp(0, 1, 8)],
                                                                  T.broadcast(T.uint8(1), 32),
                                                                  _wblock(c, W, jb * J + jj, kb * 8 + m, h))
                         for r in T.unroll(R):
