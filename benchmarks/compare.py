@@ -50,6 +50,8 @@ PRECISIONS = {  # name -> (lfmc quant, lfmc dtype, torch dtype, GGUF type, lfmc 
     # int8 activations as well (llama.cpp's Q8_0 / Q4_0 CPU paths quantize activations to 8 bits too)
     "q8a8": ("q8", "f32", "f32", "Q8_0", "i8"),
     "q4g32a8": ("q4g32", "f32", "f32", "Q4_0", "i8"),
+    # bf16 weights and activations (vdpbf16ps where the CPU has AVX512-BF16), against PyTorch bf16 and llama.cpp F16
+    "bf16a16": (None, "bf16", "bf16", "F16", "bf16"),
 }
 
 

@@ -734,9 +734,11 @@ def _parser_compile(sub) -> None:
                         "logits lose the most from 4 bits; llama.cpp keeps them at 6), same quantizes them as the rest")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"],
                    help="storage of the weights that are not quantized (activations stay float32)")
-    p.add_argument("--act-quant", default=None, choices=["none", "i8"],
+    p.add_argument("--act-quant", default=None, choices=["none", "i8", "bf16"],
                    help="i8: int8 activations for the int8 / int4 projections (with --quant q8 or q4gG, G a "
-                        "multiple of 32), multiplied with integer dot products (x86 AVX2 / VNNI, Arm dotprod); default none")
+                        "multiple of 32), multiplied with integer dot products (x86 AVX2 / VNNI, Arm dotprod); bf16: "
+                        "bf16 activations for the bf16 projections (with --dtype bf16; AVX512-BF16 vdpbf16ps where "
+                        "the CPU has it); default none")
     p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"],
                    help="storage of the KV cache (attention computes in float32 either way)")
     p.add_argument("--experts-keep", type=int, default=None, metavar="K",
@@ -789,7 +791,7 @@ def _parser_tune(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="presets: weight seed; also the search's seed")
     p.add_argument("--passes", default=None, help="as for compile")
     p.add_argument("--quant", default=None, help="as for compile (tune what you will compile)")
-    p.add_argument("--act-quant", default=None, choices=["none", "i8"], help="as for compile")
+    p.add_argument("--act-quant", default=None, choices=["none", "i8", "bf16"], help="as for compile")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"])
     p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")

@@ -17,7 +17,7 @@ from .ir.errors import LfmcError
 QUANT_HEADS = ("auto", "same")
 DTYPES = ("f32", "f16", "bf16")
 KV_DTYPES = ("f32", "f16")
-ACT_QUANTS = ("i8",)
+ACT_QUANTS = ("i8", "bf16")
 DEFAULT_MAX_CONTEXT = 4096
 DEFAULT_PREFILL_CHUNK = 256
 
@@ -66,6 +66,8 @@ class CompileOptions:
         if self.act_quant is not None and self.act_quant not in ACT_QUANTS:
             raise LfmcError(f"unknown activation quantization {self.act_quant!r} (known: none, "
                             f"{', '.join(ACT_QUANTS)})")
+        if self.act_quant == "bf16" and self.dtype != "bf16":
+            raise LfmcError("--act-quant bf16 needs --dtype bf16 (bf16 activations multiply bf16 weights)")
         for k in ("max_batch", "prefill_chunk"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

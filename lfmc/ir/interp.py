@@ -16,7 +16,7 @@ from ..mixers import causal_conv, gelu, grid_conv, merge_positions, rope, rope_2
 from .errors import LfmcError
 from .graph import Gate, Graph, Node
 from .ops import state_types
-from .quant import dequantize, fake_quantize_activations
+from .quant import dequantize, fake_quantize_activations, round_bf16
 from .verify import verify
 from .weights import check_weights
 
@@ -139,6 +139,8 @@ class Interpreter:
     def _proj(self, n: Node, role: str, x: np.ndarray) -> np.ndarray:
         if "act_quant" in n.attrs and role + "_scale" in n.params:       # int8 activations (lfmc/ir/quant.py)
             x = fake_quantize_activations(x, n.attrs["act_quant"])
+        elif n.attrs.get("act_dtype") == "bf16" and n.params[role].type.dtype == "bf16":     # bf16 activations
+            x = round_bf16(x)
         y = x @ self._p(n, role).T
         if role + "_bias" in n.params:
             y = y + self._p(n, role + "_bias")

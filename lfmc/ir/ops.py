@@ -253,7 +253,8 @@ def _lm_head(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
 
 
 NUM = (int, float)
-ACT = {"act_quant": int}       # int8 activations for the node's quantized projections, per group of this size
+ACT = {"act_quant": int,       # int8 activations for the node's quantized projections, per group of this size
+       "act_dtype": str}       # "bf16": activations rounded to bf16 for the node's bf16 projections
 SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
     OpSchema("embedding", 1, {}, ("weight",), _embedding, quant_roles=("weight",), doc="token ids -> rows of the embedding table"),
     OpSchema("rmsnorm", 1, {"eps": NUM}, ("weight",), _rmsnorm, fusions=frozenset({"into", "post"}), doc="weight * x / sqrt(mean(x^2) + eps)"),

@@ -137,6 +137,18 @@ def _q4_symmetric(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (best_q + 8).astype(np.uint8), best_d
 
 
+# --- bf16 activations (a node's ``act_dtype`` attribute "bf16")
+#
+# A node with ``act_dtype = "bf16"`` feeds its bf16 projections the input x rounded to bf16 (round half to even);
+# the products of two bf16 values are exact in float32 and are summed in float32 (PyTorch's bf16 CPU matmuls).
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """x rounded to the nearest bf16 (half to even), as float32: what the bf16-activation kernels multiply."""
+    import ml_dtypes
+
+    return np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
 # --- int8 activations (a node's ``act_quant`` attribute: the group size)
 #
 # A node with ``act_quant = g`` feeds its quantized projections the input x quantized per group of g along K

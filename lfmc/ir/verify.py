@@ -55,6 +55,11 @@ def _check_node(n: Node, types: dict[str, TensorType], params: dict[str, Param])
             raise VerifyError(f"{where}: act_quant must be a positive group size, not {a!r}")
         if not any(r + "_scale" in n.params for r in n.params):
             raise VerifyError(f"{where}: act_quant is set but the node has no quantized projection")
+    if "act_dtype" in n.attrs:
+        if n.attrs["act_dtype"] != "bf16":
+            raise VerifyError(f"{where}: act_dtype must be 'bf16', not {n.attrs['act_dtype']!r}")
+        if not any(p.type.dtype == "bf16" for p in n.params.values()):
+            raise VerifyError(f"{where}: act_dtype bf16 is set but the node has no bf16 projection")
     for role, p in n.params.items():
         if p.type.symbolic:
             raise VerifyError(f"{where}: parameter {role} (@{p.name}) has a symbolic shape {p.type}")

@@ -18,7 +18,7 @@ DEFAULT: dict[str, list[str]] = {
     "fuse": ["fuse-norm", "fuse-swiglu", "fuse-rope", "fuse-residual", "fuse-post-norm"],
     "prune": ["prune-experts"],                          # a no-op unless options ask for pruning
     # no-ops unless options name a scheme / int8 activations / 16-bit dtypes
-    "quantize": ["quantize", "quantize-activations", "cast-weights", "cast-kv"],
+    "quantize": ["quantize", "cast-weights", "quantize-activations", "cast-kv"],
     "plan": [],
 }
 

@@ -1,4 +1,5 @@
-"""quantize-activations: int8 activations for int8 / int4 weights (W8A8, W4A8), as llama.cpp's Q8_0 / Q4_0 do."""
+"""quantize-activations: int8 activations for int8 / int4 weights (W8A8, W4A8), as llama.cpp's Q8_0 / Q4_0 do;
+bf16 activations for bf16 weights (as PyTorch's bf16 matmuls compute)."""
 from __future__ import annotations
 
 import copy
@@ -11,11 +12,11 @@ from .base import register
 from .quantize import ROLES
 
 GROUP = ACT_GROUP       # inputs per activation scale: one AVX2 register of int8 codes
-KINDS = ("i8",)
+KINDS = ("i8", "bf16")
 
 
 def act_quant_option(value: str | None) -> str | None:
-    """The ``act_quant`` option normalized: None / "none" / "f32" = float activations, "i8" = int8."""
+    """The ``act_quant`` option normalized: None / "none" / "f32" = float activations, "i8" = int8, "bf16"."""
     if value in (None, "", "none", "f32"):
         return None
     if value not in KINDS:
@@ -39,6 +40,15 @@ def eligible(n) -> bool:
     return True
 
 
+def eligible_bf16(n) -> bool:
+    """Whether every projection weight of ``n`` is bf16 (MoE experts, the embedding table and the LM head, which
+    reads the tied table in its own layout and one row per prefill, keep float activations)."""
+    roles = [r for r in ROLES.get(n.op, ()) if r in n.params]
+    if n.op in ("moe", "embedding", "lm_head") or not roles:
+        return False
+    return all(n.params[r].type.dtype == "bf16" for r in roles)
+
+
 @register("quantize-activations", "quantize")
 def quantize_activations(model: Model, options: dict[str, Any]) -> Model:
     """With ``options["act_quant"] = "i8"``, mark the nodes whose projections are all int8 / int4 (after
@@ -46,21 +56,38 @@ def quantize_activations(model: Model, options: dict[str, Any]) -> Model:
     and multiplied by the weight codes in integers; the interpreter quantizes the same way. MoE experts and nodes
     with float or 16-bit weights keep float activations; the nodes left out are listed in the graph's
     ``act_quant_skipped`` attribute."""
-    if act_quant_option(options.get("act_quant")) is None:
+    kind = act_quant_option(options.get("act_quant"))
+    if kind is None:
         return model
+    if kind == "bf16":
+        return _bf16_activations(model)
     if not model.graph.attrs.get("quant"):
         raise LfmcError("int8 activations need int8 or int4 weights: give a weight quantization too "
                         "(--quant q8 or q4g32)")
+    return _mark(model, eligible, {"act_quant": GROUP}, f"i8g{GROUP}")
+
+
+def _bf16_activations(model: Model) -> Model:
+    """Mark the nodes whose projections are all bf16 (after ``cast-weights``) with ``act_dtype = "bf16"``: their
+    inputs are rounded to bf16 and the exact products summed in float32; the interpreter rounds the same way."""
+    if model.graph.attrs.get("weight_dtype") != "bf16":
+        raise LfmcError("bf16 activations need bf16 weights: compile with --dtype bf16 too")
+    return _mark(model, eligible_bf16, {"act_dtype": "bf16"}, "bf16")
+
+
+def _mark(model: Model, ok, attrs: dict[str, Any], kind: str) -> Model:
+    """``model`` with ``attrs`` on the projecting nodes (not the embedding) that ``ok`` accepts, the graph's
+    ``act_quant`` = ``kind`` and the others listed in its ``act_quant_skipped``."""
     g = copy.deepcopy(model.graph)
     skipped = []
     for n in g.nodes:
         if n.op not in ROLES or n.op == "embedding":
             continue
-        if eligible(n):
-            n.attrs = {**n.attrs, "act_quant": GROUP}
+        if ok(n):
+            n.attrs = {**n.attrs, **attrs}
         else:
             skipped.append(n.name)
-    g.attrs = {**g.attrs, "act_quant": f"i8g{GROUP}"}
+    g.attrs = {**g.attrs, "act_quant": kind}
     if skipped:
         g.attrs["act_quant_skipped"] = skipped
     return Model(g, model.weights, model.provenance, model.tokenizer)

@@ -61,7 +61,7 @@ class Backend:
     families: tuple[str, ...] = ()          # profile families this backend builds
     driver: str = ""                        # the runtime driver that runs its artifacts
     without_passes: frozenset[str] = frozenset()   # default passes this family's code generator does not want
-    int8_activations: bool = False          # has integer dot-product kernels (``--act-quant i8``)
+    int8_activations: bool = False          # has integer dot-product and bf16 kernels (``--act-quant i8 / bf16``)
     tunable: bool = True
     plan_report: bool = False               # --plan-only asks :meth:`plan_only` (else: weight bytes only)
 
@@ -78,6 +78,9 @@ class Backend:
 
     def check(self, profile, opts: CompileOptions) -> None:
         """Refuse options this family cannot build, before any work."""
+        if opts.act_quant == "bf16" and not self.int8_activations:
+            raise LfmcError(f"target {profile.name}: bf16 activations (--act-quant bf16) are implemented for CPU "
+                            f"targets; the {profile.family} family computes with float activations")
         if opts.act_quant and not self.int8_activations:
             raise LfmcError(f"target {profile.name}: int8 activations (--act-quant) are implemented for CPUs with "
                             f"integer dot products (x86 AVX2, Arm dotprod); the {profile.family} family computes "

@@ -19,6 +19,8 @@ class Knobs:
     threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
     dot: str = ""             # integer dot-product family of int8-activation matmuls (act_quant nodes): a key of
                               # kernels/matmul_a8.DOT ("avx2", "vnni", "sdot"); "": the target has none
+    bf16dot: str = ""         # bf16-activation matmuls (act_dtype bf16 nodes): a key of kernels/matmul_bf16.BF16DOT
+                              # ("avx512bf16", "fma"); "": the target has none
     a8_cols: int = 0          # int8-activation matmuls: `cols` of their register tile (0: cols)
     prefetch: int = 0         # int8-activation GEMVs: software prefetch this many bytes ahead (0: none)
     batch_rows: int = 0       # decode: matmul tile rows for steps of 2+ sequences (0: the 1-row GEMVs for all)
@@ -53,6 +55,15 @@ def gpu_knobs(max_threads: int = 256) -> dict[str, Knobs]:
     lfmc's loop kernels 64 threads wide (or the device's limit if lower)."""
     k = Knobs(lanes=1, rows=1, cols=1, parallel=True, gpu=True, threads=min(64, max_threads))
     return {"prefill": k, "decode": k}
+
+
+BF16_PAIRS = -1    # a parameter's packed layout: the bf16-activation matmul's input pairs (0: float, > 0: int8 interleave)
+
+
+def bf16_lanes(knobs: Knobs) -> int:
+    """Outputs per vector of the bf16-activation matmul (and its packed layout): 16 for vdpbf16ps on zmm, else
+    the target's f32 lanes."""
+    return 16 if knobs.bf16dot == "avx512bf16" else knobs.lanes
 
 
 A8_GROUP = ACT_GROUP    # int8 activations: inputs per scale (one AVX2 register of codes); see lfmc/ir/quant.py

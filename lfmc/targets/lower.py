@@ -158,10 +158,32 @@ def n_extra(quant: tuple | None) -> int:
     return 2 if quant[0] == "q4" and quant[2] else 1
 
 
+def pack_weight_bf16(w: np.ndarray, swiglu: bool, L: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A bf16 weight [M, K] (uint16 bits, or any float) in the layout of the bf16-activation matmul
+    (:func:`lfmc.targets.kernels.make_matmul_bf16`): [N/L, K/2, H, 2L], input pairs of each output side by side,
+    N padded to L and K to even with zeros."""
+    import ml_dtypes
+
+    bits = w.view(np.uint16) if w.dtype == ml_dtypes.bfloat16 else \
+        np.asarray(w, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
+    M, Kd = bits.shape
+    H = 2 if swiglu else 1
+    N = M // H
+    NB, Kp = -(-N // L), Kd + Kd % 2
+    t = np.zeros((H, NB * L, Kp), np.uint16)
+    t[:, :N, :Kd] = bits.reshape(H, N, Kd)
+    # [h, nb, o, k2, two] -> [nb, k2, h, o * 2 + two]
+    return np.ascontiguousarray(t.reshape(H, NB, L, Kp // 2, 2).transpose(1, 3, 0, 2, 4).reshape(NB, Kp // 2, H,
+                                                                                                2 * L)), []
+
+
 def pack_any(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None, quant: tuple | None, lanes: int,
-             swiglu: bool, il: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """A weight in the layout of the matmul that reads it: the int8-activation one when ``il`` (its interleave),
+             swiglu: bool, il: int, bf16_lanes: int = 16) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A weight in the layout of the matmul that reads it: the bf16-activation one when ``il`` is
+    ``BF16_PAIRS`` (``bf16_lanes`` outputs per vector), the int8-activation one when ``il`` > 0 (its interleave),
     else :func:`make_matmul`'s."""
+    if il == KN.BF16_PAIRS:
+        return pack_weight_bf16(w, swiglu, bf16_lanes)
     if il:
         return pack_weight_a8(w, scale, zero, quant, swiglu, il)
     return pack_weight(w, scale, zero, quant, lanes, swiglu)
@@ -297,8 +319,9 @@ class _Lowering:
                             f"({kinds}); compile with --quant to give them one")
         quant = specs.pop()
         a8 = self.int8_activations(srcs[0][0], entries)
+        bf = self.bf16_activations(srcs[0][0], entries)
         name = "w." + "+".join(n.params[r].name for n, r in srcs) + ("/swiglu" if swiglu else "")
-        il = KN.a8_interleave(N, swiglu, self.knobs["decode"], quant) if a8 else 0
+        il = KN.a8_interleave(N, swiglu, self.knobs["decode"], quant) if a8 else KN.BF16_PAIRS if bf else 0
 
         def cat(suffix: str) -> np.ndarray | None:
             parts = [self.weights[n.params[r + suffix].name] for n, r in srcs if r + suffix in n.params]
@@ -307,7 +330,7 @@ class _Lowering:
             return np.concatenate(parts) if parts else None
 
         p, *extra = self.packed(name, quant, il, lambda: pack_any(cat(""), cat("_scale"), cat("_zero"), quant, lanes,
-                                                                   swiglu, il))
+                                                                   swiglu, il, KN.bf16_lanes(self.knobs["decode"])))
         nw = [self.param("w." + norm.params["weight"].name, lambda: self.w(norm, "weight"))] if norm else []
         biases = [bias] if isinstance(bias, tuple) else list(bias or [])
         b = [self.param("w." + "+".join(m.params[r].name for m, r in biases),
@@ -320,6 +343,9 @@ class _Lowering:
             key = ("mm", N, Kd, "b" if bias else "", "n" if norm else "", "a" if accumulate else "",
                    "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
             key += ("1t",) if serial else ()
+            if bf:
+                return self.kernel(key + ("bf16a", kn.bf16dot), "make_matmul_bf16", N=N, K=Kd, knobs=kn,
+                                   bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu)
             if a8:
                 return self.kernel(key + ("a8", il, kn.prefetch) + ((kn.dot,) if kn.dot != "avx2" else ())
                                    + ((f"c{kn.a8_cols}",) if kn.a8_cols else ()), "make_matmul_a8",
@@ -347,6 +373,16 @@ class _Lowering:
             # over the output columns, every weight read once for all rows, where the prefill tiles parallelize
             # over row blocks (one or two for a verify: a core idle) and are shaped for long prompts
             self.short_prefill[made["prefill"]] = self.row_variants[made["decode"]]
+
+    def bf16_activations(self, n: Node, entries: tuple[str, ...] = ENTRIES) -> bool:
+        """Whether ``n``'s projections take bf16 activations (``act_dtype``), checked against the target."""
+        if n.attrs.get("act_dtype") != "bf16":
+            return False
+        for e in entries:
+            if not self.knobs[e].bf16dot:
+                raise LfmcError(f"%{n.name}: bf16 activations need a bf16 matmul kernel (a CPU with FMA); this "
+                                f"target has none: compile without --act-quant bf16")
+        return True
 
     def int8_activations(self, n: Node, entries: tuple[str, ...] = ENTRIES) -> bool:
         """Whether ``n``'s projections take int8 activations (``act_quant``), checked against the target."""

@@ -393,3 +393,89 @@ def test_int8_kernels_use_their_isas_dot_product(quant, dot, profile, lanes):
     ops = {w for ln in asm.splitlines() if ln.startswith("\t") for w in ln.split()[:2]}   # "{vex} vpdpbusd" too
     assert DOT[dot].instruction in ops, (dot, quant)
     assert not ops & {d.instruction for k, d in DOT.items() if k != dot}, (dot, quant)
+
+
+def _build_bf16(f, target=None):
+    """A bf16-activation kernel built as the backends build it (vdpbf16ps substituted into its LLVM IR)."""
+    from lfmc.targets.llvm_ir import rebuild
+
+    lib = tvm.compile(tvm.IRModule({"mmbf": f}), target=target or host_target())
+    return rebuild(lib)
+
+
+def _bf16_case(N, Kd, rms, acc, bias, swiglu, kn):
+    """Inputs, packed weight and the numpy reference of a bf16-activation matmul (activations rounded to bf16,
+    products summed in float64: the kernel's float32 sums are within 1e-6 of it)."""
+    import ml_dtypes
+
+    from lfmc.ir.quant import round_bf16
+    from lfmc.targets.knobs import bf16_lanes
+    from lfmc.targets.lower import pack_weight_bf16
+
+    x, nw, b, res = r(8, Kd), r(Kd), r(N), r(8, N)
+    w = (r(2 * N if swiglu else N, Kd) * 0.1).astype(ml_dtypes.bfloat16)
+    xs = x * nw / np.sqrt((x * x).mean(1, keepdims=True) + 1e-5) if rms else x
+    y = round_bf16(xs).astype(np.float64) @ w.astype(np.float64).T
+    if swiglu:
+        g, u = y[:, :N], y[:, N:]
+        y = g / (1 + np.exp(-g)) * u
+    y = y + (b if bias else 0) + (res if acc else 0)
+    packed, _ = pack_weight_bf16(w, swiglu, bf16_lanes(kn))
+    args = [x, packed] + ([nw] if rms else []) + ([b] if bias else [])
+    return args, res, y
+
+
+def _run_bf16(f, args, res, acc, rows):
+    ot = tvm.runtime.tensor(res.copy())
+    f(*[tvm.runtime.tensor(a) for a in args] + ([ot] if acc else []) + [ot, 8 // rows])
+    return ot.numpy()
+
+
+def _has_bf16() -> bool:
+    from lfmc.targets.host import cpu_features
+
+    return bool(cpu_features().get("avx512_bf16"))
+
+
+@pytest.mark.parametrize("N,Kd,rms,acc,bias,swiglu", [(60, 96, True, False, True, False), (40, 65, False, True, False, True),
+                                                      (128, 64, True, True, False, False)])
+@pytest.mark.parametrize("rows,cols", [(4, 3), (1, 8)])
+def test_bf16_activation_matmul_with_fma(N, Kd, rms, acc, bias, swiglu, rows, cols):
+    """The FMA family (any CPU with FMA): bf16-rounded activations times bf16 weights, within 1e-5 of the
+    float64 sums, on padded N and odd K, fused norm / bias / residual / SwiGLU."""
+    kn = K.Knobs(8, rows, cols, bf16dot="fma")
+    args, res, want = _bf16_case(N, Kd, rms, acc, bias, swiglu, kn)
+    f = build(K.make_matmul_bf16("mmbf", N, Kd, kn, bias, 1e-5 if rms else None, acc, swiglu))
+    np.testing.assert_allclose(_run_bf16(f, args, res, acc, rows), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not _has_bf16(), reason="vdpbf16ps needs AVX512-BF16 to run (its code is checked by "
+                                           "test_bf16_kernels_use_their_isas_instruction)")
+@pytest.mark.parametrize("N,Kd,rms,acc,bias,swiglu", [(60, 96, True, False, True, False), (40, 65, False, True, False, True)])
+@pytest.mark.parametrize("rows,cols", [(4, 3), (1, 8)])
+def test_vdpbf16ps_matmul_equals_the_fma_one(N, Kd, rms, acc, bias, swiglu, rows, cols):
+    """vdpbf16ps adds each pair's odd product, then its even one, rounding each sum once: the FMA family's sums,
+    bit for bit (16 lanes both)."""
+    outs = []
+    for fam in ("fma", "avx512bf16"):
+        kn = K.Knobs(16, rows, cols, bf16dot=fam)
+        args, res, want = _bf16_case(N, Kd, rms, acc, bias, swiglu, kn) if not outs else (args, res, want)
+        f = _build_bf16(K.make_matmul_bf16("mmbf", N, Kd, kn, bias, 1e-5 if rms else None, acc, swiglu))["mmbf"]
+        outs.append(_run_bf16(f, args, res, acc, rows))
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_allclose(outs[1], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fam,profile,lanes,want", [("avx512bf16", "xeon-sapphirerapids", 16, "vdpbf16ps"),
+                                                   ("fma", "x86-64-v3", 8, "vfmadd231ps"),
+                                                   ("fma", "snapdragon-8gen3:cpu", 4, "fmla")])
+def test_bf16_kernels_use_their_isas_instruction(fam, profile, lanes, want):
+    """vdpbf16ps (substituted into the LLVM IR: TVM cannot call it) in the AVX512-BF16 kernel's code, compiled for
+    a Sapphire Rapids CPU; float32 FMAs in the FMA family's, on x86 and arm64."""
+    from lfmc.targets.profiles import get_profile
+
+    kn = K.Knobs(lanes, 4, 3, bf16dot=fam)
+    m = _build_bf16(K.make_matmul_bf16("mmbf", 64, 128, kn, False, 1e-5, False, True), get_profile(profile).target())
+    ops = {w for ln in m.inspect_source("s").splitlines() if ln.startswith("\t") for w in ln.split()[:1]}
+    assert want in ops, (fam, profile)
+    assert ("vdpbf16ps" in ops) == (fam == "avx512bf16")

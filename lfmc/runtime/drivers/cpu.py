@@ -128,7 +128,7 @@ def check_artifact(m: dict[str, Any]) -> None:
         raise RuntimeLoadError(f"artifact was compiled for {feats['arch']} CPUs, this is {platform.machine()}")
     flags = _cpu_flags()
     for want, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("fma", "fma"), ("avx512_vnni", "avx512_vnni"),
-                       ("avxvnni", "avx_vnni"), ("dotprod", "asimddp"), ("i8mm", "i8mm"), ("bf16", "bf16")):
+                       ("avxvnni", "avx_vnni"), ("avx512_bf16", "avx512_bf16"), ("dotprod", "asimddp"), ("i8mm", "i8mm"), ("bf16", "bf16")):
         if feats.get(want) and flags is not None and flag not in flags:
             raise RuntimeLoadError(f"artifact was compiled for CPUs with {_SHOWN.get(flag, flag.upper())} "
                                    f"({feats.get('mcpu')}); this CPU lacks it: recompile here")

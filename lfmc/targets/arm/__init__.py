@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...ir.errors import LfmcError
-from .. import cache
+from .. import cache, llvm_ir
 from ..knobs import Knobs
 
 
@@ -31,8 +31,8 @@ def arm_knobs(entry: str, dot: str = "") -> Knobs:
     its int8 tiles hold two 128-bit int32 and two float accumulators per 8-output block, so they take fewer blocks
     (a8_cols) than the float tiles take vectors."""
     if entry == "decode":
-        return Knobs(lanes=4, rows=1, cols=8, batch_rows=4, batch_cols=4, dot=dot, a8_cols=4)
-    return Knobs(lanes=4, rows=4, cols=4, dot=dot, a8_cols=2)
+        return Knobs(lanes=4, rows=1, cols=8, batch_rows=4, batch_cols=4, dot=dot, a8_cols=4, bf16dot="fma")
+    return Knobs(lanes=4, rows=4, cols=4, dot=dot, a8_cols=2, bf16dot="fma")
 
 
 def arm_dot(profile) -> str:
@@ -96,8 +96,9 @@ def build_arm(kernels: dict, profile, out_dir, progress=None) -> dict[str, str]:
 
             def build(out: Path, n=n, func=func) -> None:
                 lib = tvm.compile(tvm.IRModule({n: func or kernels[n].build(n)}), target=target)
+                mod = llvm_ir.rebuild(lib) if llvm_ir.needs_substitution(kernels[n]) else lib.mod
                 obj = Path(tmp) / f"{n}.o"
-                lib.mod.write_to_file(str(obj))
+                mod.write_to_file(str(obj))
                 _link([obj], out, triple)
 
             cache.build_file("cpu", key, f".{ext}", d / f"{n}.{ext}", build)

@@ -95,13 +95,14 @@ def host_knobs(entry: str, feats: dict[str, Any] | None = None) -> Knobs:
     idot = bool(feats["avx2"]) and feats["arch"] in ("x86_64", "AMD64")
     vnni = idot and bool(feats.get("avx512_vnni") or feats.get("avxvnni"))
     dot = "vnni" if vnni else "avx2" if idot else ""
+    bf16dot = "avx512bf16" if feats.get("avx512_bf16") and feats["avx512"] else "fma" if feats["fma"] else ""
     if entry == "decode":
         # prefetch: 8 KB ahead took 350M W4A8 decode from ~59 to ~65 tok/s (4 KB and 32 KB alike; BENCHMARKS.md)
         # batch_rows: a decode step of several sequences reads each weight vector once per 4 rows, not per row
-        return Knobs(lanes=lanes, rows=1, cols=8, dot=dot, prefetch=8192, batch_rows=4, batch_cols=3)
+        return Knobs(lanes=lanes, rows=1, cols=8, dot=dot, bf16dot=bf16dot, prefetch=8192, batch_rows=4, batch_cols=3)
     # a8_cols 6: with vpdpbusd the int8 tile has registers for 3 weight blocks per row (4 x 3 blocks against
     # 4 x 1: +0-19% per projection of LFM2-350M at 512 rows; 4 x 3 float vectors stay the float tile)
-    return Knobs(lanes=lanes, rows=4, cols=3, dot=dot, a8_cols=6 if vnni else 0)
+    return Knobs(lanes=lanes, rows=4, cols=3, dot=dot, bf16dot=bf16dot, a8_cols=6 if vnni else 0)
 
 
 def build_host(kernels: dict, out_dir, progress=None, target=None) -> dict[str, str]:
@@ -113,7 +114,7 @@ def build_host(kernels: dict, out_dir, progress=None, target=None) -> dict[str, 
     register tile to registers (it spilled the accumulators every iteration, 3x slower; seen with TVM 0.27)."""
     import tvm
 
-    from .. import cache
+    from .. import cache, llvm_ir
 
     target = target or host_target()
     tkey = cache.target_key(target)
@@ -124,6 +125,8 @@ def build_host(kernels: dict, out_dir, progress=None, target=None) -> dict[str, 
 
         def build(out: Path, name=name, spec=spec, func=func) -> None:
             lib = tvm.compile(tvm.IRModule({name: func or spec.build(name)}), target=target)
+            if llvm_ir.needs_substitution(spec):       # intrinsics TVM cannot call (vdpbf16ps): see llvm_ir
+                lib = llvm_ir.rebuild(lib)
             lib.export_library(str(out))
 
         cache.build_file("cpu", key, ".so", out_dir / f"kernels/{name}.so", build)

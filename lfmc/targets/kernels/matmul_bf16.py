@@ -1,0 +1,162 @@
+"""The bf16-activation matmul (``--dtype bf16 --act-quant bf16``): bf16 weights times activations rounded to bf16,
+the exact products summed in float32 (what PyTorch's bf16 CPU matmuls compute). The instruction family is the
+target's (``knobs.bf16dot``, a key of :data:`BF16DOT`): AVX512-BF16's ``vdpbf16ps`` (two products per float32
+lane per instruction: twice the float32 FMA rate) or float32 FMAs on the same pairs (any CPU with FMA; NEON). Both
+add the odd input's product first, then the even one's, each rounded once: the same sums, bit for bit (bf16
+products are exact in float32; ``vdpbf16ps`` also flushes denormals, which these sums do not meet).
+
+Weights are packed in pairs along K: ``W[N/L, K/2, H, 2L]`` uint16 (bf16 bits), element (o, k) at
+``[o // L, k // 2, h, 2 (o % L) + k % 2]``: one 32-bit word per output holds its two inputs, L outputs per
+vector (L = 16 with ``vdpbf16ps``). H = 2 (gate, up) with ``swiglu``; N is padded to L and K to even."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import tvm
+from tvm.script import tirx as T
+
+from ..llvm_ir import placeholder
+from ..knobs import bf16_lanes as _lanes
+from .common import Knobs, _named, pick_cols
+
+
+def _dpbf16ps(L: int):
+    def dot(acc, w, x):
+        """vdpbf16ps through the LLVM-IR placeholder (:mod:`lfmc.targets.llvm_ir`): TVM cannot pass bfloat
+        vectors."""
+        r = placeholder("llvm.x86.avx512.vpdpwssd.512", "int32x16", T.reinterpret("int32x16", acc),
+                        T.reinterpret("int16x32", w), T.reinterpret("int16x32", x))
+        return T.reinterpret("float32x16", r)
+    return dot
+
+
+def _fma_pairs(L: int):
+    def dot(acc, w, x):
+        """The same sums with float32 FMAs: each 32-bit word's high half is its odd input (bits in place), its
+        low half the even one (shifted up)."""
+        hi = T.broadcast(T.uint32(0xFFFF0000), L)
+        sh = T.broadcast(T.uint32(16), L)
+        w32, x32 = T.reinterpret(f"uint32x{L}", w), T.reinterpret(f"uint32x{L}", x)
+        odd = T.call_llvm_pure_intrin(f"float32x{L}", f"llvm.fma.v{L}f32", T.reinterpret(f"float32x{L}", w32 & hi),
+                                      T.reinterpret(f"float32x{L}", x32 & hi), acc)
+        return T.call_llvm_pure_intrin(f"float32x{L}", f"llvm.fma.v{L}f32", T.reinterpret(f"float32x{L}", w32 << sh),
+                                       T.reinterpret(f"float32x{L}", x32 << sh), odd)
+    return dot
+
+
+@dataclass(frozen=True)
+class Bf16Family:
+    """One ISA's bf16 pair dot product: ``make(L)`` gives ``dot(acc, w, x)``: ``acc`` (float32 x L) plus, per lane,
+    the products of a 32-bit word of ``w`` (2L bf16) with the same word of ``x``; ``lanes``: the L it needs (0:
+    the target's); ``instruction``: what its code must contain (tests check it)."""
+
+    make: Callable
+    lanes: int
+    instruction: str
+
+
+BF16DOT: dict[str, Bf16Family] = {
+    "avx512bf16": Bf16Family(_dpbf16ps, 16, "vdpbf16ps"),
+    "fma": Bf16Family(_fma_pairs, 0, "vfmadd"),
+}
+
+
+def bf16_lanes(knobs: Knobs) -> int:
+    """Outputs per vector of the bf16-activation layout for ``knobs`` (:func:`lfmc.targets.knobs.bf16_lanes`)."""
+    if knobs.bf16dot not in BF16DOT:
+        raise ValueError(f"no bf16 dot-product family {knobs.bf16dot!r} (have {', '.join(BF16DOT)})")
+    return _lanes(knobs)
+
+
+def bf16_layout(N: int, K: int, swiglu: bool, L: int) -> dict:
+    """Shape of the bf16-activation matmul's packed weight (see the module doc)."""
+    NB, Kp = -(-N // L), K + K % 2
+    return {"W": ((NB, Kp // 2, 2 if swiglu else 1, 2 * L), "uint16"), "NB": NB, "Kp": Kp}
+
+
+def make_matmul_bf16(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
+                     accumulate: bool = False, swiglu: bool = False) -> tvm.tirx.PrimFunc:
+    """:func:`make_matmul` with bf16 activations: the rows of X (RMS-normalized first when ``rms_eps``) rounded to
+    bf16 (round half to even, as lfmc/ir/quant.py's ``round_bf16``) once per call, then R rows x J vectors of L
+    outputs per register tile, one pair dot per (row, vector) and input pair. Args: X, W, (NW), (bias), (Res), Out,
+    nb, as the float matmul's."""
+    L = bf16_lanes(knobs)
+    fam = BF16DOT[knobs.bf16dot]
+    dot = fam.make(L)
+    lay = bf16_layout(N, K, swiglu, L)
+    wshape = lay["W"][0]
+    NB, Kp = lay["NB"], lay["Kp"]
+    R, H = knobs.rows, 2 if swiglu else 1
+    J = pick_cols(NB, max(1, knobs.cols // H))
+    par, norm, padk, padn = knobs.parallel, rms_eps is not None, K % 2 != 0, N % L != 0
+    eps = float(rms_eps) if norm else 0.0
+
+    def bits(v):
+        """float32 -> bf16 bits, round half to even (finite values)."""
+        b = T.reinterpret("uint32", v)
+        return T.Cast("uint16", (b + T.uint32(0x7FFF) + ((b >> T.uint32(16)) & T.uint32(1))) >> T.uint32(16))
+
+    def xval(X, NW, Rn, i, k):
+        v = X[i, k] * NW[k] * Rn[i] if norm else X[i, k]
+        return T.if_then_else(k < K, v, T.float32(0)) if padk else v
+
+    def pair(Xb, row, k2):
+        """x[row, 2 k2 : 2 k2 + 2] (one 32-bit word) repeated for the L outputs of a vector."""
+        return T.reinterpret(f"uint16x{2 * L}", T.broadcast(T.reinterpret("uint32", Xb[row, T.ramp(2 * k2, 1, 2)]), L))
+
+    def finish(Res, Bv, acc, r, jj, t, row, o):
+        a0 = acc[r, 0, jj, t]
+        if swiglu:
+            a0 = T.sigmoid(a0) * a0 * acc[r, 1, jj, t]
+        if bias:
+            a0 = a0 + Bv[o]
+        if accumulate:
+            a0 = a0 + Res[row, o]
+        return a0
+
+    @T.prim_func
+    def f(x: T.handle, w: T.handle, nw: T.handle, b: T.handle, res: T.handle, y: T.handle, nb: T.int32):
+        X = T.match_buffer(x, (nb * R, K), "float32")
+        W = T.match_buffer(w, wshape, "uint16")
+        NW = T.match_buffer(nw, (K,), "float32")
+        Bv = T.match_buffer(b, (N,), "float32")
+        Res = T.match_buffer(res, (nb * R, N), "float32")
+        Y = T.match_buffer(y, (nb * R, N), "float32")
+        Xb = T.alloc_buffer((nb * R, Kp), "uint16")
+        Rn = T.alloc_buffer((nb * R,), "float32")
+        for i in T.parallel(nb * R) if par else T.serial(nb * R):
+            if norm:
+                ss = T.decl_buffer((1,), "float32")
+                ss[0] = T.float32(0)
+                for k in T.serial(K):
+                    ss[0] = ss[0] + X[i, k] * X[i, k]
+                Rn[i] = T.float32(1) / T.sqrt(ss[0] / T.float32(K) + T.float32(eps))
+            for k in T.serial(Kp):
+                Xb[i, k] = bits(xval(X, NW, Rn, i, k))
+        for jb in T.parallel(NB // J) if par else T.serial(NB // J):
+            for ib in T.serial(nb):
+                acc = T.decl_buffer((R, H, J, L), "float32")
+                for r in T.unroll(R):
+                    for h in T.unroll(H):
+                        for jj in T.unroll(J):
+                            acc[r, h, jj, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
+                for k2 in T.serial(Kp // 2):
+                    for h in T.unroll(H):
+                        for jj in T.unroll(J):
+                            for r in T.unroll(R):
+                                acc[r, h, jj, T.ramp(0, 1, L)] = dot(acc[r, h, jj, T.ramp(0, 1, L)],
+                                                                     W[jb * J + jj, k2, h, T.ramp(0, 1, 2 * L)],
+                                                                     pair(Xb, ib * R + r, k2))
+                for r in T.serial(R):
+                    for jj in T.serial(J):
+                        for t in T.serial(L):
+                            if not padn or (jb * J + jj) * L + t < N:      # padded outputs are never stored
+                                Y[ib * R + r, (jb * J + jj) * L + t] = finish(
+                                    Res, Bv, acc, r, jj, t, ib * R + r, (jb * J + jj) * L + t)
+
+    keep = [True, True, norm, bias, accumulate, True, True]
+    f = tvm.tirx.PrimFunc([p for p, k in zip(f.params, keep) if k], f.body, f.ret_type, f.attrs)
+    if not accumulate:
+        f = f.with_attr("tirx.noalias", True)
+    return _named(f, name)

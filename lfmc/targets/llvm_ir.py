@@ -1,0 +1,115 @@
+"""LLVM intrinsics that TVM cannot call directly, substituted in the LLVM IR of a compiled kernel.
+
+TVM 0.27 gives ``bfloat16`` values the LLVM type ``i16`` (and legalizes bf16 arithmetic to float32), so an
+intrinsic whose operands are ``<N x bfloat>`` (x86 ``vdpbf16ps``, Arm ``bfmmla``) fails LLVM's verifier when
+called with ``T.call_llvm_pure_intrin``. Kernels call a placeholder instead (:func:`placeholder`): an integer
+intrinsic of the same operand widths and shape (acc + pairwise products per 32-bit lane) that no kernel uses for
+itself, so that LLVM optimizes the kernel as it would the real one (a pure intrinsic: the register tile stays in
+registers; an opaque external call would pin it in memory). :func:`substitute` rewrites each placeholder call in
+the module's optimized LLVM IR into bitcasts around the real intrinsic, and :func:`rebuild` turns that IR back into
+a TVM module, which exports like any other (one ``.so`` per kernel)."""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# placeholder -> (intrinsic, its return type, its operand types); the placeholder's own types are integer
+# vectors of the same widths (what TIR passes)
+INTRINSICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    # vpdpwssd (int16 pairs into int32 lanes) stands for vdpbf16ps (bf16 pairs into float32 lanes)
+    "llvm.x86.avx512.vpdpwssd.512": ("llvm.x86.avx512bf16.dpbf16ps.512", "<16 x float>",
+                                     ("<16 x float>", "<32 x bfloat>", "<32 x bfloat>")),
+    # ummla (a 2x8 by 8x2 uint8 product into 2x2 int32) stands for bfmmla (2x4 by 4x2 bf16 into 2x2 float32)
+    "llvm.aarch64.neon.ummla.v4i32.v16i8": ("llvm.aarch64.neon.bfmmla", "<4 x float>",
+                                            ("<4 x float>", "<8 x bfloat>", "<8 x bfloat>")),
+}
+
+
+def placeholder(name: str, dtype: str, *args):
+    """A TIR call of placeholder ``name`` (a key of :data:`INTRINSICS`) returning ``dtype`` (integer lanes)."""
+    from tvm.script import tirx as T
+
+    if name not in INTRINSICS:
+        raise KeyError(f"no intrinsic placeholder {name!r}")
+    return T.call_llvm_pure_intrin(dtype, name, *args)
+
+
+def _split_args(s: str) -> list[str]:
+    """Top-level comma-separated operands of an LLVM call (constant vectors hold commas inside <...>)."""
+    out, depth, cur = [], 0, ""
+    for ch in s:
+        if ch in "<[({":
+            depth += 1
+        elif ch in ">])}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        out.append(cur.strip())
+    return out
+
+
+_CALL = re.compile(r"^(\s*)(%[\w.]+) = (?:tail |notail |musttail )?call (<[^>]+>) @([\w.]+)\((.*)\)(.*)$")
+
+
+def substitute(ll: str) -> tuple[str, int]:
+    """``ll`` with every placeholder call replaced by its intrinsic between bitcasts; (text, calls replaced)."""
+    lines, n, used = [], 0, set()
+    for line in ll.splitlines():
+        m = _CALL.match(line)
+        if m and m.group(4) in INTRINSICS:
+            ind, res, rtype, name, args, tail = m.groups()
+            intr, ret, types = INTRINSICS[name]
+            ops = _split_args(args)
+            if len(ops) != len(types):
+                raise ValueError(f"{name}: {len(ops)} operands, the intrinsic takes {len(types)}")
+            tag = f"%lfmc.{n}"
+            conv = []
+            for i, (op, want) in enumerate(zip(ops, types)):
+                have, val = op.split(" ", 1) if not op.startswith("<") else op.split("> ", 1)
+                have = have + ">" if op.startswith("<") else have
+                lines.append(f"{ind}{tag}.{i} = bitcast {have} {val} to {want}")
+                conv.append(f"{want} {tag}.{i}")
+            lines.append(f"{ind}{tag}.r = call {ret} @{intr}({', '.join(conv)})")
+            lines.append(f"{ind}{res} = bitcast {ret} {tag}.r to {rtype}")
+            n += 1
+            used.add(name)
+        elif line.startswith("declare") and any(f"@{p}(" in line for p in INTRINSICS):
+            continue
+        else:
+            lines.append(line)
+    for name in sorted(used):
+        intr, ret, types = INTRINSICS[name]
+        lines.append(f"declare {ret} @{intr}({', '.join(types)})")
+    return "\n".join(lines) + "\n", n
+
+
+# the kernel makers whose kernels may call a placeholder (the build substitutes their IR; others are left alone)
+MAKERS = frozenset({"make_matmul_bf16"})
+
+
+def needs_substitution(spec: Any) -> bool:
+    """Whether the kernel of ``spec`` (a :class:`lfmc.targets.lower.KernelSpec`) goes through :func:`rebuild`."""
+    return getattr(spec, "maker_name", "") in MAKERS
+
+
+def uses_placeholders(lib: Any) -> bool:
+    """Whether a compiled TVM module's LLVM IR calls a placeholder."""
+    return any(f"@{p}(" in lib.mod.inspect_source("ll") for p in INTRINSICS)
+
+
+def rebuild(lib: Any) -> Any:
+    """The TVM module of ``lib`` (``tvm.compile``'s result) with its placeholders substituted: its LLVM IR
+    rewritten and loaded back (TVM's ``.ll`` loader compiles it for the triple and CPU the IR names)."""
+    import tvm
+
+    text, n = substitute(lib.mod.inspect_source("ll"))
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "kernel.ll"
+        p.write_text(text)
+        return tvm.runtime.load_module(str(p))
