@@ -17,7 +17,7 @@ import numpy as np
 
 from ..plan import STEP_RUNNER, Arg, launches, ring_slots
 from .artifact import check_device, load_manifest
-from .drivers import get_driver
+from .drivers import driver_hook, get_driver
 from .drafting import Drafter, SpecControl, new_drafter, ngram_draft
 from .errors import EngineError, RuntimeLoadError
 from .params import read_params
@@ -133,11 +133,16 @@ class Engine:
         names = {L.kernel for e in self.launches.values() for L in e}
         names |= {k for v in self.plan.get("variants", {}).values() for k in v.values()}
         names |= {k for v in self._row_variants.values() for k in v["kernels"].values()}
-        missing = sorted(names - set(m["kernels"]))
+        # the ISA variant of each kernel that has several (the driver picks by this CPU's features)
+        pick = driver_hook(device, "pick_kernels")
+        self._impl: dict[str, str] = {k: v for k, v in (pick(m) if pick else {}).items() if k in names}
+        missing = sorted({self._impl.get(k, k) for k in names} - set(m["kernels"]))
         if missing:
             raise RuntimeLoadError(f"{self.root}: the plan uses kernels without a library: {missing[:5]}")
-        self._libs = {f: self.driver.load_library(self.root / f) for f in sorted({m["kernels"][k] for k in names})}
-        self._funcs = {k: self.driver.function(self._libs[m["kernels"][k]], k) for k in sorted(names)}
+        self._libs = {f: self.driver.load_library(self.root / f)
+                      for f in sorted({m["kernels"][self._impl.get(k, k)] for k in names})}
+        self._funcs = {k: self.driver.function(self._libs[m["kernels"][self._impl.get(k, k)]], self._impl.get(k, k))
+                       for k in sorted(names)}
         runner = m["kernels"].get(STEP_RUNNER)
         load_runner = getattr(self.driver, "load_step_runner", None)
         self._runner = load_runner(self.root / runner) if runner and load_runner and self.one_call else None
@@ -289,7 +294,7 @@ class Engine:
             step = self._steps.get(key)
             if step is None:
                 step = self._steps[key] = self._runner.prepare(
-                    [(self.root / self.manifest["kernels"][k], k, args)
+                    [(self.root / self.manifest["kernels"][self._impl.get(k, k)], self._impl.get(k, k), args)
                      for (k, _), (_, args) in zip(self._launches(entry, n), calls)])
             step()
             return

@@ -190,10 +190,16 @@ class TvmBackend(Backend):
 
     reports_cache = False                   # log how many kernel libraries came from the CPU build cache
 
-    def target_info(self, profile) -> dict[str, Any]:
-        """The manifest's ``target`` record (what the runtime checks before loading)."""
+    def target_info(self, profile, variants: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The manifest's ``target`` record (what the runtime checks before loading); ``variants``: the
+        artifact's ISA variants (:meth:`isa_variants`)."""
         return {"name": profile.name, "family": profile.family, "backend": self.name,
                 "driver": self.driver_for(profile), "kind": profile.family, "profile": profile.as_dict()}
+
+    def isa_variants(self, kernels: dict, profile) -> dict[str, Any]:
+        """Add fallback twins to ``kernels`` for the kernels that need optional CPU features; name -> {"needs",
+        "fallback"} (none by default)."""
+        return {}
 
     def build(self, kernels: dict, profile, out_dir: Path, progress: Progress | None) -> dict[str, str]:
         """Compile ``kernels`` (name -> KernelSpec) into ``out_dir``; kernel name -> file."""
@@ -228,5 +234,7 @@ class TvmBackend(Backend):
             return [f"kernel libraries: {len(low.kernels)}, {cache.HITS['n'] - hits} of them from the build cache"
                     + (f" ({where})" if where else " (off: LFMC_CACHE is empty)")]
 
-        return Built(low.plan, low.params, self.target_info(profile),
+        variants = self.isa_variants(low.kernels, profile)
+        info = self.target_info(profile, variants) if variants else self.target_info(profile)
+        return Built(low.plan, low.params, info,
                      lambda d: self.build(low.kernels, profile, d, ctx.progress), extra, after_write)

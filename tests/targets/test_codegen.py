@@ -182,6 +182,62 @@ def test_vnni_artifacts_are_refused_by_name_without_vnni(monkeypatch):
     assert host_knobs("prefill", spr).dot == "vnni" and host_knobs("prefill", v3).dot == "avx2"
 
 
+def test_isa_variants_give_every_optional_kernel_a_fallback():
+    """Kernels that use an optional feature the target has (VNNI int8 kernels, AVX512-BF16 bf16 kernels) get a
+    twin of the family that does without, with the same arguments; the others are left alone."""
+    import dataclasses
+
+    from lfmc.targets import knobs as KN
+    from lfmc.targets.host import base_features, isa_variants
+    from lfmc.targets.lower import KernelSpec
+
+    kn = KN.Knobs(16, 4, 3, dot="vnni", a8_cols=6, bf16dot="avx512bf16")
+    kernels = {"a8": KernelSpec("make_matmul_a8", {"N": 64, "K": 64, "knobs": kn}),
+               "bf": KernelSpec("make_matmul_bf16", {"N": 64, "K": 64, "knobs": kn}),
+               "f32": KernelSpec("make_matmul", {"N": 64, "K": 64, "knobs": kn})}
+    feats = {"avx2": True, "avx512": True, "avx512_vnni": True, "avxvnni": False, "avx512_bf16": True}
+    v = isa_variants(kernels, feats)
+    assert v == {"a8": {"needs": ["avx512_vnni"], "fallback": "a8__avx2"},
+                 "bf": {"needs": ["avx512_bf16"], "fallback": "bf__fma"}}
+    assert kernels["a8__avx2"].knobs == dataclasses.replace(kn, dot="avx2", a8_cols=0) and not kernels["a8__avx2"].needs
+    assert kernels["bf__fma"].knobs.bf16dot == "fma" and kernels["bf"].needs == ("avx512_bf16",)
+    assert "f32__avx2" not in kernels and not kernels["f32"].needs
+    assert isa_variants(dict(kernels), {**feats, "avx512_vnni": False, "avx512_bf16": False}) == {}
+    assert base_features(feats) == {**feats, "avx512_vnni": False, "avx512_bf16": False}
+
+
+@pytest.mark.parametrize("opts", [{"quant": "q4g32", "act_quant": "i8"}, {"dtype": "bf16", "act_quant": "bf16"}])
+def test_isa_variants_picked_at_load_by_the_cpus_features(opts, tmp_path, monkeypatch):
+    """An artifact built on a CPU with VNNI / AVX512-BF16 loads on one without them (told by its flags): the
+    runtime runs the fallback variants, with the same logits bit for bit (the same integer sums; the same float32
+    sums of exact bf16 products), instead of refusing the artifact."""
+    from lfmc.runtime import Engine
+    from lfmc.runtime.drivers import cpu
+    from lfmc.targets.host import cpu_features
+
+    m = import_preset("lfm2-tiny", weights=True, seed=1)
+    art = compile_model(m, tmp_path / "a", max_batch=2, max_context=64, prefill_chunk=16, **opts)
+    man = json.loads((art / "manifest.json").read_text())
+    need = "avx512_vnni" if "i8" in opts.values() else "avx512_bf16"
+    if not cpu_features().get(need):
+        assert not man["target"].get("isa_variants")
+        pytest.skip(f"this CPU has no {need}: the artifact has one variant per kernel")
+    v = man["target"]["isa_variants"]
+    assert v and all(x["fallback"] in man["kernels"] for x in v.values()) and not man["target"]["features"][need]
+
+    def run(eng):
+        s = eng.new_sequence()
+        return np.concatenate([eng.prefill(s, list(range(3, 22)))] + [eng.decode([s], [t])[0] for t in (5, 6, 7)])
+
+    best = Engine(art)
+    assert set(best._impl.values()) == set(v)
+    real = cpu._cpu_flags()
+    monkeypatch.setattr(cpu, "_cpu_flags", lambda: real - {"avx512_vnni", "avx_vnni", "avx512_bf16"})
+    plain = Engine(art)
+    assert set(plain._impl.values()) == {x["fallback"] for x in v.values()}
+    np.testing.assert_array_equal(run(plain), run(best))
+
+
 @pytest.mark.parametrize("target", ["apple-m2:cpu", "apple-m4:cpu"])
 def test_macos_dylibs(target, built):
     if not shutil.which("ld64.lld-22") and not shutil.which("ld64.lld"):

@@ -127,8 +127,7 @@ def check_artifact(m: dict[str, Any]) -> None:
     if feats.get("arch") and feats["arch"] != platform.machine():
         raise RuntimeLoadError(f"artifact was compiled for {feats['arch']} CPUs, this is {platform.machine()}")
     flags = _cpu_flags()
-    for want, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("fma", "fma"), ("avx512_vnni", "avx512_vnni"),
-                       ("avxvnni", "avx_vnni"), ("avx512_bf16", "avx512_bf16"), ("dotprod", "asimddp"), ("i8mm", "i8mm"), ("bf16", "bf16")):
+    for want, flag in _FLAGS.items():
         if feats.get(want) and flags is not None and flag not in flags:
             raise RuntimeLoadError(f"artifact was compiled for CPUs with {_SHOWN.get(flag, flag.upper())} "
                                    f"({feats.get('mcpu')}); this CPU lacks it: recompile here")
@@ -140,6 +139,24 @@ _AT_HWCAP, _AT_HWCAP2 = 16, 26
 _SHOWN = {"asimddp": "DOTPROD (asimddp)", "asimdhp": "FP16 (asimdhp)"}
 _ARM_HWCAPS = {"asimddp": (_AT_HWCAP, 1 << 20), "asimdhp": (_AT_HWCAP, 1 << 10), "i8mm": (_AT_HWCAP2, 1 << 13),
                "bf16": (_AT_HWCAP2, 1 << 14)}
+
+
+# the manifest's feature keys -> this CPU's flag names (x86: /proc/cpuinfo; aarch64: hwcaps)
+_FLAGS = {"avx512": "avx512f", "avx2": "avx2", "fma": "fma", "avx512_vnni": "avx512_vnni", "avxvnni": "avx_vnni",
+          "avx512_bf16": "avx512_bf16", "dotprod": "asimddp", "i8mm": "i8mm", "bf16": "bf16"}
+
+
+def pick_kernels(m: dict[str, Any]) -> dict[str, str]:
+    """The ISA variant to run for each kernel that has one (``target.isa_variants``): the kernel itself where this
+    CPU has every feature it needs, else its fallback (built without them). Kernel name -> the name to run."""
+    variants = m["target"].get("isa_variants") or {}
+    if not variants:
+        return {}
+    flags = _cpu_flags()
+    if flags is None:                                  # unknown (macOS): the variants that need nothing optional
+        return {k: v["fallback"] for k, v in variants.items()}
+    return {k: (k if all(_FLAGS.get(f, f) in flags for f in v["needs"]) else v["fallback"])
+            for k, v in variants.items()}
 
 
 def _cpu_flags() -> set[str] | None:

@@ -35,7 +35,7 @@ class ArmBackend(TvmBackend):
         dot = arm_dot(profile)
         return {e: arm_knobs(e, dot) for e in ENTRIES}
 
-    def target_info(self, profile) -> dict[str, Any]:
+    def target_info(self, profile, variants: dict[str, Any] | None = None) -> dict[str, Any]:
         from . import arm_features
 
         return {**super().target_info(profile), "kind": "llvm", "features": arm_features(profile)}

@@ -75,6 +75,58 @@ def x86_target(profile):
     return host_target() if profile.name == "host" else profile.target()
 
 
+# Optional ISA features: the kernel families that need one are built twice, with it and with the family that does
+# without (an ISA variant), and the rest of the artifact without them; the runtime runs each kernel's best variant
+# that the loading CPU has (as ggml picks its kernels), so an artifact built on a CPU with VNNI and BF16 still runs
+# on an AVX-512 or AVX2 CPU without them. maker -> (knob, its value that needs the features, the features (those the
+# target has are needed), what the fallback knobs replace).
+OPTIONAL_FEATURES = ("avx512_vnni", "avxvnni", "avx512_bf16")
+FALLBACKS: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any]]] = {
+    "make_matmul_a8": ("dot", "vnni", ("avx512_vnni", "avxvnni"), {"dot": "avx2", "a8_cols": 0}),
+    "make_matmul_bf16": ("bf16dot", "avx512bf16", ("avx512_bf16",), {"bf16dot": "fma"}),
+}
+
+
+def isa_variants(kernels: dict, feats: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Give every kernel of ``kernels`` (name -> KernelSpec, changed in place) that uses an optional feature of
+    ``feats`` its fallback twin (``NAME__<family>``, the same arguments) and mark it with the features it needs;
+    returns the manifest's ``isa_variants``: name -> {"needs": [...], "fallback": name}."""
+    import dataclasses
+
+    out = {}
+    for name, spec in list(kernels.items()):
+        rule = FALLBACKS.get(spec.maker_name)
+        kn = spec.knobs
+        if rule is None or kn is None or getattr(kn, rule[0]) != rule[1]:
+            continue
+        needs = tuple(f for f in rule[2] if feats.get(f))
+        if not needs:
+            continue
+        key = next(k for k, v in spec.kw.items() if v is kn)
+        fb = f"{name}__{rule[3][rule[0]]}"
+        kernels[fb] = dataclasses.replace(spec, kw={**spec.kw, key: dataclasses.replace(kn, **rule[3])})
+        kernels[name] = dataclasses.replace(spec, needs=needs)
+        out[name] = {"needs": list(needs), "fallback": fb}
+    return out
+
+
+def base_features(feats: dict[str, Any]) -> dict[str, Any]:
+    """What an artifact with ISA variants requires of a CPU: ``feats`` without the optional features."""
+    return {**feats, **{f: False for f in OPTIONAL_FEATURES if f in feats}}
+
+
+def without_optional(target, feats: dict[str, Any]):
+    """``target`` with the optional features it has switched off (the kernels that run on every CPU)."""
+    import tvm
+
+    off = [f"-{_LLVM_FEATURES[f]}" for f in OPTIONAL_FEATURES if feats.get(f)]
+    if not off:
+        return target
+    cfg = dict(target.export())
+    cfg["mattr"] = list(cfg.get("mattr") or []) + off
+    return tvm.target.Target(cfg)
+
+
 def x86_runs_here(profile) -> str:
     """Whether this machine runs what ``profile`` builds: yes where this CPU has its vector features."""
     if profile.name == "host":
@@ -105,7 +157,8 @@ def host_knobs(entry: str, feats: dict[str, Any] | None = None) -> Knobs:
     return Knobs(lanes=lanes, rows=4, cols=3, dot=dot, bf16dot=bf16dot, a8_cols=6 if vnni else 0)
 
 
-def build_host(kernels: dict, out_dir, progress=None, target=None) -> dict[str, str]:
+def build_host(kernels: dict, out_dir, progress=None, target=None, feats: dict[str, Any] | None = None
+               ) -> dict[str, str]:
     """Compile each kernel for this CPU (or ``target``, an x86 profile's) into its own shared library
     ``kernels/NAME.so``; returns name -> file. Libraries come from the build cache (:mod:`lfmc.targets.cache`)
     when the same kernel was built before.
@@ -117,14 +170,17 @@ def build_host(kernels: dict, out_dir, progress=None, target=None) -> dict[str, 
     from .. import cache, llvm_ir
 
     target = target or host_target()
-    tkey = cache.target_key(target)
+    # kernels that need an optional feature (KernelSpec.needs) for the full target, the rest without those features
+    base = without_optional(target, feats or cpu_features()) if any(sp.needs for sp in kernels.values()) else target
+    keys = {id(t): cache.target_key(t) for t in (target, base)}
     (out_dir / "kernels").mkdir(exist_ok=True)
     files = {}
     for i, (name, spec) in enumerate(sorted(kernels.items())):
-        key, func = cache.kernel_key("host .so 1", tkey, name, spec)
+        tgt = target if spec.needs else base
+        key, func = cache.kernel_key("host .so 1", keys[id(tgt)], name, spec)
 
-        def build(out: Path, name=name, spec=spec, func=func) -> None:
-            lib = tvm.compile(tvm.IRModule({name: func or spec.build(name)}), target=target)
+        def build(out: Path, name=name, spec=spec, func=func, tgt=tgt) -> None:
+            lib = tvm.compile(tvm.IRModule({name: func or spec.build(name)}), target=tgt)
             if llvm_ir.needs_substitution(spec):       # intrinsics TVM cannot call (vdpbf16ps): see llvm_ir
                 lib = llvm_ir.rebuild(lib)
             lib.export_library(str(out))

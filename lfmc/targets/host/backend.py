@@ -30,18 +30,26 @@ class X86Backend(TvmBackend):
         feats = x86_features(profile)
         return {e: host_knobs(e, feats) for e in ENTRIES}
 
-    def target_info(self, profile) -> dict[str, Any]:
-        from . import x86_features
+    def isa_variants(self, kernels, profile) -> dict[str, Any]:
+        from . import isa_variants, x86_features
 
-        t = {**super().target_info(profile), "kind": "llvm", "features": x86_features(profile)}
+        return isa_variants(kernels, x86_features(profile)) if is_x86(profile) else {}
+
+    def target_info(self, profile, variants: dict[str, Any] | None = None) -> dict[str, Any]:
+        from . import base_features, x86_features
+
+        feats = x86_features(profile)
+        t = {**super().target_info(profile), "kind": "llvm", "features": base_features(feats) if variants else feats}
+        if variants:                         # the runtime picks each of these kernels' variant by the CPU's features
+            t["isa_variants"] = variants
         if profile.name == "host":           # this machine: its features are what the runtime checks
             del t["profile"]
         return t
 
     def build(self, kernels, profile, out_dir, progress) -> dict[str, str]:
-        from . import build_host, x86_target
+        from . import build_host, x86_features, x86_target
 
-        return build_host(kernels, out_dir, progress, x86_target(profile))
+        return build_host(kernels, out_dir, progress, x86_target(profile), x86_features(profile))
 
 
 BACKEND = register(X86Backend())
