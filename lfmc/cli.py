@@ -580,8 +580,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
         if not 1 <= a.profile_batch <= eng.max_batch:
             raise LfmcError(f"--profile-batch {a.profile_batch}: {a.artifact} decodes 1 to {eng.max_batch} sequences "
                             "per step (compile with --max-batch)")
-        res["profile"] = profile_engine(eng, "decode", a.profile_batch)
-        res["profile_prefill"] = profile_engine(eng, "prefill", min(max(lens), eng.prefill_chunk), reps=3)
+        peaks = eng.measure_peaks()                    # each instruction family's peak on this machine
+        res["profile"] = profile_engine(eng, "decode", a.profile_batch, peaks=peaks)
+        res["profile_prefill"] = profile_engine(eng, "prefill", min(max(lens), eng.prefill_chunk), reps=3,
+                                                peaks=peaks)
     if a.speculate or a.draft:
         res["speculation"] = _bench_speculation(a, eng)
     if a.baseline == "torch":

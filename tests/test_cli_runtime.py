@@ -91,10 +91,14 @@ def test_bench_profile_accounts_for_every_launch(art, capsys):
             want[k] = want.get(k, 0) + L["flops_per_row"] * rows_of(L["args"][0][2])
     assert want and {r["kernel"]: r["flops"] for r in pre["kernels"] if r["flops"]} == want
     assert pre["matmul_gflops"] > 0
+    # each dense matmul against its instruction family's peak, measured here by the artifact's peak kernel
+    assert set(plan["peaks"]) == set(plan["arith"].values()) == {"f32"} and pre["peaks_gops"]["f32"] > 0
+    mm_rows = [r for r in pre["kernels"] if r["flops"]]
+    assert all(r["family"] == "f32" and r["of_peak"] == r["gflops"] / pre["peaks_gops"]["f32"] for r in mm_rows)
     assert main(["bench", str(art), "--prefill", "16", "--decode-steps", "4", "--reps", "1", "--profile"]) == 0
     out = capsys.readouterr().out
     assert "decode of 1 row(s): " in out and f"over {len(launches)} launches" in out and "GB/s" in out
-    assert "prefill of " in out and "GFLOP/s" in out
+    assert "prefill of " in out and "GOP/s" in out and "peaks measured here (all threads): f32" in out
 
 
 def test_compile_refuses_config_only(tmp_path, capsys):

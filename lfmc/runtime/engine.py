@@ -133,6 +133,7 @@ class Engine:
         names = {L.kernel for e in self.launches.values() for L in e}
         names |= {k for v in self.plan.get("variants", {}).values() for k in v.values()}
         names |= {k for v in self._row_variants.values() for k in v["kernels"].values()}
+        names |= {p["kernel"] for p in self.plan.get("peaks", {}).values()}
         # the ISA variant of each kernel that has several (the driver picks by this CPU's features)
         pick = driver_hook(device, "pick_kernels")
         self._impl: dict[str, str] = {k: v for k, v in (pick(m) if pick else {}).items() if k in names}
@@ -316,6 +317,31 @@ class Engine:
         self.driver.write(self.inputs["pos"], np.arange(n, dtype=np.int32))
         self._run(entry, n)
         return self._time_calls(entry, n, (entry, n, 0), reps)
+
+    def measure_peaks(self, seconds: float = 0.05, reps: int = 3) -> dict[str, float]:
+        """GOP/s of the arithmetic peak of each instruction family the artifact's matmuls compute in (the plan's
+        ``peaks``: float32 FMAs, int8 dot products, bf16 pairs), measured here on every thread: the ceiling
+        ``lfmc bench --profile`` sets each matmul against. Best of ``reps`` runs of about ``seconds`` each."""
+        threads = int(getattr(self.driver, "num_threads", 1) or 1)
+        out = {}
+        for fam, p in sorted(self.plan.get("peaks", {}).items()):
+            (ishape, idt), (oshape, odt) = p["in"], p["out"]
+            a, b = self.driver.alloc(tuple(ishape), idt), self.driver.alloc((threads, *oshape), odt)
+            one = {"uint16": 0x3F80}.get(idt, 1)           # 1.0 as bf16 bits; 1 otherwise
+            self.driver.write(a, np.full(ishape, one, idt))
+            args = [self.driver.device_view(a, tuple(ishape)), self.driver.device_view(b, (threads, *oshape))]
+            f, iters, best = self._funcs[p["kernel"]], 1000, float("inf")
+            for i in range(reps + 2):
+                t = time.perf_counter()
+                f(*args, threads, iters)
+                self.driver.sync()
+                dt = time.perf_counter() - t
+                if i < 2:                                   # warm up, then size the runs to ``seconds``
+                    iters = max(1000, int(iters * seconds / max(dt, 1e-6)))
+                else:
+                    best = min(best, dt)
+            out[fam] = threads * iters * p["ops_per_iter"] / best / 1e9
+        return out
 
     def profile_image(self, patches: np.ndarray, height: int, width: int, reps: int = 3) -> dict[str, float]:
         """Seconds per kernel of the ``vision`` entry (:meth:`profile`'s measure) for one image of ``height`` x

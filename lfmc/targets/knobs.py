@@ -66,6 +66,23 @@ def bf16_lanes(knobs: Knobs) -> int:
     return 16 if knobs.bf16dot == "avx512bf16" else knobs.lanes
 
 
+PEAK_ACCS = 8      # peak kernels: independent accumulators per thread (8-12 measured at the peak on AVX-512; 16 spilled)
+
+
+def peak_spec(kind: str, knobs: Knobs) -> dict:
+    """The peak kernel of ``kind`` (kernels/peak.py) as the plan records it: its operand buffer ``in`` [2, lanes]
+    and accumulator buffer ``out`` [threads, PEAK_ACCS, lanes] (shape without the threads, dtype), and the
+    operations (multiplies and adds counted apart) per loop iteration and thread: float32 FMAs on ``lanes``, int8
+    quads on 32 bytes, bf16 pairs on ``bf16_lanes``."""
+    L, B = knobs.lanes, bf16_lanes(knobs)
+    spec = {"f32": ((L, "float32"), (L, "float32"), 2 * L), "int8": ((32, "int8"), (8, "int32"), 64),
+            "bf16": ((2 * B, "uint16"), (B, "float32"), 4 * B)}
+    if kind not in spec:
+        raise ValueError(f"no peak kernel for {kind!r} (have {', '.join(spec)})")
+    (il, idt), (ol, odt), ops = spec[kind]
+    return {"in": [[2, il], idt], "out": [[PEAK_ACCS, ol], odt], "ops_per_iter": PEAK_ACCS * ops}
+
+
 A8_GROUP = ACT_GROUP    # int8 activations: inputs per scale (one AVX2 register of codes); see lfmc/ir/quant.py
 
 

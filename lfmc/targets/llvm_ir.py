@@ -90,7 +90,7 @@ def substitute(ll: str) -> tuple[str, int]:
 
 
 # the kernel makers whose kernels may call a placeholder (the build substitutes their IR; others are left alone)
-MAKERS = frozenset({"make_matmul_bf16"})
+MAKERS = frozenset({"make_matmul_bf16", "make_peak"})
 
 
 def needs_substitution(spec: Any) -> bool:

@@ -224,6 +224,7 @@ class _Lowering:
     node_name: str = ""
     row_variants: dict[str, str] = field(default_factory=dict)   # decode matmul -> its batch_rows-tall twin
     short_prefill: dict[str, str] = field(default_factory=dict)  # prefill matmul -> that twin (verify-sized calls)
+    arith: dict[str, str] = field(default_factory=dict)   # dense matmul -> its arithmetic family (f32, int8, bf16)
 
     def __post_init__(self) -> None:
         self.entries: dict[str, list[Launch]] = {e: [] for e in self.entry_names}
@@ -348,16 +349,19 @@ class _Lowering:
                    "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
             key += ("1t",) if serial else ()
             if bf:
-                return self.kernel(key + ("bf16a", kn.bf16dot), "make_matmul_bf16", N=N, K=Kd, knobs=kn,
-                                   bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu)
-            if a8:
-                return self.kernel(key + ("a8", il, kn.prefetch) + ((kn.dot,) if kn.dot != "avx2" else ())
-                                   + ((f"c{kn.a8_cols}",) if kn.a8_cols else ()), "make_matmul_a8",
-                                   N=N, K=Kd, knobs=kn,
-                                   bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu,
-                                   quant=quant, il=il)
-            return self.kernel(key, "make_matmul", N=N, K=Kd, knobs=kn, bias=bias is not None, rms_eps=eps,
-                               accumulate=accumulate, swiglu=swiglu, quant=quant)
+                k = self.kernel(key + ("bf16a", kn.bf16dot), "make_matmul_bf16", N=N, K=Kd, knobs=kn,
+                                bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu)
+            elif a8:
+                k = self.kernel(key + ("a8", il, kn.prefetch) + ((kn.dot,) if kn.dot != "avx2" else ())
+                                + ((f"c{kn.a8_cols}",) if kn.a8_cols else ()), "make_matmul_a8",
+                                N=N, K=Kd, knobs=kn,
+                                bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu,
+                                quant=quant, il=il)
+            else:
+                k = self.kernel(key, "make_matmul", N=N, K=Kd, knobs=kn, bias=bias is not None, rms_eps=eps,
+                                accumulate=accumulate, swiglu=swiglu, quant=quant)
+            self.arith[k] = "bf16" if bf else "int8" if a8 else "f32"    # the peak it is measured against
+            return k
 
         made: dict[str, str] = {}
         for e in entries:
@@ -812,6 +816,14 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, 
     if lw.short_prefill:    # ... and so do prefill calls of up to SHORT_PREFILL rows (a verify of drafts)
         plan["row_variants"]["prefill"] = {"rows": knobs["decode"].batch_rows, "max_rows": SHORT_PREFILL,
                                            "kernels": lw.short_prefill}
+    kn = knobs["prefill"]
+    if lw.arith and not kn.gpu:
+        # the arithmetic peak of each family the matmuls compute in, measured where the artifact runs
+        # (kernels/peak.py; lfmc bench --profile)
+        plan["arith"] = lw.arith
+        plan["peaks"] = {f: {"kernel": lw.kernel(("peak", f, kn.lanes, kn.dot, kn.bf16dot), "make_peak", kind=f,
+                                                 knobs=kn), **KN.peak_spec(f, kn)}
+                         for f in sorted(set(lw.arith.values()))}
     if vision is not None:
         plan["entries"]["vision"] = [L.to_json() for L in vw.entries["vision"]]
         plan["row_tile"]["vision"] = knobs["prefill"].rows

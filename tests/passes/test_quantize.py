@@ -341,7 +341,7 @@ def test_int8_activations_refused_where_no_kernels(tiny_models, tmp_path):
     with pytest.raises(LfmcError, match="integer dot-product instructions"):
         lower_for_target(m, "cortex-a53", quant="q8", act_quant="i8", profiles=toml)
     _, low = lower_for_target(m, "snapdragon-8gen3:cpu", quant="q8", act_quant="i8")
-    assert any("_a8_" in k and k.endswith("_sdot_c2") for k in low.kernels)
+    assert any("_a8_" in k and k.endswith("_i8mm_c2") for k in low.kernels)     # smmla (i8mm) prefill tiles
     assert not (tmp_path / "g").exists() and not (tmp_path / "w").exists()
 
 

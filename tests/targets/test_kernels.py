@@ -379,20 +379,27 @@ def test_vnni_matmul_equals_the_avx2_one(N, Kd, rms, acc, bias, swiglu, quant, r
 
 @pytest.mark.parametrize("quant", [("q8",), ("q8", 32), ("q4", 32, False)])
 @pytest.mark.parametrize("dot,profile,lanes", [("avx2", "x86-64-v3", 8), ("vnni", "xeon-sapphirerapids", 8),
-                                               ("sdot", "snapdragon-8gen3:cpu", 4)])
+                                               ("sdot", "snapdragon-8gen3:cpu", 4), ("i8mm", "snapdragon-8gen3:cpu", 4)])
 def test_int8_kernels_use_their_isas_dot_product(quant, dot, profile, lanes):
     """Each int8-activation kernel family (matmul_a8.DOT) has its instruction in its code and no other family's:
     vpdpbusd with VNNI (compiled for a Sapphire Rapids CPU, which need not be this one: only the code is checked),
-    pmaddubsw with AVX2, sdot on arm64 (its numerics run under qemu: tests/targets/arm)."""
+    pmaddubsw with AVX2, sdot on arm64, smmla with i8mm in a tile of 4 rows (one row: sdot; Arm numerics run under
+    qemu: tests/targets/arm)."""
     from lfmc.targets.kernels.matmul_a8 import DOT
     from lfmc.targets.profiles import get_profile
 
-    kn = K.Knobs(lanes, 4, 3, dot=dot)
-    f = K.make_matmul_a8("mma8", 64, 128, kn, False, None, False, False, quant, 1)
-    asm = tvm.compile(tvm.IRModule({"mma8": f}), target=get_profile(profile).target()).mod.inspect_source("asm")
-    ops = {w for ln in asm.splitlines() if ln.startswith("\t") for w in ln.split()[:2]}   # "{vex} vpdpbusd" too
+    def opcodes(rows):
+        kn = K.Knobs(lanes, rows, 3, dot=dot)
+        f = K.make_matmul_a8("mma8", 64, 128, kn, False, None, False, False, quant, 1)
+        asm = tvm.compile(tvm.IRModule({"mma8": f}), target=get_profile(profile).target()).mod.inspect_source("asm")
+        return {w for ln in asm.splitlines() if ln.startswith("\t") for w in ln.split()[:2]}   # "{vex} vpdpbusd" too
+
+    ops = opcodes(4)
     assert DOT[dot].instruction in ops, (dot, quant)
-    assert not ops & {d.instruction for k, d in DOT.items() if k != dot}, (dot, quant)
+    # (i8mm's kernels have sdot too: LLVM vectorizes the prologue's code sums with it under +dotprod)
+    assert not ops & ({d.instruction for k, d in DOT.items() if k != dot} - ({"sdot"} if dot == "i8mm" else set()))
+    if dot == "i8mm":
+        assert {"sdot"} <= opcodes(1) and "smmla" not in opcodes(1)
 
 
 def _build_bf16(f, target=None):
@@ -479,3 +486,27 @@ def test_bf16_kernels_use_their_isas_instruction(fam, profile, lanes, want):
     ops = {w for ln in m.inspect_source("s").splitlines() if ln.startswith("\t") for w in ln.split()[:1]}
     assert want in ops, (fam, profile)
     assert ("vdpbf16ps" in ops) == (fam == "avx512bf16")
+
+
+@pytest.mark.parametrize("kind,family", [("f32", {}), ("int8", {"dot": "avx2"}), ("int8", {"dot": "vnni"}),
+                                         ("bf16", {"bf16dot": "fma"}), ("bf16", {"bf16dot": "avx512bf16"})])
+def test_peak_kernels_do_the_work_they_count(kind, family):
+    """The peak kernel of each family (what ``lfmc bench --profile`` sets matmuls against) runs the family's
+    instruction on every accumulator every iteration: with all operands 1, each accumulator lane ends at iters x
+    the products per lane and step (float32 FMA 1, int8 quad 4, bf16 pair 2), the count peak_spec's operations
+    assume."""
+    from lfmc.targets.host import cpu_features
+    from lfmc.targets.knobs import peak_spec
+
+    feats = cpu_features()
+    if family.get("dot") == "vnni" and not _has_vnni() or family.get("bf16dot") == "avx512bf16" and not _has_bf16():
+        pytest.skip("this CPU lacks the family's instruction")
+    kn = K.Knobs(16 if feats["avx512"] else 8, 4, 3, **family)
+    spec = peak_spec(kind, kn)
+    (ishape, idt), (oshape, odt) = spec["in"], spec["out"]
+    f = _build_bf16(K.make_peak("mmbf", kind, kn))["mmbf"]
+    out = tvm.runtime.tensor(np.zeros((2, *oshape), odt))
+    f(tvm.runtime.tensor(np.full(ishape, 0x3F80 if idt == "uint16" else 1, idt)), out, 2, 1000)
+    per = {"f32": 1, "int8": 4, "bf16": 2}[kind]
+    np.testing.assert_array_equal(out.numpy(), np.full((2, *oshape), 1000 * per, odt))
+    assert spec["ops_per_iter"] == 8 * 2 * per * oshape[1]        # accumulators x lanes x products x 2

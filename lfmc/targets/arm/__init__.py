@@ -36,11 +36,15 @@ def arm_knobs(entry: str, dot: str = "") -> Knobs:
 
 
 def arm_dot(profile) -> str:
-    """The integer dot-product family of an arm64 profile: ``sdot`` where LLVM says its CPU (``-mcpu`` or
-    ``-mattr``) has the dotprod extension (ARMv8.2+: every Snapdragon and Apple profile), else none."""
+    """The integer dot-product family of an arm64 profile, from what LLVM says its CPU (``-mcpu`` or ``-mattr``)
+    has: ``i8mm`` (smmla for tiles of row pairs, sdot for single rows: every Snapdragon and Apple profile),
+    ``sdot`` with dotprod alone (ARMv8.2+), else none."""
     from tvm.target.codegen import target_has_features
 
-    return "sdot" if target_has_features("dotprod", profile.target()) else ""
+    t = profile.target()
+    if target_has_features("i8mm", t) and target_has_features("dotprod", t):
+        return "i8mm"
+    return "sdot" if target_has_features("dotprod", t) else ""
 
 
 def _tool(*names: str) -> str:

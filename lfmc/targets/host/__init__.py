@@ -81,10 +81,14 @@ def x86_target(profile):
 # on an AVX-512 or AVX2 CPU without them. maker -> (knob, its value that needs the features, the features (those the
 # target has are needed), what the fallback knobs replace).
 OPTIONAL_FEATURES = ("avx512_vnni", "avxvnni", "avx512_bf16")
-FALLBACKS: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any]]] = {
-    "make_matmul_a8": ("dot", "vnni", ("avx512_vnni", "avxvnni"), {"dot": "avx2", "a8_cols": 0}),
-    "make_matmul_bf16": ("bf16dot", "avx512bf16", ("avx512_bf16",), {"bf16dot": "fma"}),
+# knob field -> (its value that needs features, the features (those the target has are needed), the fallback knobs)
+FALLBACKS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
+    "dot": ("vnni", ("avx512_vnni", "avxvnni"), {"dot": "avx2", "a8_cols": 0}),
+    "bf16dot": ("avx512bf16", ("avx512_bf16",), {"bf16dot": "fma"}),
 }
+# which knob field a kernel maker's instruction family comes from
+_USES = {"make_matmul_a8": lambda kw: "dot", "make_matmul_bf16": lambda kw: "bf16dot",
+         "make_peak": lambda kw: {"int8": "dot", "bf16": "bf16dot"}.get(kw.get("kind"))}
 
 
 def isa_variants(kernels: dict, feats: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -95,16 +99,17 @@ def isa_variants(kernels: dict, feats: dict[str, Any]) -> dict[str, dict[str, An
 
     out = {}
     for name, spec in list(kernels.items()):
-        rule = FALLBACKS.get(spec.maker_name)
+        field = _USES.get(spec.maker_name, lambda kw: None)(spec.kw)
         kn = spec.knobs
-        if rule is None or kn is None or getattr(kn, rule[0]) != rule[1]:
+        if field is None or kn is None or getattr(kn, field) != FALLBACKS[field][0]:
             continue
-        needs = tuple(f for f in rule[2] if feats.get(f))
+        value, features, repl = FALLBACKS[field]
+        needs = tuple(f for f in features if feats.get(f))
         if not needs:
             continue
         key = next(k for k, v in spec.kw.items() if v is kn)
-        fb = f"{name}__{rule[3][rule[0]]}"
-        kernels[fb] = dataclasses.replace(spec, kw={**spec.kw, key: dataclasses.replace(kn, **rule[3])})
+        fb = f"{name}__{repl[field]}"
+        kernels[fb] = dataclasses.replace(spec, kw={**spec.kw, key: dataclasses.replace(kn, **repl)})
         kernels[name] = dataclasses.replace(spec, needs=needs)
         out[name] = {"needs": list(needs), "fallback": fb}
     return out

@@ -43,22 +43,37 @@ def _sdot(acc, a, b):
     return tvm.tirx.Shuffle(halves, [tvm.tirx.IntImm("int32", i) for i in range(8)])
 
 
+def _smmla(acc, a, b):
+    """Arm smmla (i8mm): ``acc`` (int32 x 4: a 2 x 2 tile, row-major) plus the 2 x 8 signed matrix ``a`` times the
+    transpose of the 2 x 8 signed matrix ``b`` (16 bytes each, row-major)."""
+    return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.smmla.v4i32.v16i8", acc, a, b)
+
+
+def _cat(vs, idx):
+    """Lanes ``idx`` of the vectors ``vs`` laid end to end."""
+    return tvm.tirx.Shuffle(list(vs), [tvm.tirx.IntImm("int32", i) for i in idx])
+
+
 @dataclass(frozen=True)
 class DotFamily:
     """One ISA's integer dot product as the kernel uses it. ``quad(acc, a, b)``: ``acc`` (int32 x 8) plus, per
     lane, the sum of 4 adjacent products of a 32-byte block (None: the AVX2 path, pairs summed in int16 by
     ``pmaddubsw``). ``unsigned_a``: quad's first operand is unsigned (then int8 weights take the activations,
-    stored offset by 128, as that operand); ``instruction``: what its inner loop must contain (tests check it)."""
+    stored offset by 128, as that operand); ``instruction``: what its inner loop must contain (tests check it).
+    ``mmla``: a 2 x 8 by 8 x 2 matrix product (smmla), which tiles of an even number of rows take instead of the
+    quad (two rows and two outputs per instruction: half the instructions of a quad per product)."""
 
     quad: Callable | None
     unsigned_a: bool
     instruction: str
+    mmla: Callable | None = None
 
 
 DOT: dict[str, DotFamily] = {
     "avx2": DotFamily(None, True, "vpmaddubsw"),
     "vnni": DotFamily(_dpbusd, True, "vpdpbusd"),
     "sdot": DotFamily(_sdot, False, "sdot"),
+    "i8mm": DotFamily(_sdot, False, "smmla", _smmla),
 }
 
 
@@ -187,6 +202,7 @@ class _A8:
             raise ValueError(f"no integer dot-product family {knobs.dot!r} (have {', '.join(DOT)})")
         self.dot = DOT[knobs.dot]
         self.quad = self.dot.quad                       # None: AVX2 pairs (pmaddubsw) summed in int16
+        self.mmla = self.dot.mmla if self.R % 2 == 0 else None   # row pairs x output pairs (smmla)
         # int8 weights with an unsigned-times-signed quad (vpdpbusd): the activations are the unsigned operand,
         # stored offset by 128, and each group's sums corrected by 128 x the weights' sum (one quad per block,
         # shared by the tile's rows) instead of moving every weight's sign onto x (vpsignb per row and block)
@@ -257,6 +273,69 @@ def _quantize_macro(c: _A8):
     return quantize
 
 
+def _mmla_w(w0, w1, k: int):
+    """The smmla operand of outputs 2k and 2k + 1 (8 inputs each): ``w0`` holds each output's first 4 inputs at
+    bytes 4o..4o+3 of a block, ``w1`` its next 4."""
+    b = 8 * k
+    return T.reinterpret("int8x16", _cat([w0, w1], [*range(b, b + 4), *range(32 + b, 36 + b), *range(b + 4, b + 8),
+                                                     *range(36 + b, 40 + b)]))
+
+
+def _mmla_x(Xq, row, k):
+    """The smmla operand of rows ``row`` and ``row + 1``: x[row, k:k+8] then x[row + 1, k:k+8]."""
+    return _cat([Xq[row, T.ramp(k, 1, 8)], Xq[row + 1, T.ramp(k, 1, 8)]], range(16))
+
+
+def _mmla_macro(c: _A8):
+    """TIR macro: the int32 sums of one group of 32 inputs of a register tile with smmla, for a tile of an even
+    number of rows, left in ``s32[r, h, jj, 0:8]`` as the quad families leave them. ``w8(jj, m, h)`` gives the
+    two 32-byte operands (inputs 0-3 and 4-7 of each output) of packed row pair ``m``; ``k0`` the group's first
+    input."""
+    R, H, J = c.R, c.H, c.J
+
+    def step(acc4, W, Xq, q, h, jj, jb, ib, kb, k0, m, o: int):
+        """acc4's 2 x 2 of row pair q and output pair o plus 8 inputs of packed row pair m."""
+        return c.mmla(acc4[q, h, jj, o, T.ramp(0, 1, 4)], _mmla_x(Xq, ib * R + 2 * q, k0 + m * 8),
+                      _mmla_w(*_pair(c, W, jb * J + jj, kb, m, h), o))
+
+    def rows(acc4, q, h, jj, half: int):
+        """The 8 outputs of row 2q + half from the block's four 2 x 2 tiles."""
+        return _cat([acc4[q, h, jj, o, T.ramp(0, 1, 4)] for o in range(4)],
+                    [4 * o + 2 * half + i for o in range(4) for i in range(2)])
+
+    @T.macro
+    def block(W, Xq, s32, jb, ib, kb, k0):
+        acc4 = T.decl_buffer((R // 2, H, J, 4, 4), "int32")     # [row pair, h, block, output pair, 2 x 2]
+        for q in T.unroll(R // 2):
+            for h in T.unroll(H):
+                for jj in T.unroll(J):
+                    for o in T.unroll(4):
+                        acc4[q, h, jj, o, T.ramp(0, 1, 4)] = T.broadcast(T.int32(0), 4)
+        for m in T.unroll(4):                               # 8 inputs per step
+            for h in T.unroll(H):
+                for jj in T.unroll(J):
+                    for q in T.unroll(R // 2):              # the block's 4 output pairs (shuffles take constants)
+                        acc4[q, h, jj, 0, T.ramp(0, 1, 4)] = step(acc4, W, Xq, q, h, jj, jb, ib, kb, k0, m, 0)
+                        acc4[q, h, jj, 1, T.ramp(0, 1, 4)] = step(acc4, W, Xq, q, h, jj, jb, ib, kb, k0, m, 1)
+                        acc4[q, h, jj, 2, T.ramp(0, 1, 4)] = step(acc4, W, Xq, q, h, jj, jb, ib, kb, k0, m, 2)
+                        acc4[q, h, jj, 3, T.ramp(0, 1, 4)] = step(acc4, W, Xq, q, h, jj, jb, ib, kb, k0, m, 3)
+        for q in T.unroll(R // 2):
+            for h in T.unroll(H):
+                for jj in T.unroll(J):                      # row 2q: lanes 0, 1 of each 2 x 2; row 2q + 1: 2, 3
+                    s32[2 * q, h, jj, T.ramp(0, 1, 8)] = rows(acc4, q, h, jj, 0)
+                    s32[2 * q + 1, h, jj, T.ramp(0, 1, 8)] = rows(acc4, q, h, jj, 1)
+
+    return block
+
+
+def _pair(c: _A8, W, blk, kb, m, h):
+    """Inputs 8m..8m+3 and 8m+4..8m+7 of group ``kb`` for the 8 outputs of block ``blk``: int4's low and high
+    nibbles of packed row 4 kb + m, or int8's packed rows 8 kb + 2m and + 2m + 1."""
+    if c.q4:
+        return _nib(c, W, blk, kb * 4 + m, h, False), _nib(c, W, blk, kb * 4 + m, h, True)
+    return _wblock(c, W, blk, kb * 8 + 2 * m, h), _wblock(c, W, blk, kb * 8 + 2 * m + 1, h)
+
+
 def _q4_tile_macro(c: _A8):
     """TIR macro: one register tile (R rows x J blocks) of int4 weights, accumulated into ``acc``: int16 sums of
     32 inputs per ``pmaddubsw`` pair, then per group scale * d * (sum - zero * code sum) as float."""
@@ -280,6 +359,8 @@ def _q4_tile_macro(c: _A8):
             return quad(quad(a, lo, xlo), hi, xhi)
         return a + _dot4(lo, xlo) + _dot4(hi, xhi)
 
+    mmla = _mmla_macro(c) if c.mmla is not None else None
+
     @T.macro
     def tile(W, Wf, S, Zp, Xq, Dx, Xs, acc, jb, ib):
         for q in T.serial(G):
@@ -288,20 +369,23 @@ def _q4_tile_macro(c: _A8):
                 if use_pf:
                     for cc in T.unroll(ROW * 4 // 64):
                         _prefetch(c, Wf, ((jb * (Kp // 8) + (q * SB + sb) * 4) * ROW) + c.pf + cc * 64)
-                for r in T.unroll(R):
-                    for h in T.unroll(H):
-                        for jj in T.unroll(J):
-                            a16[r, h, jj, T.ramp(0, 1, V)] = T.broadcast(T.Cast(acc_t, 0), V)
-                for m in T.unroll(4):
-                    for h in T.unroll(H):
-                        for jj in T.unroll(J):
-                            for r in T.unroll(R):
-                                a16[r, h, jj, T.ramp(0, 1, V)] = q4dot(
-                                    a16[r, h, jj, T.ramp(0, 1, V)],
-                                    _nib(c, W, jb * J + jj, (q * SB + sb) * 4 + m, h, False),
-                                    _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8),
-                                    _nib(c, W, jb * J + jj, (q * SB + sb) * 4 + m, h, True),
-                                    _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8 + 4))
+                if c.mmla is not None:
+                    mmla(W, Xq, a16, jb, ib, q * SB + sb, (q * SB + sb) * 32)
+                else:
+                    for r in T.unroll(R):
+                        for h in T.unroll(H):
+                            for jj in T.unroll(J):
+                                a16[r, h, jj, T.ramp(0, 1, V)] = T.broadcast(T.Cast(acc_t, 0), V)
+                    for m in T.unroll(4):
+                        for h in T.unroll(H):
+                            for jj in T.unroll(J):
+                                for r in T.unroll(R):
+                                    a16[r, h, jj, T.ramp(0, 1, V)] = q4dot(
+                                        a16[r, h, jj, T.ramp(0, 1, V)],
+                                        _nib(c, W, jb * J + jj, (q * SB + sb) * 4 + m, h, False),
+                                        _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8),
+                                        _nib(c, W, jb * J + jj, (q * SB + sb) * 4 + m, h, True),
+                                        _xquad(Xq, ib * R + r, (q * SB + sb) * 32 + m * 8 + 4))
                 for r in T.unroll(R):
                     for h in T.unroll(H):
                         for jj in T.unroll(J):
@@ -338,6 +422,8 @@ def _q8_tile_macro(c: _A8):
         xs = _x86("llvm.x86.avx2.psign.b", "int8x32", _xquad(Xq, row, k), v)
         return a + _widen16(_dot4(T.abs(v), xs))
 
+    mmla = _mmla_macro(c) if c.mmla is not None else None
+
     @T.macro
     def tile(W, Wf, S, Zp, Xq, Dx, Xs, acc, jb, ib):
         for kb in T.serial(KB):
@@ -346,25 +432,28 @@ def _q8_tile_macro(c: _A8):
                 for cc in T.unroll(ROW * 8 // 64):
                     _prefetch(c, Wf, ((jb * (Kp // 4) + kb * 8) * ROW) + c.pf + cc * 64)
             ws = T.decl_buffer((H, J, 8), "int32")          # the group's weight sums (offset activations)
-            for r in T.unroll(R):
-                for h in T.unroll(H):
-                    for jj in T.unroll(J):
-                        a32[r, h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.int32(0), 8)
-            if c.xoff:
-                for h in T.unroll(H):
-                    for jj in T.unroll(J):
-                        ws[h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.int32(0), 8)
-            for m in T.unroll(8):
-                for h in T.unroll(H):
-                    for jj in T.unroll(J):
-                        if c.xoff:
-                            ws[h, jj, T.ramp(0, 1, 8)] = c.quad(ws[h, jj, T.ramp(0, 1, 8)],
-                                                                 T.broadcast(T.uint8(1), 32),
-                                                                 _wblock(c, W, jb * J + jj, kb * 8 + m, h))
-                        for r in T.unroll(R):
-                            a32[r, h, jj, T.ramp(0, 1, 8)] = q8dot(
-                                a32[r, h, jj, T.ramp(0, 1, 8)], W, Xq, jb * J + jj, kb * 8 + m, h, ib * R + r,
-                                kb * 32 + m * 4)
+            if c.mmla is not None:
+                mmla(W, Xq, a32, jb, ib, kb, kb * 32)
+            else:
+                for r in T.unroll(R):
+                    for h in T.unroll(H):
+                        for jj in T.unroll(J):
+                            a32[r, h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.int32(0), 8)
+                if c.xoff:
+                    for h in T.unroll(H):
+                        for jj in T.unroll(J):
+                            ws[h, jj, T.ramp(0, 1, 8)] = T.broadcast(T.int32(0), 8)
+                for m in T.unroll(8):
+                    for h in T.unroll(H):
+                        for jj in T.unroll(J):
+                            if c.xoff:
+                                ws[h, jj, T.ramp(0, 1, 8)] = c.quad(ws[h, jj, T.ramp(0, 1, 8)],
+                                                                     T.broadcast(T.uint8(1), 32),
+                                                                     _wblock(c, W, jb * J + jj, kb * 8 + m, h))
+                            for r in T.unroll(R):
+                                a32[r, h, jj, T.ramp(0, 1, 8)] = q8dot(
+                                    a32[r, h, jj, T.ramp(0, 1, 8)], W, Xq, jb * J + jj, kb * 8 + m, h, ib * R + r,
+                                    kb * 32 + m * 4)
             for r in T.unroll(R):
                 for h in T.unroll(H):
                     for jj in T.unroll(J):

@@ -1,6 +1,6 @@
 """Arm CPU artifacts executed for real under ``qemu-aarch64 -cpu max`` (``make arm-env`` sets it up; ``make
-test-arm`` runs the whole matrix): the snapdragon-8gen3:cpu / snapdragon-8elite:cpu builds (NEON float kernels,
-``sdot`` int8 kernels) loaded by the runtime's ``cpu`` driver in an aarch64 Python. Teacher-forced with the
+test-arm`` runs the whole matrix): the snapdragon-8gen3:cpu / snapdragon-8elite:cpu builds (NEON float kernels, int8
+kernels with ``smmla`` prefill tiles and ``sdot`` decode rows) loaded by the runtime's ``cpu`` driver in an aarch64 Python. Teacher-forced with the
 interpreter's greedy tokens, each step's argmax is the interpreter's token (greedy tokens equal) and the logits stay
 within RTOL of the logit scale (float and weight-only), 2e-2 with bf16 activations and 8e-2 with int8 ones (an activation within float32
 rounding of a code boundary may round the other way: tests/targets/test_lfm3_host.py says more)."""
