@@ -66,6 +66,11 @@ def bf16_lanes(knobs: Knobs) -> int:
     return 16 if knobs.bf16dot == "avx512bf16" else knobs.lanes
 
 
+def bf16_kpad(knobs: Knobs) -> int:
+    """What the bf16-activation layout pads K to: 4 for bfmmla (4 inputs per step), else 2 (input pairs)."""
+    return 4 if knobs.bf16dot == "bfmmla" else 2
+
+
 PEAK_ACCS = 8      # peak kernels: independent accumulators per thread (8-12 measured at the peak on AVX-512; 16 spilled)
 
 

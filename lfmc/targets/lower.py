@@ -162,10 +162,10 @@ def n_extra(quant: tuple | None) -> int:
     return 2 if quant[0] == "q4" and quant[2] else 1
 
 
-def pack_weight_bf16(w: np.ndarray, swiglu: bool, L: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def pack_weight_bf16(w: np.ndarray, swiglu: bool, L: int, kpad: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:
     """A bf16 weight [M, K] (uint16 bits, or any float) in the layout of the bf16-activation matmul
     (:func:`lfmc.targets.kernels.make_matmul_bf16`): [N/L, K/2, H, 2L], input pairs of each output side by side,
-    N padded to L and K to even with zeros."""
+    N padded to L and K to a multiple of ``kpad`` with zeros."""
     import ml_dtypes
 
     bits = w.view(np.uint16) if w.dtype == ml_dtypes.bfloat16 else \
@@ -173,7 +173,7 @@ def pack_weight_bf16(w: np.ndarray, swiglu: bool, L: int) -> tuple[np.ndarray, l
     M, Kd = bits.shape
     H = 2 if swiglu else 1
     N = M // H
-    NB, Kp = -(-N // L), Kd + Kd % 2
+    NB, Kp = -(-N // L), -(-Kd // kpad) * kpad
     t = np.zeros((H, NB * L, Kp), np.uint16)
     t[:, :N, :Kd] = bits.reshape(H, N, Kd)
     # [h, nb, o, k2, two] -> [nb, k2, h, o * 2 + two]
@@ -182,12 +182,12 @@ def pack_weight_bf16(w: np.ndarray, swiglu: bool, L: int) -> tuple[np.ndarray, l
 
 
 def pack_any(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None, quant: tuple | None, lanes: int,
-             swiglu: bool, il: int, bf16_lanes: int = 16) -> tuple[np.ndarray, list[np.ndarray]]:
+             swiglu: bool, il: int, bf16: tuple[int, int] = (16, 2)) -> tuple[np.ndarray, list[np.ndarray]]:
     """A weight in the layout of the matmul that reads it: the bf16-activation one when ``il`` is
-    ``BF16_PAIRS`` (``bf16_lanes`` outputs per vector), the int8-activation one when ``il`` > 0 (its interleave),
+    ``BF16_PAIRS`` (``bf16``: outputs per vector, K padding), the int8-activation one when ``il`` > 0 (its interleave),
     else :func:`make_matmul`'s."""
     if il == KN.BF16_PAIRS:
-        return pack_weight_bf16(w, swiglu, bf16_lanes)
+        return pack_weight_bf16(w, swiglu, *bf16)
     if il:
         return pack_weight_a8(w, scale, zero, quant, swiglu, il)
     return pack_weight(w, scale, zero, quant, lanes, swiglu)
@@ -335,7 +335,8 @@ class _Lowering:
             return np.concatenate(parts) if parts else None
 
         p, *extra = self.packed(name, quant, il, lambda: pack_any(cat(""), cat("_scale"), cat("_zero"), quant, lanes,
-                                                                   swiglu, il, KN.bf16_lanes(self.knobs["decode"])))
+                                                                   swiglu, il, (KN.bf16_lanes(self.knobs["decode"]),
+                                                                                KN.bf16_kpad(self.knobs["decode"]))))
         nw = [self.param("w." + norm.params["weight"].name, lambda: self.w(norm, "weight"))] if norm else []
         biases = [bias] if isinstance(bias, tuple) else list(bias or [])
         b = [self.param("w." + "+".join(m.params[r].name for m, r in biases),

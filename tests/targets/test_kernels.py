@@ -416,7 +416,7 @@ def _bf16_case(N, Kd, rms, acc, bias, swiglu, kn):
     import ml_dtypes
 
     from lfmc.ir.quant import round_bf16
-    from lfmc.targets.knobs import bf16_lanes
+    from lfmc.targets.knobs import bf16_kpad, bf16_lanes
     from lfmc.targets.lower import pack_weight_bf16
 
     x, nw, b, res = r(8, Kd), r(Kd), r(N), r(8, N)
@@ -427,7 +427,7 @@ def _bf16_case(N, Kd, rms, acc, bias, swiglu, kn):
         g, u = y[:, :N], y[:, N:]
         y = g / (1 + np.exp(-g)) * u
     y = y + (b if bias else 0) + (res if acc else 0)
-    packed, _ = pack_weight_bf16(w, swiglu, bf16_lanes(kn))
+    packed, _ = pack_weight_bf16(w, swiglu, bf16_lanes(kn), bf16_kpad(kn))
     args = [x, packed] + ([nw] if rms else []) + ([b] if bias else [])
     return args, res, y
 
@@ -475,10 +475,12 @@ def test_vdpbf16ps_matmul_equals_the_fma_one(N, Kd, rms, acc, bias, swiglu, rows
 
 @pytest.mark.parametrize("fam,profile,lanes,want", [("avx512bf16", "xeon-sapphirerapids", 16, "vdpbf16ps"),
                                                    ("fma", "x86-64-v3", 8, "vfmadd231ps"),
-                                                   ("fma", "snapdragon-8gen3:cpu", 4, "fmla")])
+                                                   ("fma", "snapdragon-8gen3:cpu", 4, "fmla"),
+                                                   ("bfmmla", "snapdragon-8gen3:cpu", 4, "bfmmla")])
 def test_bf16_kernels_use_their_isas_instruction(fam, profile, lanes, want):
     """vdpbf16ps (substituted into the LLVM IR: TVM cannot call it) in the AVX512-BF16 kernel's code, compiled for
-    a Sapphire Rapids CPU; float32 FMAs in the FMA family's, on x86 and arm64."""
+    a Sapphire Rapids CPU; float32 FMAs in the FMA family's, on x86 and arm64; bfmmla (substituted the same way) in a
+    4-row Arm tile (its numerics run under qemu: tests/targets/arm)."""
     from lfmc.targets.profiles import get_profile
 
     kn = K.Knobs(lanes, 4, 3, bf16dot=fam)

@@ -25,14 +25,15 @@ from .. import cache, llvm_ir
 from ..knobs import Knobs
 
 
-def arm_knobs(entry: str, dot: str = "") -> Knobs:
+def arm_knobs(entry: str, dot: str = "", bf16dot: str = "fma") -> Knobs:
     """NEON: 4 f32 lanes per register, 32 registers: GEMV tiles of 8 vectors, GEMM tiles of 4 rows x 4 vectors
     (prefill, and decode steps of several sequences). ``dot``: the integer dot-product family (:func:`arm_dot`);
     its int8 tiles hold two 128-bit int32 and two float accumulators per 8-output block, so they take fewer blocks
-    (a8_cols) than the float tiles take vectors."""
+    (a8_cols) than the float tiles take vectors. ``bf16dot``: bfmmla where the CPU has FEAT_BF16, else float32 FMAs
+    on input pairs."""
     if entry == "decode":
-        return Knobs(lanes=4, rows=1, cols=8, batch_rows=4, batch_cols=4, dot=dot, a8_cols=4, bf16dot="fma")
-    return Knobs(lanes=4, rows=4, cols=4, dot=dot, a8_cols=2, bf16dot="fma")
+        return Knobs(lanes=4, rows=1, cols=8, batch_rows=4, batch_cols=4, dot=dot, a8_cols=4, bf16dot=bf16dot)
+    return Knobs(lanes=4, rows=4, cols=4, dot=dot, a8_cols=2, bf16dot=bf16dot)
 
 
 def arm_dot(profile) -> str:

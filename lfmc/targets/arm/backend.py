@@ -30,10 +30,13 @@ class ArmBackend(TvmBackend):
         """``--act-quant`` is left to lowering, which names a profile without integer dot products."""
 
     def knobs(self, profile) -> dict[str, Any]:
+        from tvm.target.codegen import target_has_features
+
         from . import arm_dot, arm_knobs
 
         dot = arm_dot(profile)
-        return {e: arm_knobs(e, dot) for e in ENTRIES}
+        bf16dot = "bfmmla" if target_has_features("bf16", profile.target()) else "fma"
+        return {e: arm_knobs(e, dot, bf16dot) for e in ENTRIES}
 
     def target_info(self, profile, variants: dict[str, Any] | None = None) -> dict[str, Any]:
         from . import arm_features

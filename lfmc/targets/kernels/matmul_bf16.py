@@ -17,7 +17,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ..llvm_ir import placeholder
-from ..knobs import bf16_lanes as _lanes
+from ..knobs import bf16_kpad, bf16_lanes as _lanes
 from .common import Knobs, _named, pick_cols
 
 
@@ -45,20 +45,31 @@ def _fma_pairs(L: int):
     return dot
 
 
+def _bfmmla(acc, a, b):
+    """Arm bfmmla (FEAT_BF16): ``acc`` (float32 x 4: a 2 x 2 tile, row-major) plus the 2 x 4 bf16 matrix ``a`` times
+    the transpose of the 2 x 4 bf16 matrix ``b`` (8 lanes each, row-major), through the LLVM-IR placeholder."""
+    r = placeholder("llvm.aarch64.neon.ummla.v4i32.v16i8", "int32x4", T.reinterpret("int32x4", acc),
+                    T.reinterpret("int8x16", a), T.reinterpret("int8x16", b))
+    return T.reinterpret("float32x4", r)
+
+
 @dataclass(frozen=True)
 class Bf16Family:
     """One ISA's bf16 pair dot product: ``make(L)`` gives ``dot(acc, w, x)``: ``acc`` (float32 x L) plus, per lane,
     the products of a 32-bit word of ``w`` (2L bf16) with the same word of ``x``; ``lanes``: the L it needs (0:
-    the target's); ``instruction``: what its code must contain (tests check it)."""
+    the target's); ``instruction``: what its code must contain (tests check it). ``mmla``: a 2 x 4 by 4 x 2
+    matrix product (bfmmla) that tiles of an even number of rows take instead (K then padded to 4)."""
 
     make: Callable
     lanes: int
     instruction: str
+    mmla: Callable | None = None
 
 
 BF16DOT: dict[str, Bf16Family] = {
     "avx512bf16": Bf16Family(_dpbf16ps, 16, "vdpbf16ps"),
     "fma": Bf16Family(_fma_pairs, 0, "vfmadd"),
+    "bfmmla": Bf16Family(_fma_pairs, 0, "bfmmla", _bfmmla),
 }
 
 
@@ -69,9 +80,9 @@ def bf16_lanes(knobs: Knobs) -> int:
     return _lanes(knobs)
 
 
-def bf16_layout(N: int, K: int, swiglu: bool, L: int) -> dict:
-    """Shape of the bf16-activation matmul's packed weight (see the module doc)."""
-    NB, Kp = -(-N // L), K + K % 2
+def bf16_layout(N: int, K: int, swiglu: bool, L: int, kpad: int = 2) -> dict:
+    """Shape of the bf16-activation matmul's packed weight (see the module doc); K padded to ``kpad``."""
+    NB, Kp = -(-N // L), -(-K // kpad) * kpad
     return {"W": ((NB, Kp // 2, 2 if swiglu else 1, 2 * L), "uint16"), "NB": NB, "Kp": Kp}
 
 
@@ -84,12 +95,13 @@ def make_matmul_bf16(name: str, N: int, K: int, knobs: Knobs, bias: bool = False
     L = bf16_lanes(knobs)
     fam = BF16DOT[knobs.bf16dot]
     dot = fam.make(L)
-    lay = bf16_layout(N, K, swiglu, L)
+    lay = bf16_layout(N, K, swiglu, L, bf16_kpad(knobs))
     wshape = lay["W"][0]
     NB, Kp = lay["NB"], lay["Kp"]
     R, H = knobs.rows, 2 if swiglu else 1
     J = pick_cols(NB, max(1, knobs.cols // H))
-    par, norm, padk, padn = knobs.parallel, rms_eps is not None, K % 2 != 0, N % L != 0
+    par, norm, padk, padn = knobs.parallel, rms_eps is not None, Kp != K, N % L != 0
+    mm = fam.mmla if R % 2 == 0 else None               # row pairs x output pairs (bfmmla): L / 2 tiles per vector
     eps = float(rms_eps) if norm else 0.0
 
     def bits(v):
@@ -104,6 +116,21 @@ def make_matmul_bf16(name: str, N: int, K: int, knobs: Knobs, bias: bool = False
     def pair(Xb, row, k2):
         """x[row, 2 k2 : 2 k2 + 2] (one 32-bit word) repeated for the L outputs of a vector."""
         return T.reinterpret(f"uint16x{2 * L}", T.broadcast(T.reinterpret("uint32", Xb[row, T.ramp(2 * k2, 1, 2)]), L))
+
+    def mstep(acc2, W, Xb, q, h, jj, jb, ib, p, o: int):
+        """acc2's 2 x 2 tile of row pair q and output pair o plus inputs 4p..4p+3: packed rows 2p (each output's
+        inputs 4p, 4p+1) and 2p + 1 (4p+2, 4p+3) zipped into the two outputs' rows of 4."""
+        w = [W[jb * J + jj, 2 * p + i, h, T.ramp(0, 1, 2 * L)] for i in range(2)]
+        b = tvm.tirx.Shuffle(w, [tvm.tirx.IntImm("int32", i) for i in (
+            4 * o, 4 * o + 1, 2 * L + 4 * o, 2 * L + 4 * o + 1, 4 * o + 2, 4 * o + 3, 2 * L + 4 * o + 2, 2 * L + 4 * o + 3)])
+        a = tvm.tirx.Shuffle([Xb[ib * R + 2 * q + i, T.ramp(4 * p, 1, 4)] for i in range(2)],
+                             [tvm.tirx.IntImm("int32", i) for i in range(8)])
+        return mm(acc2[q, h, jj, o, T.ramp(0, 1, 4)], a, b)
+
+    def unzip(acc2, q, h, jj, half: int):
+        """Row 2q + half of the L outputs from the vector's L / 2 tiles."""
+        return tvm.tirx.Shuffle([acc2[q, h, jj, o, T.ramp(0, 1, 4)] for o in range(L // 2)],
+                                [tvm.tirx.IntImm("int32", 4 * o + 2 * half + i) for o in range(L // 2) for i in range(2)])
 
     def finish(Res, Bv, acc, r, jj, t, row, o):
         a0 = acc[r, 0, jj, t]
@@ -141,13 +168,32 @@ def make_matmul_bf16(name: str, N: int, K: int, knobs: Knobs, bias: bool = False
                     for h in T.unroll(H):
                         for jj in T.unroll(J):
                             acc[r, h, jj, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
-                for k2 in T.serial(Kp // 2):
-                    for h in T.unroll(H):
-                        for jj in T.unroll(J):
-                            for r in T.unroll(R):
-                                acc[r, h, jj, T.ramp(0, 1, L)] = dot(acc[r, h, jj, T.ramp(0, 1, L)],
-                                                                     W[jb * J + jj, k2, h, T.ramp(0, 1, 2 * L)],
-                                                                     pair(Xb, ib * R + r, k2))
+                if mm is not None:
+                    acc2 = T.decl_buffer((R // 2, H, J, L // 2, 4), "float32")
+                    for q in T.unroll(R // 2):
+                        for h in T.unroll(H):
+                            for jj in T.unroll(J):
+                                for o in T.unroll(L // 2):
+                                    acc2[q, h, jj, o, T.ramp(0, 1, 4)] = T.broadcast(T.float32(0), 4)
+                    for p in T.serial(Kp // 4):
+                        for h in T.unroll(H):
+                            for jj in T.unroll(J):
+                                for q in T.unroll(R // 2):
+                                    acc2[q, h, jj, 0, T.ramp(0, 1, 4)] = mstep(acc2, W, Xb, q, h, jj, jb, ib, p, 0)
+                                    acc2[q, h, jj, 1, T.ramp(0, 1, 4)] = mstep(acc2, W, Xb, q, h, jj, jb, ib, p, 1)
+                    for q in T.unroll(R // 2):
+                        for h in T.unroll(H):
+                            for jj in T.unroll(J):
+                                acc[2 * q, h, jj, T.ramp(0, 1, L)] = unzip(acc2, q, h, jj, 0)
+                                acc[2 * q + 1, h, jj, T.ramp(0, 1, L)] = unzip(acc2, q, h, jj, 1)
+                else:
+                    for k2 in T.serial(Kp // 2):
+                        for h in T.unroll(H):
+                            for jj in T.unroll(J):
+                                for r in T.unroll(R):
+                                    acc[r, h, jj, T.ramp(0, 1, L)] = dot(acc[r, h, jj, T.ramp(0, 1, L)],
+                                                                         W[jb * J + jj, k2, h, T.ramp(0, 1, 2 * L)],
+                                                                         pair(Xb, ib * R + r, k2))
                 for r in T.serial(R):
                     for jj in T.serial(J):
                         for t in T.serial(L):
