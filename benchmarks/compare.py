@@ -143,6 +143,9 @@ def main() -> int:
                     help="run PyTorch only for these precisions (it runs float32 for q8 / q4 rows anyway)")
     ap.add_argument("--llama-cpp", nargs="?", const="", default=None, metavar="DIR",
                     help="also llama-bench (built by benchmarks/build_llama_cpp.sh; DIR defaults to its cache)")
+    ap.add_argument("--target", default="host",
+                    help="lfmc's compile target: host, or an x86 ISA level this CPU runs (x86-64-v3: AVX2 only, to "
+                         "compare with a llama.cpp built for AVX2: --llama-cpp DIR)")
     ap.add_argument("--build", default="build/compare")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/compare.json")
@@ -161,7 +164,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:                       # after every row: a crash or a kill keeps what was measured
-        out.write_text(json.dumps({"bandwidth_gbs": bw, "cpus": os.cpu_count(), "cpu": cpu_info(),
+        out.write_text(json.dumps({"bandwidth_gbs": bw, "cpus": os.cpu_count(), "cpu": cpu_info(), "target": a.target,
                                    "prefill": a.prefill, "rounds": a.rounds, "results": results,
                                    "command": " ".join(sys.argv)}, indent=1))
 
@@ -169,10 +172,10 @@ def main() -> int:
     for prec in a.precisions.split(","):
         for preset in a.presets.split(","):
             quant, dtype, tdtype, gtype, act = PRECISIONS[prec]
-            art = Path(a.build) / f"{preset}-{prec}.host"
+            art = Path(a.build) / f"{preset}-{prec}.{a.target}"
             def build(preset=preset, art=art, quant=quant, dtype=dtype, act=act, prec=prec) -> None:
                 t = time.perf_counter()
-                compile_model(load_source(preset, seed=a.seed), art, max_batch=1, quant=quant, dtype=dtype,
+                compile_model(load_source(preset, seed=a.seed), art, a.target, max_batch=1, quant=quant, dtype=dtype,
                               max_context=a.prefill + a.decode_steps + 64, act_quant=act)
                 print(f"compiled {preset} {prec} in {time.perf_counter() - t:.0f} s", flush=True)
 
@@ -193,11 +196,11 @@ def main() -> int:
                                                                       decode=a.decode_steps, reps=a.reps)
                 if gtype in ("Q8_0", "Q4_0"):
                     # lfmc on the very file llama.cpp runs: its Q8_0 / Q4_0 blocks kept (q8g32 / q4g32)
-                    gart = Path(a.build) / f"{preset}-{prec}-gguf.host"
+                    gart = Path(a.build) / f"{preset}-{prec}-gguf.{a.target}"
                     from lfmc.frontend.gguf import import_gguf
 
-                    compiled(gart, lambda: compile_model(import_gguf(model), gart, max_batch=1, act_quant=act,
-                                                         max_context=a.prefill + a.decode_steps + 64))
+                    compiled(gart, lambda: compile_model(import_gguf(model), gart, a.target, max_batch=1,
+                                                         act_quant=act, max_context=a.prefill + a.decode_steps + 64))
                     sides[f"lfmc {gtype} file"] = lambda: run_child("lfmc", artifact=str(gart), **kw)
             runs: dict[str, list] = {k: [] for k in sides}
             for r in range(a.rounds):

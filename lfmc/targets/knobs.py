@@ -82,6 +82,11 @@ def peak_spec(kind: str, knobs: Knobs) -> dict:
     L, B = knobs.lanes, bf16_lanes(knobs)
     spec = {"f32": ((L, "float32"), (L, "float32"), 2 * L), "int8": ((32, "int8"), (8, "int32"), 64),
             "bf16": ((2 * B, "uint16"), (B, "float32"), 4 * B)}
+    # the matrix families (Arm smmla / bfmmla), which the prefill tiles use: a 2 x 2 tile of 8 / 4 inputs
+    if knobs.dot == "i8mm":
+        spec["int8"] = ((16, "int8"), (4, "int32"), 2 * 2 * 2 * 8)
+    if knobs.bf16dot == "bfmmla":
+        spec["bf16"] = ((8, "uint16"), (4, "float32"), 2 * 2 * 2 * 4)
     if kind not in spec:
         raise ValueError(f"no peak kernel for {kind!r} (have {', '.join(spec)})")
     (il, idt), (ol, odt), ops = spec[kind]

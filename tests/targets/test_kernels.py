@@ -512,3 +512,17 @@ def test_peak_kernels_do_the_work_they_count(kind, family):
     per = {"f32": 1, "int8": 4, "bf16": 2}[kind]
     np.testing.assert_array_equal(out.numpy(), np.full((2, *oshape), 1000 * per, odt))
     assert spec["ops_per_iter"] == 8 * 2 * per * oshape[1]        # accumulators x lanes x products x 2
+
+
+@pytest.mark.parametrize("kind,want", [("f32", "fmla"), ("int8", "smmla"), ("bf16", "bfmmla")])
+def test_arm_peak_kernels_use_the_prefill_tiles_instruction(kind, want):
+    """On an arm64 profile with i8mm and bf16 the peak kernels measure the matrix instructions the prefill tiles
+    use (smmla, bfmmla), with their operation counts (a 2 x 2 tile of 8 / 4 inputs per step)."""
+    from lfmc.targets.arm import arm_knobs
+    from lfmc.targets.knobs import peak_spec
+    from lfmc.targets.profiles import get_profile
+
+    kn = arm_knobs("prefill", "i8mm", "bfmmla")
+    m = _build_bf16(K.make_peak("mmbf", kind, kn), get_profile("snapdragon-8gen3:cpu").target())
+    assert want in {w for ln in m.inspect_source("s").splitlines() if ln.startswith("\t") for w in ln.split()[:1]}
+    assert peak_spec(kind, kn)["ops_per_iter"] == 8 * {"f32": 8, "int8": 64, "bf16": 32}[kind]

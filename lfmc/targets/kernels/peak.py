@@ -20,13 +20,16 @@ def _step(kind: str, knobs: Knobs):
     if kind == "int8":
         from .matmul_a8 import DOT, _dot4, _widen16
 
-        quad = DOT[knobs.dot].quad
-        if quad is None:                               # AVX2: pmaddubsw + pmaddwd, added
+        fam = DOT[knobs.dot]
+        if fam.mmla is not None:                       # the prefill tiles' matrix product (smmla)
+            return fam.mmla
+        if fam.quad is None:                           # AVX2: pmaddubsw + pmaddwd, added
             return lambda acc, a, b: acc + _widen16(_dot4(T.reinterpret("uint8x32", a), b))
-        return lambda acc, a, b: quad(acc, T.reinterpret("uint8x32", a), b)
+        return lambda acc, a, b: fam.quad(acc, T.reinterpret("uint8x32", a), b)
     from .matmul_bf16 import BF16DOT
 
-    return BF16DOT[knobs.bf16dot].make(bf16_lanes(knobs))
+    fam = BF16DOT[knobs.bf16dot]
+    return fam.mmla if fam.mmla is not None else fam.make(bf16_lanes(knobs))
 
 
 def make_peak(name: str, kind: str, knobs: Knobs) -> tvm.tirx.PrimFunc:
