@@ -86,61 +86,121 @@ def bf16_layout(N: int, K: int, swiglu: bool, L: int, kpad: int = 2) -> dict:
     return {"W": ((NB, Kp // 2, 2 if swiglu else 1, 2 * L), "uint16"), "NB": NB, "Kp": Kp}
 
 
+class _Bf:
+    """The static facts of one bf16-activation matmul: layout, register tile, fusions, instruction family."""
+
+    def __init__(self, N: int, K: int, knobs: Knobs, bias: bool, rms_eps: float | None, accumulate: bool,
+                 swiglu: bool):
+        self.N, self.K, self.bias, self.accumulate, self.swiglu = N, K, bias, accumulate, swiglu
+        self.L = L = bf16_lanes(knobs)
+        fam = BF16DOT[knobs.bf16dot]
+        self.dot = fam.make(L)
+        lay = bf16_layout(N, K, swiglu, L, bf16_kpad(knobs))
+        self.wshape, self.NB, self.Kp = lay["W"][0], lay["NB"], lay["Kp"]
+        self.R, self.H = knobs.rows, 2 if swiglu else 1
+        self.J = pick_cols(self.NB, max(1, knobs.cols // self.H))
+        self.par, self.norm = knobs.parallel, rms_eps is not None
+        self.padk, self.padn = self.Kp != K, N % L != 0
+        self.mm = fam.mmla if self.R % 2 == 0 else None    # row pairs x output pairs (bfmmla): L / 2 tiles a vector
+        self.eps = float(rms_eps) if self.norm else 0.0
+
+
+def _bits(v):
+    """float32 -> bf16 bits, round half to even (finite values)."""
+    b = T.reinterpret("uint32", v)
+    return T.Cast("uint16", (b + T.uint32(0x7FFF) + ((b >> T.uint32(16)) & T.uint32(1))) >> T.uint32(16))
+
+
+def _xval(c: _Bf, X, NW, Rn, i, k):
+    v = X[i, k] * NW[k] * Rn[i] if c.norm else X[i, k]
+    return T.if_then_else(k < c.K, v, T.float32(0)) if c.padk else v
+
+
+def _pair(c: _Bf, Xb, row, k2):
+    """x[row, 2 k2 : 2 k2 + 2] (one 32-bit word) repeated for the L outputs of a vector."""
+    return T.reinterpret(f"uint16x{2 * c.L}", T.broadcast(T.reinterpret("uint32", Xb[row, T.ramp(2 * k2, 1, 2)]),
+                                                           c.L))
+
+
+def _mstep(c: _Bf, acc2, W, Xb, q, h, jj, jb, ib, p, o: int):
+    """acc2's 2 x 2 tile of row pair q and output pair o plus inputs 4p..4p+3: packed rows 2p (each output's inputs
+    4p, 4p+1) and 2p + 1 (4p+2, 4p+3) zipped into the two outputs' rows of 4."""
+    L = c.L
+    w = [W[jb * c.J + jj, 2 * p + i, h, T.ramp(0, 1, 2 * L)] for i in range(2)]
+    b = tvm.tirx.Shuffle(w, [tvm.tirx.IntImm("int32", i) for i in (
+        4 * o, 4 * o + 1, 2 * L + 4 * o, 2 * L + 4 * o + 1, 4 * o + 2, 4 * o + 3, 2 * L + 4 * o + 2, 2 * L + 4 * o + 3)])
+    a = tvm.tirx.Shuffle([Xb[ib * c.R + 2 * q + i, T.ramp(4 * p, 1, 4)] for i in range(2)],
+                         [tvm.tirx.IntImm("int32", i) for i in range(8)])
+    return c.mm(acc2[q, h, jj, o, T.ramp(0, 1, 4)], a, b)
+
+
+def _unzip(c: _Bf, acc2, q, h, jj, half: int):
+    """Row 2q + half of the L outputs from the vector's L / 2 tiles."""
+    return tvm.tirx.Shuffle([acc2[q, h, jj, o, T.ramp(0, 1, 4)] for o in range(c.L // 2)],
+                            [tvm.tirx.IntImm("int32", 4 * o + 2 * half + i) for o in range(c.L // 2) for i in range(2)])
+
+
+def _finish(c: _Bf, Res, Bv, acc, r, jj, t, row, o):
+    a0 = acc[r, 0, jj, t]
+    if c.swiglu:
+        a0 = T.sigmoid(a0) * a0 * acc[r, 1, jj, t]
+    if c.bias:
+        a0 = a0 + Bv[o]
+    if c.accumulate:
+        a0 = a0 + Res[row, o]
+    return a0
+
+
+def _tile_macro(c: _Bf):
+    """TIR macro: one register tile (R rows x J vectors) over all of K into ``acc``: pair dots, or with a matrix
+    family 2 x 2 tiles of row pairs and output pairs unzipped into rows at the end."""
+    R, H, J, L, Kp = c.R, c.H, c.J, c.L, c.Kp
+
+    @T.macro
+    def tile(W, Xb, acc, jb, ib):
+        if c.mm is not None:
+            acc2 = T.decl_buffer((R // 2, H, J, L // 2, 4), "float32")
+            for q in T.unroll(R // 2):
+                for h in T.unroll(H):
+                    for jj in T.unroll(J):
+                        for o in T.unroll(L // 2):
+                            acc2[q, h, jj, o, T.ramp(0, 1, 4)] = T.broadcast(T.float32(0), 4)
+            for p in T.serial(Kp // 4):
+                for h in T.unroll(H):
+                    for jj in T.unroll(J):
+                        for q in T.unroll(R // 2):
+                            acc2[q, h, jj, 0, T.ramp(0, 1, 4)] = _mstep(c, acc2, W, Xb, q, h, jj, jb, ib, p, 0)
+                            acc2[q, h, jj, 1, T.ramp(0, 1, 4)] = _mstep(c, acc2, W, Xb, q, h, jj, jb, ib, p, 1)
+            for q in T.unroll(R // 2):
+                for h in T.unroll(H):
+                    for jj in T.unroll(J):
+                        acc[2 * q, h, jj, T.ramp(0, 1, L)] = _unzip(c, acc2, q, h, jj, 0)
+                        acc[2 * q + 1, h, jj, T.ramp(0, 1, L)] = _unzip(c, acc2, q, h, jj, 1)
+        else:
+            for r in T.unroll(R):
+                for h in T.unroll(H):
+                    for jj in T.unroll(J):
+                        acc[r, h, jj, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
+            for k2 in T.serial(Kp // 2):
+                for h in T.unroll(H):
+                    for jj in T.unroll(J):
+                        for r in T.unroll(R):
+                            acc[r, h, jj, T.ramp(0, 1, L)] = c.dot(acc[r, h, jj, T.ramp(0, 1, L)],
+                                                                   W[jb * J + jj, k2, h, T.ramp(0, 1, 2 * L)],
+                                                                   _pair(c, Xb, ib * R + r, k2))
+
+    return tile
+
+
 def make_matmul_bf16(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
                      accumulate: bool = False, swiglu: bool = False) -> tvm.tirx.PrimFunc:
     """:func:`make_matmul` with bf16 activations: the rows of X (RMS-normalized first when ``rms_eps``) rounded to
     bf16 (round half to even, as lfmc/ir/quant.py's ``round_bf16``) once per call, then R rows x J vectors of L
     outputs per register tile, one pair dot per (row, vector) and input pair. Args: X, W, (NW), (bias), (Res), Out,
     nb, as the float matmul's."""
-    L = bf16_lanes(knobs)
-    fam = BF16DOT[knobs.bf16dot]
-    dot = fam.make(L)
-    lay = bf16_layout(N, K, swiglu, L, bf16_kpad(knobs))
-    wshape = lay["W"][0]
-    NB, Kp = lay["NB"], lay["Kp"]
-    R, H = knobs.rows, 2 if swiglu else 1
-    J = pick_cols(NB, max(1, knobs.cols // H))
-    par, norm, padk, padn = knobs.parallel, rms_eps is not None, Kp != K, N % L != 0
-    mm = fam.mmla if R % 2 == 0 else None               # row pairs x output pairs (bfmmla): L / 2 tiles per vector
-    eps = float(rms_eps) if norm else 0.0
-
-    def bits(v):
-        """float32 -> bf16 bits, round half to even (finite values)."""
-        b = T.reinterpret("uint32", v)
-        return T.Cast("uint16", (b + T.uint32(0x7FFF) + ((b >> T.uint32(16)) & T.uint32(1))) >> T.uint32(16))
-
-    def xval(X, NW, Rn, i, k):
-        v = X[i, k] * NW[k] * Rn[i] if norm else X[i, k]
-        return T.if_then_else(k < K, v, T.float32(0)) if padk else v
-
-    def pair(Xb, row, k2):
-        """x[row, 2 k2 : 2 k2 + 2] (one 32-bit word) repeated for the L outputs of a vector."""
-        return T.reinterpret(f"uint16x{2 * L}", T.broadcast(T.reinterpret("uint32", Xb[row, T.ramp(2 * k2, 1, 2)]), L))
-
-    def mstep(acc2, W, Xb, q, h, jj, jb, ib, p, o: int):
-        """acc2's 2 x 2 tile of row pair q and output pair o plus inputs 4p..4p+3: packed rows 2p (each output's
-        inputs 4p, 4p+1) and 2p + 1 (4p+2, 4p+3) zipped into the two outputs' rows of 4."""
-        w = [W[jb * J + jj, 2 * p + i, h, T.ramp(0, 1, 2 * L)] for i in range(2)]
-        b = tvm.tirx.Shuffle(w, [tvm.tirx.IntImm("int32", i) for i in (
-            4 * o, 4 * o + 1, 2 * L + 4 * o, 2 * L + 4 * o + 1, 4 * o + 2, 4 * o + 3, 2 * L + 4 * o + 2, 2 * L + 4 * o + 3)])
-        a = tvm.tirx.Shuffle([Xb[ib * R + 2 * q + i, T.ramp(4 * p, 1, 4)] for i in range(2)],
-                             [tvm.tirx.IntImm("int32", i) for i in range(8)])
-        return mm(acc2[q, h, jj, o, T.ramp(0, 1, 4)], a, b)
-
-    def unzip(acc2, q, h, jj, half: int):
-        """Row 2q + half of the L outputs from the vector's L / 2 tiles."""
-        return tvm.tirx.Shuffle([acc2[q, h, jj, o, T.ramp(0, 1, 4)] for o in range(L // 2)],
-                                [tvm.tirx.IntImm("int32", 4 * o + 2 * half + i) for o in range(L // 2) for i in range(2)])
-
-    def finish(Res, Bv, acc, r, jj, t, row, o):
-        a0 = acc[r, 0, jj, t]
-        if swiglu:
-            a0 = T.sigmoid(a0) * a0 * acc[r, 1, jj, t]
-        if bias:
-            a0 = a0 + Bv[o]
-        if accumulate:
-            a0 = a0 + Res[row, o]
-        return a0
+    c = _Bf(N, K, knobs, bias, rms_eps, accumulate, swiglu)
+    R, H, J, L, NB, Kp, wshape = c.R, c.H, c.J, c.L, c.NB, c.Kp, c.wshape
+    tile = _tile_macro(c)
 
     @T.prim_func
     def f(x: T.handle, w: T.handle, nw: T.handle, b: T.handle, res: T.handle, y: T.handle, nb: T.int32):
@@ -152,56 +212,27 @@ def make_matmul_bf16(name: str, N: int, K: int, knobs: Knobs, bias: bool = False
         Y = T.match_buffer(y, (nb * R, N), "float32")
         Xb = T.alloc_buffer((nb * R, Kp), "uint16")
         Rn = T.alloc_buffer((nb * R,), "float32")
-        for i in T.parallel(nb * R) if par else T.serial(nb * R):
-            if norm:
+        for i in T.parallel(nb * R) if c.par else T.serial(nb * R):
+            if c.norm:
                 ss = T.decl_buffer((1,), "float32")
                 ss[0] = T.float32(0)
                 for k in T.serial(K):
                     ss[0] = ss[0] + X[i, k] * X[i, k]
-                Rn[i] = T.float32(1) / T.sqrt(ss[0] / T.float32(K) + T.float32(eps))
+                Rn[i] = T.float32(1) / T.sqrt(ss[0] / T.float32(K) + T.float32(c.eps))
             for k in T.serial(Kp):
-                Xb[i, k] = bits(xval(X, NW, Rn, i, k))
-        for jb in T.parallel(NB // J) if par else T.serial(NB // J):
+                Xb[i, k] = _bits(_xval(c, X, NW, Rn, i, k))
+        for jb in T.parallel(NB // J) if c.par else T.serial(NB // J):
             for ib in T.serial(nb):
                 acc = T.decl_buffer((R, H, J, L), "float32")
-                for r in T.unroll(R):
-                    for h in T.unroll(H):
-                        for jj in T.unroll(J):
-                            acc[r, h, jj, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
-                if mm is not None:
-                    acc2 = T.decl_buffer((R // 2, H, J, L // 2, 4), "float32")
-                    for q in T.unroll(R // 2):
-                        for h in T.unroll(H):
-                            for jj in T.unroll(J):
-                                for o in T.unroll(L // 2):
-                                    acc2[q, h, jj, o, T.ramp(0, 1, 4)] = T.broadcast(T.float32(0), 4)
-                    for p in T.serial(Kp // 4):
-                        for h in T.unroll(H):
-                            for jj in T.unroll(J):
-                                for q in T.unroll(R // 2):
-                                    acc2[q, h, jj, 0, T.ramp(0, 1, 4)] = mstep(acc2, W, Xb, q, h, jj, jb, ib, p, 0)
-                                    acc2[q, h, jj, 1, T.ramp(0, 1, 4)] = mstep(acc2, W, Xb, q, h, jj, jb, ib, p, 1)
-                    for q in T.unroll(R // 2):
-                        for h in T.unroll(H):
-                            for jj in T.unroll(J):
-                                acc[2 * q, h, jj, T.ramp(0, 1, L)] = unzip(acc2, q, h, jj, 0)
-                                acc[2 * q + 1, h, jj, T.ramp(0, 1, L)] = unzip(acc2, q, h, jj, 1)
-                else:
-                    for k2 in T.serial(Kp // 2):
-                        for h in T.unroll(H):
-                            for jj in T.unroll(J):
-                                for r in T.unroll(R):
-                                    acc[r, h, jj, T.ramp(0, 1, L)] = dot(acc[r, h, jj, T.ramp(0, 1, L)],
-                                                                         W[jb * J + jj, k2, h, T.ramp(0, 1, 2 * L)],
-                                                                         pair(Xb, ib * R + r, k2))
+                tile(W, Xb, acc, jb, ib)
                 for r in T.serial(R):
                     for jj in T.serial(J):
                         for t in T.serial(L):
-                            if not padn or (jb * J + jj) * L + t < N:      # padded outputs are never stored
-                                Y[ib * R + r, (jb * J + jj) * L + t] = finish(
-                                    Res, Bv, acc, r, jj, t, ib * R + r, (jb * J + jj) * L + t)
+                            if not c.padn or (jb * J + jj) * L + t < N:      # padded outputs are never stored
+                                Y[ib * R + r, (jb * J + jj) * L + t] = _finish(
+                                    c, Res, Bv, acc, r, jj, t, ib * R + r, (jb * J + jj) * L + t)
 
-    keep = [True, True, norm, bias, accumulate, True, True]
+    keep = [True, True, c.norm, bias, accumulate, True, True]
     f = tvm.tirx.PrimFunc([p for p, k in zip(f.params, keep) if k], f.body, f.ret_type, f.attrs)
     if not accumulate:
         f = f.with_attr("tirx.noalias", True)
