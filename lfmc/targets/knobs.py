@@ -67,8 +67,9 @@ def bf16_lanes(knobs: Knobs) -> int:
 
 
 def bf16_kpad(knobs: Knobs) -> int:
-    """What the bf16-activation layout pads K to: 4 for bfmmla (4 inputs per step), else 2 (input pairs)."""
-    return 4 if knobs.bf16dot == "bfmmla" else 2
+    """What the bf16-activation layout pads K to: 4 for bfmmla (4 inputs per step) and on NEON (4 lanes) for its
+    FMA fallback, which reads the same packed weights; else 2 (input pairs)."""
+    return 4 if knobs.bf16dot == "bfmmla" or knobs.lanes == 4 else 2
 
 
 PEAK_ACCS = 8      # peak kernels: independent accumulators per thread (8-12 measured at the peak on AVX-512; 16 spilled)

@@ -23,6 +23,14 @@ from typing import Any
 from ...ir.errors import LfmcError
 from .. import cache, llvm_ir
 from ..knobs import Knobs
+from ..variants import OptionalFeatures
+
+# Optional ISA features (lfmc/targets/variants.py): the smmla (i8mm) and bfmmla (bf16) kernels are built with the
+# feature and again without (sdot rows, FMA pairs), the rest of an artifact without them, so an artifact for a
+# Snapdragon 8 Gen 3 still runs on a dotprod-only core (Cortex-A76 class) at the fallbacks' speed.
+OPTIONAL = OptionalFeatures(llvm={"i8mm": "i8mm", "bf16": "bf16"},
+                            fallbacks={"dot": ("i8mm", ("i8mm",), {"dot": "sdot"}),
+                                       "bf16dot": ("bfmmla", ("bf16",), {"bf16dot": "fma"})})
 
 
 def arm_knobs(entry: str, dot: str = "", bf16dot: str = "fma") -> Knobs:
@@ -94,13 +102,16 @@ def build_arm(kernels: dict, profile, out_dir, progress=None) -> dict[str, str]:
             progress(len(names), len(names), "static library")
         return {n: "kernels/lfmc_kernels.a" for n in names}
     ext = "dylib" if "apple" in triple else "so"
-    tkey = cache.target_key(target)
+    # kernels that need an optional feature (KernelSpec.needs) for the full target, the rest without those features
+    base = OPTIONAL.without(target, arm_features(profile)) if any(k.needs for k in kernels.values()) else target
+    keys = {id(t): cache.target_key(t) for t in (target, base)}
     with tempfile.TemporaryDirectory() as tmp:
         for i, n in enumerate(names, 1):
-            key, func = cache.kernel_key(f"arm .{ext} 1", tkey, n, kernels[n])
+            tgt = target if kernels[n].needs else base
+            key, func = cache.kernel_key(f"arm .{ext} 1", keys[id(tgt)], n, kernels[n])
 
-            def build(out: Path, n=n, func=func) -> None:
-                lib = tvm.compile(tvm.IRModule({n: func or kernels[n].build(n)}), target=target)
+            def build(out: Path, n=n, func=func, tgt=tgt) -> None:
+                lib = tvm.compile(tvm.IRModule({n: func or kernels[n].build(n)}), target=tgt)
                 mod = llvm_ir.rebuild(lib) if llvm_ir.needs_substitution(kernels[n]) else lib.mod
                 obj = Path(tmp) / f"{n}.o"
                 mod.write_to_file(str(obj))

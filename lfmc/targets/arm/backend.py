@@ -38,10 +38,21 @@ class ArmBackend(TvmBackend):
         bf16dot = "bfmmla" if target_has_features("bf16", profile.target()) else "fma"
         return {e: arm_knobs(e, dot, bf16dot) for e in ENTRIES}
 
-    def target_info(self, profile, variants: dict[str, Any] | None = None) -> dict[str, Any]:
-        from . import arm_features
+    def isa_variants(self, kernels, profile) -> dict[str, Any]:
+        """Fallbacks for the i8mm / bf16 kernels, except in a static library (one module, one target: iOS)."""
+        from . import OPTIONAL, arm_features
 
-        return {**super().target_info(profile), "kind": "llvm", "features": arm_features(profile)}
+        return {} if profile.packaging == "static" else OPTIONAL.variants(kernels, arm_features(profile))
+
+    def target_info(self, profile, variants: dict[str, Any] | None = None) -> dict[str, Any]:
+        from . import OPTIONAL, arm_features
+
+        feats = arm_features(profile)
+        t = {**super().target_info(profile), "kind": "llvm",
+             "features": OPTIONAL.base_features(feats) if variants else feats}
+        if variants:                         # the runtime picks each of these kernels' variant by the CPU's features
+            t["isa_variants"] = variants
+        return t
 
     def build(self, kernels, profile, out_dir, progress) -> dict[str, str]:
         from . import build_arm

@@ -11,6 +11,7 @@ from typing import Any
 
 from ...plan import STEP_RUNNER
 from ..knobs import Knobs
+from ..variants import OptionalFeatures
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,61 +76,22 @@ def x86_target(profile):
     return host_target() if profile.name == "host" else profile.target()
 
 
-# Optional ISA features: the kernel families that need one are built twice, with it and with the family that does
-# without (an ISA variant), and the rest of the artifact without them; the runtime runs each kernel's best variant
-# that the loading CPU has (as ggml picks its kernels), so an artifact built on a CPU with VNNI and BF16 still runs
-# on an AVX-512 or AVX2 CPU without them. maker -> (knob, its value that needs the features, the features (those the
-# target has are needed), what the fallback knobs replace).
-OPTIONAL_FEATURES = ("avx512_vnni", "avxvnni", "avx512_bf16")
-# knob field -> (its value that needs features, the features (those the target has are needed), the fallback knobs)
-FALLBACKS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
-    "dot": ("vnni", ("avx512_vnni", "avxvnni"), {"dot": "avx2", "a8_cols": 0}),
-    "bf16dot": ("avx512bf16", ("avx512_bf16",), {"bf16dot": "fma"}),
-}
-# which knob field a kernel maker's instruction family comes from
-_USES = {"make_matmul_a8": lambda kw: "dot", "make_matmul_bf16": lambda kw: "bf16dot",
-         "make_peak": lambda kw: {"int8": "dot", "bf16": "bf16dot"}.get(kw.get("kind"))}
+# Optional ISA features (lfmc/targets/variants.py): the int8 kernels' VNNI and the bf16 kernels' AVX512-BF16 are
+# built with the feature and again without (AVX2 pmaddubsw, FMA pairs), the rest of an artifact without them, so an
+# artifact built on a CPU with VNNI and BF16 still runs on an AVX-512 or AVX2 CPU without them.
+OPTIONAL = OptionalFeatures(
+    llvm={k: _LLVM_FEATURES[k] for k in ("avx512_vnni", "avxvnni", "avx512_bf16")},
+    fallbacks={"dot": ("vnni", ("avx512_vnni", "avxvnni"), {"dot": "avx2", "a8_cols": 0}),
+               "bf16dot": ("avx512bf16", ("avx512_bf16",), {"bf16dot": "fma"})})
 
 
 def isa_variants(kernels: dict, feats: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Give every kernel of ``kernels`` (name -> KernelSpec, changed in place) that uses an optional feature of
-    ``feats`` its fallback twin (``NAME__<family>``, the same arguments) and mark it with the features it needs;
-    returns the manifest's ``isa_variants``: name -> {"needs": [...], "fallback": name}."""
-    import dataclasses
-
-    out = {}
-    for name, spec in list(kernels.items()):
-        field = _USES.get(spec.maker_name, lambda kw: None)(spec.kw)
-        kn = spec.knobs
-        if field is None or kn is None or getattr(kn, field) != FALLBACKS[field][0]:
-            continue
-        value, features, repl = FALLBACKS[field]
-        needs = tuple(f for f in features if feats.get(f))
-        if not needs:
-            continue
-        key = next(k for k, v in spec.kw.items() if v is kn)
-        fb = f"{name}__{repl[field]}"
-        kernels[fb] = dataclasses.replace(spec, kw={**spec.kw, key: dataclasses.replace(kn, **repl)})
-        kernels[name] = dataclasses.replace(spec, needs=needs)
-        out[name] = {"needs": list(needs), "fallback": fb}
-    return out
+    """:meth:`OptionalFeatures.variants` with the x86 table."""
+    return OPTIONAL.variants(kernels, feats)
 
 
 def base_features(feats: dict[str, Any]) -> dict[str, Any]:
-    """What an artifact with ISA variants requires of a CPU: ``feats`` without the optional features."""
-    return {**feats, **{f: False for f in OPTIONAL_FEATURES if f in feats}}
-
-
-def without_optional(target, feats: dict[str, Any]):
-    """``target`` with the optional features it has switched off (the kernels that run on every CPU)."""
-    import tvm
-
-    off = [f"-{_LLVM_FEATURES[f]}" for f in OPTIONAL_FEATURES if feats.get(f)]
-    if not off:
-        return target
-    cfg = dict(target.export())
-    cfg["mattr"] = list(cfg.get("mattr") or []) + off
-    return tvm.target.Target(cfg)
+    return OPTIONAL.base_features(feats)
 
 
 def x86_runs_here(profile) -> str:
@@ -176,7 +138,7 @@ def build_host(kernels: dict, out_dir, progress=None, target=None, feats: dict[s
 
     target = target or host_target()
     # kernels that need an optional feature (KernelSpec.needs) for the full target, the rest without those features
-    base = without_optional(target, feats or cpu_features()) if any(sp.needs for sp in kernels.values()) else target
+    base = OPTIONAL.without(target, feats or cpu_features()) if any(sp.needs for sp in kernels.values()) else target
     keys = {id(t): cache.target_key(t) for t in (target, base)}
     (out_dir / "kernels").mkdir(exist_ok=True)
     files = {}

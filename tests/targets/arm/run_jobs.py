@@ -32,6 +32,7 @@ def main() -> int:
             rows.append(eng.decode([seq], [tok])[0])
         np.save(out / f"{i}.npy", np.stack(rows).astype(np.float32))
         print(json.dumps({"artifact": job["artifact"], "machine": platform.machine(), "driver": eng.driver.name,
+                          "fallbacks": sum(1 for k, v in eng._impl.items() if k != v),     # ISA variants picked
                           "seconds": round(time.perf_counter() - t, 2)}), flush=True)
     return 0
 

@@ -34,9 +34,10 @@ def _models(tiny_models) -> dict:
     return {"dense": tiny_models["dense-a"], "moe": tiny_models["moe-b"], "hybrid": hy}
 
 
-def _check(cases: list[tuple], root) -> list[str]:
-    """Compile each (label, model, precision, target), run all under qemu in one process, compare with the
-    interpreter of the model quantized as the compile quantizes it. Returns one line per case (docs/targets/arm.md)."""
+def _check(cases: list[tuple], root, cpu: str = "max", fallbacks: bool = False) -> list[str]:
+    """Compile each (label, model, precision, target), run all under qemu's ``cpu`` in one process, compare with
+    the interpreter of the model quantized as the compile quantizes it; ``fallbacks``: whether the runtime must have
+    run ISA-variant fallbacks (else none). Returns one line per case (docs/targets/arm.md)."""
     jobs, refs = [], []
     for label, m, prec, target in cases:
         opts = PRECISIONS[prec]
@@ -52,10 +53,11 @@ def _check(cases: list[tuple], root) -> list[str]:
             ref = [it.run(prompt, st)[-1]] + [it.run([t], st)[-1] for t in toks[:-1]]
             jobs.append({"artifact": str(art), "prompt": prompt, "forced": toks[:-1]})
             refs.append((label, prec, target, plen, toks, np.stack(ref)))
-    got = qemu.run_jobs(jobs, root / "qemu")
+    got = qemu.run_jobs(jobs, root / "qemu", cpu=cpu)
     lines = []
     for (label, prec, target, plen, toks, ref), res in zip(refs, got):
         assert res["machine"] == "aarch64" and res.get("driver") == "cpu", res
+        assert (res["fallbacks"] > 0) == (fallbacks and prec in ("w8a8", "w4a8", "bf16a")), res
         lg = res["logits"]
         err = float(np.abs(lg - ref).max() / max(1.0, np.abs(ref).max()))
         tol = 8e-2 if "a8" in prec else 2e-2 if prec == "bf16a" else RTOL
@@ -70,6 +72,13 @@ def test_arm_smoke_dense_f32_and_w8a8(tiny_models, tmp_path):
     build, executed."""
     m = _models(tiny_models)["dense"]
     _check([("dense", m, p, TARGETS[0]) for p in ("f32", "w8a8")], tmp_path)
+
+
+def test_arm_isa_variants_on_a_core_without_i8mm_and_bf16(tiny_models, tmp_path):
+    """The same Snapdragon 8 Gen 3 builds on an emulated Cortex-A76 (dotprod, no i8mm or bf16, as its hwcaps say):
+    the runtime runs the sdot / FMA fallbacks of the smmla / bfmmla kernels, tokens still the interpreter's."""
+    m = _models(tiny_models)["dense"]
+    _check([("dense", m, p, TARGETS[0]) for p in ("w8a8", "bf16a")], tmp_path, cpu="cortex-a76", fallbacks=True)
 
 
 def test_arm_artifact_refused_by_name_on_a_cpu_without_dotprod(tiny_models, tmp_path):

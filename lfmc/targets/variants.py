@@ -1,0 +1,60 @@
+"""ISA variants: kernels built twice, with an optional CPU feature and in the family that does without, the
+runtime running each kernel's best variant the loading CPU has (as ggml picks its kernels at run time). Each CPU
+backend gives its table (:class:`OptionalFeatures`): x86 VNNI / AVX512-BF16 (lfmc/targets/host), Arm i8mm / bf16
+(lfmc/targets/arm); the rest of an artifact is compiled without those features."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+# which knob field a kernel maker's instruction family comes from
+_USES = {"make_matmul_a8": lambda kw: "dot", "make_matmul_bf16": lambda kw: "bf16dot",
+         "make_peak": lambda kw: {"int8": "dot", "bf16": "bf16dot"}.get(kw.get("kind"))}
+
+
+@dataclass(frozen=True)
+class OptionalFeatures:
+    """A CPU family's optional features. ``llvm``: manifest feature key -> LLVM attribute; ``fallbacks``: knob
+    field -> (its value that needs features, those features (the ones the target has are needed), what the
+    fallback's knobs replace)."""
+
+    llvm: dict[str, str]
+    fallbacks: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]]
+
+    def variants(self, kernels: dict, feats: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Give every kernel of ``kernels`` (name -> KernelSpec, changed in place) that uses an optional feature of
+        ``feats`` its fallback twin (``NAME__<family>``, the same arguments) and mark it with the features it
+        needs; returns the manifest's ``isa_variants``: name -> {"needs": [...], "fallback": name}."""
+        out = {}
+        for name, spec in list(kernels.items()):
+            field = _USES.get(spec.maker_name, lambda kw: None)(spec.kw)
+            kn = spec.knobs
+            if field is None or kn is None or field not in self.fallbacks or \
+                    getattr(kn, field) != self.fallbacks[field][0]:
+                continue
+            _, features, repl = self.fallbacks[field]
+            needs = tuple(f for f in features if feats.get(f))
+            if not needs:
+                continue
+            key = next(k for k, v in spec.kw.items() if v is kn)
+            fb = f"{name}__{repl[field]}"
+            kernels[fb] = dataclasses.replace(spec, kw={**spec.kw, key: dataclasses.replace(kn, **repl)})
+            kernels[name] = dataclasses.replace(spec, needs=needs)
+            out[name] = {"needs": list(needs), "fallback": fb}
+        return out
+
+    def base_features(self, feats: dict[str, Any]) -> dict[str, Any]:
+        """What an artifact with ISA variants requires of a CPU: ``feats`` without the optional features."""
+        return {**feats, **{f: False for f in self.llvm if f in feats}}
+
+    def without(self, target, feats: dict[str, Any]):
+        """``target`` with the optional features it has switched off (the kernels that run on every CPU)."""
+        import tvm
+
+        off = [f"-{self.llvm[f]}" for f in self.llvm if feats.get(f)]
+        if not off:
+            return target
+        cfg = dict(target.export())
+        cfg["mattr"] = list(cfg.get("mattr") or []) + off
+        return tvm.target.Target(cfg)
