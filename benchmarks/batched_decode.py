@@ -120,11 +120,13 @@ def main() -> int:
     for prec in precs:
         quant, dtype, _, gtype, act = compare.PRECISIONS[prec]
         art = Path(a.build) / f"{a.preset}-{prec}-b{max(batches)}.host"
-        if not (art / "manifest.json").exists():
+        def build(art=art, quant=quant, dtype=dtype, act=act, prec=prec) -> None:
             t = time.perf_counter()
             compile_model(load_source(a.preset, seed=a.seed), art, max_batch=max(batches), quant=quant, dtype=dtype,
                           act_quant=act, max_context=a.npp + a.ntg + 16)
             print(f"compiled {a.preset} {prec} in {time.perf_counter() - t:.0f} s", flush=True)
+
+        compare.compiled(art, build)                   # rebuilt when the compiler sources changed
         model = None
         if lc is not None:
             hf = llama_cpp.save_hf(a.preset, a.seed, Path(a.build) / f"{a.preset}-s{a.seed}.hf")

@@ -236,12 +236,13 @@ def serve_artifact(build: str, preset: str, precision: str, seed: int) -> Path:
 
     quant, dtype, _, _, act = compare.PRECISIONS[precision]
     art = Path(build) / f"{preset}-{precision}-serve.host"
-    if not (art / "manifest.json").exists():
+    def build() -> None:
         t = time.perf_counter()
         compile_model(load_source(preset, seed=seed), art, max_batch=16, quant=quant, dtype=dtype, act_quant=act,
                       max_context=CONTEXT)
         print(f"compiled {preset} {precision} in {time.perf_counter() - t:.0f} s", flush=True)
-    return art
+
+    return compare.compiled(art, build)                # rebuilt when the compiler sources changed
 
 
 def main() -> int:

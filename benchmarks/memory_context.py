@@ -153,15 +153,21 @@ def main() -> int:
         return 0
     from lfmc.compile import compile_model, load_source
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare import compiled
+
     ctxs = [int(x) for x in a.contexts.split(",")]
     tag = "" if (a.preset, a.dtype) == ("lfm2-350m", "f32") else f"-{a.preset}-{a.dtype}"
     a.out = a.out or f"benchmarks/results/memory-context{tag}.json"
     art = Path(a.build) / f"{a.preset}-{a.dtype}-ctx{max(ctxs) + 3 * a.steps + 2}.host"
-    if not (art / "manifest.json").exists():
+
+    def build() -> None:
         t = time.perf_counter()
         opts = {"dtype": "f16", "kv_dtype": "f16"} if a.dtype == "f16" else {}
         compile_model(load_source(a.preset), art, max_batch=1, max_context=max(ctxs) + 3 * a.steps + 2, **opts)
         print(f"compiled {a.preset} in {time.perf_counter() - t:.0f} s -> {art}", flush=True)
+
+    compiled(art, build)                               # rebuilt when the compiler sources changed
     empty = {"lfmc": run("lfmc", empty=True)["peak_rss"], "torch": run("torch", empty=True)["peak_rss"]}
     rows = []
     for n in ctxs:
