@@ -922,7 +922,8 @@ def _parser_bench(sub) -> None:
                    "--contexts and draw them against context into PNG")
     p.add_argument("--contexts", default="128,512,2048", help="context lengths for --plot (default 128,512,2048)")
     p.add_argument("--profile", action="store_true", help="also time one decode step and one prefill chunk kernel "
-                   "by kernel, with the rate each dense matmul reads its weights at (GB/s) and computes at (GFLOP/s)")
+                   "by kernel, with the rate each dense matmul reads its weights at (GB/s) and computes at (GOP/s, and "
+                   "its share of its instruction family's peak, measured here first)")
     _speculation_args(p, "also measure speculative decoding: the cost of verifying k tokens against a decode step, "
                          "speculative vs plain tokens/s on one prompt, the speed-up projected")
     p.add_argument("--spec-prompt", metavar="TEXT", default=None,
