@@ -9,8 +9,8 @@ here by TVM's LLVM backend and packaged the way each platform loads them.
 - iOS (``arm64-apple-ios``): apps cannot load libraries at run time, so one object with every kernel in a static
   library ``kernels/lfmc_kernels.a`` for the app to link.
 
-They run through the ``cpu`` driver on a device with TVM's runtime; here they are checked as objects of the
-right ISA (their numerics are the host build's: the same TensorIR with other vector widths).
+They run through the ``cpu`` driver on a device with TVM's runtime, and here under qemu-aarch64 (tests/targets/arm:
+the runtime in an aarch64 Python, tokens checked against the interpreter).
 """
 from __future__ import annotations
 

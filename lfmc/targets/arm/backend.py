@@ -24,7 +24,7 @@ class ArmBackend(TvmBackend):
         return profile.family in self.families and _is_arm64(profile)
 
     def runs_here(self, profile) -> str:
-        return "no (arm64: cross-compiled, objects checked)"
+        return "no (arm64: cross-compiled; executed here under qemu-aarch64 by make test-arm)"
 
     def check(self, profile, opts) -> None:
         """``--act-quant`` is left to lowering, which names a profile without integer dot products."""
