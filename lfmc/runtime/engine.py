@@ -137,13 +137,13 @@ class Engine:
         # the ISA variant of each kernel that has several (the driver picks by this CPU's features)
         pick = driver_hook(device, "pick_kernels")
         self._impl: dict[str, str] = {k: v for k, v in (pick(m) if pick else {}).items() if k in names}
-        missing = sorted({self._impl.get(k, k) for k in names} - set(m["kernels"]))
+        run = {k: self._impl.get(k, k) for k in sorted(names)}
+        missing = sorted(set(run.values()) - set(m["kernels"]))
         if missing:
             raise RuntimeLoadError(f"{self.root}: the plan uses kernels without a library: {missing[:5]}")
         self._libs = {f: self.driver.load_library(self.root / f)
-                      for f in sorted({m["kernels"][self._impl.get(k, k)] for k in names})}
-        self._funcs = {k: self.driver.function(self._libs[m["kernels"][self._impl.get(k, k)]], self._impl.get(k, k))
-                       for k in sorted(names)}
+                      for f in sorted({m["kernels"][i] for i in run.values()})}
+        self._funcs = {k: self.driver.function(self._libs[m["kernels"][i]], i) for k, i in run.items()}
         runner = m["kernels"].get(STEP_RUNNER)
         load_runner = getattr(self.driver, "load_step_runner", None)
         self._runner = load_runner(self.root / runner) if runner and load_runner and self.one_call else None
@@ -295,8 +295,8 @@ class Engine:
             step = self._steps.get(key)
             if step is None:
                 step = self._steps[key] = self._runner.prepare(
-                    [(self.root / self.manifest["kernels"][self._impl.get(k, k)], self._impl.get(k, k), args)
-                     for (k, _), (_, args) in zip(self._launches(entry, n), calls)])
+                    [(self.root / self.manifest["kernels"][i], i, args)
+                     for i, (_, args) in zip((self._impl.get(k, k) for k, _ in self._launches(entry, n)), calls)])
             step()
             return
         run_graph = getattr(self.driver, "run_graph", None)

@@ -78,13 +78,12 @@ class Backend:
 
     def check(self, profile, opts: CompileOptions) -> None:
         """Refuse options this family cannot build, before any work."""
-        if opts.act_quant == "bf16" and not self.int8_activations:
-            raise LfmcError(f"target {profile.name}: bf16 activations (--act-quant bf16) are implemented for CPU "
-                            f"targets; the {profile.family} family computes with float activations")
         if opts.act_quant and not self.int8_activations:
-            raise LfmcError(f"target {profile.name}: int8 activations (--act-quant) are implemented for CPUs with "
-                            f"integer dot products (x86 AVX2, Arm dotprod); the {profile.family} family computes "
-                            "with float activations")
+            what = ("bf16 activations (--act-quant bf16) are implemented for CPU targets" if opts.act_quant == "bf16"
+                    else "int8 activations (--act-quant) are implemented for CPUs with integer dot products (x86 "
+                         "AVX2, Arm dotprod)")
+            raise LfmcError(f"target {profile.name}: {what}; the {profile.family} family computes with float "
+                            "activations")
 
     def lower(self, graph: Graph, weights: dict[str, np.ndarray], profile, opts: CompileOptions,
               ctx: BuildContext, vision: Graph | None = None, max_patches: int | None = None) -> Built:

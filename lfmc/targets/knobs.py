@@ -18,9 +18,9 @@ class Knobs:
     gpu: bool = False         # GPU family: TE kernels left unscheduled for dlight, parallel loops become threads
     threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
     dot: str = ""             # integer dot-product family of int8-activation matmuls (act_quant nodes): a key of
-                              # kernels/matmul_a8.DOT ("avx2", "vnni", "sdot"); "": the target has none
+                              # kernels/matmul_a8.DOT ("avx2", "vnni", "sdot", "i8mm"); "": the target has none
     bf16dot: str = ""         # bf16-activation matmuls (act_dtype bf16 nodes): a key of kernels/matmul_bf16.BF16DOT
-                              # ("avx512bf16", "fma"); "": the target has none
+                              # ("avx512bf16", "fma", "bfmmla"); "": the target has none
     a8_cols: int = 0          # int8-activation matmuls: `cols` of their register tile (0: cols)
     prefetch: int = 0         # int8-activation GEMVs: software prefetch this many bytes ahead (0: none)
     batch_rows: int = 0       # decode: matmul tile rows for steps of 2+ sequences (0: the 1-row GEMVs for all)

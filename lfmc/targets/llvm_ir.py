@@ -57,8 +57,8 @@ def _split_args(s: str) -> list[str]:
 _CALL = re.compile(r"^(\s*)(%[\w.]+) = (?:tail |notail |musttail )?call (<[^>]+>) @([\w.]+)\((.*)\)(.*)$")
 
 
-def substitute(ll: str) -> tuple[str, int]:
-    """``ll`` with every placeholder call replaced by its intrinsic between bitcasts; (text, calls replaced)."""
+def substitute(ll: str) -> str:
+    """``ll`` with every placeholder call replaced by its intrinsic between bitcasts."""
     lines, n, used = [], 0, set()
     for line in ll.splitlines():
         m = _CALL.match(line)
@@ -86,7 +86,7 @@ def substitute(ll: str) -> tuple[str, int]:
     for name in sorted(used):
         intr, ret, types = INTRINSICS[name]
         lines.append(f"declare {ret} @{intr}({', '.join(types)})")
-    return "\n".join(lines) + "\n", n
+    return "\n".join(lines) + "\n"
 
 
 # the kernel makers whose kernels may call a placeholder (the build substitutes their IR; others are left alone)
@@ -98,17 +98,12 @@ def needs_substitution(spec: Any) -> bool:
     return getattr(spec, "maker_name", "") in MAKERS
 
 
-def uses_placeholders(lib: Any) -> bool:
-    """Whether a compiled TVM module's LLVM IR calls a placeholder."""
-    return any(f"@{p}(" in lib.mod.inspect_source("ll") for p in INTRINSICS)
-
-
 def rebuild(lib: Any) -> Any:
     """The TVM module of ``lib`` (``tvm.compile``'s result) with its placeholders substituted: its LLVM IR
     rewritten and loaded back (TVM's ``.ll`` loader compiles it for the triple and CPU the IR names)."""
     import tvm
 
-    text, n = substitute(lib.mod.inspect_source("ll"))
+    text = substitute(lib.mod.inspect_source("ll"))
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "kernel.ll"
         p.write_text(text)

@@ -42,8 +42,8 @@ class KernelSpec:
     maker: str | Callable[..., Any]
     kw: dict[str, Any]
     # optional CPU features (manifest keys) its code uses: built for the full target, the artifact's other kernels
-    # without them; the runtime runs its fallback (an ISA variant, :func:`lfmc.targets.host.isa_variants`) on a
-    # CPU that lacks one
+    # without them; the runtime runs its fallback (an ISA variant, lfmc/targets/variants.py) on a CPU that lacks
+    # one
     needs: tuple[str, ...] = ()
 
     @property

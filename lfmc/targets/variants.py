@@ -48,6 +48,13 @@ class OptionalFeatures:
         """What an artifact with ISA variants requires of a CPU: ``feats`` without the optional features."""
         return {**feats, **{f: False for f in self.llvm if f in feats}}
 
+    def record(self, feats: dict[str, Any], variants: dict[str, Any] | None) -> dict[str, Any]:
+        """The manifest target record's ``features`` (and ``isa_variants`` when there are any): what the runtime
+        checks a CPU against and picks variants by."""
+        if not variants:
+            return {"features": feats}
+        return {"features": self.base_features(feats), "isa_variants": variants}
+
     def without(self, target, feats: dict[str, Any]):
         """``target`` with the optional features it has switched off (the kernels that run on every CPU)."""
         import tvm
@@ -58,3 +65,13 @@ class OptionalFeatures:
         cfg = dict(target.export())
         cfg["mattr"] = list(cfg.get("mattr") or []) + off
         return tvm.target.Target(cfg)
+
+    def targets(self, kernels: dict, target, feats: dict[str, Any]):
+        """A function giving each kernel spec of ``kernels`` the (target, build-cache key) to compile it for: the
+        full ``target`` for those that need an optional feature (``KernelSpec.needs``), ``target`` without the
+        optional features for the rest."""
+        from . import cache
+
+        base = self.without(target, feats) if any(k.needs for k in kernels.values()) else target
+        keyed = {id(t): (t, cache.target_key(t)) for t in (target, base)}
+        return lambda spec: keyed[id(target if spec.needs else base)]

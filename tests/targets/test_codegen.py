@@ -188,7 +188,7 @@ def test_isa_variants_give_every_optional_kernel_a_fallback():
     import dataclasses
 
     from lfmc.targets import knobs as KN
-    from lfmc.targets.host import base_features, isa_variants
+    from lfmc.targets.host import OPTIONAL
     from lfmc.targets.lower import KernelSpec
 
     kn = KN.Knobs(16, 4, 3, dot="vnni", a8_cols=6, bf16dot="avx512bf16")
@@ -196,14 +196,14 @@ def test_isa_variants_give_every_optional_kernel_a_fallback():
                "bf": KernelSpec("make_matmul_bf16", {"N": 64, "K": 64, "knobs": kn}),
                "f32": KernelSpec("make_matmul", {"N": 64, "K": 64, "knobs": kn})}
     feats = {"avx2": True, "avx512": True, "avx512_vnni": True, "avxvnni": False, "avx512_bf16": True}
-    v = isa_variants(kernels, feats)
+    v = OPTIONAL.variants(kernels, feats)
     assert v == {"a8": {"needs": ["avx512_vnni"], "fallback": "a8__avx2"},
                  "bf": {"needs": ["avx512_bf16"], "fallback": "bf__fma"}}
     assert kernels["a8__avx2"].knobs == dataclasses.replace(kn, dot="avx2", a8_cols=0) and not kernels["a8__avx2"].needs
     assert kernels["bf__fma"].knobs.bf16dot == "fma" and kernels["bf"].needs == ("avx512_bf16",)
     assert "f32__avx2" not in kernels and not kernels["f32"].needs
-    assert isa_variants(dict(kernels), {**feats, "avx512_vnni": False, "avx512_bf16": False}) == {}
-    assert base_features(feats) == {**feats, "avx512_vnni": False, "avx512_bf16": False}
+    assert OPTIONAL.variants(dict(kernels), {**feats, "avx512_vnni": False, "avx512_bf16": False}) == {}
+    assert OPTIONAL.base_features(feats) == {**feats, "avx512_vnni": False, "avx512_bf16": False}
 
 
 @pytest.mark.parametrize("opts", [{"quant": "q4g32", "act_quant": "i8"}, {"dtype": "bf16", "act_quant": "bf16"}])

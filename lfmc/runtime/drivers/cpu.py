@@ -133,10 +133,11 @@ def check_artifact(m: dict[str, Any]) -> None:
                                    f"({feats.get('mcpu')}); this CPU lacks it: recompile here")
 
 
+_SHOWN = {"asimddp": "DOTPROD (asimddp)", "asimdhp": "FP16 (asimdhp)"}     # flags named for the user
+
 # aarch64 Linux: the kernel's hardware capability bits (asm/hwcap.h), read with getauxval as ggml does; qemu-user
 # reports its emulated CPU's here (its /proc/cpuinfo is the host's)
 _AT_HWCAP, _AT_HWCAP2 = 16, 26
-_SHOWN = {"asimddp": "DOTPROD (asimddp)", "asimdhp": "FP16 (asimdhp)"}
 _ARM_HWCAPS = {"asimddp": (_AT_HWCAP, 1 << 20), "asimdhp": (_AT_HWCAP, 1 << 10), "i8mm": (_AT_HWCAP2, 1 << 13),
                "bf16": (_AT_HWCAP2, 1 << 14)}
 

@@ -102,13 +102,11 @@ def build_arm(kernels: dict, profile, out_dir, progress=None) -> dict[str, str]:
             progress(len(names), len(names), "static library")
         return {n: "kernels/lfmc_kernels.a" for n in names}
     ext = "dylib" if "apple" in triple else "so"
-    # kernels that need an optional feature (KernelSpec.needs) for the full target, the rest without those features
-    base = OPTIONAL.without(target, arm_features(profile)) if any(k.needs for k in kernels.values()) else target
-    keys = {id(t): cache.target_key(t) for t in (target, base)}
+    target_of = OPTIONAL.targets(kernels, target, arm_features(profile))
     with tempfile.TemporaryDirectory() as tmp:
         for i, n in enumerate(names, 1):
-            tgt = target if kernels[n].needs else base
-            key, func = cache.kernel_key(f"arm .{ext} 1", keys[id(tgt)], n, kernels[n])
+            tgt, tkey = target_of(kernels[n])
+            key, func = cache.kernel_key(f"arm .{ext} 1", tkey, n, kernels[n])
 
             def build(out: Path, n=n, func=func, tgt=tgt) -> None:
                 lib = tvm.compile(tvm.IRModule({n: func or kernels[n].build(n)}), target=tgt)

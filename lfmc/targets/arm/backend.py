@@ -47,12 +47,7 @@ class ArmBackend(TvmBackend):
     def target_info(self, profile, variants: dict[str, Any] | None = None) -> dict[str, Any]:
         from . import OPTIONAL, arm_features
 
-        feats = arm_features(profile)
-        t = {**super().target_info(profile), "kind": "llvm",
-             "features": OPTIONAL.base_features(feats) if variants else feats}
-        if variants:                         # the runtime picks each of these kernels' variant by the CPU's features
-            t["isa_variants"] = variants
-        return t
+        return {**super().target_info(profile), "kind": "llvm", **OPTIONAL.record(arm_features(profile), variants)}
 
     def build(self, kernels, profile, out_dir, progress) -> dict[str, str]:
         from . import build_arm

@@ -85,15 +85,6 @@ OPTIONAL = OptionalFeatures(
                "bf16dot": ("avx512bf16", ("avx512_bf16",), {"bf16dot": "fma"})})
 
 
-def isa_variants(kernels: dict, feats: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """:meth:`OptionalFeatures.variants` with the x86 table."""
-    return OPTIONAL.variants(kernels, feats)
-
-
-def base_features(feats: dict[str, Any]) -> dict[str, Any]:
-    return OPTIONAL.base_features(feats)
-
-
 def x86_runs_here(profile) -> str:
     """Whether this machine runs what ``profile`` builds: yes where this CPU has its vector features."""
     if profile.name == "host":
@@ -137,14 +128,12 @@ def build_host(kernels: dict, out_dir, progress=None, target=None, feats: dict[s
     from .. import cache, llvm_ir
 
     target = target or host_target()
-    # kernels that need an optional feature (KernelSpec.needs) for the full target, the rest without those features
-    base = OPTIONAL.without(target, feats or cpu_features()) if any(sp.needs for sp in kernels.values()) else target
-    keys = {id(t): cache.target_key(t) for t in (target, base)}
+    target_of = OPTIONAL.targets(kernels, target, feats or cpu_features())
     (out_dir / "kernels").mkdir(exist_ok=True)
     files = {}
     for i, (name, spec) in enumerate(sorted(kernels.items())):
-        tgt = target if spec.needs else base
-        key, func = cache.kernel_key("host .so 1", keys[id(tgt)], name, spec)
+        tgt, tkey = target_of(spec)
+        key, func = cache.kernel_key("host .so 1", tkey, name, spec)
 
         def build(out: Path, name=name, spec=spec, func=func, tgt=tgt) -> None:
             lib = tvm.compile(tvm.IRModule({name: func or spec.build(name)}), target=tgt)

@@ -31,17 +31,14 @@ class X86Backend(TvmBackend):
         return {e: host_knobs(e, feats) for e in ENTRIES}
 
     def isa_variants(self, kernels, profile) -> dict[str, Any]:
-        from . import isa_variants, x86_features
+        from . import OPTIONAL, x86_features
 
-        return isa_variants(kernels, x86_features(profile)) if is_x86(profile) else {}
+        return OPTIONAL.variants(kernels, x86_features(profile)) if is_x86(profile) else {}
 
     def target_info(self, profile, variants: dict[str, Any] | None = None) -> dict[str, Any]:
-        from . import base_features, x86_features
+        from . import OPTIONAL, x86_features
 
-        feats = x86_features(profile)
-        t = {**super().target_info(profile), "kind": "llvm", "features": base_features(feats) if variants else feats}
-        if variants:                         # the runtime picks each of these kernels' variant by the CPU's features
-            t["isa_variants"] = variants
+        t = {**super().target_info(profile), "kind": "llvm", **OPTIONAL.record(x86_features(profile), variants)}
         if profile.name == "host":           # this machine: its features are what the runtime checks
             del t["profile"]
         return t

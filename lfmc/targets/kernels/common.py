@@ -31,6 +31,11 @@ def _scope(kn: Knobs) -> str:
     return "local" if kn.gpu else "global"
 
 
+def _cat(vs, idx):
+    """Lanes ``idx`` of the vectors ``vs`` laid end to end (a shufflevector: slices, concatenations, zips)."""
+    return tvm.tirx.Shuffle(list(vs), [tvm.tirx.IntImm("int32", i) for i in idx])
+
+
 def _named(f: tvm.tirx.PrimFunc, name: str) -> tvm.tirx.PrimFunc:
     return f.with_attr("global_symbol", name)
 

@@ -11,7 +11,7 @@ from typing import Callable
 import tvm
 from tvm.script import tirx as T
 
-from .common import A8_GROUP, Knobs, _named, pick_cols
+from .common import A8_GROUP, Knobs, _cat, _named, pick_cols
 
 
 def _x86(name: str, dtype: str, *args):
@@ -29,29 +29,23 @@ def _dpbusd(acc, u8, s8):
     return _x86("llvm.x86.avx512.vpdpbusd.256", "int32x8", acc, u8, s8)
 
 
-def _half(v, lo: int, n: int):
-    """Lanes lo..lo+n-1 of vector ``v`` (a shufflevector; free once LLVM splits the 256-bit value in registers)."""
-    return tvm.tirx.Shuffle([v], [tvm.tirx.IntImm("int32", lo + i) for i in range(n)])
 
 
 def _sdot(acc, a, b):
     """Arm sdot on a 32-byte block: ``acc`` (8 int32 lanes) plus the sums of 4 adjacent signed times signed
     products, as two 128-bit ``sdot v.4s, v.16b, v.16b`` (NEON registers are 128 bits)."""
     a, b = T.reinterpret("int8x32", a), T.reinterpret("int8x32", b)
-    halves = [T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", _half(acc, 4 * i, 4),
-                                      _half(a, 16 * i, 16), _half(b, 16 * i, 16)) for i in range(2)]
-    return tvm.tirx.Shuffle(halves, [tvm.tirx.IntImm("int32", i) for i in range(8)])
+    # the halves are shufflevectors, free once LLVM splits the 256-bit values into registers
+    halves = [T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8",
+                                      _cat([acc], range(4 * i, 4 * i + 4)),
+                                      *(_cat([v], range(16 * i, 16 * i + 16)) for v in (a, b))) for i in range(2)]
+    return _cat(halves, range(8))
 
 
 def _smmla(acc, a, b):
     """Arm smmla (i8mm): ``acc`` (int32 x 4: a 2 x 2 tile, row-major) plus the 2 x 8 signed matrix ``a`` times the
     transpose of the 2 x 8 signed matrix ``b`` (16 bytes each, row-major)."""
     return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.smmla.v4i32.v16i8", acc, a, b)
-
-
-def _cat(vs, idx):
-    """Lanes ``idx`` of the vectors ``vs`` laid end to end."""
-    return tvm.tirx.Shuffle(list(vs), [tvm.tirx.IntImm("int32", i) for i in idx])
 
 
 @dataclass(frozen=True)

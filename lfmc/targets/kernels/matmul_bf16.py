@@ -18,7 +18,7 @@ from tvm.script import tirx as T
 
 from ..llvm_ir import placeholder
 from ..knobs import bf16_kpad, bf16_lanes as _lanes
-from .common import Knobs, _named, pick_cols
+from .common import Knobs, _cat, _named, pick_cols
 
 
 def _dpbf16ps(L: int):
@@ -127,17 +127,16 @@ def _mstep(c: _Bf, acc2, W, Xb, q, h, jj, jb, ib, p, o: int):
     4p, 4p+1) and 2p + 1 (4p+2, 4p+3) zipped into the two outputs' rows of 4."""
     L = c.L
     w = [W[jb * c.J + jj, 2 * p + i, h, T.ramp(0, 1, 2 * L)] for i in range(2)]
-    b = tvm.tirx.Shuffle(w, [tvm.tirx.IntImm("int32", i) for i in (
-        4 * o, 4 * o + 1, 2 * L + 4 * o, 2 * L + 4 * o + 1, 4 * o + 2, 4 * o + 3, 2 * L + 4 * o + 2, 2 * L + 4 * o + 3)])
-    a = tvm.tirx.Shuffle([Xb[ib * c.R + 2 * q + i, T.ramp(4 * p, 1, 4)] for i in range(2)],
-                         [tvm.tirx.IntImm("int32", i) for i in range(8)])
+    b = _cat(w, (4 * o, 4 * o + 1, 2 * L + 4 * o, 2 * L + 4 * o + 1, 4 * o + 2, 4 * o + 3, 2 * L + 4 * o + 2,
+                 2 * L + 4 * o + 3))
+    a = _cat([Xb[ib * c.R + 2 * q + i, T.ramp(4 * p, 1, 4)] for i in range(2)], range(8))
     return c.mm(acc2[q, h, jj, o, T.ramp(0, 1, 4)], a, b)
 
 
 def _unzip(c: _Bf, acc2, q, h, jj, half: int):
     """Row 2q + half of the L outputs from the vector's L / 2 tiles."""
-    return tvm.tirx.Shuffle([acc2[q, h, jj, o, T.ramp(0, 1, 4)] for o in range(c.L // 2)],
-                            [tvm.tirx.IntImm("int32", 4 * o + 2 * half + i) for o in range(c.L // 2) for i in range(2)])
+    return _cat([acc2[q, h, jj, o, T.ramp(0, 1, 4)] for o in range(c.L // 2)],
+                [4 * o + 2 * half + i for o in range(c.L // 2) for i in range(2)])
 
 
 def _finish(c: _Bf, Res, Bv, acc, r, jj, t, row, o):

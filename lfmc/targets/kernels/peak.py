@@ -1,6 +1,6 @@
 """The arithmetic peak of an instruction family, measured on the machine that runs the artifact: a loop of the exact
 instruction sequence the matmul kernels use (:data:`.matmul_a8.DOT`, :data:`.matmul_bf16.BF16DOT`, float32 FMAs) on
-registers, ``A`` independent accumulators per thread so that neither latency nor memory bounds it. ``lfmc bench
+registers, ``ACCS`` independent accumulators per thread so that neither latency nor memory bounds it. ``lfmc bench
 --profile`` sets each matmul's GOP/s against the peak of its family (the two vCPUs of a VM may be SMT siblings of
 one core, so the peak is measured, not computed from the clock)."""
 from __future__ import annotations
