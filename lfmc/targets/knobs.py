@@ -18,9 +18,9 @@ class Knobs:
     gpu: bool = False         # GPU family: TE kernels left unscheduled for dlight, parallel loops become threads
     threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
     dot: str = ""             # integer dot-product family of int8-activation matmuls (act_quant nodes): a key of
-                              # kernels/matmul_a8.DOT ("avx2", "vnni", "sdot", "i8mm"); "": the target has none
+                              # kernels/matmul_a8.DOT ("avx2", "vnni", "sdot", "i8mm", "amx"); "": the target has none
     bf16dot: str = ""         # bf16-activation matmuls (act_dtype bf16 nodes): a key of kernels/matmul_bf16.BF16DOT
-                              # ("avx512bf16", "fma", "bfmmla"); "": the target has none
+                              # ("avx512bf16", "fma", "bfmmla", "amx"); "": the target has none
     a8_cols: int = 0          # int8-activation matmuls: `cols` of their register tile (0: cols)
     prefetch: int = 0         # int8-activation GEMVs: software prefetch this many bytes ahead (0: none)
     batch_rows: int = 0       # decode: matmul tile rows for steps of 2+ sequences (0: the 1-row GEMVs for all)
@@ -61,14 +61,17 @@ BF16_PAIRS = -1    # a parameter's packed layout: the bf16-activation matmul's i
 
 
 def bf16_lanes(knobs: Knobs) -> int:
-    """Outputs per vector of the bf16-activation matmul (and its packed layout): 16 for vdpbf16ps on zmm, else
-    the target's f32 lanes."""
-    return 16 if knobs.bf16dot == "avx512bf16" else knobs.lanes
+    """Outputs per vector of the bf16-activation matmul (and its packed layout): 16 for vdpbf16ps on zmm and AMX
+    tiles (16 outputs a tile row), else the target's f32 lanes."""
+    return 16 if knobs.bf16dot == "avx512bf16" or knobs.bf16dot in AMX else knobs.lanes
 
 
-def bf16_kpad(knobs: Knobs) -> int:
-    """What the bf16-activation layout pads K to: 4 for bfmmla (4 inputs per step) and on NEON (4 lanes) for its
-    FMA fallback, which reads the same packed weights; else 2 (input pairs)."""
+def bf16_kpad(knobs: Knobs, amx: bool = False) -> int:
+    """What the bf16-activation layout pads K to: 32 where the prefill multiplies AMX tiles (``amx``: 32 inputs
+    per tile product), 4 for bfmmla (4 inputs per step) and on NEON (4 lanes) for its FMA fallback, which reads
+    the same packed weights; else 2 (input pairs)."""
+    if amx or knobs.bf16dot in AMX:
+        return 32
     return 4 if knobs.bf16dot == "bfmmla" or knobs.lanes == 4 else 2
 
 
@@ -97,12 +100,23 @@ def peak_spec(kind: str, knobs: Knobs) -> dict:
 A8_GROUP = ACT_GROUP    # int8 activations: inputs per scale (one AVX2 register of codes); see lfmc/ir/quant.py
 
 
-def a8_interleave(N: int, swiglu: bool, decode: Knobs, quant: tuple) -> int:
+AMX = frozenset({"amx", "amx-emulated"})     # Knobs.dot / .bf16dot families that multiply AMX tiles
+
+
+def amx_tiles(knobs: dict[str, Knobs], field: str = "dot") -> bool:
+    """Whether the matmuls of ``knobs`` (entry -> Knobs) multiply AMX tiles in ``field``'s family: their weight
+    layouts then give each tile's rows 64 contiguous bytes (:func:`a8_interleave`, :func:`bf16_kpad`)."""
+    return any(getattr(k, field) in AMX for k in knobs.values())
+
+
+def a8_interleave(N: int, swiglu: bool, decode: Knobs, quant: tuple, amx: bool = False) -> int:
     """Weight blocks of 8 outputs stored interleaved for the int8-activation matmul, so that the blocks a decode
     call reads side by side stream as one sequence: int4 codes (their integer work per byte is the larger; one
     stream with software prefetch measured fastest). int8 codes are not interleaved (1): their decode tiles read
     twice as many blocks, each from its own panel: these parallel streams measured faster than one interleaved
-    stream on this repository's host CPU (BENCHMARKS.md, "W8A8 decode with int8 weights in parallel panels")."""
+    stream on this repository's host CPU (BENCHMARKS.md, "W8A8 decode with int8 weights in parallel panels").
+    With ``amx`` (the prefill multiplies AMX tiles) int8 codes pair blocks (il 2) unless gate and up already fill a
+    packed row: each packed row is then 64 bytes, one row of a tile of 16 outputs."""
     if quant[0] == "q8":
-        return 1
+        return 2 if amx and not swiglu else 1
     return pick_cols(-(-N // 8), max(1, decode.cols // 2 // (2 if swiglu else 1)))

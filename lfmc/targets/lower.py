@@ -326,7 +326,8 @@ class _Lowering:
         a8 = self.int8_activations(srcs[0][0], entries)
         bf = self.bf16_activations(srcs[0][0], entries)
         name = "w." + "+".join(n.params[r].name for n, r in srcs) + ("/swiglu" if swiglu else "")
-        il = KN.a8_interleave(N, swiglu, self.knobs["decode"], quant) if a8 else KN.BF16_PAIRS if bf else 0
+        il = (KN.a8_interleave(N, swiglu, self.knobs["decode"], quant, KN.amx_tiles(self.knobs)) if a8
+              else KN.BF16_PAIRS if bf else 0)
 
         def cat(suffix: str) -> np.ndarray | None:
             parts = [self.weights[n.params[r + suffix].name] for n, r in srcs if r + suffix in n.params]
@@ -334,9 +335,10 @@ class _Lowering:
                 parts = [np.ascontiguousarray(p.T) for p in parts]
             return np.concatenate(parts) if parts else None
 
+        bf16_lay = (KN.bf16_lanes(self.knobs["decode"]),
+                    KN.bf16_kpad(self.knobs["decode"], KN.amx_tiles(self.knobs, "bf16dot")))
         p, *extra = self.packed(name, quant, il, lambda: pack_any(cat(""), cat("_scale"), cat("_zero"), quant, lanes,
-                                                                   swiglu, il, (KN.bf16_lanes(self.knobs["decode"]),
-                                                                                KN.bf16_kpad(self.knobs["decode"]))))
+                                                                   swiglu, il, bf16_lay))
         nw = [self.param("w." + norm.params["weight"].name, lambda: self.w(norm, "weight"))] if norm else []
         biases = [bias] if isinstance(bias, tuple) else list(bias or [])
         b = [self.param("w." + "+".join(m.params[r].name for m, r in biases),
@@ -350,8 +352,9 @@ class _Lowering:
                    "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
             key += ("1t",) if serial else ()
             if bf:
-                k = self.kernel(key + ("bf16a", kn.bf16dot), "make_matmul_bf16", N=N, K=Kd, knobs=kn,
-                                bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu)
+                k = self.kernel(key + ("bf16a", kn.bf16dot, bf16_lay[1]), "make_matmul_bf16", N=N, K=Kd, knobs=kn,
+                                bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu,
+                                kpad=bf16_lay[1])
             elif a8:
                 k = self.kernel(key + ("a8", il, kn.prefetch) + ((kn.dot,) if kn.dot != "avx2" else ())
                                 + ((f"c{kn.a8_cols}",) if kn.a8_cols else ()), "make_matmul_a8",
@@ -504,7 +507,7 @@ class _Lowering:
         name = "w." + n.params["weight"].name
         head = next((m for m in self.graph.nodes if m.op == "lm_head"
                      and m.params["weight"].name == n.params["weight"].name), None)
-        il = KN.a8_interleave(V, False, self.knobs["decode"], quant) if head and self.int8_activations(head) else 0
+        il = KN.a8_interleave(V, False, self.knobs["decode"], quant, KN.amx_tiles(self.knobs)) if head and self.int8_activations(head) else 0
         p, *extra = self.packed(name, quant, il, lambda: pack_any(self.w(n, "weight"), self.w(n, "weight_scale"),
                                                                    self.w(n, "weight_zero"), quant, lanes, False, il))
         k = self.kernel(("embed", V, D) + (quant or ()) + (("a8", il) if il else ()), "make_embedding", V=V, D=D,

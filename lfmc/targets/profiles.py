@@ -244,14 +244,19 @@ def load_toml(path: str | os.PathLike) -> dict[str, Profile]:
         fam = t.get("family", base.family if base else None)
         if fam not in families():
             raise LfmcError(f"{p}: [{name}] family must be one of {', '.join(families())}, not {fam!r}")
-        unknown = set(t) - set(_NUMBERS) - {"family", "description", "device", "arch", "mcpu", "mtriple", "base",
-                                           "quant", "packaging", "host_mtriple"}
+        unknown = set(t) - set(_NUMBERS) - {"family", "description", "device", "arch", "mcpu", "mtriple", "mattr",
+                                           "base", "quant", "packaging", "host_mtriple"}
         if unknown:
             raise LfmcError(f"{p}: [{name}] has unknown keys {sorted(unknown)}")
         tvm_t = dict(base.tvm) if base else {"kind": {"cpu": "llvm"}.get(fam, fam)}
         for k in ("device", "arch", "mcpu", "mtriple"):
             if k in t:
                 tvm_t[k] = t[k]
+        if "mattr" in t:                                # LLVM attributes on top of mcpu's: ["+amx-tile", "-avx512f"]
+            m = t["mattr"]
+            if not isinstance(m, list) or not all(isinstance(a, str) and a[:1] in "+-" and len(a) > 1 for a in m):
+                raise LfmcError(f"{p}: [{name}] mattr must be a list of LLVM attributes such as \"+amx-tile\"")
+            tvm_t["mattr"] = list(m)
         host = dict(base.host) if base and base.host else ({"kind": "llvm"} if fam not in ("cpu", "wafer") else None)
         if "host_mtriple" in t:
             host = {"kind": "llvm", "mtriple": t["host_mtriple"]}

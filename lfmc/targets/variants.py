@@ -15,33 +15,40 @@ _USES = {"make_matmul_a8": lambda kw: "dot", "make_matmul_bf16": lambda kw: "bf1
 
 @dataclass(frozen=True)
 class OptionalFeatures:
-    """A CPU family's optional features. ``llvm``: manifest feature key -> LLVM attribute; ``fallbacks``: knob
-    field -> (its value that needs features, those features (the ones the target has are needed), what the
-    fallback's knobs replace)."""
+    """A CPU family's optional features. ``llvm``: manifest feature key -> LLVM attribute; ``fallbacks``: (knob
+    field, its value) -> (the features that value needs (the ones the target has are needed), what the fallback's
+    knobs replace). A fallback may have its own (x86: AMX -> VNNI -> AVX2), so a kernel may have a chain of them."""
 
     llvm: dict[str, str]
-    fallbacks: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]]
+    fallbacks: dict[tuple[str, str], tuple[tuple[str, ...], dict[str, Any]]]
 
     def variants(self, kernels: dict, feats: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Give every kernel of ``kernels`` (name -> KernelSpec, changed in place) that uses an optional feature of
-        ``feats`` its fallback twin (``NAME__<family>``, the same arguments) and mark it with the features it
-        needs; returns the manifest's ``isa_variants``: name -> {"needs": [...], "fallback": name}."""
-        out = {}
-        for name, spec in list(kernels.items()):
+        ``feats`` its fallback twin (``BASE__<family>``, the same arguments; the twin its own where it needs an
+        optional feature too) and mark it with the features it needs; returns the manifest's ``isa_variants``:
+        name -> {"needs": [...], "fallback": name}."""
+        out: dict[str, dict[str, Any]] = {}
+        base: dict[str, str] = {}                       # a twin -> the kernel it was made for (its name's base)
+        todo = list(kernels)
+        while todo:
+            name = todo.pop(0)
+            spec = kernels[name]
             field = _USES.get(spec.maker_name, lambda kw: None)(spec.kw)
             kn = spec.knobs
-            if field is None or kn is None or field not in self.fallbacks or \
-                    getattr(kn, field) != self.fallbacks[field][0]:
+            fb_of = self.fallbacks.get((field, getattr(kn, field))) if field and kn is not None else None
+            if fb_of is None:
                 continue
-            _, features, repl = self.fallbacks[field]
+            features, repl = fb_of
             needs = tuple(f for f in features if feats.get(f))
             if not needs:
                 continue
             key = next(k for k, v in spec.kw.items() if v is kn)
-            fb = f"{name}__{repl[field]}"
+            fb = base[name] + f"__{repl[field]}" if name in base else f"{name}__{repl[field]}"
+            base[fb] = base.get(name, name)
             kernels[fb] = dataclasses.replace(spec, kw={**spec.kw, key: dataclasses.replace(kn, **repl)})
             kernels[name] = dataclasses.replace(spec, needs=needs)
             out[name] = {"needs": list(needs), "fallback": fb}
+            todo.append(fb)
         return out
 
     def base_features(self, feats: dict[str, Any]) -> dict[str, Any]:

@@ -153,11 +153,14 @@ def test_avx512_builds_are_avx512_code_and_refused_without_it(target, built):
     assert "%zmm" in asm and "vfmadd" in asm
     from lfmc.runtime import Engine, RuntimeLoadError
 
-    if _this_cpu_has("avx512f"):
+    # Sapphire Rapids code may use AVX512-FP16 (vmovw in the bf16 embedding), which a Zen 4 lacks
+    lacks = [f for f in ("avx512f", "avx512_fp16")[:2 if target == "xeon-sapphirerapids" else 1]
+             if not _this_cpu_has(f)]
+    if not lacks:
         s = (eng := Engine(art)).new_sequence()
         assert np.isfinite(eng.prefill(s, [1, 2, 3])).all()
     else:
-        with pytest.raises(RuntimeLoadError, match="AVX512F"):
+        with pytest.raises(RuntimeLoadError, match=lacks[0].upper()):
             Engine(art)
 
 
@@ -179,7 +182,7 @@ def test_vnni_artifacts_are_refused_by_name_without_vnni(monkeypatch):
     cpu.check_artifact({"target": {"features": base}})                 # without: loads
     spr, v3 = x86_features(get_profile("xeon-sapphirerapids")), x86_features(get_profile("x86-64-v3"))
     assert spr["avx512_vnni"] and not v3["avx512_vnni"] and not v3["avxvnni"]
-    assert host_knobs("prefill", spr).dot == "vnni" and host_knobs("prefill", v3).dot == "avx2"
+    assert host_knobs("decode", spr).dot == "vnni" and host_knobs("prefill", v3).dot == "avx2"
 
 
 def test_isa_variants_give_every_optional_kernel_a_fallback():
@@ -204,6 +207,100 @@ def test_isa_variants_give_every_optional_kernel_a_fallback():
     assert "f32__avx2" not in kernels and not kernels["f32"].needs
     assert OPTIONAL.variants(dict(kernels), {**feats, "avx512_vnni": False, "avx512_bf16": False}) == {}
     assert OPTIONAL.base_features(feats) == {**feats, "avx512_vnni": False, "avx512_bf16": False}
+
+
+def test_amx_kernels_fall_back_to_vnni_then_avx2():
+    """A Sapphire Rapids profile's prefill multiplies AMX tiles (int8 and bf16; decode GEMVs stay VNNI /
+    vdpbf16ps): each AMX kernel gets a chain of fallbacks (AMX -> VNNI -> AVX2, AMX -> AVX512-BF16 -> FMA), and the
+    runtime picks down the chain by the CPU's flags (AMX tile state requested from Linux first)."""
+    from lfmc.runtime.drivers import cpu
+    from lfmc.targets.host import OPTIONAL, host_knobs, x86_features
+    from lfmc.targets.lower import KernelSpec
+    from lfmc.targets.profiles import get_profile
+
+    spr = x86_features(get_profile("xeon-sapphirerapids"))
+    assert spr["amx"] and spr["amx_int8"] and spr["amx_bf16"]
+    pre, dec = host_knobs("prefill", spr), host_knobs("decode", spr)
+    assert (pre.dot, pre.bf16dot, dec.dot, dec.bf16dot) == ("amx", "amx", "vnni", "avx512bf16")
+    kernels = {"a8": KernelSpec("make_matmul_a8", {"N": 64, "K": 64, "knobs": pre}),
+               "bf": KernelSpec("make_matmul_bf16", {"N": 64, "K": 64, "knobs": pre})}
+    v = OPTIONAL.variants(kernels, spr)
+    assert v == {"a8": {"needs": ["amx", "amx_int8", "avx512_vnni"], "fallback": "a8__vnni"},
+                 "a8__vnni": {"needs": ["avx512_vnni", "avxvnni"], "fallback": "a8__avx2"},
+                 "bf": {"needs": ["amx", "amx_bf16", "avx512_bf16"], "fallback": "bf__avx512bf16"},
+                 "bf__avx512bf16": {"needs": ["avx512_bf16"], "fallback": "bf__fma"}}
+    assert [kernels[k].knobs.dot for k in ("a8", "a8__vnni", "a8__avx2")] == ["amx", "vnni", "avx2"]
+    assert [kernels[k].knobs.bf16dot for k in ("bf", "bf__avx512bf16", "bf__fma")] == ["amx", "avx512bf16", "fma"]
+    man = {"target": {"isa_variants": v}}
+    every = {"avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"}
+    for flags, granted, want in [(every, True, ("a8", "bf")), (every, False, ("a8__vnni", "bf__avx512bf16")),
+                                 (every - {"amx_tile", "amx_int8", "amx_bf16"}, True, ("a8__vnni", "bf__avx512bf16")),
+                                 ({"avx512f", "avx512_vnni", "avx_vnni"}, True, ("a8__vnni", "bf__fma")),
+                                 ({"avx512f"}, True, ("a8__avx2", "bf__fma")), (None, True, ("a8__avx2", "bf__fma"))]:
+        pick = _with(cpu, _cpu_flags=lambda f=flags: f, _request_amx=lambda g=granted: g)(cpu.pick_kernels)(man)
+        assert (pick["a8"], pick["bf"]) == want, (flags, granted)
+
+
+@pytest.mark.parametrize("opts,instr", [({"quant": "q8", "act_quant": "i8"}, "tdpbusd"),
+                                        pytest.param({"dtype": "bf16", "act_quant": "bf16"}, "tdpbf16ps",
+                                                     marks=pytest.mark.slow)])
+def test_amx_artifacts_carry_tile_kernels_and_run_their_fallbacks(opts, instr, tmp_path):
+    """A W8A8 / bf16 build for Sapphire Rapids: its prefill matmuls are AMX kernels (the instruction in their
+    libraries), each with its chain of fallbacks in the manifest; this CPU lacks the rest of Sapphire Rapids
+    (AVX512-FP16 here) and refuses it by name. Built again for this CPU with AMX added (a user profile with
+    ``mattr``), the artifact loads here: the runtime runs the fallbacks this CPU's flags allow, and the logits
+    equal those of the build for this CPU, bit for bit (the same integer sums on int8 weights paired for the tiles;
+    the same float32 sums of exact bf16 products on K padded to 32)."""
+    from lfmc.runtime import Engine, RuntimeLoadError
+    from lfmc.targets.host import cpu_features
+
+    m = import_preset("lfm2-tiny", weights=True, seed=3)
+    kw = dict(max_batch=1, max_context=64, prefill_chunk=16, **opts)
+    art = compile_model(m, tmp_path / "spr", target="xeon-sapphirerapids", **kw)
+    man = json.loads((art / "manifest.json").read_text())
+    v = man["target"]["isa_variants"]
+    amx = [k for k, x in v.items() if x["needs"][:1] == ["amx"]]
+    assert amx and all(v[k]["fallback"] in v for k in amx)             # AMX -> VNNI / vdpbf16ps -> ...
+    assert not man["target"]["features"]["amx"] and man["target"]["features"]["avx512_fp16"]
+    asm = subprocess.run(["objdump", "-d", str(art / man["kernels"][amx[0]])], capture_output=True, text=True,
+                         check=True).stdout
+    assert instr in asm and "tileloadd" in asm
+    if not _this_cpu_has("avx512f") or cpu_features()["arch"] != "x86_64":
+        pytest.skip("this CPU has no AVX-512: the artifact is checked, not run")
+    if not _this_cpu_has("avx512_fp16"):
+        with pytest.raises(RuntimeLoadError, match="AVX512_FP16"):
+            Engine(art)
+    prof = tmp_path / "amx.toml"
+    prof.write_text(f'[here-amx]\nbase = "x86-64-v4"\nmcpu = "{cpu_features()["mcpu"]}"\n'
+                    'mattr = ["+amx-tile", "+amx-int8", "+amx-bf16"]\n')
+    here = compile_model(m, tmp_path / "here-amx", target="here-amx", profiles=prof, **kw)
+    tiles = {k for k, x in json.loads((here / "manifest.json").read_text())["target"]["isa_variants"].items()
+             if x["needs"][:1] == ["amx"]}
+    assert tiles
+
+    def run(eng):
+        s = eng.new_sequence()
+        return np.concatenate([eng.prefill(s, list(range(3, 40)))] + [eng.decode([s], [t])[0] for t in (5, 6, 7)])
+
+    eng = Engine(here)
+    assert not tiles & set(eng._impl.values()) or _this_cpu_has("amx_tile")
+    np.testing.assert_array_equal(run(eng), run(Engine(compile_model(m, tmp_path / "host", **kw))))
+
+
+def _with(mod, **attrs):
+    """``fn`` called with ``mod``'s attributes replaced by ``attrs`` (restored after)."""
+    def wrap(fn):
+        def call(*a):
+            old = {k: getattr(mod, k) for k in attrs}
+            try:
+                for k, v in attrs.items():
+                    setattr(mod, k, v)
+                return fn(*a)
+            finally:
+                for k, v in old.items():
+                    setattr(mod, k, v)
+        return call
+    return wrap
 
 
 @pytest.mark.parametrize("opts", [{"quant": "q4g32", "act_quant": "i8"}, {"dtype": "bf16", "act_quant": "bf16"}])

@@ -397,9 +397,73 @@ def test_int8_kernels_use_their_isas_dot_product(quant, dot, profile, lanes):
     ops = opcodes(4)
     assert DOT[dot].instruction in ops, (dot, quant)
     # (i8mm's kernels have sdot too: LLVM vectorizes the prologue's code sums with it under +dotprod)
-    assert not ops & ({d.instruction for k, d in DOT.items() if k != dot} - ({"sdot"} if dot == "i8mm" else set()))
+    others = {d.instruction for k, d in DOT.items() if k != dot} - {DOT[dot].instruction}
+    assert not ops & (others - ({"sdot"} if dot == "i8mm" else set()))
     if dot == "i8mm":
         assert {"sdot"} <= opcodes(1) and "smmla" not in opcodes(1)
+
+
+_AMX_CASES = [(72, 64, False, False, False, False), (40, 96, True, True, True, True), (200, 128, True, False, False, False),
+              (24, 32, False, True, False, True)]
+
+
+@a8
+@pytest.mark.skipif(not _has_vnni(), reason="the AMX kernels' TensorIR runs here with vpdpbusd for each tile product "
+                                            "(their AMX code is checked by test_amx_kernels_multiply_tiles)")
+@pytest.mark.parametrize("N,Kd,rms,acc,bias,swiglu", _AMX_CASES)
+@pytest.mark.parametrize("quant", [("q8",), ("q8", 32)])
+@pytest.mark.parametrize("rows", [4, 8, 16])
+def test_amx_int8_tiles_equal_the_vnni_kernel(N, Kd, rms, acc, bias, swiglu, quant, rows):
+    """The AMX int8 kernel (R x 32 activation tile times 8 x 64 weight tile per group of 32: tdpbusd), run with each
+    tile product done by vpdpbusd (QEMU and this CPU have no AMX): the VNNI kernel's outputs bit for bit, on the
+    same packed weights (blocks paired, il 2, or gate | up), padded N (72 = 9 blocks), fused norm / bias /
+    residual / SwiGLU, 4 to 16 rows per tile."""
+    from lfmc.targets.lower import pack_weight_a8
+
+    il = K.a8_interleave(N, swiglu, K.Knobs(8, 1, 8), quant, amx=True)
+    assert il == (1 if swiglu else 2)
+    x, nw, b, res = r(16, Kd), r(Kd), r(N), r(16, N)
+    codes, scale, zero, _ = _qweights(r(2 * N if swiglu else N, Kd) * 0.1, quant)
+    packed, qargs = pack_weight_a8(codes, scale, zero, quant, swiglu, il)
+    outs = []
+    for dot in ("vnni", "amx-emulated"):
+        kn = K.Knobs(16, rows, 3, dot=dot, a8_cols=6)
+        c = K.matmul_a8._A8(N, Kd, kn, bias, None, acc, swiglu, quant, il)
+        assert (c.amx is not None) == (dot != "vnni")
+        f = build(K.make_matmul_a8("mma8", N, Kd, kn, bias, 1e-5 if rms else None, acc, swiglu, quant, il))
+        ot = tvm.runtime.tensor(res.copy())
+        args = [x, packed] + qargs + ([nw] if rms else []) + ([b] if bias else []) + ([ot] if acc else [])
+        call(f, *(args + [ot, 16 // rows]))
+        outs.append(ot.numpy())
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
+@pytest.mark.parametrize("swiglu", [False, True])
+@pytest.mark.parametrize("kind", ["int8", "int8 grouped", "bf16"])
+def test_amx_kernels_multiply_tiles(kind, swiglu):
+    """The AMX kernels compiled for a Sapphire Rapids CPU (none here: the code is checked) configure tiles and
+    multiply them in their inner loop: tdpbusd (int8) / tdpbf16ps (bf16) on tiles loaded by tileloadd, the
+    stand-in calls gone (lfmc/targets/llvm_ir.py substitutes them); the families without AMX have none of it."""
+    from lfmc.targets.profiles import get_profile
+
+    tgt = get_profile("xeon-sapphirerapids").target()
+
+    def opcodes(fam):
+        if kind == "bf16":
+            f = K.make_matmul_bf16("mm", 64, 128, K.Knobs(16, 4, 3, bf16dot=fam), False, 1e-5, False, swiglu, kpad=32)
+        else:
+            quant = ("q8", 32) if kind == "int8 grouped" else ("q8",)
+            f = K.make_matmul_a8("mm", 64, 128, K.Knobs(16, 4, 3, dot=fam), False, 1e-5, False, swiglu, quant,
+                                 1 if swiglu else 2)
+        m = _build_bf16(f, tgt)
+        asm = m.inspect_source("s")
+        assert "lfmc_amx" not in asm
+        return {w for ln in asm.splitlines() if ln.startswith("\t") for w in ln.split()[:1]}
+
+    want = "tdpbf16ps" if kind == "bf16" else "tdpbusd"
+    ops = opcodes("amx")
+    assert {want, "tileloadd", "ldtilecfg", "tilerelease"} <= ops
+    assert not {"tdpbusd", "tdpbf16ps"} & opcodes("avx512bf16" if kind == "bf16" else "vnni")
 
 
 def _build_bf16(f, target=None):
@@ -410,7 +474,7 @@ def _build_bf16(f, target=None):
     return rebuild(lib)
 
 
-def _bf16_case(N, Kd, rms, acc, bias, swiglu, kn):
+def _bf16_case(N, Kd, rms, acc, bias, swiglu, kn, rows=8, kpad=0):
     """Inputs, packed weight and the numpy reference of a bf16-activation matmul (activations rounded to bf16,
     products summed in float64: the kernel's float32 sums are within 1e-6 of it)."""
     import ml_dtypes
@@ -419,7 +483,7 @@ def _bf16_case(N, Kd, rms, acc, bias, swiglu, kn):
     from lfmc.targets.knobs import bf16_kpad, bf16_lanes
     from lfmc.targets.lower import pack_weight_bf16
 
-    x, nw, b, res = r(8, Kd), r(Kd), r(N), r(8, N)
+    x, nw, b, res = r(rows, Kd), r(Kd), r(N), r(rows, N)
     w = (r(2 * N if swiglu else N, Kd) * 0.1).astype(ml_dtypes.bfloat16)
     xs = x * nw / np.sqrt((x * x).mean(1, keepdims=True) + 1e-5) if rms else x
     y = round_bf16(xs).astype(np.float64) @ w.astype(np.float64).T
@@ -427,14 +491,14 @@ def _bf16_case(N, Kd, rms, acc, bias, swiglu, kn):
         g, u = y[:, :N], y[:, N:]
         y = g / (1 + np.exp(-g)) * u
     y = y + (b if bias else 0) + (res if acc else 0)
-    packed, _ = pack_weight_bf16(w, swiglu, bf16_lanes(kn), bf16_kpad(kn))
+    packed, _ = pack_weight_bf16(w, swiglu, bf16_lanes(kn), kpad or bf16_kpad(kn))
     args = [x, packed] + ([nw] if rms else []) + ([b] if bias else [])
     return args, res, y
 
 
-def _run_bf16(f, args, res, acc, rows):
+def _run_bf16(f, args, res, acc, rows, total=8):
     ot = tvm.runtime.tensor(res.copy())
-    f(*[tvm.runtime.tensor(a) for a in args] + ([ot] if acc else []) + [ot, 8 // rows])
+    f(*[tvm.runtime.tensor(a) for a in args] + ([ot] if acc else []) + [ot, total // rows])
     return ot.numpy()
 
 
@@ -469,6 +533,25 @@ def test_vdpbf16ps_matmul_equals_the_fma_one(N, Kd, rms, acc, bias, swiglu, rows
         args, res, want = _bf16_case(N, Kd, rms, acc, bias, swiglu, kn) if not outs else (args, res, want)
         f = _build_bf16(K.make_matmul_bf16("mmbf", N, Kd, kn, bias, 1e-5 if rms else None, acc, swiglu))["mmbf"]
         outs.append(_run_bf16(f, args, res, acc, rows))
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_allclose(outs[1], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("N,Kd,rms,acc,bias,swiglu", [(60, 96, True, False, True, False), (40, 65, False, True, False, True),
+                                                      (33, 40, True, True, True, True)])
+@pytest.mark.parametrize("rows", [4, 8, 16])
+def test_amx_bf16_tiles_equal_the_fma_kernel(N, Kd, rms, acc, bias, swiglu, rows):
+    """The AMX bf16 kernel (R x 32 activation tile times 16 x 32 weight tile per 32 inputs: tdpbf16ps), run with
+    each tile product done by FMA pairs (no AMX here): the FMA family's outputs bit for bit on the same packed
+    weights (K padded to 32), within 1e-5 of the float64 sums. AMX hardware orders each pair's two products its
+    own way: its sums may differ from these in the last bit."""
+    outs = []
+    for fam in ("fma", "amx-emulated"):
+        kn = K.Knobs(16, rows, 3, bf16dot=fam)
+        if not outs:
+            args, res, want = _bf16_case(N, Kd, rms, acc, bias, swiglu, kn, rows=16, kpad=32)
+        f = build(K.make_matmul_bf16("mmbf", N, Kd, kn, bias, 1e-5 if rms else None, acc, swiglu, kpad=32))
+        outs.append(_run_bf16(f, args, res, acc, rows, 16))
     np.testing.assert_array_equal(outs[1], outs[0])
     np.testing.assert_allclose(outs[1], want, rtol=1e-5, atol=1e-5)
 

@@ -144,20 +144,48 @@ _ARM_HWCAPS = {"asimddp": (_AT_HWCAP, 1 << 20), "asimdhp": (_AT_HWCAP, 1 << 10),
 
 # the manifest's feature keys -> this CPU's flag names (x86: /proc/cpuinfo; aarch64: hwcaps)
 _FLAGS = {"avx512": "avx512f", "avx2": "avx2", "fma": "fma", "avx512_vnni": "avx512_vnni", "avxvnni": "avx_vnni",
-          "avx512_bf16": "avx512_bf16", "dotprod": "asimddp", "i8mm": "i8mm", "bf16": "bf16"}
+          "avx512_bf16": "avx512_bf16", "avx512_fp16": "avx512_fp16", "dotprod": "asimddp", "i8mm": "i8mm",
+          "bf16": "bf16"}
+# ... and those only ISA variants need: LLVM emits AMX only where a kernel asks for it (those kernels have fallbacks),
+# so an artifact is not refused for them
+_VARIANT_FLAGS = {**_FLAGS, "amx": "amx_tile"}
 
 
 def pick_kernels(m: dict[str, Any]) -> dict[str, str]:
     """The ISA variant to run for each kernel that has one (``target.isa_variants``): the kernel itself where this
-    CPU has every feature it needs, else its fallback (built without them). Kernel name -> the name to run."""
+    CPU has every feature it needs, else its fallback (built without them), and so on down the fallback's own
+    (x86: AMX -> VNNI -> AVX2). Kernel name -> the name to run."""
     variants = m["target"].get("isa_variants") or {}
     if not variants:
         return {}
     flags = _cpu_flags()
-    if flags is None:                                  # unknown (macOS): the variants that need nothing optional
-        return {k: v["fallback"] for k, v in variants.items()}
-    return {k: (k if all(_FLAGS.get(f, f) in flags for f in v["needs"]) else v["fallback"])
-            for k, v in variants.items()}
+    if flags is not None and "amx_tile" in flags and any("amx" in v["needs"] for v in variants.values()) \
+            and not _request_amx():
+        flags = {f for f in flags if not f.startswith("amx")}     # the kernel refused AMX state: its fallbacks
+
+    def pick(name: str) -> str:
+        seen = set()
+        while name in variants and name not in seen:
+            seen.add(name)
+            v = variants[name]
+            if flags is not None and all(_VARIANT_FLAGS.get(f, f) in flags for f in v["needs"]):
+                return name
+            name = v["fallback"]                   # unknown flags (macOS): the variants that need nothing optional
+        return name
+
+    return {k: pick(k) for k in variants}
+
+
+def _request_amx() -> bool:
+    """Ask Linux for the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), which a process must
+    do before its first tile instruction (ggml and oneDNN do the same); whether it was granted."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(158, 0x1023, 18) == 0        # SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+    except (OSError, AttributeError):
+        return False
 
 
 def _cpu_flags() -> set[str] | None:

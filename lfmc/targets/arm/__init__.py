@@ -29,8 +29,8 @@ from ..variants import OptionalFeatures
 # feature and again without (sdot rows, FMA pairs), the rest of an artifact without them, so an artifact for a
 # Snapdragon 8 Gen 3 still runs on a dotprod-only core (Cortex-A76 class) at the fallbacks' speed.
 OPTIONAL = OptionalFeatures(llvm={"i8mm": "i8mm", "bf16": "bf16"},
-                            fallbacks={"dot": ("i8mm", ("i8mm",), {"dot": "sdot"}),
-                                       "bf16dot": ("bfmmla", ("bf16",), {"bf16dot": "fma"})})
+                            fallbacks={("dot", "i8mm"): (("i8mm",), {"dot": "sdot"}),
+                                       ("bf16dot", "bfmmla"): (("bf16",), {"bf16dot": "fma"})})
 
 
 def arm_knobs(entry: str, dot: str = "", bf16dot: str = "fma") -> Knobs:

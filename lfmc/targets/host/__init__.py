@@ -30,7 +30,9 @@ def cpu_features() -> dict[str, Any]:
         pass
     mcpu = str(tvm.target.codegen.llvm_get_system_cpu())
     return {"arch": platform.machine(), "mcpu": mcpu, "avx2": "avx2" in flags, "fma": "fma" in flags,
-            "avx512": "avx512f" in flags, "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "avx512": "avx512f" in flags, "amx": "amx_tile" in flags, "amx_int8": "amx_int8" in flags,
+            "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "avx512_fp16": "avx512_fp16" in flags,
             "avx512_vnni": "avx512_vnni" in flags and "avx512vl" in flags, "avxvnni": "avx_vnni" in flags}
 
 
@@ -55,8 +57,9 @@ def host_target():
     return tvm.target.Target({"kind": "llvm", "mcpu": cpu_features()["mcpu"]})
 
 
-_LLVM_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512": "avx512f", "amx": "amx-tile", "avx512_bf16": "avx512bf16",
-                  "avx512_vnni": "avx512vnni", "avxvnni": "avxvnni"}
+_LLVM_FEATURES = {"avx2": "avx2", "fma": "fma", "avx512": "avx512f", "amx": "amx-tile", "amx_int8": "amx-int8",
+                  "amx_bf16": "amx-bf16", "avx512_bf16": "avx512bf16", "avx512_vnni": "avx512vnni",
+                  "avxvnni": "avxvnni", "avx512_fp16": "avx512fp16"}
 
 
 def x86_features(profile) -> dict[str, Any]:
@@ -76,13 +79,17 @@ def x86_target(profile):
     return host_target() if profile.name == "host" else profile.target()
 
 
-# Optional ISA features (lfmc/targets/variants.py): the int8 kernels' VNNI and the bf16 kernels' AVX512-BF16 are
-# built with the feature and again without (AVX2 pmaddubsw, FMA pairs), the rest of an artifact without them, so an
-# artifact built on a CPU with VNNI and BF16 still runs on an AVX-512 or AVX2 CPU without them.
+# Optional ISA features (lfmc/targets/variants.py): the int8 kernels' AMX tiles and VNNI and the bf16 kernels' AMX
+# tiles and AVX512-BF16 are built with the feature and again without (AMX -> VNNI -> AVX2 pmaddubsw; AMX ->
+# vdpbf16ps -> FMA pairs), the rest of an artifact without them, so an artifact built for a Sapphire Rapids CPU still
+# runs on an AVX-512 CPU without AMX and one built on a CPU with VNNI and BF16 on an AVX-512 CPU without them. An
+# AMX kernel also uses vpdpbusd (its weights' sums) / is built with AVX512-BF16, so it needs those too.
 OPTIONAL = OptionalFeatures(
-    llvm={k: _LLVM_FEATURES[k] for k in ("avx512_vnni", "avxvnni", "avx512_bf16")},
-    fallbacks={"dot": ("vnni", ("avx512_vnni", "avxvnni"), {"dot": "avx2", "a8_cols": 0}),
-               "bf16dot": ("avx512bf16", ("avx512_bf16",), {"bf16dot": "fma"})})
+    llvm={k: _LLVM_FEATURES[k] for k in ("avx512_vnni", "avxvnni", "avx512_bf16", "amx", "amx_int8", "amx_bf16")},
+    fallbacks={("dot", "amx"): (("amx", "amx_int8", "avx512_vnni"), {"dot": "vnni"}),
+               ("dot", "vnni"): (("avx512_vnni", "avxvnni"), {"dot": "avx2", "a8_cols": 0}),
+               ("bf16dot", "amx"): (("amx", "amx_bf16", "avx512_bf16"), {"bf16dot": "avx512bf16"}),
+               ("bf16dot", "avx512bf16"): (("avx512_bf16",), {"bf16dot": "fma"})})
 
 
 def x86_runs_here(profile) -> str:
@@ -106,12 +113,19 @@ def host_knobs(entry: str, feats: dict[str, Any] | None = None) -> Knobs:
     vnni = idot and bool(feats.get("avx512_vnni") or feats.get("avxvnni"))
     dot = "vnni" if vnni else "avx2" if idot else ""
     bf16dot = "avx512bf16" if feats.get("avx512_bf16") and feats["avx512"] else "fma" if feats["fma"] else ""
+    amx = bool(feats.get("amx")) and feats["avx512"]
     if entry == "decode":
         # prefetch: 8 KB ahead took 350M W4A8 decode from ~59 to ~65 tok/s (4 KB and 32 KB alike; BENCHMARKS.md)
         # batch_rows: a decode step of several sequences reads each weight vector once per 4 rows, not per row
         return Knobs(lanes=lanes, rows=1, cols=8, dot=dot, bf16dot=bf16dot, prefetch=8192, batch_rows=4, batch_cols=3)
     # a8_cols 6: with vpdpbusd the int8 tile has registers for 3 weight blocks per row (4 x 3 blocks against
     # 4 x 1: +0-19% per projection of LFM2-350M at 512 rows; 4 x 3 float vectors stay the float tile)
+    # AMX (prefill only: a 1-row GEMV has no tile to multiply): tiles of the 4 rows the other prefill matmuls
+    # take (their register tiles) x 16 outputs; not measured on AMX hardware (none was available)
+    if amx and vnni and feats.get("amx_int8"):
+        dot = "amx"
+    if amx and bf16dot == "avx512bf16" and feats.get("amx_bf16"):
+        bf16dot = "amx"
     return Knobs(lanes=lanes, rows=4, cols=3, dot=dot, bf16dot=bf16dot, a8_cols=6 if vnni else 0)
 
 

@@ -42,6 +42,30 @@ def _sdot(acc, a, b):
     return _cat(halves, range(8))
 
 
+def _tdpbusd(R: int, acc, a, b):
+    """AMX tdpbusd through its LLVM-IR stand-in (:mod:`lfmc.targets.llvm_ir`): ``acc`` (int32 x 16R: an R x 16
+    tile, row-major) plus the R x 32 unsigned tile ``a`` times the 8 x 64 signed tile ``b`` (row q: 16 outputs x
+    inputs 4q..4q+3), per output the sum of its 32 products."""
+    from ..llvm_ir import AMX_INT8
+
+    return T.call_pure_extern(f"int32x{16 * R}", AMX_INT8, acc, a, b)
+
+
+def _tdpbusd_emulated(R: int, acc, a, b):
+    """The same tile product with vpdpbusd (two per tile row and 4-input quad): the AMX kernels' TensorIR run on a
+    CPU without AMX (tests; QEMU emulates no AMX)."""
+    out = []
+    for r in range(R):
+        for half in range(2):
+            v = _cat([acc], range(16 * r + 8 * half, 16 * r + 8 * half + 8))
+            for q in range(8):
+                x4 = T.reinterpret("uint8x32", T.broadcast(T.reinterpret("int32", _cat([a], range(32 * r + 4 * q,
+                                                                                             32 * r + 4 * q + 4))), 8))
+                v = _dpbusd(v, x4, _cat([b], range(64 * q + 32 * half, 64 * q + 32 * half + 32)))
+            out.append(v)
+    return _cat(out, range(16 * R))
+
+
 def _smmla(acc, a, b):
     """Arm smmla (i8mm): ``acc`` (int32 x 4: a 2 x 2 tile, row-major) plus the 2 x 8 signed matrix ``a`` times the
     transpose of the 2 x 8 signed matrix ``b`` (16 bytes each, row-major)."""
@@ -55,12 +79,15 @@ class DotFamily:
     ``pmaddubsw``). ``unsigned_a``: quad's first operand is unsigned (then int8 weights take the activations,
     stored offset by 128, as that operand); ``instruction``: what its inner loop must contain (tests check it).
     ``mmla``: a 2 x 8 by 8 x 2 matrix product (smmla), which tiles of an even number of rows take instead of the
-    quad (two rows and two outputs per instruction: half the instructions of a quad per product)."""
+    quad (two rows and two outputs per instruction: half the instructions of a quad per product). ``tile(R, acc,
+    a, b)``: an R x 32 by 32 x 16 matrix product (AMX tdpbusd on tile registers), which the prefill tiles of int8 weights take
+    (up to 16 rows; the quad does the rest)."""
 
     quad: Callable | None
     unsigned_a: bool
     instruction: str
     mmla: Callable | None = None
+    tile: Callable | None = None
 
 
 DOT: dict[str, DotFamily] = {
@@ -68,6 +95,9 @@ DOT: dict[str, DotFamily] = {
     "vnni": DotFamily(_dpbusd, True, "vpdpbusd"),
     "sdot": DotFamily(_sdot, False, "sdot"),
     "i8mm": DotFamily(_sdot, False, "smmla", _smmla),
+    "amx": DotFamily(_dpbusd, True, "tdpbusd", tile=_tdpbusd),
+    # the AMX kernels with each tile product done by vpdpbusd: what runs their TensorIR here (tests)
+    "amx-emulated": DotFamily(_dpbusd, True, "vpdpbusd", tile=_tdpbusd_emulated),
 }
 
 
@@ -126,7 +156,8 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
     c = _A8(N, K, knobs, bias, rms_eps, accumulate, swiglu, quant, il)
     R, H, J, KB = c.R, c.H, c.J, c.KB
     (wshape, wdtype), (sshape, sdtype) = c.lay["W"], c.lay["S"]
-    quantize, tile, finish = _quantize_macro(c), (_q4_tile_macro(c) if c.q4 else _q8_tile_macro(c)), _finish(c)
+    tile = _amx_tile_macro(c) if c.amx is not None else _q4_tile_macro(c) if c.q4 else _q8_tile_macro(c)
+    quantize, finish = _quantize_macro(c), _finish(c)
 
     @T.prim_func
     def f(x: T.handle, w: T.handle, s: T.handle, z: T.handle, nw: T.handle, b: T.handle, res: T.handle,
@@ -140,7 +171,7 @@ def make_matmul_a8(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, 
         Res = T.match_buffer(res, (nb * R, N), "float32")
         Y = T.match_buffer(y, (nb * R, N), "float32")
         Wf = T.decl_buffer((c.WBYTES,), wdtype, data=W.data)
-        Xq = T.alloc_buffer((nb * R, c.Kp), c.xdtype)
+        Xq = T.alloc_buffer(c.xshape(nb * R), c.xdtype)
         Dx = T.alloc_buffer((nb * R, KB), "float32")
         Xs = T.alloc_buffer((nb * R, KB), "int32")
         Rn = T.alloc_buffer((nb * R,), "float32")
@@ -190,7 +221,7 @@ class _A8:
         self.G, self.SB = (K // self.g, self.g // A8_GROUP) if len(quant) > 1 else (self.KB, 1)
         self.norm = rms_eps is not None
         self.eps = float(rms_eps) if self.norm else 0.0
-        self.padk, self.padn = K % A8_GROUP != 0, N % 8 != 0
+        self.padk, self.padn = K % A8_GROUP != 0, self.NB * 8 != N
         self.par = knobs.parallel
         if knobs.dot not in DOT:
             raise ValueError(f"no integer dot-product family {knobs.dot!r} (have {', '.join(DOT)})")
@@ -201,12 +232,30 @@ class _A8:
         # stored offset by 128, and each group's sums corrected by 128 x the weights' sum (one quad per block,
         # shared by the tile's rows) instead of moving every weight's sign onto x (vpsignb per row and block)
         self.xoff = self.quad is not None and self.dot.unsigned_a and not self.q4
+        # AMX tiles (dot.tile): int8 codes whose packed rows are 64 bytes (16 outputs: il 2, or gate | up with
+        # il 1), R <= 16 rows; T tile products per register tile (1 A + T B + T C tiles of the 8 registers)
+        self.amx = self.dot.tile if (self.dot.tile is not None and not self.q4 and self.R <= 16
+                                     and self.H * il == 2) else None
+        if self.amx is not None:
+            self.T = pick_cols(self.NB * self.H // 2, 3)
+            self.J = self.T * 2 // self.H
         self.xdtype = "uint8" if self.xoff else "int8"
         self.ROW = self.H * il * 32                     # bytes of one packed row (4 inputs, or 8 for int4)
         self.WBYTES = self.NB // il * self.lay["W"][0][1] * self.ROW
         # software prefetch ``knobs.prefetch`` bytes ahead when one call streams whole interleaved rows (decode):
         # the integer work per byte leaves the out-of-order window too few loads in flight to hide memory latency
         self.pf = int(knobs.prefetch) if self.J == il else 0
+
+    def xshape(self, rows):
+        """Shape of the quantized activations: [rows, Kp], or for AMX flat, each tile's R x 32 codes contiguous
+        (its rows for one tileloadd)."""
+        return (rows * self.Kp,) if self.amx is not None else (rows, self.Kp)
+
+    def xat(self, row, k):
+        """Index of activation (row, k) in the quantized activations."""
+        if self.amx is None:
+            return row, k
+        return ((row // self.R * self.KB + k // A8_GROUP) * self.R + row % self.R) * A8_GROUP + k % A8_GROUP
 
 
 def _prefetch(c: _A8, Wf, at):
@@ -259,9 +308,9 @@ def _quantize_macro(c: _A8):
             Dx[ig // KB, ig % KB] = am[0] / T.float32(127)
             cs[0] = 0
             for t in T.serial(A8_GROUP):
-                Xq[ig // KB, ig % KB * A8_GROUP + t] = code(T.nearbyint(
+                Xq[c.xat(ig // KB, ig % KB * A8_GROUP + t)] = code(T.nearbyint(
                     xval(X, NW, Rn, ig // KB, ig % KB * A8_GROUP + t) * am[1]))
-                cs[0] = cs[0] + signed(Xq[ig // KB, ig % KB * A8_GROUP + t])
+                cs[0] = cs[0] + signed(Xq[c.xat(ig // KB, ig % KB * A8_GROUP + t)])
             Xs[ig // KB, ig % KB] = cs[0]
 
     return quantize
@@ -453,6 +502,55 @@ def _q8_tile_macro(c: _A8):
                     for jj in T.unroll(J):
                         acc[r, h, jj, T.ramp(0, 1, 8)] = acc[r, h, jj, T.ramp(0, 1, 8)] + scaled(
                             S, Dx, a32, ws, r, h, jj, jb * J + jj, kb, ib * R + r)
+
+    return tile
+
+
+def _amx_tile_macro(c: _A8):
+    """TIR macro: one register tile of int8 weights with AMX tiles, accumulated into ``acc``: per group of 32
+    inputs and tile product, the R x 32 activation codes (offset by 128) times the 8 packed rows of 16 outputs
+    (512 contiguous bytes: a panel of il 2, or gate | up), an R x 16 int32 tile; then per output column 128 x
+    the weights' sum off (vpdpbusd on the same bytes) and the group's scales on, as the quad kernel does."""
+    R, H, J, T_, KB, Kp, SB, il = c.R, c.H, c.J, c.T, c.KB, c.Kp, c.SB, c.il
+
+    def col(t: int, half: int):
+        """(h, jj) of tile t's columns 8 half .. 8 half + 7."""
+        return (half, t) if H == 2 else (0, 2 * t + half)
+
+    def scaled(S, Dx, ct, ws, r, t, half, jb, kb, row):
+        h, jj = col(t, half)
+        blk = jb * J + jj
+        s32 = ct[t, T.ramp(16 * r + 8 * half, 1, 8)] - ws[t, T.ramp(8 * half, 1, 8)] * T.broadcast(T.int32(128), 8)
+        v = T.Cast("float32x8", s32) * T.broadcast(Dx[row, kb], 8)
+        if c.q8g:
+            v = v * T.Cast("float32x8", S[blk // il, kb // SB, h, blk % il, T.ramp(0, 1, 8)])
+        return v
+
+    def panel(jb, t, kb):
+        """Flat offset of the 512 weight bytes of tile t, group kb."""
+        return ((jb * T_ + t) * (Kp // 4) + kb * 8) * 64
+
+    @T.macro
+    def tile(W, Wf, S, Zp, Xq, Dx, Xs, acc, jb, ib):
+        for kb in T.serial(KB):
+            ct = T.decl_buffer((T_, R * 16), "int32")
+            ws = T.decl_buffer((T_, 16), "int32")
+            for t in T.unroll(T_):
+                ct[t, T.ramp(0, 1, R * 16)] = c.amx(R, T.broadcast(T.int32(0), R * 16),
+                                                    Xq[T.ramp((ib * KB + kb) * R * 32, 1, R * 32)],
+                                                    Wf[T.ramp(panel(jb, t, kb), 1, 512)])
+                for half in T.unroll(2):
+                    ws[t, T.ramp(8 * half, 1, 8)] = T.broadcast(T.int32(0), 8)
+                    for m in T.unroll(8):
+                        ws[t, T.ramp(8 * half, 1, 8)] = c.quad(ws[t, T.ramp(8 * half, 1, 8)],
+                                                               T.broadcast(T.uint8(1), 32),
+                                                               Wf[T.ramp(panel(jb, t, kb) + m * 64 + half * 32, 1, 32)])
+            for r in T.unroll(R):
+                for t in T.unroll(T_):
+                    for half in T.unroll(2):
+                        acc[r, col(t, half)[0], col(t, half)[1], T.ramp(0, 1, 8)] = \
+                            acc[r, col(t, half)[0], col(t, half)[1], T.ramp(0, 1, 8)] + scaled(
+                                S, Dx, ct, ws, r, t, half, jb, kb, ib * R + r)
 
     return tile
 

@@ -53,23 +53,54 @@ def _bfmmla(acc, a, b):
     return T.reinterpret("float32x4", r)
 
 
+def _tdpbf16ps(R: int, acc, a, b):
+    """AMX tdpbf16ps through its LLVM-IR stand-in (:mod:`lfmc.targets.llvm_ir`): ``acc`` (float32 x 16R: an R x 16
+    tile) plus the R x 32 bf16 tile ``a`` (uint16 bits) times the 16 x 32 bf16 tile ``b`` (row p: 16 outputs x
+    inputs 2p, 2p + 1)."""
+    from ..llvm_ir import AMX_BF16
+
+    return T.call_pure_extern(f"float32x{16 * R}", AMX_BF16, acc, T.reinterpret(f"int8x{64 * R}", a),
+                              T.reinterpret("int8x1024", b))
+
+
+def _tdpbf16ps_emulated(R: int, acc, a, b):
+    """The same tile product with the FMA pair family (16 lanes), row by row and pair by pair: the AMX kernels'
+    TensorIR run on a CPU without AMX (tests). Its sums are the FMA family's, bit for bit; AMX hardware adds each
+    pair in its own order, within float32 rounding of these."""
+    dot, out = _fma_pairs(16), []
+    for r in range(R):
+        v = _cat([acc], range(16 * r, 16 * r + 16))
+        for p in range(16):
+            x = T.reinterpret("uint16x32", T.broadcast(T.reinterpret("uint32", _cat([a], range(32 * r + 2 * p,
+                                                                                      32 * r + 2 * p + 2))), 16))
+            v = dot(v, _cat([b], range(32 * p, 32 * p + 32)), x)
+        out.append(v)
+    return _cat(out, range(16 * R))
+
+
 @dataclass(frozen=True)
 class Bf16Family:
     """One ISA's bf16 pair dot product: ``make(L)`` gives ``dot(acc, w, x)``: ``acc`` (float32 x L) plus, per lane,
     the products of a 32-bit word of ``w`` (2L bf16) with the same word of ``x``; ``lanes``: the L it needs (0:
     the target's); ``instruction``: what its code must contain (tests check it). ``mmla``: a 2 x 4 by 4 x 2
-    matrix product (bfmmla) that tiles of an even number of rows take instead (K then padded to 4)."""
+    matrix product (bfmmla) that tiles of an even number of rows take instead (K then padded to 4). ``tile(R, acc,
+    a, b)``: an R x 32 by 32 x 16 matrix product (AMX tdpbf16ps on tile registers) that prefill tiles of up to 16
+    rows take (K then padded to 32)."""
 
     make: Callable
     lanes: int
     instruction: str
     mmla: Callable | None = None
+    tile: Callable | None = None
 
 
 BF16DOT: dict[str, Bf16Family] = {
     "avx512bf16": Bf16Family(_dpbf16ps, 16, "vdpbf16ps"),
     "fma": Bf16Family(_fma_pairs, 0, "vfmadd"),
     "bfmmla": Bf16Family(_fma_pairs, 0, "bfmmla", _bfmmla),
+    "amx": Bf16Family(_dpbf16ps, 16, "tdpbf16ps", tile=_tdpbf16ps),
+    # the AMX kernels with each tile product done by FMA pairs: what runs their TensorIR here (tests)
+    "amx-emulated": Bf16Family(_fma_pairs, 16, "vfmadd", tile=_tdpbf16ps_emulated),
 }
 
 
@@ -90,12 +121,12 @@ class _Bf:
     """The static facts of one bf16-activation matmul: layout, register tile, fusions, instruction family."""
 
     def __init__(self, N: int, K: int, knobs: Knobs, bias: bool, rms_eps: float | None, accumulate: bool,
-                 swiglu: bool):
+                 swiglu: bool, kpad: int = 0):
         self.N, self.K, self.bias, self.accumulate, self.swiglu = N, K, bias, accumulate, swiglu
         self.L = L = bf16_lanes(knobs)
         fam = BF16DOT[knobs.bf16dot]
         self.dot = fam.make(L)
-        lay = bf16_layout(N, K, swiglu, L, bf16_kpad(knobs))
+        lay = bf16_layout(N, K, swiglu, L, kpad or bf16_kpad(knobs))
         self.wshape, self.NB, self.Kp = lay["W"][0], lay["NB"], lay["Kp"]
         self.R, self.H = knobs.rows, 2 if swiglu else 1
         self.J = pick_cols(self.NB, max(1, knobs.cols // self.H))
@@ -103,6 +134,21 @@ class _Bf:
         self.padk, self.padn = self.Kp != K, N % L != 0
         self.mm = fam.mmla if self.R % 2 == 0 else None    # row pairs x output pairs (bfmmla): L / 2 tiles a vector
         self.eps = float(rms_eps) if self.norm else 0.0
+        # AMX tiles: R <= 16 rows x 16 outputs per tile, H x J of them (1 A + 2 H J tiles of the 8 registers)
+        self.amx = fam.tile if fam.tile is not None and self.R <= 16 and self.Kp % 32 == 0 else None
+        if self.amx is not None:
+            self.J = pick_cols(self.NB, max(1, 3 // self.H))
+            self.KT = self.Kp // 32
+
+    def xshape(self, rows):
+        """Shape of the bf16 activations: [rows, Kp], or for AMX flat, each tile's R x 32 values contiguous."""
+        return (rows * self.Kp,) if self.amx is not None else (rows, self.Kp)
+
+    def xat(self, row, k):
+        """Index of activation (row, k) in the bf16 activations."""
+        if self.amx is None:
+            return row, k
+        return ((row // self.R * self.KT + k // 32) * self.R + row % self.R) * 32 + k % 32
 
 
 def _bits(v):
@@ -150,13 +196,46 @@ def _finish(c: _Bf, Res, Bv, acc, r, jj, t, row, o):
     return a0
 
 
+def _amx_tile_macro(c: _Bf):
+    """TIR macro: one register tile with AMX tiles over all of K into ``acc``: per 32 inputs, the R x 32 activation
+    tile times each (h, block)'s 16 packed rows of 16 outputs (contiguous without SwiGLU; gate and up rows
+    alternate with it), the R x 16 float32 tiles carried across K."""
+    R, H, J, KT = c.R, c.H, c.J, c.KT
+
+    def wtile(Wf, blk, h, kt):
+        """Packed rows 16 kt .. 16 kt + 15 of (block, h): one contiguous load without SwiGLU, else 16 rows."""
+        row = lambda p: ((blk * (c.Kp // 2) + 16 * kt + p) * H + h) * 32     # noqa: E731
+        if H == 1:
+            return Wf[T.ramp(row(0), 1, 512)]
+        return _cat([Wf[T.ramp(row(p), 1, 32)] for p in range(16)], range(512))
+
+    @T.macro
+    def tile(W, Wf, Xb, acc, jb, ib):
+        ct = T.decl_buffer((H, J, R * 16), "float32")
+        for h in T.unroll(H):
+            for jj in T.unroll(J):
+                ct[h, jj, T.ramp(0, 1, R * 16)] = T.broadcast(T.float32(0), R * 16)
+        for kt in T.serial(KT):
+            for h in T.unroll(H):
+                for jj in T.unroll(J):
+                    ct[h, jj, T.ramp(0, 1, R * 16)] = c.amx(R, ct[h, jj, T.ramp(0, 1, R * 16)],
+                                                            Xb[T.ramp((ib * KT + kt) * R * 32, 1, R * 32)],
+                                                            wtile(Wf, jb * J + jj, h, kt))
+        for r in T.unroll(R):
+            for h in T.unroll(H):
+                for jj in T.unroll(J):
+                    acc[r, h, jj, T.ramp(0, 1, 16)] = ct[h, jj, T.ramp(16 * r, 1, 16)]
+
+    return tile
+
+
 def _tile_macro(c: _Bf):
     """TIR macro: one register tile (R rows x J vectors) over all of K into ``acc``: pair dots, or with a matrix
     family 2 x 2 tiles of row pairs and output pairs unzipped into rows at the end."""
     R, H, J, L, Kp = c.R, c.H, c.J, c.L, c.Kp
 
     @T.macro
-    def tile(W, Xb, acc, jb, ib):
+    def tile(W, Wf, Xb, acc, jb, ib):
         if c.mm is not None:
             acc2 = T.decl_buffer((R // 2, H, J, L // 2, 4), "float32")
             for q in T.unroll(R // 2):
@@ -192,14 +271,15 @@ def _tile_macro(c: _Bf):
 
 
 def make_matmul_bf16(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
-                     accumulate: bool = False, swiglu: bool = False) -> tvm.tirx.PrimFunc:
+                     accumulate: bool = False, swiglu: bool = False, kpad: int = 0) -> tvm.tirx.PrimFunc:
     """:func:`make_matmul` with bf16 activations: the rows of X (RMS-normalized first when ``rms_eps``) rounded to
     bf16 (round half to even, as lfmc/ir/quant.py's ``round_bf16``) once per call, then R rows x J vectors of L
     outputs per register tile, one pair dot per (row, vector) and input pair. Args: X, W, (NW), (bias), (Res), Out,
-    nb, as the float matmul's."""
-    c = _Bf(N, K, knobs, bias, rms_eps, accumulate, swiglu)
+    nb, as the float matmul's. ``kpad``: what the packed weight's K is padded to (0: :func:`.knobs.bf16_kpad`
+    of ``knobs``; an artifact's ISA variants share their layout)."""
+    c = _Bf(N, K, knobs, bias, rms_eps, accumulate, swiglu, kpad)
     R, H, J, L, NB, Kp, wshape = c.R, c.H, c.J, c.L, c.NB, c.Kp, c.wshape
-    tile = _tile_macro(c)
+    tile = _tile_macro(c) if c.amx is None else _amx_tile_macro(c)
 
     @T.prim_func
     def f(x: T.handle, w: T.handle, nw: T.handle, b: T.handle, res: T.handle, y: T.handle, nb: T.int32):
@@ -209,7 +289,8 @@ def make_matmul_bf16(name: str, N: int, K: int, knobs: Knobs, bias: bool = False
         Bv = T.match_buffer(b, (N,), "float32")
         Res = T.match_buffer(res, (nb * R, N), "float32")
         Y = T.match_buffer(y, (nb * R, N), "float32")
-        Xb = T.alloc_buffer((nb * R, Kp), "uint16")
+        Wf = T.decl_buffer((NB * (Kp // 2) * H * 2 * L,), "uint16", data=W.data)
+        Xb = T.alloc_buffer(c.xshape(nb * R), "uint16")
         Rn = T.alloc_buffer((nb * R,), "float32")
         for i in T.parallel(nb * R) if c.par else T.serial(nb * R):
             if c.norm:
@@ -219,11 +300,11 @@ def make_matmul_bf16(name: str, N: int, K: int, knobs: Knobs, bias: bool = False
                     ss[0] = ss[0] + X[i, k] * X[i, k]
                 Rn[i] = T.float32(1) / T.sqrt(ss[0] / T.float32(K) + T.float32(c.eps))
             for k in T.serial(Kp):
-                Xb[i, k] = _bits(_xval(c, X, NW, Rn, i, k))
+                Xb[c.xat(i, k)] = _bits(_xval(c, X, NW, Rn, i, k))
         for jb in T.parallel(NB // J) if c.par else T.serial(NB // J):
             for ib in T.serial(nb):
                 acc = T.decl_buffer((R, H, J, L), "float32")
-                tile(W, Xb, acc, jb, ib)
+                tile(W, Wf, Xb, acc, jb, ib)
                 for r in T.serial(R):
                     for jj in T.serial(J):
                         for t in T.serial(L):
