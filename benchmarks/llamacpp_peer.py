@@ -197,6 +197,21 @@ def bench(d: Path, model: Path, prefill: int = 512, decode: int = 64, reps: int 
     return out
 
 
+def bench_depth(d: Path, model: Path, depth: int, decode: int = 16, kv: str = "f16", reps: int = 3,
+                threads: int = 2) -> dict:
+    """llama-bench decoding ``decode`` tokens after ``depth`` positions of context (``-d``), its KV cache in ``kv``
+    (f16, llama.cpp's default, or f32): tokens/s (mean over ``reps``) and the process's peak RSS in bytes."""
+    cmd = ["/usr/bin/time", "-f", "%M", str(d / "bin" / "llama-bench"), "-m", str(model), "-p", "0", "-n",
+           str(decode), "-d", str(depth), "-r", str(reps), "-t", str(threads), "-ctk", kv, "-ctv", kv, "-o", "json",
+           "--repack", "0"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"llama-bench failed ({p.returncode}): {p.stderr[-2000:]}")
+    rows = [r for r in json.loads(p.stdout) if r.get("n_gen", 0) > 0]
+    rss = [int(x) for x in re.findall(r"^(\d+)\s*$", p.stderr, re.M)]
+    return {"decode_tps": rows[-1]["avg_ts"], "peak_rss": rss[-1] * 1024 if rss else None, "kv": kv}
+
+
 def batched_bench(d: Path, model: Path, npp: int = 128, ntg: int = 128, npl: tuple[int, ...] = (1, 2, 4, 8, 16),
                   threads: int = 2, repack: bool = False) -> dict[int, float]:
     """One llama-batched-bench run (``-c 4096 -b 2048 -ub 512``, as issue 28 names it): aggregate decode tokens/s

@@ -1,7 +1,13 @@
-"""Memory and decode speed against context length: lfmc's LFM2 / LFM3 vs a transformer of the same size in PyTorch.
+"""Memory and decode speed against context length: lfmc's LFM2 / LFM3 vs a transformer of the same size in PyTorch,
+and vs llama.cpp on the same model.
 
     .venv/bin/python benchmarks/memory_context.py                       # LFM2-350M, contexts 512 ... 32k
     .venv/bin/python benchmarks/memory_context.py --preset lfm3-1.7b --dtype f16    # LFM3-1.7B, 16-bit
+    .venv/bin/python benchmarks/memory_context.py --contexts 8192,32768 --kv-dtype f16 --llama-cpp --no-torch
+
+``--llama-cpp`` adds ``llama-bench -p 0 -n STEPS -d CONTEXT`` on the same weights (GGUF F32 / F16) with its KV
+cache at lfmc's KV precision (``-ctk / -ctv``), and every lfmc row reports its efficiency: bytes read per step
+(weights, plus the KV cache up to the context) / step time / the memory read bandwidth measured in the same run.
 
 LFM3-1.7B keeps a growing KV cache in its 6 full-attention layers only: its 5 sliding-window layers keep a ring of
 their window (constant, like the 13 conv layers' state). Its same-size transformer has hidden 2048, 24 layers,
@@ -128,6 +134,15 @@ def child_torch(a: dict) -> dict:
             "parameters": params}
 
 
+def _kv_bytes_per_position(art: Path) -> int:
+    """Bytes of KV cache one position adds across the layers that grow one (a sliding window's ring does not)."""
+    import numpy as np
+
+    plan = json.loads((art / "manifest.json").read_text())["plan"]
+    return sum(int(np.prod([d for d in s["shape"][2:]])) * np.dtype(s["dtype"]).itemsize
+               for s in plan["state"].values() if s.get("kind") == "kv" and "C" in s["shape"] and "window" not in s)
+
+
 def run(kind: str, **kw) -> dict:
     r = subprocess.run([sys.executable, __file__, "--child", json.dumps({"kind": kind, **kw})],
                        capture_output=True, text=True)
@@ -141,6 +156,12 @@ def main() -> int:
     ap.add_argument("--preset", default="lfm2-350m")
     ap.add_argument("--dtype", default="f32", choices=("f32", "f16"),
                     help="f16: lfmc f16 weights and KV cache, PyTorch bfloat16")
+    ap.add_argument("--kv-dtype", default=None, choices=("f32", "f16"),
+                    help="lfmc's (and llama.cpp's) KV cache precision (default: that of --dtype)")
+    ap.add_argument("--llama-cpp", nargs="?", const="", default=None, metavar="DIR",
+                    help="also llama-bench at each context (built by benchmarks/build_llama_cpp.sh)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch transformer")
+    ap.add_argument("--seed", type=int, default=0, help="random weights' seed (lfmc and llama.cpp alike)")
     ap.add_argument("--contexts", default="512,2048,8192,32768")
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--build", default="build/memctx")
@@ -157,38 +178,74 @@ def main() -> int:
     from compare import compiled
 
     ctxs = [int(x) for x in a.contexts.split(",")]
-    tag = "" if (a.preset, a.dtype) == ("lfm2-350m", "f32") else f"-{a.preset}-{a.dtype}"
+    kvd = a.kv_dtype or a.dtype
+    tag = "" if (a.preset, a.dtype, kvd) == ("lfm2-350m", "f32", "f32") else \
+        f"-{a.preset}-{a.dtype}" + (f"-kv{kvd}" if kvd != a.dtype else "")
     a.out = a.out or f"benchmarks/results/memory-context{tag}.json"
-    art = Path(a.build) / f"{a.preset}-{a.dtype}-ctx{max(ctxs) + 3 * a.steps + 2}.host"
+    art = Path(a.build) / f"{a.preset}-{a.dtype}-kv{kvd}-s{a.seed}-ctx{max(ctxs) + 3 * a.steps + 2}.host"
 
     def build() -> None:
         t = time.perf_counter()
-        opts = {"dtype": "f16", "kv_dtype": "f16"} if a.dtype == "f16" else {}
-        compile_model(load_source(a.preset), art, max_batch=1, max_context=max(ctxs) + 3 * a.steps + 2, **opts)
+        opts = {"dtype": "f16"} if a.dtype == "f16" else {}
+        compile_model(load_source(a.preset, seed=a.seed), art, max_batch=1, max_context=max(ctxs) + 3 * a.steps + 2,
+                      kv_dtype=kvd, **opts)
         print(f"compiled {a.preset} in {time.perf_counter() - t:.0f} s -> {art}", flush=True)
 
     compiled(art, build)                               # rebuilt when the compiler sources changed
-    empty = {"lfmc": run("lfmc", empty=True)["peak_rss"], "torch": run("torch", empty=True)["peak_rss"]}
+    lc_dir = lc_model = None
+    if a.llama_cpp is not None:
+        import llamacpp_peer as llama_cpp
+
+        lc_dir = llama_cpp.find(a.llama_cpp or None)
+        if lc_dir is None:
+            print("llama.cpp is not built (benchmarks/build_llama_cpp.sh): measuring without it", flush=True)
+        else:
+            hf = llama_cpp.save_hf(a.preset, a.seed, Path(a.build) / f"{a.preset}-s{a.seed}.hf")
+            lc_model = llama_cpp.gguf(lc_dir, hf, "F16" if a.dtype == "f16" else "F32")
+    from compare import stream_read_gbs, weights_bytes
+
+    bw = stream_read_gbs()
+    wbytes = weights_bytes(art)
+    kv_per_pos = _kv_bytes_per_position(art)
+    print(f"memory read bandwidth {bw:.1f} GB/s; weights {wbytes / 2**20:.0f} MiB, KV cache "
+          f"{kv_per_pos / 1024:.1f} KiB per position ({kvd})", flush=True)
+    empty = {"lfmc": run("lfmc", empty=True)["peak_rss"]}
+    if not a.no_torch:
+        empty["torch"] = run("torch", empty=True)["peak_rss"]
     rows = []
     for n in ctxs:
         lf = run("lfmc", artifact=str(art), context=n, steps=a.steps)
-        pt = run("torch", context=n, steps=a.steps, preset=a.preset, dtype=a.dtype)
-        rows.append({"context": n, "lfmc": lf, "torch": pt})
-        print(f"context {n:>6}: lfmc {lf['decode_tps']:6.1f} tok/s, peak {lf['peak_rss'] / 2**20:7.0f} MiB | "
-              f"PyTorch transformer {pt['decode_tps']:6.1f} tok/s, peak {pt['peak_rss'] / 2**20:7.0f} MiB", flush=True)
-    print(f"\nempty processes: lfmc runtime {empty['lfmc'] / 2**20:.0f} MiB, torch {empty['torch'] / 2**20:.0f} MiB")
-    print(f"{'context':>8} {'lfmc tok/s':>11} {'torch tok/s':>12} {'lfmc peak':>10} {'torch peak':>11} "
-          f"{'lfmc RSS':>9} {'torch RSS':>10} {'lfmc state':>11}   (MiB; RSS = resident after decoding)")
+        lf["bytes_per_step"] = wbytes + kv_per_pos * n
+        lf["efficiency"] = lf["bytes_per_step"] * lf["decode_tps"] / 1e9 / bw
+        row = {"context": n, "lfmc": lf}
+        line = (f"context {n:>6}: lfmc {lf['decode_tps']:6.1f} tok/s ({lf['efficiency']:.0%} of bandwidth), "
+                f"peak {lf['peak_rss'] / 2**20:7.0f} MiB")
+        if lc_model is not None:
+            row["llama.cpp"] = lc = llama_cpp.bench_depth(lc_dir, lc_model, n, a.steps, kvd)
+            line += f" | llama.cpp {lc['decode_tps']:6.1f} tok/s, peak {lc['peak_rss'] / 2**20:7.0f} MiB"
+        if not a.no_torch:
+            row["torch"] = pt = run("torch", context=n, steps=a.steps, preset=a.preset, dtype=a.dtype)
+            line += f" | PyTorch transformer {pt['decode_tps']:6.1f} tok/s, peak {pt['peak_rss'] / 2**20:7.0f} MiB"
+        rows.append(row)
+        print(line, flush=True)
+    print("\nempty processes: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in empty.items()))
+    sides = ["lfmc"] + [k for k in ("llama.cpp", "torch") if k in rows[0]]
+    print(f"{'context':>8} " + " ".join(f"{s_ + ' tok/s':>16} {s_ + ' peak':>15}" for s_ in sides)
+          + f" {'lfmc/llama':>11} {'lfmc eff.':>10} {'lfmc state':>11}   (MiB)")
     for r in rows:
-        lf, pt = r["lfmc"], r["torch"]
-        print(f"{r['context']:>8} {lf['decode_tps']:>11.1f} {pt['decode_tps']:>12.1f} {lf['peak_rss'] / 2**20:>10.0f} "
-              f"{pt['peak_rss'] / 2**20:>11.0f} {lf['rss'] / 2**20:>9.0f} {pt['rss'] / 2**20:>10.0f} "
-              f"{lf['memory']['state'] / 2**20:>11.0f}")
+        ratio = f"{r['lfmc']['decode_tps'] / r['llama.cpp']['decode_tps']:.2f}x" if "llama.cpp" in r else "-"
+        print(f"{r['context']:>8} " + " ".join(f"{r[s_]['decode_tps']:>16.1f} {r[s_]['peak_rss'] / 2**20:>15.0f}"
+                                               for s_ in sides)
+              + f" {ratio:>11} {r['lfmc']['efficiency']:>10.0%} {r['lfmc']['memory']['state'] / 2**20:>11.0f}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"preset": a.preset, "dtype": a.dtype, "steps": a.steps, "empty": empty, "rows": rows,
-                               "cpu": cpu_info(),
+    out.write_text(json.dumps({"preset": a.preset, "dtype": a.dtype, "kv_dtype": kvd, "steps": a.steps,
+                               "bandwidth_gbs": bw, "weights_bytes": wbytes, "kv_bytes_per_position": kv_per_pos,
+                               "empty": empty, "rows": rows, "cpu": cpu_info(),
                                "command": " ".join(sys.argv)}, indent=1) + "\n")
+    if a.no_torch:
+        print(f"wrote {out} (no plot without the PyTorch side)")
+        return 0
     try:
         import matplotlib
 

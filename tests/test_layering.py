@@ -68,6 +68,29 @@ def test_compiling_a_preset_imports_no_torch(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_running_an_artifact_loads_no_compiler(tmp_path):
+    """A process that only runs an artifact loads TVM's runtime library, not its compiler (libtvm_compiler.so with
+    LLVM: about 220 MiB resident, lfmc/tvm_env.py), nor torch; its logits are those of the same engine in a
+    process that has TVM's compiler loaded (here, the test's)."""
+    import numpy as np
+
+    from lfmc.compile import compile_model
+    from lfmc.frontend import import_preset
+    from lfmc.runtime import Engine
+
+    art = compile_model(import_preset("lfm2-tiny", weights=True, seed=4), tmp_path / "a", max_batch=1,
+                        max_context=32, prefill_chunk=8)
+    s = (eng := Engine(art)).new_sequence()
+    want = np.concatenate([eng.prefill(s, [5, 9, 2, 11, 40, 3, 8, 1, 7]), eng.decode([s], [3])[0]])
+    code = ("import sys, numpy as np; from lfmc.runtime import Engine; "
+            f"e = Engine({str(art)!r}); s = e.new_sequence(); "
+            "np.save(sys.argv[1], np.concatenate([e.prefill(s, [5, 9, 2, 11, 40, 3, 8, 1, 7]), e.decode([s], [3])[0]])); "
+            "assert 'tvm' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)[:0]; "
+            "maps = open('/proc/self/maps').read(); assert 'libtvm_runtime' in maps and 'libtvm_compiler' not in maps")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "got.npy")], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "got.npy"), want)
+
+
 # literals that equal a registered name but mean something else, with the reason
 NOT_OUR_NAMES = {("lfmc/frontend/reference.py", "cpu"): "torch.device('cpu'): PyTorch's device, not lfmc's driver"}
 

@@ -26,7 +26,7 @@ class CpuDriver(HostMemory):
 
     def load_library(self, path: Path) -> Any:
         try:
-            return self._tvm.runtime.load_module(str(path))
+            return self._tvm.load_module(str(path))
         except Exception as e:
             raise RuntimeLoadError(f"{path}: cannot load the kernel library ({type(e).__name__}: {e})") from None
 
@@ -38,7 +38,7 @@ class CpuDriver(HostMemory):
 
     def device_view(self, buf: np.ndarray, shape: tuple[int, ...]) -> Any:
         """The kernel-argument form of the first prod(shape) elements of ``buf``, shaped ``shape``."""
-        return self._tvm.runtime.from_dlpack(HostMemory.device_view(self, buf, shape))
+        return self._tvm.from_dlpack(HostMemory.device_view(self, buf, shape))
 
     def load_step_runner(self, path: Path) -> "StepRunner":
         """The artifact's step runner (``lfmc_step.so``): runs a whole step's launches in one native call."""
@@ -109,11 +109,12 @@ class StepRunner:
 
 
 def _import_tvm_without_torch():
-    """Import TVM without torch (see :mod:`lfmc.tvm_env`): a device runtime must not pay for torch."""
-    from ...tvm_env import import_tvm
+    """TVM's runtime without torch and without TVM's compiler (see :mod:`lfmc.tvm_env`): a device runtime pays for
+    neither (about 220 MiB resident for the compiler's library alone)."""
+    from ...tvm_env import import_tvm_runtime
 
     try:
-        return import_tvm()
+        return import_tvm_runtime()
     except ImportError as e:
         raise RuntimeLoadError(f"the cpu driver needs TVM's runtime (pip install apache-tvm): {e}") from None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from .common import ATT_BLOCK, _flat, _grid, Knobs, _lane, _named, NEG, pick_lanes, _scope
+from .common import ATT_BLOCK, _cat, _flat, _grid, Knobs, _lane, _named, NEG, pick_lanes, _scope
 
 Rope = tuple  # (theta, angles, factor)
 
@@ -192,61 +192,134 @@ def _fast_exp(x):
     return T.if_then_else(x < T.float32(-87.0), T.float32(0), p * two_n)
 
 
-def _group_softmax_macro(H: int, KV: int, hd: int, VL: int, B: int = 32, window: int = 0, gated: bool = False):
-    """TIR macro (CPU): causal attention of the G = H/KV query heads of KV head ``g`` (local ``qg`` [G*hd]) over
-    cache slot ``s`` positions first..p (:func:`_first`), in blocks of ``B`` positions: scores of a block for all
-    G heads (each K row read once for the group), one max and rescale per block, exponentials vectorized
-    (polynomial, no libm), the values accumulated once per position for the group. Writes O[t, (g*G + i)*hd:]
-    (times the sigmoid of gate logit G[t, gcol + head] when gated)."""
+ATT_SPLITS = 8          # CPU attention: position ranges per row when a call has one row (flash-decoding; fewer per
+                        # row for more rows, none past 8 rows), so that the threads share one long context
+ATT_MIN_SPLIT = 256     # positions a range covers at least (a short context takes fewer ranges)
+
+
+def _hsum(v, lanes: int):
+    """The sum of the ``lanes`` lanes of vector ``v``, halving by shuffles (log2(lanes) dependent adds)."""
+    while lanes > 1:
+        lanes //= 2
+        v = _cat([v], range(lanes)) + _cat([v], range(lanes, 2 * lanes))
+    return v
+
+
+def _range_softmax_macro(H: int, KV: int, hd: int, VL: int, kv: str, B: int = ATT_BLOCK, window: int = 0):
+    """TIR macro (CPU): the attention of all H query heads (rotated, in ``qa`` [H*hd]) over cache slot ``s``
+    positions lo..hi-1, unnormalized: its running max (``mx`` [H]), sum of exponentials (``sm`` [H]) and weighted
+    values (``acc`` [H*hd]), merged across ranges by the caller. Blocks of ``B`` positions: every head's scores
+    of the block, position by position (each cache row, all KV heads, read once, in address order: one stream),
+    one max and rescale per head and block, exponentials vectorized, then the values position by position. Scores are vector dot products reduced by halving shuffles."""
     G = H // KV
     NC = hd // VL
     scale = float(hd) ** -0.5
+    VT = f"float32x{VL}"
+
+    def score(qa, Kc, s, row, g, i):
+        v = qa[T.ramp((g * G + i) * hd, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(0, 1, VL)])
+        for dc in range(1, NC):
+            v = v + qa[T.ramp((g * G + i) * hd + dc * VL, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(dc * VL, 1, VL)])
+        return _hsum(v, VL)
 
     @T.macro
-    def attend(qg, Kc, Vc, s, p, g, O, t, acc, part, sc, st, C, Gs, gcol):
-        for i in T.serial(G):
-            st[i] = T.float32(NEG)              # running max
-            st[G + i] = T.float32(0)            # running sum
+    def attend(qa, Kc, Vc, s, lo, hi, acc, mx, sm, sc, st, C):
+        for h in T.serial(H):
+            mx[h] = T.float32(NEG)
+            sm[h] = T.float32(0)
             for d in T.vectorized(hd):
-                acc[i * hd + d] = T.float32(0)
-        for blk in T.serial((p - _first(p, window) + B) // B):
-            for j in T.serial(B):
-                for i in T.serial(G):
-                    for dl in T.vectorized(VL):
-                        part[dl] = T.float32(0)
-                    for dc in T.serial(NC):
-                        for dl in T.vectorized(VL):
-                            part[dl] = part[dl] + qg[i * hd + dc * VL + dl] * T.Cast("float32", Kc[
-                                s, _row(T.min(_first(p, window) + blk * B + j, p), C, window), g, dc * VL + dl])
-                    st[2 * G] = T.float32(0)
-                    for dl in T.serial(VL):
-                        st[2 * G] = st[2 * G] + part[dl]
-                    sc[i * B + j] = T.if_then_else(_first(p, window) + blk * B + j <= p,
-                                                   st[2 * G] * T.float32(scale), T.float32(NEG))
-            for i in T.serial(G):
-                st[2 * G + 1] = st[i]
+                acc[h * hd + d] = T.float32(0)
+        for blk in T.serial((hi - lo + B - 1) // B):
+            for j in T.serial(B):                           # K rows in address order: every head of a position
+                for g in T.serial(KV):
+                    for i in T.unroll(G):                   # straight-line: the group's heads share the K loads
+                        sc[(g * G + i) * B + j] = T.Select(
+                            lo + blk * B + j < hi,
+                            score(qa, Kc, s, _row(T.min(lo + blk * B + j, hi - 1), C, window), g, i) * T.float32(scale),
+                            T.float32(NEG))
+            for h in T.serial(H):
+                st[0] = mx[h]
                 for j in T.serial(B):
-                    st[2 * G + 1] = T.max(st[2 * G + 1], sc[i * B + j])
-                st[2 * G + 2] = _fast_exp(st[i] - st[2 * G + 1])          # rescale of what came before
+                    st[0] = T.max(st[0], sc[h * B + j])
+                st[1] = _fast_exp(mx[h] - st[0])                     # rescale of what came before
                 for j in T.vectorized(B):
-                    sc[i * B + j] = _fast_exp(sc[i * B + j] - st[2 * G + 1])
-                st[2 * G + 3] = T.float32(0)
+                    sc[h * B + j] = _fast_exp(sc[h * B + j] - st[0])
+                st[2] = T.float32(0)
                 for j in T.serial(B):
-                    st[2 * G + 3] = st[2 * G + 3] + sc[i * B + j]
-                st[G + i] = st[G + i] * st[2 * G + 2] + st[2 * G + 3]
-                st[i] = st[2 * G + 1]
+                    st[2] = st[2] + sc[h * B + j]
+                sm[h] = sm[h] * st[1] + st[2]
+                mx[h] = st[0]
                 for d in T.vectorized(hd):
-                    acc[i * hd + d] = acc[i * hd + d] * st[2 * G + 2]
-            for j in T.serial(B):
-                for i in T.serial(G):
-                    for d in T.vectorized(hd):
-                        acc[i * hd + d] = acc[i * hd + d] + sc[i * B + j] * T.Cast("float32", Vc[
-                            s, _row(T.min(_first(p, window) + blk * B + j, p), C, window), g, d])
-        for i in T.serial(G):
-            for d in T.serial(hd):
-                O[t, (g * G + i) * hd + d] = _gate(acc[i * hd + d] / st[G + i], Gs, t, gcol + g * G + i, gated)
+                    acc[h * hd + d] = acc[h * hd + d] * st[1]
+            for j in T.serial(B):                           # V rows likewise, each loaded once for its group
+                for g in T.serial(KV):
+                    for i in T.unroll(G):
+                        for d in T.vectorized(hd):
+                            acc[(g * G + i) * hd + d] = acc[(g * G + i) * hd + d] + sc[(g * G + i) * B + j] * T.Cast(
+                                "float32", Vc[s, _row(T.min(lo + blk * B + j, hi - 1), C, window), g, d])
 
     return attend
+
+
+def _split_attention_macro(H: int, KV: int, hd: int, VL: int, kv: str, window: int, gated: bool, par: bool = True):
+    """TIR macro (CPU): attention of rows 0..n-1 (rotated queries ``Qr`` [n, H*hd]) over their slots' caches, each
+    row's positions first..pos split into up to ``nsp`` ranges (ATT_SPLITS for one row), the ranges attended in
+    parallel (:func:`_range_softmax_macro`) into ``Pm`` / ``Pl`` / ``Pa`` [n*nsp, H(*hd)], then merged per (row,
+    head) into O[t, h*hd:] (times the sigmoid of gate logit ``Gs[t, gcol + h]`` when gated). ``par``: the ranges and
+    heads on the thread pool (else one thread: a small model's decode)."""
+    attend = _range_softmax_macro(H, KV, hd, VL, kv, ATT_BLOCK, window)
+
+    @T.macro
+    def split_attention(Qr, Kc, Vc, Sl, Ps, O, Gs, gcol, Pm, Pl, Pa, n, nsp, C):
+        for it in T.parallel(n * nsp) if par else T.serial(n * nsp):
+            qa = T.decl_buffer((H * hd,), "float32")
+            acc = T.decl_buffer((H * hd,), "float32")
+            mx = T.decl_buffer((H,), "float32")
+            sm = T.decl_buffer((H,), "float32")
+            sc = T.decl_buffer((H * ATT_BLOCK,), "float32")
+            st = T.decl_buffer((4,), "float32")
+            t: T.let = it // nsp
+            p: T.let = Ps[t]
+            f0: T.let = _first(p, window)
+            ch: T.let = (T.max((p + 1 - f0 + nsp - 1) // nsp, ATT_MIN_SPLIT) + ATT_BLOCK - 1) // ATT_BLOCK * ATT_BLOCK
+            lo: T.let = f0 + it % nsp * ch
+            hi: T.let = T.min(lo + ch, p + 1)
+            if lo < hi:
+                for d in T.vectorized(H * hd):
+                    qa[d] = Qr[t * H * hd + d]
+                attend(qa, Kc, Vc, Sl[t], lo, hi, acc, mx, sm, sc, st, C)
+                for h in T.serial(H):
+                    Pm[it * H + h] = mx[h]
+                    Pl[it * H + h] = sm[h]
+                for d in T.vectorized(H * hd):
+                    Pa[it * H * hd + d] = acc[d]
+            else:
+                for h in T.serial(H):
+                    Pm[it * H + h] = T.float32(NEG)
+                    Pl[it * H + h] = T.float32(0)
+                for d in T.vectorized(H * hd):
+                    Pa[it * H * hd + d] = T.float32(0)
+        for th in T.parallel(n * H) if par else T.serial(n * H):
+            w = T.decl_buffer((ATT_SPLITS,), "float32")
+            mv = T.decl_buffer((2,), "float32")
+            t: T.let = th // H
+            h: T.let = th % H
+            mv[0] = T.float32(NEG)
+            for k in T.serial(nsp):
+                mv[0] = T.max(mv[0], Pm[(t * nsp + k) * H + h])
+            mv[1] = T.float32(0)
+            for k in T.serial(nsp):
+                w[k] = T.exp(Pm[(t * nsp + k) * H + h] - mv[0])
+                mv[1] = mv[1] + w[k] * Pl[(t * nsp + k) * H + h]
+            for d in T.serial(hd):
+                O[t, h * hd + d] = T.float32(0)
+            for k in T.serial(nsp):
+                for d in T.vectorized(hd):
+                    O[t, h * hd + d] = O[t, h * hd + d] + w[k] * Pa[((t * nsp + k) * H + h) * hd + d]
+            for d in T.serial(hd):
+                O[t, h * hd + d] = _gate(O[t, h * hd + d] / mv[1], Gs, t, gcol + h, gated)
+
+    return split_attention
 
 
 def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(), kv: str = "float32",
@@ -256,8 +329,7 @@ def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(), kv:
     Args: Q[n, H*hd (+H gate logits)], Kc, Vc, O[n, H*hd], slots, pos."""
     VL = pick_lanes(hd, 1 if kn.gpu else kn.lanes)
     attend = _online_softmax_macro(H, KV, hd, VL, window, gated)
-    group = _group_softmax_macro(H, KV, hd, VL, ATT_BLOCK, window, gated)
-    G = H // KV
+    split = _split_attention_macro(H, KV, hd, VL, kv, window, gated, kn.parallel)
     NQ = H * hd + (H if gated else 0)
 
     @T.prim_func
@@ -285,20 +357,21 @@ def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(), kv:
                             qv[d] = Q[th // H, (th % H) * hd + d]
                         attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st, C, Q, H * hd)
         else:
-            for tg in _grid(n * KV, kn):                  # one KV head's query group per iteration
-                qg = T.decl_buffer((G * hd,), "float32", scope=_scope(kn))
-                acc = T.decl_buffer((G * hd,), "float32", scope=_scope(kn))
-                part = T.decl_buffer((VL,), "float32", scope=_scope(kn))
-                sc = T.decl_buffer((G * ATT_BLOCK,), "float32", scope=_scope(kn))
-                st = T.decl_buffer((2 * G + 4,), "float32", scope=_scope(kn))
-                for i in T.serial(G):
-                    for d in T.serial(hd):
-                        qg[i * hd + d] = Q[tg // KV, ((tg % KV) * G + i) * hd + d]
-                slot: T.let = Sl[tg // KV]                # bound once: the loops below do not reload them
-                last: T.let = Ps[tg // KV]
-                group(qg, Kc, Vc, slot, last, tg % KV, O, tg // KV, acc, part, sc, st, C, Q, H * hd)
+            Qr = T.alloc_buffer((n * H * hd,), "float32")
+            Pm = T.alloc_buffer((n * _nsp(n) * H,), "float32")
+            Pl = T.alloc_buffer((n * _nsp(n) * H,), "float32")
+            Pa = T.alloc_buffer((n * _nsp(n) * H * hd,), "float32")
+            for th in T.parallel(n * H) if kn.parallel else T.serial(n * H):
+                for d in T.vectorized(hd):
+                    Qr[th * hd + d] = Q[th // H, th % H * hd + d]
+            split(Qr, Kc, Vc, Sl, Ps, O, Q, H * hd, Pm, Pl, Pa, n, _nsp(n), C)
 
     return _named(f, name)
+
+
+def _nsp(n):
+    """Position ranges per row of a CPU attention call of ``n`` rows (at least one)."""
+    return T.max(ATT_SPLITS // n, 1)
 
 
 def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
@@ -311,8 +384,7 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
     O[n, H*hd], slots, pos."""
     VL = pick_lanes(hd, 1 if kn.gpu else kn.lanes)
     attend = _online_softmax_macro(H, KV, hd, VL, window, gated)
-    group = _group_softmax_macro(H, KV, hd, VL, ATT_BLOCK, window, gated)
-    G = H // KV
+    split = _split_attention_macro(H, KV, hd, VL, kv, window, gated, kn.parallel)
     norm_rope = _norm_rope_macro(hd, eps, _rope_spec(hd, theta, angles, factor))
     cache_kv = _cache_kv_macro(H, KV, hd, kv, norm_rope, window)
     NX, gcol = (H + 2 * KV) * hd + (H if gated else 0), (H + 2 * KV) * hd
@@ -354,21 +426,17 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
                         norm_rope(X, th // H, (th % H) * hd, Qn, Ps[th // H], qv, u, ss)
                         attend(qv, Kc, Vc, Sl[th // H], Ps[th // H], th % H, O, th // H, acc, part, st, C, X, gcol)
         else:
-            for tg in _grid(n * KV, kn):                  # one KV head's query group per iteration
-                qv = T.decl_buffer((hd,), "float32", scope=_scope(kn))
-                u = T.decl_buffer((hd,), "float32", scope=_scope(kn))
-                ss = T.decl_buffer((1,), "float32", scope=_scope(kn))
-                qg = T.decl_buffer((G * hd,), "float32", scope=_scope(kn))
-                acc = T.decl_buffer((G * hd,), "float32", scope=_scope(kn))
-                part = T.decl_buffer((VL,), "float32", scope=_scope(kn))
-                sc = T.decl_buffer((G * ATT_BLOCK,), "float32", scope=_scope(kn))
-                st = T.decl_buffer((2 * G + 4,), "float32", scope=_scope(kn))
-                for i in T.serial(G):
-                    norm_rope(X, tg // KV, ((tg % KV) * G + i) * hd, Qn, Ps[tg // KV], qv, u, ss)
-                    for d in T.serial(hd):
-                        qg[i * hd + d] = qv[d]
-                slot: T.let = Sl[tg // KV]                # bound once: the loops below do not reload them
-                last: T.let = Ps[tg // KV]
-                group(qg, Kc, Vc, slot, last, tg % KV, O, tg // KV, acc, part, sc, st, C, X, gcol)
+            Qr = T.alloc_buffer((n * H * hd,), "float32")
+            Pm = T.alloc_buffer((n * _nsp(n) * H,), "float32")
+            Pl = T.alloc_buffer((n * _nsp(n) * H,), "float32")
+            Pa = T.alloc_buffer((n * _nsp(n) * H * hd,), "float32")
+            for th in T.parallel(n * H) if kn.parallel else T.serial(n * H):    # each query normed and rotated once
+                qv = T.decl_buffer((hd,), "float32")
+                u = T.decl_buffer((hd,), "float32")
+                ss = T.decl_buffer((1,), "float32")
+                norm_rope(X, th // H, th % H * hd, Qn, Ps[th // H], qv, u, ss)
+                for d in T.vectorized(hd):
+                    Qr[th * hd + d] = qv[d]
+            split(Qr, Kc, Vc, Sl, Ps, O, X, gcol, Pm, Pl, Pa, n, _nsp(n), C)
 
     return _named(f, name)
