@@ -160,6 +160,8 @@ def main() -> int:
                     help="lfmc's (and llama.cpp's) KV cache precision (default: that of --dtype)")
     ap.add_argument("--llama-cpp", nargs="?", const="", default=None, metavar="DIR",
                     help="also llama-bench at each context (built by benchmarks/build_llama_cpp.sh)")
+    ap.add_argument("--llama-reps", type=int, default=1,
+                    help="llama-bench repetitions per context (each fills the context first: minutes at 32k)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch transformer")
     ap.add_argument("--seed", type=int, default=0, help="random weights' seed (lfmc and llama.cpp alike)")
     ap.add_argument("--contexts", default="512,2048,8192,32768")
@@ -221,7 +223,7 @@ def main() -> int:
         line = (f"context {n:>6}: lfmc {lf['decode_tps']:6.1f} tok/s ({lf['efficiency']:.0%} of bandwidth), "
                 f"peak {lf['peak_rss'] / 2**20:7.0f} MiB")
         if lc_model is not None:
-            row["llama.cpp"] = lc = llama_cpp.bench_depth(lc_dir, lc_model, n, a.steps, kvd)
+            row["llama.cpp"] = lc = llama_cpp.bench_depth(lc_dir, lc_model, n, a.steps, kvd, reps=a.llama_reps)
             line += f" | llama.cpp {lc['decode_tps']:6.1f} tok/s, peak {lc['peak_rss'] / 2**20:7.0f} MiB"
         if not a.no_torch:
             row["torch"] = pt = run("torch", context=n, steps=a.steps, preset=a.preset, dtype=a.dtype)
@@ -229,6 +231,13 @@ def main() -> int:
         rows.append(row)
         print(line, flush=True)
     print("\nempty processes: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in empty.items()))
+    for r in rows:                                     # where lfmc's peak goes
+        m, lf = r["lfmc"]["memory"], r["lfmc"]
+        rest = lf["peak_rss"] - empty["lfmc"] - m["params"] - m["state"] - m["activations"]
+        print(f"lfmc peak at {r['context']}: {lf['peak_rss'] / 2**20:.0f} MiB = empty process "
+              f"{empty['lfmc'] / 2**20:.0f} + weights {m['params'] / 2**20:.0f} + state {m['state'] / 2**20:.0f} + "
+              f"activations {m['activations'] / 2**20:.0f} + the rest (kernel libraries, Python objects) "
+              f"{rest / 2**20:.0f}")
     sides = ["lfmc"] + [k for k in ("llama.cpp", "torch") if k in rows[0]]
     print(f"{'context':>8} " + " ".join(f"{s_ + ' tok/s':>16} {s_ + ' peak':>15}" for s_ in sides)
           + f" {'lfmc/llama':>11} {'lfmc eff.':>10} {'lfmc state':>11}   (MiB)")
@@ -243,9 +252,6 @@ def main() -> int:
                                "bandwidth_gbs": bw, "weights_bytes": wbytes, "kv_bytes_per_position": kv_per_pos,
                                "empty": empty, "rows": rows, "cpu": cpu_info(),
                                "command": " ".join(sys.argv)}, indent=1) + "\n")
-    if a.no_torch:
-        print(f"wrote {out} (no plot without the PyTorch side)")
-        return 0
     try:
         import matplotlib
 
@@ -261,18 +267,22 @@ def main() -> int:
                if "C" in s_["shape"]) // 2
     for side, label, style in (("lfmc", f"lfmc {a.preset} ({grow} of {ts['num_hidden_layers']} layers grow a cache)",
                                 "o-"),
+                               ("llama.cpp", f"llama.cpp, same model ({kvd} KV)", "^-."),
                                ("torch", f"PyTorch eager, same-size transformer ({ts['num_hidden_layers']} of "
                                          f"{ts['num_hidden_layers']})", "s--")):
-        ax[0].plot(xs, [r[side]["rss"] / 2**30 for r in rows], style, label=label)
+        if side not in rows[0]:
+            continue
+        # resident memory after decoding (llama-bench reports only its peak)
+        ax[0].plot(xs, [r[side].get("rss", r[side]["peak_rss"]) / 2**30 for r in rows], style, label=label)
         ax[1].plot(xs, [r[side]["decode_tps"] for r in rows], style, label=label)
-    for i, (t, y) in enumerate((("memory", "GiB resident after decoding (RSS)"), ("decode speed", "tokens/s"))):
+    for i, (t, y) in enumerate((("memory", "GiB resident (RSS; llama.cpp: peak)"), ("decode speed", "tokens/s"))):
         ax[i].set_xscale("log", base=2)
         ax[i].set_xlabel("context (tokens)")
         ax[i].set_ylabel(y)
         ax[i].set_title(t)
         ax[i].grid(alpha=0.3)
     ax[0].legend(fontsize=8)
-    fig.suptitle(f"memory and decode speed vs context, {'16-bit' if a.dtype == 'f16' else 'float32'}, "
+    fig.suptitle(f"memory and decode speed vs context, {'16-bit' if a.dtype == 'f16' else 'float32'} weights, {kvd} KV, "
                  f"{cpu_info()['cpus']} threads, this machine")
     fig.tight_layout()
     png = out.with_suffix(".png")
