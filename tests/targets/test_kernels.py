@@ -417,19 +417,25 @@ def test_vnni_matmul_equals_the_avx2_one(N, Kd, rms, acc, bias, swiglu, quant, r
 
 @pytest.mark.parametrize("quant", [("q8",), ("q8", 32), ("q4", 32, False)])
 @pytest.mark.parametrize("dot,profile,lanes", [("avx2", "x86-64-v3", 8), ("vnni", "xeon-sapphirerapids", 8),
+                                               ("vnni", "alderlake", 8),
                                                ("sdot", "snapdragon-8gen3:cpu", 4), ("i8mm", "snapdragon-8gen3:cpu", 4)])
 def test_int8_kernels_use_their_isas_dot_product(quant, dot, profile, lanes):
     """Each int8-activation kernel family (matmul_a8.DOT) has its instruction in its code and no other family's:
-    vpdpbusd with VNNI (compiled for a Sapphire Rapids CPU, which need not be this one: only the code is checked),
-    pmaddubsw with AVX2, sdot on arm64, smmla with i8mm in a tile of 4 rows (one row: sdot; Arm numerics run under
-    qemu: tests/targets/arm)."""
+    vpdpbusd with VNNI (compiled for a Sapphire Rapids CPU, and for an Alder Lake, whose AVX-VNNI without AVX-512
+    takes the VEX form: CPUs these are not, only the code is checked), pmaddubsw with AVX2, sdot on arm64, smmla with
+    i8mm in a tile of 4 rows (one row: sdot; Arm numerics run under qemu: tests/targets/arm)."""
     from lfmc.targets.kernels.matmul_a8 import DOT
     from lfmc.targets.profiles import get_profile
+
+    target = (tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "alderlake"})
+              if profile == "alderlake" else get_profile(profile).target())
 
     def opcodes(rows):
         kn = K.Knobs(lanes, rows, 3, dot=dot)
         f = K.make_matmul_a8("mma8", 64, 128, kn, False, None, False, False, quant, 1)
-        asm = tvm.compile(tvm.IRModule({"mma8": f}), target=get_profile(profile).target()).mod.inspect_source("asm")
+        asm = tvm.compile(tvm.IRModule({"mma8": f}), target=target).mod.inspect_source("asm")
+        if profile == "alderlake":
+            assert "{vex}\tvpdpbusd" in asm and "zmm" not in asm
         return {w for ln in asm.splitlines() if ln.startswith("\t") for w in ln.split()[:2]}   # "{vex} vpdpbusd" too
 
     ops = opcodes(4)
