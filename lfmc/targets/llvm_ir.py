@@ -69,8 +69,7 @@ _CALL = re.compile(r"^(\s*)(%[\w.]+) = (?:tail |notail |musttail )?call (<[^>]+>
 def _vtype(op: str) -> tuple[str, int, str]:
     """(type, lanes, value) of a vector operand such as ``<64 x i32> %12``."""
     ty, val = op.split("> ", 1)
-    lanes, elem = ty[1:].split(" x ")
-    return ty + ">", int(lanes), val.strip()
+    return ty + ">", int(ty[1:].split(" x ")[0]), val.strip()
 
 
 def _amx_call(ind: str, res: str, name: str, args: str, n: int) -> tuple[list[str], set[str]]:
@@ -100,7 +99,7 @@ def _amx_call(ind: str, res: str, name: str, args: str, n: int) -> tuple[list[st
 def _mangle(ty: str) -> str:
     """LLVM's overload suffix of a vector type: ``<64 x i32>`` -> ``v64i32``, ``<64 x float>`` -> ``v64f32``."""
     lanes, elem = ty.strip("<>").split(" x ")
-    return f"v{lanes}{ {'float': 'f32', 'half': 'f16'}.get(elem, elem)}"
+    return f"v{lanes}" + {"float": "f32", "half": "f16"}.get(elem, elem)
 
 
 def substitute(ll: str) -> str:
