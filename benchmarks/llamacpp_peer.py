@@ -200,10 +200,11 @@ def bench(d: Path, model: Path, prefill: int = 512, decode: int = 64, reps: int 
 def bench_depth(d: Path, model: Path, depth: int, decode: int = 16, kv: str = "f16", reps: int = 3,
                 threads: int = 2) -> dict:
     """llama-bench decoding ``decode`` tokens after ``depth`` positions of context (``-d``), its KV cache in ``kv``
-    (f16, llama.cpp's default, or f32): tokens/s (mean over ``reps``) and the process's peak RSS in bytes."""
+    (f16, llama.cpp's default, f32, or q8_0 with flash attention, which a quantized V cache needs): tokens/s (mean
+    over ``reps``) and the process's peak RSS in bytes."""
     cmd = ["/usr/bin/time", "-f", "%M", str(d / "bin" / "llama-bench"), "-m", str(model), "-p", "0", "-n",
            str(decode), "-d", str(depth), "-r", str(reps), "-t", str(threads), "-ctk", kv, "-ctv", kv, "-o", "json",
-           "--repack", "0"]
+           "--repack", "0"] + (["-fa", "on"] if kv.startswith("q") else [])
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"llama-bench failed ({p.returncode}): {p.stderr[-2000:]}")

@@ -6,7 +6,8 @@ and vs llama.cpp on the same model.
     .venv/bin/python benchmarks/memory_context.py --contexts 8192,32768 --kv-dtype f16 --llama-cpp --no-torch
 
 ``--llama-cpp`` adds ``llama-bench -p 0 -n STEPS -d CONTEXT`` on the same weights (GGUF F32 / F16) with its KV
-cache at lfmc's KV precision (``-ctk / -ctv``), and every lfmc row reports its efficiency: bytes read per step
+cache at lfmc's KV precision (``-ctk / -ctv``; lfmc's ``--kv-dtype i8`` against llama.cpp's q8_0 cache, with its
+flash attention ``-fa on``, which a quantized V cache needs), and every lfmc row reports its efficiency: bytes read per step
 (weights, plus the KV cache up to the context) / step time / the memory read bandwidth measured in the same run.
 
 LFM3-1.7B keeps a growing KV cache in its 6 full-attention layers only: its 5 sliding-window layers keep a ring of
@@ -66,7 +67,13 @@ def child_lfmc(a: dict) -> dict:
     rng = np.random.default_rng(0)
     for name, spec in eng.plan["state"].items():
         if spec["kind"] == "kv":       # write the history, so that its pages are resident as after a real prefill
-            eng.state[name][eng._seqs[s].slot, :n] = rng.standard_normal(eng.state[name].shape[2:], np.float32)
+            buf = eng.state[name]
+            if buf.dtype == np.int8:   # int8 rows: codes, then a float32 scale in the last 4 bytes
+                row = rng.integers(-127, 128, buf.shape[2:], dtype=np.int8)
+                row[..., -4:] = np.full(row.shape[:-1] + (1,), 0.02, np.float32).view(np.int8)
+            else:
+                row = rng.standard_normal(buf.shape[2:], np.float32)
+            buf[eng._seqs[s].slot, :n] = row
     tok = 1
     times = []
     for _ in range(3):
@@ -134,6 +141,9 @@ def child_torch(a: dict) -> dict:
             "parameters": params}
 
 
+LLAMA_KV = {"f32": "f32", "f16": "f16", "i8": "q8_0"}    # llama.cpp's cache type at each lfmc --kv-dtype
+
+
 def _kv_bytes_per_position(art: Path) -> int:
     """Bytes of KV cache one position adds across the layers that grow one (a sliding window's ring does not)."""
     import numpy as np
@@ -156,8 +166,9 @@ def main() -> int:
     ap.add_argument("--preset", default="lfm2-350m")
     ap.add_argument("--dtype", default="f32", choices=("f32", "f16"),
                     help="f16: lfmc f16 weights and KV cache, PyTorch bfloat16")
-    ap.add_argument("--kv-dtype", default=None, choices=("f32", "f16"),
-                    help="lfmc's (and llama.cpp's) KV cache precision (default: that of --dtype)")
+    ap.add_argument("--kv-dtype", default=None, choices=("f32", "f16", "i8"),
+                    help="lfmc's (and llama.cpp's) KV cache precision (default: that of --dtype; i8: llama.cpp's "
+                         "q8_0 cache, with its flash attention)")
     ap.add_argument("--llama-cpp", nargs="?", const="", default=None, metavar="DIR",
                     help="also llama-bench at each context (built by benchmarks/build_llama_cpp.sh)")
     ap.add_argument("--llama-reps", type=int, default=1,
@@ -223,7 +234,8 @@ def main() -> int:
         line = (f"context {n:>6}: lfmc {lf['decode_tps']:6.1f} tok/s ({lf['efficiency']:.0%} of bandwidth), "
                 f"peak {lf['peak_rss'] / 2**20:7.0f} MiB")
         if lc_model is not None:
-            row["llama.cpp"] = lc = llama_cpp.bench_depth(lc_dir, lc_model, n, a.steps, kvd, reps=a.llama_reps)
+            row["llama.cpp"] = lc = llama_cpp.bench_depth(lc_dir, lc_model, n, a.steps, LLAMA_KV[kvd],
+                                                          reps=a.llama_reps)
             line += f" | llama.cpp {lc['decode_tps']:6.1f} tok/s, peak {lc['peak_rss'] / 2**20:7.0f} MiB"
         if not a.no_torch:
             row["torch"] = pt = run("torch", context=n, steps=a.steps, preset=a.preset, dtype=a.dtype)

@@ -14,10 +14,11 @@ file with ``--kl-divergence``). Before anything is scored, llama.cpp's own token
 environment, on the F32 GGUF) must give exactly lfmc's ids for the whole text.
 
 lfmc's rows: its base (f32) and every precision it compiles (f16, bf16, q8, q8g32, q4g32, W8A8 = q8 / q8g32 with
-int8 activations, W4A8 = q4g32 with int8 activations), and the artifacts imported from llama.cpp's own Q8_0, Q4_0
-and Q4_K_M files (``lfmc import x.gguf``: Q8_0 / Q4_0 blocks kept bit for bit, Q4_K_M dequantized). KL is
-KL(base || row) per scored position, averaged. Writes ``--out`` (JSON with every figure and the CPU) and prints the
-pairs the issue asks about.
+int8 activations, W4A8 = q4g32 with int8 activations, float32 weights with the KV cache in f16 or int8), and the
+artifacts imported from llama.cpp's own Q8_0, Q4_0 and Q4_K_M files (``lfmc import x.gguf``: Q8_0 / Q4_0 blocks
+kept bit for bit, Q4_K_M dequantized). KL is KL(base || row) per scored position, averaged. llama.cpp's KV-cache row
+runs its F16 file with ``-ctk q8_0 -ctv q8_0 -fa on`` against its F16 base. Writes ``--out`` (JSON with every
+figure and the CPU) and prints the pairs the issue asks about.
 """
 from __future__ import annotations
 
@@ -54,12 +55,18 @@ LFMC_ROWS = {
     "GGUF Q4_0 (kept) + A8": ("Q4_0", {"act_quant": "i8"}),
     "GGUF Q4_K_M (dequantized)": ("Q4_K_M", {}),
     "GGUF Q4_K_M -> q4g32": ("Q4_K_M", {"quant": "q4g32"}),
+    # the KV cache stored narrow (--kv-dtype), the weights float32
+    "f32 + KV f16": ("hf", {"kv_dtype": "f16"}),
+    "f32 + KV i8": ("hf", {"kv_dtype": "i8"}),
 }
 LLAMA_TYPES = ["F16", "Q8_0", "Q4_0", "Q4_K_M"]
+# llama.cpp rows with its KV cache quantized: name -> (GGUF type, llama-perplexity arguments), against the F16 base
+# (whose KV cache is f16, llama.cpp's default); a quantized V cache needs flash attention
+LLAMA_KV_ROWS = {"F16 + KV q8_0": ("F16", ["-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on"])}
 # the pairs the table is about: (lfmc row, llama.cpp type)
 PAIRS = [("q8g32", "Q8_0"), ("GGUF Q8_0 (kept)", "Q8_0"), ("q4g32", "Q4_0"), ("GGUF Q4_0 (kept)", "Q4_0"),
          ("W4A8 (q4g32)", "Q4_0"), ("GGUF Q4_0 (kept) + A8", "Q4_0"), ("GGUF Q4_K_M (dequantized)", "Q4_K_M"),
-         ("GGUF Q4_K_M -> q4g32", "Q4_K_M")]
+         ("GGUF Q4_K_M -> q4g32", "Q4_K_M"), ("f32 + KV i8", "F16 + KV q8_0")]
 
 
 def windows(ids: list[int], ctx: int, chunks: int, bos: int | None) -> list[list[int]]:
@@ -139,9 +146,9 @@ def llama_tokenize(d: Path, gguf: Path, text: Path) -> list[int]:
 
 
 def llama_perplexity(d: Path, gguf: Path, text: Path, ctx: int, chunks: int, base: Path, kl_mode: bool,
-                     threads: int) -> dict:
+                     threads: int, extra: list[str] = ()) -> dict:
     cmd = [str(d / "bin" / "llama-perplexity"), "-m", str(gguf), "-f", str(text), "-c", str(ctx), "--chunks",
-           str(chunks), "-t", str(threads), "--kl-divergence-base", str(base)]
+           str(chunks), "-t", str(threads), "--kl-divergence-base", str(base), *extra]
     if kl_mode:
         cmd.append("--kl-divergence")
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -222,6 +229,11 @@ def main() -> int:
         r = llama_perplexity(d, ggufs[t], text, a.ctx, len(wins), base_file, True, a.threads)
         results["llama.cpp"][t] = r
         print(f"llama.cpp {t}: PPL {r['ppl']}, KL {r['kl']}, same top {r['same_top_pct']}%", flush=True)
+        save()
+    for name, (t, extra) in LLAMA_KV_ROWS.items():
+        r = llama_perplexity(d, ggufs[t], text, a.ctx, len(wins), base_file, True, a.threads, extra)
+        results["llama.cpp"][name] = r
+        print(f"llama.cpp {name}: PPL {r['ppl']}, KL {r['kl']}, same top {r['same_top_pct']}%", flush=True)
         save()
     # lfmc: its f32 base, then every row against it
     rows = a.rows.split(",") if a.rows else list(LFMC_ROWS)

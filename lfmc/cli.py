@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .ir.errors import LfmcError
+from .ir.ops import KV_DTYPES
 from .progress import task
 from .runtime.drivers import driver_names
 from .runtime.errors import EngineError, RuntimeLoadError
@@ -741,8 +742,9 @@ def _parser_compile(sub) -> None:
                         "multiple of 32), multiplied with integer dot products (x86 AVX2 / VNNI, Arm dotprod); bf16: "
                         "bf16 activations for the bf16 projections (with --dtype bf16; AVX512-BF16 vdpbf16ps where "
                         "the CPU has it); default none")
-    p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"],
-                   help="storage of the KV cache (attention computes in float32 either way)")
+    p.add_argument("--kv-dtype", default="f32", choices=list(KV_DTYPES),
+                   help="storage of the KV cache: f32, f16, or i8 (int8 codes with a float32 scale per position "
+                        "and head, CPU targets; attention computes in float32 either way)")
     p.add_argument("--experts-keep", type=int, default=None, metavar="K",
                    help="MoE: keep K experts per layer (prune-experts pass)")
     p.add_argument("--max-weight-bytes", default=None, metavar="B",
@@ -795,7 +797,7 @@ def _parser_tune(sub) -> None:
     p.add_argument("--quant", default=None, help="as for compile (tune what you will compile)")
     p.add_argument("--act-quant", default=None, choices=["none", "i8", "bf16"], help="as for compile")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"])
-    p.add_argument("--kv-dtype", default="f32", choices=["f32", "f16"])
+    p.add_argument("--kv-dtype", default="f32", choices=list(KV_DTYPES))
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", action="store_true", help="draw the tuning curves (best time against trials, per "

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .ir.errors import LfmcError
+from .ir.ops import KV_DTYPES  # noqa: F401  (re-exported: the CLI's choices)
 
 QUANT_HEADS = ("auto", "same")
 DTYPES = ("f32", "f16", "bf16")
-KV_DTYPES = ("f32", "f16")
 ACT_QUANTS = ("i8", "bf16")
 DEFAULT_MAX_CONTEXT = 4096
 DEFAULT_PREFILL_CHUNK = 256

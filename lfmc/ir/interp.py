@@ -23,6 +23,19 @@ from .weights import check_weights
 F32 = np.float32
 
 
+def kv_round(x: np.ndarray, kvd: str) -> np.ndarray:
+    """Rows [..., hd] as the KV cache stores them, back in float32: f16 rounding; i8: per row codes
+    rint(x * 127 / absmax) times the scale absmax * (1 / 127) (float32 arithmetic, in the kernels' order; a zero
+    row stays zero)."""
+    if kvd == "f16":
+        return x.astype(np.float16).astype(F32)
+    if kvd == "i8":
+        amax = np.abs(x).max(axis=-1, keepdims=True).astype(F32)
+        inv = np.where(amax > 0, F32(127) / np.where(amax > 0, amax, F32(1)), F32(0)).astype(F32)
+        return (np.rint(x.astype(F32) * inv) * (amax * F32(1 / 127))).astype(F32)
+    return x.astype(F32)
+
+
 @dataclass
 class SequenceState:
     """Per-sequence state: the number of tokens seen and each stateful node's tensors."""
@@ -185,10 +198,10 @@ class Interpreter:
         inv = _rope_of(n)
         q, k = rope(q, pos, inv), rope(k, pos, inv)
         st = s.tensors.setdefault(n.name, {"k": np.zeros((0, kv, hd), F32), "v": np.zeros((0, kv, hd), F32)})
-        kvd = np.float16 if n.attrs.get("kv_dtype") == "f16" else F32     # the cache's storage rounding
+        kvd = n.attrs.get("kv_dtype", "f32")                                  # the cache's storage rounding
         first = s.pos - st["k"].shape[0]                                     # position of the oldest key kept
-        K = np.concatenate([st["k"], k.astype(kvd).astype(F32)], axis=0)     # [keys, kv, hd]
-        V = np.concatenate([st["v"], v.astype(kvd).astype(F32)], axis=0)
+        K = np.concatenate([st["k"], kv_round(k, kvd)], axis=0)              # [keys, kv, hd]
+        V = np.concatenate([st["v"], kv_round(v, kvd)], axis=0)
         grp = h // kv
         qg = q.reshape(T, kv, grp, hd)
         scores = np.einsum("tkgd,ckd->kgtc", qg, K) * F32(hd ** -0.5)            # [kv, grp, T, keys]

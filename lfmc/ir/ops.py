@@ -129,9 +129,22 @@ def _attention(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
     _want(a.get("rope_factor", 1.0) > 0, f"rope_factor must be positive, not {a.get('rope_factor')}")
     _want(a.get("window", 1) >= 1, f"window must be at least 1, not {a.get('window')}")
     kvd = a.get("kv_dtype", "f32")
-    _want(kvd in ("f32", "f16"), f"kv_dtype must be f32 or f16, not {kvd!r}")
+    _want(kvd in KV_DTYPES, f"kv_dtype must be one of {', '.join(KV_DTYPES)}, not {kvd!r}")
     rows = "ring" if "window" in a else "ctx"       # a sliding window keeps a ring of keys, not the whole context
-    return ins[0], {"k": TensorType(kvd, (rows, kv, hd)), "v": TensorType(kvd, (rows, kv, hd))}
+    return ins[0], {"k": kv_state_type(kvd, rows, kv, hd), "v": kv_state_type(kvd, rows, kv, hd)}
+
+
+KV_DTYPES = ("f32", "f16", "i8")
+KV_SCALE_BYTES = 4          # an i8 cache row's float32 scale, stored after its head_dim codes
+
+
+def kv_state_type(kvd: str, rows: str, kv: int, hd: int) -> TensorType:
+    """The type of an attention node's K or V cache stored as ``kvd``: [rows, kv heads, head_dim] of f32 / f16, or
+    for i8 each (position, head) row's head_dim int8 codes followed by the 4 bytes of its float32 scale (absmax /
+    127), so that the scale travels with its row through every state copy (fork, snapshot, prefix cache)."""
+    if kvd == "i8":
+        return TensorType("i8", (rows, kv, hd + KV_SCALE_BYTES))
+    return TensorType(kvd, (rows, kv, hd))
 
 
 def _gated_mlp(node: Node, ins: list[TensorType]) -> tuple[TensorType, dict]:
@@ -277,7 +290,7 @@ SCHEMAS: dict[str, OpSchema] = {s.name: s for s in [
              token_mixer=True, fusions=frozenset({"rope"}), state_kind="kv",
              gates=("q", "k", "v"),
              doc="causal GQA softmax attention with per-head RMSNorm on q, k and NeoX RoPE; state: KV cache "
-                 "(kv_dtype f32 or f16). window: a query sees itself and the window - 1 positions before it (a "
+                 "(kv_dtype f32, f16, or i8: int8 codes with a float32 scale per position and head). window: a query sees itself and the window - 1 positions before it (a "
                  "ring of keys instead of the whole context); g_proj: a sigmoid gate per head of the input scales "
                  "each head's output; rope_angles: how many of the head_dim / 2 angles rotate (frequencies "
                  "theta^(-2i/head_dim) / rope_factor, the rest zero)",

@@ -10,7 +10,7 @@ import numpy as np
 from ..ir.errors import LfmcError
 from ..ir.graph import Param
 from ..ir.model import Model
-from ..ir.ops import SCHEMAS
+from ..ir.ops import KV_DTYPES, kv_state_type, SCHEMAS
 from ..ir.quant import quantize, quantized_params, set_quantized
 from ..ir.types import TensorType
 from ..progress import task
@@ -89,18 +89,20 @@ def _quantize_node(n, w: dict[str, np.ndarray], done: dict, skipped: list[str], 
 
 @register("cast-kv", "quantize")
 def cast_kv(model: Model, options: dict[str, Any]) -> Model:
-    """Store the KV cache in float16 when ``options["kv_dtype"]`` is f16: the state that grows with context
-    takes half the memory and bandwidth; attention still computes in float32."""
+    """Store the KV cache in float16 (``options["kv_dtype"]`` f16) or int8 (i8: each position's key and value of
+    each head as int8 codes with a float32 scale, absmax / 127): the state that grows with context takes half or
+    about a quarter of the memory and bandwidth; attention still computes in float32."""
     kvd = options.get("kv_dtype") or "f32"
-    if kvd not in ("f32", "f16"):
-        raise LfmcError(f"unknown KV-cache dtype {kvd!r} (known: f32, f16)")
+    if kvd not in KV_DTYPES:
+        raise LfmcError(f"unknown KV-cache dtype {kvd!r} (known: {', '.join(KV_DTYPES)})")
     if kvd == "f32":
         return model
     g = copy.deepcopy(model.graph)
     for n in g.nodes:
         if n.op == "attention":
             n.attrs = {**n.attrs, "kv_dtype": kvd}
-            n.state = {k: TensorType(kvd, t.shape) for k, t in n.state.items()}
+            n.state = {k: kv_state_type(kvd, t.shape[0], n.attrs["kv_heads"], n.attrs["head_dim"])
+                       for k, t in n.state.items()}
     return Model(g, model.weights, model.provenance, model.tokenizer)
 
 

@@ -597,6 +597,9 @@ class _Lowering:
                     ("t_p", Nq), norm=norm)
         st = self.declare_state(n)
         kvd = self.state[st["k"]]["dtype"]
+        if kvd == "int8" and self.loop.gpu:
+            raise LfmcError(f"%{n.name}: an int8 KV cache (--kv-dtype i8) is read by the CPU attention kernels only; "
+                            f"compile for this GPU target with --kv-dtype f16 or f32")
         kn = self.knobs["prefill"]
         eps = a["eps"]
         # the variant (sliding window, gate, partial RoPE), named in the kernel key only where it differs from LFM2

@@ -140,27 +140,40 @@ def test_16bit_weights(dtype, tiny_models, tmp_path):
         run_pipeline(m, ["cast-weights"], {"dtype": "f8"})
 
 
-@pytest.mark.parametrize("name", ["dense-a", pytest.param("moe-b", marks=pytest.mark.slow)])
-def test_16bit_kv_cache(name, tiny_models, tmp_path):
-    """cast-kv: the IR declares f16 KV state, the interpreter rounds what it caches, the compiled kernels store
-    half and read it back in float32; the cache takes half the bytes."""
+@pytest.mark.parametrize("name,kvd", [("dense-a", "f16"), ("dense-a", "i8"), pytest.param("moe-b", "f16", marks=pytest.mark.slow),
+                                      pytest.param("moe-b", "i8", marks=pytest.mark.slow)])
+def test_narrow_kv_cache(name, kvd, tiny_models, tmp_path):
+    """cast-kv: the IR declares f16 KV state (i8: int8 codes and a float32 scale per row, head_dim + 4 bytes), the
+    interpreter rounds what it caches, the compiled kernels store it and read it back in float32; the cache takes
+    half (a bit over a quarter) of the bytes; prefill then decode follow the interpreter of the rounded cache."""
     m = tiny_models[name]
-    q = run_pipeline(m, ["cast-kv"], {"kv_dtype": "f16"})
+    q = run_pipeline(m, ["cast-kv"], {"kv_dtype": kvd})
     verify(q.graph)
     text = print_graph(q.graph)
-    assert 'kv_dtype = "f16"' in text and "k = f16[ctx" in text and print_graph(parse_graph(text)) == text
+    att = next(n for n in q.graph.nodes if n.op == "attention")
+    hd, kvh = att.attrs["head_dim"], att.attrs["kv_heads"]
+    row = f"{kvd}[ctx, {kvh}, {hd + 4 if kvd == 'i8' else hd}]"
+    assert f'kv_dtype = "{kvd}"' in text and f"k = {row}" in text and print_graph(parse_graph(text)) == text
     with pytest.raises(VerifyError, match="declared state"):
-        verify(parse_graph(text.replace("k = f16[ctx", "k = f32[ctx", 1)))
+        verify(parse_graph(text.replace(f"k = {kvd}[ctx", "k = f32[ctx", 1)))
     it = Interpreter(q.graph, q.weights)
     toks = np.random.default_rng(5).integers(0, 256, 19)
     ref = Interpreter(m.graph, m.weights).run(toks)
     assert np.sqrt(((it.run(toks) - ref) ** 2).mean()) / ref.std() < 0.01
     arts = {kv: compile_model(m, tmp_path / kv, max_batch=2, max_context=64, prefill_chunk=8, kv_dtype=kv)
-            for kv in ("f32", "f16")}
-    eng = Engine(arts["f16"])
-    assert {s["dtype"] for k, s in eng.plan["state"].items() if s["kind"] == "kv"} == {"float16"}
+            for kv in ("f32", kvd)}
+    eng = Engine(arts[kvd])
+    kv_states = [s for s in eng.plan["state"].values() if s["kind"] == "kv"]
+    assert {s["dtype"] for s in kv_states} == {"float16" if kvd == "f16" else "int8"}
+    row_bytes = {int(np.prod(s["shape"][2:])) * np.dtype(s["dtype"]).itemsize for s in kv_states}
+    assert row_bytes == {kvh * (2 * hd if kvd == "f16" else hd + 4)}       # per position: 4 * kvh * hd in f32
     assert eng.memory_bytes()["state"] < Engine(arts["f32"]).memory_bytes()["state"]
     assert_follows_interpreter(it, eng, toks, 6, rtol=1e-4)
+    a = eng.new_sequence()                               # a fork copies the rows (an int8 row with its scale)
+    eng.prefill(a, toks[:11].tolist())
+    b = eng.fork(a)
+    la, lb = eng.decode([a, b], [int(toks[11])] * 2)
+    np.testing.assert_array_equal(la, lb)
     with pytest.raises(LfmcError, match="unknown KV-cache dtype"):
         run_pipeline(m, ["cast-kv"], {"kv_dtype": "f8"})
 

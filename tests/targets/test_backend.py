@@ -199,3 +199,13 @@ def test_an_older_schema_is_refused_naming_both_versions(served_artifact, tmp_pa
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(RuntimeLoadError, match="artifact schema 3, this runtime reads schema 4"):
         Engine(d)
+
+
+@pytest.mark.parametrize("target", ["snapdragon-8gen3", "nvidia-h100", "wafer-tiny"])
+def test_int8_kv_cache_is_refused_off_the_cpu_by_name(target, tiny_models, tmp_path):
+    """--kv-dtype i8 is read by the CPU attention kernels only: a GPU target and the wafer say so and what to use,
+    and leave no artifact."""
+    with pytest.raises(LfmcError, match=r"--kv-dtype") as e:
+        compile_model(tiny_models["dense-a"], tmp_path / "art", target, kv_dtype="i8", max_batch=1, max_context=32,
+                      prefill_chunk=8)
+    assert "f16" in str(e.value) and not (tmp_path / "art").exists()

@@ -255,17 +255,74 @@ def test_attention_over_many_blocks(H, KV, hd):
                 np.testing.assert_allclose(o[t, h * hd:(h + 1) * hd], p @ vv / p.sum(), rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("kv", ["float32", "float16"])
+def _int8_rows(x):
+    """float rows [..., hd] as an int8 cache stores them: codes, then the float32 scale's 4 bytes."""
+    from lfmc.ir.interp import kv_round
+
+    amax = np.abs(x).max(-1, keepdims=True).astype(np.float32)
+    codes = np.rint(x * (np.float32(127) / amax)).astype(np.int8)
+    out = np.concatenate([codes, (amax * np.float32(1 / 127)).astype(np.float32).view(np.int8)], -1)
+    np.testing.assert_array_equal(_dequant_rows(out), kv_round(x, "i8"))
+    return out
+
+
+def _dequant_rows(c):
+    hd = c.shape[-1] - 4
+    return c[..., :hd].astype(np.float32) * np.ascontiguousarray(c[..., hd:]).view(np.float32)
+
+
+def test_int8_cache_rows_are_written_as_the_interpreter_rounds_them():
+    """qk_rope and the fused rope-attention into an int8 cache: each (position, head) row of k (normed, rotated)
+    and v is the interpreter's kv_round of the f32 kernel's row, bit for bit, scale in the row's last 4 bytes;
+    attention over it equals numpy's over the dequantized rows."""
+    from lfmc.ir.interp import kv_round
+
+    H, KV, hd, S, C, n = 4, 2, 16, 2, 40, 7
+    eps, theta = 1e-5, 1e4
+    X, qn, kn = r(n, (H + 2 * KV) * hd) * 3, r(hd), r(hd)
+    X[2, H * hd:(H + 1) * hd] = 0                                      # an all-zero key row stays zero
+    slots, pos = np.full(n, 1, np.int32), np.arange(5, 5 + n, dtype=np.int32)
+    z32, z8 = np.zeros((S, C, KV, hd), np.float32), np.zeros((S, C, KV, hd + 4), np.int8)
+    ref = call(build(K.make_qk_rope("qk", H, KV, hd, eps, theta)), X, qn, kn, z32.copy(), z32.copy(),
+               np.zeros((n, H * hd), np.float32), slots, pos)
+    got = call(build(K.make_qk_rope("qk8", H, KV, hd, eps, theta, kv="int8")), X, qn, kn, z8.copy(), z8.copy(),
+               np.zeros((n, H * hd), np.float32), slots, pos)
+    for c in (3, 4):
+        np.testing.assert_array_equal(_dequant_rows(got[c][1, 5:5 + n]), kv_round(ref[c][1, 5:5 + n], "i8"))
+        assert not got[c][0].any() and not got[c][1, :5].any()
+    assert not _dequant_rows(got[3][1, 7, 0]).any()
+    o = call(build(K.make_attention("at8", H, KV, hd, kv="int8")), got[5], got[3], got[4],
+             np.zeros((n, H * hd), np.float32), slots, pos)[3]
+    fused = call(build(K.make_rope_attention("ra8", H, KV, hd, eps, theta, kv="int8")), X, qn, kn, z8.copy(),
+                 z8.copy(), np.zeros((n, H * hd), np.float32), slots, pos)
+    np.testing.assert_array_equal(fused[3], got[3])
+    np.testing.assert_array_equal(fused[4], got[4])
+    for t in range(n):
+        for h in range(H):
+            kk, vv = (_dequant_rows(got[c][1, :pos[t] + 1, h // (H // KV)]).astype(np.float64) for c in (3, 4))
+            s = kk @ got[5][t, h * hd:(h + 1) * hd] / np.sqrt(hd)
+            p = np.exp(s - s.max())
+            for out in (o, fused[5]):
+                np.testing.assert_allclose(out[t, h * hd:(h + 1) * hd], p @ vv / p.sum(), rtol=2e-5, atol=2e-6)
+    with pytest.raises(ValueError, match="CPU attention kernels only"):
+        K.make_attention("g", H, KV, hd, K.Knobs(lanes=1, rows=1, cols=1, gpu=True), kv="int8")
+
+
+@pytest.mark.parametrize("kv", ["float32", "float16", "int8"])
 @pytest.mark.parametrize("window,gated", [(0, False), (700, True)])
 def test_attention_splits_a_long_context_across_threads(kv, window, gated):
     """One to three rows deep in a 2,048-row cache: the CPU kernel splits each row's positions into up to 8 ranges
     (flash-decoding: fewer per row with more rows), attends them in parallel and merges them; the same attention
-    as numpy's over the whole range, f32 and f16 caches, full and sliding-window, gated heads, parallel and serial."""
+    as numpy's over the whole range, f32, f16 and int8 caches, full and sliding-window, gated heads, parallel and
+    serial."""
     from lfmc.targets.kernels.attention import ATT_MIN_SPLIT, ATT_SPLITS
 
     H, KV, hd, S, C = 4, 2, 16, 2, 2048
     assert C > ATT_SPLITS * ATT_MIN_SPLIT // 2
-    Kc, Vc = r(S, C, KV, hd).astype(kv), r(S, C, KV, hd).astype(kv)
+    if kv == "int8":
+        Kc, Vc = _int8_rows(r(S, C, KV, hd)), _int8_rows(r(S, C, KV, hd))
+    else:
+        Kc, Vc = r(S, C, KV, hd).astype(kv), r(S, C, KV, hd).astype(kv)
     for pos in (np.array([2047], np.int32), np.array([1999, 600], np.int32), np.array([300, 2047, 5], np.int32)):
         n = pos.size
         Q = np.concatenate([r(n, H * hd) * 2, r(n, H)], 1) if gated else r(n, H * hd) * 2
@@ -276,8 +333,10 @@ def test_attention_splits_a_long_context_across_threads(kv, window, gated):
             for t in range(n):
                 lo = max(0, pos[t] - window + 1) if window else 0
                 for h in range(H):
-                    kk = Kc[slots[t], lo:pos[t] + 1, h // (H // KV)].astype(np.float64)
-                    vv = Vc[slots[t], lo:pos[t] + 1, h // (H // KV)].astype(np.float64)
+                    kk, vv = (c[slots[t], lo:pos[t] + 1, h // (H // KV)] for c in (Kc, Vc))
+                    if kv == "int8":
+                        kk, vv = _dequant_rows(kk), _dequant_rows(vv)
+                    kk, vv = kk.astype(np.float64), vv.astype(np.float64)
                     s = kk @ Q[t, h * hd:(h + 1) * hd] / np.sqrt(hd)
                     p = np.exp(s - s.max())
                     want = p @ vv / p.sum() * (1 / (1 + np.exp(-Q[t, H * hd + h])) if gated else 1)

@@ -82,7 +82,7 @@ def test_batched_decode_with_slots_reused_and_a_long_prompt(lfm3_models, tmp_pat
 @pytest.mark.parametrize("opts", [{"quant": "q8"}, {"quant": "q4g32"}, {"dtype": "f16"}, {"dtype": "bf16"},
                                   {"quant": "q8", "act_quant": "i8"},
                                   {"quant": "q4g32", "act_quant": "i8", "quant_head": "same"},
-                                  {"quant": "q4g32", "act_quant": "i8"}, {"kv_dtype": "f16"}])
+                                  {"quant": "q4g32", "act_quant": "i8"}, {"kv_dtype": "f16"}, {"kv_dtype": "i8"}])
 def test_every_precision_follows_its_quantized_interpreter(opts, lfm3_models, tmp_path):
     """Weights quantized or cast as the compile does: the artifact computes the quantized model's function.
     With int8 activations an activation that lands within float32 rounding of a code boundary may round the other

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
+from ...ir.ops import KV_SCALE_BYTES
 from .common import ATT_BLOCK, _cat, _flat, _grid, Knobs, _lane, _named, NEG, pick_lanes, _scope
 
 Rope = tuple  # (theta, angles, factor)
@@ -69,17 +70,58 @@ def _norm_rope_macro(hd: int, eps: float, rope: Rope):
     return norm_rope
 
 
+def kv_cols(hd: int, kv: str) -> int:
+    """The last dimension of a KV cache stored as ``kv``: head_dim values, or for int8 head_dim codes and the
+    4 bytes of the row's float32 scale (see lfmc/ir/ops.kv_state_type)."""
+    return hd + KV_SCALE_BYTES if kv == "int8" else hd
+
+
+def _kv_scale(Kc, s, row, g, hd: int):
+    """The float32 scale of an int8 cache row, from the 4 bytes after its codes."""
+    return T.reinterpret("float32", Kc[s, row, g, T.ramp(hd, 1, KV_SCALE_BYTES)])
+
+
+def _check_kv(kv: str, kn: Knobs) -> None:
+    """An int8 cache is read by the CPU attention only (its GPU kernels read float caches)."""
+    if kv == "int8" and kn.gpu:
+        raise ValueError("an int8 KV cache is read by the CPU attention kernels only")
+
+
+def _quant_row_macro(hd: int):
+    """TIR macro: ``src`` [hd] (float32) into int8 cache row (s, row, g) of ``Dst``: codes rint(x * 127 / absmax)
+    and the scale absmax / 127 in the row's last 4 bytes (as lfmc/ir/interp.kv_round rounds it)."""
+
+    @T.macro
+    def quant_row(src, Dst, s, row, g, ss):
+        ss[0] = T.float32(0)
+        for d in T.serial(hd):
+            ss[0] = T.max(ss[0], T.abs(src[d]))
+        for d in T.serial(hd):
+            Dst[s, row, g, d] = T.Cast("int8", T.round(src[d] * T.if_then_else(
+                ss[0] > T.float32(0), T.float32(127) / T.max(ss[0], T.float32(1e-38)), T.float32(0))))
+        Dst[s, row, g, T.ramp(hd, 1, KV_SCALE_BYTES)] = T.reinterpret("int8x4", ss[0] * T.float32(1 / 127))
+
+    return quant_row
+
+
 def _cache_kv_macro(H: int, KV: int, hd: int, kv: str, norm_rope, window: int):
     """TIR macro: KV head g of row t into the cache of its slot at its position (its ring row with a window): k
-    normed and rotated (``norm_rope``), v as projected, both stored as ``kv``. Shared by the fused and unfused
-    attention."""
+    normed and rotated (``norm_rope``), v as projected, both stored as ``kv`` (int8: quantized per row, see
+    :func:`_quant_row_macro`). Shared by the fused and unfused attention."""
+    quant_row = _quant_row_macro(hd)
 
     @T.macro
     def cache_kv(X, t, g, Kn, Ps, Sl, Kc, Vc, C, v, u, ss):
         norm_rope(X, t, (H + g) * hd, Kn, Ps[t], v, u, ss)
-        for d in T.serial(hd):
-            Kc[Sl[t], _row(Ps[t], C, window), g, d] = T.Cast(kv, v[d])
-            Vc[Sl[t], _row(Ps[t], C, window), g, d] = T.Cast(kv, X[t, (H + KV + g) * hd + d])
+        if kv == "int8":
+            quant_row(v, Kc, Sl[t], _row(Ps[t], C, window), g, ss)
+            for d in T.serial(hd):
+                u[d] = X[t, (H + KV + g) * hd + d]
+            quant_row(u, Vc, Sl[t], _row(Ps[t], C, window), g, ss)
+        else:
+            for d in T.serial(hd):
+                Kc[Sl[t], _row(Ps[t], C, window), g, d] = T.Cast(kv, v[d])
+                Vc[Sl[t], _row(Ps[t], C, window), g, d] = T.Cast(kv, X[t, (H + KV + g) * hd + d])
 
     return cache_kv
 
@@ -90,6 +132,7 @@ def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
     """Per row: RMSNorm each q and k head (weights qn, kn), RoPE at pos[row], q to Q, k and v into the KV cache
     of slots[row] at pos[row] (gated: the H gate logits copied after Q's heads). Args: QKV[n, (H+2KV)hd (+H)],
     qn, kn, Kc, Vc, Q[n, H*hd (+H)], slots, pos."""
+    _check_kv(kv, kn)
     norm_rope = _norm_rope_macro(hd, eps, _rope_spec(hd, theta, angles, factor))
     cache_kv = _cache_kv_macro(H, KV, hd, kv, norm_rope, window)
     NX, NQ = (H + 2 * KV) * hd + (H if gated else 0), H * hd + (H if gated else 0)
@@ -104,8 +147,8 @@ def make_qk_rope(name: str, H: int, KV: int, hd: int, eps: float, theta: float,
         X = T.match_buffer(qkv, (n, NX), "float32")
         Qn = T.match_buffer(qn, (hd,), "float32")
         Kn = T.match_buffer(knw, (hd,), "float32")
-        Kc = T.match_buffer(kc, (S, C, KV, hd), kv)
-        Vc = T.match_buffer(vc, (S, C, KV, hd), kv)
+        Kc = T.match_buffer(kc, (S, C, KV, kv_cols(hd, kv)), kv)
+        Vc = T.match_buffer(vc, (S, C, KV, kv_cols(hd, kv)), kv)
         Q = T.match_buffer(q, (n, NQ), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")
@@ -220,7 +263,11 @@ def _range_softmax_macro(H: int, KV: int, hd: int, VL: int, kv: str, B: int = AT
         v = qa[T.ramp((g * G + i) * hd, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(0, 1, VL)])
         for dc in range(1, NC):
             v = v + qa[T.ramp((g * G + i) * hd + dc * VL, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(dc * VL, 1, VL)])
-        return _hsum(v, VL)
+        return _hsum(v, VL) * _kv_scale(Kc, s, row, g, hd) if kv == "int8" else _hsum(v, VL)
+
+    def weight(sc, at, Vc, s, row, g):
+        """A position's softmax weight, times its value row's scale for an int8 cache."""
+        return sc[at] * _kv_scale(Vc, s, row, g, hd) if kv == "int8" else sc[at]
 
     @T.macro
     def attend(qa, Kc, Vc, s, lo, hi, acc, mx, sm, sc, st, C):
@@ -255,8 +302,9 @@ def _range_softmax_macro(H: int, KV: int, hd: int, VL: int, kv: str, B: int = AT
                 for g in T.serial(KV):
                     for i in T.unroll(G):
                         for d in T.vectorized(hd):
-                            acc[(g * G + i) * hd + d] = acc[(g * G + i) * hd + d] + sc[(g * G + i) * B + j] * T.Cast(
-                                "float32", Vc[s, _row(T.min(lo + blk * B + j, hi - 1), C, window), g, d])
+                            acc[(g * G + i) * hd + d] = acc[(g * G + i) * hd + d] + weight(
+                                sc, (g * G + i) * B + j, Vc, s, _row(T.min(lo + blk * B + j, hi - 1), C, window),
+                                g) * T.Cast("float32", Vc[s, _row(T.min(lo + blk * B + j, hi - 1), C, window), g, d])
 
     return attend
 
@@ -327,6 +375,7 @@ def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(), kv:
     """Causal GQA attention of each row over its sequence's cache up to and including pos[row] (within the window),
     with an online softmax (no score buffer); dot products and the value update run on ``lanes``-wide vectors.
     Args: Q[n, H*hd (+H gate logits)], Kc, Vc, O[n, H*hd], slots, pos."""
+    _check_kv(kv, kn)
     VL = pick_lanes(hd, 1 if kn.gpu else kn.lanes)
     attend = _online_softmax_macro(H, KV, hd, VL, window, gated)
     split = _split_attention_macro(H, KV, hd, VL, kv, window, gated, kn.parallel)
@@ -339,8 +388,8 @@ def make_attention(name: str, H: int, KV: int, hd: int, kn: Knobs = Knobs(), kv:
         S = T.int32()
         C = T.int32()
         Q = T.match_buffer(q, (n, NQ), "float32")
-        Kc = T.match_buffer(kc, (S, C, KV, hd), kv)
-        Vc = T.match_buffer(vc, (S, C, KV, hd), kv)
+        Kc = T.match_buffer(kc, (S, C, KV, kv_cols(hd, kv)), kv)
+        Vc = T.match_buffer(vc, (S, C, KV, kv_cols(hd, kv)), kv)
         O = T.match_buffer(o, (n, H * hd), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")
@@ -382,6 +431,7 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
     (row, head) normalizes and rotates its q in registers and attends: the rotated q never touches memory; a
     gated head's output is scaled in the same epilogue. Args: QKV[n, (H+2KV)hd (+H)], qn, kn, Kc, Vc,
     O[n, H*hd], slots, pos."""
+    _check_kv(kv, kn)
     VL = pick_lanes(hd, 1 if kn.gpu else kn.lanes)
     attend = _online_softmax_macro(H, KV, hd, VL, window, gated)
     split = _split_attention_macro(H, KV, hd, VL, kv, window, gated, kn.parallel)
@@ -399,8 +449,8 @@ def make_rope_attention(name: str, H: int, KV: int, hd: int, eps: float, theta: 
         X = T.match_buffer(qkv, (n, NX), "float32")
         Qn = T.match_buffer(qn, (hd,), "float32")
         Kn = T.match_buffer(knw, (hd,), "float32")
-        Kc = T.match_buffer(kc, (S, C, KV, hd), kv)
-        Vc = T.match_buffer(vc, (S, C, KV, hd), kv)
+        Kc = T.match_buffer(kc, (S, C, KV, kv_cols(hd, kv)), kv)
+        Vc = T.match_buffer(vc, (S, C, KV, kv_cols(hd, kv)), kv)
         O = T.match_buffer(o, (n, H * hd), "float32")
         Sl = T.match_buffer(slots, (n,), "int32")
         Ps = T.match_buffer(pos, (n,), "int32")

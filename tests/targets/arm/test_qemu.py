@@ -23,7 +23,8 @@ pytestmark = pytest.mark.skipif(qemu.missing() is not None, reason=qemu.missing(
 
 PRECISIONS = {"f32": {"quant": "none"}, "q8": {"quant": "q8"}, "q4": {"quant": "q4g32"},
               "w8a8": {"quant": "q8", "act_quant": "i8"}, "w4a8": {"quant": "q4g32", "act_quant": "i8"},
-              "bf16a": {"quant": "none", "dtype": "bf16", "act_quant": "bf16"}}
+              "bf16a": {"quant": "none", "dtype": "bf16", "act_quant": "bf16"},
+              "kv8": {"quant": "none", "kv_dtype": "i8"}}
 TARGETS = ("snapdragon-8gen3:cpu", "snapdragon-8elite:cpu")
 PROMPTS = (1, 19)          # one token; two prefill chunks of 16
 STEPS = 8
@@ -68,10 +69,10 @@ def _check(cases: list[tuple], root, cpu: str = "max", fallbacks: bool = False) 
 
 
 def test_arm_smoke_dense_f32_and_w8a8(tiny_models, tmp_path):
-    """The default suite's Arm check: a dense model at f32 and W8A8 (the sdot kernels) on the Snapdragon 8 Gen 3
-    build, executed."""
+    """The default suite's Arm check: a dense model at f32, W8A8 (the sdot kernels) and with an int8 KV cache on
+    the Snapdragon 8 Gen 3 build, executed."""
     m = _models(tiny_models)["dense"]
-    _check([("dense", m, p, TARGETS[0]) for p in ("f32", "w8a8")], tmp_path)
+    _check([("dense", m, p, TARGETS[0]) for p in ("f32", "w8a8", "kv8")], tmp_path)
 
 
 def test_arm_isa_variants_on_a_core_without_i8mm_and_bf16(tiny_models, tmp_path):
