@@ -234,9 +234,13 @@ def main() -> int:
         line = (f"context {n:>6}: lfmc {lf['decode_tps']:6.1f} tok/s ({lf['efficiency']:.0%} of bandwidth), "
                 f"peak {lf['peak_rss'] / 2**20:7.0f} MiB")
         if lc_model is not None:
-            row["llama.cpp"] = lc = llama_cpp.bench_depth(lc_dir, lc_model, n, a.steps, LLAMA_KV[kvd],
-                                                          reps=a.llama_reps)
-            line += f" | llama.cpp {lc['decode_tps']:6.1f} tok/s, peak {lc['peak_rss'] / 2**20:7.0f} MiB"
+            try:
+                row["llama.cpp"] = lc = llama_cpp.bench_depth(lc_dir, lc_model, n, a.steps, LLAMA_KV[kvd],
+                                                              reps=a.llama_reps)
+                line += f" | llama.cpp {lc['decode_tps']:6.1f} tok/s, peak {lc['peak_rss'] / 2**20:7.0f} MiB"
+            except Exception as e:                     # a peer that fails is reported, not fatal
+                row["llama.cpp"] = {"error": str(e)[-500:]}
+                line += " | llama.cpp failed"
         if not a.no_torch:
             row["torch"] = pt = run("torch", context=n, steps=a.steps, preset=a.preset, dtype=a.dtype)
             line += f" | PyTorch transformer {pt['decode_tps']:6.1f} tok/s, peak {pt['peak_rss'] / 2**20:7.0f} MiB"
@@ -253,10 +257,13 @@ def main() -> int:
     sides = ["lfmc"] + [k for k in ("llama.cpp", "torch") if k in rows[0]]
     print(f"{'context':>8} " + " ".join(f"{s_ + ' tok/s':>16} {s_ + ' peak':>15}" for s_ in sides)
           + f" {'lfmc/llama':>11} {'lfmc eff.':>10} {'lfmc state':>11}   (MiB)")
+    def ok(r: dict, side: str) -> bool:
+        return "decode_tps" in r.get(side, {})
+
     for r in rows:
-        ratio = f"{r['lfmc']['decode_tps'] / r['llama.cpp']['decode_tps']:.2f}x" if "llama.cpp" in r else "-"
+        ratio = f"{r['lfmc']['decode_tps'] / r['llama.cpp']['decode_tps']:.2f}x" if ok(r, "llama.cpp") else "-"
         print(f"{r['context']:>8} " + " ".join(f"{r[s_]['decode_tps']:>16.1f} {r[s_]['peak_rss'] / 2**20:>15.0f}"
-                                               for s_ in sides)
+                                               if ok(r, s_) else f"{'failed':>16} {'-':>15}" for s_ in sides)
               + f" {ratio:>11} {r['lfmc']['efficiency']:>10.0%} {r['lfmc']['memory']['state'] / 2**20:>11.0f}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +280,6 @@ def main() -> int:
         print("matplotlib missing: no plot")
         return 0
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
-    xs = [r["context"] for r in rows]
     ts = transformer_shape(a.preset)
     grow = sum(1 for s_ in json.loads((art / "manifest.json").read_text())["plan"]["state"].values()
                if "C" in s_["shape"]) // 2
@@ -285,8 +291,10 @@ def main() -> int:
         if side not in rows[0]:
             continue
         # resident memory after decoding (llama-bench reports only its peak)
-        ax[0].plot(xs, [r[side].get("rss", r[side]["peak_rss"]) / 2**30 for r in rows], style, label=label)
-        ax[1].plot(xs, [r[side]["decode_tps"] for r in rows], style, label=label)
+        good = [r for r in rows if ok(r, side)]
+        ax[0].plot([r["context"] for r in good], [r[side].get("rss", r[side]["peak_rss"]) / 2**30 for r in good],
+                   style, label=label)
+        ax[1].plot([r["context"] for r in good], [r[side]["decode_tps"] for r in good], style, label=label)
     for i, (t, y) in enumerate((("memory", "GiB resident (RSS; llama.cpp: peak)"), ("decode speed", "tokens/s"))):
         ax[i].set_xscale("log", base=2)
         ax[i].set_xlabel("context (tokens)")
