@@ -15,6 +15,7 @@ import numpy as np
 from .ir.errors import LfmcError
 from .ir.model import Model, load_model
 from .ir.text import print_graph
+from .paramfile import write_params
 from .options import DEFAULT_MAX_CONTEXT, DEFAULT_PREFILL_CHUNK, CompileOptions  # noqa: F401  (re-exported)
 
 DEFAULT_TARGET = "host"
@@ -285,34 +286,7 @@ def regenerate_params(artifact: str | os.PathLike) -> Path:
                                             **prune})
     low = lower(m.graph, m.weights, knobs)
     out = root / "params.safetensors"
-    tensors = {k: np.ascontiguousarray(v) for k, v in low.params.items()}
-    try:
-        from safetensors.numpy import save_file
-    except ImportError:                                # a bare device machine: the format is simple enough
-        _write_safetensors(out, tensors)
-    else:
-        save_file(tensors, str(out))
+    tmp = out.with_name(out.name + ".tmp")
+    write_params(tmp, low.params)                      # numpy alone: a bare device machine has no safetensors
+    os.replace(tmp, out)                               # a running engine keeps its mapping of the old file
     return out
-
-
-_ST_DTYPE = {"float32": "F32", "float16": "F16", "uint16": "U16", "int8": "I8", "uint8": "U8", "int32": "I32"}
-
-
-def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    """A safetensors file (8-byte header length, JSON header, raw data) without the safetensors package. The
-    bytes may differ from the package's (header order, padding); the runtime's reader takes either."""
-    import json
-
-    header: dict[str, Any] = {}
-    off = 0
-    for k in sorted(tensors):
-        a = tensors[k]
-        header[k] = {"dtype": _ST_DTYPE[str(a.dtype)], "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
-        off += a.nbytes
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(len(h).to_bytes(8, "little"))
-        f.write(h)
-        for k in sorted(tensors):
-            f.write(tensors[k].tobytes())

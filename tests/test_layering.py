@@ -14,6 +14,7 @@ FORBIDDEN = {
     "targets": {"passes", "runtime", "frontend"},
     "runtime": {"frontend", "passes", "targets", "ir", "compile", "check"},
     "plan": {"ir", "frontend", "passes", "targets", "runtime", "compile", "check", "cli", "options"},
+    "paramfile": {"ir", "frontend", "passes", "targets", "runtime", "compile", "check", "cli", "options", "plan"},
     "options": {"frontend", "passes", "targets", "runtime", "compile", "check", "cli"},
     "mixers": {"ir", "frontend", "passes", "targets", "runtime", "compile", "check", "cli", "options", "plan"},
 }

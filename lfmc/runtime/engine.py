@@ -86,13 +86,16 @@ class Engine:
     def __init__(self, path: str | Path, device: str | None = None, max_batch: int | None = None,
                  max_context: int | None = None, prefill_chunk: int | None = None, num_threads: int | None = None,
                  verify: bool = True, use_graphs: bool = True, memory_budget: int | None = None,
-                 one_call: bool = True):
+                 one_call: bool = True, map_params: bool = True):
         """``device``: the driver (``cpu``, ``opencl``, ``cuda``); default: the one the artifact was built for.
         ``use_graphs``: capture decode steps as device graphs where the driver can (CUDA). ``memory_budget``:
         bytes the caches and activations may take (default: the machine's physical memory), checked before
         anything is allocated. ``one_call``: run each step as one native call where the artifact has a step runner
-        (the cpu driver); False calls the kernels one by one (what profiling times)."""
+        (the cpu driver); False calls the kernels one by one (what profiling times). ``map_params``: where the
+        driver runs on host memory (cpu, wafer), map params.safetensors instead of reading it (the weights are then
+        page-cache pages shared between processes); False reads them into private memory."""
         self.root = Path(path)
+        self.map_params = map_params
         self.one_call = one_call
         self.memory_budget = memory_budget
         self.use_graphs = use_graphs
@@ -159,7 +162,8 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------- loading
     def _load_params(self) -> None:
-        self.params = read_params(self.root / "params.safetensors", self.plan["params"], self.driver.alloc_host)
+        self.params = read_params(self.root / "params.safetensors", self.plan["params"], self.driver.alloc_host,
+                                  mapped=self.map_params and getattr(self.driver, "maps_params", False))
         self.params = {k: self.driver.to_device(v) for k, v in self.params.items()}
 
     def _variant(self, entry: str, n: int) -> dict | None:

@@ -1,22 +1,25 @@
-"""Reading params.safetensors straight into device-driver buffers, one tensor at a time.
+"""Reading params.safetensors: by mapping the file, or into device-driver buffers one tensor at a time.
 
 The safetensors layout is an 8-byte little-endian header length, a JSON header (name -> dtype, shape,
-data_offsets) and the raw data. Reading each tensor with ``readinto`` into its final (aligned) buffer keeps peak
-memory at the size of the weights, with no second copy and no mapping of the whole file.
+data_offsets) and the raw data. lfmc's writer (lfmc/paramfile.py) puts every tensor at a 64-byte aligned file
+offset, the alignment TVM's kernels expect of their buffers. Then a driver whose device memory is this
+process's memory (``cpu``, ``wafer``) maps the file instead of reading it (:func:`read_params` with ``mapped``):
+the weights are page-cache pages shared by every process that runs the artifact, not a private copy. Other drivers (and files from older writers, whose tensors
+may be unaligned) read each tensor with ``readinto`` into its final buffer: peak memory stays the size of the
+weights, with no second copy.
 """
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from ..paramfile import ALIGN, DTYPES as _DTYPES
 from .errors import RuntimeLoadError
-
-_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "uint16", "U16": "uint16", "I32": "int32", "I64": "int64",
-           "I8": "int8", "U8": "uint8", "F64": "float64"}
 
 
 def _header(f, path: Path, size: int) -> tuple[dict, int]:
@@ -81,12 +84,38 @@ def param_header(path: Path, expected: dict[str, dict[str, Any]]) -> dict[str, A
     return {k: v for k, v in header.items() if k != "__metadata__"}
 
 
+def _map(f) -> mmap.mmap | None:
+    """A private (copy-on-write) mapping of the whole file, its pages faulted in at once by reading one byte of
+    each, so the first step does not fault the weights in. (MAP_POPULATE would break copy-on-write on a writable
+    private mapping: an anonymous copy of every page.) None where mapping is not possible."""
+    try:
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):
+        return None
+    if hasattr(m, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+        m.madvise(mmap.MADV_WILLNEED)
+    page = mmap.PAGESIZE
+    np.frombuffer(m, np.uint8)[::page].max(initial=0)                # read faults map page-cache pages, no copies
+    return m
+
+
 def read_params(path: Path, expected: dict[str, dict[str, Any]],
-                alloc: Callable[[tuple[int, ...], str], np.ndarray]) -> dict[str, np.ndarray]:
-    """name -> host buffer (from ``alloc``) for every tensor in ``expected`` ({name: {shape, dtype}})."""
+                alloc: Callable[[tuple[int, ...], str], np.ndarray], mapped: bool = False) -> dict[str, np.ndarray]:
+    """name -> host buffer for every tensor in ``expected`` ({name: {shape, dtype}}). With ``mapped``, a tensor
+    at a 64-byte aligned offset is a view of a private mapping of the file (copy-on-write: the kernels never
+    write parameters, and an artifact replaced on disk does not change it); any other tensor is read into a
+    buffer from ``alloc``."""
     out: dict[str, np.ndarray] = {}
+    view: list[mmap.mmap | None] = []
 
     def read(f, name: str, shape: tuple[int, ...], dt: str, offset: int) -> None:
+        if mapped and offset % ALIGN == 0:
+            if not view:
+                view.append(_map(f))
+            if view[0] is not None:
+                n = int(np.prod(shape, dtype=np.int64))
+                out[name] = np.frombuffer(view[0], dt, n, offset).reshape(shape)
+                return
         buf = alloc(shape, dt)
         f.seek(offset)
         if f.readinto(memoryview(buf.reshape(-1)).cast("B")) != buf.nbytes:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..ir.model import write_dir_atomically
+from ..paramfile import write_params
 from ..plan import SCHEMA_VERSION
 
 MANIFEST, PARAMS, TOKENIZER = "manifest.json", "params.safetensors", "tokenizer.json"
@@ -32,13 +33,11 @@ def write_artifact(dest: str | os.PathLike, manifest: dict[str, Any], params: di
                    write_kernels: Callable[[Path], dict[str, str]], tokenizer: str | None = None) -> Path:
     """Create ``dest`` atomically. ``write_kernels(dir)`` writes the kernel libraries and returns
     kernel name -> file (relative to the artifact)."""
-    from safetensors.numpy import save_file
-
     import lfmc
 
     def fill(tmp: Path) -> None:
         kernel_files = write_kernels(tmp)
-        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(tmp / PARAMS))
+        write_params(tmp / PARAMS, params)        # every tensor 64-byte aligned: the runtime maps the file
         files = [*sorted(set(kernel_files.values())), PARAMS]
         if tokenizer is not None:
             (tmp / TOKENIZER).write_text(tokenizer)

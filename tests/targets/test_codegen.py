@@ -413,23 +413,6 @@ def test_gpu_artifact_params_regenerate_without_tvm_or_torch(tmp_path):
     assert hashlib.sha256((art / "params.safetensors").read_bytes()).hexdigest() == want
 
 
-def test_fallback_safetensors_writer_reads_back(tmp_path):
-    """Without the safetensors package (a bare GPU machine) regenerate_params writes the format itself; the
-    runtime's reader takes it."""
-    import numpy as np
-
-    from lfmc.compile import _write_safetensors
-    from lfmc.runtime.params import read_params
-
-    t = {"b": np.arange(6, dtype=np.float16).reshape(2, 3), "a": np.arange(5, dtype=np.int8),
-         "c": np.ones((3, 2), np.float32)}
-    _write_safetensors(tmp_path / "p.safetensors", t)
-    got = read_params(tmp_path / "p.safetensors", {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
-                                                    for k, v in t.items()}, lambda s, d: np.empty(s, d))
-    for k, v in t.items():
-        np.testing.assert_array_equal(got[k], v)
-
-
 @pytest.mark.parametrize("target", ["nvidia-h200", "snapdragon-8gen3", "apple-m2", "amd-rdna3"])
 def test_gpu_matmuls_are_single_gemv_kernels(target, built):
     """GPU pipelines keep the input norm a kernel of its own, so every projection (float, q8, q4 dequantized per

@@ -10,6 +10,8 @@ import numpy as np
 class HostMemory:
     """allocate / view / write / read / fill on numpy host buffers; ``sync`` is a no-op."""
 
+    maps_params = True        # kernels take host memory as it is: the engine maps params.safetensors
+
     def alloc(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         """A zeroed, 64-byte-aligned host buffer (TVM's kernels expect the alignment)."""
         dt = np.dtype(dtype)
