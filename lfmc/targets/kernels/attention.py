@@ -265,46 +265,105 @@ def _range_softmax_macro(H: int, KV: int, hd: int, VL: int, kv: str, B: int = AT
             v = v + qa[T.ramp((g * G + i) * hd + dc * VL, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(dc * VL, 1, VL)])
         return _hsum(v, VL) * _kv_scale(Kc, s, row, g, hd) if kv == "int8" else _hsum(v, VL)
 
+    # f16 cache: the values VV lanes of every head at a time (below), the block's V rows prefetched while its K
+    # rows are read. Measured on the 350M's shape (benchmarks/attention_kernel.py, AVX-512): 32k positions 4.3 ->
+    # 3.8 ms; the same for the f32 cache (rows twice as long, four passes over each) and int8 cache was slower than
+    # one pass over each value row with every head's accumulators (spilled), so those keep that.
+    chunked = kv == "float16"
+    VV = pick_lanes(hd, 16)
+    COLS = kv_cols(hd, kv)
+    LE = 64 // {"float32": 4, "float16": 2, "int8": 1}[kv]            # elements a cache line
+    VLINES = (KV * COLS + LE - 1) // LE                                 # cache lines a row of all KV heads
+    tree = VL > 1 and VL & (VL - 1) == 0 and H % VL == 0     # every head's score of a position in H / VL vectors
+
+    def partial(qa, Kc, s, row, h):
+        """Head h's dot product with its K row as VL partial sums (times the row's scale for an int8 cache)."""
+        g = h // G
+        v = qa[T.ramp(h * hd, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(0, 1, VL)])
+        for dc in range(1, NC):
+            v = v + qa[T.ramp(h * hd + dc * VL, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(dc * VL, 1, VL)])
+        return v * T.Broadcast(_kv_scale(Kc, s, row, g, hd), VL) if kv == "int8" else v
+
+    def scores(qa, Kc, s, row):
+        """Every head's score at one position, one lane each (an H-lane vector): each VL heads' partial-sum
+        vectors reduced together pairwise (the even and the odd lanes of each pair's concatenation added: VL - 1
+        shuffle pairs and adds for VL heads, where reducing each head alone takes log2(VL) for each)."""
+        out = []
+        for b in range(H // VL):
+            vs = [partial(qa, Kc, s, row, h) for h in range(b * VL, (b + 1) * VL)]
+            while len(vs) > 1:
+                vs = [_cat([x, y], range(0, 2 * VL, 2)) + _cat([x, y], range(1, 2 * VL, 2))
+                      for x, y in zip(vs[::2], vs[1::2])]
+            out.append(vs[0])
+        return out[0] if len(out) == 1 else _cat(out, range(H))
+
     def weight(sc, at, Vc, s, row, g):
         """A position's softmax weight, times its value row's scale for an int8 cache."""
         return sc[at] * _kv_scale(Vc, s, row, g, hd) if kv == "int8" else sc[at]
 
     @T.macro
     def attend(qa, Kc, Vc, s, lo, hi, acc, mx, sm, sc, st, C):
-        for h in T.serial(H):
+        for h in T.vectorized(H):
             mx[h] = T.float32(NEG)
             sm[h] = T.float32(0)
-            for d in T.vectorized(hd):
-                acc[h * hd + d] = T.float32(0)
+        for d in T.vectorized(H * hd):
+            acc[d] = T.float32(0)
         for blk in T.serial((hi - lo + B - 1) // B):
-            for j in T.serial(B):                           # K rows in address order: every head of a position
-                for g in T.serial(KV):
-                    for i in T.unroll(G):                   # straight-line: the group's heads share the K loads
-                        sc[(g * G + i) * B + j] = T.Select(
-                            lo + blk * B + j < hi,
-                            score(qa, Kc, s, _row(T.min(lo + blk * B + j, hi - 1), C, window), g, i) * T.float32(scale),
-                            T.float32(NEG))
+            if tree:
+                for j in T.serial(B):                       # K rows in address order: every head of a position
+                    if chunked:
+                        for l in T.unroll(VLINES):              # the block's V rows on their way while K is read
+                            T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(Vc[
+                                s, _row(T.min(lo + blk * B + j, hi - 1), C, window), l * LE // COLS, l * LE % COLS]),
+                                0, 3, 1))
+                    sc[T.ramp(j * H, 1, H)] = T.Select(
+                        lo + blk * B + j < hi,
+                        scores(qa, Kc, s, _row(T.min(lo + blk * B + j, hi - 1), C, window))
+                        * T.Broadcast(T.float32(scale), H),
+                        T.Broadcast(T.float32(NEG), H))
+            else:
+                for j in T.serial(B):
+                    for g in T.serial(KV):
+                        for i in T.unroll(G):               # straight-line: the group's heads share the K loads
+                            sc[j * H + g * G + i] = T.Select(
+                                lo + blk * B + j < hi,
+                                score(qa, Kc, s, _row(T.min(lo + blk * B + j, hi - 1), C, window), g, i)
+                                * T.float32(scale), T.float32(NEG))
+            # the block's softmax statistics with every head in one vector (scores laid out [position, head])
+            for h in T.vectorized(H):
+                st[h] = mx[h]
+            for j in T.serial(B):
+                for h in T.vectorized(H):
+                    st[h] = T.max(st[h], sc[j * H + h])
+            for h in T.vectorized(H):
+                st[H + h] = _fast_exp(mx[h] - st[h])           # rescale of what came before
+                st[2 * H + h] = T.float32(0)
+            for j in T.serial(B):
+                for h in T.vectorized(H):
+                    sc[j * H + h] = _fast_exp(sc[j * H + h] - st[h])
+                    st[2 * H + h] = st[2 * H + h] + sc[j * H + h]
+            for h in T.vectorized(H):
+                sm[h] = sm[h] * st[H + h] + st[2 * H + h]
+                mx[h] = st[h]
             for h in T.serial(H):
-                st[0] = mx[h]
-                for j in T.serial(B):
-                    st[0] = T.max(st[0], sc[h * B + j])
-                st[1] = _fast_exp(mx[h] - st[0])                     # rescale of what came before
-                for j in T.vectorized(B):
-                    sc[h * B + j] = _fast_exp(sc[h * B + j] - st[0])
-                st[2] = T.float32(0)
-                for j in T.serial(B):
-                    st[2] = st[2] + sc[h * B + j]
-                sm[h] = sm[h] * st[1] + st[2]
-                mx[h] = st[0]
                 for d in T.vectorized(hd):
-                    acc[h * hd + d] = acc[h * hd + d] * st[1]
-            for j in T.serial(B):                           # V rows likewise, each loaded once for its group
-                for g in T.serial(KV):
-                    for i in T.unroll(G):
-                        for d in T.vectorized(hd):
-                            acc[(g * G + i) * hd + d] = acc[(g * G + i) * hd + d] + weight(
-                                sc, (g * G + i) * B + j, Vc, s, _row(T.min(lo + blk * B + j, hi - 1), C, window),
-                                g) * T.Cast("float32", Vc[s, _row(T.min(lo + blk * B + j, hi - 1), C, window), g, d])
+                    acc[h * hd + d] = acc[h * hd + d] * st[H + h]
+            if chunked:
+                for dc in T.serial(hd // VV):               # values: VV lanes of every head at a time, so that the
+                    for j in T.serial(B):                   # H accumulators stay in registers over the block
+                        for h in T.unroll(H):
+                            for d in T.vectorized(VV):
+                                acc[h * hd + dc * VV + d] = acc[h * hd + dc * VV + d] + sc[j * H + h] * T.Cast(
+                                    "float32", Vc[s, _row(T.min(lo + blk * B + j, hi - 1), C, window), h // G,
+                                                  dc * VV + d])
+            else:
+                for j in T.serial(B):                       # V rows likewise, each loaded once for its group
+                    for g in T.serial(KV):
+                        for i in T.unroll(G):
+                            for d in T.vectorized(hd):
+                                acc[(g * G + i) * hd + d] = acc[(g * G + i) * hd + d] + weight(
+                                    sc, j * H + g * G + i, Vc, s, _row(T.min(lo + blk * B + j, hi - 1), C, window),
+                                    g) * T.Cast("float32", Vc[s, _row(T.min(lo + blk * B + j, hi - 1), C, window), g, d])
 
     return attend
 
@@ -325,7 +384,7 @@ def _split_attention_macro(H: int, KV: int, hd: int, VL: int, kv: str, window: i
             mx = T.decl_buffer((H,), "float32")
             sm = T.decl_buffer((H,), "float32")
             sc = T.decl_buffer((H * ATT_BLOCK,), "float32")
-            st = T.decl_buffer((4,), "float32")
+            st = T.decl_buffer((3 * H,), "float32")
             t: T.let = it // nsp
             p: T.let = Ps[t]
             f0: T.let = _first(p, window)
