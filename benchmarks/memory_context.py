@@ -8,7 +8,8 @@ and vs llama.cpp on the same model.
 ``--llama-cpp`` adds ``llama-bench -p 0 -n STEPS -d CONTEXT`` on the same weights (GGUF F32 / F16) with its KV
 cache at lfmc's KV precision (``-ctk / -ctv``; lfmc's ``--kv-dtype i8`` against llama.cpp's q8_0 cache, with its
 flash attention ``-fa on``, which a quantized V cache needs), and every lfmc row reports its efficiency: bytes read per step
-(weights, plus the KV cache up to the context) / step time / the memory read bandwidth measured in the same run.
+(weights, plus the KV cache up to the context) / step time / the memory read bandwidth, probed just before and just
+after that row's lfmc process (the higher of the two: this VM's bandwidth moves between phases within seconds).
 
 LFM3-1.7B keeps a growing KV cache in its 6 full-attention layers only: its 5 sliding-window layers keep a ring of
 their window (constant, like the 13 conv layers' state). Its same-size transformer has hidden 2048, 24 layers,
@@ -227,12 +228,16 @@ def main() -> int:
         empty["torch"] = run("torch", empty=True)["peak_rss"]
     rows = []
     for n in ctxs:
+        before = stream_read_gbs(reps=3)
         lf = run("lfmc", artifact=str(art), context=n, steps=a.steps)
+        # this VM's bandwidth flips between two phases within seconds: the row's efficiency is against the higher
+        # of two probes taken just before and just after it (the conservative figure)
+        lf["probe_gbs"] = max(before, stream_read_gbs(reps=3))
         lf["bytes_per_step"] = wbytes + kv_per_pos * n
-        lf["efficiency"] = lf["bytes_per_step"] * lf["decode_tps"] / 1e9 / bw
+        lf["efficiency"] = lf["bytes_per_step"] * lf["decode_tps"] / 1e9 / lf["probe_gbs"]
         row = {"context": n, "lfmc": lf}
-        line = (f"context {n:>6}: lfmc {lf['decode_tps']:6.1f} tok/s ({lf['efficiency']:.0%} of bandwidth), "
-                f"peak {lf['peak_rss'] / 2**20:7.0f} MiB")
+        line = (f"context {n:>6}: lfmc {lf['decode_tps']:6.1f} tok/s ({lf['efficiency']:.0%} of the "
+                f"{lf['probe_gbs']:.1f} GB/s probed around it), peak {lf['peak_rss'] / 2**20:7.0f} MiB")
         if lc_model is not None:
             try:
                 row["llama.cpp"] = lc = llama_cpp.bench_depth(lc_dir, lc_model, n, a.steps, LLAMA_KV[kvd],
