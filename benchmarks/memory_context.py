@@ -257,8 +257,8 @@ def main() -> int:
         rest = lf["peak_rss"] - empty["lfmc"] - m["params"] - m["state"] - m["activations"]
         print(f"lfmc peak at {r['context']}: {lf['peak_rss'] / 2**20:.0f} MiB = empty process "
               f"{empty['lfmc'] / 2**20:.0f} + weights {m['params'] / 2**20:.0f} + state {m['state'] / 2**20:.0f} + "
-              f"activations {m['activations'] / 2**20:.0f} + the rest (kernel libraries, Python objects) "
-              f"{rest / 2**20:.0f}")
+              f"activations {m['activations'] / 2**20:.0f} + the rest (kernel libraries, Python objects; below zero "
+              f"where activation pages were allocated but never touched) {rest / 2**20:.0f}")
     sides = ["lfmc"] + [k for k in ("llama.cpp", "torch") if k in rows[0]]
     print(f"{'context':>8} " + " ".join(f"{s_ + ' tok/s':>16} {s_ + ' peak':>15}" for s_ in sides)
           + f" {'lfmc/llama':>11} {'lfmc eff.':>10} {'lfmc state':>11}   (MiB)")

@@ -248,23 +248,53 @@ def _hsum(v, lanes: int):
     return v
 
 
+def _score_fns(H: int, KV: int, hd: int, VL: int, kv: str):
+    """The CPU attention's scores at one position, as TIR expressions over the rotated queries ``qa`` [H*hd] and a
+    cache row: ``score(qa, Kc, s, row, g, i)`` one head's (group g, head i of it: a dot product reduced by halving
+    shuffles), ``scores(qa, Kc, s, row)`` every head's as one H-lane vector, and whether that form applies (H a
+    multiple of the vector width VL, a power of two). Both times the row's scale for an int8 cache."""
+    G = H // KV
+    NC = hd // VL
+    VT = f"float32x{VL}"
+
+    def partial(qa, Kc, s, row, h, scaled):
+        """Head h's dot product with its K row as VL partial sums."""
+        g = h // G
+        v = qa[T.ramp(h * hd, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(0, 1, VL)])
+        for dc in range(1, NC):
+            v = v + qa[T.ramp(h * hd + dc * VL, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(dc * VL, 1, VL)])
+        return v * T.Broadcast(_kv_scale(Kc, s, row, g, hd), VL) if kv == "int8" and scaled else v
+
+    def score(qa, Kc, s, row, g, i):
+        v = _hsum(partial(qa, Kc, s, row, g * G + i, False), VL)
+        return v * _kv_scale(Kc, s, row, g, hd) if kv == "int8" else v
+
+    def scores(qa, Kc, s, row):
+        """Each VL heads' partial-sum vectors reduced together pairwise (the even and the odd lanes of each pair's
+        concatenation added: VL - 1 shuffle pairs and adds for VL heads, where reducing each head alone takes
+        log2(VL) for each)."""
+        out = []
+        for b in range(H // VL):
+            vs = [partial(qa, Kc, s, row, h, True) for h in range(b * VL, (b + 1) * VL)]
+            while len(vs) > 1:
+                vs = [_cat([x, y], range(0, 2 * VL, 2)) + _cat([x, y], range(1, 2 * VL, 2))
+                      for x, y in zip(vs[::2], vs[1::2])]
+            out.append(vs[0])
+        return out[0] if len(out) == 1 else _cat(out, range(H))
+
+    return score, scores, VL > 1 and VL & (VL - 1) == 0 and H % VL == 0
+
+
 def _range_softmax_macro(H: int, KV: int, hd: int, VL: int, kv: str, B: int = ATT_BLOCK, window: int = 0):
     """TIR macro (CPU): the attention of all H query heads (rotated, in ``qa`` [H*hd]) over cache slot ``s``
     positions lo..hi-1, unnormalized: its running max (``mx`` [H]), sum of exponentials (``sm`` [H]) and weighted
     values (``acc`` [H*hd]), merged across ranges by the caller. Blocks of ``B`` positions: every head's scores
-    of the block, position by position (each cache row, all KV heads, read once, in address order: one stream),
-    one max and rescale per head and block, exponentials vectorized, then the values position by position. Scores are vector dot products reduced by halving shuffles."""
+    of the block, position by position (each cache row, all KV heads, read once, in address order: one stream;
+    ``sc`` laid out [position, head]), the block's max, rescale and sum of exponentials as vectors over the heads,
+    then the values (see :func:`_score_fns` for the scores)."""
     G = H // KV
-    NC = hd // VL
     scale = float(hd) ** -0.5
-    VT = f"float32x{VL}"
-
-    def score(qa, Kc, s, row, g, i):
-        v = qa[T.ramp((g * G + i) * hd, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(0, 1, VL)])
-        for dc in range(1, NC):
-            v = v + qa[T.ramp((g * G + i) * hd + dc * VL, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(dc * VL, 1, VL)])
-        return _hsum(v, VL) * _kv_scale(Kc, s, row, g, hd) if kv == "int8" else _hsum(v, VL)
-
+    score, scores, tree = _score_fns(H, KV, hd, VL, kv)
     # f16 cache: the values VV lanes of every head at a time (below), the block's V rows prefetched while its K
     # rows are read. Measured on the 350M's shape (benchmarks/attention_kernel.py, AVX-512): 32k positions 4.3 ->
     # 3.8 ms; the same for the f32 cache (rows twice as long, four passes over each) and int8 cache was slower than
@@ -274,28 +304,6 @@ def _range_softmax_macro(H: int, KV: int, hd: int, VL: int, kv: str, B: int = AT
     COLS = kv_cols(hd, kv)
     LE = 64 // {"float32": 4, "float16": 2, "int8": 1}[kv]            # elements a cache line
     VLINES = (KV * COLS + LE - 1) // LE                                 # cache lines a row of all KV heads
-    tree = VL > 1 and VL & (VL - 1) == 0 and H % VL == 0     # every head's score of a position in H / VL vectors
-
-    def partial(qa, Kc, s, row, h):
-        """Head h's dot product with its K row as VL partial sums (times the row's scale for an int8 cache)."""
-        g = h // G
-        v = qa[T.ramp(h * hd, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(0, 1, VL)])
-        for dc in range(1, NC):
-            v = v + qa[T.ramp(h * hd + dc * VL, 1, VL)] * T.Cast(VT, Kc[s, row, g, T.ramp(dc * VL, 1, VL)])
-        return v * T.Broadcast(_kv_scale(Kc, s, row, g, hd), VL) if kv == "int8" else v
-
-    def scores(qa, Kc, s, row):
-        """Every head's score at one position, one lane each (an H-lane vector): each VL heads' partial-sum
-        vectors reduced together pairwise (the even and the odd lanes of each pair's concatenation added: VL - 1
-        shuffle pairs and adds for VL heads, where reducing each head alone takes log2(VL) for each)."""
-        out = []
-        for b in range(H // VL):
-            vs = [partial(qa, Kc, s, row, h) for h in range(b * VL, (b + 1) * VL)]
-            while len(vs) > 1:
-                vs = [_cat([x, y], range(0, 2 * VL, 2)) + _cat([x, y], range(1, 2 * VL, 2))
-                      for x, y in zip(vs[::2], vs[1::2])]
-            out.append(vs[0])
-        return out[0] if len(out) == 1 else _cat(out, range(H))
 
     def weight(sc, at, Vc, s, row, g):
         """A position's softmax weight, times its value row's scale for an int8 cache."""
