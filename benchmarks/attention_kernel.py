@@ -3,7 +3,8 @@ rate over the memory bandwidth measured in the same run (alternating: probe, ker
 
 One row (a decode step of one sequence) at position C - 1 of a cache of random values, LFM2-350M's attention shape
 by default (16 query heads, 8 KV heads of 64), for each KV precision asked. The kernel is the one the host target
-builds (lfmc/targets/kernels/attention.py, parallel over TVM's thread pool); this isolates it from the weights'
+builds for decode (lfmc/targets/kernels/attention.py with the host's decode knobs: 16 lanes on AVX-512; parallel
+over TVM's thread pool); this isolates it from the weights'
 GEMVs, whose reads dominate a whole decode step.
 
     .venv/bin/python benchmarks/attention_kernel.py --contexts 8192,32768 --kv f32,f16,i8
@@ -26,13 +27,17 @@ from benchmarks.compare import stream_read_gbs  # noqa: E402
 KV_NAMES = {"f32": "float32", "f16": "float16", "i8": "int8"}
 
 
-def build(H: int, KV: int, hd: int, kv: str, window: int):
-    from lfmc.targets.host import host_target
+def build(H: int, KV: int, hd: int, kv: str, window: int, lanes: int | None):
+    """The attention kernel as the host target builds it for decode (its knobs: 16 lanes on AVX-512)."""
+    from dataclasses import replace
+
+    from lfmc.targets.host import host_knobs, host_target
     from lfmc.targets.kernels import make_attention
     from lfmc.tvm_env import import_tvm
 
     tvm = import_tvm()
-    f = make_attention("at", H, KV, hd, kv=kv, window=window)
+    kn = host_knobs("decode")
+    f = make_attention("at", H, KV, hd, replace(kn, lanes=lanes) if lanes else kn, kv=kv, window=window)
     return tvm, tvm.compile(tvm.IRModule({"at": f}), target=host_target())["at"]
 
 
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv", default="f32,f16,i8", help="KV precisions (f32, f16, i8)")
     ap.add_argument("--heads", default="16,8,64", help="query heads, KV heads, head_dim")
     ap.add_argument("--window", type=int, default=0, help="sliding window (0: full attention)")
+    ap.add_argument("--lanes", type=int, default=None, help="vector width (default: the host target's)")
     ap.add_argument("--reps", type=int, default=30, help="kernel calls per timing")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "attention-kernel.json")
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kvn in a.kv.split(","):
         kv = KV_NAMES[kvn]
-        tvm, f = build(H, KV, hd, kv, a.window)
+        tvm, f = build(H, KV, hd, kv, a.window, a.lanes)
         for C in (int(c) for c in a.contexts.split(",")):
             Kc, Vc = tvm.runtime.tensor(cache(C, KV, hd, kv, rng)), tvm.runtime.tensor(cache(C, KV, hd, kv, rng))
             q = tvm.runtime.tensor(rng.standard_normal((1, H * hd)).astype(np.float32))

@@ -238,6 +238,8 @@ def _fast_exp(x):
 ATT_SPLITS = 8          # CPU attention: position ranges per row when a call has one row (flash-decoding; fewer per
                         # row for more rows, none past 8 rows), so that the threads share one long context
 ATT_MIN_SPLIT = 256     # positions a range covers at least (a short context takes fewer ranges)
+ATT_LANES = 8           # CPU attention's score vectors: at most 8 lanes. On AVX-512 (Zen 4) 16-lane scores took as
+                        # long in cache and ~20% longer at 32k positions (f16 cache; benchmarks/attention_kernel.py)
 
 
 def _hsum(v, lanes: int):
@@ -382,7 +384,7 @@ def _split_attention_macro(H: int, KV: int, hd: int, VL: int, kv: str, window: i
     parallel (:func:`_range_softmax_macro`) into ``Pm`` / ``Pl`` / ``Pa`` [n*nsp, H(*hd)], then merged per (row,
     head) into O[t, h*hd:] (times the sigmoid of gate logit ``Gs[t, gcol + h]`` when gated). ``par``: the ranges and
     heads on the thread pool (else one thread: a small model's decode)."""
-    attend = _range_softmax_macro(H, KV, hd, VL, kv, ATT_BLOCK, window)
+    attend = _range_softmax_macro(H, KV, hd, pick_lanes(hd, min(VL, ATT_LANES)), kv, ATT_BLOCK, window)
 
     @T.macro
     def split_attention(Qr, Kc, Vc, Sl, Ps, O, Gs, gcol, Pm, Pl, Pa, n, nsp, C):
