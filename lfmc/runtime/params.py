@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..paramfile import ALIGN, DTYPES as _DTYPES
+from ..paramfile import ALIGN, DTYPES as _DTYPES, PAD_PREFIX
 from .errors import RuntimeLoadError
 
 
@@ -78,10 +78,10 @@ def _walk(path: Path, expected: dict[str, dict[str, Any]],
 
 
 def param_header(path: Path, expected: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The safetensors header, every tensor in ``expected`` checked (name, dtype, shape, data range) without
-    reading any tensor data."""
+    """The safetensors header (without its metadata and filler tensors), every tensor in ``expected`` checked
+    (name, dtype, shape, data range) without reading any tensor data."""
     header = _walk(path, expected, lambda *_: None)
-    return {k: v for k, v in header.items() if k != "__metadata__"}
+    return {k: v for k, v in header.items() if k != "__metadata__" and not k.startswith(PAD_PREFIX)}
 
 
 def _map(f) -> mmap.mmap | None:

@@ -9,7 +9,7 @@ import pytest
 
 from lfmc.runtime import Engine
 from lfmc.paramfile import ALIGN, PAD_PREFIX, write_params
-from lfmc.runtime.params import read_params
+from lfmc.runtime.params import param_header, read_params
 
 TENSORS = {"b": np.arange(6, dtype=np.float16).reshape(2, 3), "a": np.arange(5, dtype=np.int8),
            "c": np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2), "u": np.arange(7, dtype=np.uint16),
@@ -40,6 +40,7 @@ def test_every_tensor_is_aligned_and_the_package_reads_the_file(tmp_path):
     g = tmp_path / "q.safetensors"
     write_params(g, dict(reversed(list(TENSORS.items()))))
     assert f.read_bytes() == g.read_bytes()
+    assert set(param_header(f, SPEC)) == set(TENSORS)           # the fillers are not parameters
     with pytest.raises(ValueError, match="reserved prefix"):
         write_params(g, {PAD_PREFIX + "x": TENSORS["a"]})
 
