@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -62,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=30, help="kernel calls per timing")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "attention-kernel.json")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="TVM's thread pool (default: every CPU, as the cpu driver sets it; TVM alone would take half "
+                         "the CPUs of an x86 machine, assuming hyper-threads)")
     a = ap.parse_args(argv)
+    os.environ["TVM_NUM_THREADS"] = str(a.threads)           # read once, when TVM's pool starts: before any kernel
     from lfmc.targets.host import cpu_info
 
     H, KV, hd = (int(x) for x in a.heads.split(","))
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kv {kvn:>3} C {C:>6}: {m:6.2f} ms, cache {r['gbs']:5.1f} GB/s = {100 * r['of_bandwidth']:3.0f}% of "
                   f"the probe's {bw:.1f}; {r['ns_per_position']:.0f} ns per position", flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"cpu": cpu_info(), "heads": [H, KV, hd], "window": a.window, "rows": rows}, indent=1))
+    a.out.write_text(json.dumps({"cpu": cpu_info(), "threads": a.threads, "heads": [H, KV, hd], "window": a.window,
+                                 "rows": rows}, indent=1))
     return 0
 
 
