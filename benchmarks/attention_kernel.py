@@ -4,10 +4,12 @@ rate over the memory bandwidth measured in the same run (alternating: probe, ker
 One row (a decode step of one sequence) at position C - 1 of a cache of random values, LFM2-350M's attention shape
 by default (16 query heads, 8 KV heads of 64), for each KV precision asked. The kernel is the one the host target
 builds for decode (lfmc/targets/kernels/attention.py with the host's decode knobs: 16 lanes on AVX-512; parallel
-over TVM's thread pool); this isolates it from the weights'
-GEMVs, whose reads dominate a whole decode step.
+over TVM's thread pool); this isolates it from the weights' GEMVs, whose reads dominate a whole decode step.
 
     .venv/bin/python benchmarks/attention_kernel.py --contexts 8192,32768 --kv f32,f16,i8
+
+Two kernels side by side: run this script alternately from two checkouts (each importing its own lfmc), each run
+appending to one file with ``--label before`` / ``--label after``.
 """
 from __future__ import annotations
 
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=30, help="kernel calls per timing")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "attention-kernel.json")
+    ap.add_argument("--label", default=None,
+                    help="append this run to --out as a round named LABEL (e.g. 'before' / 'after', run alternately "
+                         "from two checkouts) instead of replacing the file")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="TVM's thread pool (default: every CPU, as the cpu driver sets it; TVM alone would take half "
                          "the CPUs of an x86 machine, assuming hyper-threads)")
@@ -97,8 +102,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kv {kvn:>3} C {C:>6}: {m:6.2f} ms, cache {r['gbs']:5.1f} GB/s = {100 * r['of_bandwidth']:3.0f}% of "
                   f"the probe's {bw:.1f}; {r['ns_per_position']:.0f} ns per position", flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"cpu": cpu_info(), "threads": a.threads, "heads": [H, KV, hd], "window": a.window,
-                                 "rows": rows}, indent=1))
+    doc = {"cpu": cpu_info(), "threads": a.threads, "heads": [H, KV, hd], "window": a.window}
+    if a.label is None:
+        doc["rows"] = rows
+    else:
+        prev = json.loads(a.out.read_text()) if a.out.exists() else {}
+        doc["rounds"] = prev.get("rounds", []) + [{"label": a.label, "rows": rows}]
+    a.out.write_text(json.dumps(doc, indent=1))
     return 0
 
 

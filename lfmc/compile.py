@@ -10,8 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from .ir.errors import LfmcError
 from .ir.model import Model, load_model
 from .ir.text import print_graph

@@ -4,9 +4,9 @@ The safetensors layout is an 8-byte little-endian header length, a JSON header (
 data_offsets) and the raw data. lfmc's writer (lfmc/paramfile.py) puts every tensor at a 64-byte aligned file
 offset, the alignment TVM's kernels expect of their buffers. Then a driver whose device memory is this
 process's memory (``cpu``, ``wafer``) maps the file instead of reading it (:func:`read_params` with ``mapped``):
-the weights are page-cache pages shared by every process that runs the artifact, not a private copy. Other drivers (and files from older writers, whose tensors
-may be unaligned) read each tensor with ``readinto`` into its final buffer: peak memory stays the size of the
-weights, with no second copy.
+the weights are page-cache pages shared by every process that runs the artifact, not a private copy. Other
+drivers (and files from older writers, whose tensors may be unaligned) read each tensor with ``readinto`` into
+its final buffer: peak memory stays the size of the weights, with no second copy.
 """
 from __future__ import annotations
 
@@ -103,8 +103,9 @@ def read_params(path: Path, expected: dict[str, dict[str, Any]],
                 alloc: Callable[[tuple[int, ...], str], np.ndarray], mapped: bool = False) -> dict[str, np.ndarray]:
     """name -> host buffer for every tensor in ``expected`` ({name: {shape, dtype}}). With ``mapped``, a tensor
     at a 64-byte aligned offset is a view of a private mapping of the file (copy-on-write: the kernels never
-    write parameters, and an artifact replaced on disk does not change it); any other tensor is read into a
-    buffer from ``alloc``."""
+    write parameters; an artifact replaced on disk by a new file renamed over it, as lfmc writes them, leaves the
+    mapping as it was, while one overwritten in place would not); any other tensor is read into a buffer from
+    ``alloc``."""
     out: dict[str, np.ndarray] = {}
     view: list[mmap.mmap | None] = []
 

@@ -238,8 +238,9 @@ def _fast_exp(x):
 ATT_SPLITS = 8          # CPU attention: position ranges per row when a call has one row (flash-decoding; fewer per
                         # row for more rows, none past 8 rows), so that the threads share one long context
 ATT_MIN_SPLIT = 256     # positions a range covers at least (a short context takes fewer ranges)
-ATT_LANES = 8           # CPU attention's score vectors: at most 8 lanes. On AVX-512 (Zen 4) 16-lane scores took as
-                        # long in cache and ~20% longer at 32k positions (f16 cache; benchmarks/attention_kernel.py)
+ATT_LANES = 8           # CPU attention's score vectors: at most 8 lanes. On AVX-512 (Zen 4), one thread, 16-lane
+                        # scores took as long in cache and ~20% longer at 32k positions (f16 cache); on two threads
+                        # no difference showed through the noise (benchmarks/attention_kernel.py --lanes)
 
 
 def _hsum(v, lanes: int):
@@ -298,9 +299,10 @@ def _range_softmax_macro(H: int, KV: int, hd: int, VL: int, kv: str, B: int = AT
     scale = float(hd) ** -0.5
     score, scores, tree = _score_fns(H, KV, hd, VL, kv)
     # f16 cache: the values VV lanes of every head at a time (below), the block's V rows prefetched while its K
-    # rows are read. Measured on the 350M's shape (benchmarks/attention_kernel.py, AVX-512): 32k positions 4.3 ->
-    # 3.8 ms; the same for the f32 cache (rows twice as long, four passes over each) and int8 cache was slower than
-    # one pass over each value row with every head's accumulators (spilled), so those keep that.
+    # rows are read. On the 350M's shape (benchmarks/attention_kernel.py, AVX-512, two threads) this is what makes
+    # the f16 kernel 1.57x faster with the cache in L3 (no gain measured at 32k from memory); for the f32 and int8
+    # caches it was slower than one pass over each value row with every head's accumulators (one-thread timings:
+    # four passes over the longer f32 rows, int8's extra conversion), so those keep that.
     chunked = kv == "float16"
     VV = pick_lanes(hd, 16)
     COLS = kv_cols(hd, kv)
@@ -373,7 +375,8 @@ def _range_softmax_macro(H: int, KV: int, hd: int, VL: int, kv: str, B: int = AT
                             for d in T.vectorized(hd):
                                 acc[(g * G + i) * hd + d] = acc[(g * G + i) * hd + d] + weight(
                                     sc, j * H + g * G + i, Vc, s, _row(T.min(lo + blk * B + j, hi - 1), C, window),
-                                    g) * T.Cast("float32", Vc[s, _row(T.min(lo + blk * B + j, hi - 1), C, window), g, d])
+                                    g) * T.Cast("float32",
+                                                Vc[s, _row(T.min(lo + blk * B + j, hi - 1), C, window), g, d])
 
     return attend
 
