@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ...paramfile import ALIGN      # one alignment for kernel buffers and the tensors of a mapped params file
+
 
 class HostMemory:
     """allocate / view / write / read / fill on numpy host buffers; ``sync`` is a no-op."""
@@ -16,8 +18,8 @@ class HostMemory:
         """A zeroed, 64-byte-aligned host buffer (TVM's kernels expect the alignment)."""
         dt = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        raw = np.zeros(nbytes + 64, np.uint8)
-        off = (-raw.ctypes.data) % 64
+        raw = np.zeros(nbytes + ALIGN, np.uint8)
+        off = (-raw.ctypes.data) % ALIGN
         return raw[off:off + nbytes].view(dt).reshape(shape)
 
     def alloc_host(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
