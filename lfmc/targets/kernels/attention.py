@@ -238,6 +238,7 @@ def _fast_exp(x):
 ATT_SPLITS = 8          # CPU attention: position ranges per row when a call has one row (flash-decoding; fewer per
                         # row for more rows, none past 8 rows), so that the threads share one long context
 ATT_MIN_SPLIT = 256     # positions a range covers at least (a short context takes fewer ranges)
+ATT_PREFETCH_BYTES = 32 << 10   # CPU attention: a block's V rows are prefetched during its scores if at most this
 ATT_LANES = 8           # CPU attention's score vectors: at most 8 lanes. On AVX-512 (Zen 4), one thread, 16-lane
                         # scores took as long in cache and ~20% longer at 32k positions (f16 cache); on two threads
                         # no difference showed through the noise (benchmarks/attention_kernel.py --lanes)
@@ -298,16 +299,28 @@ def _range_softmax_macro(H: int, KV: int, hd: int, VL: int, kv: str, B: int = AT
     G = H // KV
     scale = float(hd) ** -0.5
     score, scores, tree = _score_fns(H, KV, hd, VL, kv)
-    # f16 cache: the values VV lanes of every head at a time (below), the block's V rows prefetched while its K
-    # rows are read. On the 350M's shape (benchmarks/attention_kernel.py, AVX-512, two threads) this is what makes
-    # the f16 kernel 1.57x faster with the cache in L3 (no gain measured at 32k from memory); for the f32 and int8
-    # caches it was slower than one pass over each value row with every head's accumulators (one-thread timings:
-    # four passes over the longer f32 rows, int8's extra conversion), so those keep that.
+    # f16 cache: the values VV lanes of every head at a time (below). On the 350M's shape (benchmarks/
+    # attention_kernel.py, AVX-512, two threads) this with the V prefetch (below) makes the f16 kernel 1.57x faster
+    # with the cache in L3; for the f32 and int8 caches it was slower than one pass over each value row with every
+    # head's accumulators (one-thread timings: four passes over the longer f32 rows, int8's extra conversion; int8
+    # at two threads: no gain either), so those keep that.
     chunked = kv == "float16"
     VV = pick_lanes(hd, 16)
     COLS = kv_cols(hd, kv)
     LE = 64 // {"float32": 4, "float16": 2, "int8": 1}[kv]            # elements a cache line
     VLINES = (KV * COLS + LE - 1) // LE                                 # cache lines a row of all KV heads
+
+    # The block's V rows are prefetched while its K rows are read (they are read after the block's softmax) where
+    # they fit an L1 (ATT_PREFETCH_BYTES: f16 and int8 rows of 8 KV heads of 64; not f32's 64 KiB, which were
+    # evicted before use and read slower); see BENCHMARKS.md "The attention kernel alone".
+    prefetch_v = B * VLINES * 64 <= ATT_PREFETCH_BYTES
+
+    @T.macro
+    def prefetch(Vc, s, c, hi, C):
+        if prefetch_v:
+            for l in T.unroll(VLINES):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(Vc[
+                    s, _row(T.min(c, hi - 1), C, window), l * LE // COLS, l * LE % COLS]), 0, 3, 1))
 
     def weight(sc, at, Vc, s, row, g):
         """A position's softmax weight, times its value row's scale for an int8 cache."""
@@ -323,11 +336,7 @@ def _range_softmax_macro(H: int, KV: int, hd: int, VL: int, kv: str, B: int = AT
         for blk in T.serial((hi - lo + B - 1) // B):
             if tree:
                 for j in T.serial(B):                       # K rows in address order: every head of a position
-                    if chunked:
-                        for l in T.unroll(VLINES):              # the block's V rows on their way while K is read
-                            T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(Vc[
-                                s, _row(T.min(lo + blk * B + j, hi - 1), C, window), l * LE // COLS, l * LE % COLS]),
-                                0, 3, 1))
+                    prefetch(Vc, s, lo + blk * B + j, hi, C)
                     sc[T.ramp(j * H, 1, H)] = T.Select(
                         lo + blk * B + j < hi,
                         scores(qa, Kc, s, _row(T.min(lo + blk * B + j, hi - 1), C, window))
@@ -335,6 +344,7 @@ def _range_softmax_macro(H: int, KV: int, hd: int, VL: int, kv: str, B: int = AT
                         T.Broadcast(T.float32(NEG), H))
             else:
                 for j in T.serial(B):
+                    prefetch(Vc, s, lo + blk * B + j, hi, C)
                     for g in T.serial(KV):
                         for i in T.unroll(G):               # straight-line: the group's heads share the K loads
                             sc[j * H + g * G + i] = T.Select(
