@@ -9,7 +9,9 @@ and vs llama.cpp on the same model.
 cache at lfmc's KV precision (``-ctk / -ctv``; lfmc's ``--kv-dtype i8`` against llama.cpp's q8_0 cache, with its
 flash attention ``-fa on``, which a quantized V cache needs), and every lfmc row reports its efficiency: bytes read per step
 (weights, plus the KV cache up to the context) / step time / the memory read bandwidth, probed just before and just
-after that row's lfmc process (the higher of the two: this VM's bandwidth moves between phases within seconds).
+after that row's lfmc process (the higher of the two: this VM's bandwidth moves between phases within seconds), and
+per sandwiched round inside the process (``--pairs``: probe, decode steps, probe, a few seconds in all; the median
+of the rounds' efficiencies, each against the higher of its two probes).
 
 LFM3-1.7B keeps a growing KV cache in its 6 full-attention layers only: its 5 sliding-window layers keep a ring of
 their window (constant, like the 13 conv layers' state). Its same-size transformer has hidden 2048, 24 layers,
@@ -82,8 +84,23 @@ def child_lfmc(a: dict) -> dict:
         for _ in range(steps):
             tok = int(np.argmax(eng.decode([s], [tok])[0]))
         times.append(time.perf_counter() - t)
-    return {"decode_tps": steps / statistics.median(times), "peak_rss": _rss(), "rss": _rss_now(),
-            "memory": eng.memory_bytes()}
+    out = {"decode_tps": steps / statistics.median(times), "peak_rss": _rss(), "rss": _rss_now(),
+           "memory": eng.memory_bytes()}
+    # then (its peak recorded: the probe's buffer would count) sandwiched rounds: a bandwidth probe, `steps`
+    # decode steps, a probe, so that each round's rate meets the bandwidth of the same few seconds
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare import stream_read_gbs
+
+    out["paired"] = []
+    for _ in range(int(a.get("pairs", 0))):
+        eng._seqs[s].length = n
+        before = stream_read_gbs(0.25, reps=2)
+        t = time.perf_counter()
+        for _ in range(steps):
+            tok = int(np.argmax(eng.decode([s], [tok])[0]))
+        dt = time.perf_counter() - t
+        out["paired"].append({"tps": steps / dt, "probe_before": before, "probe_after": stream_read_gbs(0.25, reps=2)})
+    return out
 
 
 def cpu_info() -> dict:
@@ -178,6 +195,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="random weights' seed (lfmc and llama.cpp alike)")
     ap.add_argument("--contexts", default="512,2048,8192,32768")
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--pairs", type=int, default=5,
+                    help="sandwiched rounds per lfmc row (probe, --steps decode steps, probe), after its timing: the "
+                         "efficiency of each round against the bandwidth of the same seconds")
     ap.add_argument("--build", default="build/memctx")
     ap.add_argument("--out", default=None, help="default benchmarks/results/memory-context[-PRESET-DTYPE].json")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -229,15 +249,22 @@ def main() -> int:
     rows = []
     for n in ctxs:
         before = stream_read_gbs(reps=3)
-        lf = run("lfmc", artifact=str(art), context=n, steps=a.steps)
+        lf = run("lfmc", artifact=str(art), context=n, steps=a.steps, pairs=a.pairs)
         # this VM's bandwidth flips between two phases within seconds: the row's efficiency is against the higher
         # of two probes taken just before and just after it (the conservative figure)
         lf["probe_gbs"] = max(before, stream_read_gbs(reps=3))
         lf["bytes_per_step"] = wbytes + kv_per_pos * n
         lf["efficiency"] = lf["bytes_per_step"] * lf["decode_tps"] / 1e9 / lf["probe_gbs"]
+        # and per sandwiched round (probe, decode, probe within a few seconds), against the higher probe of each
+        for p in lf["paired"]:
+            p["efficiency"] = lf["bytes_per_step"] * p["tps"] / 1e9 / max(p["probe_before"], p["probe_after"])
+        lf["efficiency_paired"] = statistics.median(p["efficiency"] for p in lf["paired"]) if lf["paired"] else None
         row = {"context": n, "lfmc": lf}
         line = (f"context {n:>6}: lfmc {lf['decode_tps']:6.1f} tok/s ({lf['efficiency']:.0%} of the "
-                f"{lf['probe_gbs']:.1f} GB/s probed around it), peak {lf['peak_rss'] / 2**20:7.0f} MiB")
+                f"{lf['probe_gbs']:.1f} GB/s probed around it"
+                + (f"; median of {len(lf['paired'])} sandwiched rounds {lf['efficiency_paired']:.0%}, each "
+                   f"{min(p['efficiency'] for p in lf['paired']):.0%}-{max(p['efficiency'] for p in lf['paired']):.0%}"
+                   if lf["paired"] else "") + f"), peak {lf['peak_rss'] / 2**20:7.0f} MiB")
         if lc_model is not None:
             try:
                 row["llama.cpp"] = lc = llama_cpp.bench_depth(lc_dir, lc_model, n, a.steps, LLAMA_KV[kvd],
@@ -261,7 +288,7 @@ def main() -> int:
               f"where activation pages were allocated but never touched) {rest / 2**20:.0f}")
     sides = ["lfmc"] + [k for k in ("llama.cpp", "torch") if k in rows[0]]
     print(f"{'context':>8} " + " ".join(f"{s_ + ' tok/s':>16} {s_ + ' peak':>15}" for s_ in sides)
-          + f" {'lfmc/llama':>11} {'lfmc eff.':>10} {'lfmc state':>11}   (MiB)")
+          + f" {'lfmc/llama':>11} {'lfmc eff.':>10} {'paired':>7} {'lfmc state':>11}   (MiB)")
     def ok(r: dict, side: str) -> bool:
         return "decode_tps" in r.get(side, {})
 
@@ -269,7 +296,8 @@ def main() -> int:
         ratio = f"{r['lfmc']['decode_tps'] / r['llama.cpp']['decode_tps']:.2f}x" if ok(r, "llama.cpp") else "-"
         print(f"{r['context']:>8} " + " ".join(f"{r[s_]['decode_tps']:>16.1f} {r[s_]['peak_rss'] / 2**20:>15.0f}"
                                                if ok(r, s_) else f"{'failed':>16} {'-':>15}" for s_ in sides)
-              + f" {ratio:>11} {r['lfmc']['efficiency']:>10.0%} {r['lfmc']['memory']['state'] / 2**20:>11.0f}")
+              + f" {ratio:>11} {r['lfmc']['efficiency']:>10.0%} {r['lfmc']['efficiency_paired'] or 0:>7.0%}"
+              + f" {r['lfmc']['memory']['state'] / 2**20:>11.0f}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"preset": a.preset, "dtype": a.dtype, "kv_dtype": kvd, "steps": a.steps,
@@ -307,8 +335,8 @@ def main() -> int:
         ax[i].set_title(t)
         ax[i].grid(alpha=0.3)
     ax[0].legend(fontsize=8)
-    fig.suptitle(f"memory and decode speed vs context, {'16-bit' if a.dtype == 'f16' else 'float32'} weights, {kvd} KV, "
-                 f"{cpu_info()['cpus']} threads, this machine")
+    fig.suptitle(f"memory and decode speed vs context, {'16-bit' if a.dtype == 'f16' else 'float32'} weights, "
+                 f"{kvd} KV, {cpu_info()['cpus']} threads, this machine")
     fig.tight_layout()
     png = out.with_suffix(".png")
     fig.savefig(png, dpi=110)
