@@ -10,8 +10,9 @@ cache at lfmc's KV precision (``-ctk / -ctv``; lfmc's ``--kv-dtype i8`` against 
 flash attention ``-fa on``, which a quantized V cache needs), and every lfmc row reports its efficiency: bytes read per step
 (weights, plus the KV cache up to the context) / step time / the memory read bandwidth, probed just before and just
 after that row's lfmc process (the higher of the two: this VM's bandwidth moves between phases within seconds), and
-per sandwiched round inside the process (``--pairs``: probe, decode steps, probe, a few seconds in all; the median
-of the rounds' efficiencies, each against the higher of its two probes).
+per sandwiched round inside the process (``--pairs``: probe, decode steps, probe, a few seconds in all; the probe
+is the artifact's own read-peak kernel, Engine.measure_read_bandwidth; the median of the rounds' efficiencies,
+each against the higher of its two probes).
 
 LFM3-1.7B keeps a growing KV cache in its 6 full-attention layers only: its 5 sliding-window layers keep a ring of
 their window (constant, like the 13 conv layers' state). Its same-size transformer has hidden 2048, 24 layers,
@@ -87,19 +88,19 @@ def child_lfmc(a: dict) -> dict:
     out = {"decode_tps": steps / statistics.median(times), "peak_rss": _rss(), "rss": _rss_now(),
            "memory": eng.memory_bytes()}
     # then (its peak recorded: the probe's buffer would count) sandwiched rounds: a bandwidth probe, `steps`
-    # decode steps, a probe, so that each round's rate meets the bandwidth of the same few seconds
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from compare import stream_read_gbs
-
+    # decode steps, a probe, so that each round's rate meets the bandwidth of the same few seconds. The probe is
+    # the artifact's read-peak kernel (Engine.measure_read_bandwidth: TVM threads streaming 128 MiB as the GEMVs
+    # stream their weights)
     out["paired"] = []
     for _ in range(int(a.get("pairs", 0))):
         eng._seqs[s].length = n
-        before = stream_read_gbs(0.25, reps=2)
+        before = eng.measure_read_bandwidth(128, reps=2)
         t = time.perf_counter()
         for _ in range(steps):
             tok = int(np.argmax(eng.decode([s], [tok])[0]))
         dt = time.perf_counter() - t
-        out["paired"].append({"tps": steps / dt, "probe_before": before, "probe_after": stream_read_gbs(0.25, reps=2)})
+        out["paired"].append({"tps": steps / dt, "probe_before": before,
+                              "probe_after": eng.measure_read_bandwidth(128, reps=2)})
     return out
 
 

@@ -163,13 +163,14 @@ def bench_speculation(engine, prompt: Sequence[int], speculate: Any, steps: int 
 
 
 def profile_engine(engine, entry: str = "decode", n: int = 1, reps: int = 7,
-                   peaks: dict[str, float] | None = None) -> dict[str, Any]:
+                   peaks: dict[str, float] | None = None, bandwidth: float | None = None) -> dict[str, Any]:
     """Where one ``entry`` call of ``n`` rows spends its time, kernel by kernel (each launch timed on its own,
     medians of ``reps``; the sum is a little above an untimed step's). Dense matmuls (kernels ``k_mm_*``, which
     read every weight once per call) also get the bytes of weights they read and the rate they read them at (in
     decode, how close each comes to the machine's memory bandwidth) and, where the plan records their work, the
     GOP/s they compute at; with ``peaks`` (:meth:`Engine.measure_peaks`) the share of their instruction family's
-    peak measured on this machine (in prefill, how close each comes to what the cores can do)."""
+    peak measured on this machine (in prefill, how close each comes to what the cores can do); with ``bandwidth``
+    (GB/s, :meth:`Engine.measure_read_bandwidth`) the share of it their weights are read at."""
     times = engine.profile(entry, n, reps)
     summary = engine.launch_summary(entry, n)
     arith = engine.plan.get("arith", {})
@@ -185,7 +186,8 @@ def profile_engine(engine, entry: str = "decode", n: int = 1, reps: int = 7,
         rows.append({"kernel": k, "launches": summary[k]["launches"], "seconds": t, "share": t / total,
                      "weight_bytes": b, "gbs": b / t / 1e9 if b and t > 0 else None,
                      "flops": fl or None, "gflops": gf, "family": fam,
-                     "of_peak": gf / peak if gf and peak else None})
+                     "of_peak": gf / peak if gf and peak else None,
+                     "of_bandwidth": b / t / 1e9 / bandwidth if b and t > 0 and bandwidth else None})
     mm = [r for r in rows if r["weight_bytes"]]
     mm_bytes, mm_s = sum(r["weight_bytes"] for r in mm), sum(r["seconds"] for r in mm)
     fl_rows = [r for r in rows if r["flops"]]
@@ -193,7 +195,8 @@ def profile_engine(engine, entry: str = "decode", n: int = 1, reps: int = 7,
     return {"entry": entry, "rows_per_call": n, "seconds": total,
             "launches": sum(s["launches"] for s in summary.values()), "kernels": rows,
             "matmul_weight_bytes": mm_bytes, "matmul_gbs": mm_bytes / mm_s / 1e9 if mm_s > 0 else None,
-            "matmul_gflops": fl / fl_s / 1e9 if fl and fl_s > 0 else None, "peaks_gops": peaks or {}}
+            "matmul_gflops": fl / fl_s / 1e9 if fl and fl_s > 0 else None, "peaks_gops": peaks or {},
+            "read_gbs": bandwidth}
 
 
 def format_profile(p: dict[str, Any], top: int = 12) -> str:
@@ -204,14 +207,16 @@ def format_profile(p: dict[str, Any], top: int = 12) -> str:
     if p.get("matmul_gflops"):
         head += f", compute at {p['matmul_gflops']:.1f} GOP/s"
     lines = [head]
-    if p.get("peaks_gops"):
+    if p.get("peaks_gops") or p.get("read_gbs"):
         lines.append("peaks measured here (all threads): " + ", ".join(
-            f"{k} {v:.0f} GOP/s" for k, v in sorted(p["peaks_gops"].items())))
-    lines.append(f"{'kernel':<48}{'launches':>9}{'ms':>9}{'share':>7}{'weights MB':>12}{'GB/s':>7}{'GOP/s':>9}"
-                 f"{'of peak':>14}")
+            [f"{k} {v:.0f} GOP/s" for k, v in sorted(p.get("peaks_gops", {}).items())]
+            + ([f"memory read {p['read_gbs']:.1f} GB/s"] if p.get("read_gbs") else [])))
+    lines.append(f"{'kernel':<48}{'launches':>9}{'ms':>9}{'share':>7}{'weights MB':>12}{'GB/s':>7}{'of bw':>7}"
+                 f"{'GOP/s':>9}{'of peak':>14}")
     for r in p["kernels"][:top]:
-        mb = f"{r['weight_bytes'] / 1e6:12.1f}{r['gbs']:7.1f}" if r["gbs"] else ""
-        gf = f"{r['gflops']:9.1f}" if r.get("gflops") else ""
+        mb = f"{r['weight_bytes'] / 1e6:12.1f}{r['gbs']:7.1f}" if r["gbs"] else " " * 19
+        mb += f"{r['of_bandwidth']:7.0%}" if r.get("of_bandwidth") else " " * 7
+        gf = f"{r['gflops']:9.1f}" if r.get("gflops") else " " * 9
         pk = f"{r['of_peak']:>8.0%} {r['family']:<5}" if r.get("of_peak") else ""
         lines.append(f"{r['kernel'][:47]:<48}{r['launches']:>9}{r['seconds'] * 1e3:>9.3f}{r['share']:>7.0%}{mb}{gf}{pk}")
     if len(p["kernels"]) > top:

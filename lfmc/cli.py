@@ -582,9 +582,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
             raise LfmcError(f"--profile-batch {a.profile_batch}: {a.artifact} decodes 1 to {eng.max_batch} sequences "
                             "per step (compile with --max-batch)")
         peaks = eng.measure_peaks()                    # each instruction family's peak on this machine
-        res["profile"] = profile_engine(eng, "decode", a.profile_batch, peaks=peaks)
+        bw = eng.measure_read_bandwidth()              # and its memory read bandwidth (CPU targets)
+        res["profile"] = profile_engine(eng, "decode", a.profile_batch, peaks=peaks, bandwidth=bw)
         res["profile_prefill"] = profile_engine(eng, "prefill", min(max(lens), eng.prefill_chunk), reps=3,
-                                                peaks=peaks)
+                                                peaks=peaks, bandwidth=bw)
     if a.speculate or a.draft:
         res["speculation"] = _bench_speculation(a, eng)
     if a.baseline == "torch":

@@ -95,10 +95,14 @@ def test_bench_profile_accounts_for_every_launch(art, capsys):
     assert set(plan["peaks"]) == set(plan["arith"].values()) == {"f32"} and pre["peaks_gops"]["f32"] > 0
     mm_rows = [r for r in pre["kernels"] if r["flops"]]
     assert all(r["family"] == "f32" and r["of_peak"] == r["gflops"] / pre["peaks_gops"]["f32"] for r in mm_rows)
+    assert plan["read_peak"]["kernel"] in json.loads((art / "manifest.json").read_text())["kernels"]
+    assert pre["read_gbs"] > 0 and all(r["of_bandwidth"] == r["gbs"] / pre["read_gbs"] for r in mm_rows)
     assert main(["bench", str(art), "--prefill", "16", "--decode-steps", "4", "--reps", "1", "--profile"]) == 0
     out = capsys.readouterr().out
     assert "decode of 1 row(s): " in out and f"over {len(launches)} launches" in out and "GB/s" in out
     assert "prefill of " in out and "GOP/s" in out and "peaks measured here (all threads): f32" in out
+    # and each decode matmul's read rate against the memory bandwidth, measured by the artifact's read-peak kernel
+    assert "memory read " in out and "of bw" in out
 
 
 def test_compile_refuses_config_only(tmp_path, capsys):

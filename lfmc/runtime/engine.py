@@ -137,6 +137,7 @@ class Engine:
         names |= {k for v in self.plan.get("variants", {}).values() for k in v.values()}
         names |= {k for v in self._row_variants.values() for k in v["kernels"].values()}
         names |= {p["kernel"] for p in self.plan.get("peaks", {}).values()}
+        names |= {self.plan["read_peak"]["kernel"]} if "read_peak" in self.plan else set()
         # the ISA variant of each kernel that has several (the driver picks by this CPU's features)
         pick = driver_hook(device, "pick_kernels")
         self._impl: dict[str, str] = {k: v for k, v in (pick(m) if pick else {}).items() if k in names}
@@ -346,6 +347,30 @@ class Engine:
                     best = min(best, dt)
             out[fam] = threads * iters * p["ops_per_iter"] / best / 1e9
         return out
+
+    def measure_read_bandwidth(self, mib: int = 256, reps: int = 3) -> float | None:
+        """GB/s at which this machine's threads read memory, measured here with the artifact's read-peak kernel
+        (each thread one contiguous share of a ``mib`` MiB buffer, larger than the caches: how the decode GEMVs
+        stream their weights): the ceiling ``lfmc bench --profile`` sets each decode matmul against. Best of
+        ``reps`` reads after one untimed. None for an artifact without the kernel (GPU targets, older builds)."""
+        spec = self.plan.get("read_peak")
+        if spec is None:
+            return None
+        threads = int(getattr(self.driver, "num_threads", 1) or 1)
+        L, accs = int(spec["lanes"]), int(spec["accs"])
+        unit = threads * accs
+        n = max(unit, (mib << 20) // (4 * L) // unit * unit)
+        a, b = self.driver.alloc((n, L), "float32"), self.driver.alloc((threads, accs, L), "float32")
+        a[...] = 1.0        # every page touched before it is timed (CPU targets only: host memory, a numpy array)
+        args = [self.driver.device_view(a, (n, L)), self.driver.device_view(b, (threads, accs, L))]
+        f, best = self._funcs[spec["kernel"]], float("inf")
+        for i in range(reps + 1):
+            t = time.perf_counter()
+            f(*args, threads)
+            self.driver.sync()
+            if i:
+                best = min(best, time.perf_counter() - t)
+        return n * L * 4 / best / 1e9
 
     def profile_image(self, patches: np.ndarray, height: int, width: int, reps: int = 3) -> dict[str, float]:
         """Seconds per kernel of the ``vision`` entry (:meth:`profile`'s measure) for one image of ``height`` x

@@ -831,6 +831,10 @@ def lower(graph: Graph, weights: dict[str, np.ndarray] | None, knobs: dict[str, 
         plan["peaks"] = {f: {"kernel": lw.kernel(("peak", f, kn.lanes, kn.dot, kn.bf16dot), "make_peak", kind=f,
                                                  knobs=kn), **KN.peak_spec(f, kn)}
                          for f in sorted(set(lw.arith.values()))}
+    if not kn.gpu:
+        # and the memory read bandwidth (kernels/peak.make_read_peak): what a decode step reads its weights against
+        plan["read_peak"] = {"kernel": lw.kernel(("readpeak", kn.lanes), "make_read_peak", knobs=kn),
+                             "lanes": kn.lanes, "accs": KN.PEAK_ACCS}
     if vision is not None:
         plan["entries"]["vision"] = [L.to_json() for L in vw.entries["vision"]]
         plan["row_tile"]["vision"] = knobs["prefill"].rows

@@ -710,6 +710,22 @@ def test_peak_kernels_do_the_work_they_count(kind, family):
     assert spec["ops_per_iter"] == 8 * 2 * per * oshape[1]        # accumulators x lanes x products x 2
 
 
+@pytest.mark.parametrize("threads,rows", [(1, 64), (2, 8 * 2 * 5), (3, 8 * 3 * 7)])
+def test_read_peak_kernel_reads_each_thread_s_share_once(threads, rows):
+    """The read-peak kernel (the memory bandwidth ``lfmc bench --profile`` sets decode matmuls against) adds every
+    row of its buffer exactly once: thread p's accumulators sum rows p*n/P ... (p+1)*n/P - 1, accumulator a the
+    rows congruent to a modulo PEAK_ACCS within that share."""
+    from lfmc.targets.knobs import PEAK_ACCS
+
+    L = 8
+    f = tvm.compile(tvm.IRModule({"rp": K.make_read_peak("rp", K.Knobs(L, 4, 3))}), target=host_target())["rp"]
+    x = np.arange(rows * L, dtype=np.float32).reshape(rows, L) % 97
+    out = tvm.runtime.tensor(np.zeros((threads, PEAK_ACCS, L), np.float32))
+    f(tvm.runtime.tensor(x), out, threads)
+    want = x.reshape(threads, rows // threads // PEAK_ACCS, PEAK_ACCS, L).sum(1)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-6)
+
+
 @pytest.mark.parametrize("kind,want", [("f32", "fmla"), ("int8", "smmla"), ("bf16", "bfmmla")])
 def test_arm_peak_kernels_use_the_prefill_tiles_instruction(kind, want):
     """On an arm64 profile with i8mm and bf16 the peak kernels measure the matrix instructions the prefill tiles

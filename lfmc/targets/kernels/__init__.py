@@ -18,7 +18,7 @@ from .conv_scan import (make_conv_decode, make_conv_prefill, make_recurrence_dec
 from .matmul import make_matmul, schedule_matmul
 from .matmul_a8 import a8_layout, make_matmul_a8
 from .matmul_bf16 import bf16_layout, make_matmul_bf16
-from .peak import make_peak
+from .peak import make_peak, make_read_peak
 from .moe import make_moe_down, make_moe_gate_up, make_moe_route
 from .vision import (make_encoder_attention, make_encoder_qkv, make_encoder_qkv_rope, make_gather_rows, make_gelu, make_grid_conv,
                      make_image_merge, make_layernorm)
@@ -26,7 +26,7 @@ from .rows import make_add, make_add_rmsnorm, make_embedding, make_rmsnorm, make
 from ..knobs import A8_GROUP, Knobs, a8_interleave, pick_cols, pick_lanes  # noqa: F401  (the makers' knobs)
 
 __all__ = ["make_add", "make_add_rmsnorm", "make_attention", "make_conv_decode", "make_conv_prefill", "make_embedding", "make_matmul",
-           "make_matmul_a8", "make_matmul_bf16", "bf16_layout", "make_peak", "make_moe_down", "make_moe_gate_up", "make_moe_route", "make_qk_rope",
+           "make_matmul_a8", "make_matmul_bf16", "bf16_layout", "make_peak", "make_read_peak", "make_moe_down", "make_moe_gate_up", "make_moe_route", "make_qk_rope",
            "make_recurrence_decode", "make_recurrence_prefill", "make_recurrence_scan", "make_rmsnorm",
            "make_rope_attention", "make_silu_mul", "make_take_last", "a8_layout", "schedule_matmul",
            "make_encoder_attention", "make_encoder_qkv", "make_encoder_qkv_rope", "make_grid_conv", "make_gather_rows", "make_gelu",

@@ -57,3 +57,28 @@ def make_peak(name: str, kind: str, knobs: Knobs) -> tvm.tirx.PrimFunc:
                 Out[p, a, T.ramp(0, 1, L)] = acc[a, T.ramp(0, 1, L)]
 
     return _named(f, name)
+
+
+def make_read_peak(name: str, knobs: Knobs) -> tvm.tirx.PrimFunc:
+    """The memory read bandwidth: each of P threads sums its contiguous share (rows p*n/P ...) of ``In`` [n, lanes]
+    float32 into ACCS accumulator vectors (independent adds, so that only the loads bound it), written to ``Out``
+    [P, ACCS, lanes] so that nothing is optimized away. ``n`` a multiple of P * ACCS. Args: In, Out, P."""
+    L = knobs.lanes
+
+    @T.prim_func
+    def f(i: T.handle, o: T.handle, P: T.int32):
+        n = T.int32()
+        In = T.match_buffer(i, (n, L), "float32")
+        Out = T.match_buffer(o, (P, ACCS, L), "float32")
+        for p in T.parallel(P):
+            acc = T.decl_buffer((ACCS, L), "float32")
+            for a in T.unroll(ACCS):
+                acc[a, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
+            for it in T.serial(n // P // ACCS):
+                for a in T.unroll(ACCS):
+                    acc[a, T.ramp(0, 1, L)] = acc[a, T.ramp(0, 1, L)] + In[
+                        p * (n // P) + it * ACCS + a, T.ramp(0, 1, L)]
+            for a in T.unroll(ACCS):
+                Out[p, a, T.ramp(0, 1, L)] = acc[a, T.ramp(0, 1, L)]
+
+    return _named(f, name)
