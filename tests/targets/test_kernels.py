@@ -710,15 +710,17 @@ def test_peak_kernels_do_the_work_they_count(kind, family):
     assert spec["ops_per_iter"] == 8 * 2 * per * oshape[1]        # accumulators x lanes x products x 2
 
 
-@pytest.mark.parametrize("threads,rows", [(1, 64), (2, 8 * 2 * 5), (3, 8 * 3 * 7)])
-def test_read_peak_kernel_reads_each_thread_s_share_once(threads, rows):
+@pytest.mark.parametrize("threads,rows,streams", [(1, 64, 1), (2, 8 * 2 * 5, 1), (3, 8 * 3 * 7, 1),
+                                                   (2, 8 * 2 * 3 * 4, 3)])
+def test_read_peak_kernel_reads_each_thread_s_share_once(threads, rows, streams):
     """The read-peak kernel (the memory bandwidth ``lfmc bench --profile`` sets decode matmuls against) adds every
     row of its buffer exactly once: thread p's accumulators sum rows p*n/P ... (p+1)*n/P - 1, accumulator a the
-    rows congruent to a modulo PEAK_ACCS within that share."""
+    rows congruent to a modulo PEAK_ACCS within that share (also when it reads the share as several streams)."""
     from lfmc.targets.knobs import PEAK_ACCS
 
     L = 8
-    f = tvm.compile(tvm.IRModule({"rp": K.make_read_peak("rp", K.Knobs(L, 4, 3))}), target=host_target())["rp"]
+    f = tvm.compile(tvm.IRModule({"rp": K.make_read_peak("rp", K.Knobs(L, 4, 3), streams)}),
+                    target=host_target())["rp"]
     x = np.arange(rows * L, dtype=np.float32).reshape(rows, L) % 97
     out = tvm.runtime.tensor(np.zeros((threads, PEAK_ACCS, L), np.float32))
     f(tvm.runtime.tensor(x), out, threads)

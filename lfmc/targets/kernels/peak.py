@@ -59,11 +59,13 @@ def make_peak(name: str, kind: str, knobs: Knobs) -> tvm.tirx.PrimFunc:
     return _named(f, name)
 
 
-def make_read_peak(name: str, knobs: Knobs) -> tvm.tirx.PrimFunc:
+def make_read_peak(name: str, knobs: Knobs, streams: int = 1) -> tvm.tirx.PrimFunc:
     """The memory read bandwidth: each of P threads sums its contiguous share (rows p*n/P ...) of ``In`` [n, lanes]
     float32 into ACCS accumulator vectors (independent adds, so that only the loads bound it), written to ``Out``
-    [P, ACCS, lanes] so that nothing is optimized away. ``n`` a multiple of P * ACCS. Args: In, Out, P."""
-    L = knobs.lanes
+    [P, ACCS, lanes] so that nothing is optimized away. ``streams`` > 1 reads each share as that many equal parts
+    at once (how a GEMV reads several weight panels; benchmarks/decode_read_phases.py). ``n`` a multiple of
+    P * streams * ACCS. Args: In, Out, P."""
+    L, S = knobs.lanes, int(streams)
 
     @T.prim_func
     def f(i: T.handle, o: T.handle, P: T.int32):
@@ -74,10 +76,11 @@ def make_read_peak(name: str, knobs: Knobs) -> tvm.tirx.PrimFunc:
             acc = T.decl_buffer((ACCS, L), "float32")
             for a in T.unroll(ACCS):
                 acc[a, T.ramp(0, 1, L)] = T.broadcast(T.float32(0), L)
-            for it in T.serial(n // P // ACCS):
-                for a in T.unroll(ACCS):
-                    acc[a, T.ramp(0, 1, L)] = acc[a, T.ramp(0, 1, L)] + In[
-                        p * (n // P) + it * ACCS + a, T.ramp(0, 1, L)]
+            for it in T.serial(n // P // (S * ACCS)):
+                for s in T.unroll(S):
+                    for a in T.unroll(ACCS):
+                        acc[a, T.ramp(0, 1, L)] = acc[a, T.ramp(0, 1, L)] + In[
+                            p * (n // P) + s * (n // P // S) + it * ACCS + a, T.ramp(0, 1, L)]
             for a in T.unroll(ACCS):
                 Out[p, a, T.ramp(0, 1, L)] = acc[a, T.ramp(0, 1, L)]
 

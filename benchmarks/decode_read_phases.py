@@ -1,0 +1,125 @@
+"""Decode against the memory read bandwidth of the same moment, phase by phase: how close a decode step, its
+largest GEMV alone, and a pure read of several streams per thread come to the read-peak kernel.
+
+    .venv/bin/python benchmarks/decode_read_phases.py --preset lfm2-350m --rounds 40
+
+Why: this VM's read bandwidth flips between phases within seconds (about 35 and 60 GB/s here), and whether a
+decode step keeps up with the higher phase is a different question from whether it keeps up with the lower. Each
+round: the artifact's read-peak kernel (Engine.measure_read_bandwidth: each thread one stream over 128 MiB), then
+``--steps`` decode steps, the largest GEMV of the step alone (the LM head), the same 128 MiB read with
+``--streams`` concurrent streams per thread (as a GEMV reads its interleaved weight panels), and the read peak
+again. Each figure is over the higher of the two peaks around it; rounds are split at the midpoint between the
+lowest and highest peak seen into a low and a high phase, and the medians of each phase are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def multi_stream_read(streams: int, threads: int, mib: int = 128):
+    """GB/s of a read of ``mib`` MiB where each thread reads ``streams`` equal parts of its share at once (the
+    read-peak kernel with ``streams``)."""
+    from lfmc.runtime.drivers.host import HostMemory
+    from lfmc.targets.host import host_knobs, host_target
+    from lfmc.targets.kernels import make_read_peak
+    from lfmc.targets.knobs import PEAK_ACCS as A
+    from lfmc.tvm_env import import_tvm
+
+    tvm, kn = import_tvm(), host_knobs("decode")
+    k = tvm.compile(tvm.IRModule({"rp": make_read_peak("rp", kn, streams)}), target=host_target())["rp"]
+    n = (mib << 20) // (4 * kn.lanes) // (threads * streams * A) * (threads * streams * A)
+    buf = HostMemory().alloc((n, kn.lanes), "float32")
+    buf[...] = 1.0
+    x, out = tvm.runtime.from_dlpack(buf), tvm.runtime.tensor(np.zeros((threads, A, kn.lanes), np.float32))
+
+    def run() -> float:
+        k(x, out, threads)
+        t = time.perf_counter()
+        k(x, out, threads)
+        return buf.nbytes / (time.perf_counter() - t) / 1e9
+
+    return run
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="lfm2-350m")
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=8, help="decode steps per round")
+    ap.add_argument("--streams", type=int, default=8, help="streams per thread of the multi-stream read")
+    ap.add_argument("--build", default="build/phases")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "decode-read-phases.json")
+    a = ap.parse_args()
+    from compare import compiled, cpu_info, weights_bytes
+
+    from lfmc.compile import compile_model, load_source
+    from lfmc.runtime import Engine
+
+    art = Path(a.build) / f"{a.preset}-f32.host"
+    compiled(art, lambda: compile_model(load_source(a.preset, seed=0), art, max_batch=1, max_context=512))
+    eng = Engine(art, max_batch=1)
+    prof = Engine(art, max_batch=1, one_call=False)      # kernel by kernel, to call the LM head alone
+    prof.profile("decode", 1, reps=1)
+    names = [k for k, _ in prof._launches("decode", 1)]
+    summary = prof.launch_summary("decode", 1)
+    head = max((n for n in summary if n.startswith("k_mm_")), key=lambda n: summary[n]["param_bytes"]
+               / summary[n]["launches"])
+    hf, hargs = next(c for n, c in zip(names, prof._calls[("decode", 1, 0)]) if n == head)
+    head_bytes = summary[head]["param_bytes"] / summary[head]["launches"]
+    step_bytes = weights_bytes(art)                     # every parameter once (the LM head and the embedding
+                                                        # gather share one tensor)
+    multi = multi_stream_read(a.streams, eng.driver.num_threads)
+    s = eng.new_sequence()
+    tok = int(np.argmax(eng.prefill(s, [1, 2, 3])[-1]))
+    rounds = []
+    for _ in range(a.rounds):
+        before = eng.measure_read_bandwidth(128, reps=2)
+        eng._seqs[s].length = 3                           # benchmark only: every round decodes at the same depth
+        t = time.perf_counter()
+        for _ in range(a.steps):
+            tok = int(np.argmax(eng.decode([s], [tok])[0]))
+        decode = step_bytes * a.steps / (time.perf_counter() - t) / 1e9
+        hf(*hargs)
+        t = time.perf_counter()
+        for _ in range(4):
+            hf(*hargs)
+        gemv = head_bytes * 4 / (time.perf_counter() - t) / 1e9
+        ms = multi()
+        peak = max(before, eng.measure_read_bandwidth(128, reps=2))
+        rounds.append({"peak_gbs": peak, "decode_gbs": decode, "head_gbs": gemv, "multi_gbs": ms})
+        print(f"read peak {peak:5.1f} GB/s | decode {decode:5.1f} ({decode / peak:4.0%}) | {head} alone "
+              f"{gemv:5.1f} ({gemv / peak:4.0%}) | {a.streams} streams a thread {ms:5.1f} ({ms / peak:4.0%})",
+              flush=True)
+    lo, hi = min(r["peak_gbs"] for r in rounds), max(r["peak_gbs"] for r in rounds)
+    phases = {}
+    for name, sel in (("low", lambda r: r["peak_gbs"] < (lo + hi) / 2),
+                      ("high", lambda r: r["peak_gbs"] >= (lo + hi) / 2)):
+        rs = [r for r in rounds if sel(r)]
+        if rs:
+            phases[name] = {"rounds": len(rs), **{k: statistics.median(r[k] for r in rs) for k in rounds[0]},
+                            **{f"{k}_of_peak": statistics.median(r[k] / r["peak_gbs"] for r in rs)
+                               for k in ("decode_gbs", "head_gbs", "multi_gbs")}}
+            p = phases[name]
+            print(f"{name} phase ({p['rounds']} rounds): read peak {p['peak_gbs']:.1f} GB/s; decode "
+                  f"{p['decode_gbs_of_peak']:.0%}, {head} {p['head_gbs_of_peak']:.0%}, {a.streams}-stream read "
+                  f"{p['multi_gbs_of_peak']:.0%} of it (medians)")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"preset": a.preset, "cpu": cpu_info(), "head": head, "step_bytes": step_bytes,
+                                 "streams": a.streams, "phases": phases, "rounds": rounds,
+                                 "command": " ".join(sys.argv)}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
