@@ -80,6 +80,18 @@ def _physical_memory() -> int | None:
         return None
 
 
+def _available_mib() -> int:
+    """MiB of memory available to new allocations (Linux MemAvailable), or a large number where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 1 << 30
+
+
 class Engine:
     """A loaded artifact. ``Engine(path)`` imports neither torch, transformers nor lfmc's compiler."""
 
@@ -352,10 +364,12 @@ class Engine:
         """GB/s at which this machine's threads read memory, measured here with the artifact's read-peak kernel
         (each thread one contiguous share of a ``mib`` MiB buffer, larger than the caches: how the decode GEMVs
         stream their weights): the ceiling ``lfmc bench --profile`` sets each decode matmul against. Best of
-        ``reps`` reads after one untimed. None for an artifact without the kernel (GPU targets, older builds)."""
+        ``reps`` reads after one untimed. The buffer is at most an eighth of the memory available (at least 64 MiB,
+        still larger than a CPU's caches). None for an artifact without the kernel (GPU targets, older builds)."""
         spec = self.plan.get("read_peak")
         if spec is None:
             return None
+        mib = max(64, min(mib, _available_mib() // 8))
         threads = int(getattr(self.driver, "num_threads", 1) or 1)
         L, accs = int(spec["lanes"]), int(spec["accs"])
         unit = threads * accs

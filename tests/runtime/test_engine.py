@@ -179,3 +179,27 @@ def test_compile_is_atomic_on_failure(tmp_path, tiny_models, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         compile_model(tiny_models["dense-c"], tmp_path / "x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_read_bandwidth_buffer_follows_the_memory_available(served_artifact, monkeypatch):
+    """Engine.measure_read_bandwidth streams a buffer of ``mib`` MiB, at most an eighth of the memory available
+    (at least 64 MiB): on a device with little free memory the probe does not take it all. Its result is a rate."""
+    from lfmc.runtime import Engine, engine as E
+
+    eng = Engine(served_artifact, max_batch=1)
+    sizes = []
+    alloc = eng.driver.alloc
+
+    def spy(shape, dtype):
+        sizes.append(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        return alloc(shape, dtype)
+
+    monkeypatch.setattr(eng.driver, "alloc", spy)
+    monkeypatch.setattr(E, "_available_mib", lambda: 1 << 30)
+    assert eng.measure_read_bandwidth(96, reps=1) > 0
+    monkeypatch.setattr(E, "_available_mib", lambda: 8 * 80)
+    assert eng.measure_read_bandwidth(256, reps=1) > 0
+    monkeypatch.setattr(E, "_available_mib", lambda: 100)
+    assert eng.measure_read_bandwidth(256, reps=1) > 0
+    big = [b >> 20 for b in sizes if b >= 32 << 20]
+    assert [round(b) for b in big] == [96, 80, 64], big
