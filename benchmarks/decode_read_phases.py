@@ -2,6 +2,7 @@
 largest GEMV alone, and a pure read of several streams per thread come to the read-peak kernel.
 
     .venv/bin/python benchmarks/decode_read_phases.py --preset lfm2-350m --rounds 40
+    .venv/bin/python benchmarks/decode_read_phases.py --dtype f16 --out benchmarks/results/decode-read-phases-f16.json
 
 Why: this VM's read bandwidth flips between phases within seconds (about 35 and 60 GB/s here), and whether a
 decode step keeps up with the higher phase is a different question from whether it keeps up with the lower. Each
@@ -55,6 +56,7 @@ def multi_stream_read(streams: int, threads: int, mib: int = 128):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="lfm2-350m")
+    ap.add_argument("--dtype", default="f32", choices=("f32", "f16"), help="the weights' precision")
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--steps", type=int, default=8, help="decode steps per round")
     ap.add_argument("--streams", type=int, default=8, help="streams per thread of the multi-stream read")
@@ -66,8 +68,9 @@ def main() -> int:
     from lfmc.compile import compile_model, load_source
     from lfmc.runtime import Engine
 
-    art = Path(a.build) / f"{a.preset}-f32.host"
-    compiled(art, lambda: compile_model(load_source(a.preset, seed=0), art, max_batch=1, max_context=512))
+    art = Path(a.build) / f"{a.preset}-{a.dtype}.host"
+    opts = {"dtype": "f16"} if a.dtype == "f16" else {}
+    compiled(art, lambda: compile_model(load_source(a.preset, seed=0), art, max_batch=1, max_context=512, **opts))
     eng = Engine(art, max_batch=1)
     prof = Engine(art, max_batch=1, one_call=False)      # kernel by kernel, to call the LM head alone
     prof.profile("decode", 1, reps=1)
@@ -115,7 +118,7 @@ def main() -> int:
                   f"{p['decode_gbs_of_peak']:.0%}, {head} {p['head_gbs_of_peak']:.0%}, {a.streams}-stream read "
                   f"{p['multi_gbs_of_peak']:.0%} of it (medians)")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"preset": a.preset, "cpu": cpu_info(), "head": head, "step_bytes": step_bytes,
+    a.out.write_text(json.dumps({"preset": a.preset, "dtype": a.dtype, "cpu": cpu_info(), "head": head, "step_bytes": step_bytes,
                                  "streams": a.streams, "phases": phases, "rounds": rounds,
                                  "command": " ".join(sys.argv)}, indent=1) + "\n")
     return 0
