@@ -118,8 +118,8 @@ def main() -> int:
                   f"{p['decode_gbs_of_peak']:.0%}, {head} {p['head_gbs_of_peak']:.0%}, {a.streams}-stream read "
                   f"{p['multi_gbs_of_peak']:.0%} of it (medians)")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"preset": a.preset, "dtype": a.dtype, "cpu": cpu_info(), "head": head, "step_bytes": step_bytes,
-                                 "streams": a.streams, "phases": phases, "rounds": rounds,
+    a.out.write_text(json.dumps({"preset": a.preset, "dtype": a.dtype, "cpu": cpu_info(), "head": head,
+                                 "step_bytes": step_bytes, "streams": a.streams, "phases": phases, "rounds": rounds,
                                  "command": " ".join(sys.argv)}, indent=1) + "\n")
     return 0
 
