@@ -29,6 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from benchmarks.compare import read_peak_probe  # noqa: E402
+
 KV_NAMES = {"f32": "float32", "f16": "float16", "i8": "int8"}
 
 
@@ -61,35 +63,6 @@ def cache(C: int, KV: int, hd: int, kv: str, rng) -> np.ndarray:
     scale = np.full((1, C, KV, 1), 0.01, np.float32).view(np.int8)
     assert scale.shape[-1] == KV_SCALE_BYTES
     return np.concatenate([codes, scale], -1)
-
-
-def read_probe(threads: int, mib: int = 128):
-    """A memory read bandwidth probe (GB/s) with the read-peak kernel the host target puts in every artifact
-    (lfmc/targets/kernels/peak.make_read_peak: each thread streams its share of a ``mib`` MiB buffer)."""
-    from lfmc.runtime.drivers.host import HostMemory
-    from lfmc.targets.host import host_knobs, host_target
-    from lfmc.targets.kernels import make_read_peak
-    from lfmc.targets.knobs import PEAK_ACCS
-    from lfmc.tvm_env import import_tvm
-
-    tvm, kn = import_tvm(), host_knobs("decode")
-    f = tvm.compile(tvm.IRModule({"rp": make_read_peak("rp", kn)}), target=host_target())["rp"]
-    unit = threads * PEAK_ACCS
-    n = (mib << 20) // (4 * kn.lanes) // unit * unit
-    buf = HostMemory().alloc((n, kn.lanes), "float32")
-    buf[...] = 1.0
-    x, out = tvm.runtime.from_dlpack(buf), tvm.runtime.tensor(np.zeros((threads, PEAK_ACCS, kn.lanes), np.float32))
-
-    def probe(reps: int = 2) -> float:
-        f(x, out, threads)
-        best = float("inf")
-        for _ in range(reps):
-            t = time.perf_counter()
-            f(x, out, threads)
-            best = min(best, time.perf_counter() - t)
-        return buf.nbytes / best / 1e9
-
-    return probe
 
 
 def place(a: np.ndarray, pages: str) -> np.ndarray:
@@ -145,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     rows = []
     setups = [(pg, pf) for pf in prefetch for pg in pages]   # each round times every setup in turn
-    probe = read_probe(a.threads)
+    probe = read_peak_probe(a.threads)
     for kvn in a.kv.split(","):
         kv = KV_NAMES[kvn]
         kernels = {pf: build(H, KV, hd, kv, a.window, a.lanes, pf) for pf in prefetch}

@@ -74,6 +74,36 @@ def stream_read_gbs(gib: float = 1.0, threads: int = 2, reps: int = 7) -> float:
     return max(once() for _ in range(reps))
 
 
+def read_peak_probe(threads: int, mib: int = 128, streams: int = 1):
+    """A memory read probe with the read-peak kernel every CPU artifact carries (lfmc/targets/kernels/peak.py
+    make_read_peak, built here for this host: each thread reads its share of a ``mib`` MiB buffer as ``streams``
+    streams). Returns ``probe(reps=2)``: GB/s, the best of ``reps`` timed reads after one untimed."""
+    from lfmc.runtime.drivers.host import HostMemory
+    from lfmc.targets.host import host_knobs, host_target
+    from lfmc.targets.kernels import make_read_peak
+    from lfmc.targets.knobs import PEAK_ACCS
+    from lfmc.tvm_env import import_tvm
+
+    tvm, kn = import_tvm(), host_knobs("decode")
+    f = tvm.compile(tvm.IRModule({"rp": make_read_peak("rp", kn, streams)}), target=host_target())["rp"]
+    unit = threads * streams * PEAK_ACCS
+    n = (mib << 20) // (4 * kn.lanes) // unit * unit
+    buf = HostMemory().alloc((n, kn.lanes), "float32")
+    buf[...] = 1.0
+    x, out = tvm.runtime.from_dlpack(buf), tvm.runtime.tensor(np.zeros((threads, PEAK_ACCS, kn.lanes), np.float32))
+
+    def probe(reps: int = 2) -> float:
+        f(x, out, threads)
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            f(x, out, threads)
+            best = min(best, time.perf_counter() - t)
+        return buf.nbytes / best / 1e9
+
+    return probe
+
+
 def weights_bytes(art: Path) -> int:
     plan = json.loads((art / "manifest.json").read_text())["plan"]
     return sum(int(np.prod(s["shape"])) * np.dtype(s["dtype"]).itemsize for s in plan["params"].values())

@@ -28,31 +28,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def multi_stream_read(streams: int, threads: int, mib: int = 128):
-    """GB/s of a read of ``mib`` MiB where each thread reads ``streams`` equal parts of its share at once (the
-    read-peak kernel with ``streams``)."""
-    from lfmc.runtime.drivers.host import HostMemory
-    from lfmc.targets.host import host_knobs, host_target
-    from lfmc.targets.kernels import make_read_peak
-    from lfmc.targets.knobs import PEAK_ACCS as A
-    from lfmc.tvm_env import import_tvm
-
-    tvm, kn = import_tvm(), host_knobs("decode")
-    k = tvm.compile(tvm.IRModule({"rp": make_read_peak("rp", kn, streams)}), target=host_target())["rp"]
-    n = (mib << 20) // (4 * kn.lanes) // (threads * streams * A) * (threads * streams * A)
-    buf = HostMemory().alloc((n, kn.lanes), "float32")
-    buf[...] = 1.0
-    x, out = tvm.runtime.from_dlpack(buf), tvm.runtime.tensor(np.zeros((threads, A, kn.lanes), np.float32))
-
-    def run() -> float:
-        k(x, out, threads)
-        t = time.perf_counter()
-        k(x, out, threads)
-        return buf.nbytes / (time.perf_counter() - t) / 1e9
-
-    return run
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="lfm2-350m")
@@ -63,7 +38,7 @@ def main() -> int:
     ap.add_argument("--build", default="build/phases")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "decode-read-phases.json")
     a = ap.parse_args()
-    from compare import compiled, cpu_info, weights_bytes
+    from compare import compiled, cpu_info, read_peak_probe, weights_bytes
 
     from lfmc.compile import compile_model, load_source
     from lfmc.runtime import Engine
@@ -82,7 +57,7 @@ def main() -> int:
     head_bytes = summary[head]["param_bytes"] / summary[head]["launches"]
     step_bytes = weights_bytes(art)                     # every parameter once (the LM head and the embedding
                                                         # gather share one tensor)
-    multi = multi_stream_read(a.streams, eng.driver.num_threads)
+    multi = read_peak_probe(eng.driver.num_threads, streams=a.streams)
     s = eng.new_sequence()
     tok = int(np.argmax(eng.prefill(s, [1, 2, 3])[-1]))
     rounds = []
@@ -98,7 +73,7 @@ def main() -> int:
         for _ in range(4):
             hf(*hargs)
         gemv = head_bytes * 4 / (time.perf_counter() - t) / 1e9
-        ms = multi()
+        ms = multi(reps=1)
         peak = max(before, eng.measure_read_bandwidth(128, reps=2))
         rounds.append({"peak_gbs": peak, "decode_gbs": decode, "head_gbs": gemv, "multi_gbs": ms})
         print(f"read peak {peak:5.1f} GB/s | decode {decode:5.1f} ({decode / peak:4.0%}) | {head} alone "

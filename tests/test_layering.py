@@ -14,6 +14,8 @@ FORBIDDEN = {
     "targets": {"passes", "runtime", "frontend"},
     "runtime": {"frontend", "passes", "targets", "ir", "compile", "check"},
     "plan": {"ir", "frontend", "passes", "targets", "runtime", "compile", "check", "cli", "options"},
+    "sysmem": {"ir", "frontend", "passes", "targets", "runtime", "compile", "check", "cli", "options", "plan",
+               "paramfile"},
     "paramfile": {"ir", "frontend", "passes", "targets", "runtime", "compile", "check", "cli", "options", "plan"},
     "options": {"frontend", "passes", "targets", "runtime", "compile", "check", "cli"},
     "mixers": {"ir", "frontend", "passes", "targets", "runtime", "compile", "check", "cli", "options", "plan"},

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sysmem import available_memory
 from .errors import WeightsError
 from .graph import Graph
 from .quant import storage_dtype
@@ -45,21 +46,6 @@ def random_weights(g: Graph, seed: int = 0, std: float = 0.02) -> dict[str, np.n
 
 def weights_nbytes(g: Graph) -> int:
     return sum(p.type.nbytes() for p in g.params().values())
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available now (Linux /proc/meminfo), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_weights(g: Graph, weights: dict[str, np.ndarray], source: str = "weights") -> None:

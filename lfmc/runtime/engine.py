@@ -7,7 +7,6 @@ sized once at load and every kernel argument of a decode batch size is built onc
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..plan import STEP_RUNNER, Arg, launches, ring_slots
+from ..sysmem import available_memory, physical_memory
 from .artifact import check_device, load_manifest
 from .drivers import driver_hook, get_driver
 from .drafting import Drafter, SpecControl, new_drafter, ngram_draft
@@ -71,25 +71,6 @@ class GenerationResult:
     @property
     def decode_tokens_per_s(self) -> float:
         return (len(self.tokens) - 1) / self.decode_s if self.decode_s > 0 and len(self.tokens) > 1 else 0.0
-
-
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _available_mib() -> int:
-    """MiB of memory available to new allocations (Linux MemAvailable), or a large number where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return 1 << 30
 
 
 class Engine:
@@ -226,7 +207,7 @@ class Engine:
         nbytes = lambda n, dt: int(n) * np.dtype(dt).itemsize  # noqa: E731
         need = (sum(nbytes(e, self.plan["slabs"][k]["dtype"]) for k, e in slab_elems.items())
                 + sum(nbytes(np.prod(sh, dtype=np.int64), self.plan["state"][k]["dtype"]) for k, sh in shapes.items()))
-        budget = self.memory_budget if self.memory_budget is not None else _physical_memory()
+        budget = self.memory_budget if self.memory_budget is not None else physical_memory()
         if budget and need > budget:
             raise EngineError(f"{self.root}: caches and activations for max_batch {self.max_batch} x max_context "
                               f"{self.max_context} need {need / 2**30:.2f} GiB, over the memory budget "
@@ -369,7 +350,8 @@ class Engine:
         spec = self.plan.get("read_peak")
         if spec is None:
             return None
-        mib = max(64, min(mib, _available_mib() // 8))
+        avail = available_memory()
+        mib = max(64, min(mib, avail >> 23)) if avail else mib        # avail >> 23: an eighth, in MiB
         threads = int(getattr(self.driver, "num_threads", 1) or 1)
         L, accs = int(spec["lanes"]), int(spec["accs"])
         unit = threads * accs

@@ -195,11 +195,11 @@ def test_read_bandwidth_buffer_follows_the_memory_available(served_artifact, mon
         return alloc(shape, dtype)
 
     monkeypatch.setattr(eng.driver, "alloc", spy)
-    monkeypatch.setattr(E, "_available_mib", lambda: 1 << 30)
+    monkeypatch.setattr(E, "available_memory", lambda: None)
     assert eng.measure_read_bandwidth(96, reps=1) > 0
-    monkeypatch.setattr(E, "_available_mib", lambda: 8 * 80)
+    monkeypatch.setattr(E, "available_memory", lambda: 8 * 80 << 20)
     assert eng.measure_read_bandwidth(256, reps=1) > 0
-    monkeypatch.setattr(E, "_available_mib", lambda: 100)
+    monkeypatch.setattr(E, "available_memory", lambda: 100 << 20)
     assert eng.measure_read_bandwidth(256, reps=1) > 0
     big = [b >> 20 for b in sizes if b >= 32 << 20]
     assert [round(b) for b in big] == [96, 80, 64], big
