@@ -16,8 +16,8 @@ HUGE_PAGE_MIN = 2 << 20      # buffers of at least one 2 MiB huge page: KV cache
 def _huge_pages(nbytes: int) -> mmap.mmap | None:
     """A private anonymous mapping of ``nbytes`` (zeroed, page-aligned) advised MADV_HUGEPAGE: in Linux's default
     THP mode ("madvise") only memory that asks gets transparent huge pages. Streaming a long KV cache then misses
-    the TLB once per 2 MiB instead of once per 4 KiB (the attention kernel alone at 32k positions, two threads on
-    Zen 4: up to 1.36x; BENCHMARKS.md "The attention kernel alone"). numpy advises the same for arrays of 4 MiB
+    the TLB once per 2 MiB instead of once per 4 KiB (the attention kernel alone, two threads on Zen 4:
+    1.02-1.26x; BENCHMARKS.md "Huge pages and the value prefetch"). numpy advises the same for arrays of 4 MiB
     or more by default, but only for the page-aligned part of its allocation and only while its own switch
     (NUMPY_MADVISE_HUGEPAGE) is on: the driver asks for itself. Pages are still faulted in on first touch.
     None where the OS has no such advice (the caller falls back to numpy)."""
