@@ -2,6 +2,7 @@
 parameters can be rebuilt on a machine without it (a lent GPU regenerating weights from a seed)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..ir.quant import ACT_GROUP
@@ -55,6 +56,39 @@ def gpu_knobs(max_threads: int = 256) -> dict[str, Knobs]:
     lfmc's loop kernels 64 threads wide (or the device's limit if lower)."""
     k = Knobs(lanes=1, rows=1, cols=1, parallel=True, gpu=True, threads=min(64, max_threads))
     return {"prefill": k, "decode": k}
+
+
+def matmul_cols(N: int, l: int, knobs: Knobs, swiglu: bool, qkind: str | None) -> int:
+    """Vector columns (of ``l`` outputs) each thread of :func:`lfmc.targets.kernels.make_matmul`'s schedule
+    accumulates at once. int4 on the CPU takes at most 4: its unpacking needs registers of its own, and 8 columns
+    spill to the stack (seen in the generated assembly)."""
+    cols = min(knobs.cols, 4) if qkind == "q4" and not knobs.gpu else knobs.cols
+    return pick_cols(N // l, max(1, cols // 2) if swiglu else cols)
+
+
+PANEL_QUANTS = (("f16",), ("bf16",))    # projections (not only LM heads) whose weight panels are interleaved
+
+
+def gemv_panels(N: int, knobs: dict[str, Knobs], quant: tuple | None) -> int:
+    """Weight panels (of ``lanes`` outputs each) stored interleaved per input row for an LM head's float / int8
+    (per channel) weight: the decode GEMV's register columns, so that the panels a thread reads at once are one
+    read stream (it reads the whole weight from memory every step; one stream per thread reads closer to the
+    bandwidth than 8: BENCHMARKS.md, "The LM head's panels interleaved"). A multiple of the other tiles' columns
+    (prefill, batched decode), which then read whole groups in K blocks (kernels/matmul.schedule_matmul), and at
+    most the decode's; 1 where none fits, for grouped codes and on GPUs (plain [N, K] rows for dlight). Only LM
+    heads: their prefill multiplies a few rows once, while a projection's prefill over the interleave measured
+    5-17% slower (the wide K blocks of a group overflow L2), more than its decode gained."""
+    decode = knobs["decode"]
+    qkind = quant[0] if quant else None
+    if decode.gpu or qkind == "q4" or (qkind == "q8" and len(quant) > 1):
+        return 1
+    l = pick_lanes(N, decode.lanes)
+    want = matmul_cols(N, l, decode, False, qkind)
+    others = [matmul_cols(N, l, k, False, qkind) for e, k in knobs.items() if e != "decode"]
+    if decode.batch_rows:
+        others.append(pick_cols(N // l, decode.batch_cols or decode.cols))
+    m = math.lcm(*others) if others else 1
+    return next((p for p in range(want, 1, -1) if (N // l) % p == 0 and p % m == 0), 1)
 
 
 BF16_PAIRS = -1    # a parameter's packed layout: the bf16-activation matmul's input pairs (0: float, > 0: int8 interleave)

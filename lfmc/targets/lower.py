@@ -84,9 +84,10 @@ def pack_linear(w: np.ndarray, lanes: int) -> np.ndarray:
 
 
 def pack_weight(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None, quant: tuple | None, lanes: int,
-                swiglu: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+                swiglu: bool, panels: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
     """A weight [M, K] (float, or integer codes with scale/zero [M, G]) in the layout :func:`make_matmul` reads,
-    plus its extra operands (scale, zero). With ``swiglu`` the M = 2N rows are [gate; up]."""
+    plus its extra operands (scale, zero). With ``swiglu`` the M = 2N rows are [gate; up]; ``panels`` > 1:
+    that many panels interleaved per input row (:func:`lfmc.targets.knobs.gemv_panels`)."""
     if quant and quant[0] == "q4":
         w = (w[:, 0::2] | (w[:, 1::2] << 4)).astype(np.uint8)          # two 4-bit codes per byte along K
     if quant and quant[0] == "bf16":
@@ -98,6 +99,12 @@ def pack_weight(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None
         packed = np.ascontiguousarray(w.reshape(2, N // l, l, Kp).transpose(1, 0, 3, 2))
     else:
         packed = pack_linear(w, lanes)
+    if panels > 1:          # [N/l, (2,) K, l] -> [N/(P l), (2,) K, P, l]
+        nb = packed.shape[0]
+        if nb % panels:
+            raise ValueError(f"{panels} panels must divide the {nb} panels of the weight")
+        t = packed.reshape(nb // panels, panels, *packed.shape[1:])
+        packed = np.ascontiguousarray(np.moveaxis(t, 1, -2))
     extra = []
     if quant and quant[0] in ("q8", "q4"):
         G = scale.shape[-1]
@@ -182,15 +189,16 @@ def pack_weight_bf16(w: np.ndarray, swiglu: bool, L: int, kpad: int = 2) -> tupl
 
 
 def pack_any(w: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None, quant: tuple | None, lanes: int,
-             swiglu: bool, il: int, bf16: tuple[int, int] = (16, 2)) -> tuple[np.ndarray, list[np.ndarray]]:
+             swiglu: bool, il: int, bf16: tuple[int, int] = (16, 2),
+             panels: int = 1) -> tuple[np.ndarray, list[np.ndarray]]:
     """A weight in the layout of the matmul that reads it: the bf16-activation one when ``il`` is
     ``BF16_PAIRS`` (``bf16``: outputs per vector, K padding), the int8-activation one when ``il`` > 0 (its interleave),
-    else :func:`make_matmul`'s."""
+    else :func:`make_matmul`'s (``panels`` interleaved)."""
     if il == KN.BF16_PAIRS:
         return pack_weight_bf16(w, swiglu, *bf16)
     if il:
         return pack_weight_a8(w, scale, zero, quant, swiglu, il)
-    return pack_weight(w, scale, zero, quant, lanes, swiglu)
+    return pack_weight(w, scale, zero, quant, lanes, swiglu, panels)
 
 
 def quant_spec(n: Node, role: str) -> tuple | None:
@@ -263,13 +271,13 @@ class _Lowering:
         return self.weights[n.params[role].name] if role in n.params else None
 
     def packed(self, name: str, quant: tuple | None, il: int,
-               pack: Callable[[], tuple[np.ndarray, list[np.ndarray]]]) -> list[Arg]:
+               pack: Callable[[], tuple[np.ndarray, list[np.ndarray]]], panels: int = 1) -> list[Arg]:
         """Plan arguments of the packed weight ``name`` and its scale / zero, packed once by ``pack`` (when the
-        weights are there; the plan alone needs none). ``il``: its layout, recorded (:meth:`layout`)."""
+        weights are there; the plan alone needs none). ``il``, ``panels``: its layout, recorded (:meth:`layout`)."""
         packed = None
         if self.weights is not None and name not in self.params:
             packed = pack()
-        self.layout(name, il)
+        self.layout(name, il, panels)
         return ([self.param(name, lambda: packed[0])]
                 + [self.param(f"{name}#{i}", lambda i=i: packed[1][i]) for i in range(n_extra(quant))])
 
@@ -309,12 +317,13 @@ class _Lowering:
     def matmul(self, x: tuple[str, int], srcs: list[tuple[Node, str]], N: int, Kd: int, out: tuple[str, int],
                bias: tuple[Node, str] | list[tuple[Node, str]] | None = None, entries: tuple[str, ...] | None = None,
                rows: str | int = "np", norm: Node | None = None, accumulate: bool = False, swiglu: bool = False,
-               transposed: bool = False) -> None:
+               transposed: bool = False, head: bool = False) -> None:
         """One projection launch per entry. ``srcs``: the (node, role) weights stacked along the output (q, k, v;
         or gate, up with ``swiglu``). ``bias``: one (node, role) or a list stacked like ``srcs``. ``norm``: an
         RMSNorm applied to the input inside the kernel; ``accumulate``: add into ``out`` in place; ``swiglu``:
         output silu(gate) * up, N = its width; ``transposed``: the parameter is stored [K, N] (a table).
-        ``rows`` "mp": the merged image-token rows of a vision entry (row blocks ``mb``)."""
+        ``rows`` "mp": the merged image-token rows of a vision entry (row blocks ``mb``). ``head``: an LM head;
+        its weight panels are interleaved, like those of 16-bit projections (:func:`lfmc.targets.knobs.gemv_panels`)."""
         entries = entries or self.entry_names
         lanes = self.knobs["decode"].lanes
         specs = {quant_spec(n, r) for n, r in srcs}
@@ -328,6 +337,7 @@ class _Lowering:
         name = "w." + "+".join(n.params[r].name for n, r in srcs) + ("/swiglu" if swiglu else "")
         il = (KN.a8_interleave(N, swiglu, self.knobs["decode"], quant, KN.amx_tiles(self.knobs)) if a8
               else KN.BF16_PAIRS if bf else 0)
+        P = KN.gemv_panels(N, self.knobs, quant) if (head or quant in KN.PANEL_QUANTS) and not il and not swiglu else 1
 
         def cat(suffix: str) -> np.ndarray | None:
             parts = [self.weights[n.params[r + suffix].name] for n, r in srcs if r + suffix in n.params]
@@ -338,7 +348,7 @@ class _Lowering:
         bf16_lay = (KN.bf16_lanes(self.knobs["decode"]),
                     KN.bf16_kpad(self.knobs["decode"], KN.amx_tiles(self.knobs, "bf16dot")))
         p, *extra = self.packed(name, quant, il, lambda: pack_any(cat(""), cat("_scale"), cat("_zero"), quant, lanes,
-                                                                   swiglu, il, bf16_lay))
+                                                                   swiglu, il, bf16_lay, P), P)
         nw = [self.param("w." + norm.params["weight"].name, lambda: self.w(norm, "weight"))] if norm else []
         biases = [bias] if isinstance(bias, tuple) else list(bias or [])
         b = [self.param("w." + "+".join(m.params[r].name for m, r in biases),
@@ -362,8 +372,9 @@ class _Lowering:
                                 bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu,
                                 quant=quant, il=il)
             else:
-                k = self.kernel(key, "make_matmul", N=N, K=Kd, knobs=kn, bias=bias is not None, rms_eps=eps,
-                                accumulate=accumulate, swiglu=swiglu, quant=quant)
+                k = self.kernel(key + ((f"p{P}",) if P > 1 else ()), "make_matmul", N=N, K=Kd, knobs=kn,
+                                bias=bias is not None, rms_eps=eps, accumulate=accumulate, swiglu=swiglu, quant=quant,
+                                panels=P)
             self.arith[k] = "bf16" if bf else "int8" if a8 else "f32"    # the peak it is measured against
             return k
 
@@ -409,12 +420,14 @@ class _Lowering:
                                 f"Arm dotprod); this target has none: compile without --act-quant")
         return True
 
-    def layout(self, name: str, il: int) -> None:
-        """Record the packed layout of parameter ``name`` (0: float / weight-only, else the int8-activation
-        interleave); a tied table read by two kernels must be packed one way for both."""
-        prev = self.layouts.setdefault(name, il)
-        if prev != il:
-            raise LfmcError(f"internal: parameter {name} packed for int8 activations ({il}) and not ({prev})")
+    def layout(self, name: str, il: int, panels: int = 1) -> None:
+        """Record the packed layout of parameter ``name`` (``il`` 0: float / weight-only with ``panels``
+        interleaved, else the int8-activation interleave or bf16 pairs); a tied table read by two kernels must be
+        packed one way for both."""
+        prev = self.layouts.setdefault(name, (il, panels))
+        if prev != (il, panels):
+            raise LfmcError(f"internal: parameter {name} packed two ways (interleave, panels): {(il, panels)} "
+                            f"and {prev}")
 
     # --- ops
     def lower(self) -> None:
@@ -508,10 +521,13 @@ class _Lowering:
         head = next((m for m in self.graph.nodes if m.op == "lm_head"
                      and m.params["weight"].name == n.params["weight"].name), None)
         il = KN.a8_interleave(V, False, self.knobs["decode"], quant, KN.amx_tiles(self.knobs)) if head and self.int8_activations(head) else 0
+        P = KN.gemv_panels(V, self.knobs, quant) if head and not il else 1
         p, *extra = self.packed(name, quant, il, lambda: pack_any(self.w(n, "weight"), self.w(n, "weight_scale"),
-                                                                   self.w(n, "weight_zero"), quant, lanes, False, il))
-        k = self.kernel(("embed", V, D) + (quant or ()) + (("a8", il) if il else ()), "make_embedding", V=V, D=D,
-                        l=KN.pick_lanes(V, lanes), quant=quant, gpu=self.loop.gpu, a8_il=il)
+                                                                   self.w(n, "weight_zero"), quant, lanes, False, il,
+                                                                   panels=P), P)
+        k = self.kernel(("embed", V, D) + (quant or ()) + (("a8", il) if il else ()) + ((f"p{P}",) if P > 1 else ()),
+                        "make_embedding", V=V, D=D, l=KN.pick_lanes(V, lanes), quant=quant, gpu=self.loop.gpu,
+                        a8_il=il, panels=P)
         self.both(k, [Arg.input("tokens", "n"), p] + extra + [self.slab(out, "n", D)])
 
     def op_rmsnorm(self, n: Node, ins, out: str, D: int) -> None:
@@ -544,8 +560,8 @@ class _Lowering:
         R = self.knobs["prefill"].rows
         k = self.kernel(("take_last", D), "make_take_last", D=D, kn=self.loop)
         self.launch("prefill", k, [self.slab(ins[0], "n", D), self.slab("last", R, D)])
-        self.matmul(("last", D), [(n, "weight")], V, D, (out, V), entries=("prefill",), rows=R)
-        self.matmul((ins[0], D), [(n, "weight")], V, D, (out, V), entries=("decode",))
+        self.matmul(("last", D), [(n, "weight")], V, D, (out, V), entries=("prefill",), rows=R, head=True)
+        self.matmul((ins[0], D), [(n, "weight")], V, D, (out, V), entries=("decode",), head=True)
 
     def op_short_conv(self, n: Node, ins, out: str, D: int, norm: Node | None = None,
                       accumulate: bool = False) -> None:

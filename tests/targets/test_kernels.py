@@ -173,22 +173,39 @@ def test_moe(scoring, use_bias, norm, scale):
 @pytest.mark.parametrize("quant", [None, ("q8",), ("q4", 8, False), ("q4", 16, True)])
 @pytest.mark.parametrize("knobs", [K.Knobs(8, 4, 3), K.Knobs(8, 1, 8)])
 def test_matmul_fused(rms, acc, bias, swiglu, quant, knobs):
+    _check_matmul(rms, acc, bias, swiglu, quant, knobs)
+
+
+@pytest.mark.parametrize("swiglu", [False, True])
+@pytest.mark.parametrize("quant", [None, ("f16",), ("q8",), ("q8", 16), ("q4", 16, True)])
+@pytest.mark.parametrize("panels,knobs", [(2, K.Knobs(8, 1, 8)), (3, K.Knobs(8, 1, 8)), (6, K.Knobs(8, 4, 3))])
+def test_matmul_interleaved_panels(swiglu, quant, panels, knobs):
+    """Weights with ``panels`` panels interleaved per input row (the decode GEMV layout), read by schedules
+    whose register columns match the interleave or not (prefill's 4 x 3 tile over 6 interleaved panels)."""
+    _check_matmul(True, not swiglu, False, swiglu, quant, knobs, panels)
+
+
+def _check_matmul(rms, acc, bias, swiglu, quant, knobs, panels=1):
     from lfmc.ir.quant import dequantize, quantize
     from lfmc.targets.lower import pack_weight
 
     N, Kd, eps = 48, 64, 1e-5
-    f = build(K.make_matmul("mmf", N, Kd, knobs, bias, eps if rms else None, acc, swiglu, quant))
+    f = build(K.make_matmul("mmf", N, Kd, knobs, bias, eps if rms else None, acc, swiglu, quant, panels=panels))
     rows = -(-5 // knobs.rows) * knobs.rows
     x, nw, b, res = r(rows, Kd), r(Kd), r(N), r(rows, N)
     w = r(2 * N if swiglu else N, Kd)
     qargs = []
-    if quant:
+    if quant == ("f16",):
+        w = w.astype(np.float16)
+        packed, _ = pack_weight(w, None, None, quant, 8, swiglu, panels)
+        w = w.astype(np.float32)
+    elif quant:
         bits, group, asym = (8, quant[1] if len(quant) > 1 else None, False) if quant[0] == "q8" else (4, quant[1], quant[2])
         codes, scale, zero = quantize(w, bits, group, asym)
         w = dequantize(codes, scale, zero, "i8" if bits == 8 else "u4")     # what the kernel must compute
-        packed, qargs = pack_weight(codes, scale, zero, quant, 8, swiglu)
+        packed, qargs = pack_weight(codes, scale, zero, quant, 8, swiglu, panels)
     else:
-        packed, _ = pack_weight(w, None, None, None, 8, swiglu)
+        packed, _ = pack_weight(w, None, None, None, 8, swiglu, panels)
     xin = x * nw / np.sqrt((x * x).mean(-1, keepdims=True) + eps) if rms else x
     y = xin @ w.T
     if swiglu:
@@ -201,8 +218,9 @@ def test_matmul_fused(rms, acc, bias, swiglu, quant, knobs):
     np.testing.assert_allclose(ot.numpy(), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("panels", [1, 4])
 @pytest.mark.parametrize("quant", [None, ("q8",), ("q4", 8, False), ("q4", 16, True)])
-def test_embedding_quantized(quant):
+def test_embedding_quantized(quant, panels):
     from lfmc.ir.quant import dequantize, quantize
     from lfmc.targets.lower import pack_weight
 
@@ -213,10 +231,11 @@ def test_embedding_quantized(quant):
         bits, group, asym = (8, quant[1] if len(quant) > 1 else None, False) if quant[0] == "q8" else (4, quant[1], quant[2])
         codes, scale, zero = quantize(table, bits, group, asym)
         table = dequantize(codes, scale, zero, "i8" if bits == 8 else "u4")
-        packed, qargs = pack_weight(codes, scale, zero, quant, 8, False)
+        packed, qargs = pack_weight(codes, scale, zero, quant, 8, False, panels)
     else:
-        packed, qargs = pack_weight(table, None, None, None, 8, False)
-    out = call(build(K.make_embedding("eq", V, D, 8, quant)), tok, packed, *qargs, np.zeros((5, D), np.float32))[-1]
+        packed, qargs = pack_weight(table, None, None, None, 8, False, panels)
+    out = call(build(K.make_embedding("eq", V, D, 8, quant, panels=panels)), tok, packed, *qargs,
+               np.zeros((5, D), np.float32))[-1]
     np.testing.assert_allclose(out, table[tok], rtol=1e-6, atol=1e-6)
 
 

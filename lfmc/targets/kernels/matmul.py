@@ -5,19 +5,13 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, te
 
+from ..knobs import matmul_cols
 from .common import _gpu_dlight, Knobs, _named, pick_cols, pick_lanes, _WDTYPE, _widen
-
-
-def _matmul_cols(N: int, l: int, knobs: Knobs, swiglu: bool, qkind: str | None) -> int:
-    """Vector columns (of ``l`` outputs) each thread accumulates at once. int4 on the CPU takes at most 4: its
-    unpacking needs registers of its own, and 8 columns spill to the stack (seen in the generated assembly)."""
-    cols = min(knobs.cols, 4) if qkind == "q4" and not knobs.gpu else knobs.cols
-    return pick_cols(N // l, max(1, cols // 2) if swiglu else cols)
 
 
 def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms_eps: float | None = None,
                 accumulate: bool = False, swiglu: bool = False, quant: tuple | None = None,
-                nb_static: int | None = None, schedule: bool = True) -> tvm.tirx.PrimFunc:
+                nb_static: int | None = None, schedule: bool = True, panels: int = 1) -> tvm.tirx.PrimFunc:
     """Y[nb*R, N] = X[nb*R, K] @ W^T with optional fused prologue and epilogues:
 
     - ``rms_eps``: X is the raw input of an RMSNorm (weight NW[K]): X * NW / sqrt(mean(X^2) + eps) is formed in
@@ -30,7 +24,8 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
       (GGUF's Q8_0: g = 32); ``("q4", g, asym)`` 4-bit codes packed two per byte along K, scale (and zero when
       ``asym``, else 8) per group of g inputs.
 
-    W layouts (l = vector lanes): f32 / q8 ``[N/l, (2,) K, l]``, q4 ``[N/l, (2,) K/2, l]`` uint8; scales
+    W layouts (l = vector lanes, P = ``panels``): f32 / q8 ``[N/(P l), (2,) K, (P,) l]``, q4 ``[N/(P l), (2,) K/2,
+    (P,) l]`` uint8 (P > 1: P panels of l outputs interleaved per input row, :func:`.knobs.gemv_panels`); scales
     ``[(2,) N]`` (q8 per channel) or ``[(2,) N, K/g]`` (groups). Args: X, W, (scale), (zero), (NW), (bias), (Res), Out, nb — with
     ``accumulate`` the caller passes the residual buffer as both Res and Out.
 
@@ -41,7 +36,7 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
     nb = te.var("nb", "int32") if nb_static is None else int(nb_static)
     rows = nb * knobs.rows
     X0 = te.placeholder((rows, K), name="X")
-    w = _MatmulWeight(N, K, pick_lanes(N, knobs.lanes), swiglu, quant)
+    w = _MatmulWeight(N, K, pick_lanes(N, knobs.lanes), swiglu, quant, panels)
     X, NW = _rms_prologue(X0, K, rows, rms_eps)
     if w.g and not knobs.gpu:
         Y = _group_dot(X, w, N, K, rows, swiglu)
@@ -66,47 +61,58 @@ def make_matmul(name: str, N: int, K: int, knobs: Knobs, bias: bool = False, rms
     if not schedule:
         return _named(f, name)
     sch = s_tir.Schedule(f)
-    schedule_matmul(sch, N, K, knobs, rms_eps is not None, swiglu, quant)
+    schedule_matmul(sch, N, K, knobs, rms_eps is not None, swiglu, quant, panels)
     return _named(sch.mod["main"], name)
 
 
 class _MatmulWeight:
     """The weight operands of :func:`make_matmul` (packed codes or floats, scale, zero) and how to read them."""
 
-    def __init__(self, N: int, K: int, l: int, swiglu: bool, quant: tuple | None):
-        self.l, self.qkind = l, (quant[0] if quant else None)
+    def __init__(self, N: int, K: int, l: int, swiglu: bool, quant: tuple | None, panels: int = 1):
+        self.l, self.qkind, self.P = l, (quant[0] if quant else None), panels
+        if N % (l * panels):
+            raise ValueError(f"{panels} panels of {l} outputs must divide N={N}")
         H = (2,) if swiglu else ()
+        P = (panels,) if panels > 1 else ()
         self.Sc = self.Zp = None
         self.g = 0                                      # the group size of grouped scales (0: none)
         if self.qkind == "q8" and len(quant) > 1:
             self.g = int(quant[1])
             if K % self.g:
                 raise ValueError(f"q8 group {self.g} must divide K={K}")
-            self.W = te.placeholder((N // l, *H, K, l), name="W", dtype="int8")
+            self.W = te.placeholder((N // (l * panels), *H, K, *P, l), name="W", dtype="int8")
             self.Sc = te.placeholder((*H, N, K // self.g), name="scale")
         elif self.qkind == "q4":
             self.g, asym = int(quant[1]), bool(quant[2])
             if K % self.g or K % 2:
                 raise ValueError(f"q4 group {self.g} must divide K={K} (and K be even)")
-            self.W = te.placeholder((N // l, *H, K // 2, l), name="W", dtype="uint8")
+            self.W = te.placeholder((N // (l * panels), *H, K // 2, *P, l), name="W", dtype="uint8")
             self.Sc = te.placeholder((*H, N, K // self.g), name="scale")
             self.Zp = te.placeholder((*H, N, K // self.g), name="zero") if asym else None
         elif self.qkind == "q8":
-            self.W = te.placeholder((N // l, *H, K, l), name="W", dtype="int8")
+            self.W = te.placeholder((N // (l * panels), *H, K, *P, l), name="W", dtype="int8")
             self.Sc = te.placeholder((*H, N), name="scale")
         else:
-            self.W = te.placeholder((N // l, *H, K, l), name="W", dtype=_WDTYPE[self.qkind])
+            self.W = te.placeholder((N // (l * panels), *H, K, *P, l), name="W", dtype=_WDTYPE[self.qkind])
 
     @property
     def operands(self) -> list:
         return [self.W] + [t for t in (self.Sc, self.Zp) if t is not None]
 
+    def at(self, h: tuple, j, kk):
+        """The stored element of output j at packed input row kk (h: () or (half,)): panels of l outputs, ``P``
+        of them interleaved per input row when P > 1 (one read stream for the P panels a thread takes)."""
+        l, P = self.l, self.P
+        if P > 1:
+            v = j // l                                  # the panel
+            return self.W[(v // P, *h, kk, v % P, j % l)]
+        return self.W[(j // l, *h, kk, j % l)]
+
     def code(self, h: tuple, j, k):
         """The integer code at output j, input k (h: () or (half,)) as float32 (grouped formats)."""
-        l = self.l
         if self.qkind == "q8":
-            return self.W[(j // l, *h, k, j % l)].astype("float32")
-        return ((self.W[(j // l, *h, k // 2, j % l)] >> (4 * (k % 2)).astype("uint8"))
+            return self.at(h, j, k).astype("float32")
+        return ((self.at(h, j, k // 2) >> (4 * (k % 2)).astype("uint8"))
                 & tvm.tirx.const(15, "uint8")).astype("float32")
 
     def zero(self, h: tuple, j, q):
@@ -124,7 +130,7 @@ class _MatmulWeight:
             z = self.zero(hh, j, k // self.g)
             c = self.code(hh, j, k) if z is None else self.code(hh, j, k) - z
             return c * self.Sc[(*hh, j, k // self.g)]
-        return _widen(self.W[(j // self.l, *hh, k, j % self.l)], self.qkind)
+        return _widen(self.at(hh, j, k), self.qkind)
 
     def post(self, h, j, v):
         """Per-channel scale of q8, applied once after the sum."""
@@ -198,21 +204,35 @@ def _epilogue(Y: tuple, w: _MatmulWeight, Bv, Res):
 
 
 def schedule_matmul(sch: s_tir.Schedule, N: int, K: int, knobs: Knobs, norm: bool = False, swiglu: bool = False,
-                    quant: tuple | None = None) -> None:
+                    quant: tuple | None = None, panels: int = 1) -> None:
     """lfmc's default CPU schedule of :func:`make_matmul`'s TensorIR, applied to ``sch`` (traced, so tuning can
-    record it as the baseline every candidate has to beat)."""
+    record it as the baseline every candidate has to beat). With ``panels`` interleaved wider than the register
+    tile (a prefill over the decode GEMV's layout), a thread takes whole interleave groups and walks K in blocks of
+    about 32 KiB of the group, every tile of the group in turn: the tile alone would read a few bytes of each
+    interleaved input row, strided over 4-8x the memory."""
     R = knobs.rows
     l = pick_lanes(N, knobs.lanes)
     qkind = quant[0] if quant else None
     grouped = qkind == "q4" or (qkind == "q8" and len(quant) > 1)
-    J = _matmul_cols(N, l, knobs, swiglu, qkind)
+    J = matmul_cols(N, l, knobs, swiglu, qkind)
     b = sch.get_sblock("Y")
     i, j, kk = sch.get_loops(b)
-    jo, jj, ji = sch.split(j, [None, J, l])
     io, ii = sch.split(i, [None, R])
-    # column blocks outermost: each thread keeps one weight panel hot in L2 while it walks every row block
-    # (rows outermost re-streams the whole weight from memory once per row block)
-    sch.reorder(jo, io, kk, ii, jj, ji)
+    if panels > 1 and J >= panels:                     # whole interleave groups a tile: one read stream each
+        J = panels * pick_cols(N // l // panels, J // panels)
+    if panels > J and not grouped:
+        J = pick_cols(panels, J)
+        jo, jp, jj, ji = sch.split(j, [None, panels // J, J, l])
+        wbytes = 2 if qkind in ("f16", "bf16") else 1 if qkind == "q8" else 4
+        ko, kk = sch.split(kk, [None, pick_cols(K, max(1, 32768 // (panels * l * wbytes)))])
+        sch.reorder(jo, io, ko, jp, kk, ii, jj, ji)
+        kred = ko                                      # the sums start before the first K block
+    else:
+        jo, jj, ji = sch.split(j, [None, J, l])
+        # column blocks outermost: each thread keeps one weight panel hot in L2 while it walks every row block
+        # (rows outermost re-streams the whole weight from memory once per row block)
+        sch.reorder(jo, io, kk, ii, jj, ji)
+        kred = kk
     if knobs.parallel:
         sch.parallel(jo)
     sch.set_scope(b, 0, "local")
@@ -256,7 +276,7 @@ def schedule_matmul(sch: s_tir.Schedule, N: int, K: int, knobs: Knobs, norm: boo
     sch.unroll(jj)
     if l > 1:
         sch.vectorize(ji)
-    init = sch.decompose_reduction(b, kk)
+    init = sch.decompose_reduction(b, kred)
     zl = sch.get_loops(bz)
     zo, zi = sch.split(zl[-1], [None, l])
     if l > 1:

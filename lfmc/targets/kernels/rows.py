@@ -10,13 +10,24 @@ from .matmul_a8 import a8_layout
 
 
 def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None,
-                   gpu: bool = False, a8_il: int = 0) -> tvm.tirx.PrimFunc:
-    """Out[n, D] = table[tokens[n]], the table packed like the LM head's weight [V/l, D, l] (shared when tied),
-    dequantized per row when ``quant`` (see :func:`make_matmul`); with ``a8_il`` in the int8-activation layout
-    of :func:`make_matmul_a8` (interleave ``a8_il``). Args: tokens, W, (scale), (zero), Out."""
+                   gpu: bool = False, a8_il: int = 0, panels: int = 1) -> tvm.tirx.PrimFunc:
+    """Out[n, D] = table[tokens[n]], the table packed like the LM head's weight [V/l, D, l] (shared when tied;
+    ``panels`` > 1: [V/(P l), D, P, l], see :func:`make_matmul`), dequantized per row when ``quant``; with
+    ``a8_il`` in the int8-activation layout of :func:`make_matmul_a8` (interleave ``a8_il``).
+    Args: tokens, W, (scale), (zero), Out."""
     n = te.var("n", "int32")
     tok = te.placeholder((n,), name="tok", dtype="int32")
     qkind = quant[0] if quant else None
+    P = panels
+
+    def shape(rows: int) -> tuple:
+        """The packed table's shape with ``rows`` (packed) input rows."""
+        return (V // l, rows, l) if P == 1 else (V // (l * P), rows, P, l)
+
+    def at(t, r) -> tuple:
+        """The index of token t's element at packed input row r."""
+        return (t // l, r, t % l) if P == 1 else (t // l // P, r, t // l % P, t % l)
+
     if a8_il:
         il = a8_il
         lay = a8_layout(V, D, quant, False, il)
@@ -41,33 +52,33 @@ def make_embedding(name: str, V: int, D: int, l: int, quant: tuple | None = None
             return (code.astype("float32") - zero) * Sc[at].astype("float32")
     elif qkind == "q4":
         g, asym = int(quant[1]), bool(quant[2])
-        W = te.placeholder((V // l, D // 2, l), name="W", dtype="uint8")
+        W = te.placeholder(shape(D // 2), name="W", dtype="uint8")
         Sc = te.placeholder((V, D // g), name="scale")
         Zp = te.placeholder((V, D // g), name="zero") if asym else None
 
         def val(i, d):
             t = tok[i]
-            code = (W[t // l, d // 2, t % l] >> (4 * (d % 2)).astype("uint8")) & tvm.tirx.const(15, "uint8")
+            code = (W[at(t, d // 2)] >> (4 * (d % 2)).astype("uint8")) & tvm.tirx.const(15, "uint8")
             zero = Zp[t, d // g] if Zp is not None else tvm.tirx.const(8.0, "float32")
             return (code.astype("float32") - zero) * Sc[t, d // g]
     elif qkind == "q8" and len(quant) > 1:
         g = int(quant[1])
-        W = te.placeholder((V // l, D, l), name="W", dtype="int8")
+        W = te.placeholder(shape(D), name="W", dtype="int8")
         Sc, Zp = te.placeholder((V, D // g), name="scale"), None
 
         def val(i, d):
-            return W[tok[i] // l, d, tok[i] % l].astype("float32") * Sc[tok[i], d // g]
+            return W[at(tok[i], d)].astype("float32") * Sc[tok[i], d // g]
     elif qkind == "q8":
-        W = te.placeholder((V // l, D, l), name="W", dtype="int8")
+        W = te.placeholder(shape(D), name="W", dtype="int8")
         Sc, Zp = te.placeholder((V,), name="scale"), None
 
         def val(i, d):
-            return W[tok[i] // l, d, tok[i] % l].astype("float32") * Sc[tok[i]]
+            return W[at(tok[i], d)].astype("float32") * Sc[tok[i]]
     else:
-        W, Sc, Zp = te.placeholder((V // l, D, l), name="W", dtype=_WDTYPE[qkind]), None, None
+        W, Sc, Zp = te.placeholder(shape(D), name="W", dtype=_WDTYPE[qkind]), None, None
 
         def val(i, d):
-            return _widen(W[tok[i] // l, d, tok[i] % l], qkind)
+            return _widen(W[at(tok[i], d)], qkind)
     O = te.compute((n, D), val, name="O")
     f = te.create_prim_func([tok, W] + [t for t in (Sc, Zp) if t is not None] + [O])
     return _gpu_dlight(f, name) if gpu else _named(f, name)

@@ -57,7 +57,8 @@ class Task:
 
         kw = self.spec.kw
         sch = s_tir.Schedule(self.workload())
-        schedule_matmul(sch, kw["N"], kw["K"], kw["knobs"], kw["rms_eps"] is not None, kw["swiglu"], kw["quant"])
+        schedule_matmul(sch, kw["N"], kw["K"], kw["knobs"], kw["rms_eps"] is not None, kw["swiglu"], kw["quant"],
+                        kw.get("panels", 1))
         return sch
 
 
