@@ -70,14 +70,15 @@ PANEL_QUANTS = (("f16",), ("bf16",))    # projections (not only LM heads) whose 
 
 
 def gemv_panels(N: int, knobs: dict[str, Knobs], quant: tuple | None) -> int:
-    """Weight panels (of ``lanes`` outputs each) stored interleaved per input row for an LM head's float / int8
-    (per channel) weight: the decode GEMV's register columns, so that the panels a thread reads at once are one
-    read stream (it reads the whole weight from memory every step; one stream per thread reads closer to the
-    bandwidth than 8: BENCHMARKS.md, "The LM head's panels interleaved"). A multiple of the other tiles' columns
-    (prefill, batched decode), which then read whole groups in K blocks (kernels/matmul.schedule_matmul), and at
-    most the decode's; 1 where none fits, for grouped codes and on GPUs (plain [N, K] rows for dlight). Only LM
-    heads: their prefill multiplies a few rows once, while a projection's prefill over the interleave measured
-    5-17% slower (the wide K blocks of a group overflow L2), more than its decode gained."""
+    """Weight panels (of ``lanes`` outputs each) stored interleaved per input row for a float / 16-bit / int8 (per
+    channel) weight: the decode GEMV's register columns, so that the panels a thread reads at once are one read
+    stream (it reads the whole weight from memory every step; one stream per thread reads closer to the bandwidth
+    than 8 in the higher-bandwidth phase: BENCHMARKS.md, "The LM head's and 16-bit projections' panels
+    interleaved"). A multiple of the other tiles' columns (prefill, batched decode), which then read whole groups in
+    K blocks (kernels/matmul.schedule_matmul), and at most the decode's; 1 where none fits, for grouped codes and on
+    GPUs (plain [N, K] rows for dlight). The lowering asks for LM heads and :data:`PANEL_QUANTS` projections (not
+    SwiGLU pairs) only: a float32 projection's prefill over the interleave measured 7-18% slower, more than its
+    decode gained; an LM head's prefill multiplies a few rows once, and a 16-bit one's lost about 1%."""
     decode = knobs["decode"]
     qkind = quant[0] if quant else None
     if decode.gpu or qkind == "q4" or (qkind == "q8" and len(quant) > 1):

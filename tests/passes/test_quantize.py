@@ -277,7 +277,8 @@ class _Ties:
 
 
 @pytest.mark.parametrize("name,scheme", [
-    ("dense-a", "q4g32"), ("dense-b", "q8"), ("dense-a", "q8g32"), pytest.param("lfm2-hybrid-tiny", "q8", marks=pytest.mark.slow),
+    ("dense-a", "q4g32"), ("dense-b", "q8"), pytest.param("dense-a", "q8g32", marks=pytest.mark.slow),
+    pytest.param("lfm2-hybrid-tiny", "q8", marks=pytest.mark.slow),
     pytest.param("dense-a", "q8", marks=pytest.mark.slow), pytest.param("moe-a", "q4g32a", marks=pytest.mark.slow)])
 def test_compiled_int8_activations_equal_interpreter(name, scheme, tmp_path, monkeypatch):
     """W8A8 / W4A8 kernels (integer dot products) against the interpreter on the same marked graph: prefill,

@@ -241,7 +241,8 @@ def test_amx_kernels_fall_back_to_vnni_then_avx2():
         assert (pick["a8"], pick["bf"]) == want, (flags, granted)
 
 
-@pytest.mark.parametrize("opts,instr", [({"quant": "q8", "act_quant": "i8"}, "tdpbusd"),
+@pytest.mark.parametrize("opts,instr", [pytest.param({"quant": "q8", "act_quant": "i8"}, "tdpbusd",
+                                                     marks=pytest.mark.slow),
                                         pytest.param({"dtype": "bf16", "act_quant": "bf16"}, "tdpbf16ps",
                                                      marks=pytest.mark.slow)])
 def test_amx_artifacts_carry_tile_kernels_and_run_their_fallbacks(opts, instr, tmp_path):
