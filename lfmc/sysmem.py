@@ -5,15 +5,24 @@ from __future__ import annotations
 import os
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available now (Linux /proc/meminfo), or None where unknown."""
+def proc_kib(path: str, field: str) -> int | None:
+    """The value of ``field`` (in kB, as Linux writes them) in a /proc file such as /proc/meminfo or
+    /proc/<pid>/status, or None where the file or the field is missing."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
     except OSError:
         pass
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux /proc/meminfo), or None where unknown."""
+    kib = proc_kib("/proc/meminfo", "MemAvailable")
+    if kib is not None:
+        return kib * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

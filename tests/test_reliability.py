@@ -83,10 +83,11 @@ def test_tuning_database_survives_sigkill(tmp_path):
 
 
 def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    from lfmc.sysmem import proc_kib
+
+    kib = proc_kib(f"/proc/{pid}/status", "VmRSS")
+    assert kib is not None, f"no resident memory for process {pid}: it has exited"
+    return kib
 
 
 def test_server_load_with_disconnects_and_a_slow_reader(served_artifact):
