@@ -328,16 +328,11 @@ class Engine:
             one = {"uint16": 0x3F80}.get(idt, 1)           # 1.0 as bf16 bits; 1 otherwise
             self.driver.write(a, np.full(ishape, one, idt))
             args = [self.driver.device_view(a, tuple(ishape)), self.driver.device_view(b, (threads, *oshape))]
-            f, iters, best = self._funcs[p["kernel"]], 1000, float("inf")
-            for i in range(reps + 2):
-                t = time.perf_counter()
-                f(*args, threads, iters)
-                self.driver.sync()
-                dt = time.perf_counter() - t
-                if i < 2:                                   # warm up, then size the runs to ``seconds``
-                    iters = max(1000, int(iters * seconds / max(dt, 1e-6)))
-                else:
-                    best = min(best, dt)
+            f, iters = self._funcs[p["kernel"]], 1000
+            for _ in range(2):                              # warm up, then size the runs to ``seconds``
+                dt = self._timed(lambda: f(*args, threads, iters))
+                iters = max(1000, int(iters * seconds / max(dt, 1e-6)))
+            best = min((self._timed(lambda: f(*args, threads, iters)) for _ in range(reps)), default=float("inf"))
             out[fam] = threads * iters * p["ops_per_iter"] / best / 1e9
         return out
 
@@ -359,14 +354,17 @@ class Engine:
         a, b = self.driver.alloc((n, L), "float32"), self.driver.alloc((threads, accs, L), "float32")
         a[...] = 1.0        # every page touched before it is timed (CPU targets only: host memory, a numpy array)
         args = [self.driver.device_view(a, (n, L)), self.driver.device_view(b, (threads, accs, L))]
-        f, best = self._funcs[spec["kernel"]], float("inf")
-        for i in range(reps + 1):
-            t = time.perf_counter()
-            f(*args, threads)
-            self.driver.sync()
-            if i:
-                best = min(best, time.perf_counter() - t)
+        f = self._funcs[spec["kernel"]]
+        self._timed(lambda: f(*args, threads))             # untimed: pages and caches warm
+        best = min((self._timed(lambda: f(*args, threads)) for _ in range(reps)), default=float("inf"))
         return n * L * 4 / best / 1e9
+
+    def _timed(self, call) -> float:
+        """Seconds one ``call`` of kernels takes, the device synchronized after it (the peak probes' timing)."""
+        t = time.perf_counter()
+        call()
+        self.driver.sync()
+        return time.perf_counter() - t
 
     def profile_image(self, patches: np.ndarray, height: int, width: int, reps: int = 3) -> dict[str, float]:
         """Seconds per kernel of the ``vision`` entry (:meth:`profile`'s measure) for one image of ``height`` x

@@ -337,7 +337,7 @@ class _Lowering:
         name = "w." + "+".join(n.params[r].name for n, r in srcs) + ("/swiglu" if swiglu else "")
         il = (KN.a8_interleave(N, swiglu, self.knobs["decode"], quant, KN.amx_tiles(self.knobs)) if a8
               else KN.BF16_PAIRS if bf else 0)
-        P = KN.gemv_panels(N, self.knobs, quant) if (head or quant in KN.PANEL_QUANTS) and not il and not swiglu else 1
+        P = self.panels(N, quant, il, head, swiglu)
 
         def cat(suffix: str) -> np.ndarray | None:
             parts = [self.weights[n.params[r + suffix].name] for n, r in srcs if r + suffix in n.params]
@@ -419,6 +419,14 @@ class _Lowering:
                 raise LfmcError(f"%{n.name}: int8 activations need integer dot-product instructions (x86 AVX2, "
                                 f"Arm dotprod); this target has none: compile without --act-quant")
         return True
+
+    def panels(self, N: int, quant: tuple | None, il: int, head: bool = False, swiglu: bool = False) -> int:
+        """Weight panels interleaved in the packed layout of a float / weight-only matmul of N outputs: for LM
+        heads and 16-bit projections (:data:`lfmc.targets.knobs.PANEL_QUANTS`), not SwiGLU pairs, not the
+        int8- / bf16-activation layouts (``il``); see :func:`lfmc.targets.knobs.gemv_panels`."""
+        if il or swiglu or not (head or quant in KN.PANEL_QUANTS):
+            return 1
+        return KN.gemv_panels(N, self.knobs, quant)
 
     def layout(self, name: str, il: int, panels: int = 1) -> None:
         """Record the packed layout of parameter ``name`` (``il`` 0: float / weight-only with ``panels``
@@ -521,7 +529,7 @@ class _Lowering:
         head = next((m for m in self.graph.nodes if m.op == "lm_head"
                      and m.params["weight"].name == n.params["weight"].name), None)
         il = KN.a8_interleave(V, False, self.knobs["decode"], quant, KN.amx_tiles(self.knobs)) if head and self.int8_activations(head) else 0
-        P = KN.gemv_panels(V, self.knobs, quant) if head and not il else 1
+        P = self.panels(V, quant, il, head=True) if head else 1     # as the tied LM head's matmul packs it
         p, *extra = self.packed(name, quant, il, lambda: pack_any(self.w(n, "weight"), self.w(n, "weight_scale"),
                                                                    self.w(n, "weight_zero"), quant, lanes, False, il,
                                                                    panels=P), P)
