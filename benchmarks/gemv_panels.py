@@ -1,18 +1,22 @@
-"""Decode and prefill with the LM head's weight panels interleaved (one read stream per thread) against the same
-model packed panel after panel (the layout before), in one process, alternating, against the read peak of the
-moment.
+"""Decode and prefill with the weights' panels interleaved (one read stream per panel group) against the same
+model packed panel after panel (the layout before), or against an artifact of an earlier commit, in one process,
+alternating, against the read peak of the moment.
 
     .venv/bin/python benchmarks/gemv_panels.py --preset lfm2-350m --dtype f32 --rounds 20
     .venv/bin/python benchmarks/gemv_panels.py --dtype f16 --out benchmarks/results/gemv-panels-f16.json
+    git worktree add /tmp/base REV && (cd /tmp/base && /work/main/.venv/bin/python -c "from lfmc.compile import *;
+        compile_model(load_source('lfm2-350m', seed=0), '/tmp/base.host', max_batch=1, max_context=1024)")
+    .venv/bin/python benchmarks/gemv_panels.py --before /tmp/base.host          # this tree against REV's
 
 Why: a decode GEMV reads its whole weight from memory every step, each thread ``cols`` panels of 16 outputs at
 once. Stored panel after panel those are 8 concurrent read streams per thread; interleaved per input row
-(lfmc/targets/knobs.gemv_panels) they are one, which reads closer to the bandwidth in this VM's higher-bandwidth
-phase (BENCHMARKS.md, "Decode against the read peak, phase by phase"). lfmc interleaves the LM head only (the
-projections' prefill tiles read an interleave slower); the prefill is timed too. The "before" artifact is
-compiled with ``gemv_panels`` replaced by 1, nothing else changed. Each round: the read peak, ``--steps`` decode
-steps of each artifact (order alternating), the read peak; rounds are split into a low and a high phase at the
-midpoint of the peaks seen. Then ``--prefill-rounds`` prefills of ``--prompt`` tokens, alternating.
+(lfmc/targets/knobs.gemv_panels) they are fewer, which reads closer to the bandwidth in this VM's higher-bandwidth
+phase (BENCHMARKS.md, "Decode against the read peak, phase by phase"); the prefill tiles read the same layout, so
+the prefill is timed too. The "before" artifact is compiled with ``gemv_panels`` replaced by 1, nothing else
+changed, unless ``--before`` names one (the same preset, precision and seed, compiled by other sources). Each
+round: the read peak, ``--steps`` decode steps of each artifact (order alternating), the read peak; rounds are
+split into a low and a high phase at the midpoint of the peaks seen. Then ``--prefill-rounds`` prefills of
+``--prompt`` tokens, alternating.
 """
 from __future__ import annotations
 
@@ -30,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def build(preset: str, dtype: str, out: Path) -> dict[str, Path]:
-    """The two artifacts: "panels" (as lfmc compiles) and "before" (gemv_panels patched to 1)."""
+def build(preset: str, dtype: str, out: Path, before: Path | None = None) -> dict[str, Path]:
+    """The two artifacts: "panels" (as lfmc compiles) and "before" (``before``, else gemv_panels patched to 1)."""
     from compare import compiled
 
     import lfmc.targets.knobs as KN
@@ -40,7 +44,7 @@ def build(preset: str, dtype: str, out: Path) -> dict[str, Path]:
     opts = {"dtype": "f16"} if dtype == "f16" else {}
     arts, orig = {}, KN.gemv_panels
     try:
-        for name, fn in (("panels", orig), ("before", lambda *a, **k: 1)):
+        for name, fn in (("panels", orig), ("before", lambda *a, **k: 1))[:1 if before else 2]:
             KN.gemv_panels = fn
             art = out / f"{preset}-{dtype}-{name}.host"
             compiled(art, lambda: compile_model(load_source(preset, seed=0), art, max_batch=1, max_context=1024,
@@ -48,6 +52,10 @@ def build(preset: str, dtype: str, out: Path) -> dict[str, Path]:
             arts[name] = art
     finally:
         KN.gemv_panels = orig
+    if before:
+        if not (before / "manifest.json").is_file():
+            raise SystemExit(f"--before {before}: not an lfmc artifact (no manifest.json)")
+        arts["before"] = before
     return arts
 
 
@@ -118,13 +126,16 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=256, help="prefill length")
     ap.add_argument("--prefill-rounds", type=int, default=8)
     ap.add_argument("--build", type=Path, default=Path("build/gemv-panels"))
+    ap.add_argument("--before", type=Path, default=None, metavar="ARTIFACT",
+                    help="the baseline: an artifact of the same model compiled by other sources (default: this "
+                         "tree with gemv_panels patched to 1)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gemv-panels.json")
     a = ap.parse_args()
     from compare import cpu_info, weights_bytes
 
     from lfmc.runtime import Engine
 
-    arts = build(a.preset, a.dtype, a.build)
+    arts = build(a.preset, a.dtype, a.build, a.before)
     engs = {n: Engine(art, max_batch=1) for n, art in arts.items()}
     rounds = decode_rounds(engs, weights_bytes(arts["panels"]), a.rounds, a.steps)
     ph = phases(rounds)
@@ -139,6 +150,7 @@ def main() -> int:
           f"tok/s; panels / before {pre['ratio']:.3f}x (median of {a.prefill_rounds} paired rounds)")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"preset": a.preset, "dtype": a.dtype, "cpu": cpu_info(), "decode_phases": ph,
+                                 "before": str(a.before) if a.before else "gemv_panels patched to 1",
                                  "decode_rounds": rounds, "prefill": pre, "command": " ".join(sys.argv)},
                                 indent=1) + "\n")
     return 0

@@ -2,6 +2,7 @@
 parameters can be rebuilt on a machine without it (a lent GPU regenerating weights from a seed)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -66,28 +67,39 @@ def matmul_cols(N: int, l: int, knobs: Knobs, swiglu: bool, qkind: str | None) -
     return pick_cols(N // l, max(1, cols // 2) if swiglu else cols)
 
 
-PANEL_QUANTS = (("f16",), ("bf16",))    # projections (not only LM heads) whose weight panels are interleaved
+PANEL_QUANTS = (("f16",), ("bf16",))    # the fallback's projections (not only LM heads): see gemv_panels
 
 
-def gemv_panels(N: int, knobs: dict[str, Knobs], quant: tuple | None) -> int:
-    """Weight panels (of ``lanes`` outputs each) stored interleaved per input row for a float / 16-bit / int8 (per
-    channel) weight: the decode GEMV's register columns, so that the panels a thread reads at once are one read
-    stream (it reads the whole weight from memory every step; one stream per thread reads closer to the bandwidth
-    than 8 in the higher-bandwidth phase: BENCHMARKS.md, "The LM head's and 16-bit projections' panels
-    interleaved"). A multiple of the other tiles' columns (prefill, batched decode), which then read whole groups in
-    K blocks (kernels/matmul.schedule_matmul), and at most the decode's; 1 where none fits, for grouped codes and on
-    GPUs (plain [N, K] rows for dlight). The lowering asks for LM heads and :data:`PANEL_QUANTS` projections (not
-    SwiGLU pairs) only: a float32 projection's prefill over the interleave measured 7-18% slower, more than its
-    decode gained; an LM head's prefill multiplies a few rows once, and a 16-bit one's lost about 1%."""
+def gemv_panels(N: int, knobs: dict[str, Knobs], quant: tuple | None, swiglu: bool = False,
+                head: bool = False) -> int:
+    """Weight panels (of ``lanes`` outputs each) stored interleaved per input row for a float / 16-bit / int8
+    (per channel) weight (per half of a SwiGLU pair), so that the decode GEMV reads its columns in fewer streams
+    (it reads the whole weight from memory every step; one stream per panel group reads closer to the bandwidth
+    than 8 side by side: BENCHMARKS.md, "Every projection's panels interleaved"). 1: panel after panel.
+
+    Where every matmul tile of the weight (prefill, decode, batched decode) takes a multiple of the same number of
+    panels (their gcd, > 1: 4 on AVX-512, 2 per SwiGLU half), every tile reads whole groups, contiguous per input
+    row, and every projection takes it. Else (AVX2's 3-column prefill tile against its 8-column GEMV) only LM
+    heads and :data:`PANEL_QUANTS` projections, not SwiGLU pairs (``head``: the caller says which), interleave
+    the decode's columns, which the narrower tiles read in K blocks (kernels/matmul.schedule_matmul; a float32
+    projection's prefill measured 7-18% slower that way). Never for grouped codes or on GPUs (plain [N, K] rows
+    for dlight)."""
     decode = knobs["decode"]
     qkind = quant[0] if quant else None
     if decode.gpu or qkind == "q4" or (qkind == "q8" and len(quant) > 1):
         return 1
     l = pick_lanes(N, decode.lanes)
-    want = matmul_cols(N, l, decode, False, qkind)
-    others = [matmul_cols(N, l, k, False, qkind) for e, k in knobs.items() if e != "decode"]
+    want = matmul_cols(N, l, decode, swiglu, qkind)
+    tiles = [matmul_cols(N, l, k, swiglu, qkind) for k in knobs.values()]
     if decode.batch_rows:
-        others.append(pick_cols(N // l, decode.batch_cols or decode.cols))
+        tiles.append(matmul_cols(N, l, dataclasses.replace(decode, cols=decode.batch_cols or decode.cols), swiglu,
+                                 qkind))
+    common = math.gcd(*tiles)
+    if common > 1:
+        return common
+    if swiglu or not head:
+        return 1
+    others = [t for e, t in zip(knobs, tiles) if e != "decode"] + tiles[len(knobs):]
     m = math.lcm(*others) if others else 1
     return next((p for p in range(want, 1, -1) if (N // l) % p == 0 and p % m == 0), 1)
 

@@ -421,12 +421,11 @@ class _Lowering:
         return True
 
     def panels(self, N: int, quant: tuple | None, il: int, head: bool = False, swiglu: bool = False) -> int:
-        """Weight panels interleaved in the packed layout of a float / weight-only matmul of N outputs: for LM
-        heads and 16-bit projections (:data:`lfmc.targets.knobs.PANEL_QUANTS`), not SwiGLU pairs, not the
-        int8- / bf16-activation layouts (``il``); see :func:`lfmc.targets.knobs.gemv_panels`."""
-        if il or swiglu or not (head or quant in KN.PANEL_QUANTS):
+        """Weight panels interleaved in the packed layout of a float / weight-only matmul of N outputs (not the
+        int8- / bf16-activation layouts, ``il``): :func:`lfmc.targets.knobs.gemv_panels`."""
+        if il:
             return 1
-        return KN.gemv_panels(N, self.knobs, quant)
+        return KN.gemv_panels(N, self.knobs, quant, swiglu, head or quant in KN.PANEL_QUANTS)
 
     def layout(self, name: str, il: int, panels: int = 1) -> None:
         """Record the packed layout of parameter ``name`` (``il`` 0: float / weight-only with ``panels``

@@ -202,7 +202,7 @@ def test_isa_variants_give_every_optional_kernel_a_fallback():
     v = OPTIONAL.variants(kernels, feats)
     assert v == {"a8": {"needs": ["avx512_vnni"], "fallback": "a8__avx2"},
                  "bf": {"needs": ["avx512_bf16"], "fallback": "bf__fma"}}
-    assert kernels["a8__avx2"].knobs == dataclasses.replace(kn, dot="avx2", a8_cols=0) and not kernels["a8__avx2"].needs
+    assert kernels["a8__avx2"].knobs == dataclasses.replace(kn, dot="avx2", a8_cols=3) and not kernels["a8__avx2"].needs
     assert kernels["bf__fma"].knobs.bf16dot == "fma" and kernels["bf"].needs == ("avx512_bf16",)
     assert "f32__avx2" not in kernels and not kernels["f32"].needs
     assert OPTIONAL.variants(dict(kernels), {**feats, "avx512_vnni": False, "avx512_bf16": False}) == {}

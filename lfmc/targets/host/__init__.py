@@ -87,7 +87,7 @@ def x86_target(profile):
 OPTIONAL = OptionalFeatures(
     llvm={k: _LLVM_FEATURES[k] for k in ("avx512_vnni", "avxvnni", "avx512_bf16", "amx", "amx_int8", "amx_bf16")},
     fallbacks={("dot", "amx"): (("amx", "amx_int8", "avx512_vnni"), {"dot": "vnni"}),
-               ("dot", "vnni"): (("avx512_vnni", "avxvnni"), {"dot": "avx2", "a8_cols": 0}),
+               ("dot", "vnni"): (("avx512_vnni", "avxvnni"), {"dot": "avx2", "a8_cols": 3}),
                ("bf16dot", "amx"): (("amx", "amx_bf16", "avx512_bf16"), {"bf16dot": "avx512bf16"}),
                ("bf16dot", "avx512bf16"): (("avx512_bf16",), {"bf16dot": "fma"})})
 
@@ -117,16 +117,21 @@ def host_knobs(entry: str, feats: dict[str, Any] | None = None) -> Knobs:
     if entry == "decode":
         # prefetch: 8 KB ahead took 350M W4A8 decode from ~59 to ~65 tok/s (4 KB and 32 KB alike; BENCHMARKS.md)
         # batch_rows: a decode step of several sequences reads each weight vector once per 4 rows, not per row
-        return Knobs(lanes=lanes, rows=1, cols=8, dot=dot, bf16dot=bf16dot, prefetch=8192, batch_rows=4, batch_cols=3)
+        return Knobs(lanes=lanes, rows=1, cols=8, dot=dot, bf16dot=bf16dot, prefetch=8192, batch_rows=4,
+                     batch_cols=4 if lanes == 16 else 3)
+    # cols 4 on AVX-512 (32 registers): a 4 x 4 float tile prefilled f16 projections of LFM2-350M's shapes 1.06-1.19x
+    # faster than 4 x 3 (4 x 2 where N / 16 is not a multiple of 3), f32 1.00-1.04x, and its 4 columns make the
+    # weight interleave every tile reads whole (knobs.gemv_panels: 4 panels, 2 per SwiGLU half); AVX2 (16) keeps 4 x 3
     # a8_cols 6: with vpdpbusd the int8 tile has registers for 3 weight blocks per row (4 x 3 blocks against
-    # 4 x 1: +0-19% per projection of LFM2-350M at 512 rows; 4 x 3 float vectors stay the float tile)
+    # 4 x 1: +0-19% per projection of LFM2-350M at 512 rows); else the 3 columns it always had
     # AMX (prefill only: a 1-row GEMV has no tile to multiply): tiles of the 4 rows the other prefill matmuls
     # take (their register tiles) x 16 outputs; not measured on AMX hardware (none was available)
     if amx and vnni and feats.get("amx_int8"):
         dot = "amx"
     if amx and bf16dot == "avx512bf16" and feats.get("amx_bf16"):
         bf16dot = "amx"
-    return Knobs(lanes=lanes, rows=4, cols=3, dot=dot, bf16dot=bf16dot, a8_cols=6 if vnni else 0)
+    return Knobs(lanes=lanes, rows=4, cols=4 if lanes == 16 else 3, dot=dot, bf16dot=bf16dot,
+                 a8_cols=6 if vnni else 3)
 
 
 def build_host(kernels: dict, out_dir, progress=None, target=None, feats: dict[str, Any] | None = None
