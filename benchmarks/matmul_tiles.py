@@ -6,8 +6,8 @@ layouts (panel after panel, or P panels interleaved per input row) against one b
 
 A variant is ``RxC`` (a tile of R rows x C vectors of 16 / 8 outputs, ``Knobs.rows`` / ``cols``; for SwiGLU C
 counts both halves) with an optional ``pP``: the weight packed with P panels interleaved per input row, P / 2 per
-SwiGLU half (``make_matmul(panels=P)``; a tile narrower than P reads the group in K blocks, one at least P wide whole groups);
-the first variant is the baseline the others are divided by. Shapes: the conv in-projection (3072 x 1024), the
+SwiGLU half (``make_matmul(panels=P)``; a tile narrower than P reads the group in K blocks, one at least P wide
+whole groups); the first variant is the baseline the others are divided by. Shapes: the conv in-projection (3072 x 1024), the
 attention / conv out-projection (1024 x 1024), the MLP's fused gate + up (2 x 4608 x 1024, SwiGLU) and its down
 projection (1024 x 4608). Every variant's output is checked against the baseline's. Writes JSON with the CPU.
 """
