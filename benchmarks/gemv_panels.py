@@ -41,7 +41,7 @@ def build(preset: str, dtype: str, out: Path, before: Path | None = None) -> dic
     import lfmc.targets.knobs as KN
     from lfmc.compile import compile_model, load_source
 
-    opts = {"dtype": "f16"} if dtype == "f16" else {}
+    opts = {"f16": {"dtype": "f16"}, "q8": {"quant": "q8"}}.get(dtype, {})
     arts, orig = {}, KN.gemv_panels
     try:
         for name, fn in (("panels", orig), ("before", lambda *a, **k: 1))[:1 if before else 2]:
@@ -120,7 +120,8 @@ def prefill_rounds(engs: dict, prompt: int, rounds: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="lfm2-350m")
-    ap.add_argument("--dtype", default="f32", choices=("f32", "f16"), help="the weights' precision")
+    ap.add_argument("--dtype", default="f32", choices=("f32", "f16", "q8"),
+                    help="the weights' precision (q8: int8 with a scale per channel)")
     ap.add_argument("--rounds", type=int, default=20, help="decode rounds")
     ap.add_argument("--steps", type=int, default=8, help="decode steps per artifact and round")
     ap.add_argument("--prompt", type=int, default=256, help="prefill length")

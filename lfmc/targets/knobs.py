@@ -16,6 +16,7 @@ class Knobs:
     lanes: int = 8            # f32 vector width (8: AVX2 / NEON x2, 16: AVX-512)
     rows: int = 4             # matmul register tile rows (the rows of a call are padded to a multiple)
     cols: int = 3             # matmul register tile: vectors of `lanes` outputs per row
+    f32_cols: int = 0         # ... for float32 weights (0: cols): the host's decode GEMV reads one interleave group
     parallel: bool = True
     gpu: bool = False         # GPU family: TE kernels left unscheduled for dlight, parallel loops become threads
     threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
@@ -59,11 +60,19 @@ def gpu_knobs(max_threads: int = 256) -> dict[str, Knobs]:
     return {"prefill": k, "decode": k}
 
 
+def weight_cols(knobs: Knobs, qkind: str | None) -> int:
+    """The register tile's vector columns for weights of ``qkind`` (None: float32): ``f32_cols`` for float32 where
+    set; int4 on the CPU at most 4 (its unpacking needs registers of its own, and 8 columns spill to the stack,
+    seen in the generated assembly); else ``cols``."""
+    if qkind is None and knobs.f32_cols:
+        return knobs.f32_cols
+    return min(knobs.cols, 4) if qkind == "q4" and not knobs.gpu else knobs.cols
+
+
 def matmul_cols(N: int, l: int, knobs: Knobs, swiglu: bool, qkind: str | None) -> int:
     """Vector columns (of ``l`` outputs) each thread of :func:`lfmc.targets.kernels.make_matmul`'s schedule
-    accumulates at once. int4 on the CPU takes at most 4: its unpacking needs registers of its own, and 8 columns
-    spill to the stack (seen in the generated assembly)."""
-    cols = min(knobs.cols, 4) if qkind == "q4" and not knobs.gpu else knobs.cols
+    accumulates at once (per half of a SwiGLU pair): :func:`weight_cols`, a divisor of N's."""
+    cols = weight_cols(knobs, qkind)
     return pick_cols(N // l, max(1, cols // 2) if swiglu else cols)
 
 

@@ -358,8 +358,9 @@ class _Lowering:
             serial = e == "decode" and kn.parallel and not kn.gpu and N * Kd <= KN.SERIAL_GEMV_WEIGHTS
             if serial:          # too little work to pay for waking the other threads
                 kn = dataclasses.replace(kn, parallel=False)
+            cols = kn.cols if bf or a8 else KN.weight_cols(kn, quant[0] if quant else None)
             key = ("mm", N, Kd, "b" if bias else "", "n" if norm else "", "a" if accumulate else "",
-                   "s" if swiglu else "", kn.lanes, kn.rows, kn.cols) + ((repr(eps),) if norm else ()) + (quant or ())
+                   "s" if swiglu else "", kn.lanes, kn.rows, cols) + ((repr(eps),) if norm else ()) + (quant or ())
             key += ("1t",) if serial else ()
             if bf:
                 k = self.kernel(key + ("bf16a", kn.bf16dot, bf16_lay[1]), "make_matmul_bf16", N=N, K=Kd, knobs=kn,

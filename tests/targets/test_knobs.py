@@ -40,6 +40,16 @@ def test_every_tile_reads_whole_groups(family, N, swiglu, quant, want):
     assert (N // KN.pick_lanes(N, knobs["decode"].lanes)) % P == 0
 
 
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_avx512_float32_gemv_reads_one_group(swiglu):
+    """A float32 decode GEMV's tile is one interleave group (one read stream per half); 16-bit ones take two."""
+    knobs = _knobs("avx512")
+    dec = knobs["decode"]
+    for quant, groups in ((None, 1), (("f16",), 2)):
+        P = KN.gemv_panels(4608, knobs, quant, swiglu)
+        assert KN.matmul_cols(4608, 16, dec, swiglu, quant[0] if quant else None) == groups * P
+
+
 def test_avx2_interleaves_heads_and_16bit_only():
     """AVX2's 3-column prefill tile shares no divisor with its 8-column GEMV: only LM heads and 16-bit
     projections (not SwiGLU pairs) take the decode's interleave, read by the prefill in K blocks."""
