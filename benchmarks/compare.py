@@ -104,6 +104,23 @@ def read_peak_probe(threads: int, mib: int = 128, streams: int = 1):
     return probe
 
 
+def fresh_copies(arts: dict[str, Path], into: Path) -> dict[str, Path]:
+    """Each artifact copied anew under ``into`` (replacing an earlier copy), for A/B runs of artifacts: their
+    weights are mapped from the page cache, and how a file's pages were cached (the size of the folios that back
+    them, how many are PMD-mapped) moved one artifact's decode by up to 1.22x against a byte-identical copy of it
+    (BENCHMARKS.md, "Where an artifact's pages lie"). Copies written the same way, one after the other, compare
+    the kernels rather than the page cache's history."""
+    import shutil
+
+    out = {}
+    for n, art in arts.items():
+        dst = Path(into) / f"{n}.host"
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(art, dst)
+        out[n] = dst
+    return out
+
+
 def weights_bytes(art: Path) -> int:
     plan = json.loads((art / "manifest.json").read_text())["plan"]
     return sum(int(np.prod(s["shape"])) * np.dtype(s["dtype"]).itemsize for s in plan["params"].values())

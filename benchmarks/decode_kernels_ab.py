@@ -9,7 +9,9 @@ rotating from round to round), the read peak again. Rounds whose higher peak is 
 phase, the others the high phase (this VM: about 35 and 60 GB/s). Per phase: the median milliseconds of the
 largest kernels and of the whole step, and each artifact's paired ratio (median over rounds of the first
 artifact's time over its). Kernels are matched by name with the tile columns and panel suffix masked
-(``k_mm_N_K_..._16_1_C``), so artifacts that differ in those still line up. Writes JSON with the CPU.
+(``k_mm_N_K_..._16_1_C``), so artifacts that differ in those still line up. The artifacts are timed as fresh
+copies (compare.fresh_copies; ``--as-they-are``: in place, to see what their page-cache history does). Writes JSON
+with the CPU.
 """
 from __future__ import annotations
 
@@ -40,9 +42,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=24)
     ap.add_argument("--split", type=float, default=45.0, help="GB/s between the low and the high phase")
     ap.add_argument("--top", type=int, default=6, help="kernels listed (the baseline's largest)")
+    ap.add_argument("--copies", type=Path, default=Path("build/decode-kernels-ab"), help="where the fresh copies go")
+    ap.add_argument("--as-they-are", action="store_true", help="time the artifacts in place, not fresh copies")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "decode-kernels-ab.json")
     a = ap.parse_args()
-    arts = dict(s.split("=", 1) for s in a.artifacts)
+    arts = {n: Path(p) for n, p in (s.split("=", 1) for s in a.artifacts)}
+    if not a.as_they_are:
+        arts = compare.fresh_copies(arts, a.copies)
     engs = {n: Engine(p, max_batch=1) for n, p in arts.items()}
     names = list(engs)
     probe = engs[names[0]]
@@ -73,7 +79,7 @@ def main() -> int:
                 f"{n} {out[k][n]['ms']:6.2f} ms" + (f" ({out[k][n]['ratio']:.3f}x)" if n != base else "")
                 for n in names), flush=True)
         phases[ph] = {"rounds": len(rs), "peak_gbs": statistics.median(r["peak"] for r in rs), "kernels": out}
-    compare.write_results(a.out, {"artifacts": arts, "cpu": compare.cpu_info(), "phases": phases, "rounds": rounds,
+    compare.write_results(a.out, {"artifacts": {n: str(p) for n, p in arts.items()}, "copies": not a.as_they_are, "cpu": compare.cpu_info(), "phases": phases, "rounds": rounds,
                                   "command": " ".join(sys.argv)})
     return 0
 

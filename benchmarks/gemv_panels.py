@@ -16,7 +16,8 @@ the prefill is timed too. The "before" artifact is compiled with ``gemv_panels``
 changed, unless ``--before`` names one (the same preset, precision and seed, compiled by other sources). Each
 round: the read peak, ``--steps`` decode steps of each artifact (order alternating), the read peak; rounds are
 split into a low and a high phase at the midpoint of the peaks seen. Then ``--prefill-rounds`` prefills of
-``--prompt`` tokens, alternating.
+``--prompt`` tokens, alternating. Both artifacts are timed as fresh copies (compare.fresh_copies: an artifact's
+page-cache history moves its decode by as much as a layout does).
 """
 from __future__ import annotations
 
@@ -132,11 +133,11 @@ def main() -> int:
                          "tree with gemv_panels patched to 1)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gemv-panels.json")
     a = ap.parse_args()
-    from compare import cpu_info, weights_bytes
+    from compare import cpu_info, fresh_copies, weights_bytes
 
     from lfmc.runtime import Engine
 
-    arts = build(a.preset, a.dtype, a.build, a.before)
+    arts = fresh_copies(build(a.preset, a.dtype, a.build, a.before), a.build / "fresh")
     engs = {n: Engine(art, max_batch=1) for n, art in arts.items()}
     rounds = decode_rounds(engs, weights_bytes(arts["panels"]), a.rounds, a.steps)
     ph = phases(rounds)
