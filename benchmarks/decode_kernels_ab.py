@@ -79,7 +79,8 @@ def main() -> int:
                 f"{n} {out[k][n]['ms']:6.2f} ms" + (f" ({out[k][n]['ratio']:.3f}x)" if n != base else "")
                 for n in names), flush=True)
         phases[ph] = {"rounds": len(rs), "peak_gbs": statistics.median(r["peak"] for r in rs), "kernels": out}
-    compare.write_results(a.out, {"artifacts": {n: str(p) for n, p in arts.items()}, "copies": not a.as_they_are, "cpu": compare.cpu_info(), "phases": phases, "rounds": rounds,
+    compare.write_results(a.out, {"artifacts": {n: str(p) for n, p in arts.items()}, "copies": not a.as_they_are,
+                                  "cpu": compare.cpu_info(), "phases": phases, "rounds": rounds,
                                   "command": " ".join(sys.argv)})
     return 0
 
