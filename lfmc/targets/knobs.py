@@ -83,8 +83,9 @@ def gemv_panels(N: int, knobs: dict[str, Knobs], quant: tuple | None, swiglu: bo
                 head: bool = False) -> int:
     """Weight panels (of ``lanes`` outputs each) stored interleaved per input row for a float / 16-bit / int8
     (per channel) weight (per half of a SwiGLU pair), so that the decode GEMV reads its columns in fewer streams
-    (it reads the whole weight from memory every step; one stream per panel group reads closer to the bandwidth
-    than 8 side by side: BENCHMARKS.md, "Every projection's panels interleaved"). 1: panel after panel.
+    (stop 45 measured fewer streams faster; timed again with each artifact's page cache controlled, the interleave
+    was neutral: BENCHMARKS.md, "Where an artifact's pages lie"; it stays because every tile reads it whole at no
+    cost to the prefill). 1: panel after panel.
 
     Where every matmul tile of the weight (prefill, decode, batched decode) takes a multiple of the same number of
     panels (their gcd, > 1: 4 on AVX-512, 2 per SwiGLU half), every tile reads whole groups, contiguous per input

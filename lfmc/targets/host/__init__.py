@@ -119,8 +119,8 @@ def host_knobs(entry: str, feats: dict[str, Any] | None = None) -> Knobs:
         # batch_rows: a decode step of several sequences reads each weight vector once per 4 rows, not per row
         # f32_cols 4 (AVX-512): a float32 GEMV's tile of 4 columns (one interleave group) read LFM2-350M's weights
         # 1.08x faster per decode step than 8 columns in the high-bandwidth phase and 1.01-1.02x in the low one
-        # (fresh copies of both artifacts, BENCHMARKS.md); 16-bit and int8 weights keep 8 (their widening wants the
-        # wider tile: f16's decode with 8 interleaved columns 1.07x the step without the interleave, with 4 1.03x)
+        # (fresh copies of both artifacts, BENCHMARKS.md); 16-bit and int8 weights keep 8 (their widening has more
+        # work per byte; 4 for them not compared with the page cache controlled)
         return Knobs(lanes=lanes, rows=1, cols=8, f32_cols=4 if lanes == 16 else 0, dot=dot, bf16dot=bf16dot,
                      prefetch=8192, batch_rows=4, batch_cols=4 if lanes == 16 else 3)
     # cols 4 on AVX-512 (32 registers): a 4 x 4 float tile prefilled f16 projections of LFM2-350M's shapes 1.06-1.19x
