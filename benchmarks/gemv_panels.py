@@ -2,8 +2,8 @@
 model packed panel after panel (the layout before), or against an artifact of an earlier commit, in one process,
 alternating, against the read peak of the moment.
 
-    .venv/bin/python benchmarks/gemv_panels.py --preset lfm2-350m --dtype f32 --rounds 20
-    .venv/bin/python benchmarks/gemv_panels.py --dtype f16 --out benchmarks/results/gemv-panels-f16.json
+    .venv/bin/python benchmarks/gemv_panels.py --preset lfm2-350m --dtype f16 --rounds 20
+    .venv/bin/python benchmarks/gemv_panels.py --dtype q8 --out benchmarks/results/gemv-panels-q8.json
     git worktree add /tmp/base REV && (cd /tmp/base && /work/main/.venv/bin/python -c "from lfmc.compile import *;
         compile_model(load_source('lfm2-350m', seed=0), '/tmp/base.host', max_batch=1, max_context=1024)")
     .venv/bin/python benchmarks/gemv_panels.py --before /tmp/base.host          # this tree against REV's
@@ -13,7 +13,8 @@ once. Stored panel after panel those are 8 concurrent read streams per thread; i
 (lfmc/targets/knobs.gemv_panels) they are fewer, which reads closer to the bandwidth in this VM's higher-bandwidth
 phase (BENCHMARKS.md, "Decode against the read peak, phase by phase"); the prefill tiles read the same layout, so
 the prefill is timed too. The "before" artifact is compiled with ``gemv_panels`` replaced by 1, nothing else
-changed, unless ``--before`` names one (the same preset, precision and seed, compiled by other sources). Each
+changed (so with ``--dtype f32``, whose weights lfmc no longer interleaves, the two are the same), unless
+``--before`` names one (the same preset, precision and seed, compiled by other sources). Each
 round: the read peak, ``--steps`` decode steps of each artifact (order alternating), the read peak; rounds are
 split into a low and a high phase at the midpoint of the peaks seen. Then ``--prefill-rounds`` prefills of
 ``--prompt`` tokens, alternating. Both artifacts are timed as fresh copies (compare.fresh_copies: an artifact's

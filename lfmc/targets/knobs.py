@@ -16,7 +16,7 @@ class Knobs:
     lanes: int = 8            # f32 vector width (8: AVX2 / NEON x2, 16: AVX-512)
     rows: int = 4             # matmul register tile rows (the rows of a call are padded to a multiple)
     cols: int = 3             # matmul register tile: vectors of `lanes` outputs per row
-    f32_cols: int = 0         # ... for float32 weights (0: cols): the host's decode GEMV reads one interleave group
+    f32_cols: int = 0         # ... for float32 weights (0: cols): the host's decode GEMV, 4 panels side by side
     parallel: bool = True
     gpu: bool = False         # GPU family: TE kernels left unscheduled for dlight, parallel loops become threads
     threads: int = 64         # GPU: threads per block (work-group) for lfmc's own loop kernels
@@ -81,22 +81,22 @@ PANEL_QUANTS = (("f16",), ("bf16",))    # the fallback's projections (not only L
 
 def gemv_panels(N: int, knobs: dict[str, Knobs], quant: tuple | None, swiglu: bool = False,
                 head: bool = False) -> int:
-    """Weight panels (of ``lanes`` outputs each) stored interleaved per input row for a float / 16-bit / int8
-    (per channel) weight (per half of a SwiGLU pair), so that the decode GEMV reads its columns in fewer streams
-    (stop 45 measured fewer streams faster; timed again with each artifact's page cache controlled, the interleave
-    was neutral: BENCHMARKS.md, "Where an artifact's pages lie"; it stays because every tile reads it whole at no
-    cost to the prefill). 1: panel after panel.
+    """Weight panels (of ``lanes`` outputs each) stored interleaved per input row for a 16-bit / int8 (per channel)
+    weight (per half of a SwiGLU pair), so that the decode GEMV reads its columns in fewer streams (stop 45
+    measured fewer streams faster; timed again with each artifact's page cache controlled, the interleave was
+    within 2% either way: 1.02x for f16 decode, 0.97-0.99x for float32, which therefore stays panel after panel:
+    BENCHMARKS.md, "Where an artifact's pages lie"). 1: panel after panel.
 
     Where every matmul tile of the weight (prefill, decode, batched decode) takes a multiple of the same number of
     panels (their gcd, > 1: 4 on AVX-512, 2 per SwiGLU half), every tile reads whole groups, contiguous per input
     row, and every projection takes it. Else (AVX2's 3-column prefill tile against its 8-column GEMV) only LM
     heads and :data:`PANEL_QUANTS` projections, not SwiGLU pairs (``head``: the caller says which), interleave
     the decode's columns, which the narrower tiles read in K blocks (kernels/matmul.schedule_matmul; a float32
-    projection's prefill measured 7-18% slower that way). Never for grouped codes or on GPUs (plain [N, K] rows
-    for dlight)."""
+    projection's prefill measured 7-18% slower that way). Never for float32 weights, grouped codes or on GPUs
+    (plain [N, K] rows for dlight)."""
     decode = knobs["decode"]
     qkind = quant[0] if quant else None
-    if decode.gpu or qkind == "q4" or (qkind == "q8" and len(quant) > 1):
+    if decode.gpu or qkind is None or qkind == "q4" or (qkind == "q8" and len(quant) > 1):
         return 1
     l = pick_lanes(N, decode.lanes)
     want = matmul_cols(N, l, decode, swiglu, qkind)

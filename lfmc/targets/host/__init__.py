@@ -117,7 +117,7 @@ def host_knobs(entry: str, feats: dict[str, Any] | None = None) -> Knobs:
     if entry == "decode":
         # prefetch: 8 KB ahead took 350M W4A8 decode from ~59 to ~65 tok/s (4 KB and 32 KB alike; BENCHMARKS.md)
         # batch_rows: a decode step of several sequences reads each weight vector once per 4 rows, not per row
-        # f32_cols 4 (AVX-512): a float32 GEMV's tile of 4 columns (one interleave group) read LFM2-350M's weights
+        # f32_cols 4 (AVX-512): a float32 GEMV's tile of 4 columns (panel after panel) read LFM2-350M's weights
         # 1.08x faster per decode step than 8 columns in the high-bandwidth phase and 1.01-1.02x in the low one
         # (fresh copies of both artifacts, BENCHMARKS.md); 16-bit and int8 weights keep 8 (their widening has more
         # work per byte; 4 for them not compared with the page cache controlled)
@@ -125,7 +125,8 @@ def host_knobs(entry: str, feats: dict[str, Any] | None = None) -> Knobs:
                      prefetch=8192, batch_rows=4, batch_cols=4 if lanes == 16 else 3)
     # cols 4 on AVX-512 (32 registers): a 4 x 4 float tile prefilled f16 projections of LFM2-350M's shapes 1.06-1.19x
     # faster than 4 x 3 (4 x 2 where N / 16 is not a multiple of 3), f32 1.00-1.04x, and its 4 columns make the
-    # weight interleave every tile reads whole (knobs.gemv_panels: 4 panels, 2 per SwiGLU half); AVX2 (16) keeps 4 x 3
+    # 16-bit weights' interleave every tile reads whole (knobs.gemv_panels: 4 panels, 2 per SwiGLU half); AVX2
+    # (16 registers) keeps 4 x 3
     # a8_cols 6: with vpdpbusd the int8 tile has registers for 3 weight blocks per row (4 x 3 blocks against
     # 4 x 1: +0-19% per projection of LFM2-350M at 512 rows); else the 3 columns it always had
     # AMX (prefill only: a 1-row GEMV has no tile to multiply): tiles of the 4 rows the other prefill matmuls
