@@ -90,9 +90,9 @@ def gemv_panels(N: int, knobs: dict[str, Knobs], quant: tuple | None, swiglu: bo
     Where every matmul tile of the weight (prefill, decode, batched decode) takes a multiple of the same number of
     panels (their gcd, > 1: 4 on AVX-512, 2 per SwiGLU half), every tile reads whole groups, contiguous per input
     row, and every projection takes it. Else (AVX2's 3-column prefill tile against its 8-column GEMV) only LM
-    heads and :data:`PANEL_QUANTS` projections, not SwiGLU pairs (``head``: the caller says which), interleave
-    the decode's columns, which the narrower tiles read in K blocks (kernels/matmul.schedule_matmul; a float32
-    projection's prefill measured 7-18% slower that way). Never for float32 weights, grouped codes or on GPUs
+    heads (``head``) and :data:`PANEL_QUANTS` projections, not SwiGLU pairs, interleave the decode's columns,
+    which the narrower tiles read in K blocks (kernels/matmul.schedule_matmul; a float32 projection's prefill
+    measured 7-18% slower that way). Never for float32 weights, grouped codes or on GPUs
     (plain [N, K] rows for dlight)."""
     decode = knobs["decode"]
     qkind = quant[0] if quant else None
@@ -100,16 +100,15 @@ def gemv_panels(N: int, knobs: dict[str, Knobs], quant: tuple | None, swiglu: bo
         return 1
     l = pick_lanes(N, decode.lanes)
     want = matmul_cols(N, l, decode, swiglu, qkind)
-    tiles = [matmul_cols(N, l, k, swiglu, qkind) for k in knobs.values()]
+    others = [matmul_cols(N, l, k, swiglu, qkind) for e, k in knobs.items() if e != "decode"]
     if decode.batch_rows:
-        tiles.append(matmul_cols(N, l, dataclasses.replace(decode, cols=decode.batch_cols or decode.cols), swiglu,
-                                 qkind))
-    common = math.gcd(*tiles)
+        others.append(matmul_cols(N, l, dataclasses.replace(decode, cols=decode.batch_cols or decode.cols), swiglu,
+                                  qkind))
+    common = math.gcd(want, *others)
     if common > 1:
         return common
-    if swiglu or not head:
+    if swiglu or not (head or quant in PANEL_QUANTS):
         return 1
-    others = [t for e, t in zip(knobs, tiles) if e != "decode"] + tiles[len(knobs):]
     m = math.lcm(*others) if others else 1
     return next((p for p in range(want, 1, -1) if (N // l) % p == 0 and p % m == 0), 1)
 

@@ -426,7 +426,7 @@ class _Lowering:
         int8- / bf16-activation layouts, ``il``): :func:`lfmc.targets.knobs.gemv_panels`."""
         if il:
             return 1
-        return KN.gemv_panels(N, self.knobs, quant, swiglu, head or quant in KN.PANEL_QUANTS)
+        return KN.gemv_panels(N, self.knobs, quant, swiglu, head)
 
     def layout(self, name: str, il: int, panels: int = 1) -> None:
         """Record the packed layout of parameter ``name`` (``il`` 0: float / weight-only with ``panels``
